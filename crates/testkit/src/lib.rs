@@ -1,0 +1,29 @@
+//! The test harness every Gridwork test stands on.
+//!
+//! - [`nats`]: a private `nats-server -js` on a free port with a temp store, that
+//!   a test can kill and restart (same port, same store).
+//! - [`db`]: a fresh SQLite file or a fresh PostgreSQL database per test.
+//!   PostgreSQL comes from `GRIDWORK_TEST_POSTGRES_URL`; when it is unset the
+//!   test says it skipped, loudly, and returns.
+//! - [`init_tracing`]: test logging plus a W3C propagator and an in-process
+//!   OpenTelemetry tracer, so trace-continuity tests see real trace ids.
+//!
+//! Owns no production code path; services depend on it only as a dev-dependency.
+
+pub mod db;
+pub mod nats;
+
+use std::sync::Once;
+
+/// Install test tracing once per process: `RUST_LOG`-filtered output captured by
+/// the test runner, W3C trace propagation, and an SDK tracer (no exporter) so spans
+/// carry real trace ids.
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| gridwork_runtime::telemetry::init_for_tests());
+}
+
+/// A fresh random id usable as an aggregate id.
+pub fn unique_id(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}

@@ -1,0 +1,204 @@
+//! The commit message: one JetStream message per command.
+//!
+//! Subject: `<context>.<aggregate>.<id>`. Body: a protobuf
+//! `gridwork.eventstore.v1.Commit` holding every event the command decided. Headers
+//! carry what infrastructure reads without decoding the body:
+//!
+//! | header | meaning |
+//! |---|---|
+//! | `ce-specversion`, `ce-id`, `ce-source`, `ce-type`, `ce-subject`, `ce-time` | CloudEvents 1.0 attributes of the commit |
+//! | `traceparent` (and `tracestate`) | W3C trace context of the command |
+//! | `Gridwork-Command-Id` | the client's command id |
+//! | `Gridwork-Principal` | who acted |
+//! | `Gridwork-Schema-Version` | version of the commit envelope |
+//! | `Nats-Msg-Id` | `<subject>/<command id>`: server-side dedupe |
+//! | `Nats-Expected-Last-Subject-Sequence` | the sequence the decision was made on; stored with the message, it is the back-pointer the cold path walks |
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::message::StreamMessage;
+use bytes::Bytes;
+use gridwork_proto::gridwork::eventstore::v1 as pb;
+use prost::Message as _;
+
+use crate::aggregate::{Aggregate, DecodeError, DomainEvent};
+
+/// Version of the commit envelope (body and headers) written by this crate.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// Header names.
+pub mod headers {
+    /// CloudEvents spec version.
+    pub const CE_SPECVERSION: &str = "ce-specversion";
+    /// CloudEvents id: unique per commit.
+    pub const CE_ID: &str = "ce-id";
+    /// CloudEvents source: `gridwork/<context>`.
+    pub const CE_SOURCE: &str = "ce-source";
+    /// CloudEvents type: the event type for a one-event commit, else [`COMMIT_TYPE`].
+    pub const CE_TYPE: &str = "ce-type";
+    /// CloudEvents subject: `<aggregate>/<id>`.
+    pub const CE_SUBJECT: &str = "ce-subject";
+    /// CloudEvents time (RFC 3339).
+    pub const CE_TIME: &str = "ce-time";
+    /// CloudEvents content type of the body.
+    pub const CE_DATACONTENTTYPE: &str = "ce-datacontenttype";
+    /// `ce-type` of a commit holding more than one event.
+    pub const COMMIT_TYPE: &str = "gridwork.eventstore.v1.Commit";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace state.
+    pub const TRACESTATE: &str = "tracestate";
+    /// The client's command id.
+    pub const COMMAND_ID: &str = "Gridwork-Command-Id";
+    /// The acting principal.
+    pub const PRINCIPAL: &str = "Gridwork-Principal";
+    /// Envelope schema version.
+    pub const SCHEMA_VERSION: &str = "Gridwork-Schema-Version";
+    /// Server-side dedupe key.
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// Optimistic-concurrency precondition, and the stored back-pointer.
+    pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+}
+
+/// Who issued a command, when, and under which id. Time is injected: the kernel
+/// never reads a clock on the caller's behalf.
+#[derive(Debug, Clone)]
+pub struct CommandMeta {
+    /// Client command id; retries with the same id apply once.
+    pub command_id: String,
+    /// The acting principal, e.g. `"user:42"`.
+    pub principal: String,
+    /// When the command was decided, milliseconds since the Unix epoch.
+    pub decided_at_unix_ms: i64,
+}
+
+/// The subject of an aggregate instance.
+pub fn subject<A: Aggregate>(id: &str) -> String {
+    format!("{}.{}.{}", A::CONTEXT, A::TYPE, id)
+}
+
+/// The dedupe key of a command on a subject: scoped, so the same command id on two
+/// aggregates are two commands.
+pub fn msg_id(subject: &str, command_id: &str) -> String {
+    format!("{subject}/{command_id}")
+}
+
+/// Build the headers and body of a commit.
+pub fn encode_commit<A: Aggregate>(
+    id: &str,
+    expected_sequence: u64,
+    meta: &CommandMeta,
+    events: &[A::Event],
+) -> (HeaderMap, Bytes) {
+    let subject = subject::<A>(id);
+    let body = pb::Commit {
+        command_id: meta.command_id.clone(),
+        aggregate_type: A::TYPE.to_string(),
+        aggregate_id: id.to_string(),
+        events: events
+            .iter()
+            .map(|e| pb::CommitEvent {
+                event_type: e.event_type().to_string(),
+                schema_version: e.schema_version(),
+                payload: e.encode(),
+            })
+            .collect(),
+        decided_at_unix_ms: meta.decided_at_unix_ms,
+        principal: meta.principal.clone(),
+    };
+    let mut h = HeaderMap::new();
+    h.insert(headers::CE_SPECVERSION, "1.0");
+    h.insert(headers::CE_ID, uuid::Uuid::now_v7().to_string().as_str());
+    h.insert(headers::CE_SOURCE, format!("gridwork/{}", A::CONTEXT).as_str());
+    let ce_type = match events {
+        [one] => one.event_type(),
+        _ => headers::COMMIT_TYPE,
+    };
+    h.insert(headers::CE_TYPE, ce_type);
+    h.insert(headers::CE_SUBJECT, format!("{}/{}", A::TYPE, id).as_str());
+    h.insert(headers::CE_TIME, rfc3339(meta.decided_at_unix_ms).as_str());
+    h.insert(headers::CE_DATACONTENTTYPE, "application/protobuf");
+    h.insert(headers::COMMAND_ID, meta.command_id.as_str());
+    h.insert(headers::PRINCIPAL, meta.principal.as_str());
+    h.insert(headers::SCHEMA_VERSION, ENVELOPE_VERSION.to_string().as_str());
+    h.insert(headers::MSG_ID, msg_id(&subject, &meta.command_id).as_str());
+    h.insert(headers::EXPECTED_LAST_SUBJECT_SEQUENCE, expected_sequence.to_string().as_str());
+    crate::trace::inject_current(&mut h);
+    (h, Bytes::from(body.encode_to_vec()))
+}
+
+fn rfc3339(unix_ms: i64) -> String {
+    let nanos = i128::from(unix_ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// A stored commit with its position, before its events are decoded into a domain
+/// type. Projections receive these.
+#[derive(Debug, Clone)]
+pub struct RecordedCommit {
+    /// Stream sequence of this commit.
+    pub sequence: u64,
+    /// Sequence of the previous commit on the same subject (0 if first).
+    pub previous: u64,
+    /// The subject, `<context>.<aggregate>.<id>`.
+    pub subject: String,
+    /// All headers as stored.
+    pub headers: HeaderMap,
+    /// The decoded body.
+    pub body: pb::Commit,
+}
+
+impl RecordedCommit {
+    /// Parse a message read from the stream.
+    pub fn from_parts(
+        sequence: u64,
+        subject: &str,
+        headers: HeaderMap,
+        payload: &[u8],
+    ) -> Result<Self, DecodeError> {
+        let body = pb::Commit::decode(payload)
+            .map_err(|e| DecodeError::new(format!("commit at sequence {sequence}"), e))?;
+        let previous = header_u64(&headers, headers::EXPECTED_LAST_SUBJECT_SEQUENCE).ok_or_else(|| {
+            DecodeError::new(
+                format!("commit at sequence {sequence}"),
+                "missing Nats-Expected-Last-Subject-Sequence header",
+            )
+        })?;
+        Ok(Self { sequence, previous, subject: subject.to_string(), headers, body })
+    }
+
+    /// Parse a message fetched with a direct get.
+    pub fn from_stream_message(m: StreamMessage) -> Result<Self, DecodeError> {
+        Self::from_parts(m.sequence, m.subject.as_str(), m.headers, &m.payload)
+    }
+
+    /// The command id that produced this commit.
+    pub fn command_id(&self) -> &str {
+        &self.body.command_id
+    }
+
+    /// The aggregate id, the last subject token.
+    pub fn aggregate_id(&self) -> &str {
+        &self.body.aggregate_id
+    }
+
+    /// Decode the events into a domain type (upcasting as the type decides).
+    pub fn decode_events<E: DomainEvent>(&self) -> Result<Vec<E>, DecodeError> {
+        self.body
+            .events
+            .iter()
+            .map(|e| E::decode(&e.event_type, e.schema_version, &e.payload))
+            .collect()
+    }
+
+    /// A header's value, if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.as_str())
+    }
+}
+
+fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
+    h.get(name).and_then(|v| v.as_str().parse().ok())
+}

@@ -1,0 +1,48 @@
+//! Errors at the kernel's boundary. Mapping to gRPC status is done once, in
+//! `gridwork-runtime::status`.
+
+use crate::aggregate::DecodeError;
+
+/// Failures of the store itself, whatever the aggregate.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The aggregate id cannot be a subject token.
+    #[error("invalid aggregate id {id:?}: {reason}")]
+    InvalidId {
+        /// The id given.
+        id: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The command id is empty or too long.
+    #[error("invalid command id: {0}")]
+    InvalidCommandId(String),
+    /// Others kept writing first; retries ran out.
+    #[error("concurrent updates to {subject} kept conflicting after {attempts} attempts")]
+    Conflict {
+        /// The aggregate's subject.
+        subject: String,
+        /// How many times the command was decided.
+        attempts: u32,
+    },
+    /// NATS (or a database) is unreachable or timed out.
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored commit cannot be read.
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(#[from] DecodeError),
+    /// The server or configuration is unsafe to run on.
+    #[error("unsafe configuration: {0}")]
+    Unsafe(String),
+}
+
+/// Why a command did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError<R: std::error::Error> {
+    /// The aggregate refused the command: a broken domain rule.
+    #[error(transparent)]
+    Rejected(R),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

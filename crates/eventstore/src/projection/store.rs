@@ -1,0 +1,233 @@
+//! The read store: one sqlx `Any` pool plus the [`Backend`] that knows its dialect.
+//!
+//! Projections write portable SQL (`$1` placeholders, `ON CONFLICT … DO UPDATE`,
+//! `BIGINT`, `TEXT`), which SQLite and PostgreSQL both accept; what differs
+//! (connection set-up, pool size, table swap) lives in the backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Executor as _};
+
+use super::{SHADOW_SUFFIX, TableDef, Tables};
+
+/// The dialect-specific parts of a read store.
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// `"sqlite"` or `"postgres"`.
+    fn name(&self) -> &'static str;
+    /// Pool size.
+    fn max_connections(&self) -> u32;
+    /// Statements run on every new connection.
+    fn connection_setup(&self) -> &'static [&'static str];
+    /// Statements that replace `live` with `shadow`, run inside one transaction.
+    fn swap_statements(&self, live: &str, shadow: &str) -> Vec<String> {
+        vec![format!("DROP TABLE IF EXISTS {live}"), format!("ALTER TABLE {shadow} RENAME TO {live}")]
+    }
+}
+
+/// SQLite: the embedded default, a file under `var/`, WAL journal.
+#[derive(Debug)]
+pub struct Sqlite;
+
+impl Backend for Sqlite {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+    fn max_connections(&self) -> u32 {
+        // One writer at a time in SQLite anyway; a few readers beside it.
+        4
+    }
+    fn connection_setup(&self) -> &'static [&'static str] {
+        &["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 10000"]
+    }
+}
+
+/// PostgreSQL: the production read store.
+#[derive(Debug)]
+pub struct Postgres;
+
+impl Backend for Postgres {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+    fn max_connections(&self) -> u32 {
+        10
+    }
+    fn connection_setup(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// Errors opening a read store.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadStoreError {
+    /// The URL names no supported database.
+    #[error("unsupported read-store URL {0:?}: use sqlite://… or postgres://…")]
+    UnsupportedUrl(String),
+    /// The database refused or is unreachable.
+    #[error("read store: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// A read-model database.
+#[derive(Debug, Clone)]
+pub struct ReadStore {
+    pool: AnyPool,
+    backend: Arc<dyn Backend>,
+}
+
+/// The table holding every projection's applied position.
+pub const CHECKPOINTS: &str = "gridwork_projection_checkpoints";
+
+impl ReadStore {
+    /// Open `url` (`sqlite://path?mode=rwc` or `postgres://…`).
+    pub async fn connect(url: &str) -> Result<Self, ReadStoreError> {
+        sqlx::any::install_default_drivers();
+        let backend: Arc<dyn Backend> = if url.starts_with("sqlite:") {
+            Arc::new(Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Arc::new(Postgres)
+        } else {
+            return Err(ReadStoreError::UnsupportedUrl(url.to_string()));
+        };
+        let setup = backend.connection_setup();
+        let pool = AnyPoolOptions::new()
+            .max_connections(backend.max_connections())
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    for statement in setup {
+                        conn.execute(*statement).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        let store = Self { pool, backend };
+        store
+            .pool
+            .execute(AssertSqlSafe(format!(
+                "CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (projection TEXT PRIMARY KEY, stream TEXT NOT NULL, \
+                 position BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL)"
+            )))
+            .await?;
+        Ok(store)
+    }
+
+    /// The pool, for queries.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// Cheap liveness probe for health checks.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+    }
+
+    /// Create `tables` if absent (live set) or afresh (shadow set).
+    pub async fn create_tables(&self, defs: &[TableDef], which: Tables) -> Result<(), sqlx::Error> {
+        let mut existing = Vec::new();
+        for def in defs {
+            let probe = format!("SELECT 1 FROM {} WHERE 1 = 0", which.name(def.name));
+            existing.push(sqlx::query(AssertSqlSafe(probe)).execute(&self.pool).await.is_ok());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (def, exists) in defs.iter().zip(existing) {
+            let name = which.name(def.name);
+            if which == Tables::Live && exists {
+                // Its indexes exist too, possibly under a rebuild's names.
+                continue;
+            }
+            if which == Tables::Shadow {
+                tx.execute(AssertSqlSafe(format!("DROP TABLE IF EXISTS {name}"))).await?;
+            }
+            tx.execute(AssertSqlSafe(format!("CREATE TABLE IF NOT EXISTS {name} {}", def.columns)))
+                .await?;
+            for (i, columns) in def.indexes.iter().enumerate() {
+                // Index names outlive a rename, so each generation gets its own.
+                let tag = if which == Tables::Shadow {
+                    uuid::Uuid::now_v7().simple().to_string()[20..].to_string()
+                } else {
+                    "0".into()
+                };
+                tx.execute(AssertSqlSafe(format!(
+                    "CREATE INDEX IF NOT EXISTS ix_{}_{i}_{tag} ON {name} ({columns})",
+                    def.name
+                )))
+                .await?;
+            }
+        }
+        tx.commit().await
+    }
+
+    /// The stored position of `projection` (0 if none).
+    pub async fn position(&self, projection: &str) -> Result<u64, sqlx::Error> {
+        let row: Option<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT position FROM {CHECKPOINTS} WHERE projection = $1"
+        )))
+        .bind(projection)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map_or(0, |(p,)| p as u64))
+    }
+
+    /// Swap the shadow tables in, and move `shadow_checkpoint`'s position to
+    /// `live_checkpoint`, in one transaction.
+    pub async fn swap_in_shadow(
+        &self,
+        defs: &[TableDef],
+        live_checkpoint: &str,
+        shadow_checkpoint: &str,
+        stream: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let position: (i64,) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT position FROM {CHECKPOINTS} WHERE projection = $1"
+        )))
+        .bind(shadow_checkpoint)
+        .fetch_one(&mut *tx)
+        .await?;
+        for def in defs {
+            let shadow = format!("{}{SHADOW_SUFFIX}", def.name);
+            for statement in self.backend.swap_statements(def.name, &shadow) {
+                tx.execute(AssertSqlSafe(statement)).await?;
+            }
+        }
+        set_position(&mut tx, live_checkpoint, stream, position.0 as u64).await?;
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {CHECKPOINTS} WHERE projection = $1")))
+            .bind(shadow_checkpoint)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+}
+
+/// Record `projection`'s position inside the caller's transaction.
+pub async fn set_position(
+    conn: &mut AnyConnection,
+    projection: &str,
+    stream: &str,
+    position: u64,
+) -> Result<(), sqlx::Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {CHECKPOINTS} (projection, stream, position, updated_at_ms) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (projection) DO UPDATE SET position = excluded.position, updated_at_ms = excluded.updated_at_ms"
+    )))
+    .bind(projection)
+    .bind(stream)
+    .bind(position as i64)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,390 @@
+//! Loading aggregates and executing commands against them.
+//!
+//! **Execute** = load → `decide` → publish one commit with
+//! `Nats-Expected-Last-Subject-Sequence` = the sequence the state was built from.
+//! The server enforces that precondition; on a wrong-last-sequence rejection the
+//! state is refreshed (only the commits missed are read), the command decided
+//! again, with bounded, jittered retries, then [`StoreError::Conflict`].
+//!
+//! **Idempotency** has two layers. Within the stream's duplicate window the
+//! server's `Nats-Msg-Id` dedupe answers `duplicate: true` with the original
+//! sequence. After it, the aggregate's remembered recent command ids (kept in
+//! [`Loaded::recent`] and in snapshots) find the original commit. Either way the
+//! original commit is read back and returned, so a retry gets the same answer.
+//!
+//! **Loading** never scans the stream. A warm cache holds recent aggregates with
+//! their last sequence. A miss reads the last commit on the subject (one direct
+//! get) and follows each commit's stored `Nats-Expected-Last-Subject-Sequence`
+//! back-pointer (one direct get each) until it reaches the snapshot's sequence,
+//! read from a KV bucket in parallel. The cost is bounded by the snapshot
+//! interval, not by the stream's size.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, context::PublishErrorKind, kv, stream::DirectGetErrorKind};
+use gridwork_proto::gridwork::eventstore::v1 as pb;
+use prost::Message as _;
+use rand::Rng as _;
+use tracing::{Instrument as _, debug, instrument, warn};
+
+use crate::aggregate::{Aggregate, validate_id};
+use crate::envelope::{self, CommandMeta, RecordedCommit};
+use crate::error::{ExecuteError, StoreError};
+
+/// Tuning for a [`Repository`].
+#[derive(Debug, Clone)]
+pub struct RepositoryOptions {
+    /// How many times a command is decided before giving up with a conflict.
+    pub max_attempts: u32,
+    /// First back-off after a conflict; doubles, with full jitter.
+    pub base_backoff: Duration,
+    /// Aggregates kept warm.
+    pub cache_capacity: u64,
+    /// Write a snapshot after this many commits since the last one (0 = never).
+    pub snapshot_every: u32,
+    /// Recent command ids remembered per aggregate (the idempotency memory
+    /// beyond the server's duplicate window).
+    pub remembered_commands: usize,
+}
+
+impl Default for RepositoryOptions {
+    fn default() -> Self {
+        Self {
+            max_attempts: 12,
+            base_backoff: Duration::from_millis(2),
+            cache_capacity: 100_000,
+            snapshot_every: 8,
+            remembered_commands: 64,
+        }
+    }
+}
+
+/// An aggregate's state as of a stream sequence.
+#[derive(Debug, Clone)]
+pub struct Loaded<A: Aggregate> {
+    /// The folded state.
+    pub state: A,
+    /// Sequence of the last commit folded in; 0 if the aggregate has none.
+    pub sequence: u64,
+    /// Recent command ids and the sequence of their commits, oldest first.
+    pub recent: VecDeque<(String, u64)>,
+    /// Commits folded in since the last snapshot.
+    commits_since_snapshot: u32,
+}
+
+impl<A: Aggregate> Default for Loaded<A> {
+    fn default() -> Self {
+        Self { state: A::default(), sequence: 0, recent: VecDeque::new(), commits_since_snapshot: 0 }
+    }
+}
+
+impl<A: Aggregate> Loaded<A> {
+    fn apply(&mut self, sequence: u64, command_id: &str, events: &[A::Event], remember: usize) {
+        self.state = std::mem::take(&mut self.state).fold(events);
+        self.sequence = sequence;
+        self.recent.push_back((command_id.to_string(), sequence));
+        while self.recent.len() > remember {
+            self.recent.pop_front();
+        }
+        self.commits_since_snapshot += 1;
+    }
+
+    fn remembered(&self, command_id: &str) -> Option<u64> {
+        self.recent.iter().rev().find(|(c, _)| c == command_id).map(|(_, s)| *s)
+    }
+}
+
+/// What a landed (or replayed) command produced. A response must be a function
+/// of this alone, so a retried command answers exactly as the original did.
+#[derive(Debug, Clone)]
+pub struct CommitOutcome<E> {
+    /// Stream sequence of the commit (0 if the command decided nothing).
+    pub sequence: u64,
+    /// The events of the commit.
+    pub events: Vec<E>,
+    /// True when this is the remembered result of an earlier identical command.
+    pub replayed: bool,
+}
+
+/// Loads and executes commands on aggregates of type `A` in one stream.
+pub struct Repository<A: Aggregate> {
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream,
+    snapshots: Option<kv::Store>,
+    cache: moka::sync::Cache<String, Arc<Loaded<A>>>,
+    options: RepositoryOptions,
+}
+
+impl<A: Aggregate> Clone for Repository<A> {
+    fn clone(&self) -> Self {
+        Self {
+            js: self.js.clone(),
+            stream: self.stream.clone(),
+            snapshots: self.snapshots.clone(),
+            cache: self.cache.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+impl<A: Aggregate> Repository<A> {
+    /// A repository over `stream_name` (already provisioned, see
+    /// [`crate::provision::ensure_stream`]). Snapshots go to the KV bucket
+    /// `snapshot_bucket` when given.
+    pub async fn new(
+        js: jetstream::Context,
+        stream_name: &str,
+        snapshot_bucket: Option<&str>,
+        options: RepositoryOptions,
+    ) -> Result<Self, StoreError> {
+        let stream = js.get_stream(stream_name).await.map_err(unavailable)?;
+        let snapshots = match snapshot_bucket {
+            Some(b) => Some(js.get_key_value(b).await.map_err(unavailable)?),
+            None => None,
+        };
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(options.cache_capacity)
+            .time_to_idle(Duration::from_secs(600))
+            .build();
+        Ok(Self { js, stream, snapshots, cache, options })
+    }
+
+    /// Forget every cached aggregate (benchmarks measure the cold path with it).
+    pub fn clear_cache(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// The aggregate's current state, from the cache or cold.
+    #[instrument(skip(self), fields(aggregate = A::TYPE))]
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>, StoreError> {
+        check_id(id)?;
+        match self.cache.get(id) {
+            Some(warm) => Ok((*warm).clone()),
+            None => {
+                let started = Instant::now();
+                let loaded = self.load_cold(id).await?;
+                metrics::histogram!("eventstore_cold_load_seconds", "aggregate" => A::TYPE)
+                    .record(started.elapsed().as_secs_f64());
+                self.cache.insert(id.to_string(), Arc::new(loaded.clone()));
+                Ok(loaded)
+            }
+        }
+    }
+
+    /// Read the aggregate from NATS without the cache: snapshot + back-pointer walk.
+    pub async fn load_cold(&self, id: &str) -> Result<Loaded<A>, StoreError> {
+        check_id(id)?;
+        let subject = envelope::subject::<A>(id);
+        let (last, snapshot) = tokio::join!(self.last_commit(&subject), self.read_snapshot(id));
+        let Some(last) = last? else {
+            return Ok(Loaded::default());
+        };
+        let base = snapshot.unwrap_or_default();
+        self.catch_up(base, last).await
+    }
+
+    /// Fold commits newer than `base.sequence`, walking back from `head`.
+    async fn catch_up(&self, base: Loaded<A>, head: RecordedCommit) -> Result<Loaded<A>, StoreError> {
+        if head.sequence == base.sequence {
+            return Ok(base);
+        }
+        let mut chain = vec![head];
+        loop {
+            let previous = chain.last().map_or(0, |c| c.previous);
+            if previous == base.sequence {
+                break;
+            }
+            if previous < base.sequence {
+                // The chain skipped the base: the snapshot is not on this
+                // subject's chain. Never trust it; rebuild from the first commit.
+                warn!(base = base.sequence, "snapshot not on the commit chain; ignoring it");
+                return Box::pin(self.catch_up(Loaded::default(), chain.swap_remove(0))).await;
+            }
+            chain.push(self.commit_at(previous).await?);
+        }
+        let mut loaded = base;
+        for commit in chain.iter().rev() {
+            let events = commit.decode_events::<A::Event>()?;
+            loaded.apply(commit.sequence, commit.command_id(), &events, self.options.remembered_commands);
+        }
+        Ok(loaded)
+    }
+
+    /// Bring a possibly stale state up to the subject's head.
+    async fn refresh(&self, id: &str, stale: Loaded<A>) -> Result<Loaded<A>, StoreError> {
+        let subject = envelope::subject::<A>(id);
+        let loaded = match self.last_commit(&subject).await? {
+            None => Loaded::default(),
+            Some(head) => self.catch_up(stale, head).await?,
+        };
+        self.cache.insert(id.to_string(), Arc::new(loaded.clone()));
+        Ok(loaded)
+    }
+
+    /// Decide `command` on aggregate `id` and append its events as one commit.
+    #[instrument(skip(self, command, meta), fields(aggregate = A::TYPE, command_id = %meta.command_id))]
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: &A::Command,
+        meta: &CommandMeta,
+    ) -> Result<CommitOutcome<A::Event>, ExecuteError<A::Rejection>> {
+        check_id(id)?;
+        if meta.command_id.is_empty() || meta.command_id.len() > 128 {
+            return Err(StoreError::InvalidCommandId("must be 1-128 characters".into()).into());
+        }
+        let subject = envelope::subject::<A>(id);
+        let mut loaded = self.load(id).await?;
+        for attempt in 1..=self.options.max_attempts {
+            if let Some(sequence) = loaded.remembered(&meta.command_id) {
+                return Ok(self.replay(&subject, &meta.command_id, sequence).await?);
+            }
+            let events = loaded.state.decide(command).map_err(ExecuteError::Rejected)?;
+            if events.is_empty() {
+                return Ok(CommitOutcome { sequence: loaded.sequence, events, replayed: false });
+            }
+            let (headers, body) = envelope::encode_commit::<A>(id, loaded.sequence, meta, &events);
+            let publish = async {
+                self.js
+                    .publish_with_headers(subject.clone(), headers, body)
+                    .await?
+                    .await
+            }
+            .instrument(tracing::info_span!("eventstore.append", subject = %subject, attempt));
+            match publish.await {
+                Ok(ack) if ack.duplicate => {
+                    metrics::counter!("eventstore_appends_total", "aggregate" => A::TYPE, "outcome" => "duplicate").increment(1);
+                    self.cache.invalidate(id);
+                    return Ok(self.replay(&subject, &meta.command_id, ack.sequence).await?);
+                }
+                Ok(ack) => {
+                    metrics::counter!("eventstore_appends_total", "aggregate" => A::TYPE, "outcome" => "ok").increment(1);
+                    let mut next = loaded;
+                    next.apply(ack.sequence, &meta.command_id, &events, self.options.remembered_commands);
+                    self.maybe_snapshot(id, &mut next);
+                    self.cache.insert(id.to_string(), Arc::new(next));
+                    return Ok(CommitOutcome { sequence: ack.sequence, events, replayed: false });
+                }
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    metrics::counter!("eventstore_conflicts_total", "aggregate" => A::TYPE).increment(1);
+                    debug!(attempt, "someone wrote first; reloading and deciding again");
+                    if attempt < self.options.max_attempts {
+                        self.backoff(attempt).await;
+                    }
+                    loaded = self.refresh(id, loaded).await?;
+                }
+                Err(e) => {
+                    self.cache.invalidate(id);
+                    return Err(StoreError::Unavailable(format!("publish to {subject}: {e}")).into());
+                }
+            }
+        }
+        metrics::counter!("eventstore_appends_total", "aggregate" => A::TYPE, "outcome" => "aborted").increment(1);
+        Err(StoreError::Conflict { subject, attempts: self.options.max_attempts }.into())
+    }
+
+    /// The original outcome of a command whose commit is at `sequence`.
+    async fn replay(
+        &self,
+        subject: &str,
+        command_id: &str,
+        sequence: u64,
+    ) -> Result<CommitOutcome<A::Event>, StoreError> {
+        let commit = self.commit_at(sequence).await?;
+        if commit.subject != subject || commit.command_id() != command_id {
+            return Err(StoreError::Corrupt(crate::DecodeError::new(
+                format!("commit at sequence {sequence}"),
+                format!("expected command {command_id} on {subject}, found {} on {}", commit.command_id(), commit.subject),
+            )));
+        }
+        let events = commit.decode_events::<A::Event>()?;
+        Ok(CommitOutcome { sequence, events, replayed: true })
+    }
+
+    async fn backoff(&self, attempt: u32) {
+        let cap = self.options.base_backoff.saturating_mul(1 << attempt.min(10));
+        let jitter = rand::rng().random_range(0..=cap.as_micros() as u64);
+        tokio::time::sleep(Duration::from_micros(jitter)).await;
+    }
+
+    async fn last_commit(&self, subject: &str) -> Result<Option<RecordedCommit>, StoreError> {
+        match self.stream.direct_get_last_for_subject(subject).await {
+            Ok(m) => Ok(Some(RecordedCommit::from_stream_message(m)?)),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Unavailable(format!("direct get last {subject}: {e}"))),
+        }
+    }
+
+    async fn commit_at(&self, sequence: u64) -> Result<RecordedCommit, StoreError> {
+        match self.stream.direct_get(sequence).await {
+            Ok(m) => Ok(RecordedCommit::from_stream_message(m)?),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Err(StoreError::Corrupt(
+                crate::DecodeError::new(format!("commit at sequence {sequence}"), "missing from the stream"),
+            )),
+            Err(e) => Err(StoreError::Unavailable(format!("direct get {sequence}: {e}"))),
+        }
+    }
+
+    async fn read_snapshot(&self, id: &str) -> Option<Loaded<A>> {
+        let store = self.snapshots.as_ref()?;
+        let bytes = match store.get(snapshot_key::<A>(id)).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return None,
+            Err(e) => {
+                warn!(error = %e, "snapshot read failed; loading without it");
+                return None;
+            }
+        };
+        let snap = pb::Snapshot::decode(bytes.as_ref()).ok()?;
+        if snap.schema_version != A::STATE_VERSION {
+            return None;
+        }
+        let state = A::decode_state(&snap.state).ok()?;
+        Some(Loaded {
+            state,
+            sequence: snap.sequence,
+            recent: snap.recent_commands.into_iter().map(|r| (r.command_id, r.sequence)).collect(),
+            commits_since_snapshot: 0,
+        })
+    }
+
+    fn maybe_snapshot(&self, id: &str, loaded: &mut Loaded<A>) {
+        let Some(store) = self.snapshots.clone() else { return };
+        if self.options.snapshot_every == 0 || loaded.commits_since_snapshot < self.options.snapshot_every {
+            return;
+        }
+        loaded.commits_since_snapshot = 0;
+        let snap = pb::Snapshot {
+            sequence: loaded.sequence,
+            schema_version: A::STATE_VERSION,
+            state: loaded.state.encode_state(),
+            recent_commands: loaded
+                .recent
+                .iter()
+                .map(|(c, s)| pb::RecentCommand { command_id: c.clone(), sequence: *s })
+                .collect(),
+        };
+        let key = snapshot_key::<A>(id);
+        // Best effort, off the command's path: a missing or stale snapshot only
+        // lengthens the next cold walk; it can never make it wrong.
+        tokio::spawn(async move {
+            if let Err(e) = store.put(key, snap.encode_to_vec().into()).await {
+                warn!(error = %e, "snapshot write failed");
+            }
+        });
+    }
+}
+
+fn snapshot_key<A: Aggregate>(id: &str) -> String {
+    format!("{}.{}", A::TYPE, id)
+}
+
+fn check_id(id: &str) -> Result<(), StoreError> {
+    validate_id(id).map_err(|reason| StoreError::InvalidId { id: id.to_string(), reason })
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
