@@ -1,0 +1,283 @@
+//! Connecting to NATS and the read store, and serving gRPC.
+//!
+//! Health follows readiness, not liveness of the process: the overall status
+//! (`""`) and each named service are SERVING only while NATS is connected and the
+//! read store answers, and go NOT_SERVING the moment either fails or a shutdown
+//! begins. Shutdown: NOT_SERVING, wait the drain delay so load balancers stop
+//! routing, then stop accepting and finish in-flight calls.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::connection::State;
+use async_nats::jetstream;
+use gridwork_eventstore::projection::ReadStore;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::propagation::Extractor;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::{info, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// A service's connections: NATS, JetStream and (optionally) its read store.
+#[derive(Clone)]
+pub struct Runtime {
+    /// The service's name, for logs and metrics.
+    pub service: &'static str,
+    /// The NATS client (reconnects by itself).
+    pub nats: async_nats::Client,
+    /// JetStream on that client.
+    pub js: jetstream::Context,
+    /// The read-model database, when the service has one.
+    pub store: Option<ReadStore>,
+}
+
+impl Runtime {
+    /// Connect to NATS (retrying for up to `connect_timeout`) and open the read store.
+    pub async fn connect(
+        service: &'static str,
+        nats_url: &str,
+        database_url: Option<&str>,
+        connect_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let deadline = tokio::time::Instant::now() + connect_timeout;
+        let nats = loop {
+            let options = async_nats::ConnectOptions::new()
+                .name(service)
+                .max_reconnects(None)
+                .connection_timeout(Duration::from_secs(2))
+                .request_timeout(Some(Duration::from_secs(5)));
+            match options.connect(nats_url).await {
+                Ok(client) => break client,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    warn!(error = %e, nats_url, "NATS not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("connecting to NATS at {nats_url}")),
+            }
+        };
+        let js = jetstream::new(nats.clone());
+        let store = match database_url {
+            Some(url) => {
+                if let Some(path) = url.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p)) {
+                    if let Some(dir) = std::path::Path::new(path).parent() {
+                        std::fs::create_dir_all(dir).ok();
+                    }
+                }
+                Some(ReadStore::connect(url).await.with_context(|| format!("opening read store {url}"))?)
+            }
+            None => None,
+        };
+        Ok(Self { service, nats, js, store })
+    }
+
+    /// Serve `routes` (plus health and reflection) on `listener`, and `/metrics`
+    /// on `metrics_listener`, until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        metrics_listener: Option<TcpListener>,
+        routes: Routes,
+        service_names: &[&'static str],
+        drain: Duration,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(gridwork_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+        let mut names = vec![""];
+        names.extend_from_slice(service_names);
+        for name in &names {
+            health.set_service_status(*name, ServingStatus::NotServing).await;
+        }
+        let (stopping_tx, stopping_rx) = watch::channel(false);
+        let readiness = tokio::spawn(readiness_loop(self.clone(), health.clone(), names.clone(), stopping_rx));
+        if let Some(listener) = metrics_listener {
+            let handle = metrics_handle();
+            tokio::spawn(async move {
+                let app = axum::Router::new()
+                    .route("/metrics", axum::routing::get(move || std::future::ready(handle.render())));
+                if let Err(e) = axum::serve(listener, app).await {
+                    warn!(error = %e, "metrics endpoint stopped");
+                }
+            });
+        }
+        let routes = routes.add_service(health_service).add_service(reflection);
+        let drain_signal = {
+            let health = health.clone();
+            async move {
+                shutdown.await;
+                info!("shutting down: NOT_SERVING, draining");
+                let _ = stopping_tx.send(true);
+                for name in &names {
+                    health.set_service_status(*name, ServingStatus::NotServing).await;
+                }
+                tokio::time::sleep(drain).await;
+            }
+        };
+        let result = tonic::transport::Server::builder()
+            .trace_fn(request_span)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain_signal)
+            .await;
+        readiness.abort();
+        result.context("gRPC server failed")
+    }
+
+    /// Serve in the background on already-bound listeners; the handle stops it.
+    pub fn spawn(
+        self,
+        listener: TcpListener,
+        metrics_listener: Option<TcpListener>,
+        routes: Routes,
+        service_names: &'static [&'static str],
+        drain: Duration,
+    ) -> anyhow::Result<ServerHandle> {
+        let addr = listener.local_addr()?;
+        let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(self.serve(listener, metrics_listener, routes, service_names, drain, async move {
+            let _ = rx.await;
+        }));
+        Ok(ServerHandle { addr, metrics_addr, shutdown: Some(tx), task })
+    }
+}
+
+/// A server running in the background.
+pub struct ServerHandle {
+    /// Where gRPC listens.
+    pub addr: SocketAddr,
+    /// Where `/metrics` listens.
+    pub metrics_addr: Option<SocketAddr>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl ServerHandle {
+    /// `http://<addr>` for clients.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Begin a graceful shutdown (as SIGTERM would) without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Shut down gracefully and wait.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.begin_shutdown();
+        self.task.await?
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// The process-wide Prometheus recorder (installed once).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (tests); then ours only renders.
+            let _ = metrics::set_global_recorder(recorder);
+            let upkeep = handle.clone();
+            std::thread::spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                }
+            });
+            handle
+        })
+        .clone()
+}
+
+async fn readiness_loop(
+    runtime: Runtime,
+    health: HealthReporter,
+    names: Vec<&'static str>,
+    stopping: watch::Receiver<bool>,
+) {
+    let mut last = None;
+    loop {
+        if *stopping.borrow() {
+            return;
+        }
+        let nats_ok = runtime.nats.connection_state() == State::Connected;
+        let db_ok = match &runtime.store {
+            Some(store) => tokio::time::timeout(Duration::from_secs(1), store.ping())
+                .await
+                .is_ok_and(|r| r.is_ok()),
+            None => true,
+        };
+        let ready = nats_ok && db_ok;
+        if last != Some(ready) && !*stopping.borrow() {
+            let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+            if ready {
+                info!(service = runtime.service, "ready: SERVING");
+            } else {
+                warn!(service = runtime.service, nats_ok, db_ok, "not ready: NOT_SERVING");
+            }
+            for name in &names {
+                health.set_service_status(*name, status).await;
+            }
+            metrics::gauge!("service_ready", "service" => runtime.service).set(if ready { 1.0 } else { 0.0 });
+            last = Some(ready);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+struct HttpHeaders<'a>(&'a http::HeaderMap);
+
+impl Extractor for HttpHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// One span per RPC, continuing the caller's trace from `traceparent` metadata.
+fn request_span(request: &http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!("grpc.request", rpc = %request.uri().path());
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HttpHeaders(request.headers())));
+    use opentelemetry::trace::TraceContextExt as _;
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+    span
+}

@@ -1,0 +1,2 @@
+//! Pure domain code: no tokio, sqlx, tonic or NATS here.
+pub mod ledger;

@@ -1,0 +1,195 @@
+//! proto ⇄ domain. Every request is parsed here, with errors naming the field;
+//! the only place `Status` is built (through `gridwork_runtime::status`).
+
+use std::time::Duration;
+
+use gridwork_eventstore::CommitOutcome;
+use gridwork_eventstore::aggregate::validate_id;
+use gridwork_proto::gridwork::sample::v1 as pb;
+use gridwork_proto::gridwork::sample::v1::ledger_service_server::LedgerService;
+use gridwork_runtime::{FieldViolation, ServiceError};
+use tonic::{Request, Response, Status};
+
+use crate::app::Ledgers;
+use crate::domain::ledger::LedgerCommand;
+use crate::events::LedgerEvent;
+
+/// Longest a read waits for `min_position` when the caller set no deadline.
+const DEFAULT_READ_WAIT: Duration = Duration::from_secs(5);
+
+/// The gRPC face of [`Ledgers`].
+pub struct LedgerGrpc {
+    ledgers: Ledgers,
+}
+
+impl LedgerGrpc {
+    /// Serve `ledgers`.
+    pub fn new(ledgers: Ledgers) -> Self {
+        Self { ledgers }
+    }
+}
+
+/// Collects every field violation of a request before answering.
+#[derive(Default)]
+struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    fn command_id(&mut self, v: &str) -> String {
+        if uuid::Uuid::parse_str(v).is_err() {
+            self.0.push(FieldViolation::new("command_id", "must be a UUID"));
+        }
+        v.to_string()
+    }
+    fn account_id(&mut self, v: &str) -> String {
+        if let Err(reason) = validate_id(v) {
+            self.0.push(FieldViolation::new("account_id", reason));
+        }
+        v.to_string()
+    }
+    fn positive(&mut self, field: &str, v: i64) -> i64 {
+        if v <= 0 {
+            self.0.push(FieldViolation::new(field, "must be greater than 0"));
+        }
+        v
+    }
+    fn finish(self) -> Result<(), Status> {
+        if self.0.is_empty() { Ok(()) } else { Err(ServiceError::InvalidArgument(self.0).into()) }
+    }
+}
+
+fn principal<T>(request: &Request<T>) -> String {
+    // Authentication is not built yet; see ARCHITECTURE.md, "Security".
+    request
+        .metadata()
+        .get("x-gridwork-principal")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .unwrap_or("anonymous")
+        .to_string()
+}
+
+fn position(outcome: &CommitOutcome<LedgerEvent>) -> Option<pb::CommitPosition> {
+    Some(pb::CommitPosition { sequence: outcome.sequence, replayed: outcome.replayed })
+}
+
+/// The balance after the commit, read from its last event so that a replayed
+/// command answers exactly as the original did.
+fn balance_after(outcome: &CommitOutcome<LedgerEvent>) -> i64 {
+    outcome
+        .events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            LedgerEvent::Deposited { balance_after, .. } | LedgerEvent::Withdrawn { balance_after, .. } => {
+                Some(*balance_after)
+            }
+            LedgerEvent::Opened { .. } => None,
+        })
+        .unwrap_or(0)
+}
+
+/// The deadline the caller sent (`grpc-timeout`), if any.
+fn deadline<T>(request: &Request<T>) -> Option<Duration> {
+    let v = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[tonic::async_trait]
+impl LedgerService for LedgerGrpc {
+    async fn open_account(
+        &self,
+        request: Request<pb::OpenAccountRequest>,
+    ) -> Result<Response<pb::OpenAccountResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let id = v.account_id(&r.account_id);
+        let owner = r.owner.trim().to_string();
+        if owner.is_empty() || owner.chars().count() > 100 {
+            v.0.push(FieldViolation::new("owner", "must be 1-100 characters"));
+        }
+        v.finish()?;
+        let outcome = self.ledgers.execute(&id, LedgerCommand::Open { owner }, command_id, who).await?;
+        Ok(Response::new(pb::OpenAccountResponse { position: position(&outcome) }))
+    }
+
+    async fn deposit(&self, request: Request<pb::DepositRequest>) -> Result<Response<pb::DepositResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let id = v.account_id(&r.account_id);
+        let amount = v.positive("amount", r.amount);
+        v.finish()?;
+        let outcome = self.ledgers.execute(&id, LedgerCommand::Deposit { amount }, command_id, who).await?;
+        Ok(Response::new(pb::DepositResponse { position: position(&outcome), balance: balance_after(&outcome) }))
+    }
+
+    async fn withdraw(&self, request: Request<pb::WithdrawRequest>) -> Result<Response<pb::WithdrawResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let id = v.account_id(&r.account_id);
+        let amount = v.positive("amount", r.amount);
+        v.finish()?;
+        let outcome = self.ledgers.execute(&id, LedgerCommand::Withdraw { amount }, command_id, who).await?;
+        Ok(Response::new(pb::WithdrawResponse { position: position(&outcome), balance: balance_after(&outcome) }))
+    }
+
+    async fn post_entries(
+        &self,
+        request: Request<pb::PostEntriesRequest>,
+    ) -> Result<Response<pb::PostEntriesResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let id = v.account_id(&r.account_id);
+        if r.amounts.is_empty() || r.amounts.len() > 100 {
+            v.0.push(FieldViolation::new("amounts", "must hold 1-100 entries"));
+        }
+        for (i, a) in r.amounts.iter().enumerate() {
+            if *a == 0 {
+                v.0.push(FieldViolation::new(format!("amounts[{i}]"), "must not be 0"));
+            }
+        }
+        v.finish()?;
+        let outcome = self.ledgers.execute(&id, LedgerCommand::Post { amounts: r.amounts }, command_id, who).await?;
+        Ok(Response::new(pb::PostEntriesResponse {
+            position: position(&outcome),
+            balance: balance_after(&outcome),
+            event_count: outcome.events.len() as u32,
+        }))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<pb::GetAccountRequest>,
+    ) -> Result<Response<pb::GetAccountResponse>, Status> {
+        let wait = deadline(&request).unwrap_or(DEFAULT_READ_WAIT).min(Duration::from_secs(30));
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let id = v.account_id(&r.account_id);
+        v.finish()?;
+        let a = self.ledgers.account(&id, r.min_position, wait).await?;
+        Ok(Response::new(pb::GetAccountResponse {
+            account_id: a.account_id,
+            owner: a.owner,
+            balance: a.balance,
+            movements: a.movements,
+            position: a.position as u64,
+        }))
+    }
+}
