@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, stream};
 use tracing::{info, warn};
 
 use crate::error::StoreError;
@@ -137,11 +137,20 @@ pub async fn ensure_stream(
     }
     let bucket = spec.snapshot_bucket();
     if js.get_key_value(&bucket).await.is_err() {
-        js.create_key_value(kv::Config {
-            bucket,
-            history: 1,
-            storage: spec.storage,
+        // The bucket's backing stream, made directly: the client's
+        // create_key_value first asks for account info, which it cannot parse
+        // from a 2.9 server. The settings are the KV conventions (ADR-8).
+        js.get_or_create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
             num_replicas: spec.replicas,
+            storage: spec.storage,
+            duplicate_window: Duration::from_secs(120),
             ..Default::default()
         })
         .await

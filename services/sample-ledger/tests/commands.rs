@@ -1,0 +1,237 @@
+//! Commands through gRPC on a real nats-server: concurrency, idempotency,
+//! multi-event commits, bad input.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::*;
+use futures::future::join_all;
+use gridwork_eventstore::envelope::headers;
+use gridwork_proto::gridwork::sample::v1 as pb;
+use gridwork_testkit::db::TestDb;
+use gridwork_testkit::nats::NatsServer;
+use gridwork_testkit::unique_id;
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+async fn stream_commits(nats: &NatsServer, subject: &str) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("SAMPLE").await.expect("stream");
+    let last = stream.info().await.expect("info").state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        if let Ok(m) = stream.direct_get(seq).await {
+            if m.subject.as_str() == subject {
+                out.push(m);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn fifty_concurrent_conflicting_commands_lose_no_update() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    // Five service replicas on one stream: conflicts are decided by the server.
+    let mut replicas = Vec::new();
+    for _ in 0..5 {
+        replicas.push(spawn_ledger(&nats, &db).await);
+    }
+    let account = unique_id("acct");
+    open(&mut replicas[0].client.clone(), &account).await;
+
+    let calls = (0..50).map(|i| {
+        let mut client = replicas[i % 5].client.clone();
+        let account = account.clone();
+        async move { deposit(&mut client, &account, (i as i64) + 1).await }
+    });
+    let results = join_all(calls).await;
+
+    let mut accepted = 0i64;
+    let mut accepted_sequences = HashSet::new();
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(resp) => {
+                accepted += (i as i64) + 1;
+                accepted_sequences.insert(resp.position.as_ref().expect("position").sequence);
+            }
+            Err(status) => assert_eq!(status.code(), Code::Aborted, "losers are told ABORTED, got {status:?}"),
+        }
+    }
+    assert!(!accepted_sequences.is_empty(), "some commands must win");
+
+    let commits = stream_commits(&nats, &format!("sample.ledger.{account}")).await;
+    // One open plus exactly the accepted deposits, nothing more, nothing less.
+    assert_eq!(commits.len(), 1 + accepted_sequences.len());
+    let stored: HashSet<u64> = commits.iter().skip(1).map(|m| m.sequence).collect();
+    assert_eq!(stored, accepted_sequences);
+
+    // Every success is reflected in the state any replica loads, and in the read model.
+    let balance = deposit(&mut replicas[3].client.clone(), &account, 1).await.expect("deposit").balance;
+    assert_eq!(balance, accepted + 1);
+    let last = commits.last().expect("commits").sequence + 1;
+    let view = replicas[0]
+        .client
+        .clone()
+        .get_account(pb::GetAccountRequest { account_id: account.clone(), min_position: last })
+        .await
+        .expect("read")
+        .into_inner();
+    assert_eq!(view.balance, accepted + 1);
+}
+
+#[tokio::test]
+async fn two_concurrent_opens_of_a_new_account_create_it_once() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let a = spawn_ledger(&nats, &db).await;
+    let b = spawn_ledger(&nats, &db).await;
+    for _ in 0..10 {
+        let account = unique_id("new");
+        let req = |c: &Client| {
+            let mut c = c.clone();
+            let account = account.clone();
+            async move {
+                c.open_account(pb::OpenAccountRequest { command_id: command_id(), account_id: account, owner: "A".into() })
+                    .await
+            }
+        };
+        let (ra, rb) = tokio::join!(req(&a.client), req(&b.client));
+        let oks = [ra.is_ok(), rb.is_ok()].iter().filter(|x| **x).count();
+        assert_eq!(oks, 1, "exactly one open wins: {ra:?} {rb:?}");
+        let loser = ra.err().or(rb.err()).expect("one loser");
+        assert_eq!(loser.code(), Code::FailedPrecondition);
+        assert_eq!(stream_commits(&nats, &format!("sample.ledger.{account}")).await.len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_retried_command_applies_once_and_answers_the_same_within_the_dedupe_window() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let t = spawn_ledger(&nats, &db).await;
+    let mut client = t.client.clone();
+    let account = unique_id("acct");
+    open(&mut client, &account).await;
+    let id = command_id();
+    let req = pb::DepositRequest { command_id: id.clone(), account_id: account.clone(), amount: 7 };
+    let first = client.deposit(req.clone()).await.expect("first").into_inner();
+    deposit(&mut client, &account, 100).await.expect("another deposit in between");
+    // A fresh replica has no warm cache: it finds the duplicate through the server.
+    let other = spawn_ledger(&nats, &db).await;
+    let again = other.client.clone().deposit(req.clone()).await.expect("retry").into_inner();
+    assert_eq!(again.balance, first.balance, "same answer");
+    assert_eq!(again.position.as_ref().map(|p| p.sequence), first.position.as_ref().map(|p| p.sequence));
+    assert!(again.position.expect("pos").replayed);
+    assert_eq!(stream_commits(&nats, &format!("sample.ledger.{account}")).await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_retried_command_applies_once_after_the_dedupe_window() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let t = spawn_ledger(&nats, &db).await;
+    // Shrink the server's dedupe window to 1 s and let it pass.
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("SAMPLE").await.expect("stream");
+    let mut cfg = stream.info().await.expect("info").config.clone();
+    cfg.duplicate_window = std::time::Duration::from_secs(1);
+    js.update_stream(cfg).await.expect("update");
+
+    let mut client = t.client.clone();
+    let account = unique_id("acct");
+    open(&mut client, &account).await;
+    let req = pb::DepositRequest { command_id: command_id(), account_id: account.clone(), amount: 9 };
+    let first = client.deposit(req.clone()).await.expect("first").into_inner();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+
+    // Cold replica: the aggregate's remembered command ids catch it.
+    let other = spawn_ledger(&nats, &db).await;
+    let again = other.client.clone().deposit(req.clone()).await.expect("retry").into_inner();
+    assert_eq!(again.balance, first.balance);
+    assert_eq!(again.position.as_ref().map(|p| p.sequence), first.position.as_ref().map(|p| p.sequence));
+    // Warm replica too.
+    let again_warm = client.deposit(req).await.expect("retry").into_inner();
+    assert_eq!(again_warm.balance, first.balance);
+    assert_eq!(stream_commits(&nats, &format!("sample.ledger.{account}")).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_multi_event_command_lands_as_one_commit() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let t = spawn_ledger(&nats, &db).await;
+    let mut client = t.client.clone();
+    let account = unique_id("acct");
+    open(&mut client, &account).await;
+    let resp = client
+        .post_entries(pb::PostEntriesRequest { command_id: command_id(), account_id: account.clone(), amounts: vec![50, -20, 5] })
+        .await
+        .expect("post")
+        .into_inner();
+    assert_eq!(resp.event_count, 3);
+    assert_eq!(resp.balance, 35);
+    let commits = stream_commits(&nats, &format!("sample.ledger.{account}")).await;
+    assert_eq!(commits.len(), 2, "open + one commit holding all three events");
+    let commit = gridwork_eventstore::RecordedCommit::from_stream_message(commits[1].clone()).expect("decodes");
+    assert_eq!(commit.body.events.len(), 3);
+    assert_eq!(commit.header(headers::CE_TYPE), Some(headers::COMMIT_TYPE));
+    assert_eq!(commit.header(headers::CE_SPECVERSION), Some("1.0"));
+    assert_eq!(commit.header(headers::PRINCIPAL), Some("anonymous"));
+    assert_eq!(commit.previous, commits[0].sequence, "back-pointer stored with the message");
+
+    // A refused multi-event command writes nothing at all.
+    let err = client
+        .post_entries(pb::PostEntriesRequest { command_id: command_id(), account_id: account.clone(), amounts: vec![10, -1000] })
+        .await
+        .expect_err("insufficient funds");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(stream_commits(&nats, &format!("sample.ledger.{account}")).await.len(), 2);
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument_naming_each_field_and_writes_nothing() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let t = spawn_ledger(&nats, &db).await;
+    let mut client = t.client.clone();
+    let fields = |s: &tonic::Status| -> Vec<String> {
+        s.get_error_details().bad_request().map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect()).unwrap_or_default()
+    };
+    let e = client
+        .deposit(pb::DepositRequest { command_id: "nope".into(), account_id: "a.b".into(), amount: -3 })
+        .await
+        .expect_err("invalid");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(fields(&e), ["command_id", "account_id", "amount"]);
+    let e = client
+        .open_account(pb::OpenAccountRequest { command_id: command_id(), account_id: "ok".into(), owner: "  ".into() })
+        .await
+        .expect_err("invalid");
+    assert_eq!(fields(&e), ["owner"]);
+    let e = client
+        .post_entries(pb::PostEntriesRequest { command_id: command_id(), account_id: "ok".into(), amounts: vec![1, 0] })
+        .await
+        .expect_err("invalid");
+    assert_eq!(fields(&e), ["amounts[1]"]);
+    let e = client
+        .post_entries(pb::PostEntriesRequest { command_id: command_id(), account_id: "ok".into(), amounts: vec![] })
+        .await
+        .expect_err("invalid");
+    assert_eq!(fields(&e), ["amounts"]);
+    let e = deposit(&mut client, "never-opened", 5).await.expect_err("not open");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = client
+        .get_account(pb::GetAccountRequest { account_id: "nobody".into(), min_position: 0 })
+        .await
+        .expect_err("missing");
+    assert_eq!(e.code(), Code::NotFound);
+
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let mut stream = async_nats::jetstream::new(client).get_stream("SAMPLE").await.expect("stream");
+    assert_eq!(stream.info().await.expect("info").state.messages, 0, "nothing written");
+}
