@@ -32,10 +32,14 @@ impl Projection for Accounts {
         let table = tables.name(ACCOUNTS.name);
         let id = commit.aggregate_id();
         let position = commit.sequence as i64;
-        // Recorded so tests can prove the trace started at the RPC reached here.
-        let trace_id = {
+        // The trace this commit is applied under, recorded so tests can prove the
+        // trace started at the RPC reached the projection. Empty for commits made
+        // outside any trace, so a rebuild reproduces the rows exactly.
+        let trace_id = if commit.header(gridwork_eventstore::envelope::headers::TRACEPARENT).is_some() {
             use opentelemetry::trace::TraceContextExt as _;
             tracing::Span::current().context().span().span_context().trace_id().to_string()
+        } else {
+            String::new()
         };
         for event in commit.decode_events::<LedgerEvent>()? {
             match event {

@@ -70,3 +70,58 @@ pub async fn deposit(client: &mut Client, account: &str, amount: i64) -> Result<
         .await
         .map(|r| r.into_inner())
 }
+
+/// The kernel pieces without gRPC: a repository and a read store.
+pub struct Kernel {
+    pub js: async_nats::jetstream::Context,
+    pub repository: gridwork_eventstore::Repository<gridwork_sample_ledger::domain::ledger::Ledger>,
+    pub store: gridwork_eventstore::projection::ReadStore,
+}
+
+pub async fn kernel(nats: &NatsServer, db: &TestDb) -> Kernel {
+    gridwork_testkit::init_tracing();
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client.clone());
+    let spec = gridwork_eventstore::StreamSpec::events("sample", 1);
+    gridwork_eventstore::ensure_stream(&client, &js, &spec).await.expect("stream");
+    let repository = gridwork_eventstore::Repository::new(
+        js.clone(),
+        &spec.name,
+        Some(&spec.snapshot_bucket()),
+        gridwork_eventstore::RepositoryOptions::default(),
+    )
+    .await
+    .expect("repository");
+    let store = gridwork_eventstore::projection::ReadStore::connect(&db.url).await.expect("read store");
+    Kernel { js, repository, store }
+}
+
+pub fn meta() -> gridwork_eventstore::CommandMeta {
+    gridwork_eventstore::CommandMeta { command_id: command_id(), principal: "test".into(), decided_at_unix_ms: 1_700_000_000_000 }
+}
+
+/// Open `accounts` accounts and make `deposits` deposits on each; returns the
+/// stream's last sequence.
+pub async fn write_history(k: &Kernel, prefix: &str, accounts: usize, deposits: usize) -> u64 {
+    use gridwork_sample_ledger::domain::ledger::LedgerCommand;
+    let mut last = 0;
+    for a in 0..accounts {
+        let id = format!("{prefix}-{a}");
+        last = k.repository.execute(&id, &LedgerCommand::Open { owner: format!("owner {a}") }, &meta()).await.expect("open").sequence;
+        for d in 0..deposits {
+            let amount = (a * 1000 + d + 1) as i64;
+            last = k.repository.execute(&id, &LedgerCommand::Deposit { amount }, &meta()).await.expect("deposit").sequence;
+        }
+    }
+    last
+}
+
+/// Every row of the accounts table, ordered.
+pub async fn dump(store: &gridwork_eventstore::projection::ReadStore) -> Vec<(String, String, i64, i64, i64, String)> {
+    sqlx::query_as(
+        "SELECT account_id, owner, balance, movements, position, last_trace_id FROM sample_accounts ORDER BY account_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("dump")
+}
