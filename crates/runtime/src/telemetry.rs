@@ -10,7 +10,8 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, fmt};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::{EnvFilter, Layer as _, fmt};
 
 use crate::config::LogFormat;
 
@@ -36,15 +37,17 @@ pub fn init(service: &'static str, format: LogFormat) -> anyhow::Result<Telemetr
     }
     let provider = builder.build();
     opentelemetry::global::set_tracer_provider(provider.clone());
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+    // RUST_LOG filters what is logged, never what is traced: trace context must
+    // cross every hop even when logging is quiet.
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service)).with_filter(LevelFilter::INFO);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = format == LogFormat::Json;
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(json.then(|| fmt::layer().json().with_current_span(true)))
-        .with((!json).then(fmt::layer))
-        .with(otel)
-        .try_init()?;
+    let logs = if json {
+        fmt::layer().json().with_current_span(true).with_filter(filter).boxed()
+    } else {
+        fmt::layer().with_filter(filter).boxed()
+    };
+    tracing_subscriber::registry().with(logs).with(otel).try_init()?;
     Ok(TelemetryGuard { provider })
 }
 
@@ -54,11 +57,10 @@ pub fn init_for_tests() {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let provider = SdkTracerProvider::builder().build();
     opentelemetry::global::set_tracer_provider(provider.clone());
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("test")).with_filter(LevelFilter::INFO);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt::layer().with_test_writer())
+        .with(fmt::layer().with_test_writer().with_filter(filter))
         .with(otel)
         .try_init();
 }
