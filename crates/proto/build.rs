@@ -14,9 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptor_path = out.join("gridwork_descriptor.bin");
     std::fs::write(&descriptor_path, fds.encode_to_vec())?;
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(&descriptor_path)
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().file_descriptor_set_path(&descriptor_path).compile_fds(fds)?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())
 }

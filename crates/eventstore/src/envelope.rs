@@ -152,14 +152,9 @@ pub struct RecordedCommit {
 
 impl RecordedCommit {
     /// Parse a message read from the stream.
-    pub fn from_parts(
-        sequence: u64,
-        subject: &str,
-        headers: HeaderMap,
-        payload: &[u8],
-    ) -> Result<Self, DecodeError> {
-        let body = pb::Commit::decode(payload)
-            .map_err(|e| DecodeError::new(format!("commit at sequence {sequence}"), e))?;
+    pub fn from_parts(sequence: u64, subject: &str, headers: HeaderMap, payload: &[u8]) -> Result<Self, DecodeError> {
+        let body =
+            pb::Commit::decode(payload).map_err(|e| DecodeError::new(format!("commit at sequence {sequence}"), e))?;
         let previous = header_u64(&headers, headers::EXPECTED_LAST_SUBJECT_SEQUENCE).ok_or_else(|| {
             DecodeError::new(
                 format!("commit at sequence {sequence}"),
@@ -186,11 +181,7 @@ impl RecordedCommit {
 
     /// Decode the events into a domain type (upcasting as the type decides).
     pub fn decode_events<E: DomainEvent>(&self) -> Result<Vec<E>, DecodeError> {
-        self.body
-            .events
-            .iter()
-            .map(|e| E::decode(&e.event_type, e.schema_version, &e.payload))
-            .collect()
+        self.body.events.iter().map(|e| E::decode(&e.event_type, e.schema_version, &e.payload)).collect()
     }
 
     /// A header's value, if present.

@@ -246,21 +246,18 @@ impl<A: Aggregate> Repository<A> {
                 return Ok(CommitOutcome { sequence: loaded.sequence, events, replayed: false });
             }
             let (headers, body) = envelope::encode_commit::<A>(id, loaded.sequence, meta, &events);
-            let publish = async {
-                self.js
-                    .publish_with_headers(subject.clone(), headers, body)
-                    .await?
-                    .await
-            }
-            .instrument(tracing::info_span!("eventstore.append", subject = %subject, attempt));
+            let publish = async { self.js.publish_with_headers(subject.clone(), headers, body).await?.await }
+                .instrument(tracing::info_span!("eventstore.append", subject = %subject, attempt));
             match publish.await {
                 Ok(ack) if ack.duplicate => {
-                    metrics::counter!("eventstore_appends_total", "aggregate" => A::TYPE, "outcome" => "duplicate").increment(1);
+                    metrics::counter!("eventstore_appends_total", "aggregate" => A::TYPE, "outcome" => "duplicate")
+                        .increment(1);
                     self.cache.invalidate(id);
                     return Ok(self.replay(&subject, &meta.command_id, ack.sequence).await?);
                 }
                 Ok(ack) => {
-                    metrics::counter!("eventstore_appends_total", "aggregate" => A::TYPE, "outcome" => "ok").increment(1);
+                    metrics::counter!("eventstore_appends_total", "aggregate" => A::TYPE, "outcome" => "ok")
+                        .increment(1);
                     let mut next = loaded;
                     next.apply(ack.sequence, &meta.command_id, &events, self.options.remembered_commands);
                     self.maybe_snapshot(id, &mut next);
@@ -296,7 +293,11 @@ impl<A: Aggregate> Repository<A> {
         if commit.subject != subject || commit.command_id() != command_id {
             return Err(StoreError::Corrupt(crate::DecodeError::new(
                 format!("commit at sequence {sequence}"),
-                format!("expected command {command_id} on {subject}, found {} on {}", commit.command_id(), commit.subject),
+                format!(
+                    "expected command {command_id} on {subject}, found {} on {}",
+                    commit.command_id(),
+                    commit.subject
+                ),
             )));
         }
         let events = commit.decode_events::<A::Event>()?;
@@ -320,9 +321,10 @@ impl<A: Aggregate> Repository<A> {
     async fn commit_at(&self, sequence: u64) -> Result<RecordedCommit, StoreError> {
         match self.stream.direct_get(sequence).await {
             Ok(m) => Ok(RecordedCommit::from_stream_message(m)?),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Err(StoreError::Corrupt(
-                crate::DecodeError::new(format!("commit at sequence {sequence}"), "missing from the stream"),
-            )),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Err(StoreError::Corrupt(crate::DecodeError::new(
+                format!("commit at sequence {sequence}"),
+                "missing from the stream",
+            ))),
             Err(e) => Err(StoreError::Unavailable(format!("direct get {sequence}: {e}"))),
         }
     }

@@ -29,9 +29,7 @@ impl Extractor for HeaderExtractor<'_> {
 /// Write the current span's trace context into `headers`.
 pub fn inject_current(headers: &mut HeaderMap) {
     let cx = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| {
-        p.inject_context(&cx, &mut HeaderInjector(headers))
-    });
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
 }
 
 /// Make `span` a child of the trace context found in `headers`, if any.

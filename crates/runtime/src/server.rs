@@ -237,9 +237,7 @@ async fn readiness_loop(
         }
         let nats_ok = runtime.nats.connection_state() == State::Connected;
         let db_ok = match &runtime.store {
-            Some(store) => tokio::time::timeout(Duration::from_secs(1), store.ping())
-                .await
-                .is_ok_and(|r| r.is_ok()),
+            Some(store) => tokio::time::timeout(Duration::from_secs(1), store.ping()).await.is_ok_and(|r| r.is_ok()),
             None => true,
         };
         let ready = nats_ok && db_ok;

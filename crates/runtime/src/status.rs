@@ -89,9 +89,11 @@ impl From<ServiceError> for Status {
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
             ServiceError::FailedPrecondition { kind, subject, description } => {
-                let details = ErrorDetails::with_precondition_failure(vec![
-                    tonic_types::PreconditionViolation::new(kind, subject, description.clone()),
-                ]);
+                let details = ErrorDetails::with_precondition_failure(vec![tonic_types::PreconditionViolation::new(
+                    kind,
+                    subject,
+                    description.clone(),
+                )]);
                 Status::with_error_details(Code::FailedPrecondition, description, details)
             }
             ServiceError::NotFound(m) => Status::not_found(m),
@@ -181,8 +183,7 @@ mod tests {
 
     #[test]
     fn a_conflict_after_retries_is_aborted() {
-        let status: Status =
-            ServiceError::from(StoreError::Conflict { subject: "s.a.1".into(), attempts: 3 }).into();
+        let status: Status = ServiceError::from(StoreError::Conflict { subject: "s.a.1".into(), attempts: 3 }).into();
         assert_eq!(status.code(), Code::Aborted);
     }
 }

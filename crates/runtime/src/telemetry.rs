@@ -8,9 +8,9 @@
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::{EnvFilter, Layer as _, fmt};
 
 use crate::config::LogFormat;
@@ -59,8 +59,6 @@ pub fn init_for_tests() {
     opentelemetry::global::set_tracer_provider(provider.clone());
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("test")).with_filter(LevelFilter::INFO);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::registry()
-        .with(fmt::layer().with_test_writer().with_filter(filter))
-        .with(otel)
-        .try_init();
+    let _ =
+        tracing_subscriber::registry().with(fmt::layer().with_test_writer().with_filter(filter)).with(otel).try_init();
 }

@@ -36,9 +36,7 @@ impl TestDb {
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
             .with_context(|| format!("connecting to {POSTGRES_ENV}={admin}"))?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
         let url = replace_db(&admin, &name);
         Ok(Some(Self { url, pg: Some((admin, name)), _dir: None }))
     }

@@ -56,9 +56,7 @@ impl NatsServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .with_context(|| {
-                format!("starting {binary}: install it with `make deps` (Debian package nats-server)")
-            })?;
+            .with_context(|| format!("starting {binary}: install it with `make deps` (Debian package nats-server)"))?;
         self.child = Some(child);
         // Ready means JetStream answers, not merely that the port accepts.
         let deadline = Instant::now() + Duration::from_secs(15);

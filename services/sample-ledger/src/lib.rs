@@ -58,13 +58,21 @@ impl App {
         let runtime = Runtime::connect(SERVICE, &common.nats_url, Some(&database_url), Duration::from_secs(30)).await?;
         let spec = StreamSpec::events(<Ledger as gridwork_eventstore::Aggregate>::CONTEXT, common.stream_replicas);
         ensure_stream(&runtime.nats, &runtime.js, &spec).await?;
-        let repository =
-            Repository::<Ledger>::new(runtime.js.clone(), &spec.name, Some(&spec.snapshot_bucket()), RepositoryOptions::default())
-                .await?;
+        let repository = Repository::<Ledger>::new(
+            runtime.js.clone(),
+            &spec.name,
+            Some(&spec.snapshot_bucket()),
+            RepositoryOptions::default(),
+        )
+        .await?;
         let store = runtime.store.clone().ok_or_else(|| anyhow::anyhow!("read store missing"))?;
-        let projection =
-            ProjectionRunner::start(runtime.js.clone(), store.clone(), projection::Accounts, RunnerConfig::new(&spec.name))
-                .await?;
+        let projection = ProjectionRunner::start(
+            runtime.js.clone(),
+            store.clone(),
+            projection::Accounts,
+            RunnerConfig::new(&spec.name),
+        )
+        .await?;
         let ledgers = Ledgers::new(repository, store, Arc::new(projection), clock);
         Ok(Self { runtime, ledgers })
     }
@@ -85,7 +93,14 @@ impl App {
         tracing::info!(grpc = %common.grpc_addr, metrics = %common.metrics_addr, "sample-ledger listening");
         let routes = self.routes();
         self.runtime
-            .serve(listener, Some(metrics), routes, &[SERVICE_NAME], common.drain(), gridwork_runtime::server::shutdown_signal())
+            .serve(
+                listener,
+                Some(metrics),
+                routes,
+                &[SERVICE_NAME],
+                common.drain(),
+                gridwork_runtime::server::shutdown_signal(),
+            )
             .await
     }
 

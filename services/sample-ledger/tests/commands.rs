@@ -95,8 +95,12 @@ async fn two_concurrent_opens_of_a_new_account_create_it_once() {
             let mut c = c.clone();
             let account = account.clone();
             async move {
-                c.open_account(pb::OpenAccountRequest { command_id: command_id(), account_id: account, owner: "A".into() })
-                    .await
+                c.open_account(pb::OpenAccountRequest {
+                    command_id: command_id(),
+                    account_id: account,
+                    owner: "A".into(),
+                })
+                .await
             }
         };
         let (ra, rb) = tokio::join!(req(&a.client), req(&b.client));
@@ -169,7 +173,11 @@ async fn a_multi_event_command_lands_as_one_commit() {
     let account = unique_id("acct");
     open(&mut client, &account).await;
     let resp = client
-        .post_entries(pb::PostEntriesRequest { command_id: command_id(), account_id: account.clone(), amounts: vec![50, -20, 5] })
+        .post_entries(pb::PostEntriesRequest {
+            command_id: command_id(),
+            account_id: account.clone(),
+            amounts: vec![50, -20, 5],
+        })
         .await
         .expect("post")
         .into_inner();
@@ -186,7 +194,11 @@ async fn a_multi_event_command_lands_as_one_commit() {
 
     // A refused multi-event command writes nothing at all.
     let err = client
-        .post_entries(pb::PostEntriesRequest { command_id: command_id(), account_id: account.clone(), amounts: vec![10, -1000] })
+        .post_entries(pb::PostEntriesRequest {
+            command_id: command_id(),
+            account_id: account.clone(),
+            amounts: vec![10, -1000],
+        })
         .await
         .expect_err("insufficient funds");
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -200,7 +212,10 @@ async fn bad_input_is_invalid_argument_naming_each_field_and_writes_nothing() {
     let t = spawn_ledger(&nats, &db).await;
     let mut client = t.client.clone();
     let fields = |s: &tonic::Status| -> Vec<String> {
-        s.get_error_details().bad_request().map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect()).unwrap_or_default()
+        s.get_error_details()
+            .bad_request()
+            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+            .unwrap_or_default()
     };
     let e = client
         .deposit(pb::DepositRequest { command_id: "nope".into(), account_id: "a.b".into(), amount: -3 })

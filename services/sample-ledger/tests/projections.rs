@@ -47,11 +47,13 @@ async fn killed_projection_applies_every_commit_exactly_once(db: TestDb) {
     // commit and the position update, between batches — many times.
     let mut rng = rand::rng();
     for _ in 0..25 {
-        let handle = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, small_batches()).await.expect("start");
+        let handle =
+            ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, small_batches()).await.expect("start");
         tokio::time::sleep(Duration::from_millis(rng.random_range(1..25))).await;
         handle.abort();
     }
-    let handle = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, small_batches()).await.expect("start");
+    let handle =
+        ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, small_batches()).await.expect("start");
     handle.wait_for(last, WAIT).await.expect("caught up");
 
     let rows = dump(&k.store).await;
@@ -72,7 +74,8 @@ async fn a_killed_projection_applies_every_commit_exactly_once_on_sqlite() {
 
 #[tokio::test]
 async fn a_killed_projection_applies_every_commit_exactly_once_on_postgres() {
-    let Some(db) = TestDb::postgres("a_killed_projection_applies_every_commit_exactly_once_on_postgres").await.expect("pg")
+    let Some(db) =
+        TestDb::postgres("a_killed_projection_applies_every_commit_exactly_once_on_postgres").await.expect("pg")
     else {
         return;
     };
@@ -92,7 +95,11 @@ async fn rebuilt_projection_equals_the_live_one(db: TestDb, fresh: TestDb) {
             let mut last = 0;
             for i in 0..150 {
                 let id = format!("acct-{}", i % 10);
-                last = repository.execute(&id, &LedgerCommand::Deposit { amount: 3 }, &meta()).await.expect("deposit").sequence;
+                last = repository
+                    .execute(&id, &LedgerCommand::Deposit { amount: 3 }, &meta())
+                    .await
+                    .expect("deposit")
+                    .sequence;
             }
             last
         })
@@ -104,7 +111,9 @@ async fn rebuilt_projection_equals_the_live_one(db: TestDb, fresh: TestDb) {
 
     // An independent projection from zero into another database.
     let other = gridwork_eventstore::projection::ReadStore::connect(&fresh.url).await.expect("fresh store");
-    let reference = ProjectionRunner::start(k.js.clone(), other.clone(), Accounts, RunnerConfig::new("SAMPLE")).await.expect("start");
+    let reference = ProjectionRunner::start(k.js.clone(), other.clone(), Accounts, RunnerConfig::new("SAMPLE"))
+        .await
+        .expect("start");
     reference.wait_for(last, WAIT).await.expect("caught up");
 
     let rebuilt = dump(&k.store).await;
@@ -127,7 +136,8 @@ async fn a_rebuilt_projection_equals_the_live_one_on_sqlite() {
 #[tokio::test]
 async fn a_rebuilt_projection_equals_the_live_one_on_postgres() {
     let name = "a_rebuilt_projection_equals_the_live_one_on_postgres";
-    let (Some(db), Some(fresh)) = (TestDb::postgres(name).await.expect("pg"), TestDb::postgres(name).await.expect("pg"))
+    let (Some(db), Some(fresh)) =
+        (TestDb::postgres(name).await.expect("pg"), TestDb::postgres(name).await.expect("pg"))
     else {
         return;
     };
@@ -146,7 +156,8 @@ async fn a_poison_commit_is_parked_after_bounded_retries_and_the_projection_move
     let nats = NatsServer::start().await.expect("nats");
     let db = TestDb::sqlite().expect("db");
     let k = kernel(&nats, &db).await;
-    let config = RunnerConfig { max_attempts: 3, retry_backoff: Duration::from_millis(5), ..RunnerConfig::new("SAMPLE") };
+    let config =
+        RunnerConfig { max_attempts: 3, retry_backoff: Duration::from_millis(5), ..RunnerConfig::new("SAMPLE") };
     let handle = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, config).await.expect("start");
     write_history(&k, "ok", 1, 2).await;
 

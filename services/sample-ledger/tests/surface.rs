@@ -17,9 +17,9 @@ use gridwork_testkit::nats::NatsServer;
 use gridwork_testkit::unique_id;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 const LEDGER: &str = "gridwork.sample.v1.LedgerService";
 
@@ -50,12 +50,15 @@ async fn health_and_reflection_answer_a_stock_grpc_client() {
     wait_health(&endpoint, "", ServingStatus::Serving, Duration::from_secs(10)).await;
     wait_health(&endpoint, LEDGER, ServingStatus::Serving, Duration::from_secs(10)).await;
 
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
     let channel = Channel::from_shared(endpoint.clone()).expect("endpoint").connect().await.expect("connect");
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
     let mut responses = ServerReflectionClient::new(channel)
         .server_reflection_info(futures::stream::iter([request]))
         .await
@@ -81,7 +84,9 @@ async fn health_and_reflection_answer_a_stock_grpc_client() {
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("write");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).await.expect("read");
     out
@@ -97,7 +102,8 @@ async fn a_trace_started_at_an_rpc_continues_in_the_projection_that_applies_its_
     open(&mut client, &account).await;
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let mut request = tonic::Request::new(pb::DepositRequest { command_id: command_id(), account_id: account.clone(), amount: 3 });
+    let mut request =
+        tonic::Request::new(pb::DepositRequest { command_id: command_id(), account_id: account.clone(), amount: 3 });
     request.metadata_mut().insert("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01").parse().expect("ascii"));
     let sequence = client.deposit(request).await.expect("deposit").into_inner().position.expect("pos").sequence;
 
@@ -117,9 +123,12 @@ async fn shutting_down_turns_health_not_serving_before_the_listener_closes() {
     let nats = NatsServer::start().await.expect("nats");
     let db = TestDb::sqlite().expect("db");
     gridwork_testkit::init_tracing();
-    let app = gridwork_sample_ledger::App::build(&config(&nats.url(), &db.url), Arc::new(gridwork_runtime::clock::SystemClock))
-        .await
-        .expect("build");
+    let app = gridwork_sample_ledger::App::build(
+        &config(&nats.url(), &db.url),
+        Arc::new(gridwork_runtime::clock::SystemClock),
+    )
+    .await
+    .expect("build");
     let mut server = app.spawn(Duration::from_secs(2)).await.expect("serve");
     let endpoint = server.endpoint();
     wait_health(&endpoint, "", ServingStatus::Serving, Duration::from_secs(10)).await;
@@ -158,7 +167,11 @@ async fn a_nats_outage_turns_health_not_serving_and_loses_no_acknowledged_comman
             let mut failures = 0;
             while !stop.load(Ordering::Relaxed) {
                 let id = command_id();
-                let mut request = tonic::Request::new(pb::DepositRequest { command_id: id.clone(), account_id: account.clone(), amount: 1 });
+                let mut request = tonic::Request::new(pb::DepositRequest {
+                    command_id: id.clone(),
+                    account_id: account.clone(),
+                    amount: 1,
+                });
                 request.set_timeout(Duration::from_secs(3));
                 match client.deposit(request).await {
                     Ok(r) => acked.lock().await.push((id, r.into_inner().position.expect("pos").sequence)),
@@ -191,8 +204,10 @@ async fn a_nats_outage_turns_health_not_serving_and_loses_no_acknowledged_comman
     let stream = js.get_stream("SAMPLE").await.expect("stream");
     let acked = acked.lock().await.clone();
     for (id, sequence) in &acked {
-        let commit = RecordedCommit::from_stream_message(stream.direct_get(*sequence).await.expect("acknowledged commit is stored"))
-            .expect("decodes");
+        let commit = RecordedCommit::from_stream_message(
+            stream.direct_get(*sequence).await.expect("acknowledged commit is stored"),
+        )
+        .expect("decodes");
         assert_eq!(commit.command_id(), id);
     }
     // And the read model catches up past the outage.

@@ -124,10 +124,7 @@ impl Delivered {
         let pending = info.pending;
         let headers = m.headers.clone().unwrap_or_default();
         let parsed = RecordedCommit::from_parts(sequence, m.subject.as_str(), headers.clone(), &m.payload);
-        Ok((
-            Self { sequence, subject: m.subject.to_string(), headers, payload: m.payload.clone(), parsed },
-            pending,
-        ))
+        Ok((Self { sequence, subject: m.subject.to_string(), headers, payload: m.payload.clone(), parsed }, pending))
     }
 }
 
@@ -338,10 +335,8 @@ impl<P: Projection> Inner<P> {
         } else {
             DeliverPolicy::ByStartSequence { start_sequence: position + 1 }
         };
-        let consumer = stream
-            .create_consumer(OrderedConfig { deliver_policy, ..Default::default() })
-            .await
-            .map_err(nats)?;
+        let consumer =
+            stream.create_consumer(OrderedConfig { deliver_policy, ..Default::default() }).await.map_err(nats)?;
         let messages = consumer.messages().await.map_err(nats)?;
         Ok(messages.chunks_timeout(self.config.batch_size, self.config.batch_wait))
     }
@@ -390,9 +385,7 @@ impl<P: Projection> Inner<P> {
     /// Bring the shadow set to the live position and swap it in.
     async fn swap_in(&self, shadow_position: u64, live_position: u64) -> Result<u64, RunnerError> {
         let position = self.catch_up(Tables::Shadow, &self.shadow_name, shadow_position, live_position).await?;
-        self.store
-            .swap_in_shadow(self.projection.tables(), &self.name, &self.shadow_name, &self.config.stream)
-            .await?;
+        self.store.swap_in_shadow(self.projection.tables(), &self.name, &self.shadow_name, &self.config.stream).await?;
         info!(projection = %self.name, position, "rebuilt tables swapped in");
         Ok(position)
     }
@@ -430,7 +423,12 @@ impl<P: Projection> Inner<P> {
         Ok(())
     }
 
-    async fn apply_one(&self, tx: &mut sqlx::AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
+    async fn apply_one(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        tables: Tables,
+        commit: &RecordedCommit,
+    ) -> Result<(), ApplyError> {
         let span = info_span!("projection.apply", projection = %self.name, sequence = commit.sequence, subject = %commit.subject);
         crate::trace::set_parent_from(&span, &commit.headers);
         self.projection.apply(tx, tables, commit).instrument(span).await
@@ -491,12 +489,7 @@ impl<P: Projection> Inner<P> {
         // Parking twice (a crash before the position moved) dedupes to one.
         h.insert(headers::MSG_ID, format!("{}:{}:{}", self.name, self.config.stream, c.sequence).as_str());
         let subject = format!("dlq.{}", self.name.replace(['.', '*', '>', ' ', '#'], "_"));
-        self.js
-            .publish_with_headers(subject, h, c.payload.clone())
-            .await
-            .map_err(nats)?
-            .await
-            .map_err(nats)?;
+        self.js.publish_with_headers(subject, h, c.payload.clone()).await.map_err(nats)?.await.map_err(nats)?;
         metrics::counter!("projection_parked_total", "projection" => self.name.clone()).increment(1);
         Ok(())
     }

@@ -148,8 +148,7 @@ impl ReadStore {
             if which == Tables::Shadow {
                 tx.execute(AssertSqlSafe(format!("DROP TABLE IF EXISTS {name}"))).await?;
             }
-            tx.execute(AssertSqlSafe(format!("CREATE TABLE IF NOT EXISTS {name} {}", def.columns)))
-                .await?;
+            tx.execute(AssertSqlSafe(format!("CREATE TABLE IF NOT EXISTS {name} {}", def.columns))).await?;
             for (i, columns) in def.indexes.iter().enumerate() {
                 // Index names outlive a rename, so each generation gets its own.
                 let tag = if which == Tables::Shadow {
@@ -169,12 +168,11 @@ impl ReadStore {
 
     /// The stored position of `projection` (0 if none).
     pub async fn position(&self, projection: &str) -> Result<u64, sqlx::Error> {
-        let row: Option<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT position FROM {CHECKPOINTS} WHERE projection = $1"
-        )))
-        .bind(projection)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<(i64,)> =
+            sqlx::query_as(AssertSqlSafe(format!("SELECT position FROM {CHECKPOINTS} WHERE projection = $1")))
+                .bind(projection)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map_or(0, |(p,)| p as u64))
     }
 
@@ -188,12 +186,11 @@ impl ReadStore {
         stream: &str,
     ) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let position: (i64,) = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT position FROM {CHECKPOINTS} WHERE projection = $1"
-        )))
-        .bind(shadow_checkpoint)
-        .fetch_one(&mut *tx)
-        .await?;
+        let position: (i64,) =
+            sqlx::query_as(AssertSqlSafe(format!("SELECT position FROM {CHECKPOINTS} WHERE projection = $1")))
+                .bind(shadow_checkpoint)
+                .fetch_one(&mut *tx)
+                .await?;
         for def in defs {
             let shadow = format!("{}{SHADOW_SUFFIX}", def.name);
             for statement in self.backend.swap_statements(def.name, &shadow) {
@@ -216,9 +213,7 @@ pub async fn set_position(
     stream: &str,
     position: u64,
 ) -> Result<(), sqlx::Error> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {CHECKPOINTS} (projection, stream, position, updated_at_ms) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (projection) DO UPDATE SET position = excluded.position, updated_at_ms = excluded.updated_at_ms"

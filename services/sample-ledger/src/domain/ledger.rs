@@ -145,9 +145,7 @@ mod tests {
 
     #[test]
     fn opening_an_account_records_its_owner() {
-        given::<Ledger>([])
-            .when(LedgerCommand::Open { owner: "Wang".into() })
-            .then_expect_events([opened()]);
+        given::<Ledger>([]).when(LedgerCommand::Open { owner: "Wang".into() }).then_expect_events([opened()]);
     }
 
     #[test]
@@ -159,7 +157,9 @@ mod tests {
 
     #[test]
     fn money_cannot_move_on_an_account_never_opened() {
-        given::<Ledger>([]).when(LedgerCommand::Deposit { amount: 5 }).then_expect_error(LedgerRejection::AccountNotOpen);
+        given::<Ledger>([])
+            .when(LedgerCommand::Deposit { amount: 5 })
+            .then_expect_error(LedgerRejection::AccountNotOpen);
     }
 
     #[test]

@@ -55,7 +55,11 @@ pub fn command_id() -> String {
 
 pub async fn open(client: &mut Client, account: &str) -> u64 {
     client
-        .open_account(pb::OpenAccountRequest { command_id: command_id(), account_id: account.into(), owner: "Wang".into() })
+        .open_account(pb::OpenAccountRequest {
+            command_id: command_id(),
+            account_id: account.into(),
+            owner: "Wang".into(),
+        })
         .await
         .expect("opens")
         .into_inner()
@@ -97,7 +101,11 @@ pub async fn kernel(nats: &NatsServer, db: &TestDb) -> Kernel {
 }
 
 pub fn meta() -> gridwork_eventstore::CommandMeta {
-    gridwork_eventstore::CommandMeta { command_id: command_id(), principal: "test".into(), decided_at_unix_ms: 1_700_000_000_000 }
+    gridwork_eventstore::CommandMeta {
+        command_id: command_id(),
+        principal: "test".into(),
+        decided_at_unix_ms: 1_700_000_000_000,
+    }
 }
 
 /// Open `accounts` accounts and make `deposits` deposits on each; returns the
@@ -107,10 +115,16 @@ pub async fn write_history(k: &Kernel, prefix: &str, accounts: usize, deposits: 
     let mut last = 0;
     for a in 0..accounts {
         let id = format!("{prefix}-{a}");
-        last = k.repository.execute(&id, &LedgerCommand::Open { owner: format!("owner {a}") }, &meta()).await.expect("open").sequence;
+        last = k
+            .repository
+            .execute(&id, &LedgerCommand::Open { owner: format!("owner {a}") }, &meta())
+            .await
+            .expect("open")
+            .sequence;
         for d in 0..deposits {
             let amount = (a * 1000 + d + 1) as i64;
-            last = k.repository.execute(&id, &LedgerCommand::Deposit { amount }, &meta()).await.expect("deposit").sequence;
+            last =
+                k.repository.execute(&id, &LedgerCommand::Deposit { amount }, &meta()).await.expect("deposit").sequence;
         }
     }
     last

@@ -1,0 +1,273 @@
+//! `make bench`: the kernel's figures, each beside a baseline measured in the
+//! same run on the same private nats-server / database.
+//!
+//! 1. Append rate: kernel `execute` vs a raw JetStream publish-and-await-ack, at
+//!    1 and 64 concurrent writers.
+//! 2. Cold load of a 20-event aggregate in a stream of >= 1 M messages (p50/p99),
+//!    with KV snapshots and with the bare back-pointer walk; beside it, a single
+//!    direct get and the subject scan the design avoids.
+//! 3. Projection catch-up on SQLite and PostgreSQL vs a raw batched insert.
+//!
+//! Environment: BENCH_FILL (messages in the big stream, default 1_000_000),
+//! BENCH_SECONDS (per throughput run, default 3), GRIDWORK_TEST_POSTGRES_URL.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use gridwork_eventstore::projection::{ProjectionRunner, ReadStore, RunnerConfig};
+use gridwork_eventstore::{CommandMeta, Repository, RepositoryOptions, StreamSpec, ensure_stream};
+use gridwork_sample_ledger::domain::ledger::{Ledger, LedgerCommand};
+use gridwork_sample_ledger::projection::Accounts;
+use gridwork_testkit::db::TestDb;
+use gridwork_testkit::nats::NatsServer;
+use hdrhistogram::Histogram;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn meta() -> CommandMeta {
+    CommandMeta { command_id: uuid::Uuid::now_v7().to_string(), principal: "bench".into(), decided_at_unix_ms: 0 }
+}
+
+struct Setup {
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    spec: StreamSpec,
+}
+
+async fn setup(nats: &NatsServer) -> Setup {
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client.clone());
+    let spec = StreamSpec::events("sample", 1);
+    ensure_stream(&client, &js, &spec).await.expect("stream");
+    Setup { client, js, spec }
+}
+
+async fn repository(s: &Setup, snapshots: bool) -> Repository<Ledger> {
+    let bucket = s.spec.snapshot_bucket();
+    Repository::new(s.js.clone(), &s.spec.name, snapshots.then_some(bucket.as_str()), RepositoryOptions::default())
+        .await
+        .expect("repository")
+}
+
+/// Run `writers` tasks for `seconds`, each calling `op(writer)` in a loop; ops/s.
+async fn rate<F, Fut>(writers: usize, seconds: u64, op: F) -> f64
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let count = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (op, count) = (op.clone(), count.clone());
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    op(w).await;
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn append_rates(seconds: u64) {
+    let nats = NatsServer::start().await.expect("nats");
+    let s = setup(&nats).await;
+    let repo = repository(&s, true).await;
+    for w in 0..64 {
+        repo.execute(&format!("w{w}"), &LedgerCommand::Open { owner: "bench".into() }, &meta()).await.expect("open");
+    }
+    println!("\n== Append rate (commits/s), nats-server on a temp store, {seconds} s per run ==");
+    println!("{:>8} {:>14} {:>14} {:>8}", "writers", "raw publish", "kernel", "ratio");
+    for writers in [1usize, 64] {
+        let js = s.js.clone();
+        let raw = rate(writers, seconds, move |w| {
+            let js = js.clone();
+            async move {
+                js.publish(format!("sample.raw.w{w}"), "x".repeat(120).into())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("ack");
+            }
+        })
+        .await;
+        let r = repo.clone();
+        let kernel = rate(writers, seconds, move |w| {
+            let r = r.clone();
+            async move {
+                r.execute(&format!("w{w}"), &LedgerCommand::Deposit { amount: 1 }, &meta()).await.expect("deposit");
+            }
+        })
+        .await;
+        println!("{writers:>8} {raw:>14.0} {kernel:>14.0} {:>8.2}", kernel / raw);
+    }
+}
+
+fn percentiles(h: &Histogram<u64>) -> String {
+    format!(
+        "p50 {:>7.3} ms  p99 {:>7.3} ms  (n={})",
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.len()
+    )
+}
+
+async fn cold_loads(fill: u64) {
+    let nats = NatsServer::start().await.expect("nats");
+    let s = setup(&nats).await;
+    let repo = repository(&s, true).await;
+    let bare = repository(&s, false).await;
+    let aggregates = 1000usize;
+    let rounds = 20usize; // open + 19 deposits = 20 events, 20 commits each
+    let filler_per_round = fill / rounds as u64;
+    println!("\n== Cold load of a 20-event aggregate ({aggregates} aggregates spread through the stream) ==");
+    let started = Instant::now();
+    let payload: bytes::Bytes = vec![b'f'; 100].into();
+    for round in 0..rounds {
+        for a in 0..aggregates {
+            let command = if round == 0 {
+                LedgerCommand::Open { owner: "bench".into() }
+            } else {
+                LedgerCommand::Deposit { amount: 1 }
+            };
+            repo.execute(&format!("agg{a}"), &command, &meta()).await.expect("execute");
+        }
+        // Unrelated traffic between this aggregate's commits, pipelined.
+        let mut acks = Vec::with_capacity(4096);
+        for i in 0..filler_per_round {
+            acks.push(s.js.publish(format!("sample.filler.f{}", i % 50_000), payload.clone()).await.expect("publish"));
+            if acks.len() == 4096 {
+                for ack in acks.drain(..) {
+                    ack.await.expect("ack");
+                }
+            }
+        }
+        for ack in acks.drain(..) {
+            ack.await.expect("ack");
+        }
+    }
+    let mut stream = s.js.get_stream(&s.spec.name).await.expect("stream");
+    let messages = stream.info().await.expect("info").state.messages;
+    println!("stream holds {messages} messages (filled in {:.1} s)", started.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_millis(500)).await; // let snapshot writes land
+
+    let mut with_snapshots = Histogram::<u64>::new(3).expect("histogram");
+    let mut walk_only = Histogram::<u64>::new(3).expect("histogram");
+    let mut one_get = Histogram::<u64>::new(3).expect("histogram");
+    for a in 0..aggregates {
+        let id = format!("agg{a}");
+        let t = Instant::now();
+        let loaded = repo.load_cold(&id).await.expect("load");
+        with_snapshots.record(t.elapsed().as_micros() as u64).expect("record");
+        assert_eq!(loaded.state.balance, (rounds - 1) as i64);
+        let t = Instant::now();
+        let loaded = bare.load_cold(&id).await.expect("load");
+        walk_only.record(t.elapsed().as_micros() as u64).expect("record");
+        assert_eq!(loaded.state.balance, (rounds - 1) as i64);
+        let t = Instant::now();
+        stream.direct_get_last_for_subject(format!("sample.ledger.{id}")).await.expect("get");
+        one_get.record(t.elapsed().as_micros() as u64).expect("record");
+    }
+    // The path the design avoids: scanning by subject (20 "next by subject" gets).
+    let mut scan = Histogram::<u64>::new(3).expect("histogram");
+    for a in 0..50 {
+        let subject = format!("sample.ledger.agg{a}");
+        let t = Instant::now();
+        let mut seq = 1;
+        for _ in 0..rounds {
+            let m = stream.direct_get_next_for_subject(&subject, Some(seq)).await.expect("next");
+            seq = m.sequence + 1;
+        }
+        scan.record(t.elapsed().as_micros() as u64).expect("record");
+    }
+    println!("kernel cold load, KV snapshot + back-pointers  {}   (target p50 <= 2 ms)", percentiles(&with_snapshots));
+    println!("kernel cold load, back-pointer walk only       {}", percentiles(&walk_only));
+    println!("baseline: one direct get (last by subject)     {}", percentiles(&one_get));
+    println!("avoided:  20 next-by-subject gets (scans)      {}", percentiles(&scan));
+}
+
+async fn catch_up(label: &str, db: TestDb, commits: usize) {
+    let nats = NatsServer::start().await.expect("nats");
+    let s = setup(&nats).await;
+    let repo = repository(&s, true).await;
+    let accounts = 500usize;
+    let writers: Vec<_> = (0..accounts)
+        .map(|a| {
+            let repo = repo.clone();
+            tokio::spawn(async move {
+                let id = format!("acct{a}");
+                repo.execute(&id, &LedgerCommand::Open { owner: "bench".into() }, &meta()).await.expect("open");
+                for _ in 1..commits / accounts {
+                    repo.execute(&id, &LedgerCommand::Deposit { amount: 1 }, &meta()).await.expect("deposit");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let mut stream = s.js.get_stream(&s.spec.name).await.expect("stream");
+    let last = stream.info().await.expect("info").state.last_sequence;
+
+    let store = ReadStore::connect(&db.url).await.expect("store");
+    let started = Instant::now();
+    let handle = ProjectionRunner::start(s.js.clone(), store.clone(), Accounts, RunnerConfig::new(&s.spec.name))
+        .await
+        .expect("runner");
+    handle.wait_for(last, Duration::from_secs(600)).await.expect("caught up");
+    let projection_rate = last as f64 / started.elapsed().as_secs_f64();
+    handle.stop().await;
+
+    // Baseline: the same number of single-row statements, batched 500 per transaction.
+    sqlx::query("CREATE TABLE bench_raw (id TEXT PRIMARY KEY, n BIGINT NOT NULL)")
+        .execute(store.pool())
+        .await
+        .expect("ddl");
+    let started = Instant::now();
+    for chunk in (0..last).collect::<Vec<_>>().chunks(500) {
+        let mut tx = store.pool().begin().await.expect("begin");
+        for i in chunk {
+            sqlx::query("INSERT INTO bench_raw (id, n) VALUES ($1, $2)")
+                .bind(format!("row{i}"))
+                .bind(*i as i64)
+                .execute(&mut *tx)
+                .await
+                .expect("insert");
+        }
+        tx.commit().await.expect("commit");
+    }
+    let raw_rate = last as f64 / started.elapsed().as_secs_f64();
+    println!("{label:>10} {last:>10} {projection_rate:>16.0} {raw_rate:>16.0} {:>8.2}", projection_rate / raw_rate);
+    drop(s.client);
+    db.cleanup().await;
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` compatibility
+    }
+    let seconds = env_u64("BENCH_SECONDS", 3);
+    let fill = env_u64("BENCH_FILL", 1_000_000);
+    append_rates(seconds).await;
+    cold_loads(fill).await;
+    println!("\n== Projection catch-up (commits/s) vs raw batched insert (rows/s), 500 per transaction ==");
+    println!("{:>10} {:>10} {:>16} {:>16} {:>8}", "store", "commits", "projection", "raw insert", "ratio");
+    let commits = env_u64("BENCH_CATCHUP", 50_000) as usize;
+    catch_up("sqlite", TestDb::sqlite().expect("sqlite"), commits).await;
+    match TestDb::postgres("bench: projection catch-up on PostgreSQL").await {
+        Ok(Some(db)) => catch_up("postgres", db, commits).await,
+        Ok(None) => println!("{:>10} skipped: set GRIDWORK_TEST_POSTGRES_URL", "postgres"),
+        Err(e) => println!("{:>10} skipped: {e}", "postgres"),
+    }
+}
