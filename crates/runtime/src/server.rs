@@ -66,14 +66,7 @@ impl Runtime {
         };
         let js = jetstream::new(nats.clone());
         let store = match database_url {
-            Some(url) => {
-                if let Some(path) = url.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p)) {
-                    if let Some(dir) = std::path::Path::new(path).parent() {
-                        std::fs::create_dir_all(dir).ok();
-                    }
-                }
-                Some(ReadStore::connect(url).await.with_context(|| format!("opening read store {url}"))?)
-            }
+            Some(url) => Some(ReadStore::connect(url).await.with_context(|| format!("opening read store {url}"))?),
             None => None,
         };
         Ok(Self { service, nats, js, store })

@@ -20,7 +20,7 @@ use std::sync::Once;
 /// carry real trace ids.
 pub fn init_tracing() {
     static ONCE: Once = Once::new();
-    ONCE.call_once(|| gridwork_runtime::telemetry::init_for_tests());
+    ONCE.call_once(gridwork_runtime::telemetry::init_for_tests);
 }
 
 /// A fresh random id usable as an aggregate id.

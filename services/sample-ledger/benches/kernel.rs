@@ -87,7 +87,7 @@ async fn append_rates(seconds: u64) {
         repo.execute(&format!("w{w}"), &LedgerCommand::Open { owner: "bench".into() }, &meta()).await.expect("open");
     }
     println!("\n== Append rate (commits/s), nats-server on a temp store, {seconds} s per run ==");
-    println!("{:>8} {:>14} {:>14} {:>8}", "writers", "raw publish", "kernel", "ratio");
+    println!("{:>8} {:>14} {:>16} {:>14} {:>8}", "writers", "raw publish", "raw + kernel hdr", "kernel", "ratio");
     for writers in [1usize, 64] {
         let js = s.js.clone();
         let raw = rate(writers, seconds, move |w| {
@@ -101,6 +101,26 @@ async fn append_rates(seconds: u64) {
             }
         })
         .await;
+        // The same publish carrying the two headers the kernel needs (dedupe id and
+        // expected last subject sequence): what the server's checks cost.
+        let js = s.js.clone();
+        let last: Arc<Vec<AtomicU64>> = Arc::new((0..64).map(|_| AtomicU64::new(0)).collect());
+        let checked = rate(writers, seconds, move |w| {
+            let (js, last) = (js.clone(), last.clone());
+            async move {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Nats-Msg-Id", uuid::Uuid::now_v7().to_string().as_str());
+                h.insert("Nats-Expected-Last-Subject-Sequence", last[w].load(Ordering::Relaxed).to_string().as_str());
+                let ack = js
+                    .publish_with_headers(format!("sample.checked.w{w}"), h, "x".repeat(120).into())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("ack");
+                last[w].store(ack.sequence, Ordering::Relaxed);
+            }
+        })
+        .await;
         let r = repo.clone();
         let kernel = rate(writers, seconds, move |w| {
             let r = r.clone();
@@ -109,7 +129,7 @@ async fn append_rates(seconds: u64) {
             }
         })
         .await;
-        println!("{writers:>8} {raw:>14.0} {kernel:>14.0} {:>8.2}", kernel / raw);
+        println!("{writers:>8} {raw:>14.0} {checked:>16.0} {kernel:>14.0} {:>8.2}", kernel / raw);
     }
 }
 

@@ -22,10 +22,10 @@ async fn stream_commits(nats: &NatsServer, subject: &str) -> Vec<async_nats::jet
     let last = stream.info().await.expect("info").state.last_sequence;
     let mut out = Vec::new();
     for seq in 1..=last {
-        if let Ok(m) = stream.direct_get(seq).await {
-            if m.subject.as_str() == subject {
-                out.push(m);
-            }
+        if let Ok(m) = stream.direct_get(seq).await
+            && m.subject.as_str() == subject
+        {
+            out.push(m);
         }
     }
     out

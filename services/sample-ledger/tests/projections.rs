@@ -198,6 +198,22 @@ async fn a_poison_commit_is_parked_after_bounded_retries_and_the_projection_move
     assert!(parked[0].2.contains("unknown account"), "error recorded: {}", parked[0].2);
     assert_eq!(parked[1].0.as_deref(), Some(garbage.to_string().as_str()));
     assert_eq!(parked[1].1.as_deref(), Some("1"), "undecodable bytes are not retried");
+
+    // Once the cause is fixed (the account now exists), replaying applies the parked
+    // commit and removes it; the undecodable one stays parked.
+    let opened = k
+        .repository
+        .execute("ghost", &LedgerCommand::Open { owner: "found".into() }, &meta())
+        .await
+        .expect("open ghost")
+        .sequence;
+    handle.wait_for(opened, WAIT).await.expect("applied");
+    let report = handle.replay_parked().await.expect("replay");
+    assert_eq!((report.applied, report.still_failing), (1, 1));
+    let ghost = dump(&k.store).await.into_iter().find(|r| r.0 == "ghost").expect("ghost row");
+    assert_eq!((ghost.2, ghost.3), (5, 1), "the parked deposit applied once");
+    let mut dlq = k.js.get_stream("DLQ").await.expect("dlq");
+    assert_eq!(dlq.info().await.expect("info").state.messages, 1);
     handle.stop().await;
 }
 

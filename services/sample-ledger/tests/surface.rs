@@ -137,10 +137,8 @@ async fn shutting_down_turns_health_not_serving_before_the_listener_closes() {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let status = HealthClient::new(channel.clone()).check(HealthCheckRequest { service: String::new() }).await;
-        if let Ok(r) = status {
-            if r.into_inner().status == ServingStatus::NotServing as i32 {
-                break;
-            }
+        if status.is_ok_and(|r| r.into_inner().status == ServingStatus::NotServing as i32) {
+            break;
         }
         assert!(Instant::now() < deadline, "never went NOT_SERVING during the drain");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -22,7 +22,7 @@ use sqlx::AnyConnection;
 use crate::aggregate::DecodeError;
 use crate::envelope::RecordedCommit;
 
-pub use runner::{ProjectionRunner, RunnerConfig, RunnerHandle, WaitError};
+pub use runner::{ProjectionRunner, ReplayReport, RunnerConfig, RunnerHandle, WaitError};
 pub use store::{Backend, ReadStore};
 
 /// One read-model table: its name and the column list of its `CREATE TABLE`.

@@ -72,6 +72,9 @@ pub mod dlq_headers {
     pub const ERROR: &str = "Gridwork-Dlq-Error";
     /// How many attempts were made.
     pub const ATTEMPTS: &str = "Gridwork-Dlq-Attempts";
+    /// The commit's back-pointer (its `Nats-Expected-Last-Subject-Sequence`,
+    /// renamed so the dead-letter stream does not enforce it).
+    pub const PREVIOUS: &str = "Gridwork-Dlq-Previous";
 }
 
 /// Runner failures.
@@ -83,6 +86,12 @@ pub enum RunnerError {
     /// The read store failed.
     #[error("read store: {0}")]
     Db(#[from] sqlx::Error),
+    /// The read store is unreachable while applying.
+    #[error("read store unreachable: {0}")]
+    Unreachable(String),
+    /// A rebuild is already running.
+    #[error("a rebuild is already running")]
+    RebuildRunning,
     /// The runner has stopped.
     #[error("projection runner stopped")]
     Stopped,
@@ -130,6 +139,16 @@ impl Delivered {
 
 enum Control {
     Rebuild(oneshot::Sender<Result<u64, RunnerError>>),
+    ReplayParked(oneshot::Sender<Result<ReplayReport, RunnerError>>),
+}
+
+/// What replaying parked commits did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Applied now, and removed from the dead-letter stream.
+    pub applied: u64,
+    /// Still failing; left parked.
+    pub still_failing: u64,
 }
 
 enum Flow {
@@ -219,6 +238,15 @@ impl RunnerHandle {
         rx.await.map_err(|_| RunnerError::Stopped)?
     }
 
+    /// Apply this projection's parked commits again (after a fix), each in its
+    /// own transaction, removing those that now apply from the dead-letter stream.
+    /// Runs between two live batches; parked commits apply out of stream order.
+    pub async fn replay_parked(&self) -> Result<ReplayReport, RunnerError> {
+        let (tx, rx) = oneshot::channel();
+        self.control.send(Control::ReplayParked(tx)).await.map_err(|_| RunnerError::Stopped)?;
+        rx.await.map_err(|_| RunnerError::Stopped)?
+    }
+
     /// Stop consuming and wait for the current batch to finish.
     pub async fn stop(self) {
         drop(self.control);
@@ -272,12 +300,15 @@ impl<P: Projection> Inner<P> {
                     None => return Ok(Flow::Stop),
                     Some(Control::Rebuild(reply)) => {
                         if rebuild.is_some() {
-                            let _ = reply.send(Err(RunnerError::Nats("a rebuild is already running".into())));
+                            let _ = reply.send(Err(RunnerError::RebuildRunning));
                             continue;
                         }
                         let this = Arc::clone(self);
                         let task = tokio::spawn(async move { this.build_shadow().await });
                         *rebuild = Some((reply, task));
+                    }
+                    Some(Control::ReplayParked(reply)) => {
+                        let _ = reply.send(self.replay_parked().await);
                     }
                 },
                 built = async { match rebuild.as_mut() { Some((_, task)) => task.await, None => std::future::pending().await } } => {
@@ -398,14 +429,12 @@ impl<P: Projection> Inner<P> {
                 return Ok(false);
             }
             let mut tx = self.store.pool().begin().await?;
-            for c in commits {
-                if let Ok(commit) = &c.parsed {
-                    if let Err(e) = self.apply_one(&mut tx, tables, commit).await {
-                        if e.is_transient() {
-                            return Err(RunnerError::Nats(e.to_string()));
-                        }
-                        return Ok(false);
+            for commit in commits.iter().filter_map(|c| c.parsed.as_ref().ok()) {
+                if let Err(e) = self.apply_one(&mut tx, tables, commit).await {
+                    if e.is_transient() {
+                        return Err(RunnerError::Unreachable(e.to_string()));
                     }
+                    return Ok(false);
                 }
             }
             set_position(&mut tx, checkpoint, &self.config.stream, last).await?;
@@ -450,7 +479,7 @@ impl<P: Projection> Inner<P> {
                     tx.commit().await?;
                     return Ok(());
                 }
-                Err(e) if e.is_transient() => return Err(RunnerError::Nats(e.to_string())),
+                Err(e) if e.is_transient() => return Err(RunnerError::Unreachable(e.to_string())),
                 Err(e) => {
                     drop(tx);
                     if attempts >= self.config.max_attempts {
@@ -466,6 +495,57 @@ impl<P: Projection> Inner<P> {
         set_position(&mut tx, checkpoint, &self.config.stream, c.sequence).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    fn dead_letter_subject(&self) -> String {
+        format!("dlq.{}", self.name.replace(['.', '*', '>', ' ', '#'], "_"))
+    }
+
+    async fn replay_parked(&self) -> Result<ReplayReport, RunnerError> {
+        let mut report = ReplayReport::default();
+        let mut dlq = self.js.get_stream(&self.config.dead_letter_stream).await.map_err(nats)?;
+        let last = dlq.info().await.map_err(nats)?.state.last_sequence;
+        let subject = self.dead_letter_subject();
+        let mut next = 1;
+        while next <= last {
+            let message = match dlq.direct_get_next_for_subject(&subject, Some(next)).await {
+                Ok(m) if m.sequence <= last => m,
+                Ok(_) => break,
+                Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => break,
+                Err(e) => return Err(nats(e)),
+            };
+            next = message.sequence + 1;
+            let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_string());
+            let sequence = header(dlq_headers::SEQUENCE).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let mut original = message.headers.clone();
+            original.insert(
+                headers::EXPECTED_LAST_SUBJECT_SEQUENCE,
+                header(dlq_headers::PREVIOUS).unwrap_or_default().as_str(),
+            );
+            let original_subject = header(dlq_headers::SUBJECT).unwrap_or_default();
+            let applied = match RecordedCommit::from_parts(sequence, &original_subject, original, &message.payload) {
+                Err(_) => false,
+                Ok(commit) => {
+                    let mut tx = self.store.pool().begin().await?;
+                    match self.apply_one(&mut tx, Tables::Live, &commit).await {
+                        Ok(()) => {
+                            tx.commit().await?;
+                            true
+                        }
+                        Err(e) if e.is_transient() => return Err(RunnerError::Unreachable(e.to_string())),
+                        Err(_) => false,
+                    }
+                }
+            };
+            if applied {
+                dlq.delete_message(message.sequence).await.map_err(nats)?;
+                report.applied += 1;
+            } else {
+                report.still_failing += 1;
+            }
+        }
+        info!(projection = %self.name, ?report, "replayed parked commits");
+        Ok(report)
     }
 
     /// Publish a poison commit to `dlq.<projection>` and wait for the ack.
@@ -486,9 +566,12 @@ impl<P: Projection> Inner<P> {
         h.insert(dlq_headers::SUBJECT, c.subject.as_str());
         h.insert(dlq_headers::ERROR, error.replace(['\r', '\n'], " ").as_str());
         h.insert(dlq_headers::ATTEMPTS, attempts.to_string().as_str());
+        if let Some(previous) = c.headers.get(headers::EXPECTED_LAST_SUBJECT_SEQUENCE) {
+            h.insert(dlq_headers::PREVIOUS, previous.as_str());
+        }
         // Parking twice (a crash before the position moved) dedupes to one.
         h.insert(headers::MSG_ID, format!("{}:{}:{}", self.name, self.config.stream, c.sequence).as_str());
-        let subject = format!("dlq.{}", self.name.replace(['.', '*', '>', ' ', '#'], "_"));
+        let subject = self.dead_letter_subject();
         self.js.publish_with_headers(subject, h, c.payload.clone()).await.map_err(nats)?.await.map_err(nats)?;
         metrics::counter!("projection_parked_total", "projection" => self.name.clone()).increment(1);
         Ok(())

@@ -84,7 +84,12 @@ impl ReadStore {
     /// Open `url` (`sqlite://path?mode=rwc` or `postgres://…`).
     pub async fn connect(url: &str) -> Result<Self, ReadStoreError> {
         sqlx::any::install_default_drivers();
-        let backend: Arc<dyn Backend> = if url.starts_with("sqlite:") {
+        let backend: Arc<dyn Backend> = if let Some(rest) = url.strip_prefix("sqlite://") {
+            // The embedded default lives under var/: make its directory.
+            let path = rest.split('?').next().unwrap_or(rest);
+            if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| ReadStoreError::Db(sqlx::Error::Io(e)))?;
+            }
             Arc::new(Sqlite)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Arc::new(Postgres)
