@@ -30,7 +30,7 @@ build: deps ## Build the whole workspace
 
 run: deps ## Start a private nats-server under var/ and the services on SQLite
 	@mkdir -p $(VAR)/nats
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace
 	@./deploy/dev/run.sh "$(VAR)" "$(NATS_PORT)" "$(GRPC_ADDR)" "$(METRICS_ADDR)"
 
 test: deps ## Run every test (SQLite always; PostgreSQL when reachable)

@@ -45,7 +45,8 @@ pub fn init(service: &'static str, format: LogFormat) -> anyhow::Result<Telemetr
     let logs = if json {
         fmt::layer().json().with_current_span(true).with_filter(filter).boxed()
     } else {
-        fmt::layer().with_filter(filter).boxed()
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        fmt::layer().with_ansi(ansi).with_filter(filter).boxed()
     };
     tracing_subscriber::registry().with(logs).with(otel).try_init()?;
     Ok(TelemetryGuard { provider })
