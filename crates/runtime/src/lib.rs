@@ -14,6 +14,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod request;
 pub mod server;
 pub mod status;
 pub mod telemetry;

@@ -128,6 +128,33 @@ impl Runtime {
         result.context("gRPC server failed")
     }
 
+    /// Bind the configured addresses and serve until SIGTERM / Ctrl-C.
+    pub async fn run_until_stopped(
+        self,
+        common: &crate::CommonConfig,
+        routes: Routes,
+        service_names: &[&'static str],
+    ) -> anyhow::Result<()> {
+        let listener =
+            TcpListener::bind(common.grpc_addr).await.with_context(|| format!("binding {}", common.grpc_addr))?;
+        let metrics =
+            TcpListener::bind(common.metrics_addr).await.with_context(|| format!("binding {}", common.metrics_addr))?;
+        info!(service = self.service, grpc = %common.grpc_addr, metrics = %common.metrics_addr, "listening");
+        self.serve(listener, Some(metrics), routes, service_names, common.drain(), shutdown_signal()).await
+    }
+
+    /// Serve in the background on `127.0.0.1:0` (tests, tools).
+    pub async fn spawn_on_loopback(
+        self,
+        routes: Routes,
+        service_names: &'static [&'static str],
+        drain: Duration,
+    ) -> anyhow::Result<ServerHandle> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let metrics = TcpListener::bind("127.0.0.1:0").await?;
+        self.spawn(listener, Some(metrics), routes, service_names, drain)
+    }
+
     /// Serve in the background on already-bound listeners; the handle stops it.
     pub fn spawn(
         self,

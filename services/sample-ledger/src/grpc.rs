@@ -1,21 +1,17 @@
 //! proto ⇄ domain. Every request is parsed here, with errors naming the field;
 //! the only place `Status` is built (through `gridwork_runtime::status`).
 
-use std::time::Duration;
-
 use gridwork_eventstore::CommitOutcome;
 use gridwork_eventstore::aggregate::validate_id;
 use gridwork_proto::gridwork::sample::v1 as pb;
 use gridwork_proto::gridwork::sample::v1::ledger_service_server::LedgerService;
+use gridwork_runtime::request::{principal, read_wait};
 use gridwork_runtime::{FieldViolation, ServiceError};
 use tonic::{Request, Response, Status};
 
 use crate::app::Ledgers;
 use crate::domain::ledger::LedgerCommand;
 use crate::events::LedgerEvent;
-
-/// Longest a read waits for `min_position` when the caller set no deadline.
-const DEFAULT_READ_WAIT: Duration = Duration::from_secs(5);
 
 /// The gRPC face of [`Ledgers`].
 pub struct LedgerGrpc {
@@ -57,17 +53,6 @@ impl Violations {
     }
 }
 
-fn principal<T>(request: &Request<T>) -> String {
-    // Authentication is not built yet; see ARCHITECTURE.md, "Security".
-    request
-        .metadata()
-        .get("x-gridwork-principal")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .unwrap_or("anonymous")
-        .to_string()
-}
-
 fn position(outcome: &CommitOutcome<LedgerEvent>) -> Option<pb::CommitPosition> {
     Some(pb::CommitPosition { sequence: outcome.sequence, replayed: outcome.replayed })
 }
@@ -86,22 +71,6 @@ fn balance_after(outcome: &CommitOutcome<LedgerEvent>) -> i64 {
             LedgerEvent::Opened { .. } => None,
         })
         .unwrap_or(0)
-}
-
-/// The deadline the caller sent (`grpc-timeout`), if any.
-fn deadline<T>(request: &Request<T>) -> Option<Duration> {
-    let v = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 #[tonic::async_trait]
@@ -178,8 +147,7 @@ impl LedgerService for LedgerGrpc {
         &self,
         request: Request<pb::GetAccountRequest>,
     ) -> Result<Response<pb::GetAccountResponse>, Status> {
-        // Answer DEADLINE_EXCEEDED ourselves, a little before the caller gives up.
-        let wait = deadline(&request).map_or(DEFAULT_READ_WAIT, |d| d * 9 / 10).min(Duration::from_secs(30));
+        let wait = read_wait(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
         let id = v.account_id(&r.account_id);

@@ -26,9 +26,8 @@ use std::time::Duration;
 use gridwork_eventstore::projection::{ProjectionRunner, RunnerConfig};
 use gridwork_eventstore::{Repository, RepositoryOptions, StreamSpec, ensure_stream};
 use gridwork_proto::gridwork::sample::v1::ledger_service_server::{LedgerServiceServer, SERVICE_NAME};
-use gridwork_runtime::clock::{Clock, SystemClock};
+use gridwork_runtime::clock::Clock;
 use gridwork_runtime::{CommonConfig, Runtime, ServerHandle};
-use tokio::net::TcpListener;
 
 use crate::app::Ledgers;
 use crate::domain::ledger::Ledger;
@@ -88,31 +87,12 @@ impl App {
 
     /// Serve until SIGTERM / Ctrl-C.
     pub async fn run_until_stopped(self, common: &CommonConfig) -> anyhow::Result<()> {
-        let listener = TcpListener::bind(common.grpc_addr).await?;
-        let metrics = TcpListener::bind(common.metrics_addr).await?;
-        tracing::info!(grpc = %common.grpc_addr, metrics = %common.metrics_addr, "sample-ledger listening");
         let routes = self.routes();
-        self.runtime
-            .serve(
-                listener,
-                Some(metrics),
-                routes,
-                &[SERVICE_NAME],
-                common.drain(),
-                gridwork_runtime::server::shutdown_signal(),
-            )
-            .await
+        self.runtime.run_until_stopped(common, routes, &[SERVICE_NAME]).await
     }
 
     /// Serve in the background on `127.0.0.1:0` (tests).
     pub async fn spawn(&self, drain: Duration) -> anyhow::Result<ServerHandle> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let metrics = TcpListener::bind("127.0.0.1:0").await?;
-        self.runtime.clone().spawn(listener, Some(metrics), self.routes(), &[SERVICE_NAME], drain)
+        self.runtime.clone().spawn_on_loopback(self.routes(), &[SERVICE_NAME], drain).await
     }
-}
-
-/// Run with the system clock.
-pub async fn build_default(common: &CommonConfig) -> anyhow::Result<App> {
-    App::build(common, Arc::new(SystemClock)).await
 }

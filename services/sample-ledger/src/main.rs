@@ -1,10 +1,13 @@
+use std::sync::Arc;
+
 use clap::Parser as _;
-use gridwork_sample_ledger::{Config, SERVICE, build_default};
+use gridwork_runtime::clock::SystemClock;
+use gridwork_sample_ledger::{App, Config, SERVICE};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = gridwork_runtime::telemetry::init(SERVICE, config.common.log_format)?;
-    let app = build_default(&config.common).await?;
+    let app = App::build(&config.common, Arc::new(SystemClock)).await?;
     app.run_until_stopped(&config.common).await
 }

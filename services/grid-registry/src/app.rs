@@ -1,0 +1,379 @@
+//! Load → decide → append for the registry, the read-model queries, and the
+//! locate index kept in step with the projection. No proto types cross into the
+//! domain from here except the event messages themselves.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use gridwork_eventstore::projection::{ReadStore, RunnerHandle, Tables};
+use gridwork_eventstore::{CommandMeta, CommitOutcome, Repository};
+use gridwork_proto::gridwork::grid::v1 as pb;
+use gridwork_runtime::ServiceError;
+use gridwork_runtime::clock::Clock;
+use sqlx::AssertSqlSafe;
+use time::Date;
+
+use crate::domain::geometry::Boundary;
+use crate::domain::unit::{Kind, ParentFacts, ROOT, Unit, UnitCommand, UnitRejection};
+use crate::events::UnitEvent;
+use crate::locate::{LocateIndex, UnitShape};
+use crate::projection::{HEAD_ROLE, STAFF, UNITS};
+
+/// How long a command waits for the read model to reflect earlier commits.
+const SYNC_WAIT: Duration = Duration::from_secs(10);
+
+/// A unit row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UnitRow {
+    /// Id.
+    pub unit_id: String,
+    /// Parent ("" for districts).
+    pub parent_id: String,
+    /// Kind (proto number).
+    pub kind: i64,
+    /// Name.
+    pub name: String,
+    /// Site (proto number).
+    pub special_site: i64,
+    /// Boundary.
+    pub boundary_geojson: String,
+    /// Ancestor ids, comma-separated, district first.
+    pub ancestors: String,
+    /// Households.
+    pub households: Option<i64>,
+    /// Head.
+    pub head_person_id: Option<String>,
+    /// Head's name.
+    pub head_name: Option<String>,
+    /// Certificate number.
+    pub cert_number: Option<String>,
+    /// Certificate issuer.
+    pub cert_issuer: Option<String>,
+    /// Certificate expiry.
+    pub cert_expires_on: Option<String>,
+    /// Day appointed.
+    pub head_appointed_on: Option<String>,
+    /// Party organisation name.
+    pub party_name: Option<String>,
+    /// Its kind.
+    pub party_kind: Option<i64>,
+    /// Its secretary.
+    pub party_secretary: Option<String>,
+    /// Position of the last change.
+    pub position: i64,
+}
+
+impl UnitRow {
+    /// Kind, parsed.
+    pub fn kind(&self) -> Kind {
+        pb::UnitKind::try_from(self.kind as i32).ok().and_then(Kind::from_proto).unwrap_or(Kind::Grid)
+    }
+}
+
+/// A staff row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StaffRow {
+    /// Person.
+    pub person_id: String,
+    /// Name.
+    pub name: String,
+    /// Role (0 = head).
+    pub role: i64,
+    /// Joined.
+    pub joined_on: String,
+    /// Left.
+    pub left_on: Option<String>,
+    /// Why.
+    pub dismissal_reason: Option<String>,
+}
+
+/// Why a unit needs a head, if it does, on `today`.
+pub fn needs_head(row: &UnitRow, today: Date) -> Option<String> {
+    if !row.kind().has_staff() {
+        return None;
+    }
+    let Some(expires) = &row.cert_expires_on else {
+        return Some("no head appointed".into());
+    };
+    match Date::parse(expires, &time::format_description::well_known::Iso8601::DATE) {
+        Ok(d) if d < today => Some(format!(
+            "certificate {} of head {} expired on {expires}",
+            row.cert_number.as_deref().unwrap_or(""),
+            row.head_name.as_deref().unwrap_or("")
+        )),
+        Ok(_) => None,
+        Err(_) => Some(format!("certificate expiry {expires:?} is unreadable")),
+    }
+}
+
+/// The registry application service.
+#[derive(Clone)]
+pub struct Registry {
+    repository: Repository<Unit>,
+    stream: async_nats::jetstream::stream::Stream,
+    store: ReadStore,
+    projection: Arc<RunnerHandle>,
+    index: Arc<RwLock<LocateIndex>>,
+    clock: Arc<dyn Clock>,
+}
+
+const UNIT_COLUMNS: &str = "unit_id, parent_id, kind, name, special_site, boundary_geojson, ancestors, households, \
+     head_person_id, head_name, cert_number, cert_issuer, cert_expires_on, head_appointed_on, party_name, party_kind, \
+     party_secretary, position";
+
+impl Registry {
+    /// Wire the parts together and load the locate index.
+    pub async fn new(
+        repository: Repository<Unit>,
+        stream: async_nats::jetstream::stream::Stream,
+        store: ReadStore,
+        projection: Arc<RunnerHandle>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ServiceError> {
+        let registry =
+            Self { repository, stream, store, projection, index: Arc::new(RwLock::new(LocateIndex::default())), clock };
+        registry.refresh_index().await?;
+        Ok(registry)
+    }
+
+    /// Today, from the injected clock (UTC).
+    pub fn today(&self) -> Date {
+        let ms = self.clock.now_unix_ms();
+        time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).map_or(Date::MIN, |t| t.date())
+    }
+
+    /// The projection (rebuilds, positions).
+    pub fn projection(&self) -> &RunnerHandle {
+        &self.projection
+    }
+
+    fn meta(&self, command_id: String, principal: String) -> CommandMeta {
+        CommandMeta { command_id, principal, decided_at_unix_ms: self.clock.now_unix_ms() }
+    }
+
+    /// Wait until the read model reflects every commit in the stream, so the
+    /// facts a command is checked against are current.
+    async fn sync(&self) -> Result<(), ServiceError> {
+        let mut stream = self.stream.clone();
+        let info = stream.info().await.map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        self.projection.wait_for(info.state.last_sequence, SYNC_WAIT).await?;
+        Ok(())
+    }
+
+    /// Wait for `min_position` (read-your-writes), bounded.
+    pub async fn wait(&self, min_position: u64, wait: Duration) -> Result<(), ServiceError> {
+        if min_position > 0 {
+            self.projection.wait_for(min_position, wait).await?;
+        }
+        Ok(())
+    }
+
+    async fn execute(
+        &self,
+        aggregate: &str,
+        command: UnitCommand,
+        meta: CommandMeta,
+    ) -> Result<CommitOutcome<UnitEvent>, ServiceError> {
+        Ok(self.repository.execute(aggregate, &command, &meta).await?)
+    }
+
+    async fn parent_facts(&self, parent_id: &str) -> Result<ParentFacts, ServiceError> {
+        if parent_id.is_empty() {
+            return Ok(ParentFacts { kind: Kind::Root, id: ROOT.into(), boundary: None });
+        }
+        let row = self.unit(parent_id).await?.ok_or_else(|| ServiceError::FailedPrecondition {
+            kind: "UNKNOWN_PARENT".into(),
+            subject: "parent_id".into(),
+            description: format!("parent_id: unit {parent_id} does not exist"),
+        })?;
+        let boundary = Boundary::parse(&row.boundary_geojson).map_err(ServiceError::Internal)?;
+        Ok(ParentFacts { kind: row.kind(), id: parent_id.into(), boundary: Some(boundary) })
+    }
+
+    async fn existing(&self, unit_id: &str) -> Result<UnitRow, ServiceError> {
+        self.unit(unit_id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("unit_id: unit {unit_id} does not exist")))
+    }
+
+    /// Register a unit under `parent_id` ("" for a district).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn register(
+        &self,
+        unit_id: String,
+        parent_id: String,
+        kind: Kind,
+        name: String,
+        boundary: Boundary,
+        special_site: pb::SpecialSite,
+        command_id: String,
+        principal: String,
+    ) -> Result<CommitOutcome<UnitEvent>, ServiceError> {
+        self.sync().await?;
+        let parent = self.parent_facts(&parent_id).await?;
+        if let Some(existing) = self.unit(&unit_id).await? {
+            // A retry of the same registration answers from the original commit.
+            if existing.parent_id != parent_id {
+                return Err(ServiceError::FailedPrecondition {
+                    kind: "UNIT_EXISTS".into(),
+                    subject: "unit_id".into(),
+                    description: format!("unit_id: unit {unit_id} already exists under {}", existing.parent_id),
+                });
+            }
+        }
+        let aggregate = if parent_id.is_empty() { ROOT.to_string() } else { parent_id };
+        let command = UnitCommand::RegisterChild { child_id: unit_id, kind, name, boundary, special_site, parent };
+        self.execute(&aggregate, command, self.meta(command_id, principal)).await
+    }
+
+    /// Redraw a unit's boundary.
+    pub async fn redraw(
+        &self,
+        unit_id: String,
+        boundary: Boundary,
+        command_id: String,
+        principal: String,
+    ) -> Result<CommitOutcome<UnitEvent>, ServiceError> {
+        self.sync().await?;
+        let row = self.existing(&unit_id).await?;
+        let parent = self.parent_facts(&row.parent_id).await?;
+        let own = self.repository.load(&unit_id).await?;
+        let grandchildren =
+            own.state.children.iter().filter_map(|(id, c)| c.boundary.clone().map(|b| (id.clone(), b))).collect();
+        let aggregate = if row.parent_id.is_empty() { ROOT.to_string() } else { row.parent_id };
+        let command = UnitCommand::RedrawChild { child_id: unit_id, boundary, parent, grandchildren };
+        self.execute(&aggregate, command, self.meta(command_id, principal)).await
+    }
+
+    /// A command on the unit itself; `build` receives the unit's kind and today.
+    pub async fn on_unit(
+        &self,
+        unit_id: &str,
+        command_id: String,
+        principal: String,
+        build: impl FnOnce(Kind, Date) -> UnitCommand,
+    ) -> Result<(CommitOutcome<UnitEvent>, Kind), ServiceError> {
+        self.sync().await?;
+        let row = self.existing(unit_id).await?;
+        let kind = row.kind();
+        let command = build(kind, self.today());
+        Ok((self.execute(unit_id, command, self.meta(command_id, principal)).await?, kind))
+    }
+
+    /// One unit row.
+    pub async fn unit(&self, unit_id: &str) -> Result<Option<UnitRow>, ServiceError> {
+        let table = Tables::Live.name(UNITS.name);
+        Ok(sqlx::query_as(AssertSqlSafe(format!("SELECT {UNIT_COLUMNS} FROM {table} WHERE unit_id = $1")))
+            .bind(unit_id)
+            .fetch_optional(self.store.pool())
+            .await?)
+    }
+
+    /// A unit's staff, heads included (role 0), oldest first.
+    pub async fn staff(&self, unit_id: &str) -> Result<Vec<StaffRow>, ServiceError> {
+        let table = Tables::Live.name(STAFF.name);
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT person_id, name, role, joined_on, left_on, dismissal_reason FROM {table} \
+             WHERE unit_id = $1 AND role <> $2 ORDER BY joined_position"
+        )))
+        .bind(unit_id)
+        .bind(HEAD_ROLE)
+        .fetch_all(self.store.pool())
+        .await?)
+    }
+
+    /// Children of `parent_id` ("" for districts), by name.
+    pub async fn children(&self, parent_id: &str) -> Result<Vec<UnitRow>, ServiceError> {
+        let table = Tables::Live.name(UNITS.name);
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {UNIT_COLUMNS} FROM {table} WHERE parent_id = $1 ORDER BY name, unit_id"
+        )))
+        .bind(parent_id)
+        .fetch_all(self.store.pool())
+        .await?)
+    }
+
+    /// Units whose name contains `query` (case-insensitive for ASCII).
+    pub async fn search(&self, query: &str, kind: Option<Kind>, limit: u32) -> Result<Vec<UnitRow>, ServiceError> {
+        let table = Tables::Live.name(UNITS.name);
+        let escaped = query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        let pattern = format!("%{}%", escaped.to_lowercase());
+        let kind_number = kind.map_or(0, |k| k.to_proto() as i64);
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {UNIT_COLUMNS} FROM {table} WHERE LOWER(name) LIKE $1 ESCAPE '\\' AND ($2 = 0 OR kind = $2) \
+             ORDER BY name, unit_id LIMIT $3"
+        )))
+        .bind(pattern)
+        .bind(kind_number)
+        .bind(i64::from(limit))
+        .fetch_all(self.store.pool())
+        .await?)
+    }
+
+    /// Bring the locate index up to the projection's position.
+    pub async fn refresh_index(&self) -> Result<(), ServiceError> {
+        let target = self.projection.position();
+        let from = self.index.read().map_or(0, |i| i.position);
+        if target <= from && from != 0 {
+            return Ok(());
+        }
+        let table = Tables::Live.name(UNITS.name);
+        let rows: Vec<(String, String, i64, String, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT unit_id, parent_id, kind, name, boundary_geojson, position FROM {table} WHERE position > $1"
+        )))
+        .bind(from as i64)
+        .fetch_all(self.store.pool())
+        .await?;
+        let mut shapes = Vec::with_capacity(rows.len());
+        let mut newest = target.max(from);
+        for (id, parent_id, kind, name, geojson, position) in rows {
+            newest = newest.max(position as u64);
+            let kind = pb::UnitKind::try_from(kind as i32).ok().and_then(Kind::from_proto).unwrap_or(Kind::Grid);
+            match Boundary::parse(&geojson) {
+                Ok(boundary) => shapes.push(UnitShape { id, parent_id, kind, name, boundary }),
+                Err(e) => tracing::error!(unit = %id, error = %e, "stored boundary unreadable; not indexed"),
+            }
+        }
+        let mut index = self.index.write().map_err(|_| ServiceError::Internal("locate index poisoned".into()))?;
+        if index.is_empty() {
+            *index = LocateIndex::build(shapes, newest);
+        } else {
+            for s in shapes {
+                index.upsert(s);
+            }
+            index.position = index.position.max(newest);
+        }
+        Ok(())
+    }
+
+    /// The path containing a point.
+    pub async fn locate(&self, lon: f64, lat: f64) -> Result<Vec<pb::PathEntry>, ServiceError> {
+        self.refresh_index().await?;
+        let index = self.index.read().map_err(|_| ServiceError::Internal("locate index poisoned".into()))?;
+        Ok(index
+            .locate(lon, lat)
+            .into_iter()
+            .map(|u| pb::PathEntry { unit_id: u.id.clone(), kind: u.kind.to_proto() as i32, name: u.name.clone() })
+            .collect())
+    }
+}
+
+impl From<UnitRejection> for ServiceError {
+    fn from(r: UnitRejection) -> Self {
+        let (kind, subject) = match &r {
+            UnitRejection::KindNotAllowed { parent_id, .. } => ("KIND_NOT_ALLOWED", format!("kind under {parent_id}")),
+            UnitRejection::AlreadyRegistered(id) => ("UNIT_EXISTS", format!("unit {id}")),
+            UnitRejection::OutsideParent { child_id, .. } => ("OUTSIDE_PARENT", format!("unit {child_id}")),
+            UnitRejection::OverlapsSibling { child_id, .. } => ("OVERLAPS_SIBLING", format!("unit {child_id}")),
+            UnitRejection::UnknownChild { child_id, .. } => ("UNKNOWN_UNIT", format!("unit {child_id}")),
+            UnitRejection::LeavesChildOutside { grandchild_id, .. } => {
+                ("LEAVES_CHILD_OUTSIDE", format!("unit {grandchild_id}"))
+            }
+            UnitRejection::NoStaffAtThisLevel(_) => ("NO_STAFF_AT_THIS_LEVEL", "unit_id".into()),
+            UnitRejection::CertificateExpired { .. } => ("CERTIFICATE_EXPIRED", "certificate.expires_on".into()),
+            UnitRejection::AlreadyWorking(id) => ("ALREADY_WORKING", format!("person {id}")),
+            UnitRejection::NotAWorker(id) => ("NOT_A_WORKER", format!("person {id}")),
+        };
+        ServiceError::FailedPrecondition { kind: kind.into(), subject, description: r.to_string() }
+    }
+}

@@ -1,0 +1,385 @@
+//! proto ⇄ domain for the registry: every request parsed here, every invalid
+//! field named in one `INVALID_ARGUMENT`.
+
+use gridwork_eventstore::CommitOutcome;
+use gridwork_eventstore::aggregate::validate_id;
+use gridwork_proto::gridwork::grid::v1 as pb;
+use gridwork_proto::gridwork::grid::v1::grid_registry_service_server::GridRegistryService;
+use gridwork_runtime::request::{principal, read_wait};
+use gridwork_runtime::{FieldViolation, ServiceError};
+use time::Date;
+use tonic::{Request, Response, Status};
+
+use crate::app::{Registry, UnitRow, needs_head};
+use crate::domain::geometry::Boundary;
+use crate::domain::unit::{Kind, ROOT, UnitCommand, band};
+use crate::events::UnitEvent;
+
+/// The gRPC face of [`Registry`].
+pub struct RegistryGrpc {
+    registry: Registry,
+}
+
+impl RegistryGrpc {
+    /// Serve `registry`.
+    pub fn new(registry: Registry) -> Self {
+        Self { registry }
+    }
+}
+
+#[derive(Default)]
+struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+    fn command_id(&mut self, v: &str) -> String {
+        if uuid::Uuid::parse_str(v).is_err() {
+            self.add("command_id", "must be a UUID");
+        }
+        v.to_string()
+    }
+    fn id(&mut self, field: &str, v: &str) -> String {
+        if let Err(reason) = validate_id(v) {
+            self.add(field, reason);
+        } else if v == ROOT {
+            self.add(field, "\"root\" is reserved for the city root");
+        }
+        v.to_string()
+    }
+    fn text(&mut self, field: &str, v: &str, max: usize) -> String {
+        let t = v.trim();
+        if t.is_empty() || t.chars().count() > max {
+            self.add(field, format!("must be 1-{max} characters"));
+        }
+        t.to_string()
+    }
+    fn boundary(&mut self, field: &str, v: &str) -> Option<Boundary> {
+        match Boundary::parse(v) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.add(field, e);
+                None
+            }
+        }
+    }
+    fn date(&mut self, field: &str, v: &str) -> Option<Date> {
+        match Date::parse(v, &time::format_description::well_known::Iso8601::DATE) {
+            Ok(d) => Some(d),
+            Err(_) => {
+                self.add(field, "must be a date YYYY-MM-DD");
+                None
+            }
+        }
+    }
+    fn finish(self) -> Result<(), Status> {
+        if self.0.is_empty() { Ok(()) } else { Err(ServiceError::InvalidArgument(self.0).into()) }
+    }
+}
+
+fn position(outcome: &CommitOutcome<UnitEvent>) -> Option<pb::CommitPosition> {
+    Some(pb::CommitPosition { sequence: outcome.sequence, replayed: outcome.replayed })
+}
+
+fn summary(row: &UnitRow) -> pb::Unit {
+    pb::Unit {
+        unit_id: row.unit_id.clone(),
+        parent_id: row.parent_id.clone(),
+        kind: row.kind as i32,
+        name: row.name.clone(),
+        special_site: row.special_site as i32,
+        households: row.households.unwrap_or(0) as u32,
+        household_band: band(row.kind(), row.households.map(|h| h as u32)) as i32,
+        ancestor_ids: row.ancestors.split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
+        position: row.position as u64,
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl GridRegistryService for RegistryGrpc {
+    async fn register_unit(
+        &self,
+        request: Request<pb::RegisterUnitRequest>,
+    ) -> Result<Response<pb::RegisterUnitResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let unit_id = v.id("unit_id", &r.unit_id);
+        let parent_id = if r.parent_id.is_empty() { String::new() } else { v.id("parent_id", &r.parent_id) };
+        let kind = pb::UnitKind::try_from(r.kind).ok().and_then(Kind::from_proto);
+        if kind.is_none() {
+            v.add("kind", "must be a unit kind");
+        }
+        if parent_id.is_empty() && kind.is_some_and(|k| k != Kind::District) {
+            v.add("parent_id", "is required for every kind but a district");
+        }
+        let name = v.text("name", &r.name, 200);
+        let boundary = v.boundary("boundary_geojson", &r.boundary_geojson);
+        let site = pb::SpecialSite::try_from(r.special_site).unwrap_or(pb::SpecialSite::Unspecified);
+        match (kind, site) {
+            (Some(Kind::SpecialGrid), pb::SpecialSite::Unspecified) => {
+                v.add("special_site", "is required for a special grid")
+            }
+            (Some(k), s) if k != Kind::SpecialGrid && s != pb::SpecialSite::Unspecified => {
+                v.add("special_site", "is only for special grids")
+            }
+            _ => {}
+        }
+        v.finish()?;
+        let (Some(kind), Some(boundary)) = (kind, boundary) else { return Err(Status::internal("unreachable")) };
+        let outcome = self.registry.register(unit_id, parent_id, kind, name, boundary, site, command_id, who).await?;
+        Ok(Response::new(pb::RegisterUnitResponse { position: position(&outcome) }))
+    }
+
+    async fn redraw_boundary(
+        &self,
+        request: Request<pb::RedrawBoundaryRequest>,
+    ) -> Result<Response<pb::RedrawBoundaryResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let unit_id = v.id("unit_id", &r.unit_id);
+        let boundary = v.boundary("boundary_geojson", &r.boundary_geojson);
+        v.finish()?;
+        let Some(boundary) = boundary else { return Err(Status::internal("unreachable")) };
+        let outcome = self.registry.redraw(unit_id, boundary, command_id, who).await?;
+        Ok(Response::new(pb::RedrawBoundaryResponse { position: position(&outcome) }))
+    }
+
+    async fn set_households(
+        &self,
+        request: Request<pb::SetHouseholdsRequest>,
+    ) -> Result<Response<pb::SetHouseholdsResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let unit_id = v.id("unit_id", &r.unit_id);
+        if r.households > 1_000_000 {
+            v.add("households", "must be at most 1000000");
+        }
+        v.finish()?;
+        let households = r.households;
+        let (outcome, kind) = self
+            .registry
+            .on_unit(&unit_id, command_id, who, |_, _| UnitCommand::CountHouseholds { households })
+            .await?;
+        Ok(Response::new(pb::SetHouseholdsResponse {
+            position: position(&outcome),
+            band: band(kind, Some(households)) as i32,
+        }))
+    }
+
+    async fn appoint_head(
+        &self,
+        request: Request<pb::AppointHeadRequest>,
+    ) -> Result<Response<pb::AppointHeadResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let unit_id = v.id("unit_id", &r.unit_id);
+        let person_id = v.id("person_id", &r.person_id);
+        let name = v.text("name", &r.name, 100);
+        let mut expires_on = None;
+        let mut certificate = pb::Certificate::default();
+        match &r.certificate {
+            None => v.add("certificate", "is required"),
+            Some(c) => {
+                certificate.number = v.text("certificate.number", &c.number, 64);
+                certificate.issuer = v.text("certificate.issuer", &c.issuer, 200);
+                expires_on = v.date("certificate.expires_on", &c.expires_on);
+                certificate.expires_on = c.expires_on.clone();
+            }
+        }
+        v.finish()?;
+        let Some(expires_on) = expires_on else { return Err(Status::internal("unreachable")) };
+        let (outcome, _) = self
+            .registry
+            .on_unit(&unit_id, command_id, who, |kind, today| UnitCommand::AppointHead {
+                kind,
+                head: pb::Head { person_id, name, certificate: Some(certificate), appointed_on: today.to_string() },
+                expires_on,
+                today,
+            })
+            .await?;
+        Ok(Response::new(pb::AppointHeadResponse { position: position(&outcome) }))
+    }
+
+    async fn add_worker(
+        &self,
+        request: Request<pb::AddWorkerRequest>,
+    ) -> Result<Response<pb::AddWorkerResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let unit_id = v.id("unit_id", &r.unit_id);
+        let person_id = v.id("person_id", &r.person_id);
+        let name = v.text("name", &r.name, 100);
+        if pb::WorkerRole::try_from(r.role).unwrap_or(pb::WorkerRole::Unspecified) == pb::WorkerRole::Unspecified {
+            v.add("role", "must be a worker role");
+        }
+        v.finish()?;
+        let role = r.role;
+        let (outcome, _) = self
+            .registry
+            .on_unit(&unit_id, command_id, who, |kind, today| UnitCommand::AddWorker {
+                kind,
+                worker: pb::Worker { person_id, name, role, joined_on: today.to_string(), ..Default::default() },
+            })
+            .await?;
+        Ok(Response::new(pb::AddWorkerResponse { position: position(&outcome) }))
+    }
+
+    async fn dismiss_worker(
+        &self,
+        request: Request<pb::DismissWorkerRequest>,
+    ) -> Result<Response<pb::DismissWorkerResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let unit_id = v.id("unit_id", &r.unit_id);
+        let person_id = v.id("person_id", &r.person_id);
+        let reason = v.text("reason", &r.reason, 500);
+        v.finish()?;
+        let (outcome, _) = self
+            .registry
+            .on_unit(&unit_id, command_id, who, |_, today| UnitCommand::DismissWorker { person_id, reason, today })
+            .await?;
+        Ok(Response::new(pb::DismissWorkerResponse { position: position(&outcome) }))
+    }
+
+    async fn set_party_branch(
+        &self,
+        request: Request<pb::SetPartyBranchRequest>,
+    ) -> Result<Response<pb::SetPartyBranchResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let unit_id = v.id("unit_id", &r.unit_id);
+        let name = v.text("name", &r.name, 200);
+        let secretary = v.text("secretary", &r.secretary, 100);
+        if pb::PartyOrgKind::try_from(r.kind).unwrap_or(pb::PartyOrgKind::Unspecified) == pb::PartyOrgKind::Unspecified
+        {
+            v.add("kind", "must be a branch or a group");
+        }
+        v.finish()?;
+        let branch = pb::PartyBranch { name, kind: r.kind, secretary };
+        let (outcome, _) = self
+            .registry
+            .on_unit(&unit_id, command_id, who, |kind, _| UnitCommand::SetPartyBranch { kind, branch })
+            .await?;
+        Ok(Response::new(pb::SetPartyBranchResponse { position: position(&outcome) }))
+    }
+
+    async fn get_unit(&self, request: Request<pb::GetUnitRequest>) -> Result<Response<pb::GetUnitResponse>, Status> {
+        let wait = read_wait(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let unit_id = v.id("unit_id", &r.unit_id);
+        v.finish()?;
+        self.registry.wait(r.min_position, wait).await?;
+        let row = self
+            .registry
+            .unit(&unit_id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("unit_id: unit {unit_id} does not exist")))?;
+        let mut unit = summary(&row);
+        unit.boundary_geojson.clone_from(&row.boundary_geojson);
+        if let Some(person_id) = &row.head_person_id {
+            unit.head = Some(pb::Head {
+                person_id: person_id.clone(),
+                name: row.head_name.clone().unwrap_or_default(),
+                certificate: Some(pb::Certificate {
+                    number: row.cert_number.clone().unwrap_or_default(),
+                    issuer: row.cert_issuer.clone().unwrap_or_default(),
+                    expires_on: row.cert_expires_on.clone().unwrap_or_default(),
+                }),
+                appointed_on: row.head_appointed_on.clone().unwrap_or_default(),
+            });
+        }
+        if let Some(reason) = needs_head(&row, self.registry.today()) {
+            unit.needs_head = true;
+            unit.needs_head_reason = reason;
+        }
+        if let Some(name) = &row.party_name {
+            unit.party_branch = Some(pb::PartyBranch {
+                name: name.clone(),
+                kind: row.party_kind.unwrap_or(0) as i32,
+                secretary: row.party_secretary.clone().unwrap_or_default(),
+            });
+        }
+        for s in self.registry.staff(&unit_id).await? {
+            let worker = pb::Worker {
+                person_id: s.person_id,
+                name: s.name,
+                role: s.role as i32,
+                joined_on: s.joined_on,
+                left_on: s.left_on.clone().unwrap_or_default(),
+                dismissal_reason: s.dismissal_reason.unwrap_or_default(),
+            };
+            if s.left_on.is_some() { unit.past_workers.push(worker) } else { unit.current_workers.push(worker) }
+        }
+        Ok(Response::new(pb::GetUnitResponse { unit: Some(unit) }))
+    }
+
+    async fn list_children(
+        &self,
+        request: Request<pb::ListChildrenRequest>,
+    ) -> Result<Response<pb::ListChildrenResponse>, Status> {
+        let wait = read_wait(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        if !r.parent_id.is_empty() {
+            v.id("parent_id", &r.parent_id);
+        }
+        v.finish()?;
+        self.registry.wait(r.min_position, wait).await?;
+        let units = self.registry.children(&r.parent_id).await?.iter().map(summary).collect();
+        Ok(Response::new(pb::ListChildrenResponse { units }))
+    }
+
+    async fn search_units(
+        &self,
+        request: Request<pb::SearchUnitsRequest>,
+    ) -> Result<Response<pb::SearchUnitsResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let query = v.text("query", &r.query, 100);
+        if r.limit > 500 {
+            v.add("limit", "must be at most 500");
+        }
+        let kind = match pb::UnitKind::try_from(r.kind) {
+            Ok(k) => Kind::from_proto(k),
+            Err(_) => {
+                v.add("kind", "unknown unit kind");
+                None
+            }
+        };
+        v.finish()?;
+        let limit = if r.limit == 0 { 50 } else { r.limit };
+        let units = self.registry.search(&query, kind, limit).await?.iter().map(summary).collect();
+        Ok(Response::new(pb::SearchUnitsResponse { units }))
+    }
+
+    async fn locate(&self, request: Request<pb::LocateRequest>) -> Result<Response<pb::LocateResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        if !r.lat.is_finite() || !(-90.0..=90.0).contains(&r.lat) {
+            v.add("lat", "must be between -90 and 90");
+        }
+        if !r.lon.is_finite() || !(-180.0..=180.0).contains(&r.lon) {
+            v.add("lon", "must be between -180 and 180");
+        }
+        v.finish()?;
+        let path = self.registry.locate(r.lon, r.lat).await?;
+        Ok(Response::new(pb::LocateResponse { path }))
+    }
+}

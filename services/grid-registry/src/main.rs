@@ -1,0 +1,13 @@
+use std::sync::Arc;
+
+use clap::Parser as _;
+use gridwork_grid_registry::{App, Config, SERVICE};
+use gridwork_runtime::clock::SystemClock;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let _telemetry = gridwork_runtime::telemetry::init(SERVICE, config.common.log_format)?;
+    let app = App::build(&config.common, Arc::new(SystemClock)).await?;
+    app.run_until_stopped(&config.common).await
+}
