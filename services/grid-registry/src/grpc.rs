@@ -370,6 +370,7 @@ impl GridRegistryService for RegistryGrpc {
     }
 
     async fn locate(&self, request: Request<pb::LocateRequest>) -> Result<Response<pb::LocateResponse>, Status> {
+        let wait = read_wait(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
         if !r.lat.is_finite() || !(-90.0..=90.0).contains(&r.lat) {
@@ -379,6 +380,7 @@ impl GridRegistryService for RegistryGrpc {
             v.add("lon", "must be between -180 and 180");
         }
         v.finish()?;
+        self.registry.wait(r.min_position, wait).await?;
         let path = self.registry.locate(r.lon, r.lat).await?;
         Ok(Response::new(pb::LocateResponse { path }))
     }
