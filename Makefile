@@ -47,6 +47,7 @@ bench: deps ## Print the kernel's figures (append rate, cold load, projection ca
 	@if [ -z "$$GRIDWORK_TEST_POSTGRES_URL" ] && command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432; then \
 		export GRIDWORK_TEST_POSTGRES_URL=$(PG_DEFAULT); fi; \
 	$(CARGO) bench -p gridwork-sample-ledger --bench kernel
+	$(CARGO) bench -p gridwork-grid-registry --bench locate
 
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check

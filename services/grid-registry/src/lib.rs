@@ -17,6 +17,7 @@
 //! - `locate.rs`: the spatial index.
 
 pub mod app;
+pub mod demo;
 pub mod domain;
 pub mod events;
 pub mod grpc;
