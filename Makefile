@@ -7,8 +7,6 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 VAR := $(CURDIR)/var
 NATS_PORT ?= 4333
 NATS_URL ?= nats://127.0.0.1:$(NATS_PORT)
-GRPC_ADDR ?= 127.0.0.1:50051
-METRICS_ADDR ?= 127.0.0.1:9464
 BUF := $(CURDIR)/.tools/node_modules/.bin/buf
 # PostgreSQL for tests: used when set, or when a server answers on 127.0.0.1:5432.
 PG_DEFAULT := postgres://postgres@127.0.0.1:5432/postgres
@@ -31,7 +29,7 @@ build: deps ## Build the whole workspace
 run: deps ## Start a private nats-server under var/ and the services on SQLite
 	@mkdir -p $(VAR)/nats
 	$(CARGO) build --workspace
-	@./deploy/dev/run.sh "$(VAR)" "$(NATS_PORT)" "$(GRPC_ADDR)" "$(METRICS_ADDR)"
+	@./deploy/dev/run.sh "$(VAR)" "$(NATS_PORT)"
 
 test: deps ## Run every test (SQLite always; PostgreSQL when reachable)
 	@if [ -z "$$GRIDWORK_TEST_POSTGRES_URL" ] && command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432; then \

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# `make run`: a private nats-server with its store under var/, then the services
-# on SQLite read models under var/. Ctrl-C stops everything.
+# `make run`: a private nats-server with its store under var/, the services on
+# SQLite read models under var/, and the demo district seeded. Ctrl-C stops it.
 set -euo pipefail
-VAR=$1 NATS_PORT=$2 GRPC_ADDR=$3 METRICS_ADDR=$4
+VAR=$1 NATS_PORT=$2
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
 mkdir -p "$VAR/nats" "$VAR/log"
@@ -11,31 +11,49 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
+wait_port() {
+  for _ in $(seq 1 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1; see $VAR/log/" >&2
+  return 1
+}
+
 nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$VAR/nats" -l "$VAR/log/nats-server.log" &
 pids+=($!)
-for _ in $(seq 1 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/"$NATS_PORT") 2>/dev/null && break
-  sleep 0.1
-done
+wait_port "$NATS_PORT"
 
 cd "$ROOT"
-NATS_URL=nats://127.0.0.1:$NATS_PORT \
-DATABASE_URL="sqlite://$VAR/sample-ledger.db?mode=rwc" \
-GRPC_ADDR=$GRPC_ADDR METRICS_ADDR=$METRICS_ADDR \
-"$BIN/sample-ledger" > "$VAR/log/sample-ledger.log" 2>&1 &
-pids+=($!)
+start() { # name grpc-port metrics-port
+  NATS_URL=nats://127.0.0.1:$NATS_PORT DATABASE_URL="sqlite://$VAR/$1.db?mode=rwc" \
+  GRPC_ADDR=127.0.0.1:$2 METRICS_ADDR=127.0.0.1:$3 \
+  "$BIN/$1" > "$VAR/log/$1.log" 2>&1 &
+  pids+=($!)
+}
+start sample-ledger 50051 9464
+start grid-registry 50052 9465
+wait_port 50051
+wait_port 50052
+
+echo "Seeding the demo district (safe to repeat; about a minute the first time)..."
+"$BIN/gridctl" --registry http://127.0.0.1:50052 seed-demo
 
 cat <<TXT
 
-Gridwork dev mesh is up (Ctrl-C stops it)
-  nats-server     nats://127.0.0.1:$NATS_PORT   store: $VAR/nats   log: $VAR/log/nats-server.log
-  sample-ledger   grpc://$GRPC_ADDR   metrics: http://$METRICS_ADDR/metrics   log: $VAR/log/sample-ledger.log
-                  read model: $VAR/sample-ledger.db (SQLite, WAL)
+Gridwork dev mesh is up (Ctrl-C stops it). Logs in $VAR/log/, read models in $VAR/*.db.
+  nats-server     nats://127.0.0.1:$NATS_PORT   (JetStream store $VAR/nats)
+  grid-registry   127.0.0.1:50052   metrics http://127.0.0.1:9465/metrics
+  sample-ledger   127.0.0.1:50051   metrics http://127.0.0.1:9464/metrics
 
-Try it with grpcurl (server reflection is on):
-  grpcurl -plaintext $GRPC_ADDR grpc.health.v1.Health/Check
-  grpcurl -plaintext -d '{"command_id":"$(cat /proc/sys/kernel/random/uuid)","account_id":"demo","owner":"Wang"}' $GRPC_ADDR gridwork.sample.v1.LedgerService/OpenAccount
-  grpcurl -plaintext -d '{"command_id":"$(cat /proc/sys/kernel/random/uuid)","account_id":"demo","amount":500}' $GRPC_ADDR gridwork.sample.v1.LedgerService/Deposit
-  grpcurl -plaintext -d '{"account_id":"demo"}' $GRPC_ADDR gridwork.sample.v1.LedgerService/GetAccount
+Try it (in another terminal, from $ROOT):
+  target/debug/gridctl units children                      # the district
+  target/debug/gridctl units children hl                   # its 7 streets
+  target/debug/gridctl units children hl-s0-c0             # grids of a community
+  target/debug/gridctl units get hl-s0-c0-g00              # a grid: households, head, party branch, workers
+  target/debug/gridctl locate 35.7232 115.0015             # which micro-grid is this point in?
+  target/debug/gridctl units search 专属 --kind special-grid
+  target/debug/gridctl workers dismiss hl-s0-c0-g00 w-hl-s0-c0-g00-1 --reason "ineffective"
+  target/debug/gridctl units get hl-s0-c0-g00              # the dismissal is in the history
 TXT
 wait -n "${pids[@]}"
