@@ -163,7 +163,7 @@ pub fn district(layout: Layout) -> Vec<DemoUnit> {
                     grid_number += 1;
                     let grid = format!("{community}-g{x}{y}");
                     let (i, j) = (ci + x * gx, cj + y * gy);
-                    let special = grid_number % 47 == 0;
+                    let special = grid_number.is_multiple_of(47);
                     let r = unit_random(layout.seed, grid_number, 7);
                     // Most grids within 300-500 households; a few outside the band.
                     let households = if r < 0.04 {

@@ -76,10 +76,10 @@ impl Boundary {
 /// GeoJSON for a polygon given as a closed or open list of (lon, lat).
 pub fn polygon_geojson(points: &[(f64, f64)]) -> String {
     let mut ring: Vec<[f64; 2]> = points.iter().map(|&(x, y)| [x, y]).collect();
-    if ring.first() != ring.last() {
-        if let Some(&first) = ring.first() {
-            ring.push(first);
-        }
+    if let Some(&first) = ring.first()
+        && ring.last() != Some(&first)
+    {
+        ring.push(first);
     }
     serde_json::json!({ "type": "Polygon", "coordinates": [ring] }).to_string()
 }

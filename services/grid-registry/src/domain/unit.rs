@@ -454,10 +454,10 @@ impl Aggregate for Unit {
 
 impl Unit {
     fn check_placement(&self, child_id: &str, boundary: &Boundary, parent: &ParentFacts) -> Result<(), UnitRejection> {
-        if let Some(pb) = &parent.boundary {
-            if !pb.covers(boundary) {
-                return Err(UnitRejection::OutsideParent { child_id: child_id.into(), parent_id: parent.id.clone() });
-            }
+        if let Some(outer) = &parent.boundary
+            && !outer.covers(boundary)
+        {
+            return Err(UnitRejection::OutsideParent { child_id: child_id.into(), parent_id: parent.id.clone() });
         }
         for (sibling_id, sibling) in &self.children {
             if sibling_id == child_id {
