@@ -23,6 +23,20 @@ pub fn init_tracing() {
     ONCE.call_once(gridwork_runtime::telemetry::init_for_tests);
 }
 
+/// Service settings for a test: the given NATS and database, ports chosen by the
+/// harness (services are spawned on `127.0.0.1:0`), R1 streams, no drain delay.
+pub fn service_config(nats_url: &str, database_url: &str) -> gridwork_runtime::CommonConfig {
+    gridwork_runtime::CommonConfig {
+        nats_url: nats_url.into(),
+        database_url: Some(database_url.into()),
+        grpc_addr: ([127, 0, 0, 1], 0).into(),
+        metrics_addr: ([127, 0, 0, 1], 0).into(),
+        log_format: gridwork_runtime::config::LogFormat::Pretty,
+        stream_replicas: 1,
+        drain_seconds: 0,
+    }
+}
+
 /// A fresh random id usable as an aggregate id.
 pub fn unique_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())

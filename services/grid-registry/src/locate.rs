@@ -66,23 +66,28 @@ impl LocateIndex {
         let mut index = LocateIndex { position, ..Default::default() };
         let mut entries = Vec::new();
         for s in shapes {
-            let i = index.units.len() as u32;
-            let rect = rect_of(&s.boundary.polygon);
-            if let Some(r) = rect {
-                entries.push(GeomWithData::new(r, i));
+            if let Some(entry) = index.push(s) {
+                entries.push(entry);
             }
-            index.by_id.insert(s.id.clone(), i);
-            index.units.push(IndexedUnit {
-                id: s.id,
-                parent_id: s.parent_id,
-                kind: s.kind,
-                name: s.name,
-                polygon: s.boundary.polygon,
-                rect,
-            });
         }
         index.tree = RTree::bulk_load(entries);
         index
+    }
+
+    /// Append a unit not yet indexed; its R-tree entry is returned, not inserted.
+    fn push(&mut self, s: UnitShape) -> Option<Entry> {
+        let i = self.units.len() as u32;
+        let rect = rect_of(&s.boundary.polygon);
+        self.by_id.insert(s.id.clone(), i);
+        self.units.push(IndexedUnit {
+            id: s.id,
+            parent_id: s.parent_id,
+            kind: s.kind,
+            name: s.name,
+            polygon: s.boundary.polygon,
+            rect,
+        });
+        rect.map(|r| GeomWithData::new(r, i))
     }
 
     /// Insert or replace one unit.
@@ -102,19 +107,9 @@ impl LocateIndex {
                 }
             }
             None => {
-                let i = self.units.len() as u32;
-                if let Some(r) = rect {
-                    self.tree.insert(GeomWithData::new(r, i));
+                if let Some(entry) = self.push(s) {
+                    self.tree.insert(entry);
                 }
-                self.by_id.insert(s.id.clone(), i);
-                self.units.push(IndexedUnit {
-                    id: s.id,
-                    parent_id: s.parent_id,
-                    kind: s.kind,
-                    name: s.name,
-                    polygon: s.boundary.polygon,
-                    rect,
-                });
             }
         }
     }

@@ -9,9 +9,7 @@ use gridwork_grid_registry::App;
 use gridwork_grid_registry::domain::geometry::polygon_geojson;
 use gridwork_proto::gridwork::grid::v1 as pb;
 use gridwork_proto::gridwork::grid::v1::grid_registry_service_client::GridRegistryServiceClient;
-use gridwork_runtime::CommonConfig;
 use gridwork_runtime::clock::ManualClock;
-use gridwork_runtime::config::LogFormat;
 use gridwork_runtime::server::ServerHandle;
 use gridwork_testkit::db::TestDb;
 use gridwork_testkit::nats::NatsServer;
@@ -35,22 +33,12 @@ struct Registry {
     clock: ManualClock,
 }
 
-fn config(nats: &NatsServer, db: &TestDb) -> CommonConfig {
-    CommonConfig {
-        nats_url: nats.url(),
-        database_url: Some(db.url.clone()),
-        grpc_addr: "127.0.0.1:0".parse().expect("addr"),
-        metrics_addr: "127.0.0.1:0".parse().expect("addr"),
-        log_format: LogFormat::Pretty,
-        stream_replicas: 1,
-        drain_seconds: 0,
-    }
-}
-
 async fn spawn(nats: &NatsServer, db: &TestDb) -> Registry {
     gridwork_testkit::init_tracing();
     let clock = ManualClock::at(MARCH_1);
-    let app = App::build(&config(nats, db), Arc::new(clock.clone())).await.expect("registry builds");
+    let app = App::build(&gridwork_testkit::service_config(&nats.url(), &db.url), Arc::new(clock.clone()))
+        .await
+        .expect("registry builds");
     let server = app.spawn(Duration::from_millis(100)).await.expect("serves");
     let channel = Channel::from_shared(server.endpoint()).expect("endpoint").connect().await.expect("connect");
     Registry { _app: app, _server: server, client: GridRegistryServiceClient::new(channel), clock }

@@ -112,7 +112,7 @@ async fn append_rates(seconds: u64) {
                 h.insert("Nats-Msg-Id", uuid::Uuid::now_v7().to_string().as_str());
                 h.insert("Nats-Expected-Last-Subject-Sequence", last[w].load(Ordering::Relaxed).to_string().as_str());
                 let ack = js
-                    .publish_with_headers(format!("sample.checked.w{w}"), h, "x".repeat(120).into())
+                    .publish_with_headers(format!("sample.checked.r{writers}.w{w}"), h, "x".repeat(120).into())
                     .await
                     .expect("publish")
                     .await

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use gridwork_proto::gridwork::sample::v1 as pb;
 use gridwork_proto::gridwork::sample::v1::ledger_service_client::LedgerServiceClient;
-use gridwork_runtime::CommonConfig;
 use gridwork_runtime::clock::SystemClock;
-use gridwork_runtime::config::LogFormat;
 use gridwork_runtime::server::ServerHandle;
 use gridwork_sample_ledger::App;
 use gridwork_testkit::db::TestDb;
@@ -23,16 +21,8 @@ pub struct TestLedger {
     pub client: Client,
 }
 
-pub fn config(nats_url: &str, database_url: &str) -> CommonConfig {
-    CommonConfig {
-        nats_url: nats_url.into(),
-        database_url: Some(database_url.into()),
-        grpc_addr: "127.0.0.1:0".parse().expect("addr"),
-        metrics_addr: "127.0.0.1:0".parse().expect("addr"),
-        log_format: LogFormat::Pretty,
-        stream_replicas: 1,
-        drain_seconds: 0,
-    }
+pub fn config(nats_url: &str, database_url: &str) -> gridwork_runtime::CommonConfig {
+    gridwork_testkit::service_config(nats_url, database_url)
 }
 
 /// Build and serve the ledger on port 0.
