@@ -1,0 +1,452 @@
+//! The incident aggregate (subject `intake.incident.<id>`): a report from the
+//! moment it arrives to the triage decision. Dispatch takes over from
+//! `IncidentAccepted`.
+//!
+//! States: `Reported` → (`Claimed`) → `Accepted` | `Rejected` | `Duplicate`.
+//! Emergencies are reported and accepted in one commit. While open (reported,
+//! claimed or accepted), "me too" reports are linked to it, and after
+//! `escalate_after` of them its priority goes up one step.
+
+use gridwork_eventstore::{Aggregate, DecodeError};
+use gridwork_proto::gridwork::intake::v1 as pb;
+use prost::Message as _;
+
+pub use crate::events::IncidentEvent;
+
+/// Where an incident stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Status {
+    /// Nothing reported yet.
+    #[default]
+    New,
+    /// Reported, awaiting triage.
+    Reported,
+    /// Accepted: dispatch owns it now.
+    Accepted,
+    /// Rejected by triage.
+    Rejected,
+    /// Marked a duplicate of another incident.
+    Duplicate,
+}
+
+impl Status {
+    /// Lower-case name for messages.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::New => "new",
+            Status::Reported => "reported",
+            Status::Accepted => "accepted",
+            Status::Rejected => "rejected",
+            Status::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// A triage lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// Holder.
+    pub by: String,
+    /// Expiry, ms since the epoch.
+    pub until_unix_ms: i64,
+}
+
+/// An incident's state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Incident {
+    /// Status.
+    pub status: Status,
+    /// The report as recorded.
+    pub report: Option<pb::IncidentReported>,
+    /// Current priority.
+    pub priority: i32,
+    /// Live or expired triage lock.
+    pub claim: Option<Claim>,
+    /// Linked "me too" reports.
+    pub linked: Vec<String>,
+}
+
+/// Commands on an incident. Time comes in with the command.
+#[derive(Debug, Clone)]
+pub enum IncidentCommand {
+    /// Record a new report (already validated against the catalogue and placed).
+    Report {
+        /// The report.
+        report: pb::IncidentReported,
+    },
+    /// Take the triage lock.
+    Claim {
+        /// Who.
+        by: String,
+        /// Now.
+        now_unix_ms: i64,
+        /// Lock length.
+        ttl_ms: i64,
+        /// Admins may break someone else's live lock.
+        admin: bool,
+    },
+    /// Accept for dispatch.
+    Accept {
+        /// Who.
+        by: String,
+        /// Now.
+        now_unix_ms: i64,
+    },
+    /// Reject.
+    Reject {
+        /// Who.
+        by: String,
+        /// Why.
+        reason: pb::RejectionReason,
+        /// Note.
+        note: String,
+        /// Now.
+        now_unix_ms: i64,
+    },
+    /// Mark as a duplicate of another incident.
+    MarkDuplicate {
+        /// The original.
+        of_incident_id: String,
+        /// This incident's id (to refuse self-reference).
+        own_id: String,
+        /// Who.
+        by: String,
+        /// Now.
+        now_unix_ms: i64,
+    },
+    /// Link a "me too" report to this open incident.
+    LinkReport {
+        /// The other report's incident id.
+        report_id: String,
+        /// Now.
+        now_unix_ms: i64,
+        /// Raise priority once this many reports are linked.
+        escalate_after: usize,
+    },
+}
+
+/// Rules a command can break.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IncidentRejection {
+    /// Reporting twice under one id.
+    #[error("incident already reported")]
+    AlreadyReported,
+    /// Triage on an incident that is not awaiting triage.
+    #[error("incident is {}, not awaiting triage", .0.label())]
+    NotAwaitingTriage(Status),
+    /// Someone else holds a live lock.
+    #[error("incident is claimed by {by} until {until_unix_ms}")]
+    ClaimedByOther {
+        /// Holder.
+        by: String,
+        /// Expiry.
+        until_unix_ms: i64,
+    },
+    /// The incident is closed to "me too" links.
+    #[error("incident is {}, not open", .0.label())]
+    NotOpen(Status),
+    /// A duplicate of itself.
+    #[error("an incident cannot duplicate itself")]
+    SelfDuplicate,
+    /// No such incident.
+    #[error("no incident has been reported under this id")]
+    NotReported,
+}
+
+fn next_priority(p: i32) -> i32 {
+    (p + 1).min(pb::Priority::Urgent as i32)
+}
+
+impl Incident {
+    fn triage_guard(&self, by: &str, now: i64) -> Result<(), IncidentRejection> {
+        match self.status {
+            Status::Reported => {}
+            Status::New => return Err(IncidentRejection::NotReported),
+            other => return Err(IncidentRejection::NotAwaitingTriage(other)),
+        }
+        match &self.claim {
+            Some(c) if c.by != by && c.until_unix_ms > now => {
+                Err(IncidentRejection::ClaimedByOther { by: c.by.clone(), until_unix_ms: c.until_unix_ms })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Aggregate for Incident {
+    const CONTEXT: &'static str = "intake";
+    const TYPE: &'static str = "incident";
+    const STATE_VERSION: u32 = 1;
+    type Command = IncidentCommand;
+    type Event = IncidentEvent;
+    type Rejection = IncidentRejection;
+
+    fn decide(&self, command: &IncidentCommand) -> Result<Vec<IncidentEvent>, IncidentRejection> {
+        match command {
+            IncidentCommand::Report { report } => {
+                if self.status != Status::New {
+                    return Err(IncidentRejection::AlreadyReported);
+                }
+                let mut events = vec![IncidentEvent::Reported(report.clone())];
+                if report.emergency {
+                    events.push(IncidentEvent::Accepted(pb::IncidentAccepted {
+                        by: "system".into(),
+                        at_unix_ms: report.reported_at_unix_ms,
+                        automatic: true,
+                    }));
+                }
+                Ok(events)
+            }
+            IncidentCommand::Claim { by, now_unix_ms, ttl_ms, admin } => {
+                let guard = self.triage_guard(by, *now_unix_ms);
+                let mut events = Vec::new();
+                match guard {
+                    Ok(()) => {}
+                    Err(IncidentRejection::ClaimedByOther { by: holder, .. }) if *admin => {
+                        events.push(IncidentEvent::ClaimBroken(pb::ClaimBroken { by: by.clone(), holder }));
+                    }
+                    Err(e) => return Err(e),
+                }
+                events.push(IncidentEvent::Claimed(pb::IncidentClaimed {
+                    by: by.clone(),
+                    until_unix_ms: now_unix_ms + ttl_ms,
+                }));
+                Ok(events)
+            }
+            IncidentCommand::Accept { by, now_unix_ms } => {
+                self.triage_guard(by, *now_unix_ms)?;
+                Ok(vec![IncidentEvent::Accepted(pb::IncidentAccepted {
+                    by: by.clone(),
+                    at_unix_ms: *now_unix_ms,
+                    automatic: false,
+                })])
+            }
+            IncidentCommand::Reject { by, reason, note, now_unix_ms } => {
+                self.triage_guard(by, *now_unix_ms)?;
+                Ok(vec![IncidentEvent::Rejected(pb::IncidentRejected {
+                    by: by.clone(),
+                    reason: *reason as i32,
+                    note: note.clone(),
+                })])
+            }
+            IncidentCommand::MarkDuplicate { of_incident_id, own_id, by, now_unix_ms } => {
+                if of_incident_id == own_id {
+                    return Err(IncidentRejection::SelfDuplicate);
+                }
+                self.triage_guard(by, *now_unix_ms)?;
+                Ok(vec![IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate {
+                    of_incident_id: of_incident_id.clone(),
+                    by: by.clone(),
+                })])
+            }
+            IncidentCommand::LinkReport { report_id, now_unix_ms, escalate_after } => {
+                match self.status {
+                    Status::Reported | Status::Accepted => {}
+                    Status::New => return Err(IncidentRejection::NotReported),
+                    other => return Err(IncidentRejection::NotOpen(other)),
+                }
+                if self.linked.contains(report_id) {
+                    return Ok(vec![]);
+                }
+                let mut events = vec![IncidentEvent::ReportLinked(pb::ReportLinked {
+                    report_id: report_id.clone(),
+                    at_unix_ms: *now_unix_ms,
+                })];
+                if self.linked.len() + 1 == *escalate_after && self.priority < pb::Priority::Urgent as i32 {
+                    events.push(IncidentEvent::PriorityRaised(pb::PriorityRaised {
+                        priority: next_priority(self.priority),
+                        reason: format!("{escalate_after} further reports of the same problem nearby"),
+                    }));
+                }
+                Ok(events)
+            }
+        }
+    }
+
+    fn evolve(mut self, event: &IncidentEvent) -> Self {
+        match event {
+            IncidentEvent::Reported(e) => {
+                self.status = Status::Reported;
+                self.priority = e.priority;
+                self.report = Some(e.clone());
+            }
+            IncidentEvent::Claimed(e) => {
+                self.claim = Some(Claim { by: e.by.clone(), until_unix_ms: e.until_unix_ms });
+            }
+            IncidentEvent::ClaimBroken(_) => self.claim = None,
+            IncidentEvent::Accepted(_) => {
+                self.status = Status::Accepted;
+                self.claim = None;
+            }
+            IncidentEvent::Rejected(_) => {
+                self.status = Status::Rejected;
+                self.claim = None;
+            }
+            IncidentEvent::MarkedDuplicate(_) => {
+                self.status = Status::Duplicate;
+                self.claim = None;
+            }
+            IncidentEvent::ReportLinked(e) => self.linked.push(e.report_id.clone()),
+            IncidentEvent::PriorityRaised(e) => self.priority = e.priority,
+        }
+        self
+    }
+
+    fn encode_state(&self) -> Vec<u8> {
+        let status = match self.status {
+            Status::New => 0,
+            Status::Reported => 1,
+            Status::Accepted => 2,
+            Status::Rejected => 3,
+            Status::Duplicate => 4,
+        };
+        pb::IncidentState {
+            report: self.report.clone(),
+            status,
+            priority: self.priority,
+            claim_by: self.claim.as_ref().map(|c| c.by.clone()).unwrap_or_default(),
+            claim_until_unix_ms: self.claim.as_ref().map_or(0, |c| c.until_unix_ms),
+            linked: self.linked.clone(),
+        }
+        .encode_to_vec()
+    }
+
+    fn decode_state(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let s = pb::IncidentState::decode(bytes).map_err(|e| DecodeError::new("incident state", e))?;
+        let status = match s.status {
+            0 => Status::New,
+            1 => Status::Reported,
+            2 => Status::Accepted,
+            3 => Status::Rejected,
+            4 => Status::Duplicate,
+            other => return Err(DecodeError::new("incident state", format!("unknown status {other}"))),
+        };
+        let claim = (!s.claim_by.is_empty()).then(|| Claim { by: s.claim_by, until_unix_ms: s.claim_until_unix_ms });
+        Ok(Self { status, report: s.report, priority: s.priority, claim, linked: s.linked })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gridwork_eventstore::testing::given;
+
+    use super::*;
+
+    fn report(emergency: bool) -> pb::IncidentReported {
+        pb::IncidentReported {
+            source: pb::Source::RiderInformant as i32,
+            category_code: if emergency { "fire".into() } else { "fire-hazard".into() },
+            catalogue_version: 1,
+            priority: pb::Priority::High as i32,
+            reported_at_unix_ms: 1_000,
+            emergency,
+            ..Default::default()
+        }
+    }
+
+    fn reported() -> IncidentEvent {
+        IncidentEvent::Reported(report(false))
+    }
+
+    fn claim(by: &str, now: i64, admin: bool) -> IncidentCommand {
+        IncidentCommand::Claim { by: by.into(), now_unix_ms: now, ttl_ms: 600_000, admin }
+    }
+
+    fn claimed(by: &str, until: i64) -> IncidentEvent {
+        IncidentEvent::Claimed(pb::IncidentClaimed { by: by.into(), until_unix_ms: until })
+    }
+
+    #[test]
+    fn an_ordinary_report_awaits_triage() {
+        given::<Incident>([]).when(IncidentCommand::Report { report: report(false) }).then_expect_events([reported()]);
+    }
+
+    #[test]
+    fn an_emergency_skips_triage_in_the_same_commit() {
+        given::<Incident>([]).when(IncidentCommand::Report { report: report(true) }).then_expect_events([
+            IncidentEvent::Reported(report(true)),
+            IncidentEvent::Accepted(pb::IncidentAccepted { by: "system".into(), at_unix_ms: 1_000, automatic: true }),
+        ]);
+    }
+
+    #[test]
+    fn a_live_claim_keeps_others_out_until_it_expires_or_an_admin_breaks_it() {
+        given::<Incident>([reported(), claimed("ann", 5_000)])
+            .when(claim("bob", 4_000, false))
+            .then_expect_error(IncidentRejection::ClaimedByOther { by: "ann".into(), until_unix_ms: 5_000 });
+        given::<Incident>([reported(), claimed("ann", 5_000)])
+            .when(IncidentCommand::Accept { by: "bob".into(), now_unix_ms: 4_000 })
+            .then_expect_error(IncidentRejection::ClaimedByOther { by: "ann".into(), until_unix_ms: 5_000 });
+        given::<Incident>([reported(), claimed("ann", 5_000)])
+            .when(claim("bob", 5_001, false))
+            .then_expect_events([claimed("bob", 605_001)]);
+        given::<Incident>([reported(), claimed("ann", 5_000)]).when(claim("root", 4_000, true)).then_expect_events([
+            IncidentEvent::ClaimBroken(pb::ClaimBroken { by: "root".into(), holder: "ann".into() }),
+            claimed("root", 604_000),
+        ]);
+    }
+
+    #[test]
+    fn the_claim_holder_may_decide() {
+        given::<Incident>([reported(), claimed("ann", 5_000)])
+            .when(IncidentCommand::Reject {
+                by: "ann".into(),
+                reason: pb::RejectionReason::Spam,
+                note: "advert".into(),
+                now_unix_ms: 4_000,
+            })
+            .then_expect_events([IncidentEvent::Rejected(pb::IncidentRejected {
+                by: "ann".into(),
+                reason: pb::RejectionReason::Spam as i32,
+                note: "advert".into(),
+            })]);
+    }
+
+    #[test]
+    fn a_decided_incident_cannot_be_triaged_again() {
+        let accepted = IncidentEvent::Accepted(pb::IncidentAccepted::default());
+        given::<Incident>([reported(), accepted])
+            .when(IncidentCommand::Accept { by: "ann".into(), now_unix_ms: 1 })
+            .then_expect_error(IncidentRejection::NotAwaitingTriage(Status::Accepted));
+        given::<Incident>([])
+            .when(IncidentCommand::Accept { by: "ann".into(), now_unix_ms: 1 })
+            .then_expect_error(IncidentRejection::NotReported);
+    }
+
+    #[test]
+    fn an_incident_is_not_a_duplicate_of_itself() {
+        given::<Incident>([reported()])
+            .when(IncidentCommand::MarkDuplicate {
+                of_incident_id: "a".into(),
+                own_id: "a".into(),
+                by: "x".into(),
+                now_unix_ms: 1,
+            })
+            .then_expect_error(IncidentRejection::SelfDuplicate);
+    }
+
+    #[test]
+    fn enough_me_too_reports_raise_the_priority_once() {
+        let link = |id: &str| IncidentCommand::LinkReport { report_id: id.into(), now_unix_ms: 9, escalate_after: 2 };
+        let linked = |id: &str| IncidentEvent::ReportLinked(pb::ReportLinked { report_id: id.into(), at_unix_ms: 9 });
+        given::<Incident>([reported()]).when(link("r1")).then_expect_events([linked("r1")]);
+        given::<Incident>([reported(), linked("r1")]).when(link("r2")).then_expect_events([
+            linked("r2"),
+            IncidentEvent::PriorityRaised(pb::PriorityRaised {
+                priority: pb::Priority::Urgent as i32,
+                reason: "2 further reports of the same problem nearby".into(),
+            }),
+        ]);
+        given::<Incident>([reported(), linked("r1")]).when(link("r1")).then_expect_events([]);
+        let rejected = IncidentEvent::Rejected(pb::IncidentRejected::default());
+        given::<Incident>([reported(), rejected])
+            .when(link("r3"))
+            .then_expect_error(IncidentRejection::NotOpen(Status::Rejected));
+    }
+
+    #[test]
+    fn state_survives_a_snapshot_round_trip() {
+        let state = given::<Incident>([reported(), claimed("ann", 5)]).state().clone();
+        assert_eq!(Incident::decode_state(&state.encode_state()).expect("decodes"), state);
+    }
+}

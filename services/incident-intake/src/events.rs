@@ -1,0 +1,95 @@
+//! Event names, versions and encoding for the `INTAKE` stream. The events are
+//! the protobuf messages of `gridwork.intake.v1` (events.proto) themselves.
+
+use gridwork_eventstore::{DecodeError, DomainEvent};
+use gridwork_proto::gridwork::intake::v1 as pb;
+use prost::Message as _;
+
+/// Something that happened to an incident.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IncidentEvent {
+    /// `intake.incident.reported`.
+    Reported(pb::IncidentReported),
+    /// `intake.incident.claimed`.
+    Claimed(pb::IncidentClaimed),
+    /// `intake.incident.claim_broken`.
+    ClaimBroken(pb::ClaimBroken),
+    /// `intake.incident.accepted`: dispatch reacts to this.
+    Accepted(pb::IncidentAccepted),
+    /// `intake.incident.rejected`.
+    Rejected(pb::IncidentRejected),
+    /// `intake.incident.marked_duplicate`.
+    MarkedDuplicate(pb::IncidentMarkedDuplicate),
+    /// `intake.incident.report_linked`.
+    ReportLinked(pb::ReportLinked),
+    /// `intake.incident.priority_raised`.
+    PriorityRaised(pb::PriorityRaised),
+}
+
+/// Event type names.
+pub mod types {
+    /// Reported.
+    pub const REPORTED: &str = "intake.incident.reported";
+    /// Claimed.
+    pub const CLAIMED: &str = "intake.incident.claimed";
+    /// Claim broken.
+    pub const CLAIM_BROKEN: &str = "intake.incident.claim_broken";
+    /// Accepted.
+    pub const ACCEPTED: &str = "intake.incident.accepted";
+    /// Rejected.
+    pub const REJECTED: &str = "intake.incident.rejected";
+    /// Marked duplicate.
+    pub const MARKED_DUPLICATE: &str = "intake.incident.marked_duplicate";
+    /// Report linked.
+    pub const REPORT_LINKED: &str = "intake.incident.report_linked";
+    /// Priority raised.
+    pub const PRIORITY_RAISED: &str = "intake.incident.priority_raised";
+}
+
+impl DomainEvent for IncidentEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            IncidentEvent::Reported(_) => types::REPORTED,
+            IncidentEvent::Claimed(_) => types::CLAIMED,
+            IncidentEvent::ClaimBroken(_) => types::CLAIM_BROKEN,
+            IncidentEvent::Accepted(_) => types::ACCEPTED,
+            IncidentEvent::Rejected(_) => types::REJECTED,
+            IncidentEvent::MarkedDuplicate(_) => types::MARKED_DUPLICATE,
+            IncidentEvent::ReportLinked(_) => types::REPORT_LINKED,
+            IncidentEvent::PriorityRaised(_) => types::PRIORITY_RAISED,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            IncidentEvent::Reported(e) => e.encode_to_vec(),
+            IncidentEvent::Claimed(e) => e.encode_to_vec(),
+            IncidentEvent::ClaimBroken(e) => e.encode_to_vec(),
+            IncidentEvent::Accepted(e) => e.encode_to_vec(),
+            IncidentEvent::Rejected(e) => e.encode_to_vec(),
+            IncidentEvent::MarkedDuplicate(e) => e.encode_to_vec(),
+            IncidentEvent::ReportLinked(e) => e.encode_to_vec(),
+            IncidentEvent::PriorityRaised(e) => e.encode_to_vec(),
+        }
+    }
+
+    fn decode(event_type: &str, schema_version: u32, payload: &[u8]) -> Result<Self, DecodeError> {
+        if schema_version != 1 {
+            return Err(DecodeError::new(event_type, format!("unknown schema version {schema_version}")));
+        }
+        let err = |e: prost::DecodeError| DecodeError::new(event_type, e);
+        Ok(match event_type {
+            types::REPORTED => IncidentEvent::Reported(pb::IncidentReported::decode(payload).map_err(err)?),
+            types::CLAIMED => IncidentEvent::Claimed(pb::IncidentClaimed::decode(payload).map_err(err)?),
+            types::CLAIM_BROKEN => IncidentEvent::ClaimBroken(pb::ClaimBroken::decode(payload).map_err(err)?),
+            types::ACCEPTED => IncidentEvent::Accepted(pb::IncidentAccepted::decode(payload).map_err(err)?),
+            types::REJECTED => IncidentEvent::Rejected(pb::IncidentRejected::decode(payload).map_err(err)?),
+            types::MARKED_DUPLICATE => {
+                IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate::decode(payload).map_err(err)?)
+            }
+            types::REPORT_LINKED => IncidentEvent::ReportLinked(pb::ReportLinked::decode(payload).map_err(err)?),
+            types::PRIORITY_RAISED => IncidentEvent::PriorityRaised(pb::PriorityRaised::decode(payload).map_err(err)?),
+            other => return Err(DecodeError::new(other, "unknown event type")),
+        })
+    }
+}
