@@ -8,8 +8,8 @@ use prost::Message as _;
 /// Something that happened to an incident.
 #[derive(Debug, Clone, PartialEq)]
 pub enum IncidentEvent {
-    /// `intake.incident.reported`.
-    Reported(pb::IncidentReported),
+    /// `intake.incident.reported` (boxed: by far the largest event).
+    Reported(Box<pb::IncidentReported>),
     /// `intake.incident.claimed`.
     Claimed(pb::IncidentClaimed),
     /// `intake.incident.claim_broken`.
@@ -79,7 +79,7 @@ impl DomainEvent for IncidentEvent {
         }
         let err = |e: prost::DecodeError| DecodeError::new(event_type, e);
         Ok(match event_type {
-            types::REPORTED => IncidentEvent::Reported(pb::IncidentReported::decode(payload).map_err(err)?),
+            types::REPORTED => IncidentEvent::Reported(Box::new(pb::IncidentReported::decode(payload).map_err(err)?)),
             types::CLAIMED => IncidentEvent::Claimed(pb::IncidentClaimed::decode(payload).map_err(err)?),
             types::CLAIM_BROKEN => IncidentEvent::ClaimBroken(pb::ClaimBroken::decode(payload).map_err(err)?),
             types::ACCEPTED => IncidentEvent::Accepted(pb::IncidentAccepted::decode(payload).map_err(err)?),

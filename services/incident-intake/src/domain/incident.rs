@@ -187,7 +187,7 @@ impl Aggregate for Incident {
                 if self.status != Status::New {
                     return Err(IncidentRejection::AlreadyReported);
                 }
-                let mut events = vec![IncidentEvent::Reported(report.clone())];
+                let mut events = vec![IncidentEvent::Reported(Box::new(report.clone()))];
                 if report.emergency {
                     events.push(IncidentEvent::Accepted(pb::IncidentAccepted {
                         by: "system".into(),
@@ -268,7 +268,7 @@ impl Aggregate for Incident {
             IncidentEvent::Reported(e) => {
                 self.status = Status::Reported;
                 self.priority = e.priority;
-                self.report = Some(e.clone());
+                self.report = Some((**e).clone());
             }
             IncidentEvent::Claimed(e) => {
                 self.claim = Some(Claim { by: e.by.clone(), until_unix_ms: e.until_unix_ms });
@@ -321,7 +321,7 @@ impl Aggregate for Incident {
             4 => Status::Duplicate,
             other => return Err(DecodeError::new("incident state", format!("unknown status {other}"))),
         };
-        let claim = (!s.claim_by.is_empty()).then(|| Claim { by: s.claim_by, until_unix_ms: s.claim_until_unix_ms });
+        let claim = (!s.claim_by.is_empty()).then_some(Claim { by: s.claim_by, until_unix_ms: s.claim_until_unix_ms });
         Ok(Self { status, report: s.report, priority: s.priority, claim, linked: s.linked })
     }
 }
@@ -345,7 +345,7 @@ mod tests {
     }
 
     fn reported() -> IncidentEvent {
-        IncidentEvent::Reported(report(false))
+        IncidentEvent::Reported(Box::new(report(false)))
     }
 
     fn claim(by: &str, now: i64, admin: bool) -> IncidentCommand {
@@ -364,7 +364,7 @@ mod tests {
     #[test]
     fn an_emergency_skips_triage_in_the_same_commit() {
         given::<Incident>([]).when(IncidentCommand::Report { report: report(true) }).then_expect_events([
-            IncidentEvent::Reported(report(true)),
+            IncidentEvent::Reported(Box::new(report(true))),
             IncidentEvent::Accepted(pb::IncidentAccepted { by: "system".into(), at_unix_ms: 1_000, automatic: true }),
         ]);
     }
