@@ -13,11 +13,11 @@ use gridwork_runtime::clock::Clock;
 use sqlx::AssertSqlSafe;
 use time::Date;
 
-use crate::domain::geometry::Boundary;
 use crate::domain::unit::{Kind, ParentFacts, ROOT, Unit, UnitCommand, UnitRejection};
 use crate::events::UnitEvent;
-use crate::locate::{LocateIndex, UnitShape};
 use crate::projection::{HEAD_ROLE, STAFF, UNITS};
+use gridwork_geo::Boundary;
+use gridwork_geo::locate::{LocateIndex, UnitShape};
 
 /// How long a command waits for the read model to reflect earlier commits.
 const SYNC_WAIT: Duration = Duration::from_secs(10);

@@ -10,8 +10,8 @@
 //! the shapes look drawn rather than ruled. Pure and deterministic: the same seed
 //! gives the same district.
 
-use crate::domain::geometry::polygon_geojson;
-use crate::domain::unit::Kind;
+use gridwork_geo::Kind;
+use gridwork_geo::polygon_geojson;
 
 /// Shape of a generated district.
 #[derive(Debug, Clone, Copy)]
@@ -210,7 +210,7 @@ pub fn district(layout: Layout) -> Vec<DemoUnit> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::geometry::Boundary;
+    use gridwork_geo::Boundary;
 
     #[test]
     fn the_demo_district_has_the_articles_proportions() {

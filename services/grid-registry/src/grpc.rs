@@ -11,9 +11,9 @@ use time::Date;
 use tonic::{Request, Response, Status};
 
 use crate::app::{Registry, UnitRow, needs_head};
-use crate::domain::geometry::Boundary;
 use crate::domain::unit::{Kind, ROOT, UnitCommand, band};
 use crate::events::UnitEvent;
+use gridwork_geo::Boundary;
 
 /// The gRPC face of [`Registry`].
 pub struct RegistryGrpc {

@@ -14,14 +14,14 @@
 //!   locate index.
 //! - `grpc.rs`: proto ⇄ domain with field-named errors.
 //! - `projection.rs`: the read model.
-//! - `locate.rs`: the spatial index.
+//! - geometry and the spatial index live in `gridwork-geo`, shared with every
+//!   context that places things on the tree.
 
 pub mod app;
 pub mod demo;
 pub mod domain;
 pub mod events;
 pub mod grpc;
-pub mod locate;
 pub mod projection;
 
 use std::sync::Arc;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gridwork_eventstore::projection::{ProjectionRunner, ReadStore, RunnerConfig};
+use gridwork_geo::polygon_geojson;
 use gridwork_grid_registry::App;
-use gridwork_grid_registry::domain::geometry::polygon_geojson;
 use gridwork_proto::gridwork::grid::v1 as pb;
 use gridwork_proto::gridwork::grid::v1::grid_registry_service_client::GridRegistryServiceClient;
 use gridwork_runtime::clock::ManualClock;

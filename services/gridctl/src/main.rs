@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use gridwork_geo::Kind;
 use gridwork_grid_registry::demo::{self, DemoUnit, Layout};
-use gridwork_grid_registry::domain::unit::Kind;
 use gridwork_proto::gridwork::grid::v1 as pb;
 use gridwork_proto::gridwork::grid::v1::grid_registry_service_client::GridRegistryServiceClient;
 use tokio::sync::Semaphore;

@@ -1,3 +1,2 @@
 //! Pure domain code: no tokio, sqlx, tonic or NATS here.
-pub mod geometry;
 pub mod unit;

@@ -11,8 +11,8 @@ use geo::{BoundingRect as _, Intersects as _, Point, Polygon};
 use rstar::primitives::{GeomWithData, Rectangle};
 use rstar::{AABB, RTree};
 
-use crate::domain::geometry::Boundary;
-use crate::domain::unit::Kind;
+use crate::Kind;
+use crate::geometry::Boundary;
 
 type Entry = GeomWithData<Rectangle<[f64; 2]>, u32>;
 
@@ -149,7 +149,7 @@ impl LocateIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::geometry::polygon_geojson;
+    use crate::geometry::polygon_geojson;
 
     fn shape(id: &str, parent: &str, kind: Kind, x: f64, y: f64, size: f64) -> UnitShape {
         UnitShape {
