@@ -31,6 +31,15 @@ pub struct IndexedUnit {
     rect: Option<Rectangle<[f64; 2]>>,
 }
 
+impl IndexedUnit {
+    /// A point guaranteed to lie inside the unit (lon, lat), for things placed
+    /// by address rather than by coordinates.
+    pub fn interior_point(&self) -> Option<(f64, f64)> {
+        use geo::InteriorPoint as _;
+        self.polygon.interior_point().map(|p| (p.x(), p.y()))
+    }
+}
+
 /// A unit as loaded from the read model.
 #[derive(Debug, Clone)]
 pub struct UnitShape {
@@ -114,6 +123,18 @@ impl LocateIndex {
         }
     }
 
+    /// The path from district down to unit `id` (empty if unknown).
+    pub fn path_to(&self, id: &str) -> Vec<&IndexedUnit> {
+        let mut path = Vec::new();
+        let mut current = self.by_id.get(id).map(|&i| &self.units[i as usize]);
+        while let Some(unit) = current {
+            path.push(unit);
+            current = self.by_id.get(&unit.parent_id).map(|&i| &self.units[i as usize]);
+        }
+        path.reverse();
+        path
+    }
+
     /// Number of units indexed.
     pub fn len(&self) -> usize {
         self.units.len()
@@ -135,14 +156,7 @@ impl LocateIndex {
             .map(|e| &self.units[e.data as usize])
             .filter(|u| u.polygon.intersects(&point))
             .max_by(|a, b| a.kind.depth().cmp(&b.kind.depth()).then_with(|| b.id.cmp(&a.id)));
-        let mut path = Vec::new();
-        let mut current = deepest;
-        while let Some(unit) = current {
-            path.push(unit);
-            current = self.by_id.get(&unit.parent_id).map(|&i| &self.units[i as usize]);
-        }
-        path.reverse();
-        path
+        deepest.map_or_else(Vec::new, |unit| self.path_to(&unit.id))
     }
 }
 

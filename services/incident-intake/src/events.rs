@@ -93,3 +93,33 @@ impl DomainEvent for IncidentEvent {
         })
     }
 }
+
+/// Something that happened to the service catalogue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CatalogueEvent {
+    /// `intake.catalogue.version_published`.
+    VersionPublished(pb::CatalogueVersionPublished),
+}
+
+/// `intake.catalogue.version_published`.
+pub const CATALOGUE_VERSION_PUBLISHED: &str = "intake.catalogue.version_published";
+
+impl DomainEvent for CatalogueEvent {
+    fn event_type(&self) -> &'static str {
+        CATALOGUE_VERSION_PUBLISHED
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let CatalogueEvent::VersionPublished(e) = self;
+        e.encode_to_vec()
+    }
+
+    fn decode(event_type: &str, schema_version: u32, payload: &[u8]) -> Result<Self, DecodeError> {
+        if event_type != CATALOGUE_VERSION_PUBLISHED || schema_version != 1 {
+            return Err(DecodeError::new(event_type, format!("unknown event type or version {schema_version}")));
+        }
+        pb::CatalogueVersionPublished::decode(payload)
+            .map(CatalogueEvent::VersionPublished)
+            .map_err(|e| DecodeError::new(event_type, e))
+    }
+}

@@ -8,5 +8,7 @@
 //! of `GRID`, duplicate detection by radius and window, the erasable contact store,
 //! the read model and queries. See the issue note.
 
+pub mod app;
 pub mod domain;
 pub mod events;
+pub mod projection;

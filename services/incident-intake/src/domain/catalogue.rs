@@ -313,3 +313,145 @@ mod tests {
         assert!(message.contains("version 1"));
     }
 }
+
+/// The catalogue aggregate (subject `intake.catalogue.<city>`): every version
+/// ever published, so reports can name the version they were checked against.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Catalogue {
+    /// Versions by number.
+    pub versions: BTreeMap<u32, CatalogueVersion>,
+}
+
+/// Commands on the catalogue.
+#[derive(Debug, Clone)]
+pub enum CatalogueCommand {
+    /// Publish a new version holding exactly these categories.
+    Publish {
+        /// The categories (already checked with [`check_definition`]).
+        categories: Vec<pb::Category>,
+    },
+}
+
+/// Rules a catalogue command can break (none beyond input checks today).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogueRejection {
+    /// The new version equals the latest one.
+    #[error("the catalogue is unchanged from version {0}")]
+    Unchanged(u32),
+}
+
+impl Catalogue {
+    /// The latest version, if any.
+    pub fn latest(&self) -> Option<&CatalogueVersion> {
+        self.versions.values().next_back()
+    }
+
+    /// Version `v`, or the latest for 0.
+    pub fn version(&self, v: u32) -> Option<&CatalogueVersion> {
+        if v == 0 { self.latest() } else { self.versions.get(&v) }
+    }
+}
+
+impl gridwork_eventstore::Aggregate for Catalogue {
+    const CONTEXT: &'static str = "intake";
+    const TYPE: &'static str = "catalogue";
+    const STATE_VERSION: u32 = 1;
+    type Command = CatalogueCommand;
+    type Event = crate::events::CatalogueEvent;
+    type Rejection = CatalogueRejection;
+
+    fn decide(&self, command: &CatalogueCommand) -> Result<Vec<Self::Event>, CatalogueRejection> {
+        let CatalogueCommand::Publish { categories } = command;
+        let latest = self.latest();
+        if let Some(l) = latest
+            && l.categories.values().cloned().collect::<Vec<_>>() == sorted(categories)
+        {
+            return Err(CatalogueRejection::Unchanged(l.version));
+        }
+        let version = latest.map_or(1, |l| l.version + 1);
+        Ok(vec![crate::events::CatalogueEvent::VersionPublished(pb::CatalogueVersionPublished {
+            version,
+            categories: sorted(categories),
+        })])
+    }
+
+    fn evolve(mut self, event: &Self::Event) -> Self {
+        let crate::events::CatalogueEvent::VersionPublished(e) = event;
+        self.versions.insert(
+            e.version,
+            CatalogueVersion {
+                version: e.version,
+                categories: e.categories.iter().map(|c| (c.code.clone(), c.clone())).collect(),
+            },
+        );
+        self
+    }
+
+    fn encode_state(&self) -> Vec<u8> {
+        use prost::Message as _;
+        let mut out = Vec::new();
+        for v in self.versions.values() {
+            let e = pb::CatalogueVersionPublished {
+                version: v.version,
+                categories: v.categories.values().cloned().collect(),
+            };
+            out.extend(e.encode_length_delimited_to_vec());
+        }
+        out
+    }
+
+    fn decode_state(mut bytes: &[u8]) -> Result<Self, gridwork_eventstore::DecodeError> {
+        use prost::Message as _;
+        let mut state = Catalogue::default();
+        while !bytes.is_empty() {
+            let e = pb::CatalogueVersionPublished::decode_length_delimited(&mut bytes)
+                .map_err(|e| gridwork_eventstore::DecodeError::new("catalogue state", e))?;
+            state = state.evolve(&crate::events::CatalogueEvent::VersionPublished(e));
+        }
+        Ok(state)
+    }
+}
+
+fn sorted(categories: &[pb::Category]) -> Vec<pb::Category> {
+    let mut v = categories.to_vec();
+    v.sort_by(|a, b| a.code.cmp(&b.code));
+    v
+}
+
+#[cfg(test)]
+mod aggregate_tests {
+    use gridwork_eventstore::Aggregate as _;
+    use gridwork_eventstore::testing::given;
+
+    use super::*;
+    use crate::events::CatalogueEvent;
+
+    fn published(version: u32, categories: Vec<pb::Category>) -> CatalogueEvent {
+        CatalogueEvent::VersionPublished(pb::CatalogueVersionPublished { version, categories: sorted(&categories) })
+    }
+
+    #[test]
+    fn versions_are_numbered_from_one_and_kept() {
+        let v1 = default_categories();
+        given::<Catalogue>([])
+            .when(CatalogueCommand::Publish { categories: v1.clone() })
+            .then_expect_events([published(1, v1.clone())]);
+        let mut v2 = v1.clone();
+        v2.pop();
+        given::<Catalogue>([published(1, v1.clone())])
+            .when(CatalogueCommand::Publish { categories: v2.clone() })
+            .then_expect_events([published(2, v2.clone())]);
+        let state = given::<Catalogue>([published(1, v1.clone()), published(2, v2)]).state().clone();
+        assert_eq!(state.version(0).map(|v| v.version), Some(2));
+        assert_eq!(state.version(1).map(|v| v.categories.len()), Some(v1.len()));
+        assert_eq!(Catalogue::decode_state(&state.encode_state()).expect("decodes"), state);
+    }
+
+    #[test]
+    fn an_unchanged_catalogue_is_not_republished() {
+        let v1 = default_categories();
+        given::<Catalogue>([published(1, v1.clone())])
+            .when(CatalogueCommand::Publish { categories: v1 })
+            .then_expect_error(CatalogueRejection::Unchanged(1));
+    }
+}

@@ -73,6 +73,9 @@ pub enum IncidentCommand {
     Report {
         /// The report.
         report: pb::IncidentReported,
+        /// An open incident this report repeats (same category, nearby, recent):
+        /// recorded as its duplicate in the same commit.
+        duplicate_of: Option<String>,
     },
     /// Take the triage lock.
     Claim {
@@ -183,12 +186,17 @@ impl Aggregate for Incident {
 
     fn decide(&self, command: &IncidentCommand) -> Result<Vec<IncidentEvent>, IncidentRejection> {
         match command {
-            IncidentCommand::Report { report } => {
+            IncidentCommand::Report { report, duplicate_of } => {
                 if self.status != Status::New {
                     return Err(IncidentRejection::AlreadyReported);
                 }
                 let mut events = vec![IncidentEvent::Reported(Box::new(report.clone()))];
-                if report.emergency {
+                if let Some(original) = duplicate_of {
+                    events.push(IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate {
+                        of_incident_id: original.clone(),
+                        by: "system".into(),
+                    }));
+                } else if report.emergency {
                     events.push(IncidentEvent::Accepted(pb::IncidentAccepted {
                         by: "system".into(),
                         at_unix_ms: report.reported_at_unix_ms,
@@ -358,15 +366,36 @@ mod tests {
 
     #[test]
     fn an_ordinary_report_awaits_triage() {
-        given::<Incident>([]).when(IncidentCommand::Report { report: report(false) }).then_expect_events([reported()]);
+        given::<Incident>([])
+            .when(IncidentCommand::Report { report: report(false), duplicate_of: None })
+            .then_expect_events([reported()]);
     }
 
     #[test]
     fn an_emergency_skips_triage_in_the_same_commit() {
-        given::<Incident>([]).when(IncidentCommand::Report { report: report(true) }).then_expect_events([
-            IncidentEvent::Reported(Box::new(report(true))),
-            IncidentEvent::Accepted(pb::IncidentAccepted { by: "system".into(), at_unix_ms: 1_000, automatic: true }),
-        ]);
+        given::<Incident>([])
+            .when(IncidentCommand::Report { report: report(true), duplicate_of: None })
+            .then_expect_events([
+                IncidentEvent::Reported(Box::new(report(true))),
+                IncidentEvent::Accepted(pb::IncidentAccepted {
+                    by: "system".into(),
+                    at_unix_ms: 1_000,
+                    automatic: true,
+                }),
+            ]);
+    }
+
+    #[test]
+    fn a_me_too_report_is_recorded_as_a_duplicate_in_the_same_commit() {
+        given::<Incident>([])
+            .when(IncidentCommand::Report { report: report(false), duplicate_of: Some("orig".into()) })
+            .then_expect_events([
+                reported(),
+                IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate {
+                    of_incident_id: "orig".into(),
+                    by: "system".into(),
+                }),
+            ]);
     }
 
     #[test]

@@ -1,0 +1,606 @@
+//! Intake's application service: validate against the catalogue, place on the
+//! tree from the local `GRID` copy, link "me too" reports, triage, read.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use gridwork_eventstore::projection::{ReadStore, RunnerHandle, Tables};
+use gridwork_eventstore::{CommandMeta, CommitOutcome, Repository};
+use gridwork_geo::{Boundary, Kind, LocateIndex, UnitShape};
+use gridwork_proto::gridwork::grid::v1 as grid_pb;
+use gridwork_proto::gridwork::intake::v1 as pb;
+use gridwork_runtime::clock::Clock;
+use gridwork_runtime::{FieldViolation, ServiceError};
+use sqlx::AssertSqlSafe;
+
+use crate::domain::catalogue::{Catalogue, CatalogueCommand, CatalogueRejection, check_definition};
+use crate::domain::incident::{Incident, IncidentCommand, IncidentRejection};
+use crate::events::IncidentEvent;
+use crate::projection::{GRID_UNITS, HISTORY, INCIDENTS};
+
+/// The one catalogue aggregate's id.
+pub const CITY: &str = "city";
+
+/// Erasable personal data, kept out of every event.
+pub const CONTACTS: &str = "intake_contacts";
+
+/// Tunable intake rules.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// A report of the same category within this distance of an open incident…
+    pub duplicate_radius_m: f64,
+    /// …and this long after it is a "me too".
+    pub duplicate_window_ms: i64,
+    /// Raise the original's priority once this many reports are linked.
+    pub escalate_after: usize,
+    /// How long a triage claim lasts.
+    pub claim_ttl_ms: i64,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            duplicate_radius_m: 100.0,
+            duplicate_window_ms: 24 * 3_600_000,
+            escalate_after: 3,
+            claim_ttl_ms: 10 * 60_000,
+        }
+    }
+}
+
+/// Where a report is.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// Coordinates.
+    Point {
+        /// Latitude.
+        lat: f64,
+        /// Longitude.
+        lon: f64,
+    },
+    /// An address resolved by the caller to a unit.
+    Address {
+        /// Address text (kept with the contact data? no: it is not personal).
+        text: String,
+        /// Unit id.
+        unit_id: String,
+    },
+}
+
+/// A parsed report.
+#[derive(Debug, Clone)]
+pub struct ReportInput {
+    /// Channel.
+    pub source: pb::Source,
+    /// Category code.
+    pub category_code: String,
+    /// Catalogue version (0 = latest).
+    pub catalogue_version: u32,
+    /// Location.
+    pub location: Location,
+    /// Description.
+    pub description: String,
+    /// Attributes.
+    pub attributes: Vec<pb::AttributeValue>,
+    /// Contact (name, phone).
+    pub contact: Option<(String, String)>,
+    /// Urgency override.
+    pub urgency: Option<pb::Priority>,
+    /// Reporter id.
+    pub reporter_id: String,
+}
+
+/// What a report produced.
+#[derive(Debug, Clone)]
+pub struct Reported {
+    /// Incident id.
+    pub incident_id: String,
+    /// The commit.
+    pub outcome: CommitOutcome<IncidentEvent>,
+    /// The open incident it was linked to.
+    pub duplicate_of: Option<String>,
+    /// Accepted at once (emergency).
+    pub accepted: bool,
+}
+
+/// A row of `intake_incidents`.
+#[derive(Debug, sqlx::FromRow)]
+struct IncidentRow {
+    incident_id: String,
+    status: i64,
+    source: i64,
+    category_code: String,
+    catalogue_version: i64,
+    lat: f64,
+    lon: f64,
+    district_id: String,
+    street_id: String,
+    community_id: String,
+    grid_id: String,
+    micro_grid_id: String,
+    description: String,
+    priority: i64,
+    emergency: bool,
+    claimed_by: String,
+    claim_until_ms: i64,
+    duplicate_of: String,
+    reported_at_ms: i64,
+    contact_ref: String,
+    position: i64,
+}
+
+/// The intake application service.
+#[derive(Clone)]
+pub struct Intake {
+    incidents: Repository<Incident>,
+    catalogue: Repository<Catalogue>,
+    store: ReadStore,
+    grid: Arc<RunnerHandle>,
+    projection: Arc<RunnerHandle>,
+    index: Arc<RwLock<LocateIndex>>,
+    clock: Arc<dyn Clock>,
+    rules: Rules,
+}
+
+fn meta(command_id: String, principal: String, now: i64) -> CommandMeta {
+    CommandMeta { command_id, principal, decided_at_unix_ms: now }
+}
+
+/// Great-circle distance in metres.
+pub fn haversine_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+    let dp = (lat2 - lat1).to_radians();
+    let dl = (lon2 - lon1).to_radians();
+    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * 6_371_000.0 * a.sqrt().asin()
+}
+
+impl Intake {
+    /// Wire the parts together; creates the contact table.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn new(
+        incidents: Repository<Incident>,
+        catalogue: Repository<Catalogue>,
+        store: ReadStore,
+        grid: Arc<RunnerHandle>,
+        projection: Arc<RunnerHandle>,
+        clock: Arc<dyn Clock>,
+        rules: Rules,
+    ) -> Result<Self, ServiceError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE IF NOT EXISTS {CONTACTS} (contact_ref TEXT PRIMARY KEY, incident_id TEXT NOT NULL, \
+             name TEXT NOT NULL, phone TEXT NOT NULL, created_at_ms BIGINT NOT NULL)"
+        )))
+        .execute(store.pool())
+        .await?;
+        Ok(Self { incidents, catalogue, store, grid, projection, index: Arc::default(), clock, rules })
+    }
+
+    /// The incidents projection (positions, rebuilds).
+    pub fn projection(&self) -> &RunnerHandle {
+        &self.projection
+    }
+
+    /// The local copy of the tree (positions).
+    pub fn grid(&self) -> &RunnerHandle {
+        &self.grid
+    }
+
+    /// Publish a catalogue version.
+    pub async fn publish_catalogue(
+        &self,
+        categories: Vec<pb::Category>,
+        command_id: String,
+        principal: String,
+    ) -> Result<(u32, CommitOutcome<crate::events::CatalogueEvent>), ServiceError> {
+        check_definition(&categories).map_err(|v| {
+            ServiceError::InvalidArgument(v.into_iter().map(|(f, d)| FieldViolation::new(f, d)).collect())
+        })?;
+        let now = self.clock.now_unix_ms();
+        let outcome = self
+            .catalogue
+            .execute(CITY, &CatalogueCommand::Publish { categories }, &meta(command_id, principal, now))
+            .await?;
+        let crate::events::CatalogueEvent::VersionPublished(e) =
+            outcome.events.first().ok_or_else(|| ServiceError::Internal("publish decided nothing".into()))?;
+        Ok((e.version, outcome.clone()))
+    }
+
+    /// A catalogue version (0 = latest).
+    pub async fn catalogue(&self, version: u32) -> Result<crate::domain::catalogue::CatalogueVersion, ServiceError> {
+        let state = self.catalogue.load(CITY).await?.state;
+        state.version(version).cloned().ok_or_else(|| match version {
+            0 => ServiceError::NotFound("no catalogue has been published".into()),
+            v => ServiceError::NotFound(format!("catalogue_version: version {v} does not exist")),
+        })
+    }
+
+    async fn refresh_index(&self) -> Result<(), ServiceError> {
+        let from = self.index.read().map_or(0, |i| i.position);
+        let target = self.grid.position();
+        if target <= from && from != 0 {
+            return Ok(());
+        }
+        let table = Tables::Live.name(GRID_UNITS.name);
+        let rows: Vec<(String, String, i64, String, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT unit_id, parent_id, kind, name, boundary_geojson, position FROM {table} WHERE position > $1"
+        )))
+        .bind(from as i64)
+        .fetch_all(self.store.pool())
+        .await?;
+        let mut newest = target.max(from);
+        let mut shapes = Vec::with_capacity(rows.len());
+        for (id, parent_id, kind, name, geojson, position) in rows {
+            newest = newest.max(position as u64);
+            let kind = grid_pb::UnitKind::try_from(kind as i32).ok().and_then(Kind::from_proto).unwrap_or(Kind::Grid);
+            if let Ok(boundary) = Boundary::parse(&geojson) {
+                shapes.push(UnitShape { id, parent_id, kind, name, boundary });
+            }
+        }
+        let mut index = self.index.write().map_err(|_| ServiceError::Internal("locate index poisoned".into()))?;
+        if index.is_empty() {
+            *index = LocateIndex::build(shapes, newest);
+        } else {
+            for s in shapes {
+                index.upsert(s);
+            }
+            index.position = index.position.max(newest);
+        }
+        Ok(())
+    }
+
+    /// Place a location on the tree: (lat, lon, path).
+    async fn place(&self, location: &Location) -> Result<(f64, f64, pb::GridPath), ServiceError> {
+        self.refresh_index().await?;
+        let index = self.index.read().map_err(|_| ServiceError::Internal("locate index poisoned".into()))?;
+        let (lat, lon, path) = match location {
+            Location::Point { lat, lon } => (*lat, *lon, index.locate(*lon, *lat)),
+            Location::Address { unit_id, .. } => {
+                let path = index.path_to(unit_id);
+                let Some((lon, lat)) = path.last().and_then(|u| u.interior_point()) else {
+                    return Err(ServiceError::invalid(
+                        "address.unit_id",
+                        format!("unit {unit_id} is not a known unit"),
+                    ));
+                };
+                (lat, lon, path)
+            }
+        };
+        let mut grid_path = pb::GridPath::default();
+        for unit in &path {
+            match unit.kind {
+                Kind::District => grid_path.district_id.clone_from(&unit.id),
+                Kind::Street => grid_path.street_id.clone_from(&unit.id),
+                Kind::Community => grid_path.community_id.clone_from(&unit.id),
+                Kind::Grid | Kind::SpecialGrid => grid_path.grid_id.clone_from(&unit.id),
+                Kind::MicroGrid => grid_path.micro_grid_id.clone_from(&unit.id),
+                Kind::Root => {}
+            }
+        }
+        if grid_path.grid_id.is_empty() {
+            return Err(ServiceError::FailedPrecondition {
+                kind: "OUTSIDE_GRIDS".into(),
+                subject: "location".into(),
+                description: format!("location: ({lat}, {lon}) lies in no registered grid"),
+            });
+        }
+        Ok((lat, lon, grid_path))
+    }
+
+    /// The nearest open incident of `category` within the radius and window.
+    async fn find_original(
+        &self,
+        category: &str,
+        lat: f64,
+        lon: f64,
+        now: i64,
+    ) -> Result<Option<String>, ServiceError> {
+        let table = Tables::Live.name(INCIDENTS.name);
+        // A bounding box first (1° of latitude ≈ 111 km), then the exact distance.
+        let dlat = self.rules.duplicate_radius_m / 111_000.0;
+        let dlon = dlat / lat.to_radians().cos().max(0.01);
+        let rows: Vec<(String, f64, f64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT incident_id, lat, lon FROM {table} WHERE category_code = $1 AND status IN ($2, $3) \
+             AND reported_at_ms >= $4 AND lat BETWEEN $5 AND $6 AND lon BETWEEN $7 AND $8"
+        )))
+        .bind(category)
+        .bind(pb::IncidentStatus::Reported as i64)
+        .bind(pb::IncidentStatus::Accepted as i64)
+        .bind(now - self.rules.duplicate_window_ms)
+        .bind(lat - dlat)
+        .bind(lat + dlat)
+        .bind(lon - dlon)
+        .bind(lon + dlon)
+        .fetch_all(self.store.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, a, b)| (haversine_m(lat, lon, a, b), id))
+            .filter(|(d, _)| *d <= self.rules.duplicate_radius_m)
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, id)| id))
+    }
+
+    /// Record a report. The incident id is the command id, so a retried report
+    /// lands once.
+    pub async fn report(
+        &self,
+        input: ReportInput,
+        command_id: String,
+        principal: String,
+    ) -> Result<Reported, ServiceError> {
+        let catalogue = self.catalogue(input.catalogue_version).await.map_err(|e| match e {
+            ServiceError::NotFound(m) => ServiceError::FailedPrecondition {
+                kind: "NO_CATALOGUE".into(),
+                subject: "catalogue_version".into(),
+                description: m,
+            },
+            other => other,
+        })?;
+        let category = catalogue.category(&input.category_code).map_err(|(f, d)| ServiceError::invalid(f, d))?.clone();
+        let problems = catalogue.check_attributes(&category, &input.attributes);
+        if !problems.is_empty() {
+            return Err(ServiceError::InvalidArgument(
+                problems.into_iter().map(|(f, d)| FieldViolation::new(f, d)).collect(),
+            ));
+        }
+        let (lat, lon, grid_path) = self.place(&input.location).await?;
+        let now = self.clock.now_unix_ms();
+        let incident_id = command_id.clone();
+        // Read-your-writes for the duplicate check: the incidents read model must
+        // hold every earlier report.
+        let duplicate_of = self.find_original(&category.code, lat, lon, now).await?.filter(|o| *o != incident_id);
+        let contact_ref = match &input.contact {
+            Some((name, phone)) => {
+                let contact_ref = format!("c-{incident_id}");
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO {CONTACTS} (contact_ref, incident_id, name, phone, created_at_ms) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (contact_ref) DO NOTHING"
+                )))
+                .bind(&contact_ref)
+                .bind(&incident_id)
+                .bind(name)
+                .bind(phone)
+                .bind(now)
+                .execute(self.store.pool())
+                .await?;
+                contact_ref
+            }
+            None => String::new(),
+        };
+        let report = pb::IncidentReported {
+            source: input.source as i32,
+            category_code: category.code.clone(),
+            catalogue_version: catalogue.version,
+            lat,
+            lon,
+            grid_path: Some(grid_path),
+            description: input.description,
+            attributes: input.attributes,
+            priority: input.urgency.map_or(category.default_priority, |p| p as i32),
+            contact_ref,
+            reported_at_unix_ms: now,
+            emergency: category.emergency,
+            reporter_id: input.reporter_id,
+        };
+        let outcome = self
+            .incidents
+            .execute(
+                &incident_id,
+                &IncidentCommand::Report { report, duplicate_of: duplicate_of.clone() },
+                &meta(command_id, principal.clone(), now),
+            )
+            .await?;
+        let recorded_duplicate = outcome.events.iter().find_map(|e| match e {
+            IncidentEvent::MarkedDuplicate(d) => Some(d.of_incident_id.clone()),
+            _ => None,
+        });
+        if let Some(original) = &recorded_duplicate {
+            // Idempotent by the report's id: a retry links once.
+            let link = IncidentCommand::LinkReport {
+                report_id: incident_id.clone(),
+                now_unix_ms: now,
+                escalate_after: self.rules.escalate_after,
+            };
+            match self.incidents.execute(original, &link, &meta(format!("link-{incident_id}"), principal, now)).await {
+                Ok(_) | Err(gridwork_eventstore::ExecuteError::Rejected(IncidentRejection::NotOpen(_))) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let accepted = outcome.events.iter().any(|e| matches!(e, IncidentEvent::Accepted(_)));
+        Ok(Reported { incident_id, outcome, duplicate_of: recorded_duplicate, accepted })
+    }
+
+    /// A triage command on an incident.
+    pub async fn triage(
+        &self,
+        incident_id: &str,
+        command_id: String,
+        principal: String,
+        build: impl FnOnce(i64) -> IncidentCommand,
+    ) -> Result<CommitOutcome<IncidentEvent>, ServiceError> {
+        let now = self.clock.now_unix_ms();
+        let command = build(now);
+        Ok(self.incidents.execute(incident_id, &command, &meta(command_id, principal, now)).await?)
+    }
+
+    /// The claim length.
+    pub fn claim_ttl_ms(&self) -> i64 {
+        self.rules.claim_ttl_ms
+    }
+
+    /// Whether an incident exists in the read model.
+    pub async fn exists(&self, incident_id: &str) -> Result<bool, ServiceError> {
+        let table = Tables::Live.name(INCIDENTS.name);
+        let row: Option<(String,)> =
+            sqlx::query_as(AssertSqlSafe(format!("SELECT incident_id FROM {table} WHERE incident_id = $1")))
+                .bind(incident_id)
+                .fetch_optional(self.store.pool())
+                .await?;
+        Ok(row.is_some())
+    }
+
+    /// Wait for `min_position` (read-your-writes), bounded.
+    pub async fn wait(&self, min_position: u64, wait: Duration) -> Result<(), ServiceError> {
+        if min_position > 0 {
+            self.projection.wait_for(min_position, wait).await?;
+        }
+        Ok(())
+    }
+
+    /// Incidents matching the filters, newest first, without history.
+    pub async fn list(
+        &self,
+        unit_id: &str,
+        status: Option<pb::IncidentStatus>,
+        category: &str,
+        limit: u32,
+        only_id: Option<&str>,
+    ) -> Result<Vec<pb::Incident>, ServiceError> {
+        let table = Tables::Live.name(INCIDENTS.name);
+        let rows: Vec<IncidentRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT incident_id, status, source, category_code, catalogue_version, lat, lon, district_id, street_id, \
+             community_id, grid_id, micro_grid_id, description, priority, emergency, claimed_by, claim_until_ms, \
+             duplicate_of, reported_at_ms, contact_ref, position FROM {table} \
+             WHERE ($1 = '' OR district_id = $1 OR street_id = $1 OR community_id = $1 OR grid_id = $1 OR micro_grid_id = $1) \
+             AND ($2 = 0 OR status = $2) AND ($3 = '' OR category_code = $3) AND ($4 = '' OR incident_id = $4) \
+             ORDER BY reported_at_ms DESC, incident_id LIMIT $5"
+        )))
+        .bind(unit_id)
+        .bind(status.map_or(0, |s| s as i64))
+        .bind(category)
+        .bind(only_id.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(self.store.pool())
+        .await?;
+        let now = self.clock.now_unix_ms();
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let status = r.status as i32;
+            let open = matches!(
+                pb::IncidentStatus::try_from(status),
+                Ok(pb::IncidentStatus::Reported | pb::IncidentStatus::Accepted)
+            );
+            let has_contact = if r.contact_ref.is_empty() {
+                false
+            } else {
+                let held: Option<(String,)> =
+                    sqlx::query_as(AssertSqlSafe(format!("SELECT contact_ref FROM {CONTACTS} WHERE contact_ref = $1")))
+                        .bind(&r.contact_ref)
+                        .fetch_optional(self.store.pool())
+                        .await?;
+                held.is_some()
+            };
+            out.push(pb::Incident {
+                incident_id: r.incident_id,
+                status,
+                // Intake's part ends at acceptance; closure is dispatch's and will be
+                // reflected here when dispatch is built.
+                open311_status: if open { "open".into() } else { "closed".into() },
+                source: r.source as i32,
+                category_code: r.category_code,
+                catalogue_version: r.catalogue_version as u32,
+                lat: r.lat,
+                lon: r.lon,
+                grid_path: Some(pb::GridPath {
+                    district_id: r.district_id,
+                    street_id: r.street_id,
+                    community_id: r.community_id,
+                    grid_id: r.grid_id,
+                    micro_grid_id: r.micro_grid_id,
+                }),
+                description: r.description,
+                priority: r.priority as i32,
+                emergency: r.emergency,
+                claimed_by: if r.claim_until_ms > now { r.claimed_by } else { String::new() },
+                duplicate_of: r.duplicate_of,
+                linked_reports: Vec::new(),
+                reported_at_unix_ms: r.reported_at_ms,
+                has_contact,
+                history: Vec::new(),
+                position: r.position as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// One incident with its history and linked reports.
+    pub async fn get(&self, incident_id: &str) -> Result<pb::Incident, ServiceError> {
+        let mut incident = self
+            .list("", None, "", 1, Some(incident_id))
+            .await?
+            .pop()
+            .ok_or_else(|| ServiceError::NotFound(format!("incident_id: incident {incident_id} does not exist")))?;
+        let history = Tables::Live.name(HISTORY.name);
+        let rows: Vec<(i64, i64, String, String, String)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT sequence, at_ms, event_type, summary, principal FROM {history} WHERE incident_id = $1 ORDER BY sequence, idx"
+        )))
+        .bind(incident_id)
+        .fetch_all(self.store.pool())
+        .await?;
+        incident.history = rows
+            .into_iter()
+            .map(|(sequence, at, event_type, summary, principal)| pb::HistoryEntry {
+                sequence: sequence as u64,
+                at_unix_ms: at,
+                event_type,
+                summary,
+                principal,
+            })
+            .collect();
+        let table = Tables::Live.name(INCIDENTS.name);
+        let linked: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT incident_id FROM {table} WHERE duplicate_of = $1 ORDER BY reported_at_ms, incident_id"
+        )))
+        .bind(incident_id)
+        .fetch_all(self.store.pool())
+        .await?;
+        incident.linked_reports = linked.into_iter().map(|(id,)| id).collect();
+        Ok(incident)
+    }
+
+    /// Erase a reporter's contact data.
+    pub async fn erase_contact(&self, incident_id: &str) -> Result<bool, ServiceError> {
+        let r = sqlx::query(AssertSqlSafe(format!("DELETE FROM {CONTACTS} WHERE incident_id = $1")))
+            .bind(incident_id)
+            .execute(self.store.pool())
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+}
+
+impl From<IncidentRejection> for ServiceError {
+    fn from(r: IncidentRejection) -> Self {
+        let kind = match &r {
+            IncidentRejection::AlreadyReported => "ALREADY_REPORTED",
+            IncidentRejection::NotAwaitingTriage(_) => "NOT_AWAITING_TRIAGE",
+            IncidentRejection::ClaimedByOther { .. } => "CLAIMED_BY_OTHER",
+            IncidentRejection::NotOpen(_) => "NOT_OPEN",
+            IncidentRejection::SelfDuplicate => "SELF_DUPLICATE",
+            IncidentRejection::NotReported => return ServiceError::NotFound(format!("incident_id: {r}")),
+        };
+        ServiceError::FailedPrecondition { kind: kind.into(), subject: "incident".into(), description: r.to_string() }
+    }
+}
+
+impl From<CatalogueRejection> for ServiceError {
+    fn from(r: CatalogueRejection) -> Self {
+        ServiceError::FailedPrecondition {
+            kind: "CATALOGUE_UNCHANGED".into(),
+            subject: "categories".into(),
+            description: r.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::haversine_m;
+
+    #[test]
+    fn haversine_measures_about_111_km_per_degree_of_latitude() {
+        let d = haversine_m(35.0, 115.0, 36.0, 115.0);
+        assert!((d - 111_195.0).abs() < 100.0, "{d}");
+        assert!(haversine_m(35.76, 115.03, 35.76, 115.03) < 1e-6);
+    }
+}

@@ -1,0 +1,275 @@
+//! Intake's read models: its own copy of the tree's boundaries (from `GRID`, to
+//! place reports without calling the registry) and the incidents with their
+//! history (from `INTAKE`).
+
+use gridwork_eventstore::RecordedCommit;
+use gridwork_eventstore::envelope::headers;
+use gridwork_eventstore::projection::{ApplyError, Projection, TableDef, Tables};
+use gridwork_proto::gridwork::grid::v1 as grid_pb;
+use gridwork_proto::gridwork::intake::v1 as pb;
+use prost::Message as _;
+use sqlx::{AnyConnection, AssertSqlSafe};
+
+use crate::events::IncidentEvent;
+
+/// Units of the tree as intake needs them.
+pub const GRID_UNITS: TableDef = TableDef {
+    name: "intake_grid_units",
+    columns: "(unit_id TEXT PRIMARY KEY, parent_id TEXT NOT NULL, kind BIGINT NOT NULL, name TEXT NOT NULL, \
+              boundary_geojson TEXT NOT NULL, position BIGINT NOT NULL)",
+    indexes: &["position"],
+};
+
+/// Projects `GRID` boundaries. Reads the registry's published event messages
+/// (`gridwork.grid.v1`), not its code.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GridCopy;
+
+impl Projection for GridCopy {
+    fn name(&self) -> &str {
+        "intake_grid"
+    }
+
+    fn tables(&self) -> &'static [TableDef] {
+        &[GRID_UNITS]
+    }
+
+    async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
+        let table = tables.name(GRID_UNITS.name);
+        let parent = match commit.aggregate_id() {
+            "root" => "",
+            other => other,
+        };
+        for e in &commit.body.events {
+            let decode = |err: prost::DecodeError| gridwork_eventstore::DecodeError::new(e.event_type.clone(), err);
+            match e.event_type.as_str() {
+                "grid.unit.child_registered" => {
+                    let c = grid_pb::ChildRegistered::decode(e.payload.as_slice()).map_err(decode)?;
+                    sqlx::query(AssertSqlSafe(format!(
+                        "INSERT INTO {table} (unit_id, parent_id, kind, name, boundary_geojson, position) \
+                         VALUES ($1, $2, $3, $4, $5, $6)"
+                    )))
+                    .bind(&c.child_id)
+                    .bind(parent)
+                    .bind(i64::from(c.kind))
+                    .bind(&c.name)
+                    .bind(&c.boundary_geojson)
+                    .bind(commit.sequence as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                "grid.unit.child_boundary_redrawn" => {
+                    let c = grid_pb::ChildBoundaryRedrawn::decode(e.payload.as_slice()).map_err(decode)?;
+                    sqlx::query(AssertSqlSafe(format!(
+                        "UPDATE {table} SET boundary_geojson = $1, position = $2 WHERE unit_id = $3"
+                    )))
+                    .bind(&c.boundary_geojson)
+                    .bind(commit.sequence as i64)
+                    .bind(&c.child_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                // Staff, households and party branches do not place anything.
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Incidents.
+pub const INCIDENTS: TableDef = TableDef {
+    name: "intake_incidents",
+    columns: "(incident_id TEXT PRIMARY KEY, status BIGINT NOT NULL, source BIGINT NOT NULL, category_code TEXT NOT NULL, \
+              catalogue_version BIGINT NOT NULL, lat DOUBLE PRECISION NOT NULL, lon DOUBLE PRECISION NOT NULL, \
+              district_id TEXT NOT NULL, street_id TEXT NOT NULL, community_id TEXT NOT NULL, grid_id TEXT NOT NULL, \
+              micro_grid_id TEXT NOT NULL, description TEXT NOT NULL, priority BIGINT NOT NULL, emergency BOOLEAN NOT NULL, \
+              claimed_by TEXT NOT NULL, claim_until_ms BIGINT NOT NULL, duplicate_of TEXT NOT NULL, \
+              reported_at_ms BIGINT NOT NULL, contact_ref TEXT NOT NULL, position BIGINT NOT NULL)",
+    indexes: &["grid_id, status", "category_code, status", "reported_at_ms", "duplicate_of"],
+};
+
+/// Every event of every incident, for the timeline.
+pub const HISTORY: TableDef = TableDef {
+    name: "intake_incident_history",
+    columns: "(incident_id TEXT NOT NULL, sequence BIGINT NOT NULL, idx BIGINT NOT NULL, at_ms BIGINT NOT NULL, \
+              event_type TEXT NOT NULL, summary TEXT NOT NULL, principal TEXT NOT NULL, \
+              PRIMARY KEY (incident_id, sequence, idx))",
+    indexes: &[],
+};
+
+/// Projects incidents.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Incidents;
+
+/// Status numbers stored (the `IncidentStatus` proto values).
+fn status_number(s: pb::IncidentStatus) -> i64 {
+    s as i64
+}
+
+impl Projection for Incidents {
+    fn name(&self) -> &str {
+        "intake_incidents"
+    }
+
+    fn tables(&self) -> &'static [TableDef] {
+        &[INCIDENTS, HISTORY]
+    }
+
+    async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
+        if !commit.subject.starts_with("intake.incident.") {
+            return Ok(());
+        }
+        let incidents = tables.name(INCIDENTS.name);
+        let history = tables.name(HISTORY.name);
+        let id = commit.aggregate_id();
+        let position = commit.sequence as i64;
+        let at = commit.body.decided_at_unix_ms;
+        let principal = commit.header(headers::PRINCIPAL).unwrap_or("").to_string();
+        for (idx, event) in commit.decode_events::<IncidentEvent>()?.into_iter().enumerate() {
+            let (event_type, summary) = match &event {
+                IncidentEvent::Reported(r) => {
+                    ("reported", format!("reported: {} via {}", r.category_code, source_label(r.source)))
+                }
+                IncidentEvent::Claimed(c) => ("claimed", format!("claimed by {}", c.by)),
+                IncidentEvent::ClaimBroken(c) => ("claim_broken", format!("{} broke {}'s claim", c.by, c.holder)),
+                IncidentEvent::Accepted(a) if a.automatic => ("accepted", "accepted without triage (emergency)".into()),
+                IncidentEvent::Accepted(a) => ("accepted", format!("accepted by {}", a.by)),
+                IncidentEvent::Rejected(r) => {
+                    ("rejected", format!("rejected by {}: {} {}", r.by, reason_label(r.reason), r.note))
+                }
+                IncidentEvent::MarkedDuplicate(d) => ("marked_duplicate", format!("duplicate of {}", d.of_incident_id)),
+                IncidentEvent::ReportLinked(l) => ("report_linked", format!("me too: {}", l.report_id)),
+                IncidentEvent::PriorityRaised(p) => ("priority_raised", format!("priority raised: {}", p.reason)),
+            };
+            match event {
+                IncidentEvent::Reported(r) => {
+                    let path = r.grid_path.clone().unwrap_or_default();
+                    sqlx::query(AssertSqlSafe(format!(
+                        "INSERT INTO {incidents} (incident_id, status, source, category_code, catalogue_version, lat, lon, \
+                         district_id, street_id, community_id, grid_id, micro_grid_id, description, priority, emergency, \
+                         claimed_by, claim_until_ms, duplicate_of, reported_at_ms, contact_ref, position) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, '', 0, '', $16, $17, $18)"
+                    )))
+                    .bind(id)
+                    .bind(status_number(pb::IncidentStatus::Reported))
+                    .bind(i64::from(r.source))
+                    .bind(&r.category_code)
+                    .bind(i64::from(r.catalogue_version))
+                    .bind(r.lat)
+                    .bind(r.lon)
+                    .bind(&path.district_id)
+                    .bind(&path.street_id)
+                    .bind(&path.community_id)
+                    .bind(&path.grid_id)
+                    .bind(&path.micro_grid_id)
+                    .bind(&r.description)
+                    .bind(i64::from(r.priority))
+                    .bind(r.emergency)
+                    .bind(r.reported_at_unix_ms)
+                    .bind(&r.contact_ref)
+                    .bind(position)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                IncidentEvent::Claimed(c) => {
+                    update(tx, &incidents, id, position, "claimed_by = $3, claim_until_ms = $4", |q| {
+                        q.bind(c.by.clone()).bind(c.until_unix_ms)
+                    })
+                    .await?
+                }
+                IncidentEvent::ClaimBroken(_) => {
+                    update(tx, &incidents, id, position, "claimed_by = '', claim_until_ms = 0", |q| q).await?
+                }
+                IncidentEvent::Accepted(_) => {
+                    set_status(tx, &incidents, id, position, pb::IncidentStatus::Accepted).await?
+                }
+                IncidentEvent::Rejected(_) => {
+                    set_status(tx, &incidents, id, position, pb::IncidentStatus::Rejected).await?
+                }
+                IncidentEvent::MarkedDuplicate(d) => {
+                    set_status(tx, &incidents, id, position, pb::IncidentStatus::Duplicate).await?;
+                    update(tx, &incidents, id, position, "duplicate_of = $3", |q| q.bind(d.of_incident_id.clone()))
+                        .await?
+                }
+                IncidentEvent::ReportLinked(_) => update(tx, &incidents, id, position, "", |q| q).await?,
+                IncidentEvent::PriorityRaised(p) => {
+                    update(tx, &incidents, id, position, "priority = $3", |q| q.bind(i64::from(p.priority))).await?
+                }
+            }
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {history} (incident_id, sequence, idx, at_ms, event_type, summary, principal) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            )))
+            .bind(id)
+            .bind(position)
+            .bind(idx as i64)
+            .bind(at)
+            .bind(event_type)
+            .bind(summary)
+            .bind(&principal)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// `UPDATE … SET <set>, position = $2 WHERE incident_id = $1`; `$3…` bound by `bind`.
+async fn update(
+    tx: &mut AnyConnection,
+    table: &str,
+    id: &str,
+    position: i64,
+    set: &str,
+    bind: impl FnOnce(AnyQuery<'_>) -> AnyQuery<'_>,
+) -> Result<(), ApplyError> {
+    let sql = if set.is_empty() {
+        format!("UPDATE {table} SET position = $2 WHERE incident_id = $1")
+    } else {
+        format!("UPDATE {table} SET {set}, position = $2 WHERE incident_id = $1")
+    };
+    let query = bind(sqlx::query(AssertSqlSafe(sql)).bind(id.to_string()).bind(position));
+    let r = query.execute(&mut *tx).await?;
+    if r.rows_affected() != 1 {
+        return Err(ApplyError::Invalid(format!("incident {id} unknown to the read model")));
+    }
+    Ok(())
+}
+
+async fn set_status(
+    tx: &mut AnyConnection,
+    table: &str,
+    id: &str,
+    position: i64,
+    status: pb::IncidentStatus,
+) -> Result<(), ApplyError> {
+    update(tx, table, id, position, "status = $3, claimed_by = '', claim_until_ms = 0", |q| {
+        q.bind(status_number(status))
+    })
+    .await
+}
+
+/// Lower-case label of a source.
+pub fn source_label(source: i32) -> &'static str {
+    match pb::Source::try_from(source).unwrap_or(pb::Source::Unspecified) {
+        pb::Source::GridWorker => "grid worker",
+        pb::Source::Resident => "resident",
+        pb::Source::RiderInformant => "rider informant",
+        pb::Source::Hotline => "hotline",
+        pb::Source::Camera => "camera",
+        pb::Source::PartnerBureau => "partner bureau",
+        pb::Source::Unspecified => "unknown source",
+    }
+}
+
+fn reason_label(reason: i32) -> &'static str {
+    match pb::RejectionReason::try_from(reason).unwrap_or(pb::RejectionReason::Unspecified) {
+        pb::RejectionReason::Spam => "spam",
+        pb::RejectionReason::OutOfJurisdiction => "out of jurisdiction",
+        pb::RejectionReason::NotGovernance => "not a governance matter",
+        pb::RejectionReason::Unspecified => "unspecified",
+    }
+}
