@@ -120,7 +120,7 @@ struct IncidentRow {
     micro_grid_id: String,
     description: String,
     priority: i64,
-    emergency: bool,
+    emergency: i64,
     claimed_by: String,
     claim_until_ms: i64,
     duplicate_of: String,
@@ -132,6 +132,7 @@ struct IncidentRow {
 /// The intake application service.
 #[derive(Clone)]
 pub struct Intake {
+    stream: async_nats::jetstream::stream::Stream,
     incidents: Repository<Incident>,
     catalogue: Repository<Catalogue>,
     store: ReadStore,
@@ -159,6 +160,7 @@ impl Intake {
     /// Wire the parts together; creates the contact table.
     #[allow(clippy::too_many_arguments)]
     pub async fn new(
+        stream: async_nats::jetstream::stream::Stream,
         incidents: Repository<Incident>,
         catalogue: Repository<Catalogue>,
         store: ReadStore,
@@ -173,7 +175,7 @@ impl Intake {
         )))
         .execute(store.pool())
         .await?;
-        Ok(Self { incidents, catalogue, store, grid, projection, index: Arc::default(), clock, rules })
+        Ok(Self { stream, incidents, catalogue, store, grid, projection, index: Arc::default(), clock, rules })
     }
 
     /// The incidents projection (positions, rebuilds).
@@ -347,8 +349,11 @@ impl Intake {
         let (lat, lon, grid_path) = self.place(&input.location).await?;
         let now = self.clock.now_unix_ms();
         let incident_id = command_id.clone();
-        // Read-your-writes for the duplicate check: the incidents read model must
-        // hold every earlier report.
+        // The duplicate check reads the incidents read model: bring it up to every
+        // report already in the stream first.
+        let mut stream = self.stream.clone();
+        let last = stream.info().await.map_err(|e| ServiceError::Unavailable(e.to_string()))?.state.last_sequence;
+        self.projection.wait_for(last, Duration::from_secs(10)).await?;
         let duplicate_of = self.find_original(&category.code, lat, lon, now).await?.filter(|o| *o != incident_id);
         let contact_ref = match &input.contact {
             Some((name, phone)) => {
@@ -387,7 +392,7 @@ impl Intake {
             .incidents
             .execute(
                 &incident_id,
-                &IncidentCommand::Report { report, duplicate_of: duplicate_of.clone() },
+                &IncidentCommand::Report { report: Box::new(report), duplicate_of: duplicate_of.clone() },
                 &meta(command_id, principal.clone(), now),
             )
             .await?;
@@ -511,7 +516,7 @@ impl Intake {
                 }),
                 description: r.description,
                 priority: r.priority as i32,
-                emergency: r.emergency,
+                emergency: r.emergency != 0,
                 claimed_by: if r.claim_until_ms > now { r.claimed_by } else { String::new() },
                 duplicate_of: r.duplicate_of,
                 linked_reports: Vec::new(),

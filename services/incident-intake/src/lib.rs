@@ -1,14 +1,128 @@
-//! Incident intake — IN PROGRESS (issue 4): the pure domain only so far.
+//! Incident intake — in progress (issue 4): reports validated against the
+//! versioned service catalogue, placed on the tree, "me too" links, triage.
 //!
-//! Will own the `INTAKE` stream (subjects `intake.incident.<id>`,
-//! `intake.catalogue.<city>`). Built: the versioned service catalogue with typed
-//! attribute validation (`domain/catalogue.rs`) and the incident aggregate with
-//! triage, claims, emergencies and "me too" linking (`domain/incident.rs`), tested
-//! given/when/then. Not built yet: the gRPC API, placement from a local read model
-//! of `GRID`, duplicate detection by radius and window, the erasable contact store,
-//! the read model and queries. See the issue note.
+//! Owns the `INTAKE` stream (subjects `intake.incident.<id>`, the catalogue at
+//! `intake.catalogue.city`) and reads `GRID` into its own copy of the tree's
+//! boundaries (never calling the grid registry). Reporters' contact data is kept
+//! out of every event, in an erasable table. Dispatch (not built yet) takes over
+//! from `IncidentAccepted`.
+//!
+//! - `domain/`: the catalogue and incident aggregates (pure).
+//! - `events.rs`: event types and encoding.
+//! - `app.rs`: placement, duplicate detection, triage, queries.
+//! - `grpc.rs`: proto ⇄ domain with field-named errors.
+//! - `projection.rs`: the local tree copy and the incidents read model.
 
 pub mod app;
 pub mod domain;
 pub mod events;
+pub mod grpc;
 pub mod projection;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gridwork_eventstore::projection::{ProjectionRunner, RunnerConfig};
+use gridwork_eventstore::{Aggregate as _, Repository, RepositoryOptions, StreamSpec, ensure_stream};
+use gridwork_proto::gridwork::intake::v1::intake_service_server::{IntakeServiceServer, SERVICE_NAME};
+use gridwork_runtime::clock::Clock;
+use gridwork_runtime::{CommonConfig, Runtime, ServerHandle};
+
+use crate::app::{Intake, Rules};
+use crate::domain::catalogue::{Catalogue, CatalogueCommand, default_categories};
+use crate::domain::incident::Incident;
+
+/// The service's name.
+pub const SERVICE: &str = "incident-intake";
+
+/// Configuration.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "incident-intake", about = "Gridwork's incident intake")]
+pub struct Config {
+    /// Settings every service shares.
+    #[command(flatten)]
+    pub common: CommonConfig,
+}
+
+/// A built service, ready to run.
+pub struct App {
+    runtime: Runtime,
+    intake: Intake,
+}
+
+impl App {
+    /// Connect, provision `INTAKE` (and `GRID`, which it reads), start both
+    /// projections, and publish the default catalogue if none exists.
+    pub async fn build(common: &CommonConfig, clock: Arc<dyn Clock>, rules: Rules) -> anyhow::Result<Self> {
+        let database_url = common.database_url(SERVICE);
+        let runtime = Runtime::connect(SERVICE, &common.nats_url, Some(&database_url), Duration::from_secs(30)).await?;
+        let spec = StreamSpec::events(Incident::CONTEXT, common.stream_replicas);
+        let grid = StreamSpec::events("grid", common.stream_replicas);
+        ensure_stream(&runtime.nats, &runtime.js, &spec).await?;
+        ensure_stream(&runtime.nats, &runtime.js, &grid).await?;
+        let options = RepositoryOptions::default;
+        let bucket = spec.snapshot_bucket();
+        let incidents = Repository::<Incident>::new(runtime.js.clone(), &spec.name, Some(&bucket), options()).await?;
+        let catalogue = Repository::<Catalogue>::new(runtime.js.clone(), &spec.name, Some(&bucket), options()).await?;
+        let store = runtime.store.clone().ok_or_else(|| anyhow::anyhow!("read store missing"))?;
+        let grid_copy = ProjectionRunner::start(
+            runtime.js.clone(),
+            store.clone(),
+            projection::GridCopy,
+            RunnerConfig::new(&grid.name),
+        )
+        .await?;
+        let incidents_view = ProjectionRunner::start(
+            runtime.js.clone(),
+            store.clone(),
+            projection::Incidents,
+            RunnerConfig::new(&spec.name),
+        )
+        .await?;
+        if catalogue.load(app::CITY).await?.state.latest().is_none() {
+            let meta = gridwork_eventstore::CommandMeta {
+                command_id: "default-catalogue-v1".into(),
+                principal: "system".into(),
+                decided_at_unix_ms: clock.now_unix_ms(),
+            };
+            catalogue
+                .execute(app::CITY, &CatalogueCommand::Publish { categories: default_categories() }, &meta)
+                .await
+                .map_err(|e| anyhow::anyhow!("publishing the default catalogue: {e}"))?;
+        }
+        let stream = runtime.js.get_stream(&spec.name).await?;
+        let intake = Intake::new(
+            stream,
+            incidents,
+            catalogue,
+            store,
+            Arc::new(grid_copy),
+            Arc::new(incidents_view),
+            clock,
+            rules,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Self { runtime, intake })
+    }
+
+    /// The application service.
+    pub fn intake(&self) -> &Intake {
+        &self.intake
+    }
+
+    fn routes(&self) -> tonic::service::Routes {
+        tonic::service::Routes::new(IntakeServiceServer::new(grpc::IntakeGrpc::new(self.intake.clone())))
+    }
+
+    /// Serve until SIGTERM / Ctrl-C.
+    pub async fn run_until_stopped(self, common: &CommonConfig) -> anyhow::Result<()> {
+        let routes = self.routes();
+        self.runtime.run_until_stopped(common, routes, &[SERVICE_NAME]).await
+    }
+
+    /// Serve in the background on `127.0.0.1:0` (tests).
+    pub async fn spawn(&self, drain: Duration) -> anyhow::Result<ServerHandle> {
+        self.runtime.clone().spawn_on_loopback(self.routes(), &[SERVICE_NAME], drain).await
+    }
+}

@@ -83,7 +83,7 @@ pub const INCIDENTS: TableDef = TableDef {
     columns: "(incident_id TEXT PRIMARY KEY, status BIGINT NOT NULL, source BIGINT NOT NULL, category_code TEXT NOT NULL, \
               catalogue_version BIGINT NOT NULL, lat DOUBLE PRECISION NOT NULL, lon DOUBLE PRECISION NOT NULL, \
               district_id TEXT NOT NULL, street_id TEXT NOT NULL, community_id TEXT NOT NULL, grid_id TEXT NOT NULL, \
-              micro_grid_id TEXT NOT NULL, description TEXT NOT NULL, priority BIGINT NOT NULL, emergency BOOLEAN NOT NULL, \
+              micro_grid_id TEXT NOT NULL, description TEXT NOT NULL, priority BIGINT NOT NULL, emergency BIGINT NOT NULL, \
               claimed_by TEXT NOT NULL, claim_until_ms BIGINT NOT NULL, duplicate_of TEXT NOT NULL, \
               reported_at_ms BIGINT NOT NULL, contact_ref TEXT NOT NULL, position BIGINT NOT NULL)",
     indexes: &["grid_id, status", "category_code, status", "reported_at_ms", "duplicate_of"],
@@ -165,7 +165,7 @@ impl Projection for Incidents {
                     .bind(&path.micro_grid_id)
                     .bind(&r.description)
                     .bind(i64::from(r.priority))
-                    .bind(r.emergency)
+                    .bind(i64::from(r.emergency))
                     .bind(r.reported_at_unix_ms)
                     .bind(&r.contact_ref)
                     .bind(position)

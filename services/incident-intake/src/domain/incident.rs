@@ -71,8 +71,8 @@ pub struct Incident {
 pub enum IncidentCommand {
     /// Record a new report (already validated against the catalogue and placed).
     Report {
-        /// The report.
-        report: pb::IncidentReported,
+        /// The report (boxed: it is by far the largest command).
+        report: Box<pb::IncidentReported>,
         /// An open incident this report repeats (same category, nearby, recent):
         /// recorded as its duplicate in the same commit.
         duplicate_of: Option<String>,
@@ -190,7 +190,7 @@ impl Aggregate for Incident {
                 if self.status != Status::New {
                     return Err(IncidentRejection::AlreadyReported);
                 }
-                let mut events = vec![IncidentEvent::Reported(Box::new(report.clone()))];
+                let mut events = vec![IncidentEvent::Reported(report.clone())];
                 if let Some(original) = duplicate_of {
                     events.push(IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate {
                         of_incident_id: original.clone(),
@@ -367,14 +367,14 @@ mod tests {
     #[test]
     fn an_ordinary_report_awaits_triage() {
         given::<Incident>([])
-            .when(IncidentCommand::Report { report: report(false), duplicate_of: None })
+            .when(IncidentCommand::Report { report: Box::new(report(false)), duplicate_of: None })
             .then_expect_events([reported()]);
     }
 
     #[test]
     fn an_emergency_skips_triage_in_the_same_commit() {
         given::<Incident>([])
-            .when(IncidentCommand::Report { report: report(true), duplicate_of: None })
+            .when(IncidentCommand::Report { report: Box::new(report(true)), duplicate_of: None })
             .then_expect_events([
                 IncidentEvent::Reported(Box::new(report(true))),
                 IncidentEvent::Accepted(pb::IncidentAccepted {
@@ -388,7 +388,7 @@ mod tests {
     #[test]
     fn a_me_too_report_is_recorded_as_a_duplicate_in_the_same_commit() {
         given::<Incident>([])
-            .when(IncidentCommand::Report { report: report(false), duplicate_of: Some("orig".into()) })
+            .when(IncidentCommand::Report { report: Box::new(report(false)), duplicate_of: Some("orig".into()) })
             .then_expect_events([
                 reported(),
                 IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate {

@@ -1,0 +1,332 @@
+//! proto ⇄ domain for intake: every request parsed here, every invalid field
+//! named in one `INVALID_ARGUMENT`.
+
+use gridwork_eventstore::CommitOutcome;
+use gridwork_eventstore::aggregate::validate_id;
+use gridwork_proto::gridwork::intake::v1 as pb;
+use gridwork_proto::gridwork::intake::v1::intake_service_server::IntakeService;
+use gridwork_runtime::request::{principal, read_wait};
+use gridwork_runtime::{FieldViolation, ServiceError};
+use tonic::{Request, Response, Status};
+
+use crate::app::{Intake, Location, ReportInput};
+use crate::domain::incident::IncidentCommand;
+
+/// The gRPC face of [`Intake`].
+pub struct IntakeGrpc {
+    intake: Intake,
+}
+
+impl IntakeGrpc {
+    /// Serve `intake`.
+    pub fn new(intake: Intake) -> Self {
+        Self { intake }
+    }
+}
+
+#[derive(Default)]
+struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+    fn command_id(&mut self, v: &str) -> String {
+        if uuid::Uuid::parse_str(v).is_err() {
+            self.add("command_id", "must be a UUID");
+        }
+        v.to_string()
+    }
+    fn id(&mut self, field: &str, v: &str) -> String {
+        if let Err(reason) = validate_id(v) {
+            self.add(field, reason);
+        }
+        v.to_string()
+    }
+    fn text(&mut self, field: &str, v: &str, min: usize, max: usize) -> String {
+        let t = v.trim();
+        let n = t.chars().count();
+        if n < min || n > max {
+            self.add(field, format!("must be {min}-{max} characters"));
+        }
+        t.to_string()
+    }
+    fn finish(self) -> Result<(), Status> {
+        if self.0.is_empty() { Ok(()) } else { Err(ServiceError::InvalidArgument(self.0).into()) }
+    }
+}
+
+fn position<E>(outcome: &CommitOutcome<E>) -> Option<pb::CommitPosition> {
+    Some(pb::CommitPosition { sequence: outcome.sequence, replayed: outcome.replayed })
+}
+
+/// Whether the caller may break another's triage lock. Authentication is not
+/// built yet (ARCHITECTURE.md, "Security"): the role is unauthenticated metadata.
+fn is_admin<T>(request: &Request<T>) -> bool {
+    request.metadata().get("x-gridwork-role").and_then(|v| v.to_str().ok()) == Some("admin")
+}
+
+#[tonic::async_trait]
+impl IntakeService for IntakeGrpc {
+    async fn publish_catalogue(
+        &self,
+        request: Request<pb::PublishCatalogueRequest>,
+    ) -> Result<Response<pb::PublishCatalogueResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        v.finish()?;
+        let (version, outcome) = self.intake.publish_catalogue(r.categories, command_id, who).await?;
+        Ok(Response::new(pb::PublishCatalogueResponse { position: position(&outcome), version }))
+    }
+
+    async fn get_catalogue(
+        &self,
+        request: Request<pb::GetCatalogueRequest>,
+    ) -> Result<Response<pb::GetCatalogueResponse>, Status> {
+        let c = self.intake.catalogue(request.into_inner().version).await?;
+        Ok(Response::new(pb::GetCatalogueResponse {
+            version: c.version,
+            categories: c.categories.into_values().collect(),
+        }))
+    }
+
+    async fn report_incident(
+        &self,
+        request: Request<pb::ReportIncidentRequest>,
+    ) -> Result<Response<pb::ReportIncidentResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let source = pb::Source::try_from(r.source).unwrap_or(pb::Source::Unspecified);
+        if source == pb::Source::Unspecified {
+            v.add("source", "must be a report channel");
+        }
+        if r.category_code.is_empty() {
+            v.add("category_code", "is required");
+        }
+        let location = match r.location {
+            None => {
+                v.add("location", "exactly one of point or address is required");
+                None
+            }
+            Some(pb::report_incident_request::Location::Point(p)) => {
+                if !p.lat.is_finite() || !(-90.0..=90.0).contains(&p.lat) {
+                    v.add("point.lat", "must be between -90 and 90");
+                }
+                if !p.lon.is_finite() || !(-180.0..=180.0).contains(&p.lon) {
+                    v.add("point.lon", "must be between -180 and 180");
+                }
+                Some(Location::Point { lat: p.lat, lon: p.lon })
+            }
+            Some(pb::report_incident_request::Location::Address(a)) => {
+                let text = v.text("address.text", &a.text, 1, 500);
+                let unit_id = v.id("address.unit_id", &a.unit_id);
+                Some(Location::Address { text, unit_id })
+            }
+        };
+        let description = v.text("description", &r.description, 1, 4000);
+        let contact = match r.contact {
+            Some(c) if !c.name.trim().is_empty() || !c.phone.trim().is_empty() => {
+                let name = v.text("contact.name", &c.name, 0, 100);
+                let phone = c.phone.trim().to_string();
+                if phone.len() > 32 || !phone.chars().all(|ch| ch.is_ascii_digit() || "+- ()".contains(ch)) {
+                    v.add("contact.phone", "must be at most 32 digits, spaces or +-()");
+                }
+                Some((name, phone))
+            }
+            _ => None,
+        };
+        let urgency = match pb::Priority::try_from(r.urgency) {
+            Ok(pb::Priority::Unspecified) => None,
+            Ok(p) => Some(p),
+            Err(_) => {
+                v.add("urgency", "unknown priority");
+                None
+            }
+        };
+        if r.reporter_id.len() > 128 {
+            v.add("reporter_id", "must be at most 128 characters");
+        }
+        v.finish()?;
+        let Some(location) = location else { return Err(Status::internal("unreachable")) };
+        let input = ReportInput {
+            source,
+            category_code: r.category_code,
+            catalogue_version: r.catalogue_version,
+            location,
+            description,
+            attributes: r.attributes,
+            contact,
+            urgency,
+            reporter_id: r.reporter_id,
+        };
+        let reported = self.intake.report(input, command_id, who).await?;
+        Ok(Response::new(pb::ReportIncidentResponse {
+            incident_id: reported.incident_id,
+            position: position(&reported.outcome),
+            duplicate_of: reported.duplicate_of.unwrap_or_default(),
+            accepted: reported.accepted,
+        }))
+    }
+
+    async fn claim_incident(
+        &self,
+        request: Request<pb::ClaimIncidentRequest>,
+    ) -> Result<Response<pb::ClaimIncidentResponse>, Status> {
+        let who = principal(&request);
+        let admin = is_admin(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let id = v.id("incident_id", &r.incident_id);
+        if r.break_lock && !admin {
+            v.add("break_lock", "only an admin may break another's claim");
+        }
+        v.finish()?;
+        let ttl_ms = self.intake.claim_ttl_ms();
+        let outcome = self
+            .intake
+            .triage(&id, command_id, who.clone(), |now| IncidentCommand::Claim {
+                by: who,
+                now_unix_ms: now,
+                ttl_ms,
+                admin: r.break_lock,
+            })
+            .await?;
+        let until = outcome
+            .events
+            .iter()
+            .find_map(|e| match e {
+                crate::events::IncidentEvent::Claimed(c) => Some(c.until_unix_ms),
+                _ => None,
+            })
+            .unwrap_or_default();
+        Ok(Response::new(pb::ClaimIncidentResponse { position: position(&outcome), until_unix_ms: until }))
+    }
+
+    async fn accept_incident(
+        &self,
+        request: Request<pb::AcceptIncidentRequest>,
+    ) -> Result<Response<pb::AcceptIncidentResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let id = v.id("incident_id", &r.incident_id);
+        v.finish()?;
+        let outcome = self
+            .intake
+            .triage(&id, command_id, who.clone(), |now| IncidentCommand::Accept { by: who, now_unix_ms: now })
+            .await?;
+        Ok(Response::new(pb::AcceptIncidentResponse { position: position(&outcome) }))
+    }
+
+    async fn reject_incident(
+        &self,
+        request: Request<pb::RejectIncidentRequest>,
+    ) -> Result<Response<pb::RejectIncidentResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let id = v.id("incident_id", &r.incident_id);
+        let reason = pb::RejectionReason::try_from(r.reason).unwrap_or(pb::RejectionReason::Unspecified);
+        if reason == pb::RejectionReason::Unspecified {
+            v.add("reason", "must be spam, out of jurisdiction or not a governance matter");
+        }
+        let note = v.text("note", &r.note, 0, 1000);
+        v.finish()?;
+        let outcome = self
+            .intake
+            .triage(&id, command_id, who.clone(), |now| IncidentCommand::Reject {
+                by: who,
+                reason,
+                note,
+                now_unix_ms: now,
+            })
+            .await?;
+        Ok(Response::new(pb::RejectIncidentResponse { position: position(&outcome) }))
+    }
+
+    async fn mark_duplicate(
+        &self,
+        request: Request<pb::MarkDuplicateRequest>,
+    ) -> Result<Response<pb::MarkDuplicateResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let id = v.id("incident_id", &r.incident_id);
+        let of = v.id("of_incident_id", &r.of_incident_id);
+        v.finish()?;
+        if !self.intake.exists(&of).await? {
+            return Err(ServiceError::NotFound(format!("of_incident_id: incident {of} does not exist")).into());
+        }
+        let own_id = id.clone();
+        let outcome = self
+            .intake
+            .triage(&id, command_id, who.clone(), |now| IncidentCommand::MarkDuplicate {
+                of_incident_id: of,
+                own_id,
+                by: who,
+                now_unix_ms: now,
+            })
+            .await?;
+        Ok(Response::new(pb::MarkDuplicateResponse { position: position(&outcome) }))
+    }
+
+    async fn get_incident(
+        &self,
+        request: Request<pb::GetIncidentRequest>,
+    ) -> Result<Response<pb::GetIncidentResponse>, Status> {
+        let wait = read_wait(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let id = v.id("incident_id", &r.incident_id);
+        v.finish()?;
+        self.intake.wait(r.min_position, wait).await?;
+        Ok(Response::new(pb::GetIncidentResponse { incident: Some(self.intake.get(&id).await?) }))
+    }
+
+    async fn list_incidents(
+        &self,
+        request: Request<pb::ListIncidentsRequest>,
+    ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
+        let wait = read_wait(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        if !r.unit_id.is_empty() {
+            v.id("unit_id", &r.unit_id);
+        }
+        let status = match pb::IncidentStatus::try_from(r.status) {
+            Ok(pb::IncidentStatus::Unspecified) => None,
+            Ok(s) => Some(s),
+            Err(_) => {
+                v.add("status", "unknown status");
+                None
+            }
+        };
+        if r.limit > 500 {
+            v.add("limit", "must be at most 500");
+        }
+        v.finish()?;
+        self.intake.wait(r.min_position, wait).await?;
+        let limit = if r.limit == 0 { 50 } else { r.limit };
+        let incidents = self.intake.list(&r.unit_id, status, &r.category_code, limit, None).await?;
+        Ok(Response::new(pb::ListIncidentsResponse { incidents }))
+    }
+
+    async fn erase_reporter_contact(
+        &self,
+        request: Request<pb::EraseReporterContactRequest>,
+    ) -> Result<Response<pb::EraseReporterContactResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let id = v.id("incident_id", &r.incident_id);
+        v.finish()?;
+        Ok(Response::new(pb::EraseReporterContactResponse { erased: self.intake.erase_contact(&id).await? }))
+    }
+}

@@ -1,0 +1,14 @@
+use std::sync::Arc;
+
+use clap::Parser as _;
+use gridwork_incident_intake::app::Rules;
+use gridwork_incident_intake::{App, Config, SERVICE};
+use gridwork_runtime::clock::SystemClock;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let _telemetry = gridwork_runtime::telemetry::init(SERVICE, config.common.log_format)?;
+    let app = App::build(&config.common, Arc::new(SystemClock), Rules::default()).await?;
+    app.run_until_stopped(&config.common).await
+}

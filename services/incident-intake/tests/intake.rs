@@ -1,0 +1,333 @@
+//! Intake over gRPC beside a real grid registry, on one real nats-server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gridwork_geo::polygon_geojson;
+use gridwork_incident_intake::app::Rules;
+use gridwork_proto::gridwork::grid::v1 as grid_pb;
+use gridwork_proto::gridwork::grid::v1::grid_registry_service_client::GridRegistryServiceClient;
+use gridwork_proto::gridwork::intake::v1 as pb;
+use gridwork_proto::gridwork::intake::v1::intake_service_client::IntakeServiceClient;
+use gridwork_runtime::clock::ManualClock;
+use gridwork_runtime::server::ServerHandle;
+use gridwork_testkit::db::TestDb;
+use gridwork_testkit::nats::NatsServer;
+use gridwork_testkit::service_config;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt as _;
+
+const X0: f64 = 115.03;
+const Y0: f64 = 35.76;
+const STEP: f64 = 0.005; // ~450 m
+const T0: i64 = 1_772_323_200_000;
+
+struct Mesh {
+    _nats: NatsServer,
+    _dbs: (TestDb, TestDb),
+    _registry: (gridwork_grid_registry::App, ServerHandle),
+    intake_app: gridwork_incident_intake::App,
+    _intake_server: ServerHandle,
+    intake: IntakeServiceClient<Channel>,
+}
+
+fn cells(x: f64, y: f64, w: f64, h: f64) -> String {
+    let (x, y, w, h) = (X0 + x * STEP, Y0 + y * STEP, w * STEP, h * STEP);
+    polygon_geojson(&[(x, y), (x + w, y), (x + w, y + h), (x, y + h)])
+}
+
+fn uuid() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+async fn channel(server: &ServerHandle) -> Channel {
+    Channel::from_shared(server.endpoint()).expect("endpoint").connect().await.expect("connect")
+}
+
+async fn mesh() -> Mesh {
+    gridwork_testkit::init_tracing();
+    let nats = NatsServer::start().await.expect("nats");
+    let (registry_db, intake_db) = (TestDb::sqlite().expect("db"), TestDb::sqlite().expect("db"));
+    let clock = ManualClock::at(T0);
+    let registry_app =
+        gridwork_grid_registry::App::build(&service_config(&nats.url(), &registry_db.url), Arc::new(clock.clone()))
+            .await
+            .expect("registry");
+    let registry_server = registry_app.spawn(Duration::from_millis(50)).await.expect("serve");
+    let mut registry = GridRegistryServiceClient::new(channel(&registry_server).await);
+    use grid_pb::UnitKind::*;
+    let mut last = 0;
+    for (id, parent, kind, boundary) in [
+        ("d", "", District, cells(0.0, 0.0, 4.0, 4.0)),
+        ("s", "d", Street, cells(0.0, 0.0, 4.0, 4.0)),
+        ("c", "s", Community, cells(0.0, 0.0, 4.0, 4.0)),
+        ("g", "c", Grid, cells(0.0, 0.0, 2.0, 2.0)),
+        ("m1", "g", MicroGrid, cells(0.0, 0.0, 1.0, 1.0)),
+        ("m2", "g", MicroGrid, cells(1.0, 0.0, 1.0, 1.0)),
+    ] {
+        let request = grid_pb::RegisterUnitRequest {
+            command_id: uuid(),
+            unit_id: id.into(),
+            parent_id: parent.into(),
+            kind: kind as i32,
+            name: id.into(),
+            boundary_geojson: boundary,
+            special_site: 0,
+        };
+        last = registry.register_unit(request).await.expect("register").into_inner().position.expect("pos").sequence;
+    }
+    let rules = Rules { escalate_after: 2, ..Rules::default() };
+    let intake_app =
+        gridwork_incident_intake::App::build(&service_config(&nats.url(), &intake_db.url), Arc::new(clock), rules)
+            .await
+            .expect("intake");
+    // Intake places reports from its own copy of GRID: let it catch up.
+    intake_app.intake().grid().wait_for(last, Duration::from_secs(10)).await.expect("grid copy");
+    let intake_server = intake_app.spawn(Duration::from_millis(50)).await.expect("serve");
+    let intake = IntakeServiceClient::new(channel(&intake_server).await);
+    Mesh {
+        _nats: nats,
+        _dbs: (registry_db, intake_db),
+        _registry: (registry_app, registry_server),
+        intake_app,
+        _intake_server: intake_server,
+        intake,
+    }
+}
+
+fn hazard(x: f64, y: f64) -> pb::ReportIncidentRequest {
+    pb::ReportIncidentRequest {
+        command_id: uuid(),
+        source: pb::Source::RiderInformant as i32,
+        category_code: "fire-hazard".into(),
+        catalogue_version: 0,
+        location: Some(pb::report_incident_request::Location::Point(pb::GeoPoint {
+            lat: Y0 + y * STEP,
+            lon: X0 + x * STEP,
+        })),
+        description: "e-bikes charging in the stairwell".into(),
+        attributes: vec![pb::AttributeValue {
+            code: "hazard".into(),
+            value: Some(pb::attribute_value::Value::Selected(pb::SelectedValues {
+                values: vec!["e-bike-charging-indoors".into()],
+            })),
+        }],
+        contact: Some(pb::Contact { name: "Wang".into(), phone: "+86 138 0000 0000".into() }),
+        urgency: 0,
+        reporter_id: "rider-7".into(),
+    }
+}
+
+fn as_user<T>(user: &str, role: Option<&str>, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert("x-gridwork-principal", user.parse().expect("ascii"));
+    if let Some(role) = role {
+        req.metadata_mut().insert("x-gridwork-role", role.parse().expect("ascii"));
+    }
+    req
+}
+
+fn fields(s: &tonic::Status) -> Vec<String> {
+    s.get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+async fn incident(c: &mut IntakeServiceClient<Channel>, id: &str, min_position: u64) -> pb::Incident {
+    c.get_incident(pb::GetIncidentRequest { incident_id: id.into(), min_position })
+        .await
+        .expect("get")
+        .into_inner()
+        .incident
+        .expect("incident")
+}
+
+#[tokio::test]
+async fn a_rider_report_is_validated_placed_in_its_micro_grid_and_kept_free_of_personal_data() {
+    let mut m = mesh().await;
+    let c = &mut m.intake;
+
+    let mut bad = hazard(0.5, 0.5);
+    bad.attributes.clear();
+    bad.category_code = "fire-hazard".into();
+    bad.description = " ".into();
+    bad.location = None;
+    bad.source = 0;
+    let e = c.report_incident(bad).await.expect_err("invalid");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(fields(&e), ["source", "location", "description"]);
+    let mut missing_attribute = hazard(0.5, 0.5);
+    missing_attribute.attributes.clear();
+    assert_eq!(fields(&c.report_incident(missing_attribute).await.expect_err("attr")), ["attributes.hazard"]);
+    let mut unknown = hazard(0.5, 0.5);
+    unknown.category_code = "ufo".into();
+    assert_eq!(fields(&c.report_incident(unknown).await.expect_err("category")), ["category_code"]);
+    let e = c.report_incident(hazard(9.0, 9.0)).await.expect_err("outside");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    let r = c.report_incident(hazard(0.5, 0.5)).await.expect("report").into_inner();
+    assert!(r.duplicate_of.is_empty() && !r.accepted);
+    let i = incident(c, &r.incident_id, r.position.expect("pos").sequence).await;
+    let path = i.grid_path.clone().expect("path");
+    assert_eq!((path.district_id.as_str(), path.grid_id.as_str(), path.micro_grid_id.as_str()), ("d", "g", "m1"));
+    assert_eq!(i.status, pb::IncidentStatus::Reported as i32);
+    assert_eq!(i.open311_status, "open");
+    assert_eq!(i.priority, pb::Priority::High as i32, "the category's default");
+    assert!(i.has_contact);
+    assert_eq!(i.history.len(), 1);
+
+    // The stored event holds no contact data.
+    let js = async_nats::jetstream::new(async_nats::connect(m._nats.url()).await.expect("connect"));
+    let stored = js
+        .get_stream("INTAKE")
+        .await
+        .expect("stream")
+        .direct_get_last_for_subject(format!("intake.incident.{}", r.incident_id))
+        .await
+        .expect("commit");
+    let text = String::from_utf8_lossy(&stored.payload);
+    assert!(!text.contains("138 0000") && !text.contains("Wang"), "personal data leaked into the event");
+
+    // Erasure.
+    assert!(
+        c.erase_reporter_contact(pb::EraseReporterContactRequest { incident_id: r.incident_id.clone() })
+            .await
+            .expect("erase")
+            .into_inner()
+            .erased
+    );
+    assert!(!incident(c, &r.incident_id, 0).await.has_contact);
+}
+
+#[tokio::test]
+async fn me_too_reports_within_the_radius_are_linked_and_raise_the_priority_and_others_are_not() {
+    let mut m = mesh().await;
+    let c = &mut m.intake;
+    let first = c.report_incident(hazard(0.5, 0.5)).await.expect("report").into_inner();
+    // ~45 m away: linked.
+    let second = c.report_incident(hazard(0.6, 0.5)).await.expect("report").into_inner();
+    assert_eq!(second.duplicate_of, first.incident_id);
+    // ~450 m away: a separate incident.
+    let far = c.report_incident(hazard(1.5, 0.5)).await.expect("report").into_inner();
+    assert!(far.duplicate_of.is_empty());
+    let third = c.report_incident(hazard(0.5, 0.6)).await.expect("report").into_inner();
+    assert_eq!(third.duplicate_of, first.incident_id);
+
+    let original = incident(c, &first.incident_id, third.position.expect("pos").sequence + 1).await;
+    assert_eq!(original.linked_reports, [second.incident_id.clone(), third.incident_id.clone()]);
+    assert_eq!(original.priority, pb::Priority::Urgent as i32, "raised after two me-too reports");
+    let dup = incident(c, &second.incident_id, 0).await;
+    assert_eq!(dup.status, pb::IncidentStatus::Duplicate as i32);
+    assert_eq!(dup.duplicate_of, first.incident_id);
+}
+
+#[tokio::test]
+async fn an_emergency_skips_triage_and_triage_honours_claims() {
+    let mut m = mesh().await;
+    let c = &mut m.intake;
+    let mut fire = hazard(1.5, 0.5);
+    fire.category_code = "fire".into();
+    fire.attributes = vec![pb::AttributeValue {
+        code: "people-trapped".into(),
+        value: Some(pb::attribute_value::Value::Selected(pb::SelectedValues { values: vec!["unknown".into()] })),
+    }];
+    let r = c.report_incident(fire).await.expect("fire").into_inner();
+    assert!(r.accepted, "emergencies go straight to dispatch");
+    let i = incident(c, &r.incident_id, r.position.expect("pos").sequence).await;
+    assert_eq!(i.status, pb::IncidentStatus::Accepted as i32);
+
+    let r = c.report_incident(hazard(0.5, 0.5)).await.expect("report").into_inner();
+    let id = r.incident_id.clone();
+    c.claim_incident(as_user(
+        "ann",
+        None,
+        pb::ClaimIncidentRequest { command_id: uuid(), incident_id: id.clone(), break_lock: false },
+    ))
+    .await
+    .expect("claim");
+    let e = c
+        .accept_incident(as_user(
+            "bob",
+            None,
+            pb::AcceptIncidentRequest { command_id: uuid(), incident_id: id.clone() },
+        ))
+        .await
+        .expect_err("locked");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("claimed by ann"), "{}", e.message());
+    let e = c
+        .claim_incident(as_user(
+            "bob",
+            None,
+            pb::ClaimIncidentRequest { command_id: uuid(), incident_id: id.clone(), break_lock: true },
+        ))
+        .await
+        .expect_err("not admin");
+    assert_eq!(fields(&e), ["break_lock"]);
+    c.claim_incident(as_user(
+        "root",
+        Some("admin"),
+        pb::ClaimIncidentRequest { command_id: uuid(), incident_id: id.clone(), break_lock: true },
+    ))
+    .await
+    .expect("admin breaks the lock");
+    let e = c
+        .reject_incident(as_user(
+            "root",
+            None,
+            pb::RejectIncidentRequest { command_id: uuid(), incident_id: id.clone(), reason: 0, note: "".into() },
+        ))
+        .await
+        .expect_err("reason");
+    assert_eq!(fields(&e), ["reason"]);
+    let rejected = c
+        .reject_incident(as_user(
+            "root",
+            None,
+            pb::RejectIncidentRequest {
+                command_id: uuid(),
+                incident_id: id.clone(),
+                reason: pb::RejectionReason::NotGovernance as i32,
+                note: "private matter".into(),
+            },
+        ))
+        .await
+        .expect("reject")
+        .into_inner();
+    let e = c
+        .accept_incident(as_user(
+            "root",
+            None,
+            pb::AcceptIncidentRequest { command_id: uuid(), incident_id: id.clone() },
+        ))
+        .await
+        .expect_err("already decided");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("rejected"), "{}", e.message());
+    let i = incident(c, &id, rejected.position.expect("pos").sequence).await;
+    assert_eq!(i.open311_status, "closed");
+    let timeline: Vec<_> = i.history.iter().map(|h| (h.event_type.as_str(), h.principal.as_str())).collect();
+    assert_eq!(
+        timeline,
+        [
+            ("reported", "anonymous"),
+            ("claimed", "ann"),
+            ("claim_broken", "root"),
+            ("claimed", "root"),
+            ("rejected", "root")
+        ]
+    );
+    let listed = c
+        .list_incidents(pb::ListIncidentsRequest {
+            unit_id: "m1".into(),
+            status: pb::IncidentStatus::Rejected as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.incidents.iter().map(|i| i.incident_id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
+    drop(m.intake_app);
+}
