@@ -33,8 +33,10 @@ start() { # name grpc-port metrics-port
 }
 start sample-ledger 50051 9464
 start grid-registry 50052 9465
+start incident-intake 50053 9466
 wait_port 50051
 wait_port 50052
+wait_port 50053
 
 echo "Seeding the demo district (safe to repeat; about a minute the first time)..."
 "$BIN/gridctl" --registry http://127.0.0.1:50052 seed-demo
@@ -44,6 +46,7 @@ cat <<TXT
 Gridwork dev mesh is up (Ctrl-C stops it). Logs in $VAR/log/, read models in $VAR/*.db.
   nats-server     nats://127.0.0.1:$NATS_PORT   (JetStream store $VAR/nats)
   grid-registry   127.0.0.1:50052   metrics http://127.0.0.1:9465/metrics
+  incident-intake 127.0.0.1:50053   metrics http://127.0.0.1:9466/metrics
   sample-ledger   127.0.0.1:50051   metrics http://127.0.0.1:9464/metrics
 
 Try it (in another terminal, from $ROOT):
@@ -55,5 +58,7 @@ Try it (in another terminal, from $ROOT):
   target/debug/gridctl units search 专属 --kind special-grid
   target/debug/gridctl workers dismiss hl-s0-c0-g00 w-hl-s0-c0-g00-1 --reason "ineffective"
   target/debug/gridctl units get hl-s0-c0-g00              # the dismissal is in the history
+A rider reports a fire hazard (grpcurl; README has more):
+  grpcurl -plaintext -d '{"command_id":"'\$(cat /proc/sys/kernel/random/uuid)'","source":"SOURCE_RIDER_INFORMANT","category_code":"fire-hazard","point":{"lat":35.7232,"lon":115.0015},"description":"e-bikes charging in the stairwell","attributes":[{"code":"hazard","selected":{"values":["e-bike-charging-indoors"]}}]}' 127.0.0.1:50053 gridwork.intake.v1.IntakeService/ReportIncident
 TXT
 wait -n "${pids[@]}"
