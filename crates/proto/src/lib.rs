@@ -15,6 +15,11 @@ pub mod gridwork {
             include!(concat!(env!("OUT_DIR"), "/gridwork.eventstore.v1.rs"));
         }
     }
+    pub mod dispatch {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/gridwork.dispatch.v1.rs"));
+        }
+    }
     pub mod grid {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/gridwork.grid.v1.rs"));

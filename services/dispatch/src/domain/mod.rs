@@ -1,0 +1,3 @@
+//! Pure domain code: no tokio, sqlx, tonic or NATS here.
+pub mod calendar;
+pub mod case;

@@ -1,0 +1,58 @@
+//! Event names, versions and encoding for the `DISPATCH` stream; the events are
+//! the `gridwork.dispatch.v1` messages themselves.
+
+use gridwork_eventstore::{DecodeError, DomainEvent};
+use gridwork_proto::gridwork::dispatch::v1 as pb;
+use prost::Message as _;
+
+macro_rules! case_events {
+    ($($variant:ident($message:ident) = $name:literal,)*) => {
+        /// Something that happened to a case.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum CaseEvent {
+            $(
+                #[doc = concat!("`", $name, "`.")]
+                $variant(pb::$message),
+            )*
+        }
+
+        impl DomainEvent for CaseEvent {
+            fn event_type(&self) -> &'static str {
+                match self {
+                    $(CaseEvent::$variant(_) => $name,)*
+                }
+            }
+
+            fn encode(&self) -> Vec<u8> {
+                match self {
+                    $(CaseEvent::$variant(e) => e.encode_to_vec(),)*
+                }
+            }
+
+            fn decode(event_type: &str, schema_version: u32, payload: &[u8]) -> Result<Self, DecodeError> {
+                if schema_version != 1 {
+                    return Err(DecodeError::new(event_type, format!("unknown schema version {schema_version}")));
+                }
+                match event_type {
+                    $($name => pb::$message::decode(payload).map(CaseEvent::$variant).map_err(|e| DecodeError::new(event_type, e)),)*
+                    other => Err(DecodeError::new(other, "unknown event type")),
+                }
+            }
+        }
+    };
+}
+
+case_events! {
+    Opened(CaseOpened) = "dispatch.case.opened",
+    Assigned(CaseAssigned) = "dispatch.case.assigned",
+    Acknowledged(CaseAcknowledged) = "dispatch.case.acknowledged",
+    ProgressRecorded(ProgressRecorded) = "dispatch.case.progress_recorded",
+    HandedBack(CaseHandedBack) = "dispatch.case.handed_back",
+    SlaBreached(SlaBreached) = "dispatch.case.sla_breached",
+    WhistleBlown(WhistleBlown) = "dispatch.case.whistle_blown",
+    DepartmentReported(DepartmentReported) = "dispatch.case.department_reported",
+    Resolved(CaseResolved) = "dispatch.case.resolved",
+    Verified(CaseVerified) = "dispatch.case.verified",
+    Closed(CaseClosed) = "dispatch.case.closed",
+    Reopened(CaseReopened) = "dispatch.case.reopened",
+}
