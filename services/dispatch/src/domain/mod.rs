@@ -1,3 +1,4 @@
 //! Pure domain code: no tokio, sqlx, tonic or NATS here.
 pub mod calendar;
 pub mod case;
+pub mod routing;
