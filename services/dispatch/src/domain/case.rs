@@ -334,6 +334,7 @@ impl Aggregate for Case {
                     events.push(CaseEvent::WhistleBlown(pb::WhistleBlown {
                         departments: summon.clone(),
                         acknowledge_by_unix_ms: clock.now_unix_ms + summon_within.whole_milliseconds() as i64,
+                        whistle: self.whistles + 1,
                     }));
                 }
                 Ok(events)
@@ -409,6 +410,7 @@ impl Aggregate for Case {
                 Ok(vec![CaseEvent::WhistleBlown(pb::WhistleBlown {
                     departments: fresh,
                     acknowledge_by_unix_ms: now_unix_ms + within.whole_milliseconds() as i64,
+                    whistle: self.whistles + 1,
                 })])
             }
             CaseCommand::DepartmentReport { department, now_unix_ms } => {
@@ -482,10 +484,10 @@ impl Aggregate for Case {
                 }
             }
             CaseEvent::WhistleBlown(e) => {
-                self.whistles += 1;
+                self.whistles = e.whistle;
                 for d in &e.departments {
                     self.summoned.insert(d.clone(), Summons { reported: false });
-                    let id = format!("w{}:{d}", self.whistles);
+                    let id = format!("w{}:{d}", e.whistle);
                     self.pending.insert(
                         id.clone(),
                         pb::Deadline {
