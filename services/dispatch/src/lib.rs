@@ -1,15 +1,120 @@
-//! Dispatch — in progress (issue 4): the pure domain only so far.
+//! Dispatch — in progress (issue 4): cases up and down the ladder against their
+//! deadlines.
 //!
-//! Will own the `DISPATCH` stream (subjects `dispatch.case.<incident id>`). Built:
-//! the case aggregate — the ladder (grid → community → street → department),
-//! exactly one owner, hand-back only before acknowledging, reassignment that
-//! refuses a stale view, the street's whistle and departments reporting for duty,
-//! emergencies summoning several departments at once, deadlines as state with
-//! idempotent escalation and SLA breaches, resolution, rating and reopening — and
-//! the working-day calendar. Not built yet: the process manager consuming
-//! `IncidentAccepted`, routing rules, the deadline scheduler, the read models and
-//! the gRPC API. See the issue note.
+//! Owns the `DISPATCH` stream (subjects `dispatch.case.<incident id>`); reads
+//! `INTAKE` through its process manager ([`projection::Incoming`]), which opens a
+//! case for every accepted incident, routed by rule. A scheduler escalates missed
+//! deadlines. See ARCHITECTURE.md for what is built and what is not.
+//!
+//! - `domain/`: the case aggregate, the working calendar, routing and SLA plans.
+//! - `events.rs`: event types and encoding.
+//! - `app.rs`: commands, the deadline scheduler, queries.
+//! - `grpc.rs`: proto ⇄ domain with field-named errors.
+//! - `projection.rs`: the process manager and the cases read model.
 
+pub mod app;
 pub mod domain;
 pub mod events;
+pub mod grpc;
 pub mod projection;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gridwork_eventstore::projection::{ProjectionRunner, RunnerConfig};
+use gridwork_eventstore::{Aggregate as _, Repository, RepositoryOptions, StreamSpec, ensure_stream};
+use gridwork_proto::gridwork::dispatch::v1::dispatch_service_server::{DispatchServiceServer, SERVICE_NAME};
+use gridwork_runtime::clock::Clock;
+use gridwork_runtime::{CommonConfig, Runtime, ServerHandle};
+
+use crate::app::Dispatch;
+use crate::domain::calendar::WorkingCalendar;
+use crate::domain::case::Case;
+use crate::domain::routing::default_rules;
+
+/// The service's name.
+pub const SERVICE: &str = "dispatch";
+
+/// Configuration.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "dispatch", about = "Gridwork's dispatch")]
+pub struct Config {
+    /// Settings every service shares.
+    #[command(flatten)]
+    pub common: CommonConfig,
+    /// How often the scheduler looks for missed deadlines, in milliseconds (0: never; tests drive it).
+    #[arg(long, env = "DEADLINE_TICK_MS", default_value_t = 1000)]
+    pub deadline_tick_ms: u64,
+}
+
+/// A built service, ready to run.
+pub struct App {
+    runtime: Runtime,
+    dispatch: Dispatch,
+    _scheduler: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl App {
+    /// Connect, provision `DISPATCH` (and `INTAKE`, which it reads), start the
+    /// process manager, the read model and (unless `tick` is zero) the scheduler.
+    pub async fn build(common: &CommonConfig, clock: Arc<dyn Clock>, tick: Duration) -> anyhow::Result<Self> {
+        let database_url = common.database_url(SERVICE);
+        let runtime = Runtime::connect(SERVICE, &common.nats_url, Some(&database_url), Duration::from_secs(30)).await?;
+        let spec = StreamSpec::events(Case::CONTEXT, common.stream_replicas);
+        let intake = StreamSpec::events("intake", common.stream_replicas);
+        ensure_stream(&runtime.nats, &runtime.js, &spec).await?;
+        ensure_stream(&runtime.nats, &runtime.js, &intake).await?;
+        // Cases are not snapshotted yet (see domain/case.rs): no bucket.
+        let cases = Repository::<Case>::new(runtime.js.clone(), &spec.name, None, RepositoryOptions::default()).await?;
+        let store = runtime.store.clone().ok_or_else(|| anyhow::anyhow!("read store missing"))?;
+        let calendar = Arc::new(WorkingCalendar::default());
+        let incoming = projection::Incoming {
+            cases: cases.clone(),
+            rules: Arc::new(default_rules()),
+            calendar: calendar.clone(),
+            summon_within: time::Duration::minutes(30),
+        };
+        let incoming =
+            ProjectionRunner::start(runtime.js.clone(), store.clone(), incoming, RunnerConfig::new(&intake.name))
+                .await?;
+        let view = ProjectionRunner::start(
+            runtime.js.clone(),
+            store.clone(),
+            projection::Cases,
+            RunnerConfig::new(&spec.name),
+        )
+        .await?;
+        let stream = runtime.js.get_stream(&spec.name).await?;
+        let dispatch = Dispatch::new(cases, stream, store, Arc::new(view), Arc::new(incoming), clock, calendar);
+        let scheduler = (!tick.is_zero()).then(|| dispatch.spawn_scheduler(tick));
+        Ok(Self { runtime, dispatch, _scheduler: scheduler })
+    }
+
+    /// The application service.
+    pub fn dispatch(&self) -> &Dispatch {
+        &self.dispatch
+    }
+
+    fn routes(&self) -> tonic::service::Routes {
+        tonic::service::Routes::new(DispatchServiceServer::new(grpc::DispatchGrpc::new(self.dispatch.clone())))
+    }
+
+    /// Serve until SIGTERM / Ctrl-C.
+    pub async fn run_until_stopped(self, common: &CommonConfig) -> anyhow::Result<()> {
+        let routes = self.routes();
+        self.runtime.clone().run_until_stopped(common, routes, &[SERVICE_NAME]).await
+    }
+
+    /// Serve in the background on `127.0.0.1:0` (tests).
+    pub async fn spawn(&self, drain: Duration) -> anyhow::Result<ServerHandle> {
+        self.runtime.clone().spawn_on_loopback(self.routes(), &[SERVICE_NAME], drain).await
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(s) = &self._scheduler {
+            s.abort();
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! proto ⇄ domain for dispatch, with field-named errors.
+
+use gridwork_eventstore::CommitOutcome;
+use gridwork_eventstore::aggregate::validate_id;
+use gridwork_proto::gridwork::dispatch::v1 as pb;
+use gridwork_proto::gridwork::dispatch::v1::dispatch_service_server::DispatchService;
+use gridwork_runtime::request::{principal, read_wait};
+use gridwork_runtime::{FieldViolation, ServiceError};
+use tonic::{Request, Response, Status};
+
+use crate::app::Dispatch;
+use crate::domain::case::{CaseCommand, CaseEvent};
+
+/// The gRPC face of [`Dispatch`].
+pub struct DispatchGrpc {
+    dispatch: Dispatch,
+}
+
+impl DispatchGrpc {
+    /// Serve `dispatch`.
+    pub fn new(dispatch: Dispatch) -> Self {
+        Self { dispatch }
+    }
+}
+
+#[derive(Default)]
+struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+    fn command_id(&mut self, v: &str) -> String {
+        if uuid::Uuid::parse_str(v).is_err() {
+            self.add("command_id", "must be a UUID");
+        }
+        v.to_string()
+    }
+    fn id(&mut self, field: &str, v: &str) -> String {
+        if let Err(reason) = validate_id(v) {
+            self.add(field, reason);
+        }
+        v.to_string()
+    }
+    fn owner(&mut self, field: &str, v: Option<&pb::Owner>) -> pb::Owner {
+        match v {
+            None => {
+                self.add(field, "is required");
+                pb::Owner::default()
+            }
+            Some(o) => {
+                if pb::Tier::try_from(o.tier).unwrap_or(pb::Tier::Unspecified) == pb::Tier::Unspecified {
+                    self.add(format!("{field}.tier"), "must be grid, community, street or department");
+                }
+                self.id(&format!("{field}.id"), &o.id);
+                o.clone()
+            }
+        }
+    }
+    fn text(&mut self, field: &str, v: &str, min: usize, max: usize) -> String {
+        let t = v.trim();
+        let n = t.chars().count();
+        if n < min || n > max {
+            self.add(field, format!("must be {min}-{max} characters"));
+        }
+        t.to_string()
+    }
+    fn finish(self) -> Result<(), Status> {
+        if self.0.is_empty() { Ok(()) } else { Err(ServiceError::InvalidArgument(self.0).into()) }
+    }
+}
+
+fn position(outcome: &CommitOutcome<CaseEvent>) -> Option<pb::CommitPosition> {
+    Some(pb::CommitPosition { sequence: outcome.sequence, replayed: outcome.replayed })
+}
+
+fn limit(v: &mut Violations, l: u32) -> u32 {
+    if l > 500 {
+        v.add("limit", "must be at most 500");
+    }
+    if l == 0 { 50 } else { l }
+}
+
+#[tonic::async_trait]
+impl DispatchService for DispatchGrpc {
+    async fn get_case(&self, request: Request<pb::GetCaseRequest>) -> Result<Response<pb::GetCaseResponse>, Status> {
+        let wait = read_wait(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let id = v.id("case_id", &r.case_id);
+        v.finish()?;
+        self.dispatch.wait(r.min_position, wait).await?;
+        Ok(Response::new(pb::GetCaseResponse { case: Some(self.dispatch.case(&id).await?) }))
+    }
+
+    async fn list_work_queue(
+        &self,
+        request: Request<pb::ListWorkQueueRequest>,
+    ) -> Result<Response<pb::ListWorkQueueResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let owner = v.owner("owner", r.owner.as_ref());
+        let limit = limit(&mut v, r.limit);
+        v.finish()?;
+        Ok(Response::new(pb::ListWorkQueueResponse { cases: self.dispatch.work_queue(&owner, limit).await? }))
+    }
+
+    async fn list_overdue(
+        &self,
+        request: Request<pb::ListOverdueRequest>,
+    ) -> Result<Response<pb::ListOverdueResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let limit = limit(&mut v, r.limit);
+        v.finish()?;
+        Ok(Response::new(pb::ListOverdueResponse { cases: self.dispatch.overdue(limit).await? }))
+    }
+
+    async fn acknowledge_case(
+        &self,
+        request: Request<pb::AcknowledgeCaseRequest>,
+    ) -> Result<Response<pb::AcknowledgeCaseResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let id = v.id("case_id", &r.case_id);
+        let by = v.owner("acting_as", r.acting_as.as_ref());
+        v.finish()?;
+        let outcome = self
+            .dispatch
+            .act(&id, command_id, who, |c| CaseCommand::Acknowledge { by, now_unix_ms: c.now_unix_ms })
+            .await?;
+        Ok(Response::new(pb::AcknowledgeCaseResponse { position: position(&outcome) }))
+    }
+
+    async fn record_progress(
+        &self,
+        request: Request<pb::RecordProgressRequest>,
+    ) -> Result<Response<pb::RecordProgressResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let id = v.id("case_id", &r.case_id);
+        let by = v.owner("acting_as", r.acting_as.as_ref());
+        let notes = v.text("notes", &r.notes, 1, 2000);
+        v.finish()?;
+        let outcome = self
+            .dispatch
+            .act(&id, command_id, who, |c| CaseCommand::RecordProgress { by, notes, now_unix_ms: c.now_unix_ms })
+            .await?;
+        Ok(Response::new(pb::RecordProgressResponse { position: position(&outcome) }))
+    }
+
+    async fn hand_back_case(
+        &self,
+        request: Request<pb::HandBackCaseRequest>,
+    ) -> Result<Response<pb::HandBackCaseResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let id = v.id("case_id", &r.case_id);
+        let by = v.owner("acting_as", r.acting_as.as_ref());
+        let reason = v.text("reason", &r.reason, 1, 500);
+        v.finish()?;
+        let outcome =
+            self.dispatch.act(&id, command_id, who, |clock| CaseCommand::HandBack { by, reason, clock }).await?;
+        Ok(Response::new(pb::HandBackCaseResponse { position: position(&outcome) }))
+    }
+
+    async fn assign_case(
+        &self,
+        request: Request<pb::AssignCaseRequest>,
+    ) -> Result<Response<pb::AssignCaseResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let id = v.id("case_id", &r.case_id);
+        let expected = v.owner("expected_owner", r.expected_owner.as_ref());
+        let to = v.owner("to", r.to.as_ref());
+        v.finish()?;
+        let outcome =
+            self.dispatch.act(&id, command_id, who, |clock| CaseCommand::Reassign { expected, to, clock }).await?;
+        Ok(Response::new(pb::AssignCaseResponse { position: position(&outcome) }))
+    }
+
+    async fn blow_whistle(
+        &self,
+        request: Request<pb::BlowWhistleRequest>,
+    ) -> Result<Response<pb::BlowWhistleResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let id = v.id("case_id", &r.case_id);
+        let by = v.owner("acting_as", r.acting_as.as_ref());
+        if r.departments.is_empty() || r.departments.len() > 10 {
+            v.add("departments", "must name 1-10 departments");
+        }
+        for (i, d) in r.departments.iter().enumerate() {
+            v.id(&format!("departments[{i}]"), d);
+        }
+        v.finish()?;
+        let within = self.dispatch.summon_within;
+        let departments = r.departments;
+        let outcome = self
+            .dispatch
+            .act(&id, command_id, who, |c| CaseCommand::BlowWhistle {
+                by,
+                departments,
+                within,
+                now_unix_ms: c.now_unix_ms,
+            })
+            .await?;
+        let report_by = outcome
+            .events
+            .iter()
+            .find_map(|e| match e {
+                CaseEvent::WhistleBlown(w) => Some(w.acknowledge_by_unix_ms),
+                _ => None,
+            })
+            .unwrap_or_default();
+        Ok(Response::new(pb::BlowWhistleResponse { position: position(&outcome), report_by_unix_ms: report_by }))
+    }
+
+    async fn report_for_duty(
+        &self,
+        request: Request<pb::ReportForDutyRequest>,
+    ) -> Result<Response<pb::ReportForDutyResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let id = v.id("case_id", &r.case_id);
+        let department = v.id("department", &r.department);
+        v.finish()?;
+        let outcome = self
+            .dispatch
+            .act(&id, command_id, who, |c| CaseCommand::DepartmentReport { department, now_unix_ms: c.now_unix_ms })
+            .await?;
+        Ok(Response::new(pb::ReportForDutyResponse { position: position(&outcome) }))
+    }
+
+    async fn resolve_case(
+        &self,
+        request: Request<pb::ResolveCaseRequest>,
+    ) -> Result<Response<pb::ResolveCaseResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let id = v.id("case_id", &r.case_id);
+        let by = v.owner("acting_as", r.acting_as.as_ref());
+        let notes = v.text("notes", &r.notes, 1, 2000);
+        v.finish()?;
+        let outcome = self
+            .dispatch
+            .act(&id, command_id, who, |c| CaseCommand::Resolve { by, notes, now_unix_ms: c.now_unix_ms })
+            .await?;
+        Ok(Response::new(pb::ResolveCaseResponse { position: position(&outcome) }))
+    }
+
+    async fn verify_case(
+        &self,
+        request: Request<pb::VerifyCaseRequest>,
+    ) -> Result<Response<pb::VerifyCaseResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id);
+        let id = v.id("case_id", &r.case_id);
+        let rating = pb::Rating::try_from(r.rating).unwrap_or(pb::Rating::Unspecified);
+        if rating == pb::Rating::Unspecified {
+            v.add("rating", "must be satisfied, basically satisfied or unsatisfied");
+        }
+        if !(r.by == "reporter" || r.by.strip_prefix("staff:").is_some_and(|s| !s.is_empty() && s.len() <= 64)) {
+            v.add("by", "must be \"reporter\" or \"staff:<id>\": only they may rate or reopen");
+        }
+        let comment = v.text("comment", &r.comment, 0, 1000);
+        v.finish()?;
+        let by = r.by;
+        let outcome =
+            self.dispatch.act(&id, command_id, who, |clock| CaseCommand::Verify { rating, by, comment, clock }).await?;
+        let reopened = outcome.events.iter().any(|e| matches!(e, CaseEvent::Reopened(_)));
+        Ok(Response::new(pb::VerifyCaseResponse {
+            position: position(&outcome),
+            outcome: if reopened { "reopened".into() } else { "closed".into() },
+        }))
+    }
+}
