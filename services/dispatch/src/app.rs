@@ -131,7 +131,8 @@ impl Dispatch {
                 })
                 .await
             {
-                Ok(outcome) if !outcome.events.is_empty() => {
+                // A replayed outcome is another replica's (or an earlier run's) escalation.
+                Ok(outcome) if !outcome.events.is_empty() && !outcome.replayed => {
                     info!(case = %case_id, deadline = %deadline_id, "deadline missed: escalated");
                     fired += 1;
                 }

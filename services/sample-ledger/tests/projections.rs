@@ -243,3 +243,39 @@ async fn a_read_with_min_position_sees_the_write_it_follows() {
     let err = client.get_account(request).await.expect_err("cannot reach");
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
 }
+
+async fn two_runners_share_one_database(db: TestDb) {
+    let nats = NatsServer::start().await.expect("nats");
+    let k = kernel(&nats, &db).await;
+    let last = write_history(&k, "acct", 8, 30).await;
+    // Two replicas of one service, one projection, one database.
+    let a = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, small_batches()).await.expect("a");
+    let b = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, small_batches()).await.expect("b");
+    a.wait_for(last, WAIT).await.expect("a caught up");
+    b.wait_for(last, WAIT).await.expect("b caught up");
+    let rows = dump(&k.store).await;
+    let got: Vec<(String, i64, i64)> = rows.iter().map(|r| (r.0.clone(), r.2, r.3)).collect();
+    assert_eq!(got, expected(&k, "acct", 8).await, "every commit applied exactly once");
+    let mut dlq = k.js.get_stream("DLQ").await.expect("dlq");
+    let dlq = dlq.info().await.expect("info").state.messages;
+    assert_eq!(dlq, 0, "nothing parked by the contention");
+    a.stop().await;
+    b.stop().await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_runners_of_one_projection_on_one_sqlite_database_apply_each_commit_once() {
+    two_runners_share_one_database(TestDb::sqlite().expect("db")).await;
+}
+
+#[tokio::test]
+async fn two_runners_of_one_projection_on_one_postgres_database_apply_each_commit_once() {
+    let Some(db) = TestDb::postgres("two_runners_of_one_projection_on_one_postgres_database_apply_each_commit_once")
+        .await
+        .expect("pg")
+    else {
+        return;
+    };
+    two_runners_share_one_database(db).await;
+}

@@ -79,6 +79,11 @@ impl ApplyError {
     /// anything about this commit: such failures are retried forever and never
     /// park the commit.
     pub fn is_transient(&self) -> bool {
+        if let ApplyError::Db(sqlx::Error::Database(e)) = self {
+            // SQLite busy/locked (5, 6, 517 busy-snapshot); PostgreSQL serialization
+            // failure and deadlock: contention, not a poison commit.
+            return matches!(e.code().as_deref(), Some("5" | "6" | "517" | "40001" | "40P01"));
+        }
         matches!(
             self,
             ApplyError::Db(

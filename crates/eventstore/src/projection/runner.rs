@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
 use tracing::{Instrument as _, info, info_span, warn};
 
-use super::store::{ReadStore, set_position};
+use super::store::{ReadStore, ensure_checkpoint, lock_position, set_position};
 use super::{ApplyError, Projection, Tables};
 use crate::aggregate::DecodeError;
 use crate::envelope::{RecordedCommit, headers};
@@ -179,6 +179,7 @@ impl ProjectionRunner {
     ) -> Result<RunnerHandle, RunnerError> {
         let name = projection.name().to_string();
         store.create_tables(projection.tables(), Tables::Live).await?;
+        ensure_checkpoint(store.pool(), &name, &config.stream).await?;
         ensure_dead_letter_stream(&js, &config.dead_letter_stream).await?;
         let position = store.position(&name).await?;
         let (position_tx, position_rx) = watch::channel(position);
@@ -429,7 +430,13 @@ impl<P: Projection> Inner<P> {
                 return Ok(false);
             }
             let mut tx = self.store.pool().begin().await?;
-            for commit in commits.iter().filter_map(|c| c.parsed.as_ref().ok()) {
+            // Another runner of this projection may have applied some already.
+            let applied = lock_position(&mut tx, checkpoint).await?;
+            if applied >= last {
+                tx.commit().await?;
+                return Ok(true);
+            }
+            for commit in commits.iter().filter_map(|c| c.parsed.as_ref().ok()).filter(|c| c.sequence > applied) {
                 if let Err(e) = self.apply_one(&mut tx, tables, commit).await {
                     if e.is_transient() {
                         return Err(RunnerError::Unreachable(e.to_string()));
@@ -473,6 +480,10 @@ impl<P: Projection> Inner<P> {
                 Err(e) => break e.to_string(),
             };
             let mut tx = self.store.pool().begin().await?;
+            if lock_position(&mut tx, checkpoint).await? >= c.sequence {
+                tx.commit().await?;
+                return Ok(());
+            }
             match self.apply_one(&mut tx, tables, commit).await {
                 Ok(()) => {
                     set_position(&mut tx, checkpoint, &self.config.stream, c.sequence).await?;
@@ -490,9 +501,12 @@ impl<P: Projection> Inner<P> {
                 }
             }
         };
-        self.park(c, &error, attempts).await?;
         let mut tx = self.store.pool().begin().await?;
-        set_position(&mut tx, checkpoint, &self.config.stream, c.sequence).await?;
+        if lock_position(&mut tx, checkpoint).await? < c.sequence {
+            // Parking twice (a crash before the position moved) dedupes by msg id.
+            self.park(c, &error, attempts).await?;
+            set_position(&mut tx, checkpoint, &self.config.stream, c.sequence).await?;
+        }
         tx.commit().await?;
         Ok(())
     }

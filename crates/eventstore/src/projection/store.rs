@@ -131,6 +131,19 @@ impl ReadStore {
         self.backend.as_ref()
     }
 
+    /// Begin a transaction that takes the write lock before it reads anything.
+    /// SQLite (WAL) refuses to upgrade a read transaction whose snapshot another
+    /// writer has moved past (`SQLITE_BUSY_SNAPSHOT`, without waiting), so every
+    /// transaction that reads and then writes starts with a write; on PostgreSQL
+    /// the statement touches no row.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(AssertSqlSafe(format!("UPDATE {CHECKPOINTS} SET position = position WHERE projection = ''")))
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
     /// Cheap liveness probe for health checks.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
@@ -143,7 +156,7 @@ impl ReadStore {
             let probe = format!("SELECT 1 FROM {} WHERE 1 = 0", which.name(def.name));
             existing.push(sqlx::query(AssertSqlSafe(probe)).execute(&self.pool).await.is_ok());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for (def, exists) in defs.iter().zip(existing) {
             let name = which.name(def.name);
             if which == Tables::Live && exists {
@@ -190,7 +203,7 @@ impl ReadStore {
         shadow_checkpoint: &str,
         stream: &str,
     ) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let position: (i64,) =
             sqlx::query_as(AssertSqlSafe(format!("SELECT position FROM {CHECKPOINTS} WHERE projection = $1")))
                 .bind(shadow_checkpoint)
@@ -209,6 +222,39 @@ impl ReadStore {
             .await?;
         tx.commit().await
     }
+}
+
+/// Lock `projection`'s checkpoint row for the rest of the caller's transaction
+/// and read it. Several runners of one projection on one database (replicas of a
+/// service on a shared PostgreSQL) then take turns: each applies only commits
+/// after the position it finds, so no commit is applied twice and the position
+/// never moves back. The touching `UPDATE` takes the row lock on PostgreSQL and
+/// the write lock on SQLite, before anything is read.
+pub async fn lock_position(conn: &mut AnyConnection, projection: &str) -> Result<u64, sqlx::Error> {
+    sqlx::query(AssertSqlSafe(format!("UPDATE {CHECKPOINTS} SET position = position WHERE projection = $1")))
+        .bind(projection)
+        .execute(&mut *conn)
+        .await?;
+    let row: Option<(i64,)> =
+        sqlx::query_as(AssertSqlSafe(format!("SELECT position FROM {CHECKPOINTS} WHERE projection = $1")))
+            .bind(projection)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.map_or(0, |(p,)| p as u64))
+}
+
+/// Make sure `projection` has a checkpoint row (position 0 if new), so that
+/// [`lock_position`] always has a row to lock.
+pub async fn ensure_checkpoint(pool: &sqlx::AnyPool, projection: &str, stream: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {CHECKPOINTS} (projection, stream, position, updated_at_ms) VALUES ($1, $2, 0, 0) \
+         ON CONFLICT (projection) DO NOTHING"
+    )))
+    .bind(projection)
+    .bind(stream)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Record `projection`'s position inside the caller's transaction.
