@@ -46,6 +46,7 @@ bench: deps ## Print the kernel's figures (append rate, cold load, projection ca
 		export GRIDWORK_TEST_POSTGRES_URL=$(PG_DEFAULT); fi; \
 	$(CARGO) bench -p gridwork-sample-ledger --bench kernel
 	$(CARGO) bench -p gridwork-grid-registry --bench locate
+	$(CARGO) bench -p gridwork-e2e --bench intake
 
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check

@@ -34,9 +34,11 @@ start() { # name grpc-port metrics-port
 start sample-ledger 50051 9464
 start grid-registry 50052 9465
 start incident-intake 50053 9466
+start dispatch 50054 9467
 wait_port 50051
 wait_port 50052
 wait_port 50053
+wait_port 50054
 
 echo "Seeding the demo district (safe to repeat; about a minute the first time)..."
 "$BIN/gridctl" --registry http://127.0.0.1:50052 seed-demo
@@ -47,6 +49,7 @@ Gridwork dev mesh is up (Ctrl-C stops it). Logs in $VAR/log/, read models in $VA
   nats-server     nats://127.0.0.1:$NATS_PORT   (JetStream store $VAR/nats)
   grid-registry   127.0.0.1:50052   metrics http://127.0.0.1:9465/metrics
   incident-intake 127.0.0.1:50053   metrics http://127.0.0.1:9466/metrics
+  dispatch        127.0.0.1:50054   metrics http://127.0.0.1:9467/metrics
   sample-ledger   127.0.0.1:50051   metrics http://127.0.0.1:9464/metrics
 
 Try it (in another terminal, from $ROOT):
@@ -58,7 +61,20 @@ Try it (in another terminal, from $ROOT):
   target/debug/gridctl units search 专属 --kind special-grid
   target/debug/gridctl workers dismiss hl-s0-c0-g00 w-hl-s0-c0-g00-1 --reason "ineffective"
   target/debug/gridctl units get hl-s0-c0-g00              # the dismissal is in the history
-A rider reports a fire hazard (grpcurl; README has more):
-  grpcurl -plaintext -d '{"command_id":"'\$(cat /proc/sys/kernel/random/uuid)'","source":"SOURCE_RIDER_INFORMANT","category_code":"fire-hazard","point":{"lat":35.7232,"lon":115.0015},"description":"e-bikes charging in the stairwell","attributes":[{"code":"hazard","selected":{"values":["e-bike-charging-indoors"]}}]}' 127.0.0.1:50053 gridwork.intake.v1.IntakeService/ReportIncident
+An incident from report to rating (copy the incident id into ID):
+  target/debug/gridctl incidents catalogue
+  target/debug/gridctl incidents report fire-hazard 35.7232 115.0015 --description "e-bikes charging in the stairwell" --source rider-informant --attr hazard=e-bike-charging-indoors
+  ID=<the incident id printed above>
+  target/debug/gridctl incidents get \$ID                  # placed in its micro-grid
+  target/debug/gridctl incidents accept \$ID               # triage; dispatch opens a case
+  target/debug/gridctl cases get \$ID                      # routed to the grid head, with deadlines and why
+  target/debug/gridctl cases queue grid:hl-s0-c0-g01
+  target/debug/gridctl cases ack \$ID --as grid:hl-s0-c0-g01
+  target/debug/gridctl cases resolve \$ID --as grid:hl-s0-c0-g01 --notes "bikes moved"
+  target/debug/gridctl cases rate \$ID unsatisfied --comment "they are back"   # reopened
+  target/debug/gridctl cases ack \$ID --as grid:hl-s0-c0-g01
+  target/debug/gridctl cases resolve \$ID --as grid:hl-s0-c0-g01 --notes "charging point outside"
+  target/debug/gridctl cases rate \$ID satisfied                              # closed
+  target/debug/gridctl cases get \$ID                      # the whole timeline
 TXT
 wait -n "${pids[@]}"

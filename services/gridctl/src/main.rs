@@ -17,12 +17,21 @@ use tonic_types::StatusExt as _;
 
 type Registry = GridRegistryServiceClient<Channel>;
 
+mod cases;
+mod incidents;
+
 #[derive(Parser)]
 #[command(name = "gridctl", about = "Operate a Gridwork mesh")]
 struct Cli {
     /// Grid registry gRPC endpoint.
     #[arg(long, env = "GRIDCTL_REGISTRY", default_value = "http://127.0.0.1:50052", global = true)]
     registry: String,
+    /// Incident intake gRPC endpoint.
+    #[arg(long, env = "GRIDCTL_INTAKE", default_value = "http://127.0.0.1:50053", global = true)]
+    intake: String,
+    /// Dispatch gRPC endpoint.
+    #[arg(long, env = "GRIDCTL_DISPATCH", default_value = "http://127.0.0.1:50054", global = true)]
+    dispatch: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,6 +57,109 @@ enum Command {
     /// Grid workers.
     #[command(subcommand)]
     Workers(Workers),
+    /// Incidents in intake: report, triage, read.
+    #[command(subcommand)]
+    Incidents(Incidents),
+    /// Cases in dispatch: read, act as an owner, rate.
+    #[command(subcommand)]
+    Cases(Cases),
+}
+
+#[derive(Subcommand)]
+enum Incidents {
+    /// Report a problem at a point.
+    Report {
+        /// Category code (see `incidents catalogue`).
+        category: String,
+        /// Latitude.
+        #[arg(allow_negative_numbers = true)]
+        lat: f64,
+        /// Longitude.
+        #[arg(allow_negative_numbers = true)]
+        lon: f64,
+        /// What is wrong.
+        #[arg(long)]
+        description: String,
+        /// Channel.
+        #[arg(long, value_enum, default_value = "resident")]
+        source: SourceArg,
+        /// A list attribute value, CODE=VALUE (repeatable; values of one code are combined).
+        #[arg(long = "attr")]
+        attributes: Vec<String>,
+    },
+    /// One incident with its history.
+    Get {
+        /// Incident id.
+        id: String,
+    },
+    /// Accept an incident for dispatch.
+    Accept {
+        /// Incident id.
+        id: String,
+    },
+    /// The service catalogue.
+    Catalogue,
+}
+
+#[derive(Subcommand)]
+enum Cases {
+    /// One case with its timeline.
+    Get {
+        /// Case id (the incident id).
+        id: String,
+    },
+    /// An owner's work queue, e.g. `grid:hl-s0-c0-g01`.
+    Queue {
+        /// TIER:ID.
+        owner: String,
+    },
+    /// Acknowledge as the owner.
+    Ack {
+        /// Case id.
+        id: String,
+        /// Acting as TIER:ID.
+        #[arg(long = "as")]
+        acting_as: String,
+    },
+    /// Resolve as the owner.
+    Resolve {
+        /// Case id.
+        id: String,
+        /// Acting as TIER:ID.
+        #[arg(long = "as")]
+        acting_as: String,
+        /// Notes.
+        #[arg(long)]
+        notes: String,
+    },
+    /// Rate the resolution as the reporter.
+    Rate {
+        /// Case id.
+        id: String,
+        /// Rating.
+        #[arg(value_enum)]
+        rating: RatingArg,
+        /// Comment.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SourceArg {
+    GridWorker,
+    Resident,
+    RiderInformant,
+    Hotline,
+    Camera,
+    PartnerBureau,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RatingArg {
+    Satisfied,
+    BasicallySatisfied,
+    Unsatisfied,
 }
 
 #[derive(Subcommand)]
@@ -186,8 +298,21 @@ async fn connect(endpoint: &str) -> anyhow::Result<Registry> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut registry = connect(&cli.registry).await?;
     let result = match cli.command {
+        Command::Incidents(c) => incidents::run(&cli.intake, c).await?,
+        Command::Cases(c) => cases::run(&cli.dispatch, c).await?,
+        other => registry_command(&cli.registry, other).await?,
+    };
+    if let Err(status) = result {
+        eprintln!("{}", explain(&status));
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn registry_command(endpoint: &str, command: Command) -> anyhow::Result<Result<(), tonic::Status>> {
+    let mut registry = connect(endpoint).await?;
+    Ok(match command {
         Command::SeedDemo => seed_demo(registry).await,
         Command::Units(Units::Get { unit }) => get(&mut registry, unit).await,
         Command::Units(Units::Children { parent }) => children(&mut registry, parent.unwrap_or_default()).await,
@@ -234,12 +359,8 @@ async fn main() -> anyhow::Result<()> {
                 Err(e) => Err(e),
             }
         }
-    };
-    if let Err(status) = result {
-        eprintln!("{}", explain(&status));
-        std::process::exit(1);
-    }
-    Ok(())
+        Command::Incidents(_) | Command::Cases(_) => Ok(()),
+    })
 }
 
 /// Wait until the read model shows a write, so the next command sees it.

@@ -393,25 +393,15 @@ impl Intake {
             .execute(
                 &incident_id,
                 &IncidentCommand::Report { report: Box::new(report), duplicate_of: duplicate_of.clone() },
-                &meta(command_id, principal.clone(), now),
+                &meta(command_id, principal, now),
             )
             .await?;
+        // Linking to the original is the linker's job (projection::Linker), one
+        // at a time, so a burst of "me too" reports does not fight over it.
         let recorded_duplicate = outcome.events.iter().find_map(|e| match e {
             IncidentEvent::MarkedDuplicate(d) => Some(d.of_incident_id.clone()),
             _ => None,
         });
-        if let Some(original) = &recorded_duplicate {
-            // Idempotent by the report's id: a retry links once.
-            let link = IncidentCommand::LinkReport {
-                report_id: incident_id.clone(),
-                now_unix_ms: now,
-                escalate_after: self.rules.escalate_after,
-            };
-            match self.incidents.execute(original, &link, &meta(format!("link-{incident_id}"), principal, now)).await {
-                Ok(_) | Err(gridwork_eventstore::ExecuteError::Rejected(IncidentRejection::NotOpen(_))) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
         let accepted = outcome.events.iter().any(|e| matches!(e, IncidentEvent::Accepted(_)));
         Ok(Reported { incident_id, outcome, duplicate_of: recorded_duplicate, accepted })
     }

@@ -48,6 +48,7 @@ pub struct Config {
 pub struct App {
     runtime: Runtime,
     intake: Intake,
+    linker: gridwork_eventstore::projection::RunnerHandle,
 }
 
 impl App {
@@ -72,6 +73,9 @@ impl App {
             RunnerConfig::new(&grid.name),
         )
         .await?;
+        let linker = projection::Linker { incidents: incidents.clone(), escalate_after: rules.escalate_after };
+        let linker =
+            ProjectionRunner::start(runtime.js.clone(), store.clone(), linker, RunnerConfig::new(&spec.name)).await?;
         let incidents_view = ProjectionRunner::start(
             runtime.js.clone(),
             store.clone(),
@@ -103,7 +107,12 @@ impl App {
         )
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Self { runtime, intake })
+        Ok(Self { runtime, intake, linker })
+    }
+
+    /// The process manager linking duplicates to their originals.
+    pub fn linker(&self) -> &gridwork_eventstore::projection::RunnerHandle {
+        &self.linker
     }
 
     /// The application service.

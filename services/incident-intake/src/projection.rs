@@ -77,6 +77,57 @@ impl Projection for GridCopy {
     }
 }
 
+/// The process manager that links a duplicate to its original: on every
+/// `IncidentMarkedDuplicate` (automatic "me too" or triage's decision) it records
+/// `ReportLinked` on the original, idempotent by the duplicate's id. One consumer
+/// does them in stream order, so a burst of reports of one fire does not contend
+/// for the original.
+pub struct Linker {
+    /// Incidents.
+    pub incidents: gridwork_eventstore::Repository<crate::domain::incident::Incident>,
+    /// Raise the original's priority after this many links.
+    pub escalate_after: usize,
+}
+
+impl Projection for Linker {
+    fn name(&self) -> &str {
+        "intake_linker"
+    }
+
+    fn tables(&self) -> &'static [TableDef] {
+        &[]
+    }
+
+    async fn apply(&self, _tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
+        if tables != Tables::Live || !commit.subject.starts_with("intake.incident.") {
+            return Ok(());
+        }
+        for event in commit.decode_events::<IncidentEvent>()? {
+            let IncidentEvent::MarkedDuplicate(d) = event else { continue };
+            let report_id = commit.aggregate_id().to_string();
+            let command = crate::domain::incident::IncidentCommand::LinkReport {
+                report_id: report_id.clone(),
+                now_unix_ms: commit.body.decided_at_unix_ms,
+                escalate_after: self.escalate_after,
+            };
+            let meta = gridwork_eventstore::CommandMeta {
+                command_id: format!("link-{report_id}"),
+                principal: "service:intake-linker".into(),
+                decided_at_unix_ms: commit.body.decided_at_unix_ms,
+            };
+            match self.incidents.execute(&d.of_incident_id, &command, &meta).await {
+                Ok(_) => {}
+                // The original closed meanwhile (or never existed): nothing to link.
+                Err(gridwork_eventstore::ExecuteError::Rejected(_)) => {}
+                Err(gridwork_eventstore::ExecuteError::Store(e)) => {
+                    return Err(ApplyError::Db(sqlx::Error::Io(std::io::Error::other(e.to_string()))));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Incidents.
 pub const INCIDENTS: TableDef = TableDef {
     name: "intake_incidents",

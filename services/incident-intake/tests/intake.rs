@@ -215,9 +215,19 @@ async fn me_too_reports_within_the_radius_are_linked_and_raise_the_priority_and_
     let third = c.report_incident(hazard(0.5, 0.6)).await.expect("report").into_inner();
     assert_eq!(third.duplicate_of, first.incident_id);
 
-    let original = incident(c, &first.incident_id, third.position.expect("pos").sequence + 1).await;
+    // The linker records the links on the original, one at a time, shortly after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let original = loop {
+        let original = incident(c, &first.incident_id, third.position.expect("pos").sequence).await;
+        if original.priority == pb::Priority::Urgent as i32 || std::time::Instant::now() > deadline {
+            break original;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(original.linked_reports, [second.incident_id.clone(), third.incident_id.clone()]);
     assert_eq!(original.priority, pb::Priority::Urgent as i32, "raised after two me-too reports");
+    let linked = original.history.iter().filter(|h| h.event_type == "report_linked").count();
+    assert_eq!(linked, 2, "each me-too linked once");
     let dup = incident(c, &second.incident_id, 0).await;
     assert_eq!(dup.status, pb::IncidentStatus::Duplicate as i32);
     assert_eq!(dup.duplicate_of, first.incident_id);

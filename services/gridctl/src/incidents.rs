@@ -1,0 +1,169 @@
+//! `gridctl incidents …`: intake's reports and triage.
+
+use std::collections::BTreeMap;
+
+use gridwork_proto::gridwork::intake::v1 as pb;
+use gridwork_proto::gridwork::intake::v1::intake_service_client::IntakeServiceClient;
+use tonic::transport::Channel;
+
+use crate::{Incidents, SourceArg};
+
+async fn connect(endpoint: &str) -> anyhow::Result<IntakeServiceClient<Channel>> {
+    use anyhow::Context as _;
+    let channel = Channel::from_shared(endpoint.to_string())?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to incident intake at {endpoint}"))?;
+    Ok(IntakeServiceClient::new(channel))
+}
+
+fn status_name(s: i32) -> &'static str {
+    match pb::IncidentStatus::try_from(s).unwrap_or(pb::IncidentStatus::Unspecified) {
+        pb::IncidentStatus::Reported => "reported",
+        pb::IncidentStatus::Accepted => "accepted",
+        pb::IncidentStatus::Rejected => "rejected",
+        pb::IncidentStatus::Duplicate => "duplicate",
+        pb::IncidentStatus::Unspecified => "?",
+    }
+}
+
+/// Run one `incidents` command.
+pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<(), tonic::Status>> {
+    let mut c = connect(endpoint).await?;
+    Ok(match command {
+        Incidents::Report { category, lat, lon, description, source, attributes } => {
+            let source = match source {
+                SourceArg::GridWorker => pb::Source::GridWorker,
+                SourceArg::Resident => pb::Source::Resident,
+                SourceArg::RiderInformant => pb::Source::RiderInformant,
+                SourceArg::Hotline => pb::Source::Hotline,
+                SourceArg::Camera => pb::Source::Camera,
+                SourceArg::PartnerBureau => pb::Source::PartnerBureau,
+            };
+            let mut grouped: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for a in attributes {
+                let Some((code, value)) = a.split_once('=') else {
+                    anyhow::bail!("--attr {a:?}: write CODE=VALUE");
+                };
+                grouped.entry(code.to_string()).or_default().push(value.to_string());
+            }
+            let attributes = grouped
+                .into_iter()
+                .map(|(code, values)| pb::AttributeValue {
+                    code,
+                    value: Some(pb::attribute_value::Value::Selected(pb::SelectedValues { values })),
+                })
+                .collect();
+            let request = pb::ReportIncidentRequest {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                source: source as i32,
+                category_code: category,
+                location: Some(pb::report_incident_request::Location::Point(pb::GeoPoint { lat, lon })),
+                description,
+                attributes,
+                ..Default::default()
+            };
+            match c.report_incident(request).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    let sequence = r.position.unwrap_or_default().sequence;
+                    // Visible before returning, so the next command sees it.
+                    c.get_incident(pb::GetIncidentRequest {
+                        incident_id: r.incident_id.clone(),
+                        min_position: sequence,
+                    })
+                    .await
+                    .ok();
+                    println!("incident {}", r.incident_id);
+                    if !r.duplicate_of.is_empty() {
+                        println!("  linked as a \"me too\" of {}", r.duplicate_of);
+                    }
+                    if r.accepted {
+                        println!("  emergency: accepted at once, dispatched");
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Incidents::Get { id } => {
+            match c.get_incident(pb::GetIncidentRequest { incident_id: id, min_position: 0 }).await {
+                Ok(r) => {
+                    let i = r.into_inner().incident.unwrap_or_default();
+                    let p = i.grid_path.clone().unwrap_or_default();
+                    println!(
+                        "{} {} ({}) priority {}",
+                        i.incident_id,
+                        i.category_code,
+                        status_name(i.status),
+                        i.priority
+                    );
+                    println!(
+                        "  at {:.5}, {:.5}: {} > {} > {} > {} > {}",
+                        i.lat, i.lon, p.district_id, p.street_id, p.community_id, p.grid_id, p.micro_grid_id
+                    );
+                    println!("  {}", i.description);
+                    if !i.duplicate_of.is_empty() {
+                        println!("  duplicate of {}", i.duplicate_of);
+                    }
+                    for l in &i.linked_reports {
+                        println!("  me too: {l}");
+                    }
+                    for h in &i.history {
+                        println!("  #{:<6} {:<18} {} ({})", h.sequence, h.event_type, h.summary, h.principal);
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Incidents::Accept { id } => {
+            match c
+                .accept_incident(pb::AcceptIncidentRequest {
+                    command_id: uuid::Uuid::now_v7().to_string(),
+                    incident_id: id.clone(),
+                })
+                .await
+            {
+                Ok(r) => {
+                    let sequence = r.into_inner().position.unwrap_or_default().sequence;
+                    c.get_incident(pb::GetIncidentRequest { incident_id: id.clone(), min_position: sequence })
+                        .await
+                        .ok();
+                    println!("accepted {id}: dispatch opens its case");
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Incidents::Catalogue => match c.get_catalogue(pb::GetCatalogueRequest { version: 0 }).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                println!("catalogue version {}", r.version);
+                for cat in r.categories {
+                    let attrs: Vec<String> = cat
+                        .attributes
+                        .iter()
+                        .map(|a| {
+                            let values = if a.allowed_values.is_empty() {
+                                String::new()
+                            } else {
+                                format!("={}", a.allowed_values.join("|"))
+                            };
+                            format!("{}{}{values}", a.code, if a.required { "*" } else { "" })
+                        })
+                        .collect();
+                    println!(
+                        "  {:<24} {:<8} {}  {}",
+                        cat.code,
+                        if cat.emergency { "EMERG" } else { "" },
+                        cat.name,
+                        attrs.join(" ")
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+    })
+}
