@@ -19,14 +19,16 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 fn report(i: u64, category: &str) -> pb::ReportIncidentRequest {
+    report_at(i, category, (i % 20) as f64 * 0.1, (i / 20 % 20) as f64 * 0.1)
+}
+
+fn report_at(i: u64, category: &str, x: f64, y: f64) -> pb::ReportIncidentRequest {
+    let _ = i;
     let selected = |v: &str| pb::attribute_value::Value::Selected(pb::SelectedValues { values: vec![v.into()] });
     let attributes = match category {
         "fire" => vec![pb::AttributeValue { code: "people-trapped".into(), value: Some(selected("no")) }],
         _ => vec![pb::AttributeValue { code: "hazard".into(), value: Some(selected("wiring")) }],
     };
-    // Spread over the grid (~45 m apart): many are "me too" of a neighbour, as in a
-    // busy district.
-    let (x, y) = ((i % 20) as f64 * 0.1, (i / 20 % 20) as f64 * 0.1);
     pb::ReportIncidentRequest {
         command_id: uuid(),
         source: pb::Source::Resident as i32,
@@ -47,7 +49,8 @@ async fn main() {
         return;
     }
     let seconds = env("BENCH_SECONDS", 5);
-    let cases = env("BENCH_CASES", 100);
+    // Emergencies at least 110 m apart, so none is a "me too" of another.
+    let cases = env("BENCH_CASES", 64).min(64);
     let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let m = mesh(now).await;
 

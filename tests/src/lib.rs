@@ -63,9 +63,13 @@ async fn channel(server: &ServerHandle) -> Channel {
 
 /// Build a dispatch app on `nats` and `db` whose scheduler the test drives.
 pub async fn dispatch_app(nats: &NatsServer, db: &TestDb, clock: &ManualClock) -> gridwork_dispatch::App {
-    gridwork_dispatch::App::build(&service_config(&nats.url(), &db.url), Arc::new(clock.clone()), Duration::ZERO)
-        .await
-        .expect("dispatch builds")
+    gridwork_dispatch::App::build(
+        &service_config(&nats.url(), &db.url),
+        Arc::new(clock.clone()),
+        gridwork_dispatch::Settings::default(),
+    )
+    .await
+    .expect("dispatch builds")
 }
 
 /// Start everything at `now_unix_ms` and register district d > street s >

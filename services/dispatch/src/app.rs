@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::domain::calendar::WorkingCalendar;
 use crate::domain::case::{Case, CaseCommand, CaseEvent, CaseRejection, Clock};
-use crate::domain::routing::sla_plan;
+use crate::domain::routing::sla_plan_for;
 use crate::projection::{CASES, DEADLINES, TIMELINE};
 
 /// The dispatch application service.
@@ -86,7 +86,7 @@ impl Dispatch {
         Ok(Clock {
             now_unix_ms: self.time.now_unix_ms(),
             calendar: self.calendar.clone(),
-            plan: sla_plan(opened.priority, opened.emergency),
+            plan: sla_plan_for(&opened.category_code, opened.priority, opened.emergency),
         })
     }
 

@@ -45,6 +45,54 @@ pub struct Config {
     /// How often the scheduler looks for missed deadlines, in milliseconds (0: never; tests drive it).
     #[arg(long, env = "DEADLINE_TICK_MS", default_value_t = 1000)]
     pub deadline_tick_ms: u64,
+    /// Minutes summoned departments have to report for duty.
+    #[arg(long, env = "SUMMON_WITHIN_MINUTES", default_value_t = 30)]
+    pub summon_within_minutes: i64,
+    /// Public holidays, YYYY-MM-DD, comma-separated.
+    #[arg(long, env = "HOLIDAYS", value_delimiter = ',')]
+    pub holidays: Vec<String>,
+    /// Make-up working days (调休) on weekends, YYYY-MM-DD, comma-separated.
+    #[arg(long, env = "MAKE_UP_WORKDAYS", value_delimiter = ',')]
+    pub workdays: Vec<String>,
+}
+
+/// Dispatch's own settings beyond the common ones.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Scheduler tick (zero: the caller drives it).
+    pub tick: Duration,
+    /// Time summoned departments have to report.
+    pub summon_within: time::Duration,
+    /// The working calendar.
+    pub calendar: WorkingCalendar,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { tick: Duration::ZERO, summon_within: time::Duration::minutes(30), calendar: WorkingCalendar::default() }
+    }
+}
+
+impl Config {
+    /// Parse the settings; a malformed date names its flag.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let parse = |flag: &str, v: &str| {
+            time::Date::parse(v.trim(), &time::format_description::well_known::Iso8601::DATE)
+                .map_err(|_| anyhow::anyhow!("{flag}: {v:?} is not a date YYYY-MM-DD"))
+        };
+        let mut calendar = WorkingCalendar::default();
+        for d in self.holidays.iter().filter(|d| !d.trim().is_empty()) {
+            calendar.holidays.insert(parse("HOLIDAYS", d)?);
+        }
+        for d in self.workdays.iter().filter(|d| !d.trim().is_empty()) {
+            calendar.workdays.insert(parse("MAKE_UP_WORKDAYS", d)?);
+        }
+        Ok(Settings {
+            tick: Duration::from_millis(self.deadline_tick_ms),
+            summon_within: time::Duration::minutes(self.summon_within_minutes.max(1)),
+            calendar,
+        })
+    }
 }
 
 /// A built service, ready to run.
@@ -57,7 +105,8 @@ pub struct App {
 impl App {
     /// Connect, provision `DISPATCH` (and `INTAKE`, which it reads), start the
     /// process manager, the read model and (unless `tick` is zero) the scheduler.
-    pub async fn build(common: &CommonConfig, clock: Arc<dyn Clock>, tick: Duration) -> anyhow::Result<Self> {
+    pub async fn build(common: &CommonConfig, clock: Arc<dyn Clock>, settings: Settings) -> anyhow::Result<Self> {
+        let tick = settings.tick;
         let database_url = common.database_url(SERVICE);
         let runtime = Runtime::connect(SERVICE, &common.nats_url, Some(&database_url), Duration::from_secs(30)).await?;
         let spec = StreamSpec::events(Case::CONTEXT, common.stream_replicas);
@@ -67,12 +116,12 @@ impl App {
         // Cases are not snapshotted yet (see domain/case.rs): no bucket.
         let cases = Repository::<Case>::new(runtime.js.clone(), &spec.name, None, RepositoryOptions::default()).await?;
         let store = runtime.store.clone().ok_or_else(|| anyhow::anyhow!("read store missing"))?;
-        let calendar = Arc::new(WorkingCalendar::default());
+        let calendar = Arc::new(settings.calendar);
         let incoming = projection::Incoming {
             cases: cases.clone(),
             rules: Arc::new(default_rules()),
             calendar: calendar.clone(),
-            summon_within: time::Duration::minutes(30),
+            summon_within: settings.summon_within,
         };
         let incoming =
             ProjectionRunner::start(runtime.js.clone(), store.clone(), incoming, RunnerConfig::new(&intake.name))
@@ -85,7 +134,8 @@ impl App {
         )
         .await?;
         let stream = runtime.js.get_stream(&spec.name).await?;
-        let dispatch = Dispatch::new(cases, stream, store, Arc::new(view), Arc::new(incoming), clock, calendar);
+        let mut dispatch = Dispatch::new(cases, stream, store, Arc::new(view), Arc::new(incoming), clock, calendar);
+        dispatch.summon_within = settings.summon_within;
         let scheduler = (!tick.is_zero()).then(|| dispatch.spawn_scheduler(tick));
         Ok(Self { runtime, dispatch, _scheduler: scheduler })
     }

@@ -22,7 +22,7 @@ use time::Duration;
 
 use crate::domain::calendar::WorkingCalendar;
 use crate::domain::case::{Case, CaseCommand, CaseEvent, Clock};
-use crate::domain::routing::{Area, FirstTier, Rule, route, sla_plan};
+use crate::domain::routing::{Area, FirstTier, Rule, route, sla_plan_for};
 
 /// What routing needs from a report.
 pub const INCOMING: TableDef = TableDef {
@@ -132,7 +132,7 @@ impl Incoming {
         };
         let opened = pb::CaseOpened {
             incident_id: id.to_string(),
-            category_code: category,
+            category_code: category.clone(),
             priority: priority as i32,
             emergency,
             grid_id: grid,
@@ -153,7 +153,7 @@ impl Incoming {
             clock: Clock {
                 now_unix_ms: accepted_at,
                 calendar: self.calendar.clone(),
-                plan: sla_plan(priority as i32, emergency),
+                plan: sla_plan_for(&category, priority as i32, emergency),
             },
         };
         let meta = CommandMeta {

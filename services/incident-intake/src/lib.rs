@@ -42,6 +42,30 @@ pub struct Config {
     /// Settings every service shares.
     #[command(flatten)]
     pub common: CommonConfig,
+    /// A report of the same category within this many metres of an open incident is a "me too".
+    #[arg(long, env = "DUPLICATE_RADIUS_M", default_value_t = 100.0)]
+    pub duplicate_radius_m: f64,
+    /// …if reported within this many minutes of it.
+    #[arg(long, env = "DUPLICATE_WINDOW_MINUTES", default_value_t = 1440)]
+    pub duplicate_window_minutes: i64,
+    /// Raise the original's priority once this many reports are linked to it.
+    #[arg(long, env = "ESCALATE_AFTER_REPORTS", default_value_t = 3)]
+    pub escalate_after: usize,
+    /// How long a triage claim lasts, in minutes.
+    #[arg(long, env = "CLAIM_TTL_MINUTES", default_value_t = 10)]
+    pub claim_ttl_minutes: i64,
+}
+
+impl Config {
+    /// The intake rules these settings describe.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            duplicate_radius_m: self.duplicate_radius_m,
+            duplicate_window_ms: self.duplicate_window_minutes * 60_000,
+            escalate_after: self.escalate_after.max(1),
+            claim_ttl_ms: self.claim_ttl_minutes.max(1) * 60_000,
+        }
+    }
 }
 
 /// A built service, ready to run.

@@ -1,7 +1,6 @@
 use std::sync::Arc;
 
 use clap::Parser as _;
-use gridwork_incident_intake::app::Rules;
 use gridwork_incident_intake::{App, Config, SERVICE};
 use gridwork_runtime::clock::SystemClock;
 
@@ -9,6 +8,6 @@ use gridwork_runtime::clock::SystemClock;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = gridwork_runtime::telemetry::init(SERVICE, config.common.log_format)?;
-    let app = App::build(&config.common, Arc::new(SystemClock), Rules::default()).await?;
+    let app = App::build(&config.common, Arc::new(SystemClock), config.rules()).await?;
     app.run_until_stopped(&config.common).await
 }

@@ -107,6 +107,20 @@ pub fn default_rules() -> Vec<Rule> {
     ]
 }
 
+/// The SLA plan for a category and priority: the priority's plan, with the
+/// category's own resolve time where it has one (renovation takes weeks; a
+/// lonely elder's need, a day).
+pub fn sla_plan_for(category: &str, priority: i32, emergency: bool) -> SlaPlan {
+    let mut plan = sla_plan(priority, emergency);
+    match category {
+        "old-compound-renovation" => plan.resolve = Duration::days(20),
+        "property-conflict" => plan.resolve = plan.resolve.max(Duration::hours(80)),
+        "elderly-welfare" if !emergency => plan.resolve = plan.resolve.min(Duration::hours(8)),
+        _ => {}
+    }
+    plan
+}
+
 /// The SLA plan for a priority (gridwork.intake.v1.Priority numbers) and
 /// emergency flag.
 pub fn sla_plan(priority: i32, emergency: bool) -> SlaPlan {
@@ -137,6 +151,13 @@ mod tests {
         let elsewhere = Area { street: "s2".into(), ..area() };
         assert_eq!(route(&rules, "parking", &elsewhere).expect("routed").rule.id, "parking");
         assert_eq!(route(&rules, "something-new", &area()).expect("routed").rule.id, "default");
+    }
+
+    #[test]
+    fn some_categories_have_their_own_resolve_time() {
+        assert_eq!(sla_plan_for("old-compound-renovation", 1, false).resolve, Duration::days(20));
+        assert_eq!(sla_plan_for("elderly-welfare", 3, false).resolve, Duration::hours(8));
+        assert_eq!(sla_plan_for("parking", 1, false), sla_plan(1, false));
     }
 
     #[test]
