@@ -22,8 +22,7 @@ fn report(i: u64, category: &str) -> pb::ReportIncidentRequest {
     report_at(i, category, (i % 20) as f64 * 0.1, (i / 20 % 20) as f64 * 0.1)
 }
 
-fn report_at(i: u64, category: &str, x: f64, y: f64) -> pb::ReportIncidentRequest {
-    let _ = i;
+fn report_at(_i: u64, category: &str, x: f64, y: f64) -> pb::ReportIncidentRequest {
     let selected = |v: &str| pb::attribute_value::Value::Selected(pb::SelectedValues { values: vec![v.into()] });
     let attributes = match category {
         "fire" => vec![pb::AttributeValue { code: "people-trapped".into(), value: Some(selected("no")) }],
@@ -53,6 +52,32 @@ async fn main() {
     let cases = env("BENCH_CASES", 64).min(64);
     let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let m = mesh(now).await;
+
+    // Report → case on a quiet mesh: emergencies are accepted at once; time until
+    // dispatch shows the case.
+    let mut latency = Histogram::<u64>::new(3).expect("histogram");
+    let (mut intake, mut dispatch) = (m.intake.clone(), m.dispatch.clone());
+    for i in 0..cases {
+        let t = Instant::now();
+        let (x, y) = (0.05 + (i % 8) as f64 * 0.25, 0.05 + (i / 8) as f64 * 0.25);
+        let mut request = tonic::Request::new(report_at(i, "fire", x, y));
+        request.set_timeout(Duration::from_secs(15));
+        let reported =
+            intake.report_incident(request).await.unwrap_or_else(|e| panic!("emergency {i}: {e:?}")).into_inner();
+        assert!(reported.accepted, "emergency {i} was not accepted at once (a me-too?)");
+        let id = reported.incident_id;
+        let give_up = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < give_up, "case {id} never opened");
+            let mut request = tonic::Request::new(dpb::GetCaseRequest { case_id: id.clone(), min_position: 0 });
+            request.set_timeout(Duration::from_secs(5));
+            match dispatch.get_case(request).await {
+                Ok(_) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+        latency.record(t.elapsed().as_micros() as u64).expect("record");
+    }
 
     // Baseline: raw JetStream publish + ack at 64 writers, same server, same run.
     let js = async_nats::jetstream::new(async_nats::connect(m.nats.url()).await.expect("connect"));
@@ -98,7 +123,9 @@ async fn main() {
                 let mut i = c * 1_000_000;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    client.report_incident(report(i, "fire-hazard")).await.expect("report");
+                    let mut request = tonic::Request::new(report(i, "fire-hazard"));
+                    request.set_timeout(Duration::from_secs(15));
+                    client.report_incident(request).await.expect("report");
                     hist.lock().await.record(t.elapsed().as_micros() as u64).expect("record");
                     count.fetch_add(1, Ordering::Relaxed);
                     i += 1;
@@ -111,22 +138,6 @@ async fn main() {
     }
     let reports = count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     let h = hist.lock().await;
-
-    // Report → case: emergencies are accepted at once; time until dispatch shows the case.
-    let mut latency = Histogram::<u64>::new(3).expect("histogram");
-    let (mut intake, mut dispatch) = (m.intake.clone(), m.dispatch.clone());
-    for i in 0..cases {
-        let t = Instant::now();
-        let id =
-            intake.report_incident(report(9_000_000 + i * 41, "fire")).await.expect("fire").into_inner().incident_id;
-        loop {
-            match dispatch.get_case(dpb::GetCaseRequest { case_id: id.clone(), min_position: 0 }).await {
-                Ok(_) => break,
-                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
-            }
-        }
-        latency.record(t.elapsed().as_micros() as u64).expect("record");
-    }
 
     println!("\n== Intake and dispatch over gRPC (one process, one nats-server, SQLite read models) ==");
     println!("raw JetStream publish, 64 writers:       {raw:>9.0} msgs/s (baseline, same run)");
