@@ -18,7 +18,9 @@ pub mod request;
 pub mod server;
 pub mod status;
 pub mod telemetry;
+pub mod validate;
 
 pub use config::CommonConfig;
 pub use server::{Runtime, ServerHandle};
 pub use status::{FieldViolation, ServiceError};
+pub use validate::Violations;

@@ -1,11 +1,10 @@
 //! proto ⇄ domain for dispatch, with field-named errors.
 
 use gridwork_eventstore::CommitOutcome;
-use gridwork_eventstore::aggregate::validate_id;
 use gridwork_proto::gridwork::dispatch::v1 as pb;
 use gridwork_proto::gridwork::dispatch::v1::dispatch_service_server::DispatchService;
+use gridwork_runtime::Violations;
 use gridwork_runtime::request::{principal, read_wait};
-use gridwork_runtime::{FieldViolation, ServiceError};
 use tonic::{Request, Response, Status};
 
 use crate::app::Dispatch;
@@ -23,62 +22,25 @@ impl DispatchGrpc {
     }
 }
 
-#[derive(Default)]
-struct Violations(Vec<FieldViolation>);
-
-impl Violations {
-    fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation::new(field, description));
-    }
-    fn command_id(&mut self, v: &str) -> String {
-        if uuid::Uuid::parse_str(v).is_err() {
-            self.add("command_id", "must be a UUID");
-        }
-        v.to_string()
-    }
-    fn id(&mut self, field: &str, v: &str) -> String {
-        if let Err(reason) = validate_id(v) {
-            self.add(field, reason);
-        }
-        v.to_string()
-    }
-    fn owner(&mut self, field: &str, v: Option<&pb::Owner>) -> pb::Owner {
-        match v {
-            None => {
-                self.add(field, "is required");
-                pb::Owner::default()
-            }
-            Some(o) => {
-                if pb::Tier::try_from(o.tier).unwrap_or(pb::Tier::Unspecified) == pb::Tier::Unspecified {
-                    self.add(format!("{field}.tier"), "must be grid, community, street or department");
-                }
-                self.id(&format!("{field}.id"), &o.id);
-                o.clone()
-            }
-        }
-    }
-    fn text(&mut self, field: &str, v: &str, min: usize, max: usize) -> String {
-        let t = v.trim();
-        let n = t.chars().count();
-        if n < min || n > max {
-            self.add(field, format!("must be {min}-{max} characters"));
-        }
-        t.to_string()
-    }
-    fn finish(self) -> Result<(), Status> {
-        if self.0.is_empty() { Ok(()) } else { Err(ServiceError::InvalidArgument(self.0).into()) }
-    }
-}
-
 fn position(outcome: &CommitOutcome<CaseEvent>) -> Option<pb::CommitPosition> {
     Some(pb::CommitPosition { sequence: outcome.sequence, replayed: outcome.replayed })
 }
 
-fn limit(v: &mut Violations, l: u32) -> u32 {
-    if l > 500 {
-        v.add("limit", "must be at most 500");
+/// An owner: a tier and a valid id.
+fn owner(v: &mut Violations, field: &str, o: Option<&pb::Owner>) -> pb::Owner {
+    match o {
+        None => {
+            v.add(field, "is required");
+            pb::Owner::default()
+        }
+        Some(o) => {
+            if pb::Tier::try_from(o.tier).unwrap_or(pb::Tier::Unspecified) == pb::Tier::Unspecified {
+                v.add(format!("{field}.tier"), "must be grid, community, street or department");
+            }
+            v.id(&format!("{field}.id"), &o.id);
+            o.clone()
+        }
     }
-    if l == 0 { 50 } else { l }
 }
 
 #[tonic::async_trait]
@@ -99,8 +61,8 @@ impl DispatchService for DispatchGrpc {
     ) -> Result<Response<pb::ListWorkQueueResponse>, Status> {
         let r = request.into_inner();
         let mut v = Violations::default();
-        let owner = v.owner("owner", r.owner.as_ref());
-        let limit = limit(&mut v, r.limit);
+        let owner = owner(&mut v, "owner", r.owner.as_ref());
+        let limit = v.limit(r.limit, 50, 500);
         v.finish()?;
         Ok(Response::new(pb::ListWorkQueueResponse { cases: self.dispatch.work_queue(&owner, limit).await? }))
     }
@@ -111,7 +73,7 @@ impl DispatchService for DispatchGrpc {
     ) -> Result<Response<pb::ListOverdueResponse>, Status> {
         let r = request.into_inner();
         let mut v = Violations::default();
-        let limit = limit(&mut v, r.limit);
+        let limit = v.limit(r.limit, 50, 500);
         v.finish()?;
         Ok(Response::new(pb::ListOverdueResponse { cases: self.dispatch.overdue(limit).await? }))
     }
@@ -125,7 +87,7 @@ impl DispatchService for DispatchGrpc {
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id);
         let id = v.id("case_id", &r.case_id);
-        let by = v.owner("acting_as", r.acting_as.as_ref());
+        let by = owner(&mut v, "acting_as", r.acting_as.as_ref());
         v.finish()?;
         let outcome = self
             .dispatch
@@ -143,7 +105,7 @@ impl DispatchService for DispatchGrpc {
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id);
         let id = v.id("case_id", &r.case_id);
-        let by = v.owner("acting_as", r.acting_as.as_ref());
+        let by = owner(&mut v, "acting_as", r.acting_as.as_ref());
         let notes = v.text("notes", &r.notes, 1, 2000);
         v.finish()?;
         let outcome = self
@@ -162,7 +124,7 @@ impl DispatchService for DispatchGrpc {
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id);
         let id = v.id("case_id", &r.case_id);
-        let by = v.owner("acting_as", r.acting_as.as_ref());
+        let by = owner(&mut v, "acting_as", r.acting_as.as_ref());
         let reason = v.text("reason", &r.reason, 1, 500);
         v.finish()?;
         let outcome =
@@ -179,8 +141,8 @@ impl DispatchService for DispatchGrpc {
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id);
         let id = v.id("case_id", &r.case_id);
-        let expected = v.owner("expected_owner", r.expected_owner.as_ref());
-        let to = v.owner("to", r.to.as_ref());
+        let expected = owner(&mut v, "expected_owner", r.expected_owner.as_ref());
+        let to = owner(&mut v, "to", r.to.as_ref());
         v.finish()?;
         let outcome =
             self.dispatch.act(&id, command_id, who, |clock| CaseCommand::Reassign { expected, to, clock }).await?;
@@ -196,7 +158,7 @@ impl DispatchService for DispatchGrpc {
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id);
         let id = v.id("case_id", &r.case_id);
-        let by = v.owner("acting_as", r.acting_as.as_ref());
+        let by = owner(&mut v, "acting_as", r.acting_as.as_ref());
         if r.departments.is_empty() || r.departments.len() > 10 {
             v.add("departments", "must name 1-10 departments");
         }
@@ -253,7 +215,7 @@ impl DispatchService for DispatchGrpc {
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id);
         let id = v.id("case_id", &r.case_id);
-        let by = v.owner("acting_as", r.acting_as.as_ref());
+        let by = owner(&mut v, "acting_as", r.acting_as.as_ref());
         let notes = v.text("notes", &r.notes, 1, 2000);
         v.finish()?;
         let outcome = self

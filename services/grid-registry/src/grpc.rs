@@ -2,11 +2,10 @@
 //! field named in one `INVALID_ARGUMENT`.
 
 use gridwork_eventstore::CommitOutcome;
-use gridwork_eventstore::aggregate::validate_id;
 use gridwork_proto::gridwork::grid::v1 as pb;
 use gridwork_proto::gridwork::grid::v1::grid_registry_service_server::GridRegistryService;
 use gridwork_runtime::request::{principal, read_wait};
-use gridwork_runtime::{FieldViolation, ServiceError};
+use gridwork_runtime::{ServiceError, Violations};
 use time::Date;
 use tonic::{Request, Response, Status};
 
@@ -27,55 +26,25 @@ impl RegistryGrpc {
     }
 }
 
-#[derive(Default)]
-struct Violations(Vec<FieldViolation>);
+/// A unit id: valid, and not the reserved root.
+fn checked_unit_id(v: &mut Violations, field: &str, value: &str) -> String {
+    let id = v.id(field, value);
+    if id == ROOT {
+        v.add(field, "\"root\" is reserved for the city root");
+    }
+    id
+}
 
-impl Violations {
-    fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation::new(field, description));
-    }
-    fn command_id(&mut self, v: &str) -> String {
-        if uuid::Uuid::parse_str(v).is_err() {
-            self.add("command_id", "must be a UUID");
-        }
-        v.to_string()
-    }
-    fn id(&mut self, field: &str, v: &str) -> String {
-        if let Err(reason) = validate_id(v) {
-            self.add(field, reason);
-        } else if v == ROOT {
-            self.add(field, "\"root\" is reserved for the city root");
-        }
-        v.to_string()
-    }
-    fn text(&mut self, field: &str, v: &str, max: usize) -> String {
-        let t = v.trim();
-        if t.is_empty() || t.chars().count() > max {
-            self.add(field, format!("must be 1-{max} characters"));
-        }
-        t.to_string()
-    }
-    fn boundary(&mut self, field: &str, v: &str) -> Option<Boundary> {
-        match Boundary::parse(v) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                self.add(field, e);
-                None
-            }
-        }
-    }
-    fn date(&mut self, field: &str, v: &str) -> Option<Date> {
-        match Date::parse(v, &time::format_description::well_known::Iso8601::DATE) {
-            Ok(d) => Some(d),
-            Err(_) => {
-                self.add(field, "must be a date YYYY-MM-DD");
-                None
-            }
-        }
-    }
-    fn finish(self) -> Result<(), Status> {
-        if self.0.is_empty() { Ok(()) } else { Err(ServiceError::InvalidArgument(self.0).into()) }
-    }
+/// A GeoJSON boundary, parsed and validated.
+fn boundary(v: &mut Violations, field: &str, value: &str) -> Option<Boundary> {
+    Boundary::parse(value).map_err(|e| v.add(field, e)).ok()
+}
+
+/// A date, YYYY-MM-DD.
+fn date(v: &mut Violations, field: &str, value: &str) -> Option<Date> {
+    Date::parse(value, &time::format_description::well_known::Iso8601::DATE)
+        .map_err(|_| v.add(field, "must be a date YYYY-MM-DD"))
+        .ok()
 }
 
 fn position(outcome: &CommitOutcome<UnitEvent>) -> Option<pb::CommitPosition> {
@@ -107,8 +76,9 @@ impl GridRegistryService for RegistryGrpc {
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id);
-        let unit_id = v.id("unit_id", &r.unit_id);
-        let parent_id = if r.parent_id.is_empty() { String::new() } else { v.id("parent_id", &r.parent_id) };
+        let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
+        let parent_id =
+            if r.parent_id.is_empty() { String::new() } else { checked_unit_id(&mut v, "parent_id", &r.parent_id) };
         let kind = pb::UnitKind::try_from(r.kind).ok().and_then(Kind::from_proto);
         if kind.is_none() {
             v.add("kind", "must be a unit kind");
@@ -116,8 +86,8 @@ impl GridRegistryService for RegistryGrpc {
         if parent_id.is_empty() && kind.is_some_and(|k| k != Kind::District) {
             v.add("parent_id", "is required for every kind but a district");
         }
-        let name = v.text("name", &r.name, 200);
-        let boundary = v.boundary("boundary_geojson", &r.boundary_geojson);
+        let name = v.text("name", &r.name, 1, 200);
+        let boundary = boundary(&mut v, "boundary_geojson", &r.boundary_geojson);
         let site = pb::SpecialSite::try_from(r.special_site).unwrap_or(pb::SpecialSite::Unspecified);
         match (kind, site) {
             (Some(Kind::SpecialGrid), pb::SpecialSite::Unspecified) => {
@@ -142,8 +112,8 @@ impl GridRegistryService for RegistryGrpc {
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id);
-        let unit_id = v.id("unit_id", &r.unit_id);
-        let boundary = v.boundary("boundary_geojson", &r.boundary_geojson);
+        let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
+        let boundary = boundary(&mut v, "boundary_geojson", &r.boundary_geojson);
         v.finish()?;
         let Some(boundary) = boundary else { return Err(Status::internal("unreachable")) };
         let outcome = self.registry.redraw(unit_id, boundary, command_id, who).await?;
@@ -158,7 +128,7 @@ impl GridRegistryService for RegistryGrpc {
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id);
-        let unit_id = v.id("unit_id", &r.unit_id);
+        let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
         if r.households > 1_000_000 {
             v.add("households", "must be at most 1000000");
         }
@@ -182,17 +152,17 @@ impl GridRegistryService for RegistryGrpc {
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id);
-        let unit_id = v.id("unit_id", &r.unit_id);
-        let person_id = v.id("person_id", &r.person_id);
-        let name = v.text("name", &r.name, 100);
+        let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
+        let person_id = checked_unit_id(&mut v, "person_id", &r.person_id);
+        let name = v.text("name", &r.name, 1, 100);
         let mut expires_on = None;
         let mut certificate = pb::Certificate::default();
         match &r.certificate {
             None => v.add("certificate", "is required"),
             Some(c) => {
-                certificate.number = v.text("certificate.number", &c.number, 64);
-                certificate.issuer = v.text("certificate.issuer", &c.issuer, 200);
-                expires_on = v.date("certificate.expires_on", &c.expires_on);
+                certificate.number = v.text("certificate.number", &c.number, 1, 64);
+                certificate.issuer = v.text("certificate.issuer", &c.issuer, 1, 200);
+                expires_on = date(&mut v, "certificate.expires_on", &c.expires_on);
                 certificate.expires_on = c.expires_on.clone();
             }
         }
@@ -218,9 +188,9 @@ impl GridRegistryService for RegistryGrpc {
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id);
-        let unit_id = v.id("unit_id", &r.unit_id);
-        let person_id = v.id("person_id", &r.person_id);
-        let name = v.text("name", &r.name, 100);
+        let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
+        let person_id = checked_unit_id(&mut v, "person_id", &r.person_id);
+        let name = v.text("name", &r.name, 1, 100);
         if pb::WorkerRole::try_from(r.role).unwrap_or(pb::WorkerRole::Unspecified) == pb::WorkerRole::Unspecified {
             v.add("role", "must be a worker role");
         }
@@ -244,9 +214,9 @@ impl GridRegistryService for RegistryGrpc {
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id);
-        let unit_id = v.id("unit_id", &r.unit_id);
-        let person_id = v.id("person_id", &r.person_id);
-        let reason = v.text("reason", &r.reason, 500);
+        let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
+        let person_id = checked_unit_id(&mut v, "person_id", &r.person_id);
+        let reason = v.text("reason", &r.reason, 1, 500);
         v.finish()?;
         let (outcome, _) = self
             .registry
@@ -263,9 +233,9 @@ impl GridRegistryService for RegistryGrpc {
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id);
-        let unit_id = v.id("unit_id", &r.unit_id);
-        let name = v.text("name", &r.name, 200);
-        let secretary = v.text("secretary", &r.secretary, 100);
+        let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
+        let name = v.text("name", &r.name, 1, 200);
+        let secretary = v.text("secretary", &r.secretary, 1, 100);
         if pb::PartyOrgKind::try_from(r.kind).unwrap_or(pb::PartyOrgKind::Unspecified) == pb::PartyOrgKind::Unspecified
         {
             v.add("kind", "must be a branch or a group");
@@ -283,7 +253,7 @@ impl GridRegistryService for RegistryGrpc {
         let wait = read_wait(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let unit_id = v.id("unit_id", &r.unit_id);
+        let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
         v.finish()?;
         self.registry.wait(r.min_position, wait).await?;
         let row = self
@@ -338,7 +308,7 @@ impl GridRegistryService for RegistryGrpc {
         let r = request.into_inner();
         let mut v = Violations::default();
         if !r.parent_id.is_empty() {
-            v.id("parent_id", &r.parent_id);
+            checked_unit_id(&mut v, "parent_id", &r.parent_id);
         }
         v.finish()?;
         self.registry.wait(r.min_position, wait).await?;
@@ -352,7 +322,7 @@ impl GridRegistryService for RegistryGrpc {
     ) -> Result<Response<pb::SearchUnitsResponse>, Status> {
         let r = request.into_inner();
         let mut v = Violations::default();
-        let query = v.text("query", &r.query, 100);
+        let query = v.text("query", &r.query, 1, 100);
         if r.limit > 500 {
             v.add("limit", "must be at most 500");
         }

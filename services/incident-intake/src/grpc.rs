@@ -2,11 +2,10 @@
 //! named in one `INVALID_ARGUMENT`.
 
 use gridwork_eventstore::CommitOutcome;
-use gridwork_eventstore::aggregate::validate_id;
 use gridwork_proto::gridwork::intake::v1 as pb;
 use gridwork_proto::gridwork::intake::v1::intake_service_server::IntakeService;
 use gridwork_runtime::request::{principal, read_wait};
-use gridwork_runtime::{FieldViolation, ServiceError};
+use gridwork_runtime::{ServiceError, Violations};
 use tonic::{Request, Response, Status};
 
 use crate::app::{Intake, Location, ReportInput};
@@ -21,38 +20,6 @@ impl IntakeGrpc {
     /// Serve `intake`.
     pub fn new(intake: Intake) -> Self {
         Self { intake }
-    }
-}
-
-#[derive(Default)]
-struct Violations(Vec<FieldViolation>);
-
-impl Violations {
-    fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation::new(field, description));
-    }
-    fn command_id(&mut self, v: &str) -> String {
-        if uuid::Uuid::parse_str(v).is_err() {
-            self.add("command_id", "must be a UUID");
-        }
-        v.to_string()
-    }
-    fn id(&mut self, field: &str, v: &str) -> String {
-        if let Err(reason) = validate_id(v) {
-            self.add(field, reason);
-        }
-        v.to_string()
-    }
-    fn text(&mut self, field: &str, v: &str, min: usize, max: usize) -> String {
-        let t = v.trim();
-        let n = t.chars().count();
-        if n < min || n > max {
-            self.add(field, format!("must be {min}-{max} characters"));
-        }
-        t.to_string()
-    }
-    fn finish(self) -> Result<(), Status> {
-        if self.0.is_empty() { Ok(()) } else { Err(ServiceError::InvalidArgument(self.0).into()) }
     }
 }
 

@@ -2,11 +2,10 @@
 //! the only place `Status` is built (through `gridwork_runtime::status`).
 
 use gridwork_eventstore::CommitOutcome;
-use gridwork_eventstore::aggregate::validate_id;
 use gridwork_proto::gridwork::sample::v1 as pb;
 use gridwork_proto::gridwork::sample::v1::ledger_service_server::LedgerService;
+use gridwork_runtime::Violations;
 use gridwork_runtime::request::{principal, read_wait};
-use gridwork_runtime::{FieldViolation, ServiceError};
 use tonic::{Request, Response, Status};
 
 use crate::app::Ledgers;
@@ -22,34 +21,6 @@ impl LedgerGrpc {
     /// Serve `ledgers`.
     pub fn new(ledgers: Ledgers) -> Self {
         Self { ledgers }
-    }
-}
-
-/// Collects every field violation of a request before answering.
-#[derive(Default)]
-struct Violations(Vec<FieldViolation>);
-
-impl Violations {
-    fn command_id(&mut self, v: &str) -> String {
-        if uuid::Uuid::parse_str(v).is_err() {
-            self.0.push(FieldViolation::new("command_id", "must be a UUID"));
-        }
-        v.to_string()
-    }
-    fn account_id(&mut self, v: &str) -> String {
-        if let Err(reason) = validate_id(v) {
-            self.0.push(FieldViolation::new("account_id", reason));
-        }
-        v.to_string()
-    }
-    fn positive(&mut self, field: &str, v: i64) -> i64 {
-        if v <= 0 {
-            self.0.push(FieldViolation::new(field, "must be greater than 0"));
-        }
-        v
-    }
-    fn finish(self) -> Result<(), Status> {
-        if self.0.is_empty() { Ok(()) } else { Err(ServiceError::InvalidArgument(self.0).into()) }
     }
 }
 
@@ -83,10 +54,10 @@ impl LedgerService for LedgerGrpc {
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id);
-        let id = v.account_id(&r.account_id);
+        let id = v.id("account_id", &r.account_id);
         let owner = r.owner.trim().to_string();
         if owner.is_empty() || owner.chars().count() > 100 {
-            v.0.push(FieldViolation::new("owner", "must be 1-100 characters"));
+            v.add("owner", "must be 1-100 characters");
         }
         v.finish()?;
         let outcome = self.ledgers.execute(&id, LedgerCommand::Open { owner }, command_id, who).await?;
@@ -98,7 +69,7 @@ impl LedgerService for LedgerGrpc {
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id);
-        let id = v.account_id(&r.account_id);
+        let id = v.id("account_id", &r.account_id);
         let amount = v.positive("amount", r.amount);
         v.finish()?;
         let outcome = self.ledgers.execute(&id, LedgerCommand::Deposit { amount }, command_id, who).await?;
@@ -110,7 +81,7 @@ impl LedgerService for LedgerGrpc {
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id);
-        let id = v.account_id(&r.account_id);
+        let id = v.id("account_id", &r.account_id);
         let amount = v.positive("amount", r.amount);
         v.finish()?;
         let outcome = self.ledgers.execute(&id, LedgerCommand::Withdraw { amount }, command_id, who).await?;
@@ -125,13 +96,13 @@ impl LedgerService for LedgerGrpc {
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id);
-        let id = v.account_id(&r.account_id);
+        let id = v.id("account_id", &r.account_id);
         if r.amounts.is_empty() || r.amounts.len() > 100 {
-            v.0.push(FieldViolation::new("amounts", "must hold 1-100 entries"));
+            v.add("amounts", "must hold 1-100 entries");
         }
         for (i, a) in r.amounts.iter().enumerate() {
             if *a == 0 {
-                v.0.push(FieldViolation::new(format!("amounts[{i}]"), "must not be 0"));
+                v.add(format!("amounts[{i}]"), "must not be 0");
             }
         }
         v.finish()?;
@@ -150,7 +121,7 @@ impl LedgerService for LedgerGrpc {
         let wait = read_wait(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let id = v.account_id(&r.account_id);
+        let id = v.id("account_id", &r.account_id);
         v.finish()?;
         let a = self.ledgers.account(&id, r.min_position, wait).await?;
         Ok(Response::new(pb::GetAccountResponse {
