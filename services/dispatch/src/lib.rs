@@ -113,8 +113,13 @@ impl App {
         let intake = StreamSpec::events("intake", common.stream_replicas);
         ensure_stream(&runtime.nats, &runtime.js, &spec).await?;
         ensure_stream(&runtime.nats, &runtime.js, &intake).await?;
-        // Cases are not snapshotted yet (see domain/case.rs): no bucket.
-        let cases = Repository::<Case>::new(runtime.js.clone(), &spec.name, None, RepositoryOptions::default()).await?;
+        let cases = Repository::<Case>::new(
+            runtime.js.clone(),
+            &spec.name,
+            Some(&spec.snapshot_bucket()),
+            RepositoryOptions::default(),
+        )
+        .await?;
         let store = runtime.store.clone().ok_or_else(|| anyhow::anyhow!("read store missing"))?;
         let calendar = Arc::new(settings.calendar);
         let incoming = projection::Incoming {

@@ -520,12 +520,48 @@ impl Aggregate for Case {
     }
 
     fn encode_state(&self) -> Vec<u8> {
-        // Cases are short: no snapshots (the repository is built without a bucket).
-        Vec::new()
+        use prost::Message as _;
+        let status = match self.status {
+            Status::New => 0,
+            Status::Assigned => 1,
+            Status::Acknowledged => 2,
+            Status::Resolved => 3,
+            Status::Closed => 4,
+        };
+        pb::CaseState {
+            opened: self.opened.clone(),
+            status,
+            owner: self.owner.clone(),
+            previous_owner: self.previous_owner.clone(),
+            assignment: self.assignment,
+            pending: self.pending.values().cloned().collect(),
+            summoned: self.summoned.iter().map(|(d, s)| (d.clone(), s.reported)).collect(),
+            whistles: self.whistles,
+        }
+        .encode_to_vec()
     }
 
-    fn decode_state(_bytes: &[u8]) -> Result<Self, DecodeError> {
-        Err(DecodeError::new("case state", "cases are not snapshotted"))
+    fn decode_state(bytes: &[u8]) -> Result<Self, DecodeError> {
+        use prost::Message as _;
+        let s = pb::CaseState::decode(bytes).map_err(|e| DecodeError::new("case state", e))?;
+        let status = match s.status {
+            0 => Status::New,
+            1 => Status::Assigned,
+            2 => Status::Acknowledged,
+            3 => Status::Resolved,
+            4 => Status::Closed,
+            other => return Err(DecodeError::new("case state", format!("unknown status {other}"))),
+        };
+        Ok(Self {
+            opened: s.opened,
+            status,
+            owner: s.owner,
+            previous_owner: s.previous_owner,
+            assignment: s.assignment,
+            pending: s.pending.into_iter().map(|d| (d.id.clone(), d)).collect(),
+            summoned: s.summoned.into_iter().map(|(d, reported)| (d, Summons { reported })).collect(),
+            whistles: s.whistles,
+        })
     }
 }
 
@@ -742,6 +778,27 @@ mod tests {
         given::<Case>([])
             .when(CaseCommand::Acknowledge { by: grid(), now_unix_ms: 1 })
             .then_expect_error(CaseRejection::InvalidTransition { action: "acknowledge", state: Status::New });
+    }
+
+    #[test]
+    fn state_survives_a_snapshot_round_trip() {
+        let street = owner(pb::Tier::Street, "s");
+        let mut state = Case::default();
+        for c in [
+            open_cmd(),
+            CaseCommand::Reassign { expected: grid(), to: street.clone(), clock: clock(0) },
+            CaseCommand::BlowWhistle {
+                by: street,
+                departments: vec!["police".into()],
+                within: Duration::minutes(30),
+                now_unix_ms: 0,
+            },
+            CaseCommand::DepartmentReport { department: "police".into(), now_unix_ms: 1 },
+        ] {
+            let events = state.decide(&c).expect("step");
+            state = state.fold(&events);
+        }
+        assert_eq!(Case::decode_state(&state.encode_state()).expect("decodes"), state);
     }
 
     #[test]
