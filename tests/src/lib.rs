@@ -5,9 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gridwork_geo::polygon_geojson;
 use gridwork_proto::gridwork::dispatch::v1::dispatch_service_client::DispatchServiceClient;
-use gridwork_proto::gridwork::grid::v1 as grid_pb;
 use gridwork_proto::gridwork::grid::v1::grid_registry_service_client::GridRegistryServiceClient;
 use gridwork_proto::gridwork::intake::v1::intake_service_client::IntakeServiceClient;
 use gridwork_runtime::clock::ManualClock;
@@ -17,12 +15,7 @@ use gridwork_testkit::nats::NatsServer;
 use gridwork_testkit::service_config;
 use tonic::transport::Channel;
 
-/// South-west corner of the test district.
-pub const X0: f64 = 115.03;
-/// South-west corner of the test district.
-pub const Y0: f64 = 35.76;
-/// One cell, ~450 m.
-pub const STEP: f64 = 0.005;
+pub use gridwork_testkit::tree::{STEP, X0, Y0, cells};
 
 /// A running mesh.
 pub struct Mesh {
@@ -49,12 +42,6 @@ pub struct Mesh {
 /// A fresh v7 UUID string.
 pub fn uuid() -> String {
     uuid::Uuid::now_v7().to_string()
-}
-
-/// A square of cells from the district's corner.
-pub fn cells(x: f64, y: f64, w: f64, h: f64) -> String {
-    let (x, y, w, h) = (X0 + x * STEP, Y0 + y * STEP, w * STEP, h * STEP);
-    polygon_geojson(&[(x, y), (x + w, y), (x + w, y + h), (x, y + h)])
 }
 
 async fn channel(server: &ServerHandle) -> Channel {
@@ -86,27 +73,7 @@ pub async fn mesh(now_unix_ms: i64) -> Mesh {
             .expect("registry");
     let registry_server = registry_app.spawn(Duration::from_millis(50)).await.expect("serve");
     let mut registry = GridRegistryServiceClient::new(channel(&registry_server).await);
-    use grid_pb::UnitKind::*;
-    let mut last = 0;
-    for (id, parent, kind, boundary) in [
-        ("d", "", District, cells(0.0, 0.0, 4.0, 4.0)),
-        ("s", "d", Street, cells(0.0, 0.0, 4.0, 4.0)),
-        ("c", "s", Community, cells(0.0, 0.0, 4.0, 4.0)),
-        ("g", "c", Grid, cells(0.0, 0.0, 2.0, 2.0)),
-        ("m1", "g", MicroGrid, cells(0.0, 0.0, 1.0, 1.0)),
-        ("m2", "g", MicroGrid, cells(1.0, 0.0, 1.0, 1.0)),
-    ] {
-        let request = grid_pb::RegisterUnitRequest {
-            command_id: uuid(),
-            unit_id: id.into(),
-            parent_id: parent.into(),
-            kind: kind as i32,
-            name: id.into(),
-            boundary_geojson: boundary,
-            special_site: 0,
-        };
-        last = registry.register_unit(request).await.expect("register").into_inner().position.expect("pos").sequence;
-    }
+    let last = gridwork_testkit::tree::register(&mut registry).await.expect("test tree");
     let intake_app = gridwork_incident_intake::App::build(
         &service_config(&nats.url(), &intake_db.url),
         Arc::new(clock.clone()),

@@ -5,6 +5,7 @@
 //! - [`db`]: a fresh SQLite file or a fresh PostgreSQL database per test.
 //!   PostgreSQL comes from `GRIDWORK_TEST_POSTGRES_URL`; when it is unset the
 //!   test says it skipped, loudly, and returns.
+//! - [`tree`]: a small organisation tree registered through the registry's API.
 //! - [`init_tracing`]: test logging plus a W3C propagator and an in-process
 //!   OpenTelemetry tracer, so trace-continuity tests see real trace ids.
 //!
@@ -12,6 +13,7 @@
 
 pub mod db;
 pub mod nats;
+pub mod tree;
 
 use std::sync::Once;
 

@@ -3,9 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gridwork_geo::polygon_geojson;
 use gridwork_incident_intake::app::Rules;
-use gridwork_proto::gridwork::grid::v1 as grid_pb;
 use gridwork_proto::gridwork::grid::v1::grid_registry_service_client::GridRegistryServiceClient;
 use gridwork_proto::gridwork::intake::v1 as pb;
 use gridwork_proto::gridwork::intake::v1::intake_service_client::IntakeServiceClient;
@@ -18,9 +16,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
 
-const X0: f64 = 115.03;
-const Y0: f64 = 35.76;
-const STEP: f64 = 0.005; // ~450 m
+use gridwork_testkit::tree::{STEP, X0, Y0};
 const T0: i64 = 1_772_323_200_000;
 
 struct Mesh {
@@ -30,11 +26,6 @@ struct Mesh {
     intake_app: gridwork_incident_intake::App,
     _intake_server: ServerHandle,
     intake: IntakeServiceClient<Channel>,
-}
-
-fn cells(x: f64, y: f64, w: f64, h: f64) -> String {
-    let (x, y, w, h) = (X0 + x * STEP, Y0 + y * STEP, w * STEP, h * STEP);
-    polygon_geojson(&[(x, y), (x + w, y), (x + w, y + h), (x, y + h)])
 }
 
 fn uuid() -> String {
@@ -56,27 +47,7 @@ async fn mesh() -> Mesh {
             .expect("registry");
     let registry_server = registry_app.spawn(Duration::from_millis(50)).await.expect("serve");
     let mut registry = GridRegistryServiceClient::new(channel(&registry_server).await);
-    use grid_pb::UnitKind::*;
-    let mut last = 0;
-    for (id, parent, kind, boundary) in [
-        ("d", "", District, cells(0.0, 0.0, 4.0, 4.0)),
-        ("s", "d", Street, cells(0.0, 0.0, 4.0, 4.0)),
-        ("c", "s", Community, cells(0.0, 0.0, 4.0, 4.0)),
-        ("g", "c", Grid, cells(0.0, 0.0, 2.0, 2.0)),
-        ("m1", "g", MicroGrid, cells(0.0, 0.0, 1.0, 1.0)),
-        ("m2", "g", MicroGrid, cells(1.0, 0.0, 1.0, 1.0)),
-    ] {
-        let request = grid_pb::RegisterUnitRequest {
-            command_id: uuid(),
-            unit_id: id.into(),
-            parent_id: parent.into(),
-            kind: kind as i32,
-            name: id.into(),
-            boundary_geojson: boundary,
-            special_site: 0,
-        };
-        last = registry.register_unit(request).await.expect("register").into_inner().position.expect("pos").sequence;
-    }
+    let last = gridwork_testkit::tree::register(&mut registry).await.expect("test tree");
     let rules = Rules { escalate_after: 2, ..Rules::default() };
     let intake_app =
         gridwork_incident_intake::App::build(&service_config(&nats.url(), &intake_db.url), Arc::new(clock), rules)
