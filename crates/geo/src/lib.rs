@@ -15,4 +15,4 @@ pub mod locate;
 
 pub use geometry::{Boundary, polygon_geojson};
 pub use kind::Kind;
-pub use locate::{IndexedUnit, LocateIndex, UnitShape};
+pub use locate::{IndexedUnit, LocateIndex, UnitRow, UnitShape};

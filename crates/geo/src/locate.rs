@@ -55,6 +55,10 @@ pub struct UnitShape {
     pub boundary: Boundary,
 }
 
+/// A unit as a read model stores it: id, parent id, kind (proto number), name,
+/// boundary GeoJSON, position of its last change.
+pub type UnitRow = (String, String, i64, String, String, i64);
+
 /// The spatial index.
 #[derive(Default)]
 pub struct LocateIndex {
@@ -97,6 +101,37 @@ impl LocateIndex {
             rect,
         });
         rect.map(|r| GeomWithData::new(r, i))
+    }
+
+    /// Apply the read model's rows changed since [`LocateIndex::position`]
+    /// (`(id, parent id, kind as a proto number, name, GeoJSON, position)`), and
+    /// move the position to at least `target`. The first call builds the R-tree in
+    /// bulk; later ones upsert. Rows whose stored boundary cannot be read are
+    /// skipped and returned with the reason, for the caller to log.
+    pub fn apply_rows(&mut self, rows: Vec<UnitRow>, target: u64) -> Vec<(String, String)> {
+        let mut newest = target.max(self.position);
+        let mut shapes = Vec::with_capacity(rows.len());
+        let mut unreadable = Vec::new();
+        for (id, parent_id, kind, name, geojson, position) in rows {
+            newest = newest.max(position as u64);
+            let kind = gridwork_proto::gridwork::grid::v1::UnitKind::try_from(kind as i32)
+                .ok()
+                .and_then(Kind::from_proto)
+                .unwrap_or(Kind::Grid);
+            match Boundary::parse(&geojson) {
+                Ok(boundary) => shapes.push(UnitShape { id, parent_id, kind, name, boundary }),
+                Err(e) => unreadable.push((id, e)),
+            }
+        }
+        if self.is_empty() {
+            *self = LocateIndex::build(shapes, newest);
+        } else {
+            for s in shapes {
+                self.upsert(s);
+            }
+            self.position = newest;
+        }
+        unreadable
     }
 
     /// Insert or replace one unit.

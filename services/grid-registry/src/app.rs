@@ -17,7 +17,7 @@ use crate::domain::unit::{Kind, ParentFacts, ROOT, Unit, UnitCommand, UnitReject
 use crate::events::UnitEvent;
 use crate::projection::{HEAD_ROLE, STAFF, UNITS};
 use gridwork_geo::Boundary;
-use gridwork_geo::locate::{LocateIndex, UnitShape};
+use gridwork_geo::LocateIndex;
 
 /// How long a command waits for the read model to reflect earlier commits.
 const SYNC_WAIT: Duration = Duration::from_secs(10);
@@ -318,30 +318,15 @@ impl Registry {
             return Ok(());
         }
         let table = Tables::Live.name(UNITS.name);
-        let rows: Vec<(String, String, i64, String, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+        let rows: Vec<gridwork_geo::UnitRow> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT unit_id, parent_id, kind, name, boundary_geojson, position FROM {table} WHERE position > $1"
         )))
         .bind(from as i64)
         .fetch_all(self.store.pool())
         .await?;
-        let mut shapes = Vec::with_capacity(rows.len());
-        let mut newest = target.max(from);
-        for (id, parent_id, kind, name, geojson, position) in rows {
-            newest = newest.max(position as u64);
-            let kind = pb::UnitKind::try_from(kind as i32).ok().and_then(Kind::from_proto).unwrap_or(Kind::Grid);
-            match Boundary::parse(&geojson) {
-                Ok(boundary) => shapes.push(UnitShape { id, parent_id, kind, name, boundary }),
-                Err(e) => tracing::error!(unit = %id, error = %e, "stored boundary unreadable; not indexed"),
-            }
-        }
         let mut index = self.index.write().map_err(|_| ServiceError::Internal("locate index poisoned".into()))?;
-        if index.is_empty() {
-            *index = LocateIndex::build(shapes, newest);
-        } else {
-            for s in shapes {
-                index.upsert(s);
-            }
-            index.position = index.position.max(newest);
+        for (unit, reason) in index.apply_rows(rows, target) {
+            tracing::error!(%unit, %reason, "stored boundary unreadable; not indexed");
         }
         Ok(())
     }

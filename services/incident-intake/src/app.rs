@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use gridwork_eventstore::projection::{ReadStore, RunnerHandle, Tables};
 use gridwork_eventstore::{CommandMeta, CommitOutcome, Repository};
-use gridwork_geo::{Boundary, Kind, LocateIndex, UnitShape};
-use gridwork_proto::gridwork::grid::v1 as grid_pb;
+use gridwork_geo::{Kind, LocateIndex, UnitRow};
 use gridwork_proto::gridwork::intake::v1 as pb;
 use gridwork_runtime::clock::Clock;
 use gridwork_runtime::{FieldViolation, ServiceError};
@@ -224,29 +223,15 @@ impl Intake {
             return Ok(());
         }
         let table = Tables::Live.name(GRID_UNITS.name);
-        let rows: Vec<(String, String, i64, String, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+        let rows: Vec<UnitRow> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT unit_id, parent_id, kind, name, boundary_geojson, position FROM {table} WHERE position > $1"
         )))
         .bind(from as i64)
         .fetch_all(self.store.pool())
         .await?;
-        let mut newest = target.max(from);
-        let mut shapes = Vec::with_capacity(rows.len());
-        for (id, parent_id, kind, name, geojson, position) in rows {
-            newest = newest.max(position as u64);
-            let kind = grid_pb::UnitKind::try_from(kind as i32).ok().and_then(Kind::from_proto).unwrap_or(Kind::Grid);
-            if let Ok(boundary) = Boundary::parse(&geojson) {
-                shapes.push(UnitShape { id, parent_id, kind, name, boundary });
-            }
-        }
         let mut index = self.index.write().map_err(|_| ServiceError::Internal("locate index poisoned".into()))?;
-        if index.is_empty() {
-            *index = LocateIndex::build(shapes, newest);
-        } else {
-            for s in shapes {
-                index.upsert(s);
-            }
-            index.position = index.position.max(newest);
+        for (unit, reason) in index.apply_rows(rows, target) {
+            tracing::error!(%unit, %reason, "stored boundary unreadable; not indexed");
         }
         Ok(())
     }
