@@ -1,9 +1,9 @@
 //! Connecting to NATS and the read store, and serving gRPC.
 //!
 //! Health follows readiness, not liveness of the process: the overall status
-//! (`""`) and each named service are SERVING only while NATS is connected and the
-//! read store answers, and go NOT_SERVING the moment either fails or a shutdown
-//! begins. Shutdown: NOT_SERVING, wait the drain delay so load balancers stop
+//! (`""`) and each named service are SERVING only while NATS is connected, the
+//! read store answers and none of its projections is stalled, and go NOT_SERVING
+//! the moment one of these fails or a shutdown begins. Shutdown: NOT_SERVING, wait the drain delay so load balancers stop
 //! routing, then stop accepting and finish in-flight calls.
 
 use std::future::Future;
@@ -260,13 +260,16 @@ async fn readiness_loop(
             Some(store) => tokio::time::timeout(Duration::from_secs(1), store.ping()).await.is_ok_and(|r| r.is_ok()),
             None => true,
         };
-        let ready = nats_ok && db_ok;
+        // A projection that cannot apply (read-only, full, missing table) while
+        // the database still answers a ping: the service's reads are not current.
+        let stalled = runtime.store.as_ref().map(|s| s.stalled()).unwrap_or_default();
+        let ready = nats_ok && db_ok && stalled.is_empty();
         if last != Some(ready) && !*stopping.borrow() {
             let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
             if ready {
                 info!(service = runtime.service, "ready: SERVING");
             } else {
-                warn!(service = runtime.service, nats_ok, db_ok, "not ready: NOT_SERVING");
+                warn!(service = runtime.service, nats_ok, db_ok, ?stalled, "not ready: NOT_SERVING");
             }
             for name in &names {
                 health.set_service_status(*name, status).await;

@@ -1,23 +1,18 @@
 //! The projection runner on a real nats-server, on SQLite and PostgreSQL:
-//! exactly-once effects across crashes, rebuild equality, poison parking,
-//! read-your-writes.
+//! exactly-once effects across crashes, rebuild equality, read-your-writes.
+//! Faults (outages, poison, rebuild races, NATS restarts) are in `faults.rs`.
 
 mod common;
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use common::*;
-use gridwork_eventstore::envelope::headers;
-use gridwork_eventstore::projection::runner::dlq_headers;
 use gridwork_eventstore::projection::{ProjectionRunner, RunnerConfig};
-use gridwork_proto::gridwork::eventstore::v1 as store_pb;
 use gridwork_proto::gridwork::sample::v1 as pb;
 use gridwork_sample_ledger::domain::ledger::LedgerCommand;
 use gridwork_sample_ledger::projection::Accounts;
 use gridwork_testkit::db::TestDb;
 use gridwork_testkit::nats::NatsServer;
-use prost::Message as _;
 use rand::Rng as _;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -142,79 +137,6 @@ async fn a_rebuilt_projection_equals_the_live_one_on_postgres() {
         return;
     };
     rebuilt_projection_equals_the_live_one(db, fresh).await;
-}
-
-/// Publish a commit straight to the stream, bypassing the aggregate.
-async fn publish_raw(js: &async_nats::jetstream::Context, subject: &str, body: Vec<u8>) -> u64 {
-    let mut h = HeaderMap::new();
-    h.insert(headers::EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
-    js.publish_with_headers(subject.to_string(), h, body.into()).await.expect("publish").await.expect("ack").sequence
-}
-
-#[tokio::test]
-async fn a_poison_commit_is_parked_after_bounded_retries_and_the_projection_moves_on() {
-    let nats = NatsServer::start().await.expect("nats");
-    let db = TestDb::sqlite().expect("db");
-    let k = kernel(&nats, &db).await;
-    let config =
-        RunnerConfig { max_attempts: 3, retry_backoff: Duration::from_millis(5), ..RunnerConfig::new("SAMPLE") };
-    let handle = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, config).await.expect("start");
-    write_history(&k, "ok", 1, 2).await;
-
-    // A well-formed commit the read model refuses: a deposit on an account it never saw.
-    let ghost = store_pb::Commit {
-        command_id: "c1".into(),
-        aggregate_type: "ledger".into(),
-        aggregate_id: "ghost".into(),
-        events: vec![store_pb::CommitEvent {
-            event_type: "sample.ledger.deposited".into(),
-            schema_version: 1,
-            payload: pb::AmountDeposited { amount: 5, balance_after: 5 }.encode_to_vec(),
-        }],
-        ..Default::default()
-    };
-    let refused = publish_raw(&k.js, "sample.ledger.ghost", ghost.encode_to_vec()).await;
-    // Bytes that are no commit at all.
-    let garbage = publish_raw(&k.js, "sample.ledger.garbage", b"\xff\xff not protobuf".to_vec()).await;
-    let last = write_history(&k, "after", 1, 1).await;
-
-    handle.wait_for(last, WAIT).await.expect("the projection moved on");
-    let rows = dump(&k.store).await;
-    assert_eq!(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["after-0", "ok-0"]);
-
-    let dlq = k.js.get_stream("DLQ").await.expect("dlq");
-    let mut parked = Vec::new();
-    for seq in 1..=2 {
-        let m = dlq.direct_get(seq).await.expect("parked message");
-        assert_eq!(m.subject.as_str(), "dlq.sample_accounts");
-        parked.push((
-            m.headers.get(dlq_headers::SEQUENCE).map(|v| v.as_str().to_string()),
-            m.headers.get(dlq_headers::ATTEMPTS).map(|v| v.as_str().to_string()),
-            m.headers.get(dlq_headers::ERROR).map(|v| v.as_str().to_string()).unwrap_or_default(),
-        ));
-    }
-    assert_eq!(parked[0].0.as_deref(), Some(refused.to_string().as_str()));
-    assert_eq!(parked[0].1.as_deref(), Some("3"), "retried max_attempts times");
-    assert!(parked[0].2.contains("unknown account"), "error recorded: {}", parked[0].2);
-    assert_eq!(parked[1].0.as_deref(), Some(garbage.to_string().as_str()));
-    assert_eq!(parked[1].1.as_deref(), Some("1"), "undecodable bytes are not retried");
-
-    // Once the cause is fixed (the account now exists), replaying applies the parked
-    // commit and removes it; the undecodable one stays parked.
-    let opened = k
-        .repository
-        .execute("ghost", &LedgerCommand::Open { owner: "found".into() }, &meta())
-        .await
-        .expect("open ghost")
-        .sequence;
-    handle.wait_for(opened, WAIT).await.expect("applied");
-    let report = handle.replay_parked().await.expect("replay");
-    assert_eq!((report.applied, report.still_failing), (1, 1));
-    let ghost = dump(&k.store).await.into_iter().find(|r| r.0 == "ghost").expect("ghost row");
-    assert_eq!((ghost.2, ghost.3), (5, 1), "the parked deposit applied once");
-    let mut dlq = k.js.get_stream("DLQ").await.expect("dlq");
-    assert_eq!(dlq.info().await.expect("info").state.messages, 1);
-    handle.stop().await;
 }
 
 #[tokio::test]

@@ -8,10 +8,26 @@
 //! there. The database is the acknowledgement; no JetStream ack is involved.
 //!
 //! - [`store`]: the read store, with SQLite (embedded default, WAL) and
-//!   PostgreSQL behind one [`store::Backend`] trait over sqlx's `Any` driver.
-//! - [`runner`]: batching, retries, parking poison commits in the `DLQ` stream,
-//!   lag metrics, read-your-writes, and rebuild into shadow tables then swap.
+//!   PostgreSQL behind one [`store::Backend`] trait over sqlx's `Any` driver, and
+//!   the bookkeeping tables (checkpoints, parked commits, rebuild owners).
+//! - [`runner`]: consuming, batching, the poison policy, stalls, lag metrics,
+//!   read-your-writes.
+//! - [`parked`]: parking a poison commit (and every later commit of its
+//!   aggregate behind it) and replaying them in order once fixed.
+//! - [`rebuild`]: rebuilding from zero into uniquely named shadow tables, swapped
+//!   in under the live checkpoint's lock.
+//!
+//! **The poison policy.** Only a failure specific to one commit is poison: it
+//! cannot be decoded, its data is invalid for the read model, or a constraint
+//! refuses it ([`ApplyError::is_poison`]). Every other failure — the database
+//! unreachable, read-only after a failover, full, timing out, a table or column
+//! missing — is the environment: the runner retries it without limit, reports
+//! the projection stalled (the service goes NOT_SERVING) and never moves its
+//! position past it. Parking many different commits in a short time is itself
+//! taken as an outage: the runner stops parking and stalls.
 
+pub mod parked;
+pub mod rebuild;
 pub mod runner;
 pub mod store;
 
@@ -22,14 +38,15 @@ use sqlx::AnyConnection;
 use crate::aggregate::DecodeError;
 use crate::envelope::RecordedCommit;
 
-pub use runner::{ProjectionRunner, ReplayReport, RunnerConfig, RunnerHandle, WaitError};
+pub use parked::{ParkedCommit, ReplayReport};
+pub use runner::{ProjectionRunner, RunnerConfig, RunnerHandle, WaitError};
 pub use store::{Backend, ReadStore};
 
 /// One read-model table: its name and the column list of its `CREATE TABLE`.
 /// Use portable types (`TEXT`, `BIGINT`, `DOUBLE PRECISION`, `BOOLEAN`).
 #[derive(Debug, Clone, Copy)]
 pub struct TableDef {
-    /// Table name (live); the shadow copy during a rebuild is `<name>__shadow`.
+    /// Table name (live); a rebuild's copy is `<name>__shadow_<tag>`.
     pub name: &'static str,
     /// The parenthesised column list, e.g. `"(id TEXT PRIMARY KEY, n BIGINT NOT NULL)"`.
     pub columns: &'static str,
@@ -37,14 +54,47 @@ pub struct TableDef {
     pub indexes: &'static [&'static str],
 }
 
-/// Which physical tables a projection writes: the live ones, or the shadow set
-/// during a rebuild.
+/// The tag that makes one rebuild's shadow tables unique: eight lowercase hex
+/// characters, so that two rebuilds (or a rebuild and the leftovers of a crashed
+/// one) never write or drop each other's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShadowTag([u8; 8]);
+
+impl ShadowTag {
+    /// A fresh random tag.
+    pub fn fresh() -> Self {
+        let hex = uuid::Uuid::new_v4().simple().to_string();
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&hex.as_bytes()[..8]);
+        Self(tag)
+    }
+
+    /// Parse a stored tag; `None` unless it is eight lowercase hex characters.
+    pub fn parse(s: &str) -> Option<Self> {
+        let bytes = s.as_bytes();
+        if bytes.len() != 8 || !bytes.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)) {
+            return None;
+        }
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(bytes);
+        Some(Self(tag))
+    }
+
+    /// The tag as text.
+    pub fn as_str(&self) -> &str {
+        // Built only from ASCII hex digits (fresh, parse).
+        std::str::from_utf8(&self.0).unwrap_or("00000000")
+    }
+}
+
+/// Which physical tables a projection writes: the live ones, or one rebuild's
+/// shadow set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tables {
     /// The tables queries read.
     Live,
-    /// The rebuild's copy, swapped in when it catches up.
-    Shadow,
+    /// A rebuild's copy, swapped in when it has caught up.
+    Shadow(ShadowTag),
 }
 
 impl Tables {
@@ -52,13 +102,18 @@ impl Tables {
     pub fn name(self, name: &str) -> String {
         match self {
             Tables::Live => name.to_string(),
-            Tables::Shadow => format!("{name}{SHADOW_SUFFIX}"),
+            Tables::Shadow(tag) => format!("{name}{SHADOW_SUFFIX}{}", tag.as_str()),
         }
+    }
+
+    /// True for the tables queries read.
+    pub fn is_live(self) -> bool {
+        self == Tables::Live
     }
 }
 
-/// Suffix of shadow tables.
-pub const SHADOW_SUFFIX: &str = "__shadow";
+/// Shadow tables are `<name>__shadow_<tag>`.
+pub const SHADOW_SUFFIX: &str = "__shadow_";
 
 /// Why applying a commit failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +121,7 @@ pub enum ApplyError {
     /// The commit's events cannot be decoded.
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    /// The database refused a statement.
+    /// The database refused a statement, or could not be reached.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
     /// The commit contradicts the read model (e.g. an event for an unknown row).
@@ -75,26 +130,46 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
-    /// True when the failure is the database being unreachable rather than
-    /// anything about this commit: such failures are retried forever and never
-    /// park the commit.
-    pub fn is_transient(&self) -> bool {
-        if let ApplyError::Db(sqlx::Error::Database(e)) = self {
-            // SQLite busy/locked (5, 6, 517 busy-snapshot); PostgreSQL serialization
-            // failure and deadlock: contention, not a poison commit.
-            return matches!(e.code().as_deref(), Some("5" | "6" | "517" | "40001" | "40P01"));
+    /// True only when the failure is about this commit — it cannot be decoded,
+    /// its data is invalid for the read model, or a constraint refuses it — so
+    /// that retrying it can never succeed while the code stays as it is. Such a
+    /// commit is parked. Everything else is the environment and is retried
+    /// without limit: an unreachable, read-only, full or timing-out database, a
+    /// missing table or column. The list is of what *is* poison, so that an error
+    /// nobody thought of stalls (visible, recoverable) instead of silently
+    /// skipping a commit.
+    pub fn is_poison(&self) -> bool {
+        match self {
+            ApplyError::Decode(_) | ApplyError::Invalid(_) => true,
+            ApplyError::Db(e) => is_poison_db_error(e),
         }
-        matches!(
-            self,
-            ApplyError::Db(
-                sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::Protocol(_)
-                    | sqlx::Error::WorkerCrashed
-            )
-        )
+    }
+}
+
+fn is_poison_db_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            if !matches!(db.kind(), sqlx::error::ErrorKind::Other) {
+                // Unique, foreign-key, not-null or check constraint.
+                return true;
+            }
+            let Some(code) = db.code() else { return false };
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // SQLite extended result codes: the primary code is the low byte.
+                // 18 TOOBIG, 19 CONSTRAINT (any kind), 20 MISMATCH: about the data.
+                return code.parse::<i64>().is_ok_and(|c| matches!(c & 0xff, 18..=20));
+            }
+            // PostgreSQL SQLSTATE: class 22 "data exception" (a value out of range,
+            // invalid text for a type), class 23 integrity constraint violations.
+            // Everything else (25006 read-only, 57014 statement timeout, 55P03
+            // lock timeout, 53100 disk full, 42P01 undefined table, 08xxx
+            // connection) is the environment.
+            code.starts_with("22") || code.starts_with("23")
+        }
+        // A statement found no row it needed: the commit refers to something the
+        // read model never saw. A value that cannot be encoded for binding.
+        sqlx::Error::RowNotFound | sqlx::Error::Encode(_) => true,
+        _ => false,
     }
 }
 

@@ -3,14 +3,20 @@
 //! Projections write portable SQL (`$1` placeholders, `ON CONFLICT … DO UPDATE`,
 //! `BIGINT`, `TEXT`), which SQLite and PostgreSQL both accept; what differs
 //! (connection set-up, pool size, table swap) lives in the backend.
+//!
+//! Three bookkeeping tables live beside the read models: [`CHECKPOINTS`] (each
+//! projection's applied position, locked per batch), [`PARKED`] (commits parked
+//! as poison, or waiting behind one) and [`REBUILDS`] (who is rebuilding which
+//! projection, so that only one rebuild runs at a time).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Executor as _};
 
-use super::{SHADOW_SUFFIX, TableDef, Tables};
+use super::{ShadowTag, TableDef, Tables};
 
 /// The dialect-specific parts of a read store.
 pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
@@ -75,10 +81,28 @@ pub enum ReadStoreError {
 pub struct ReadStore {
     pool: AnyPool,
     backend: Arc<dyn Backend>,
+    stalls: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 /// The table holding every projection's applied position.
 pub const CHECKPOINTS: &str = "gridwork_projection_checkpoints";
+
+/// Commits parked per checkpoint: poison ones (`blocked_by` 0) and later commits
+/// of the same subject waiting behind them (`blocked_by` = the poison one's sequence).
+pub const PARKED: &str = "gridwork_projection_parked";
+
+/// The one rebuild allowed per projection: its owner, shadow tag and heartbeat.
+pub const REBUILDS: &str = "gridwork_projection_rebuilds";
+
+const BOOKKEEPING: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS gridwork_projection_checkpoints (projection TEXT PRIMARY KEY, stream TEXT NOT NULL, \
+     position BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS gridwork_projection_parked (checkpoint TEXT NOT NULL, sequence BIGINT NOT NULL, \
+     subject TEXT NOT NULL, error TEXT NOT NULL, attempts BIGINT NOT NULL, blocked_by BIGINT NOT NULL, \
+     parked_at_ms BIGINT NOT NULL, PRIMARY KEY (checkpoint, sequence))",
+    "CREATE TABLE IF NOT EXISTS gridwork_projection_rebuilds (projection TEXT PRIMARY KEY, owner TEXT NOT NULL, \
+     tag TEXT NOT NULL, heartbeat_ms BIGINT NOT NULL)",
+];
 
 impl ReadStore {
     /// Open `url` (`sqlite://path?mode=rwc` or `postgres://…`).
@@ -110,15 +134,28 @@ impl ReadStore {
             })
             .connect(url)
             .await?;
-        let store = Self { pool, backend };
-        store
-            .pool
-            .execute(AssertSqlSafe(format!(
-                "CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (projection TEXT PRIMARY KEY, stream TEXT NOT NULL, \
-                 position BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL)"
-            )))
-            .await?;
+        let store = Self { pool, backend, stalls: Arc::default() };
+        for statement in BOOKKEEPING {
+            store.pool.execute(statement).await?;
+        }
         Ok(store)
+    }
+
+    /// Projections on this store that cannot make progress for a reason that is
+    /// not about any one commit (the database down, read-only, full; a table
+    /// missing; a burst of poison), with the last error. Readiness reports the
+    /// service NOT_SERVING while this is not empty.
+    pub fn stalled(&self) -> Vec<(String, String)> {
+        self.stalls.lock().map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
+    }
+
+    pub(crate) fn set_stalled(&self, projection: &str, reason: Option<String>) {
+        if let Ok(mut stalls) = self.stalls.lock() {
+            match reason {
+                Some(reason) => stalls.insert(projection.to_string(), reason),
+                None => stalls.remove(projection),
+            };
+        }
     }
 
     /// The pool, for queries.
@@ -149,7 +186,7 @@ impl ReadStore {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
     }
 
-    /// Create `tables` if absent (live set) or afresh (shadow set).
+    /// Create `tables` if absent (live set) or afresh (a shadow set).
     pub async fn create_tables(&self, defs: &[TableDef], which: Tables) -> Result<(), sqlx::Error> {
         let mut existing = Vec::new();
         for def in defs {
@@ -159,27 +196,32 @@ impl ReadStore {
         let mut tx = self.begin_write().await?;
         for (def, exists) in defs.iter().zip(existing) {
             let name = which.name(def.name);
-            if which == Tables::Live && exists {
-                // Its indexes exist too, possibly under a rebuild's names.
-                continue;
-            }
-            if which == Tables::Shadow {
-                tx.execute(AssertSqlSafe(format!("DROP TABLE IF EXISTS {name}"))).await?;
-            }
+            // Index names outlive a rename, so each shadow generation has its own.
+            let tag = match which {
+                Tables::Live if exists => continue, // its indexes exist too, maybe under a rebuild's names
+                Tables::Live => "0".to_string(),
+                Tables::Shadow(tag) => {
+                    tx.execute(AssertSqlSafe(format!("DROP TABLE IF EXISTS {name}"))).await?;
+                    tag.as_str().to_string()
+                }
+            };
             tx.execute(AssertSqlSafe(format!("CREATE TABLE IF NOT EXISTS {name} {}", def.columns))).await?;
             for (i, columns) in def.indexes.iter().enumerate() {
-                // Index names outlive a rename, so each generation gets its own.
-                let tag = if which == Tables::Shadow {
-                    uuid::Uuid::now_v7().simple().to_string()[20..].to_string()
-                } else {
-                    "0".into()
-                };
                 tx.execute(AssertSqlSafe(format!(
                     "CREATE INDEX IF NOT EXISTS ix_{}_{i}_{tag} ON {name} ({columns})",
                     def.name
                 )))
                 .await?;
             }
+        }
+        tx.commit().await
+    }
+
+    /// Drop a shadow set (a failed or abandoned rebuild's tables).
+    pub async fn drop_tables(&self, defs: &[TableDef], tag: ShadowTag) -> Result<(), sqlx::Error> {
+        let mut tx = self.begin_write().await?;
+        for def in defs {
+            tx.execute(AssertSqlSafe(format!("DROP TABLE IF EXISTS {}", Tables::Shadow(tag).name(def.name)))).await?;
         }
         tx.commit().await
     }
@@ -192,35 +234,6 @@ impl ReadStore {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.map_or(0, |(p,)| p as u64))
-    }
-
-    /// Swap the shadow tables in, and move `shadow_checkpoint`'s position to
-    /// `live_checkpoint`, in one transaction.
-    pub async fn swap_in_shadow(
-        &self,
-        defs: &[TableDef],
-        live_checkpoint: &str,
-        shadow_checkpoint: &str,
-        stream: &str,
-    ) -> Result<(), sqlx::Error> {
-        let mut tx = self.begin_write().await?;
-        let position: (i64,) =
-            sqlx::query_as(AssertSqlSafe(format!("SELECT position FROM {CHECKPOINTS} WHERE projection = $1")))
-                .bind(shadow_checkpoint)
-                .fetch_one(&mut *tx)
-                .await?;
-        for def in defs {
-            let shadow = format!("{}{SHADOW_SUFFIX}", def.name);
-            for statement in self.backend.swap_statements(def.name, &shadow) {
-                tx.execute(AssertSqlSafe(statement)).await?;
-            }
-        }
-        set_position(&mut tx, live_checkpoint, stream, position.0 as u64).await?;
-        sqlx::query(AssertSqlSafe(format!("DELETE FROM {CHECKPOINTS} WHERE projection = $1")))
-            .bind(shadow_checkpoint)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
     }
 }
 
@@ -264,7 +277,7 @@ pub async fn set_position(
     stream: &str,
     position: u64,
 ) -> Result<(), sqlx::Error> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let now = now_ms();
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {CHECKPOINTS} (projection, stream, position, updated_at_ms) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (projection) DO UPDATE SET position = excluded.position, updated_at_ms = excluded.updated_at_ms"
@@ -276,4 +289,9 @@ pub async fn set_position(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Wall-clock milliseconds, for bookkeeping timestamps only (never for ordering).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

@@ -1,0 +1,230 @@
+//! Parked commits: poison, and whatever of the same aggregate came after it.
+//!
+//! A commit that is poison (see [`super::ApplyError::is_poison`]) is recorded in
+//! the [`PARKED`] table, in the same transaction that moves the checkpoint past
+//! it, and logged on `dlq.<projection>` in the dead-letter stream for alerting.
+//! From then on every later commit of the same subject is parked behind it
+//! (`blocked_by`): applying them would build on a state the read model never
+//! reached. Other aggregates carry on.
+//!
+//! Replay reads the parked table in stream order and fetches each commit again
+//! from its source stream (which is never deleted from). Each one is applied
+//! under the checkpoint lock, and its row deleted in the same transaction: so a
+//! replay interleaves safely with live batches and with another replay, and
+//! replaying twice applies once. A subject whose earliest parked commit still
+//! fails keeps the rest parked behind it. A rebuild parks into its own shadow
+//! checkpoint and its parked rows replace the live ones at the swap, so a
+//! rebuild after a fix never undoes a replay.
+
+use std::collections::HashSet;
+
+use async_nats::HeaderMap;
+use sqlx::{AnyConnection, AssertSqlSafe};
+use tracing::{info, warn};
+
+use super::runner::{Delivered, Inner, RunnerError, nats};
+use super::store::{PARKED, ReadStore, lock_position, now_ms};
+use super::{Projection, Tables};
+use crate::envelope::headers;
+
+/// Headers of a dead-letter log entry.
+pub mod dlq_headers {
+    /// Stream the commit came from.
+    pub const STREAM: &str = "Gridwork-Dlq-Stream";
+    /// Its stream sequence.
+    pub const SEQUENCE: &str = "Gridwork-Dlq-Sequence";
+    /// Its subject.
+    pub const SUBJECT: &str = "Gridwork-Dlq-Subject";
+    /// The last error.
+    pub const ERROR: &str = "Gridwork-Dlq-Error";
+    /// How many attempts were made (0 when parked behind another commit).
+    pub const ATTEMPTS: &str = "Gridwork-Dlq-Attempts";
+    /// The parked commit of the same subject this one waits behind, if any.
+    pub const BLOCKED_BY: &str = "Gridwork-Dlq-Blocked-By";
+}
+
+/// One parked commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedCommit {
+    /// Its sequence in the source stream.
+    pub sequence: u64,
+    /// Its subject (the aggregate).
+    pub subject: String,
+    /// Why it was parked.
+    pub error: String,
+    /// Attempts made before parking (0 when parked behind another commit).
+    pub attempts: u32,
+    /// The earlier parked commit of the same subject it waits behind, if any.
+    pub blocked_by: Option<u64>,
+}
+
+/// What replaying parked commits did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Applied now, and removed from the parked table.
+    pub applied: u64,
+    /// Still failing, or waiting behind one that still fails; left parked.
+    pub still_failing: u64,
+}
+
+/// Subjects with a parked commit under `checkpoint`.
+pub(super) async fn blocked_subjects(
+    conn: &mut AnyConnection,
+    checkpoint: &str,
+) -> Result<HashSet<String>, sqlx::Error> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as(AssertSqlSafe(format!("SELECT DISTINCT subject FROM {PARKED} WHERE checkpoint = $1")))
+            .bind(checkpoint)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().map(|(s,)| s).collect())
+}
+
+/// The earliest parked commit of `subject` under `checkpoint`.
+pub(super) async fn first_parked(
+    conn: &mut AnyConnection,
+    checkpoint: &str,
+    subject: &str,
+) -> Result<Option<u64>, sqlx::Error> {
+    let row: Option<(Option<i64>,)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT MIN(sequence) FROM {PARKED} WHERE checkpoint = $1 AND subject = $2"
+    )))
+    .bind(checkpoint)
+    .bind(subject)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.and_then(|(s,)| s).map(|s| s as u64))
+}
+
+/// The commits parked under `checkpoint`, in stream order.
+pub(super) async fn list(store: &ReadStore, checkpoint: &str) -> Result<Vec<ParkedCommit>, sqlx::Error> {
+    let rows: Vec<(i64, String, String, i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT sequence, subject, error, attempts, blocked_by FROM {PARKED} WHERE checkpoint = $1 ORDER BY sequence"
+    )))
+    .bind(checkpoint)
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(sequence, subject, error, attempts, blocked_by)| ParkedCommit {
+            sequence: sequence as u64,
+            subject,
+            error,
+            attempts: attempts as u32,
+            blocked_by: (blocked_by > 0).then_some(blocked_by as u64),
+        })
+        .collect())
+}
+
+impl<P: Projection> Inner<P> {
+    /// Record `c` as parked under `checkpoint` inside `tx`, and log it on the
+    /// dead-letter stream. The log entry is deduplicated by projection and
+    /// sequence, so a transaction that rolls back and parks again logs once.
+    pub(super) async fn park(
+        &self,
+        tx: &mut AnyConnection,
+        checkpoint: &str,
+        c: &Delivered,
+        error: &str,
+        attempts: u32,
+        blocked_by: u64,
+    ) -> Result<(), RunnerError> {
+        warn!(projection = %self.name, checkpoint, sequence = c.sequence, attempts, blocked_by, error, "parking commit");
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {PARKED} (checkpoint, sequence, subject, error, attempts, blocked_by, parked_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (checkpoint, sequence) DO NOTHING"
+        )))
+        .bind(checkpoint)
+        .bind(c.sequence as i64)
+        .bind(c.subject.as_str())
+        .bind(error)
+        .bind(i64::from(attempts))
+        .bind(blocked_by as i64)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        let mut h = HeaderMap::new();
+        for (name, values) in c.headers.iter() {
+            let name: &str = name.as_ref();
+            if name.starts_with("Nats-") {
+                continue;
+            }
+            for value in values {
+                h.append(name, value.as_str());
+            }
+        }
+        h.insert(dlq_headers::STREAM, self.config.stream.as_str());
+        h.insert(dlq_headers::SEQUENCE, c.sequence.to_string().as_str());
+        h.insert(dlq_headers::SUBJECT, c.subject.as_str());
+        h.insert(dlq_headers::ERROR, error.replace(['\r', '\n'], " ").as_str());
+        h.insert(dlq_headers::ATTEMPTS, attempts.to_string().as_str());
+        if blocked_by > 0 {
+            h.insert(dlq_headers::BLOCKED_BY, blocked_by.to_string().as_str());
+        }
+        h.insert(headers::MSG_ID, format!("{checkpoint}:{}:{}", self.config.stream, c.sequence).as_str());
+        let subject = format!("dlq.{}", checkpoint.replace(['.', '*', '>', ' ', '#'], "_"));
+        self.js.publish_with_headers(subject, h, c.payload.clone()).await.map_err(nats)?.await.map_err(nats)?;
+        metrics::counter!("projection_parked_total", "projection" => self.name.clone()).increment(1);
+        Ok(())
+    }
+
+    /// See [`super::RunnerHandle::replay_parked`]. Passes over the parked table
+    /// until a pass applies nothing (new commits may park behind ones replayed).
+    pub(super) async fn replay_parked(&self) -> Result<ReplayReport, RunnerError> {
+        let source = self.js.get_stream(&self.config.stream).await.map_err(nats)?;
+        let mut report = ReplayReport::default();
+        loop {
+            let rows = list(&self.store, &self.name).await?;
+            let mut failing: HashSet<String> = HashSet::new();
+            let mut applied_now = 0;
+            for row in &rows {
+                if failing.contains(&row.subject) {
+                    continue;
+                }
+                // The leader's copy: the commit is old, but a follower may lag.
+                let m = source.get_raw_message(row.sequence).await.map_err(nats)?;
+                let c = Delivered::new(m.sequence, m.subject.as_str(), m.headers, m.payload);
+                let mut tx = self.store.pool().begin().await?;
+                lock_position(&mut tx, &self.name).await?;
+                // Under the lock: still parked, and first of its subject?
+                if first_parked(&mut tx, &self.name, &row.subject).await? != Some(row.sequence) {
+                    tx.commit().await?;
+                    continue;
+                }
+                let outcome = match &c.parsed {
+                    Err(e) => Err(e.to_string()),
+                    Ok(commit) => match self.apply_one(&mut tx, Tables::Live, commit).await {
+                        Ok(()) => Ok(()),
+                        Err(e) if !e.is_poison() => return Err(RunnerError::Environment(e.to_string())),
+                        Err(e) => Err(e.to_string()),
+                    },
+                };
+                match outcome {
+                    Ok(()) => {
+                        sqlx::query(AssertSqlSafe(format!(
+                            "DELETE FROM {PARKED} WHERE checkpoint = $1 AND sequence = $2"
+                        )))
+                        .bind(self.name.as_str())
+                        .bind(row.sequence as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                        applied_now += 1;
+                    }
+                    Err(error) => {
+                        drop(tx);
+                        warn!(projection = %self.name, sequence = row.sequence, error, "parked commit still fails");
+                        failing.insert(row.subject.clone());
+                    }
+                }
+            }
+            report.applied += applied_now;
+            if applied_now == 0 {
+                report.still_failing = list(&self.store, &self.name).await?.len() as u64;
+                break;
+            }
+        }
+        info!(projection = %self.name, ?report, "replayed parked commits");
+        Ok(report)
+    }
+}

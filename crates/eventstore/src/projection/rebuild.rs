@@ -1,0 +1,221 @@
+//! Rebuilding a projection from zero while its live tables keep answering.
+//!
+//! 1. **One rebuild per projection.** The rebuild claims the projection's row in
+//!    [`REBUILDS`] (owner id, shadow tag, heartbeat). A second rebuild — in this
+//!    process or another replica on the same database — is refused while the
+//!    first one's heartbeat is fresh; a rebuild whose owner died (no heartbeat for
+//!    [`STALE_AFTER`]) is taken over, and its leftover tables dropped.
+//! 2. **Its own tables.** The shadow set is `<table>__shadow_<tag>` with a fresh
+//!    tag and its own checkpoint `<projection>#shadow-<tag>`, so no two rebuilds
+//!    ever write or drop each other's tables.
+//! 3. **Replay.** The stream is applied from zero into the shadow set, batch by
+//!    batch (poison parks under the shadow checkpoint), heartbeating as it goes.
+//! 4. **Swap under the live lock.** One transaction locks the live checkpoint
+//!    row — every live runner of the projection, in every replica, now waits —
+//!    reads the live position, applies the commits the shadow set still lacks up
+//!    to it, checks the rebuild still owns its row, replaces the live tables with
+//!    the shadow set, and moves parked rows over. The position becomes the larger
+//!    of the two (the shadow set may have run ahead of a lagging live runner).
+//!    Nothing a live runner applied is lost, and nothing is applied twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Executor as _};
+use tracing::{info, warn};
+
+use super::runner::{Inner, RunnerError};
+use super::store::{CHECKPOINTS, PARKED, REBUILDS, ensure_checkpoint, lock_position, now_ms, set_position};
+use super::{Projection, ShadowTag, Tables};
+
+/// A rebuild whose heartbeat is older than this is presumed dead and may be
+/// taken over.
+pub const STALE_AFTER: Duration = Duration::from_secs(120);
+
+/// How many times the swap is tried before the rebuild gives up (each failed
+/// try first catches the shadow set up without the lock).
+const SWAP_ATTEMPTS: u32 = 5;
+
+struct Claim {
+    owner: String,
+    tag: ShadowTag,
+    checkpoint: String,
+}
+
+impl<P: Projection> Inner<P> {
+    /// Rebuild and swap in; returns the position at the swap.
+    pub(super) async fn rebuild(self: Arc<Self>) -> Result<u64, RunnerError> {
+        let claim = self.claim().await?;
+        let result = self.rebuild_claimed(&claim).await;
+        if result.is_err() {
+            // Leave nothing behind: the next rebuild starts clean.
+            self.abandon(claim.tag, &claim.checkpoint, Some(&claim.owner)).await;
+        }
+        result
+    }
+
+    async fn rebuild_claimed(&self, claim: &Claim) -> Result<u64, RunnerError> {
+        let tables = Tables::Shadow(claim.tag);
+        self.store.create_tables(self.projection.tables(), tables).await?;
+        ensure_checkpoint(self.store.pool(), &claim.checkpoint, &self.config.stream).await?;
+        let mut stream = self.js.get_stream(&self.config.stream).await.map_err(super::runner::nats)?;
+        let target = stream.info().await.map_err(super::runner::nats)?.state.last_sequence;
+        info!(projection = %self.name, tag = claim.tag.as_str(), target, "rebuilding into shadow tables");
+        let owner = Some(claim.owner.as_str());
+        let mut shadow = self.catch_up(tables, &claim.checkpoint, 0, target, owner).await?;
+        for attempt in 1..=SWAP_ATTEMPTS {
+            // Close most of the distance without holding the live lock.
+            let live = self.store.position(&self.name).await?;
+            shadow = self.catch_up(tables, &claim.checkpoint, shadow, live, owner).await?;
+            match self.swap(claim, shadow).await? {
+                Some(position) => {
+                    info!(projection = %self.name, position, "rebuilt tables swapped in");
+                    return Ok(position);
+                }
+                None => warn!(projection = %self.name, attempt, "swap found a commit to park; catching up first"),
+            }
+            shadow = self.store.position(&claim.checkpoint).await?;
+        }
+        Err(RunnerError::Environment(format!("rebuild could not swap in after {SWAP_ATTEMPTS} attempts")))
+    }
+
+    /// The swap transaction; `None` if a commit it had to apply needs parking
+    /// (done outside the lock, then the swap is tried again).
+    async fn swap(&self, claim: &Claim, shadow: u64) -> Result<Option<u64>, RunnerError> {
+        let tables = Tables::Shadow(claim.tag);
+        let mut tx = self.store.pool().begin().await?;
+        let live = lock_position(&mut tx, &self.name).await?;
+        let owner: Option<(String,)> =
+            sqlx::query_as(AssertSqlSafe(format!("SELECT owner FROM {REBUILDS} WHERE projection = $1")))
+                .bind(self.name.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if owner.map(|(o,)| o) != Some(claim.owner.clone()) {
+            return Err(RunnerError::RebuildLost);
+        }
+        let shadow = shadow.max(lock_position(&mut tx, &claim.checkpoint).await?);
+        if shadow < live {
+            let missing = self.read_range(shadow, live).await?;
+            let blocked = super::parked::blocked_subjects(&mut tx, &claim.checkpoint).await?;
+            if !self.apply_in(&mut tx, tables, &blocked, &missing, shadow).await? {
+                return Ok(None);
+            }
+        }
+        for def in self.projection.tables() {
+            for statement in self.store.backend().swap_statements(def.name, &tables.name(def.name)) {
+                tx.execute(AssertSqlSafe(statement)).await?;
+            }
+        }
+        // The shadow set may be ahead of the live one (its replay ran to the
+        // stream's head while the live runner lagged): it holds everything up to
+        // its own position, so that is where the live runners carry on from.
+        let position = live.max(shadow);
+        set_position(&mut tx, &self.name, &self.config.stream, position).await?;
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {PARKED} WHERE checkpoint = $1")))
+            .bind(self.name.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(AssertSqlSafe(format!("UPDATE {PARKED} SET checkpoint = $1 WHERE checkpoint = $2")))
+            .bind(self.name.as_str())
+            .bind(claim.checkpoint.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {CHECKPOINTS} WHERE projection = $1")))
+            .bind(claim.checkpoint.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {REBUILDS} WHERE projection = $1 AND owner = $2")))
+            .bind(self.name.as_str())
+            .bind(claim.owner.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(position))
+    }
+
+    /// Claim the projection's rebuild row, taking over a dead owner's.
+    async fn claim(&self) -> Result<Claim, RunnerError> {
+        let owner = uuid::Uuid::now_v7().to_string();
+        let tag = ShadowTag::fresh();
+        let now = now_ms();
+        let mut tx = self.store.begin_write().await?;
+        let previous: Option<(String, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT owner, tag, heartbeat_ms FROM {REBUILDS} WHERE projection = $1"
+        )))
+        .bind(self.name.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((_, _, heartbeat)) = &previous
+            && now - heartbeat < STALE_AFTER.as_millis() as i64
+        {
+            return Err(RunnerError::RebuildRunning);
+        }
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {REBUILDS} (projection, owner, tag, heartbeat_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (projection) DO UPDATE SET owner = excluded.owner, tag = excluded.tag, \
+             heartbeat_ms = excluded.heartbeat_ms"
+        )))
+        .bind(self.name.as_str())
+        .bind(owner.as_str())
+        .bind(tag.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if let Some((dead, old_tag, _)) = previous {
+            warn!(projection = %self.name, dead_owner = %dead, "taking over a rebuild whose owner stopped heartbeating");
+            if let Some(old_tag) = ShadowTag::parse(&old_tag) {
+                self.abandon(old_tag, &shadow_checkpoint(&self.name, old_tag), None).await;
+            }
+        }
+        Ok(Claim { owner, tag, checkpoint: shadow_checkpoint(&self.name, tag) })
+    }
+
+    /// Prove the rebuild owned by `owner` is alive; fails once another took over.
+    pub(super) async fn heartbeat(&self, owner: &str) -> Result<(), RunnerError> {
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {REBUILDS} SET heartbeat_ms = $1 WHERE projection = $2 AND owner = $3"
+        )))
+        .bind(now_ms())
+        .bind(self.name.as_str())
+        .bind(owner)
+        .execute(self.store.pool())
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(RunnerError::RebuildLost);
+        }
+        Ok(())
+    }
+
+    /// Drop a rebuild's shadow tables and bookkeeping (best effort: a failure
+    /// leaves tables that no one reads, dropped by the next takeover).
+    async fn abandon(&self, tag: ShadowTag, checkpoint: &str, owner: Option<&str>) {
+        let result = async {
+            self.store.drop_tables(self.projection.tables(), tag).await?;
+            let mut tx = self.store.begin_write().await?;
+            for table in [CHECKPOINTS, PARKED] {
+                let column = if table == CHECKPOINTS { "projection" } else { "checkpoint" };
+                sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE {column} = $1")))
+                    .bind(checkpoint)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if let Some(owner) = owner {
+                sqlx::query(AssertSqlSafe(format!("DELETE FROM {REBUILDS} WHERE projection = $1 AND owner = $2")))
+                    .bind(self.name.as_str())
+                    .bind(owner)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = result {
+            warn!(projection = %self.name, tag = tag.as_str(), error = %e, "could not clean up a rebuild's shadow tables");
+        }
+    }
+}
+
+fn shadow_checkpoint(projection: &str, tag: ShadowTag) -> String {
+    format!("{projection}#shadow-{}", tag.as_str())
+}

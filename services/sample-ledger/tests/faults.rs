@@ -1,0 +1,552 @@
+//! The projection runner under faults, on a real nats-server and real databases:
+//! a database outage is never parked as poison, a burst of "poison" stalls, a
+//! parked aggregate's later commits wait behind it and replay in order once,
+//! rebuilds race neither live runners nor each other, and the position never
+//! moves back when NATS restarts.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use common::*;
+use gridwork_eventstore::RecordedCommit;
+use gridwork_eventstore::envelope::headers;
+use gridwork_eventstore::projection::runner::RunnerError;
+use gridwork_eventstore::projection::{
+    ApplyError, ProjectionRunner, ReadStore, RunnerConfig, RunnerHandle, TableDef, Tables,
+};
+use gridwork_sample_ledger::domain::ledger::LedgerCommand;
+use gridwork_sample_ledger::events::LedgerEvent;
+use gridwork_sample_ledger::projection::Accounts;
+use gridwork_testkit::db::TestDb;
+use gridwork_testkit::nats::NatsServer;
+use sqlx::AnyConnection;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn quick() -> RunnerConfig {
+    RunnerConfig {
+        batch_size: 7,
+        batch_wait: Duration::from_millis(2),
+        max_attempts: 2,
+        retry_backoff: Duration::from_millis(5),
+        max_stall_backoff: Duration::from_millis(100),
+        ..RunnerConfig::new("SAMPLE")
+    }
+}
+
+/// The accounts projection with a switchable bug: while `buggy`, a deposit of
+/// exactly 13 is refused as invalid (a poison commit until the "fix").
+#[derive(Clone)]
+struct Buggy {
+    buggy: Arc<AtomicBool>,
+}
+
+impl gridwork_eventstore::projection::Projection for Buggy {
+    fn name(&self) -> &str {
+        Accounts.name()
+    }
+    fn tables(&self) -> &'static [TableDef] {
+        Accounts.tables()
+    }
+    async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
+        let unlucky = commit
+            .decode_events::<LedgerEvent>()?
+            .iter()
+            .any(|e| matches!(e, LedgerEvent::Deposited { amount: 13, .. }));
+        if unlucky && self.buggy.load(Ordering::SeqCst) {
+            return Err(ApplyError::Invalid("the projection cannot handle 13".into()));
+        }
+        Accounts.apply(tx, tables, commit).await
+    }
+}
+
+async fn deposit_raw(k: &Kernel, account: &str, amount: i64) -> u64 {
+    k.repository.execute(account, &LedgerCommand::Deposit { amount }, &meta()).await.expect("deposit").sequence
+}
+
+async fn open_raw(k: &Kernel, account: &str) -> u64 {
+    k.repository.execute(account, &LedgerCommand::Open { owner: "o".into() }, &meta()).await.expect("open").sequence
+}
+
+async fn dead_letters(k: &Kernel) -> u64 {
+    let mut dlq = k.js.get_stream("DLQ").await.expect("dlq");
+    dlq.info().await.expect("info").state.messages
+}
+
+/// Rows as the stream says they should be: the balance from the aggregate, the
+/// movements from the number of commits on its subject (less the opening).
+async fn expected_rows(k: &Kernel, ids: &[String]) -> Vec<(String, i64, i64)> {
+    use futures::TryStreamExt as _;
+    let stream = k.js.get_stream("SAMPLE").await.expect("stream");
+    let counts: std::collections::HashMap<String, usize> =
+        stream.info_with_subjects("sample.ledger.>").await.expect("subjects").try_collect().await.expect("counts");
+    let mut out = Vec::new();
+    for id in ids {
+        let loaded = k.repository.load_cold(id).await.expect("load");
+        let commits = counts.get(&format!("sample.ledger.{id}")).copied().unwrap_or(0) as i64;
+        out.push((id.clone(), loaded.state.balance, commits - 1));
+    }
+    out.sort();
+    out
+}
+
+async fn rows(store: &ReadStore) -> Vec<(String, i64, i64)> {
+    dump(store).await.into_iter().map(|r| (r.0, r.2, r.3)).collect()
+}
+
+async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The table disappears under the runner (a migration gone wrong, a restore in
+/// progress): "no such table" is the environment, not the commits' fault.
+#[tokio::test]
+async fn a_missing_table_stalls_the_projection_and_parks_nothing_until_it_is_back() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let handle = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("start");
+    let before = write_history(&k, "acct", 3, 2).await;
+    handle.wait_for(before, WAIT).await.expect("caught up");
+
+    sqlx::query("ALTER TABLE sample_accounts RENAME TO sample_accounts_away")
+        .execute(k.store.pool())
+        .await
+        .expect("hide");
+    let last = write_history(&k, "late", 3, 3).await;
+    wait_until("the projection reports a stall", async || !k.store.stalled().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(handle.position(), before, "the position never moves past a commit it could not apply");
+    assert_eq!(k.store.position("sample_accounts").await.expect("position"), before);
+    assert_eq!(dead_letters(&k).await, 0, "nothing parked");
+    assert!(handle.parked().await.expect("parked").is_empty(), "nothing parked");
+
+    sqlx::query("ALTER TABLE sample_accounts_away RENAME TO sample_accounts")
+        .execute(k.store.pool())
+        .await
+        .expect("back");
+    handle.wait_for(last, WAIT).await.expect("resumes once the table is back");
+    wait_until("the stall clears", async || k.store.stalled().is_empty()).await;
+    let ids: Vec<String> = (0..3).map(|a| format!("acct-{a}")).chain((0..3).map(|a| format!("late-{a}"))).collect();
+    assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await, "every commit applied exactly once");
+    handle.stop().await;
+}
+
+/// A failover leaves the database read-only (SQLSTATE 25006) for a while.
+#[tokio::test]
+async fn a_read_only_postgres_stalls_the_projection_and_parks_nothing() {
+    let Some(db) = TestDb::postgres("a_read_only_postgres_stalls_the_projection_and_parks_nothing").await.expect("pg")
+    else {
+        return;
+    };
+    let nats = NatsServer::start().await.expect("nats");
+    let k = kernel(&nats, &db).await;
+    let handle = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("start");
+    let before = write_history(&k, "acct", 2, 2).await;
+    handle.wait_for(before, WAIT).await.expect("caught up");
+
+    let set_read_only = async |on: bool| {
+        use sqlx::Connection as _;
+        let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("admin");
+        let name: (String,) = sqlx::query_as("SELECT current_database()").fetch_one(&mut admin).await.expect("name");
+        let value = if on { "on" } else { "off" };
+        // This session itself starts read-only once the database is.
+        sqlx::query("SET default_transaction_read_only = off").execute(&mut admin).await.expect("session");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = {value}",
+            name.0
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("alter");
+        // Existing sessions keep their setting: end them, as a failover would.
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&name.0)
+        .execute(&mut admin)
+        .await
+        .expect("terminate");
+    };
+    set_read_only(true).await;
+    let last = write_history(&k, "late", 2, 3).await;
+    wait_until("the projection reports a stall", async || !k.store.stalled().is_empty()).await;
+    let reason = k.store.stalled().into_iter().map(|(_, r)| r).collect::<Vec<_>>().join(" ");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(k.store.position("sample_accounts").await.expect("position"), before);
+    assert_eq!(dead_letters(&k).await, 0, "read-only is not poison ({reason})");
+
+    set_read_only(false).await;
+    handle.wait_for(last, WAIT).await.expect("resumes after the failover");
+    let ids: Vec<String> = (0..2).map(|a| format!("acct-{a}")).chain((0..2).map(|a| format!("late-{a}"))).collect();
+    assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await);
+    handle.stop().await;
+    db.cleanup().await;
+}
+
+/// Another session holds the read model's table locked (a long migration, a
+/// vacuum full): the projection's statement hits `lock_timeout` (SQLSTATE 55P03)
+/// inside `apply`. That is the environment, not the commit.
+#[tokio::test]
+async fn a_lock_timeout_inside_apply_stalls_the_projection_and_parks_nothing() {
+    use sqlx::Connection as _;
+    let Some(db) =
+        TestDb::postgres("a_lock_timeout_inside_apply_stalls_the_projection_and_parks_nothing").await.expect("pg")
+    else {
+        return;
+    };
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("admin");
+    let name: (String,) = sqlx::query_as("SELECT current_database()").fetch_one(&mut admin).await.expect("name");
+    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {} SET lock_timeout = '200ms'", name.0)))
+        .execute(&mut admin)
+        .await
+        .expect("lock_timeout");
+    let nats = NatsServer::start().await.expect("nats");
+    let k = kernel(&nats, &db).await;
+    let handle = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("start");
+    let before = write_history(&k, "acct", 2, 2).await;
+    handle.wait_for(before, WAIT).await.expect("caught up");
+
+    let mut blocker = admin.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE sample_accounts IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.expect("lock");
+    let last = write_history(&k, "late", 2, 4).await;
+    wait_until("the projection reports a stall", async || !k.store.stalled().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(k.store.position("sample_accounts").await.expect("position"), before);
+    assert_eq!(dead_letters(&k).await, 0, "a lock timeout is not poison");
+    blocker.rollback().await.expect("release");
+
+    handle.wait_for(last, WAIT).await.expect("resumes once the lock is released");
+    let ids: Vec<String> = (0..2).map(|a| format!("acct-{a}")).chain((0..2).map(|a| format!("late-{a}"))).collect();
+    assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await);
+    handle.stop().await;
+    drop(admin);
+    db.cleanup().await;
+}
+
+/// The service a stalled projection belongs to reports NOT_SERVING, and
+/// SERVING again once it has caught up.
+#[tokio::test]
+async fn a_stalled_projection_makes_the_service_not_serving() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let t = spawn_ledger(&nats, &db).await;
+    let mut client = t.client.clone();
+    let channel = tonic::transport::Channel::from_shared(t.server.endpoint()).expect("endpoint").connect_lazy();
+    let status = async || {
+        let r = HealthClient::new(channel.clone()).check(HealthCheckRequest { service: String::new() }).await;
+        r.ok().map(|r| r.into_inner().status())
+    };
+    open(&mut client, "acc").await;
+    wait_until("SERVING", async || status().await == Some(ServingStatus::Serving)).await;
+
+    let store = ReadStore::connect(&db.url).await.expect("second connection");
+    sqlx::query("ALTER TABLE sample_accounts RENAME TO hidden").execute(store.pool()).await.expect("hide");
+    let written = deposit(&mut client, "acc", 7).await.expect("the command is accepted: the stream is fine");
+    wait_until("NOT_SERVING", async || status().await == Some(ServingStatus::NotServing)).await;
+
+    sqlx::query("ALTER TABLE hidden RENAME TO sample_accounts").execute(store.pool()).await.expect("back");
+    wait_until("SERVING again", async || status().await == Some(ServingStatus::Serving)).await;
+    let view = client
+        .get_account(gridwork_proto::gridwork::sample::v1::GetAccountRequest {
+            account_id: "acc".into(),
+            min_position: written.position.expect("position").sequence,
+        })
+        .await
+        .expect("read")
+        .into_inner();
+    assert_eq!(view.balance, 7);
+}
+
+/// Many different commits failing at once is the environment, whatever the
+/// error says: the runner parks up to the limit, then stalls.
+#[tokio::test]
+async fn a_burst_of_poison_across_different_commits_stalls_instead_of_parking_them_all() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let buggy = Buggy { buggy: Arc::new(AtomicBool::new(true)) };
+    let config = RunnerConfig { poison_burst_limit: 2, ..quick() };
+    let handle = ProjectionRunner::start(k.js.clone(), k.store.clone(), buggy.clone(), config).await.expect("start");
+    let mut ids = Vec::new();
+    let mut unlucky = Vec::new();
+    for i in 0..5 {
+        let id = format!("a{i}");
+        open_raw(&k, &id).await;
+        unlucky.push(deposit_raw(&k, &id, 13).await);
+        ids.push(id);
+    }
+    wait_until("the burst stalls the runner", async || !k.store.stalled().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let parked = handle.parked().await.expect("parked");
+    assert_eq!(parked.len(), 2, "parks up to the limit, then stalls: {parked:?}");
+    assert_eq!(
+        k.store.position("sample_accounts").await.expect("position"),
+        unlucky[2] - 1,
+        "stalled just before the third failing commit"
+    );
+
+    // The "poison" was the code: fixed, the runner carries on by itself.
+    buggy.buggy.store(false, Ordering::SeqCst);
+    let mut s = k.js.get_stream("SAMPLE").await.expect("stream");
+    let last = s.info().await.expect("info").state.last_sequence;
+    handle.wait_for(last, WAIT).await.expect("moves on once the cause is gone");
+    assert!(k.store.stalled().is_empty());
+    assert_eq!(handle.parked().await.expect("parked").len(), 2, "what was parked stays parked until replayed");
+    let report = handle.replay_parked().await.expect("replay");
+    assert_eq!((report.applied, report.still_failing), (2, 0));
+    assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await);
+    handle.stop().await;
+}
+
+/// A poison commit parks its aggregate: later commits of the same subject wait
+/// behind it (applying them would build on a state the read model never
+/// reached), other aggregates carry on; replay applies them in stream order,
+/// exactly once, and a rebuild afterwards agrees.
+#[tokio::test]
+async fn a_parked_aggregate_waits_behind_its_poison_commit_and_replays_in_order_once() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let buggy = Buggy { buggy: Arc::new(AtomicBool::new(true)) };
+    let handle = ProjectionRunner::start(k.js.clone(), k.store.clone(), buggy.clone(), quick()).await.expect("start");
+
+    open_raw(&k, "a").await;
+    open_raw(&k, "b").await;
+    let poison = deposit_raw(&k, "a", 13).await;
+    let behind_1 = deposit_raw(&k, "a", 5).await;
+    deposit_raw(&k, "b", 4).await;
+    let behind_2 = deposit_raw(&k, "a", 2).await;
+    // Bytes that are no commit at all, on a third subject.
+    let mut h = HeaderMap::new();
+    h.insert(headers::EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+    let garbage =
+        k.js.publish_with_headers("sample.ledger.garbage", h, b"\xff not protobuf".as_ref().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack")
+            .sequence;
+    let last = deposit_raw(&k, "b", 6).await;
+    handle.wait_for(last, WAIT).await.expect("the projection moves on");
+
+    let parked = handle.parked().await.expect("parked");
+    let summary: Vec<(u64, &str, Option<u64>)> =
+        parked.iter().map(|p| (p.sequence, p.subject.as_str(), p.blocked_by)).collect();
+    assert_eq!(
+        summary,
+        [
+            (poison, "sample.ledger.a", None),
+            (behind_1, "sample.ledger.a", Some(poison)),
+            (behind_2, "sample.ledger.a", Some(poison)),
+            (garbage, "sample.ledger.garbage", None),
+        ]
+    );
+    assert_eq!(parked[0].attempts, 2, "retried max_attempts times");
+    assert_eq!(parked[3].attempts, 1, "undecodable bytes are not retried");
+    assert_eq!(dead_letters(&k).await, 4, "each parking is logged for alerting");
+    let now = rows(&k.store).await;
+    assert_eq!(now, [("a".to_string(), 0, 0), ("b".to_string(), 10, 2)], "a stopped at its poison commit");
+
+    // Still broken: replay applies nothing and keeps the order.
+    let report = handle.replay_parked().await.expect("replay");
+    assert_eq!((report.applied, report.still_failing), (0, 4));
+
+    // Fixed: replay applies a's three commits in order, once; garbage stays.
+    buggy.buggy.store(false, Ordering::SeqCst);
+    let report = handle.replay_parked().await.expect("replay");
+    assert_eq!((report.applied, report.still_failing), (3, 1));
+    let again = handle.replay_parked().await.expect("replay again");
+    assert_eq!((again.applied, again.still_failing), (0, 1), "replaying twice applies once");
+    let ids = ["a".to_string(), "b".to_string()];
+    assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await);
+
+    // A later commit of a now applies directly, and a rebuild agrees.
+    let later = deposit_raw(&k, "a", 1).await;
+    handle.wait_for(later, WAIT).await.expect("applied");
+    handle.rebuild().await.expect("rebuild");
+    assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await, "the rebuild does not undo the replay");
+    let left: Vec<u64> = handle.parked().await.expect("parked").iter().map(|p| p.sequence).collect();
+    assert_eq!(left, [garbage]);
+    handle.stop().await;
+}
+
+async fn rebuild_beside_a_live_runner_loses_nothing(db: TestDb) {
+    let nats = NatsServer::start().await.expect("nats");
+    let k = kernel(&nats, &db).await;
+    let ids: Vec<String> = (0..6).map(|a| format!("acct-{a}")).collect();
+    write_history(&k, "acct", 6, 5).await;
+    // Two replicas of one service on one database.
+    let a = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("a");
+    let b = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("b");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, ids) = (stop.clone(), ids.clone());
+        let repository = k.repository.clone();
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let id = &ids[i % ids.len()];
+                repository.execute(id, &LedgerCommand::Deposit { amount: 1 }, &meta()).await.expect("deposit");
+                i += 1;
+            }
+        })
+    };
+    // Rebuild through a while writes flow and b applies them.
+    for _ in 0..4 {
+        a.rebuild().await.expect("rebuild");
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    let mut s = k.js.get_stream("SAMPLE").await.expect("stream");
+    let last = s.info().await.expect("info").state.last_sequence;
+    a.wait_for(last, WAIT).await.expect("a");
+    b.wait_for(last, WAIT).await.expect("b");
+    assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await, "no commit lost or doubled by the swaps");
+    a.stop().await;
+    b.stop().await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_rebuild_beside_a_second_live_runner_loses_no_commit_on_sqlite() {
+    rebuild_beside_a_live_runner_loses_nothing(TestDb::sqlite().expect("db")).await;
+}
+
+#[tokio::test]
+async fn a_rebuild_beside_a_second_live_runner_loses_no_commit_on_postgres() {
+    let name = "a_rebuild_beside_a_second_live_runner_loses_no_commit_on_postgres";
+    let Some(db) = TestDb::postgres(name).await.expect("pg") else { return };
+    rebuild_beside_a_live_runner_loses_nothing(db).await;
+}
+
+#[tokio::test]
+async fn of_two_concurrent_rebuilds_of_one_projection_one_is_refused_and_the_other_is_right() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let last = write_history(&k, "acct", 5, 40).await;
+    let a = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("a");
+    let b = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("b");
+    a.wait_for(last, WAIT).await.expect("a");
+    let (ra, rb) = tokio::join!(a.rebuild(), b.rebuild());
+    let refused = [&ra, &rb].iter().filter(|r| matches!(r, Err(RunnerError::RebuildRunning))).count();
+    let done = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+    assert_eq!((done, refused), (1, 1), "one rebuild at a time: {ra:?} {rb:?}");
+    let ids: Vec<String> = (0..5).map(|a| format!("acct-{a}")).collect();
+    assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await);
+    // No shadow tables are left behind.
+    let tables: Vec<(String,)> =
+        sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%shadow%'")
+            .fetch_all(k.store.pool())
+            .await
+            .expect("tables");
+    assert!(tables.is_empty(), "left behind: {tables:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// After a NATS restart the client's ordered consumer may start over from the
+/// stream's first message; the runner must notice and never report a position
+/// lower than one it reported before.
+#[tokio::test]
+async fn the_position_never_moves_back_when_nats_restarts_under_the_runner() {
+    let mut nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let first_runner = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("start");
+    let first = write_history(&k, "acct", 4, 30).await;
+    first_runner.wait_for(first, WAIT).await.expect("caught up");
+    first_runner.stop().await;
+    // A runner (re)started at its stored position, idle: its ordered consumer
+    // has delivered nothing yet, which is when async-nats recreates it from the
+    // stream's first message after the server comes back.
+    let handle: Arc<RunnerHandle> =
+        Arc::new(ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("start"));
+    assert_eq!(handle.position(), first);
+
+    let lowest_after_peak = Arc::new(AtomicU64::new(u64::MAX));
+    let watcher = {
+        let (handle, lowest) = (handle.clone(), lowest_after_peak.clone());
+        tokio::spawn(async move {
+            let mut peak = 0;
+            loop {
+                let p = handle.position();
+                if p < peak {
+                    lowest.fetch_min(p, Ordering::SeqCst);
+                }
+                peak = peak.max(p);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    nats.restart().await.expect("restart");
+    let last = write_history(&k, "late", 2, 10).await;
+    handle.wait_for(last, WAIT).await.expect("caught up after the restart");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    watcher.abort();
+    assert_eq!(lowest_after_peak.load(Ordering::SeqCst), u64::MAX, "the reported position went backwards");
+    let ids: Vec<String> = (0..4).map(|a| format!("acct-{a}")).chain((0..2).map(|a| format!("late-{a}"))).collect();
+    assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await);
+}
+
+/// The accounts projection, slow on the live tables only: the live runner lags
+/// while a rebuild's replay races ahead of it.
+#[derive(Clone)]
+struct SlowLive;
+
+impl gridwork_eventstore::projection::Projection for SlowLive {
+    fn name(&self) -> &str {
+        Accounts.name()
+    }
+    fn tables(&self) -> &'static [TableDef] {
+        Accounts.tables()
+    }
+    async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
+        if tables.is_live() {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        Accounts.apply(tx, tables, commit).await
+    }
+}
+
+#[tokio::test]
+async fn a_rebuild_that_runs_ahead_of_a_lagging_live_runner_swaps_in_without_applying_anything_twice_on_sqlite() {
+    rebuild_ahead_of_live(TestDb::sqlite().expect("db")).await;
+}
+
+/// On PostgreSQL the two writers do not share one lock, so the rebuild really
+/// runs ahead of the live runner.
+#[tokio::test]
+async fn a_rebuild_that_runs_ahead_of_a_lagging_live_runner_swaps_in_without_applying_anything_twice_on_postgres() {
+    let name = "a_rebuild_that_runs_ahead_of_a_lagging_live_runner_on_postgres";
+    let Some(db) = TestDb::postgres(name).await.expect("pg") else { return };
+    rebuild_ahead_of_live(db).await;
+}
+
+async fn rebuild_ahead_of_live(db: TestDb) {
+    let nats = NatsServer::start().await.expect("nats");
+    let k = kernel(&nats, &db).await;
+    let last = write_history(&k, "acct", 6, 40).await;
+    let handle = ProjectionRunner::start(k.js.clone(), k.store.clone(), SlowLive, quick()).await.expect("start");
+    let swapped_at = handle.rebuild().await.expect("rebuild");
+    assert!(swapped_at >= handle.position(), "the swap takes the shadow set's (further) position");
+    handle.wait_for(last, WAIT).await.expect("caught up");
+    assert!(handle.parked().await.expect("parked").is_empty(), "nothing applied twice, nothing parked");
+    let ids: Vec<String> = (0..6).map(|a| format!("acct-{a}")).collect();
+    assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await);
+    handle.stop().await;
+    db.cleanup().await;
+}
