@@ -25,9 +25,17 @@ pub enum StoreError {
         /// How many times the command was decided.
         attempts: u32,
     },
-    /// NATS (or a database) is unreachable or timed out.
+    /// NATS (or a database) is unreachable or timed out: retrying may succeed.
     #[error("event store unavailable: {0}")]
     Unavailable(String),
+    /// The commit is larger than the server or stream accepts: retrying the same
+    /// command can never succeed.
+    #[error("the command's commit is too large to store: {0}")]
+    TooLarge(String),
+    /// The stream is missing, sealed or otherwise refuses every write: an
+    /// operator must act; retrying cannot help.
+    #[error("event store misconfigured: {0}")]
+    Misconfigured(String),
     /// A stored commit cannot be read.
     #[error("stored data is unreadable: {0}")]
     Corrupt(#[from] DecodeError),

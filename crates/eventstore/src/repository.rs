@@ -274,7 +274,7 @@ impl<A: Aggregate> Repository<A> {
                 }
                 Err(e) => {
                     self.cache.invalidate(id);
-                    return Err(StoreError::Unavailable(format!("publish to {subject}: {e}")).into());
+                    return Err(publish_failure(&subject, &e).into());
                 }
             }
         }
@@ -376,6 +376,26 @@ impl<A: Aggregate> Repository<A> {
                 warn!(error = %e, "snapshot write failed");
             }
         });
+    }
+}
+
+/// Sort a failed publish into what a client should do about it: retry
+/// (unavailable), change the command (too large), or call an operator.
+fn publish_failure(subject: &str, e: &async_nats::jetstream::context::PublishError) -> StoreError {
+    use async_nats::jetstream::ErrorCode;
+    use std::error::Error as _;
+    /// nats-server's JSStreamSealedErr: "invalid operation on sealed stream".
+    const STREAM_SEALED: ErrorCode = ErrorCode(10109);
+    let code = e.source().and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>()).map(|j| j.error_code());
+    let what = format!("publish to {subject}: {e}");
+    match (e.kind(), code) {
+        (PublishErrorKind::MaxPayloadExceeded, _) | (_, Some(ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM)) => {
+            StoreError::TooLarge(what)
+        }
+        (PublishErrorKind::StreamNotFound, _) | (_, Some(ErrorCode::STREAM_NOT_FOUND | STREAM_SEALED)) => {
+            StoreError::Misconfigured(what)
+        }
+        _ => StoreError::Unavailable(what),
     }
 }
 

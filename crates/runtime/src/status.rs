@@ -2,13 +2,13 @@
 //!
 //! | error | code |
 //! |---|---|
-//! | bad input | `INVALID_ARGUMENT`, with `google.rpc.BadRequest` naming each field |
+//! | bad input, or a command whose commit can never fit the stream | `INVALID_ARGUMENT`, with `google.rpc.BadRequest` naming each field |
 //! | broken domain rule | `FAILED_PRECONDITION`, with `google.rpc.PreconditionFailure` |
 //! | missing | `NOT_FOUND` |
 //! | concurrency still losing after retries | `ABORTED` |
 //! | NATS or database down | `UNAVAILABLE` |
 //! | read model not caught up within the deadline | `DEADLINE_EXCEEDED` |
-//! | anything else | `INTERNAL` with a generic message; the cause is logged, never sent |
+//! | anything else (corrupt data, a missing or sealed stream) | `INTERNAL` with a generic message; the cause is logged, never sent |
 
 use gridwork_eventstore::projection::WaitError;
 use gridwork_eventstore::{ExecuteError, StoreError};
@@ -118,7 +118,11 @@ impl From<StoreError> for ServiceError {
             StoreError::InvalidCommandId(reason) => ServiceError::invalid("command_id", reason),
             StoreError::Conflict { .. } => ServiceError::Aborted(format!("{e}; retry the command")),
             StoreError::Unavailable(m) => ServiceError::Unavailable(m),
-            StoreError::Corrupt(_) | StoreError::Unsafe(_) => ServiceError::Internal(e.to_string()),
+            // The same command can never fit: the caller must change it.
+            StoreError::TooLarge(m) => ServiceError::invalid("command", m),
+            StoreError::Corrupt(_) | StoreError::Unsafe(_) | StoreError::Misconfigured(_) => {
+                ServiceError::Internal(e.to_string())
+            }
         }
     }
 }

@@ -250,3 +250,33 @@ async fn bad_input_is_invalid_argument_naming_each_field_and_writes_nothing() {
     let mut stream = async_nats::jetstream::new(client).get_stream("SAMPLE").await.expect("stream");
     assert_eq!(stream.info().await.expect("info").state.messages, 0, "nothing written");
 }
+
+/// A commit the stream can never accept is the caller's to change, not a
+/// reason to retry: INVALID_ARGUMENT, not UNAVAILABLE. A sealed stream is an
+/// operator's problem: INTERNAL.
+#[tokio::test]
+async fn a_commit_that_can_never_be_stored_is_not_answered_unavailable() {
+    use gridwork_eventstore::StoreError;
+    use gridwork_eventstore::error::ExecuteError;
+    use gridwork_sample_ledger::domain::ledger::LedgerCommand;
+
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let mut config = k.js.get_stream("SAMPLE").await.expect("stream").info().await.expect("info").config.clone();
+    config.max_message_size = 1200;
+    k.js.update_stream(config.clone()).await.expect("limit message size");
+
+    let big = LedgerCommand::Open { owner: "x".repeat(1500) };
+    let err = k.repository.execute("big", &big, &meta()).await.expect_err("too large");
+    let ExecuteError::Store(err @ StoreError::TooLarge(_)) = err else { panic!("wanted TooLarge, got {err:?}") };
+    let status = tonic::Status::from(gridwork_runtime::status::ServiceError::from(err));
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    k.repository.execute("small", &LedgerCommand::Open { owner: "x".into() }, &meta()).await.expect("fits");
+
+    config.sealed = true;
+    k.js.update_stream(config).await.expect("seal");
+    let err =
+        k.repository.execute("later", &LedgerCommand::Open { owner: "y".into() }, &meta()).await.expect_err("sealed");
+    assert!(matches!(err, ExecuteError::Store(StoreError::Misconfigured(_))), "{err:?}");
+}
