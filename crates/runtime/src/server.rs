@@ -84,11 +84,16 @@ impl Runtime {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(gridwork_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .context("building the reflection service")?;
+        // Both reflection versions: many stock clients (Python grpcio-reflection,
+        // Postman, grpcui, older grpcurl, Evans) speak only v1alpha.
+        let reflection_builder = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(gridwork_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection = reflection_builder().build_v1().context("building the reflection service")?;
+        let reflection_v1alpha =
+            reflection_builder().build_v1alpha().context("building the v1alpha reflection service")?;
         let mut names = vec![""];
         names.extend_from_slice(service_names);
         for name in &names {
@@ -106,7 +111,7 @@ impl Runtime {
                 }
             });
         }
-        let routes = routes.add_service(health_service).add_service(reflection);
+        let routes = routes.add_service(health_service).add_service(reflection).add_service(reflection_v1alpha);
         let drain_signal = {
             let health = health.clone();
             async move {

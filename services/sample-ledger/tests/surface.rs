@@ -72,6 +72,30 @@ async fn health_and_reflection_answer_a_stock_grpc_client() {
     assert!(names.contains(LEDGER), "{names:?}");
     assert!(names.contains("grpc.health.v1.Health"), "{names:?}");
 
+    // The same over v1alpha, which many stock clients still speak.
+    {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let channel = Channel::from_shared(endpoint.clone()).expect("endpoint").connect().await.expect("connect");
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = ServerReflectionClient::new(channel)
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .expect("v1alpha reflection")
+            .into_inner();
+        let response = responses.message().await.expect("message").expect("one response");
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected v1alpha reflection answer {response:?}");
+        };
+        let names: HashSet<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.contains(LEDGER), "v1alpha: {names:?}");
+    }
+
     // Prometheus metrics are served and carry the kernel's counters.
     let mut client = t.client.clone();
     let account = unique_id("m");
