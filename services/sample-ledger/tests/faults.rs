@@ -192,6 +192,44 @@ async fn a_read_only_postgres_stalls_the_projection_and_parks_nothing() {
     db.cleanup().await;
 }
 
+/// A read-only error raised by the read model's own statement inside `apply`
+/// (a standby refusing a write halfway through a batch), after the checkpoint
+/// was locked: the error reaches the poison policy, which must call it the
+/// environment.
+#[tokio::test]
+async fn a_read_only_error_inside_apply_stalls_the_projection_and_parks_nothing() {
+    let name = "a_read_only_error_inside_apply_stalls_the_projection_and_parks_nothing";
+    let Some(db) = TestDb::postgres(name).await.expect("pg") else { return };
+    let nats = NatsServer::start().await.expect("nats");
+    let k = kernel(&nats, &db).await;
+    let handle = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("start");
+    let before = write_history(&k, "acct", 2, 2).await;
+    handle.wait_for(before, WAIT).await.expect("caught up");
+
+    for statement in [
+        "CREATE FUNCTION refuse_writes() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         RAISE EXCEPTION 'cannot execute UPDATE in a read-only transaction' USING ERRCODE = '25006'; END $$",
+        "CREATE TRIGGER refuse_writes BEFORE INSERT OR UPDATE ON sample_accounts \
+         FOR EACH ROW EXECUTE FUNCTION refuse_writes()",
+    ] {
+        sqlx::query(statement).execute(k.store.pool()).await.expect("trigger");
+    }
+    let last = write_history(&k, "late", 2, 3).await;
+    wait_until("the projection reports a stall", async || !k.store.stalled().is_empty()).await;
+    let reason = k.store.stalled().into_iter().map(|(_, r)| r).collect::<Vec<_>>().join(" ");
+    assert!(reason.contains("read-only"), "stalled on the statement inside apply: {reason}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(k.store.position("sample_accounts").await.expect("position"), before);
+    assert_eq!(dead_letters(&k).await, 0, "read-only is not poison");
+
+    sqlx::query("DROP TRIGGER refuse_writes ON sample_accounts").execute(k.store.pool()).await.expect("drop");
+    handle.wait_for(last, WAIT).await.expect("resumes");
+    let ids: Vec<String> = (0..2).map(|a| format!("acct-{a}")).chain((0..2).map(|a| format!("late-{a}"))).collect();
+    assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await);
+    handle.stop().await;
+    db.cleanup().await;
+}
+
 /// Another session holds the read model's table locked (a long migration, a
 /// vacuum full): the projection's statement hits `lock_timeout` (SQLSTATE 55P03)
 /// inside `apply`. That is the environment, not the commit.
@@ -433,29 +471,198 @@ async fn a_rebuild_beside_a_second_live_runner_loses_no_commit_on_postgres() {
 }
 
 #[tokio::test]
-async fn of_two_concurrent_rebuilds_of_one_projection_one_is_refused_and_the_other_is_right() {
+async fn of_two_concurrent_rebuilds_of_one_projection_one_is_refused_and_the_other_is_right_on_sqlite() {
+    concurrent_rebuilds(TestDb::sqlite().expect("db")).await;
+}
+
+/// On PostgreSQL the claim must lock the owner row itself: the write lock that
+/// serialises SQLite does not exist there.
+#[tokio::test]
+async fn of_two_concurrent_rebuilds_of_one_projection_one_is_refused_and_the_other_is_right_on_postgres() {
+    let name = "of_two_concurrent_rebuilds_on_postgres";
+    let Some(db) = TestDb::postgres(name).await.expect("pg") else { return };
+    concurrent_rebuilds(db).await;
+}
+
+async fn concurrent_rebuilds(db: TestDb) {
     let nats = NatsServer::start().await.expect("nats");
-    let db = TestDb::sqlite().expect("db");
     let k = kernel(&nats, &db).await;
     let last = write_history(&k, "acct", 5, 40).await;
     let a = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("a");
     let b = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("b");
     a.wait_for(last, WAIT).await.expect("a");
-    let (ra, rb) = tokio::join!(a.rebuild(), b.rebuild());
-    let refused = [&ra, &rb].iter().filter(|r| matches!(r, Err(RunnerError::RebuildRunning))).count();
-    let done = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
-    assert_eq!((done, refused), (1, 1), "one rebuild at a time: {ra:?} {rb:?}");
+    for round in 0..3 {
+        let (ra, rb) = tokio::join!(a.rebuild(), b.rebuild());
+        let refused = [&ra, &rb].iter().filter(|r| matches!(r, Err(RunnerError::RebuildRunning))).count();
+        let done = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+        assert_eq!((done, refused), (1, 1), "round {round}: one rebuild at a time: {ra:?} {rb:?}");
+    }
     let ids: Vec<String> = (0..5).map(|a| format!("acct-{a}")).collect();
     assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await);
     // No shadow tables are left behind.
-    let tables: Vec<(String,)> =
-        sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%shadow%'")
-            .fetch_all(k.store.pool())
-            .await
-            .expect("tables");
+    let listing = if k.store.backend().name() == "sqlite" {
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%shadow%'"
+    } else {
+        "SELECT CAST(tablename AS TEXT) FROM pg_tables WHERE tablename LIKE '%shadow%'"
+    };
+    let tables: Vec<(String,)> = sqlx::query_as(listing).fetch_all(k.store.pool()).await.expect("tables");
     assert!(tables.is_empty(), "left behind: {tables:?}");
     a.stop().await;
     b.stop().await;
+    db.cleanup().await;
+}
+
+/// A rebuild meets again every commit the live tables parked. Those are known
+/// poison, not an outage: a history with more of them than the burst limit
+/// still rebuilds, and the rebuild does not trip the live runner's breaker.
+#[tokio::test]
+async fn a_rebuild_through_more_known_poison_than_the_burst_limit_completes() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let buggy = Buggy { buggy: Arc::new(AtomicBool::new(true)) };
+    let config = RunnerConfig { poison_burst_limit: 2, poison_burst_window: Duration::from_millis(300), ..quick() };
+    let handle = ProjectionRunner::start(k.js.clone(), k.store.clone(), buggy.clone(), config).await.expect("start");
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let id = format!("a{i}");
+        open_raw(&k, &id).await;
+        let unlucky = deposit_raw(&k, &id, 13).await;
+        // Spaced out: each is poison on its own, not a burst.
+        handle.wait_for(unlucky, WAIT).await.expect("parked");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        ids.push(id);
+    }
+    assert_eq!(handle.parked().await.expect("parked").len(), 6);
+    assert!(k.store.stalled().is_empty());
+
+    let swapped = handle.rebuild().await.expect("a rebuild through known poison completes");
+    assert_eq!(handle.parked().await.expect("parked").len(), 6, "the rebuild parked the same commits");
+    // The live runner still parks a new poison commit on its own.
+    open_raw(&k, "late").await;
+    let late = deposit_raw(&k, "late", 13).await;
+    assert!(late > swapped);
+    handle.wait_for(late, WAIT).await.expect("the live runner is not tripped");
+    assert_eq!(handle.parked().await.expect("parked").len(), 7);
+    assert!(k.store.stalled().is_empty());
+
+    buggy.buggy.store(false, Ordering::SeqCst);
+    assert_eq!(handle.replay_parked().await.expect("replay").applied, 7);
+    ids.push("late".into());
+    assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await);
+    handle.stop().await;
+}
+
+/// The runner's stall report ends with the runner, however it ends: a stopped
+/// or crashed runner never keeps its service NOT_SERVING.
+#[tokio::test]
+async fn a_stall_report_ends_when_its_runner_stops_or_dies() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let before = write_history(&k, "acct", 1, 1).await;
+    let first = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("start");
+    first.wait_for(before, WAIT).await.expect("caught up");
+    sqlx::query("ALTER TABLE sample_accounts RENAME TO sample_accounts_away")
+        .execute(k.store.pool())
+        .await
+        .expect("hide");
+    write_history(&k, "late", 1, 1).await;
+    wait_until("the first runner stalls", async || !k.store.stalled().is_empty()).await;
+    first.stop().await;
+    assert!(k.store.stalled().is_empty(), "a stopped runner reports no stall");
+
+    sqlx::query("ALTER TABLE sample_accounts_away RENAME TO sample_accounts_gone")
+        .execute(k.store.pool())
+        .await
+        .expect("hide");
+    // Started without the table it makes it; hide it again to stall.
+    let second = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("start");
+    sqlx::query("DROP TABLE sample_accounts").execute(k.store.pool()).await.expect("drop");
+    wait_until("the second runner stalls", async || !k.store.stalled().is_empty()).await;
+    second.abort();
+    wait_until("a killed runner's report ends", async || k.store.stalled().is_empty()).await;
+}
+
+/// A runner stalled on a batch that another replica then applied has nothing
+/// left to apply, so no batch ever comes to prove the database works: it must
+/// find out by itself and report SERVING again.
+#[tokio::test]
+async fn a_stalled_runner_whose_work_another_replica_did_stops_reporting_a_stall() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let broken = Broken { broken: Arc::new(AtomicBool::new(true)) };
+    let a = ProjectionRunner::start(k.js.clone(), k.store.clone(), broken.clone(), quick()).await.expect("a");
+    let last = write_history(&k, "acct", 2, 3).await;
+    wait_until("replica a stalls", async || !k.store.stalled().is_empty()).await;
+    let b = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("b");
+    b.wait_for(last, WAIT).await.expect("replica b applies everything");
+    // Replica a's own database access is still "broken" for applying, but it
+    // has nothing to apply: it is current, not stalled.
+    wait_until("replica a sees it is current", async || k.store.stalled().is_empty()).await;
+    a.wait_for(last, WAIT).await.expect("a reports b's position");
+    let ids: Vec<String> = (0..2).map(|a| format!("acct-{a}")).collect();
+    assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The accounts projection whose every apply fails as the environment would
+/// (a pool timeout) while `broken`.
+#[derive(Clone)]
+struct Broken {
+    broken: Arc<AtomicBool>,
+}
+
+impl gridwork_eventstore::projection::Projection for Broken {
+    fn name(&self) -> &str {
+        Accounts.name()
+    }
+    fn tables(&self) -> &'static [TableDef] {
+        Accounts.tables()
+    }
+    async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(ApplyError::Db(sqlx::Error::PoolTimedOut));
+        }
+        Accounts.apply(tx, tables, commit).await
+    }
+}
+
+/// The source streams deny deletes, so a hole in one cannot happen by accident;
+/// a stream set up without that protection (here: a copy of `SAMPLE` sourced
+/// into `HOLEY`) can have one. The runner does not skip it: it stalls at the
+/// commit before it, says which one is missing, and applies nothing past it.
+#[tokio::test]
+async fn a_commit_missing_from_the_stream_stalls_the_runner_instead_of_being_skipped() {
+    use async_nats::jetstream::stream;
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let last = write_history(&k, "acct", 2, 4).await;
+    let mut holey = k
+        .js
+        .create_stream(stream::Config {
+            name: "HOLEY".into(),
+            sources: Some(vec![stream::Source { name: "SAMPLE".into(), ..Default::default() }]),
+            ..Default::default()
+        })
+        .await
+        .expect("holey");
+    wait_until("the copy is complete", async || holey.info().await.expect("info").state.last_sequence == last).await;
+    let hole = 4;
+    assert!(holey.delete_message(hole).await.expect("delete"));
+
+    let config = RunnerConfig { stream: "HOLEY".into(), ..quick() };
+    let handle = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, config).await.expect("start");
+    wait_until("the runner stalls on the hole", async || !k.store.stalled().is_empty()).await;
+    let reason = k.store.stalled().into_iter().map(|(_, r)| r).collect::<Vec<_>>().join(" ");
+    assert!(reason.contains(&format!("commit {hole} is missing")), "{reason}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(k.store.position("sample_accounts").await.expect("position"), hole - 1);
+    assert_eq!(handle.position(), hole - 1);
+    handle.stop().await;
 }
 
 /// After a NATS restart the client's ordered consumer may start over from the
@@ -541,8 +748,12 @@ async fn rebuild_ahead_of_live(db: TestDb) {
     let k = kernel(&nats, &db).await;
     let last = write_history(&k, "acct", 6, 40).await;
     let handle = ProjectionRunner::start(k.js.clone(), k.store.clone(), SlowLive, quick()).await.expect("start");
+    // 240 commits at 3 ms each: the live runner is far behind when the rebuild
+    // starts, and the rebuild's replay (not slowed) reaches the head first.
+    let live_before = handle.position();
+    assert!(live_before < last / 2, "the live runner lags ({live_before} of {last})");
     let swapped_at = handle.rebuild().await.expect("rebuild");
-    assert!(swapped_at >= handle.position(), "the swap takes the shadow set's (further) position");
+    assert_eq!(swapped_at, last, "the swap takes the shadow set's further position");
     handle.wait_for(last, WAIT).await.expect("caught up");
     assert!(handle.parked().await.expect("parked").is_empty(), "nothing applied twice, nothing parked");
     let ids: Vec<String> = (0..6).map(|a| format!("acct-{a}")).collect();

@@ -146,7 +146,9 @@ impl ApplyError {
     }
 }
 
-fn is_poison_db_error(e: &sqlx::Error) -> bool {
+/// See [`ApplyError::is_poison`]; also used for a failed `COMMIT` (a deferred
+/// constraint).
+pub(crate) fn is_poison_db_error(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
             if !matches!(db.kind(), sqlx::error::ErrorKind::Other) {

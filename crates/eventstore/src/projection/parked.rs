@@ -2,7 +2,9 @@
 //!
 //! A commit that is poison (see [`super::ApplyError::is_poison`]) is recorded in
 //! the [`PARKED`] table, in the same transaction that moves the checkpoint past
-//! it, and logged on `dlq.<projection>` in the dead-letter stream for alerting.
+//! it, and — once that transaction has committed, best effort — logged on
+//! `dlq.<projection>` in the dead-letter stream for alerting. The table is the
+//! truth; NATS being unreachable delays the log entry, never the projection.
 //! From then on every later commit of the same subject is parked behind it
 //! (`blocked_by`): applying them would build on a state the read model never
 //! reached. Other aggregates carry on.
@@ -16,7 +18,7 @@
 //! checkpoint and its parked rows replace the live ones at the swap, so a
 //! rebuild after a fix never undoes a replay.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use async_nats::HeaderMap;
 use sqlx::{AnyConnection, AssertSqlSafe};
@@ -67,17 +69,29 @@ pub struct ReplayReport {
     pub still_failing: u64,
 }
 
-/// Subjects with a parked commit under `checkpoint`.
+/// Subjects with a parked commit under `checkpoint`, with their earliest one.
 pub(super) async fn blocked_subjects(
     conn: &mut AnyConnection,
     checkpoint: &str,
-) -> Result<HashSet<String>, sqlx::Error> {
-    let rows: Vec<(String,)> =
-        sqlx::query_as(AssertSqlSafe(format!("SELECT DISTINCT subject FROM {PARKED} WHERE checkpoint = $1")))
+) -> Result<HashMap<String, u64>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT subject, MIN(sequence) FROM {PARKED} WHERE checkpoint = $1 GROUP BY subject"
+    )))
+    .bind(checkpoint)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(s, q)| (s, q as u64)).collect())
+}
+
+/// Whether `sequence` is parked under `checkpoint`.
+pub(super) async fn is_parked(conn: &mut AnyConnection, checkpoint: &str, sequence: u64) -> Result<bool, sqlx::Error> {
+    let row: Option<(i64,)> =
+        sqlx::query_as(AssertSqlSafe(format!("SELECT sequence FROM {PARKED} WHERE checkpoint = $1 AND sequence = $2")))
             .bind(checkpoint)
-            .fetch_all(conn)
+            .bind(sequence as i64)
+            .fetch_optional(conn)
             .await?;
-    Ok(rows.into_iter().map(|(s,)| s).collect())
+    Ok(row.is_some())
 }
 
 /// The earliest parked commit of `subject` under `checkpoint`.
@@ -116,10 +130,16 @@ pub(super) async fn list(store: &ReadStore, checkpoint: &str) -> Result<Vec<Park
         .collect())
 }
 
+/// A dead-letter log entry, published once its parking has committed.
+pub(super) struct DeadLetter {
+    subject: String,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+}
+
 impl<P: Projection> Inner<P> {
-    /// Record `c` as parked under `checkpoint` inside `tx`, and log it on the
-    /// dead-letter stream. The log entry is deduplicated by projection and
-    /// sequence, so a transaction that rolls back and parks again logs once.
+    /// Record `c` as parked under `checkpoint` inside `tx`; returns the
+    /// dead-letter log entry to publish after `tx` commits.
     pub(super) async fn park(
         &self,
         tx: &mut AnyConnection,
@@ -128,7 +148,7 @@ impl<P: Projection> Inner<P> {
         error: &str,
         attempts: u32,
         blocked_by: u64,
-    ) -> Result<(), RunnerError> {
+    ) -> Result<DeadLetter, RunnerError> {
         warn!(projection = %self.name, checkpoint, sequence = c.sequence, attempts, blocked_by, error, "parking commit");
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {PARKED} (checkpoint, sequence, subject, error, attempts, blocked_by, parked_at_ms) \
@@ -161,11 +181,36 @@ impl<P: Projection> Inner<P> {
         if blocked_by > 0 {
             h.insert(dlq_headers::BLOCKED_BY, blocked_by.to_string().as_str());
         }
+        // Deduplicated by checkpoint and sequence: a parking that rolled back
+        // and was done again logs once.
         h.insert(headers::MSG_ID, format!("{checkpoint}:{}:{}", self.config.stream, c.sequence).as_str());
         let subject = format!("dlq.{}", checkpoint.replace(['.', '*', '>', ' ', '#'], "_"));
-        self.js.publish_with_headers(subject, h, c.payload.clone()).await.map_err(nats)?.await.map_err(nats)?;
-        metrics::counter!("projection_parked_total", "projection" => self.name.clone()).increment(1);
-        Ok(())
+        Ok(DeadLetter { subject, headers: h, payload: c.payload.clone() })
+    }
+
+    /// Publish parkings that have committed to the dead-letter log. Best
+    /// effort: a failure is counted and logged, and the projection carries on
+    /// (the parked table already holds them).
+    pub(super) async fn log_dead_letters(&self, letters: Vec<DeadLetter>) {
+        for letter in letters {
+            metrics::counter!("projection_parked_total", "projection" => self.name.clone()).increment(1);
+            let published = async {
+                self.js
+                    .publish_with_headers(letter.subject, letter.headers, letter.payload)
+                    .await
+                    .map_err(nats)?
+                    .await
+                    .map_err(nats)
+            };
+            if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(5), published)
+                .await
+                .unwrap_or_else(|_| Err(nats("timed out")))
+            {
+                metrics::counter!("projection_dead_letter_failures_total", "projection" => self.name.clone())
+                    .increment(1);
+                warn!(projection = %self.name, error = %e, "could not log a parked commit on the dead-letter stream; it is in the parked table");
+            }
+        }
     }
 
     /// See [`super::RunnerHandle::replay_parked`]. Passes over the parked table

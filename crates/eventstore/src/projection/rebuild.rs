@@ -46,11 +46,16 @@ impl<P: Projection> Inner<P> {
     /// Rebuild and swap in; returns the position at the swap.
     pub(super) async fn rebuild(self: Arc<Self>) -> Result<u64, RunnerError> {
         let claim = self.claim().await?;
-        let result = self.rebuild_claimed(&claim).await;
+        // Cancelled (its runner stopped or was killed): clean up in the background.
+        let mut guard = CleanUpOnDrop { inner: Arc::clone(&self), claim: Some(claim) };
+        let Some(claim) = guard.claim.as_ref() else { unreachable!("just set") };
+        let result = self.rebuild_claimed(claim).await;
         if result.is_err() {
             // Leave nothing behind: the next rebuild starts clean.
             self.abandon(claim.tag, &claim.checkpoint, Some(&claim.owner)).await;
         }
+        self.forget_breaker(&claim.checkpoint);
+        guard.claim = None;
         result
     }
 
@@ -72,7 +77,9 @@ impl<P: Projection> Inner<P> {
                     info!(projection = %self.name, position, "rebuilt tables swapped in");
                     return Ok(position);
                 }
-                None => warn!(projection = %self.name, attempt, "swap found a commit to park; catching up first"),
+                None => {
+                    warn!(projection = %self.name, attempt, "swap met a poison commit; parking it outside the lock first")
+                }
             }
             shadow = self.store.position(&claim.checkpoint).await?;
         }
@@ -94,11 +101,13 @@ impl<P: Projection> Inner<P> {
             return Err(RunnerError::RebuildLost);
         }
         let shadow = shadow.max(lock_position(&mut tx, &claim.checkpoint).await?);
+        let mut letters = Vec::new();
         if shadow < live {
             let missing = self.read_range(shadow, live).await?;
             let blocked = super::parked::blocked_subjects(&mut tx, &claim.checkpoint).await?;
-            if !self.apply_in(&mut tx, tables, &blocked, &missing, shadow).await? {
-                return Ok(None);
+            match self.apply_in(&mut tx, tables, &claim.checkpoint, &blocked, &missing, shadow).await? {
+                Some(parked) => letters = parked,
+                None => return Ok(None),
             }
         }
         for def in self.projection.tables() {
@@ -130,40 +139,51 @@ impl<P: Projection> Inner<P> {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.log_dead_letters(letters).await;
         Ok(Some(position))
     }
 
-    /// Claim the projection's rebuild row, taking over a dead owner's.
+    /// Claim the projection's rebuild row, taking over a dead owner's. The row
+    /// is made if absent and then locked (a row lock on PostgreSQL, the write
+    /// lock on SQLite) before it is read, so two claims take turns and the
+    /// second sees the first's owner.
     async fn claim(&self) -> Result<Claim, RunnerError> {
         let owner = uuid::Uuid::now_v7().to_string();
         let tag = ShadowTag::fresh();
-        let now = now_ms();
         let mut tx = self.store.begin_write().await?;
-        let previous: Option<(String, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {REBUILDS} (projection, owner, tag, heartbeat_ms) VALUES ($1, '', '', 0) \
+             ON CONFLICT (projection) DO NOTHING"
+        )))
+        .bind(self.name.as_str())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(AssertSqlSafe(format!("UPDATE {REBUILDS} SET owner = owner WHERE projection = $1")))
+            .bind(self.name.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let (previous, old_tag, heartbeat): (String, String, i64) = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT owner, tag, heartbeat_ms FROM {REBUILDS} WHERE projection = $1"
         )))
         .bind(self.name.as_str())
-        .fetch_optional(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
-        if let Some((_, _, heartbeat)) = &previous
-            && now - heartbeat < STALE_AFTER.as_millis() as i64
-        {
+        let now = now_ms();
+        if !previous.is_empty() && now - heartbeat < STALE_AFTER.as_millis() as i64 {
             return Err(RunnerError::RebuildRunning);
         }
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {REBUILDS} (projection, owner, tag, heartbeat_ms) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (projection) DO UPDATE SET owner = excluded.owner, tag = excluded.tag, \
-             heartbeat_ms = excluded.heartbeat_ms"
+            "UPDATE {REBUILDS} SET owner = $1, tag = $2, heartbeat_ms = $3 WHERE projection = $4"
         )))
-        .bind(self.name.as_str())
         .bind(owner.as_str())
         .bind(tag.as_str())
         .bind(now)
+        .bind(self.name.as_str())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        if let Some((dead, old_tag, _)) = previous {
-            warn!(projection = %self.name, dead_owner = %dead, "taking over a rebuild whose owner stopped heartbeating");
+        if !previous.is_empty() {
+            warn!(projection = %self.name, dead_owner = %previous, "taking over a rebuild whose owner stopped heartbeating");
             if let Some(old_tag) = ShadowTag::parse(&old_tag) {
                 self.abandon(old_tag, &shadow_checkpoint(&self.name, old_tag), None).await;
             }
@@ -212,6 +232,25 @@ impl<P: Projection> Inner<P> {
         .await;
         if let Err(e) = result {
             warn!(projection = %self.name, tag = tag.as_str(), error = %e, "could not clean up a rebuild's shadow tables");
+        }
+    }
+}
+
+/// Abandons a claimed rebuild whose future was dropped before it finished.
+struct CleanUpOnDrop<P: Projection> {
+    inner: Arc<Inner<P>>,
+    claim: Option<Claim>,
+}
+
+impl<P: Projection> Drop for CleanUpOnDrop<P> {
+    fn drop(&mut self) {
+        let Some(claim) = self.claim.take() else { return };
+        let inner = Arc::clone(&self.inner);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                inner.abandon(claim.tag, &claim.checkpoint, Some(&claim.owner)).await;
+                inner.forget_breaker(&claim.checkpoint);
+            });
         }
     }
 }

@@ -21,7 +21,8 @@
 //! [`ReadStore::stalled`] (the service's readiness goes NOT_SERVING) and in the
 //! `projection_stalled` gauge, until the batch applies.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,9 +35,9 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
 use tracing::{Instrument as _, error, info, info_span, warn};
 
-use super::parked::{self, ReplayReport};
+use super::parked::{self, DeadLetter, ReplayReport};
 use super::store::{ReadStore, ensure_checkpoint, lock_position, set_position};
-use super::{ApplyError, Projection, Tables};
+use super::{ApplyError, Projection, Tables, is_poison_db_error};
 use crate::aggregate::DecodeError;
 use crate::envelope::RecordedCommit;
 
@@ -112,6 +113,20 @@ pub enum RunnerError {
     /// Another rebuild took this one's place (it was presumed dead).
     #[error("the rebuild lost its ownership to another one")]
     RebuildLost,
+    /// The stored position is behind the first commit delivered after it (an
+    /// operator moved the checkpoint back): the runner carries on from the
+    /// stored position.
+    #[error("the stored position {stored} is behind the delivered commit {delivered}")]
+    CheckpointBehind {
+        /// The stored position.
+        stored: u64,
+        /// The first commit delivered.
+        delivered: u64,
+    },
+    /// The stream does not hold the commit after the position (it was deleted
+    /// from a stream that must never be deleted from): nothing past it is applied.
+    #[error("commit {0} is missing from the stream; not skipping it")]
+    Missing(u64),
     /// The runner has stopped.
     #[error("projection runner stopped")]
     Stopped,
@@ -120,7 +135,13 @@ pub enum RunnerError {
 impl RunnerError {
     /// Whether the failure stalls the projection (as opposed to a NATS hiccup).
     fn stalls(&self) -> bool {
-        matches!(self, RunnerError::Db(_) | RunnerError::Environment(_) | RunnerError::PoisonBurst { .. })
+        matches!(
+            self,
+            RunnerError::Db(_)
+                | RunnerError::Environment(_)
+                | RunnerError::PoisonBurst { .. }
+                | RunnerError::Missing(_)
+        )
     }
 }
 
@@ -178,10 +199,12 @@ enum Flow {
     Resubscribe,
 }
 
-/// Remembers recent parkings to tell poison from an outage.
+/// Remembers recent parkings under one checkpoint, to tell poison from an outage.
 #[derive(Default)]
 struct Breaker {
-    parked_at: VecDeque<Instant>,
+    /// Distinct commits parked within the window, with when.
+    parked: VecDeque<(u64, Instant)>,
+    /// Refusing to park until a commit applies under this checkpoint again.
     tripped: bool,
 }
 
@@ -191,7 +214,8 @@ pub(super) struct Inner<P> {
     pub(super) projection: P,
     pub(super) config: RunnerConfig,
     pub(super) name: String,
-    breaker: Mutex<Breaker>,
+    /// Per checkpoint: the live one, and a rebuild's shadow one.
+    breakers: Mutex<HashMap<String, Breaker>>,
     stalled: AtomicBool,
     failures: AtomicU32,
 }
@@ -221,7 +245,7 @@ impl ProjectionRunner {
             projection,
             config,
             name,
-            breaker: Mutex::default(),
+            breakers: Mutex::default(),
             stalled: AtomicBool::new(false),
             failures: AtomicU32::new(0),
         });
@@ -331,7 +355,38 @@ impl RunnerHandle {
     }
 }
 
-type RebuildTask = (oneshot::Sender<Result<u64, RunnerError>>, JoinHandle<Result<u64, RunnerError>>);
+/// A rebuild in flight: where to answer, and its task, aborted if the runner
+/// stops or is killed first.
+struct RebuildTask {
+    reply: oneshot::Sender<Result<u64, RunnerError>>,
+    task: AbortOnDrop<Result<u64, RunnerError>>,
+}
+
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Clears the runner's stall report however its task ends (stopped, aborted,
+/// panicked), so that a dead runner never keeps its service NOT_SERVING.
+struct StallReport {
+    store: ReadStore,
+    name: String,
+}
+
+impl Drop for StallReport {
+    fn drop(&mut self) {
+        self.store.set_stalled(&self.name, None);
+        metrics::gauge!("projection_stalled", "projection" => self.name.clone()).set(0.0);
+    }
+}
+
+/// Resubscribing this many times in a row at one position, without applying
+/// anything, means the stream lacks the next commit: stall and say so.
+const RESUBSCRIBES_BEFORE_STALL: u32 = 3;
 
 async fn run<P: Projection>(
     inner: Arc<Inner<P>>,
@@ -339,12 +394,25 @@ async fn run<P: Projection>(
     position_tx: watch::Sender<u64>,
     mut control: mpsc::Receiver<Control>,
 ) {
+    let _report = StallReport { store: inner.store.clone(), name: inner.name.clone() };
     let mut rebuild = None;
+    let mut resubscribes = (position, 0u32);
     loop {
         match inner.consume(&mut position, &position_tx, &mut control, &mut rebuild).await {
             Ok(Flow::Stop) => return,
             Ok(Flow::Resubscribe) => {
                 metrics::counter!("projection_resubscribes_total", "projection" => inner.name.clone()).increment(1);
+                resubscribes = if resubscribes.0 == position { (position, resubscribes.1 + 1) } else { (position, 1) };
+                if resubscribes.1 >= RESUBSCRIBES_BEFORE_STALL {
+                    inner.stall(&RunnerError::Missing(position + 1));
+                }
+                tokio::time::sleep(inner.config.retry_backoff.saturating_mul(resubscribes.1.min(20))).await;
+            }
+            Err(RunnerError::CheckpointBehind { stored, delivered }) => {
+                error!(projection = %inner.name, stored, delivered, "the stored position moved back; carrying on from it");
+                position = stored;
+                position_tx.send_replace(stored);
+                continue;
             }
             Err(e) => {
                 let failures = inner.failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -369,6 +437,53 @@ async fn run<P: Projection>(
     }
 }
 
+/// A run of contiguous commits read from the stream.
+pub(super) struct Run {
+    pub(super) commits: Vec<Delivered>,
+    /// Messages the server still holds for the consumer after this run.
+    pub(super) pending: u64,
+    /// The sequence delivered out of turn after the run, if any: the caller
+    /// must resubscribe (or fail) instead of reading on.
+    pub(super) gap: Option<u64>,
+}
+
+type Batches = Pin<
+    Box<dyn futures::Stream<Item = Vec<Result<jetstream::Message, jetstream::consumer::pull::OrderedError>>> + Send>,
+>;
+
+/// The stream after a position, delivered in contiguous runs. The stream is
+/// unfiltered and never deleted from, so the commits after `p` are exactly
+/// `p+1, p+2, …`; anything else is reported as a gap, never skipped over.
+pub(super) struct Feed {
+    batches: Batches,
+    next: u64,
+}
+
+impl Feed {
+    /// The next run, up to `until` (inclusive). Cancel-safe: it awaits once,
+    /// before taking anything.
+    pub(super) async fn next(&mut self, until: u64) -> Result<Run, RunnerError> {
+        let Some(batch) = self.batches.next().await else {
+            return Err(RunnerError::Nats("consumer ended".into()));
+        };
+        let mut run = Run { commits: Vec::with_capacity(batch.len()), pending: 0, gap: None };
+        for message in batch {
+            let (delivered, pending) = Delivered::from_message(&message.map_err(nats)?)?;
+            if delivered.sequence > until && delivered.sequence == self.next {
+                break;
+            }
+            if delivered.sequence != self.next {
+                run.gap = Some(delivered.sequence);
+                break;
+            }
+            self.next += 1;
+            run.pending = pending;
+            run.commits.push(delivered);
+        }
+        Ok(run)
+    }
+}
+
 impl<P: Projection> Inner<P> {
     fn stall(&self, e: &RunnerError) {
         if !self.stalled.swap(true, Ordering::Relaxed) {
@@ -385,9 +500,18 @@ impl<P: Projection> Inner<P> {
             self.store.set_stalled(&self.name, None);
             metrics::gauge!("projection_stalled", "projection" => self.name.clone()).set(0.0);
         }
-        if let Ok(mut b) = self.breaker.lock() {
-            b.tripped = false;
-        }
+    }
+
+    /// While stalled with nothing left to apply (another replica, or a swap,
+    /// applied it), a batch never comes to prove the database works again: ask
+    /// it directly — lock the checkpoint, and compare with the stream's head.
+    async fn stalled_but_current(&self) -> Result<bool, RunnerError> {
+        let mut tx = self.store.pool().begin().await?;
+        let applied = lock_position(&mut tx, &self.name).await?;
+        tx.commit().await?;
+        let mut stream = self.js.get_stream(&self.config.stream).await.map_err(nats)?;
+        let head = stream.info().await.map_err(nats)?.state.last_sequence;
+        Ok(applied >= head)
     }
 
     async fn consume(
@@ -397,7 +521,10 @@ impl<P: Projection> Inner<P> {
         control: &mut mpsc::Receiver<Control>,
         rebuild: &mut Option<RebuildTask>,
     ) -> Result<Flow, RunnerError> {
-        let mut batches = Box::pin(self.subscribe(*position).await?);
+        let mut feed = self.subscribe(*position).await?;
+        if self.stalled.load(Ordering::Relaxed) && self.stalled_but_current().await? {
+            self.progressed();
+        }
         loop {
             tokio::select! {
                 message = control.recv() => match message {
@@ -408,8 +535,8 @@ impl<P: Projection> Inner<P> {
                             continue;
                         }
                         let this = Arc::clone(self);
-                        let task = tokio::spawn(async move { this.rebuild().await });
-                        *rebuild = Some((reply, task));
+                        let task = AbortOnDrop(tokio::spawn(async move { this.rebuild().await }));
+                        *rebuild = Some(RebuildTask { reply, task });
                     }
                     Some(Control::ReplayParked(reply)) => {
                         let _ = reply.send(self.replay_parked().await);
@@ -418,39 +545,24 @@ impl<P: Projection> Inner<P> {
                         let _ = reply.send(parked::list(&self.store, &self.name).await.map_err(RunnerError::from));
                     }
                 },
-                built = async { match rebuild.as_mut() { Some((_, task)) => task.await, None => std::future::pending().await } } => {
-                    let Some((reply, _)) = rebuild.take() else { continue };
+                built = async { match rebuild.as_mut() { Some(r) => (&mut r.task.0).await, None => std::future::pending().await } } => {
+                    let Some(RebuildTask { reply, .. }) = rebuild.take() else { continue };
                     let _ = reply.send(built.unwrap_or_else(|e| Err(RunnerError::Nats(format!("rebuild task failed: {e}")))));
                 },
-                batch = batches.next() => {
-                    let Some(batch) = batch else {
-                        return Err(RunnerError::Nats("consumer ended".into()));
-                    };
-                    let mut commits = Vec::with_capacity(batch.len());
-                    let mut pending = 0;
-                    let mut gap = false;
-                    for message in batch {
-                        let message = message.map_err(nats)?;
-                        let (delivered, p) = Delivered::from_message(&message)?;
-                        if delivered.sequence != *position + 1 + commits.len() as u64 {
-                            warn!(projection = %self.name, position = *position, delivered = delivered.sequence,
-                                  "delivery is not contiguous with the position; resubscribing from it");
-                            gap = true;
-                            break;
-                        }
-                        pending = p;
-                        commits.push(delivered);
-                    }
-                    if !commits.is_empty() {
-                        let reached = self.apply_batch(Tables::Live, &self.name, &commits).await?;
+                run = feed.next(u64::MAX) => {
+                    let run = run?;
+                    if !run.commits.is_empty() {
+                        let reached = self.apply_batch(Tables::Live, &self.name, &run.commits).await?;
                         self.progressed();
                         *position = reached;
                         position_tx.send_replace(reached);
                         metrics::gauge!("projection_position", "projection" => self.name.clone()).set(reached as f64);
-                        metrics::gauge!("projection_lag", "projection" => self.name.clone()).set(pending as f64);
-                        metrics::counter!("projection_commits_total", "projection" => self.name.clone()).increment(commits.len() as u64);
+                        metrics::gauge!("projection_lag", "projection" => self.name.clone()).set(run.pending as f64);
+                        metrics::counter!("projection_commits_total", "projection" => self.name.clone()).increment(run.commits.len() as u64);
                     }
-                    if gap {
+                    if let Some(delivered) = run.gap {
+                        warn!(projection = %self.name, position = *position, delivered,
+                              "delivery is not contiguous with the position; resubscribing from it");
                         return Ok(Flow::Resubscribe);
                     }
                 }
@@ -458,14 +570,8 @@ impl<P: Projection> Inner<P> {
         }
     }
 
-    /// An ordered consumer delivering batches of commits after `position`.
-    pub(super) async fn subscribe(
-        &self,
-        position: u64,
-    ) -> Result<
-        impl futures::Stream<Item = Vec<Result<jetstream::Message, async_nats::jetstream::consumer::pull::OrderedError>>>,
-        RunnerError,
-    > {
+    /// The commits after `position`, from an ordered consumer.
+    pub(super) async fn subscribe(&self, position: u64) -> Result<Feed, RunnerError> {
         let stream = self.js.get_stream(&self.config.stream).await.map_err(nats)?;
         let deliver_policy = if position == 0 {
             DeliverPolicy::All
@@ -475,7 +581,8 @@ impl<P: Projection> Inner<P> {
         let consumer =
             stream.create_consumer(OrderedConfig { deliver_policy, ..Default::default() }).await.map_err(nats)?;
         let messages = consumer.messages().await.map_err(nats)?;
-        Ok(messages.chunks_timeout(self.config.batch_size, self.config.batch_wait))
+        let batches = messages.chunks_timeout(self.config.batch_size, self.config.batch_wait);
+        Ok(Feed { batches: Box::pin(batches), next: position + 1 })
     }
 
     /// The commits after `from` up to and including `until`, contiguous.
@@ -484,24 +591,12 @@ impl<P: Projection> Inner<P> {
         if from >= until {
             return Ok(out);
         }
-        let mut batches = Box::pin(self.subscribe(from).await?);
+        let mut feed = self.subscribe(from).await?;
         while (out.len() as u64) < until - from {
-            let Some(batch) = batches.next().await else {
-                return Err(RunnerError::Nats("consumer ended while reading a range".into()));
-            };
-            for message in batch {
-                let (delivered, _) = Delivered::from_message(&message.map_err(nats)?)?;
-                if delivered.sequence != from + 1 + out.len() as u64 {
-                    return Err(RunnerError::Nats(format!(
-                        "range read not contiguous: expected {}, got {}",
-                        from + 1 + out.len() as u64,
-                        delivered.sequence
-                    )));
-                }
-                out.push(delivered);
-                if out.len() as u64 == until - from {
-                    break;
-                }
+            let run = feed.next(until).await?;
+            out.extend(run.commits);
+            if run.gap.is_some() {
+                return Err(RunnerError::Missing(from + 1 + out.len() as u64));
             }
         }
         Ok(out)
@@ -521,31 +616,17 @@ impl<P: Projection> Inner<P> {
         if position >= until {
             return Ok(position);
         }
-        let mut batches = Box::pin(self.subscribe(position).await?);
+        let mut feed = self.subscribe(position).await?;
         while position < until {
-            let Some(batch) = batches.next().await else {
-                return Err(RunnerError::Nats("consumer ended during catch-up".into()));
-            };
-            let mut commits = Vec::with_capacity(batch.len());
-            for message in batch {
-                let (delivered, _) = Delivered::from_message(&message.map_err(nats)?)?;
-                if delivered.sequence > until {
-                    break;
-                }
-                if delivered.sequence != position + 1 + commits.len() as u64 {
-                    return Err(RunnerError::Nats(format!(
-                        "catch-up not contiguous: expected {}, got {}",
-                        position + 1 + commits.len() as u64,
-                        delivered.sequence
-                    )));
-                }
-                commits.push(delivered);
-            }
-            if !commits.is_empty() {
-                position = self.apply_batch(tables, checkpoint, &commits).await?;
+            let run = feed.next(until).await?;
+            if !run.commits.is_empty() {
+                position = self.apply_batch(tables, checkpoint, &run.commits).await?;
                 if let Some(owner) = rebuild_owner {
                     self.heartbeat(owner).await?;
                 }
+            }
+            if run.gap.is_some() {
+                return Err(RunnerError::Missing(position + 1));
             }
         }
         Ok(position)
@@ -559,7 +640,10 @@ impl<P: Projection> Inner<P> {
         checkpoint: &str,
         commits: &[Delivered],
     ) -> Result<u64, RunnerError> {
-        let Some(last) = commits.last().map(|c| c.sequence) else { return Ok(0) };
+        let (Some(first), Some(last)) = (commits.first().map(|c| c.sequence), commits.last().map(|c| c.sequence))
+        else {
+            return Ok(0);
+        };
         let span = info_span!("projection.batch", projection = %self.name, commits = commits.len(), last);
         let fast = async {
             let mut tx = self.store.pool().begin().await?;
@@ -567,19 +651,28 @@ impl<P: Projection> Inner<P> {
             let applied = lock_position(&mut tx, checkpoint).await?;
             if applied >= last {
                 tx.commit().await?;
-                return Ok(Some(applied));
+                return Ok(Some((applied, Vec::new())));
+            }
+            if applied + 1 < first {
+                return Err(RunnerError::CheckpointBehind { stored: applied, delivered: first });
             }
             let blocked = parked::blocked_subjects(&mut tx, checkpoint).await?;
-            if !self.apply_in(&mut tx, tables, &blocked, commits, applied).await? {
+            let Some(letters) = self.apply_in(&mut tx, tables, checkpoint, &blocked, commits, applied).await? else {
                 return Ok(None);
-            }
+            };
             set_position(&mut tx, checkpoint, &self.config.stream, last).await?;
-            tx.commit().await?;
-            Ok::<_, RunnerError>(Some(last))
+            match tx.commit().await {
+                Ok(()) => Ok(Some((last, letters))),
+                // A deferred constraint refused the batch at COMMIT: find which commit.
+                Err(e) if is_poison_db_error(&e) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
         }
         .instrument(span)
         .await?;
-        if let Some(reached) = fast {
+        if let Some((reached, letters)) = fast {
+            self.untrip(checkpoint);
+            self.log_dead_letters(letters).await;
             return Ok(reached);
         }
         for c in commits {
@@ -588,29 +681,36 @@ impl<P: Projection> Inner<P> {
         Ok(last)
     }
 
-    /// Apply the commits after `applied` inside `tx`. `Ok(false)` (nothing
-    /// kept) when one of them is poison or waits behind a parked commit: the
-    /// caller rolls back and goes one commit at a time.
+    /// Apply the commits after `applied` inside `tx`; a commit of an aggregate
+    /// with a parked commit (`blocked`: subject → earliest parked sequence) is
+    /// parked behind it. `None` (nothing kept) when one of them is poison: the
+    /// caller rolls back and goes one commit at a time. The dead letters to log
+    /// once `tx` commits otherwise.
     pub(super) async fn apply_in(
         &self,
         tx: &mut sqlx::AnyConnection,
         tables: Tables,
-        blocked: &HashSet<String>,
+        checkpoint: &str,
+        blocked: &HashMap<String, u64>,
         commits: &[Delivered],
         applied: u64,
-    ) -> Result<bool, RunnerError> {
+    ) -> Result<Option<Vec<DeadLetter>>, RunnerError> {
+        let mut letters = Vec::new();
         for c in commits.iter().filter(|c| c.sequence > applied) {
-            let Ok(commit) = &c.parsed else { return Ok(false) };
-            if blocked.contains(&c.subject) {
-                return Ok(false);
+            if let Some(&first) = blocked.get(&c.subject) {
+                // Applying it would build on a state the read model never reached.
+                let reason = format!("waits behind parked commit {first} of {}", c.subject);
+                letters.push(self.park(tx, checkpoint, c, &reason, 0, first).await?);
+                continue;
             }
+            let Ok(commit) = &c.parsed else { return Ok(None) };
             match self.apply_one(tx, tables, commit).await {
                 Ok(()) => {}
-                Err(e) if e.is_poison() => return Ok(false),
+                Err(e) if e.is_poison() => return Ok(None),
                 Err(e) => return Err(RunnerError::Environment(e.to_string())),
             }
         }
-        Ok(true)
+        Ok(Some(letters))
     }
 
     pub(super) async fn apply_one(
@@ -636,12 +736,11 @@ impl<P: Projection> Inner<P> {
                 return Ok(());
             }
             if let Some(first) = parked::first_parked(&mut tx, checkpoint, &c.subject).await? {
-                // Its aggregate has a parked commit: applying this one now would
-                // build on a state the read model never reached.
                 let reason = format!("waits behind parked commit {first} of {}", c.subject);
-                self.park(&mut tx, checkpoint, c, &reason, 0, first).await?;
+                let letter = self.park(&mut tx, checkpoint, c, &reason, 0, first).await?;
                 set_position(&mut tx, checkpoint, &self.config.stream, c.sequence).await?;
                 tx.commit().await?;
+                self.log_dead_letters(vec![letter]).await;
                 return Ok(());
             }
             let commit = match &c.parsed {
@@ -649,15 +748,20 @@ impl<P: Projection> Inner<P> {
                 // Undecodable bytes will not decode on a retry.
                 Err(e) => break e.to_string(),
             };
-            match self.apply_one(&mut tx, tables, commit).await {
+            let outcome = match self.apply_one(&mut tx, tables, commit).await {
+                Ok(()) => match set_position(&mut tx, checkpoint, &self.config.stream, c.sequence).await {
+                    Ok(()) => tx.commit().await.map_err(ApplyError::from),
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(e),
+            };
+            match outcome {
                 Ok(()) => {
-                    set_position(&mut tx, checkpoint, &self.config.stream, c.sequence).await?;
-                    tx.commit().await?;
+                    self.untrip(checkpoint);
                     return Ok(());
                 }
                 Err(e) if !e.is_poison() => return Err(RunnerError::Environment(e.to_string())),
                 Err(e) => {
-                    drop(tx);
                     if attempts >= self.config.max_attempts {
                         break e.to_string();
                     }
@@ -666,29 +770,69 @@ impl<P: Projection> Inner<P> {
                 }
             }
         };
-        self.admit_parking()?;
         let mut tx = self.store.pool().begin().await?;
-        if lock_position(&mut tx, checkpoint).await? < c.sequence {
-            self.park(&mut tx, checkpoint, c, &error, attempts, 0).await?;
-            set_position(&mut tx, checkpoint, &self.config.stream, c.sequence).await?;
+        if lock_position(&mut tx, checkpoint).await? >= c.sequence {
+            tx.commit().await?;
+            return Ok(());
         }
+        // A rebuild meets again the commits the live tables parked: known
+        // poison, not a sign of an outage.
+        let known = checkpoint != self.name && parked::is_parked(&mut tx, &self.name, c.sequence).await?;
+        if !known {
+            self.admit_parking(checkpoint, c.sequence)?;
+        }
+        let letter = self.park(&mut tx, checkpoint, c, &error, attempts, 0).await?;
+        set_position(&mut tx, checkpoint, &self.config.stream, c.sequence).await?;
         tx.commit().await?;
+        if !known {
+            self.count_parking(checkpoint, c.sequence);
+        }
+        self.log_dead_letters(vec![letter]).await;
         Ok(())
     }
 
-    /// Count a parking against the burst limit, or refuse it: many different
-    /// commits failing in a short time is the environment, not poison.
-    fn admit_parking(&self) -> Result<(), RunnerError> {
-        let Ok(mut b) = self.breaker.lock() else { return Ok(()) };
+    /// Refuse to park `sequence` under `checkpoint` when more than the burst
+    /// limit of *other* commits were parked there within the window: many
+    /// different commits failing in a short time is the environment, not poison.
+    /// Once refused, parking stays refused until a commit applies there again.
+    fn admit_parking(&self, checkpoint: &str, sequence: u64) -> Result<(), RunnerError> {
+        let Ok(mut breakers) = self.breakers.lock() else { return Ok(()) };
+        let b = breakers.entry(checkpoint.to_string()).or_default();
         let window = self.config.poison_burst_window;
-        while b.parked_at.front().is_some_and(|t| t.elapsed() > window) {
-            b.parked_at.pop_front();
+        while b.parked.front().is_some_and(|(_, t)| t.elapsed() > window) {
+            b.parked.pop_front();
         }
-        if b.tripped || b.parked_at.len() >= self.config.poison_burst_limit {
+        let others = b.parked.iter().filter(|(s, _)| *s != sequence).count();
+        if b.tripped || others >= self.config.poison_burst_limit {
             b.tripped = true;
-            return Err(RunnerError::PoisonBurst { count: b.parked_at.len(), window });
+            return Err(RunnerError::PoisonBurst { count: others, window });
         }
-        b.parked_at.push_back(Instant::now());
         Ok(())
+    }
+
+    /// Count a parking that committed.
+    fn count_parking(&self, checkpoint: &str, sequence: u64) {
+        if let Ok(mut breakers) = self.breakers.lock() {
+            let b = breakers.entry(checkpoint.to_string()).or_default();
+            if !b.parked.iter().any(|(s, _)| *s == sequence) {
+                b.parked.push_back((sequence, Instant::now()));
+            }
+        }
+    }
+
+    /// A commit applied under `checkpoint`: the environment works.
+    fn untrip(&self, checkpoint: &str) {
+        if let Ok(mut breakers) = self.breakers.lock()
+            && let Some(b) = breakers.get_mut(checkpoint)
+        {
+            b.tripped = false;
+        }
+    }
+
+    /// Forget a checkpoint's breaker (a rebuild's, once it ends).
+    pub(super) fn forget_breaker(&self, checkpoint: &str) {
+        if let Ok(mut breakers) = self.breakers.lock() {
+            breakers.remove(checkpoint);
+        }
     }
 }

@@ -243,11 +243,18 @@ impl ReadStore {
 /// after the position it finds, so no commit is applied twice and the position
 /// never moves back. The touching `UPDATE` takes the row lock on PostgreSQL and
 /// the write lock on SQLite, before anything is read.
+///
+/// A missing row is an error (it would lock nothing): every checkpoint is made
+/// by [`ensure_checkpoint`] before it is used.
 pub async fn lock_position(conn: &mut AnyConnection, projection: &str) -> Result<u64, sqlx::Error> {
-    sqlx::query(AssertSqlSafe(format!("UPDATE {CHECKPOINTS} SET position = position WHERE projection = $1")))
-        .bind(projection)
-        .execute(&mut *conn)
-        .await?;
+    let locked =
+        sqlx::query(AssertSqlSafe(format!("UPDATE {CHECKPOINTS} SET position = position WHERE projection = $1")))
+            .bind(projection)
+            .execute(&mut *conn)
+            .await?;
+    if locked.rows_affected() == 0 {
+        return Err(sqlx::Error::Configuration(format!("no checkpoint row for projection {projection:?}").into()));
+    }
     let row: Option<(i64,)> =
         sqlx::query_as(AssertSqlSafe(format!("SELECT position FROM {CHECKPOINTS} WHERE projection = $1")))
             .bind(projection)
