@@ -297,9 +297,15 @@ async fn two_dispatchers_assigning_at_once_leave_exactly_one_owner() {
     let (ra, rb) = tokio::join!(a.assign_case(assign("police")), b.assign_case(assign("housing")));
     let wins = [ra.is_ok(), rb.is_ok()].into_iter().filter(|w| *w).count();
     assert_eq!(wins, 1, "{ra:?} {rb:?}");
+    // The read model must have applied the winner's commit before it is read.
+    let settle = [&ra, &rb]
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .filter_map(|r| r.get_ref().position.as_ref().map(|p| p.sequence))
+        .max()
+        .expect("the winner's position");
     let loser = ra.err().or(rb.err()).expect("a loser");
     assert!(matches!(loser.code(), Code::FailedPrecondition | Code::Aborted), "{loser:?}");
-    let settle = m.dispatch_app.dispatch().projection().position();
     let case = get(&mut m, &id, settle).await;
     let assigned = case.timeline.iter().filter(|t| t.summary.contains("reassigned")).count();
     assert_eq!(assigned, 1, "one reassignment recorded");

@@ -57,12 +57,14 @@ pub trait Aggregate: Default + Clone + Debug + Send + Sync + 'static {
     type Command: Debug + Send + Sync;
     /// What happened.
     type Event: DomainEvent;
-    /// Why a command was refused: a broken rule, named.
-    type Rejection: std::error::Error + Send + Sync + 'static;
+    /// Why a command was refused: a broken rule, named. Stored (as JSON) with
+    /// the command's id, so that a retry is refused the same way.
+    type Rejection: std::error::Error + serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static;
 
     /// Decide which events a command produces on this state, or refuse it.
-    /// Synchronous and deterministic. An empty vector means "nothing to do" and
-    /// writes nothing.
+    /// Synchronous and deterministic. An empty vector means "nothing to do"; it
+    /// is stored as a no-op (no events), like a refusal, so that both are
+    /// checked against the current state by the server and remembered.
     fn decide(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Rejection>;
 
     /// Fold one event into the state. Moves data only; never rejects.

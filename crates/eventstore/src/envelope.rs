@@ -43,6 +43,10 @@ pub mod headers {
     pub const CE_DATACONTENTTYPE: &str = "ce-datacontenttype";
     /// `ce-type` of a commit holding more than one event.
     pub const COMMIT_TYPE: &str = "gridwork.eventstore.v1.Commit";
+    /// `ce-type` of a command that changed nothing (no events).
+    pub const NO_OP_TYPE: &str = "gridwork.eventstore.v1.NoOp";
+    /// `ce-type` of a command the aggregate refused (no events).
+    pub const REJECTED_TYPE: &str = "gridwork.eventstore.v1.Rejected";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace state.
@@ -69,6 +73,45 @@ pub struct CommandMeta {
     pub principal: String,
     /// When the command was decided, milliseconds since the Unix epoch.
     pub decided_at_unix_ms: i64,
+    /// [`request_digest`] of the client's request, 0 when there is none (a
+    /// process manager's command): the same command id with another digest is
+    /// refused.
+    pub request_digest: u64,
+}
+
+impl CommandMeta {
+    /// The meta of a client's command.
+    pub fn new(key: CommandKey, principal: String, decided_at_unix_ms: i64) -> Self {
+        Self { command_id: key.id, principal, decided_at_unix_ms, request_digest: key.request_digest }
+    }
+}
+
+/// A client's command id and the digest of the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandKey {
+    /// The command id.
+    pub id: String,
+    /// [`request_digest`] of the request.
+    pub request_digest: u64,
+}
+
+/// FNV-1a 64 of a request's encoding: what the command id stands for.
+pub fn request_digest(encoded: &[u8]) -> u64 {
+    let digest =
+        encoded.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    // 0 means "no digest".
+    digest.max(1)
+}
+
+/// What a command decided, as stored.
+#[derive(Debug)]
+pub enum Decision<'a, E> {
+    /// These events (at least one).
+    Events(&'a [E]),
+    /// Nothing to do.
+    NoOp,
+    /// Refused; the refusal as JSON.
+    Rejected(&'a str),
 }
 
 /// The subject of an aggregate instance.
@@ -82,14 +125,27 @@ pub fn msg_id(subject: &str, command_id: &str) -> String {
     format!("{subject}/{command_id}")
 }
 
+impl<E> Clone for Decision<'_, E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E> Copy for Decision<'_, E> {}
+
 /// Build the headers and body of a commit.
 pub fn encode_commit<A: Aggregate>(
     id: &str,
     expected_sequence: u64,
     meta: &CommandMeta,
-    events: &[A::Event],
+    decision: Decision<'_, A::Event>,
 ) -> (HeaderMap, Bytes) {
     let subject = subject::<A>(id);
+    let (events, outcome, rejection): (&[A::Event], _, _) = match decision {
+        Decision::Events(events) => (events, pb::Outcome::Applied, String::new()),
+        Decision::NoOp => (&[], pb::Outcome::NoOp, String::new()),
+        Decision::Rejected(json) => (&[], pb::Outcome::Rejected, json.to_string()),
+    };
     let body = pb::Commit {
         command_id: meta.command_id.clone(),
         aggregate_type: A::TYPE.to_string(),
@@ -104,13 +160,18 @@ pub fn encode_commit<A: Aggregate>(
             .collect(),
         decided_at_unix_ms: meta.decided_at_unix_ms,
         principal: meta.principal.clone(),
+        outcome: outcome as i32,
+        rejection,
+        request_digest: meta.request_digest,
     };
     let mut h = HeaderMap::new();
     h.insert(headers::CE_SPECVERSION, "1.0");
     h.insert(headers::CE_ID, uuid::Uuid::now_v7().to_string().as_str());
     h.insert(headers::CE_SOURCE, format!("gridwork/{}", A::CONTEXT).as_str());
-    let ce_type = match events {
-        [one] => one.event_type(),
+    let ce_type = match (outcome, events) {
+        (pb::Outcome::NoOp, _) => headers::NO_OP_TYPE,
+        (pb::Outcome::Rejected, _) => headers::REJECTED_TYPE,
+        (_, [one]) => one.event_type(),
         _ => headers::COMMIT_TYPE,
     };
     h.insert(headers::CE_TYPE, ce_type);
@@ -172,6 +233,15 @@ impl RecordedCommit {
     /// The command id that produced this commit.
     pub fn command_id(&self) -> &str {
         &self.body.command_id
+    }
+
+    /// What the command came to (commits from before outcomes were recorded
+    /// count as applied).
+    pub fn outcome(&self) -> pb::Outcome {
+        match pb::Outcome::try_from(self.body.outcome) {
+            Ok(pb::Outcome::Unspecified) | Err(_) => pb::Outcome::Applied,
+            Ok(o) => o,
+        }
     }
 
     /// The aggregate id, the last subject token.

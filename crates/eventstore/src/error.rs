@@ -17,6 +17,13 @@ pub enum StoreError {
     /// The command id is empty or too long.
     #[error("invalid command id: {0}")]
     InvalidCommandId(String),
+    /// The command id was used before for a different request: a client bug
+    /// (an id reused), never to be answered with the other request's result.
+    #[error("command id {command_id} was already used for a different request")]
+    CommandIdReused {
+        /// The command id.
+        command_id: String,
+    },
     /// Others kept writing first; retries ran out.
     #[error("concurrent updates to {subject} kept conflicting after {attempts} attempts")]
     Conflict {

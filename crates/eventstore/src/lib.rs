@@ -31,7 +31,7 @@ pub mod testing;
 pub mod trace;
 
 pub use aggregate::{Aggregate, DecodeError, DomainEvent};
-pub use envelope::{CommandMeta, RecordedCommit};
+pub use envelope::{CommandKey, CommandMeta, RecordedCommit};
 pub use error::{ExecuteError, StoreError};
 pub use provision::{StreamSpec, check_server_version, ensure_stream};
 pub use repository::{CommitOutcome, Loaded, Repository, RepositoryOptions};

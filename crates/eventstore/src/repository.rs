@@ -173,11 +173,26 @@ impl<A: Aggregate> Repository<A> {
         }
     }
 
+    /// The aggregate's current state: the warm copy if the leader's head for
+    /// the subject is still where it was built, else brought up to it. One
+    /// round trip to the stream leader on top of [`Repository::load`]; for reads
+    /// that must not answer from a stale replica's cache.
+    #[instrument(skip(self), fields(aggregate = A::TYPE))]
+    pub async fn load_current(&self, id: &str) -> Result<Loaded<A>, StoreError> {
+        check_id(id)?;
+        let Some(warm) = self.cache.get(id) else {
+            let loaded = self.load_cold(id).await?;
+            // A cold load reads any replica; make sure it is the leader's head.
+            return self.refresh(id, loaded).await;
+        };
+        self.refresh(id, (*warm).clone()).await
+    }
+
     /// Read the aggregate from NATS without the cache: snapshot + back-pointer walk.
     pub async fn load_cold(&self, id: &str) -> Result<Loaded<A>, StoreError> {
         check_id(id)?;
         let subject = envelope::subject::<A>(id);
-        let (last, snapshot) = tokio::join!(self.last_commit(&subject), self.read_snapshot(id));
+        let (last, snapshot) = tokio::join!(self.last_commit(&subject, Read::Any), self.read_snapshot(id));
         let Some(last) = last? else {
             return Ok(Loaded::default());
         };
@@ -212,10 +227,11 @@ impl<A: Aggregate> Repository<A> {
         Ok(loaded)
     }
 
-    /// Bring a possibly stale state up to the subject's head.
+    /// Bring a possibly stale state up to the subject's head, read from the
+    /// leader (a follower's head may be the very state the server just refused).
     async fn refresh(&self, id: &str, stale: Loaded<A>) -> Result<Loaded<A>, StoreError> {
         let subject = envelope::subject::<A>(id);
-        let loaded = match self.last_commit(&subject).await? {
+        let loaded = match self.last_commit(&subject, Read::Leader).await? {
             None => Loaded::default(),
             Some(head) => self.catch_up(stale, head).await?,
         };
@@ -223,7 +239,12 @@ impl<A: Aggregate> Repository<A> {
         Ok(loaded)
     }
 
-    /// Decide `command` on aggregate `id` and append its events as one commit.
+    /// Decide `command` on aggregate `id` and store what it came to as one
+    /// commit: its events, or a no-op, or the aggregate's refusal (both with no
+    /// events). Every outcome is published with the sequence it was decided on,
+    /// so the server revalidates a refusal or a no-op decided on a stale cache
+    /// exactly as it does events (the command is decided again on fresh state),
+    /// and every outcome is remembered under the command id.
     #[instrument(skip(self, command, meta), fields(aggregate = A::TYPE, command_id = %meta.command_id))]
     pub async fn execute(
         &self,
@@ -239,30 +260,54 @@ impl<A: Aggregate> Repository<A> {
         let mut loaded = self.load(id).await?;
         for attempt in 1..=self.options.max_attempts {
             if let Some(sequence) = loaded.remembered(&meta.command_id) {
-                return Ok(self.replay(&subject, &meta.command_id, sequence).await?);
+                return self.replay(&subject, meta, sequence).await;
             }
-            let events = loaded.state.decide(command).map_err(ExecuteError::Rejected)?;
-            if events.is_empty() {
-                return Ok(CommitOutcome { sequence: loaded.sequence, events, replayed: false });
-            }
-            let (headers, body) = envelope::encode_commit::<A>(id, loaded.sequence, meta, &events);
+            let decided = loaded.state.decide(command);
+            let rejection =
+                match &decided {
+                    Err(r) => Some(serde_json::to_string(r).map_err(|e| {
+                        StoreError::Corrupt(crate::DecodeError::new(format!("{} rejection", A::TYPE), e))
+                    })?),
+                    Ok(_) => None,
+                };
+            let decision = match (&decided, &rejection) {
+                (Ok(events), _) if !events.is_empty() => envelope::Decision::Events(events),
+                (Ok(_), _) => envelope::Decision::NoOp,
+                (Err(_), json) => envelope::Decision::Rejected(json.as_deref().unwrap_or_default()),
+            };
+            let (headers, body) = envelope::encode_commit::<A>(id, loaded.sequence, meta, decision);
             let publish = async { self.js.publish_with_headers(subject.clone(), headers, body).await?.await }
                 .instrument(tracing::info_span!("eventstore.append", subject = %subject, attempt));
             match publish.await {
+                Ok(ack) if ack.duplicate && ack.sequence == 0 => {
+                    // The original is still being replicated: its sequence is
+                    // not known yet. Ask again shortly; the answer will name it.
+                    debug!(attempt, "duplicate of a commit still in flight; asking again");
+                    self.backoff(attempt).await;
+                }
                 Ok(ack) if ack.duplicate => {
                     metrics::counter!("eventstore_appends_total", "aggregate" => A::TYPE, "outcome" => "duplicate")
                         .increment(1);
                     self.cache.invalidate(id);
-                    return Ok(self.replay(&subject, &meta.command_id, ack.sequence).await?);
+                    return self.replay(&subject, meta, ack.sequence).await;
                 }
                 Ok(ack) => {
-                    metrics::counter!("eventstore_appends_total", "aggregate" => A::TYPE, "outcome" => "ok")
+                    let label = match decision {
+                        envelope::Decision::Events(_) => "ok",
+                        envelope::Decision::NoOp => "no_op",
+                        envelope::Decision::Rejected(_) => "rejected",
+                    };
+                    metrics::counter!("eventstore_appends_total", "aggregate" => A::TYPE, "outcome" => label)
                         .increment(1);
                     let mut next = loaded;
-                    next.apply(ack.sequence, &meta.command_id, &events, self.options.remembered_commands);
+                    let events = decided.as_deref().unwrap_or_default();
+                    next.apply(ack.sequence, &meta.command_id, events, self.options.remembered_commands);
                     self.maybe_snapshot(id, &mut next);
                     self.cache.insert(id.to_string(), Arc::new(next));
-                    return Ok(CommitOutcome { sequence: ack.sequence, events, replayed: false });
+                    return match decided {
+                        Ok(events) => Ok(CommitOutcome { sequence: ack.sequence, events, replayed: false }),
+                        Err(r) => Err(ExecuteError::Rejected(r)),
+                    };
                 }
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                     metrics::counter!("eventstore_conflicts_total", "aggregate" => A::TYPE).increment(1);
@@ -282,25 +327,39 @@ impl<A: Aggregate> Repository<A> {
         Err(StoreError::Conflict { subject, attempts: self.options.max_attempts }.into())
     }
 
-    /// The original outcome of a command whose commit is at `sequence`.
+    /// The original outcome of a command whose commit is at `sequence`: its
+    /// events, its no-op, or its refusal — unless the id was used for another
+    /// request.
     async fn replay(
         &self,
         subject: &str,
-        command_id: &str,
+        meta: &CommandMeta,
         sequence: u64,
-    ) -> Result<CommitOutcome<A::Event>, StoreError> {
+    ) -> Result<CommitOutcome<A::Event>, ExecuteError<A::Rejection>> {
         let commit = self.commit_at(sequence).await?;
-        if commit.subject != subject || commit.command_id() != command_id {
+        if commit.subject != subject || commit.command_id() != meta.command_id {
             return Err(StoreError::Corrupt(crate::DecodeError::new(
                 format!("commit at sequence {sequence}"),
                 format!(
-                    "expected command {command_id} on {subject}, found {} on {}",
+                    "expected command {} on {subject}, found {} on {}",
+                    meta.command_id,
                     commit.command_id(),
                     commit.subject
                 ),
-            )));
+            ))
+            .into());
         }
-        let events = commit.decode_events::<A::Event>()?;
+        let stored = commit.body.request_digest;
+        if meta.request_digest != 0 && stored != 0 && stored != meta.request_digest {
+            return Err(StoreError::CommandIdReused { command_id: meta.command_id.clone() }.into());
+        }
+        if commit.outcome() == pb::Outcome::Rejected {
+            let rejection = serde_json::from_str(&commit.body.rejection).map_err(|e| {
+                StoreError::Corrupt(crate::DecodeError::new(format!("rejection at sequence {sequence}"), e))
+            })?;
+            return Err(ExecuteError::Rejected(rejection));
+        }
+        let events = commit.decode_events::<A::Event>().map_err(StoreError::from)?;
         Ok(CommitOutcome { sequence, events, replayed: true })
     }
 
@@ -310,22 +369,38 @@ impl<A: Aggregate> Repository<A> {
         tokio::time::sleep(Duration::from_micros(jitter)).await;
     }
 
-    async fn last_commit(&self, subject: &str) -> Result<Option<RecordedCommit>, StoreError> {
-        match self.stream.direct_get_last_for_subject(subject).await {
+    /// The subject's last commit. `Read::Any` may be answered by a lagging
+    /// follower (a direct get); `Read::Leader` is current.
+    async fn last_commit(&self, subject: &str, read: Read) -> Result<Option<RecordedCommit>, StoreError> {
+        if read == Read::Any {
+            return match self.stream.direct_get_last_for_subject(subject).await {
+                Ok(m) => Ok(Some(RecordedCommit::from_stream_message(m)?)),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StoreError::Unavailable(format!("direct get last {subject}: {e}"))),
+            };
+        }
+        match self.stream.get_last_raw_message_by_subject(subject).await {
             Ok(m) => Ok(Some(RecordedCommit::from_stream_message(m)?)),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::Unavailable(format!("direct get last {subject}: {e}"))),
+            Err(e) if leader_not_found(&e) => Ok(None),
+            Err(e) => Err(StoreError::Unavailable(format!("get last {subject}: {e}"))),
         }
     }
 
+    /// The commit at `sequence`. A direct get first (any replica); if that
+    /// replica does not have it (yet), the leader, before calling it missing.
     async fn commit_at(&self, sequence: u64) -> Result<RecordedCommit, StoreError> {
         match self.stream.direct_get(sequence).await {
+            Ok(m) => return Ok(RecordedCommit::from_stream_message(m)?),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::Unavailable(format!("direct get {sequence}: {e}"))),
+        }
+        match self.stream.get_raw_message(sequence).await {
             Ok(m) => Ok(RecordedCommit::from_stream_message(m)?),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Err(StoreError::Corrupt(crate::DecodeError::new(
+            Err(e) if leader_not_found(&e) => Err(StoreError::Corrupt(crate::DecodeError::new(
                 format!("commit at sequence {sequence}"),
                 "missing from the stream",
             ))),
-            Err(e) => Err(StoreError::Unavailable(format!("direct get {sequence}: {e}"))),
+            Err(e) => Err(StoreError::Unavailable(format!("get {sequence}: {e}"))),
         }
     }
 
@@ -396,6 +471,25 @@ fn publish_failure(subject: &str, e: &async_nats::jetstream::context::PublishErr
             StoreError::Misconfigured(what)
         }
         _ => StoreError::Unavailable(what),
+    }
+}
+
+/// Where a read may be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Any replica (direct get): fast, possibly behind.
+    Any,
+    /// The stream leader: current.
+    Leader,
+}
+
+fn leader_not_found(e: &async_nats::jetstream::stream::LastRawMessageError) -> bool {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind as K;
+    match e.kind() {
+        K::NoMessageFound => true,
+        // JSNoMessageFoundErr
+        K::JetStream(j) => j.error_code() == async_nats::jetstream::ErrorCode(10037),
+        _ => false,
     }
 }
 

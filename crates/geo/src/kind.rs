@@ -4,7 +4,7 @@
 use gridwork_proto::gridwork::grid::v1 as pb;
 
 /// A level of the tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     /// The city root (not a stored unit).
     Root,

@@ -116,6 +116,10 @@ impl From<StoreError> for ServiceError {
         match e {
             StoreError::InvalidId { reason, .. } => ServiceError::invalid("id", reason),
             StoreError::InvalidCommandId(reason) => ServiceError::invalid("command_id", reason),
+            StoreError::CommandIdReused { .. } => ServiceError::invalid(
+                "command_id",
+                format!("{e}: a retry must repeat the request exactly; a new request needs a new command id"),
+            ),
             StoreError::Conflict { .. } => ServiceError::Aborted(format!("{e}; retry the command")),
             StoreError::Unavailable(m) => ServiceError::Unavailable(m),
             // The same command can never fit: the caller must change it.

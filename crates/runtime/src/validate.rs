@@ -1,7 +1,9 @@
 //! Request validation shared by every service's `grpc.rs`: collect every
 //! invalid field, then answer once with `INVALID_ARGUMENT` naming them all.
 
+use gridwork_eventstore::CommandKey;
 use gridwork_eventstore::aggregate::validate_id;
+use gridwork_eventstore::envelope::request_digest;
 use tonic::Status;
 
 use crate::status::{FieldViolation, ServiceError};
@@ -16,12 +18,13 @@ impl Violations {
         self.0.push(FieldViolation::new(field, description));
     }
 
-    /// A client command id: must be a UUID.
-    pub fn command_id(&mut self, v: &str) -> String {
+    /// A client command id (must be a UUID) and the digest of the request it
+    /// came with: a retry must send the same request under the same id.
+    pub fn command_id(&mut self, v: &str, request: &impl prost::Message) -> CommandKey {
         if uuid::Uuid::parse_str(v).is_err() {
             self.add("command_id", "must be a UUID");
         }
-        v.to_string()
+        CommandKey { id: v.to_string(), request_digest: request_digest(&request.encode_to_vec()) }
     }
 
     /// An aggregate or reference id: 1-128 of `[A-Za-z0-9_-]`.
@@ -71,7 +74,7 @@ mod tests {
     #[test]
     fn every_invalid_field_is_named_in_one_answer() {
         let mut v = Violations::default();
-        v.command_id("nope");
+        v.command_id("nope", &());
         v.id("unit_id", "a.b");
         v.text("name", "  ", 1, 10);
         v.positive("amount", 0);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gridwork_eventstore::projection::{ReadStore, RunnerHandle, Tables};
-use gridwork_eventstore::{CommandMeta, CommitOutcome, Repository};
+use gridwork_eventstore::{CommandKey, CommandMeta, CommitOutcome, Repository};
 use gridwork_proto::gridwork::dispatch::v1 as pb;
 use gridwork_runtime::ServiceError;
 use gridwork_runtime::clock::Clock as TimeSource;
@@ -94,14 +94,14 @@ impl Dispatch {
     pub async fn act(
         &self,
         case_id: &str,
-        command_id: String,
+        command_id: CommandKey,
         principal: String,
         build: impl FnOnce(Clock) -> CaseCommand,
     ) -> Result<CommitOutcome<CaseEvent>, ServiceError> {
         let clock = self.clock_for(case_id).await?;
         let now = clock.now_unix_ms;
         let command = build(clock);
-        let meta = CommandMeta { command_id, principal, decided_at_unix_ms: now };
+        let meta = CommandMeta::new(command_id, principal, now);
         Ok(self.cases.execute(case_id, &command, &meta).await?)
     }
 
@@ -123,7 +123,8 @@ impl Dispatch {
         .await?;
         let mut fired = 0;
         for (case_id, deadline_id) in due {
-            let command_id = format!("escalate-{deadline_id}");
+            // A process manager's command: its id names the deadline; no request digest.
+            let command_id = CommandKey { id: format!("escalate-{deadline_id}"), request_digest: 0 };
             match self
                 .act(&case_id, command_id, "service:dispatch-scheduler".into(), |clock| CaseCommand::Escalate {
                     deadline_id: deadline_id.clone(),

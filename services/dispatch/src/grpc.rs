@@ -85,7 +85,7 @@ impl DispatchService for DispatchGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("case_id", &r.case_id);
         let by = owner(&mut v, "acting_as", r.acting_as.as_ref());
         v.finish()?;
@@ -103,7 +103,7 @@ impl DispatchService for DispatchGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("case_id", &r.case_id);
         let by = owner(&mut v, "acting_as", r.acting_as.as_ref());
         let notes = v.text("notes", &r.notes, 1, 2000);
@@ -122,7 +122,7 @@ impl DispatchService for DispatchGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("case_id", &r.case_id);
         let by = owner(&mut v, "acting_as", r.acting_as.as_ref());
         let reason = v.text("reason", &r.reason, 1, 500);
@@ -139,7 +139,7 @@ impl DispatchService for DispatchGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("case_id", &r.case_id);
         let expected = owner(&mut v, "expected_owner", r.expected_owner.as_ref());
         let to = owner(&mut v, "to", r.to.as_ref());
@@ -156,7 +156,7 @@ impl DispatchService for DispatchGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("case_id", &r.case_id);
         let by = owner(&mut v, "acting_as", r.acting_as.as_ref());
         if r.departments.is_empty() || r.departments.len() > 10 {
@@ -195,7 +195,7 @@ impl DispatchService for DispatchGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("case_id", &r.case_id);
         let department = v.id("department", &r.department);
         v.finish()?;
@@ -213,7 +213,7 @@ impl DispatchService for DispatchGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("case_id", &r.case_id);
         let by = owner(&mut v, "acting_as", r.acting_as.as_ref());
         let notes = v.text("notes", &r.notes, 1, 2000);
@@ -232,7 +232,7 @@ impl DispatchService for DispatchGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("case_id", &r.case_id);
         let rating = pb::Rating::try_from(r.rating).unwrap_or(pb::Rating::Unspecified);
         if rating == pb::Rating::Unspecified {

@@ -160,6 +160,7 @@ impl Incoming {
             command_id: format!("open-{id}"),
             principal: "service:dispatch".into(),
             decided_at_unix_ms: accepted_at,
+            request_digest: 0,
         };
         self.cases.execute(id, &command, &meta).await.map_err(|e| match e {
             gridwork_eventstore::ExecuteError::Store(s) => {

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use gridwork_eventstore::projection::{ReadStore, RunnerHandle, Tables};
-use gridwork_eventstore::{CommandMeta, CommitOutcome, Repository};
+use gridwork_eventstore::{CommandKey, CommandMeta, CommitOutcome, Repository};
 use gridwork_proto::gridwork::grid::v1 as pb;
 use gridwork_runtime::ServiceError;
 use gridwork_runtime::clock::Clock;
@@ -147,8 +147,8 @@ impl Registry {
         &self.projection
     }
 
-    fn meta(&self, command_id: String, principal: String) -> CommandMeta {
-        CommandMeta { command_id, principal, decided_at_unix_ms: self.clock.now_unix_ms() }
+    fn meta(&self, command_id: CommandKey, principal: String) -> CommandMeta {
+        CommandMeta::new(command_id, principal, self.clock.now_unix_ms())
     }
 
     /// Wait until the read model reflects every commit in the stream, so the
@@ -206,7 +206,7 @@ impl Registry {
         name: String,
         boundary: Boundary,
         special_site: pb::SpecialSite,
-        command_id: String,
+        command_id: CommandKey,
         principal: String,
     ) -> Result<CommitOutcome<UnitEvent>, ServiceError> {
         self.sync().await?;
@@ -231,7 +231,7 @@ impl Registry {
         &self,
         unit_id: String,
         boundary: Boundary,
-        command_id: String,
+        command_id: CommandKey,
         principal: String,
     ) -> Result<CommitOutcome<UnitEvent>, ServiceError> {
         self.sync().await?;
@@ -249,7 +249,7 @@ impl Registry {
     pub async fn on_unit(
         &self,
         unit_id: &str,
-        command_id: String,
+        command_id: CommandKey,
         principal: String,
         build: impl FnOnce(Kind, Date) -> UnitCommand,
     ) -> Result<(CommitOutcome<UnitEvent>, Kind), ServiceError> {

@@ -75,7 +75,7 @@ impl GridRegistryService for RegistryGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
         let parent_id =
             if r.parent_id.is_empty() { String::new() } else { checked_unit_id(&mut v, "parent_id", &r.parent_id) };
@@ -111,7 +111,7 @@ impl GridRegistryService for RegistryGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
         let boundary = boundary(&mut v, "boundary_geojson", &r.boundary_geojson);
         v.finish()?;
@@ -127,7 +127,7 @@ impl GridRegistryService for RegistryGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
         if r.households > 1_000_000 {
             v.add("households", "must be at most 1000000");
@@ -151,7 +151,7 @@ impl GridRegistryService for RegistryGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
         let person_id = checked_unit_id(&mut v, "person_id", &r.person_id);
         let name = v.text("name", &r.name, 1, 100);
@@ -187,7 +187,7 @@ impl GridRegistryService for RegistryGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
         let person_id = checked_unit_id(&mut v, "person_id", &r.person_id);
         let name = v.text("name", &r.name, 1, 100);
@@ -213,7 +213,7 @@ impl GridRegistryService for RegistryGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
         let person_id = checked_unit_id(&mut v, "person_id", &r.person_id);
         let reason = v.text("reason", &r.reason, 1, 500);
@@ -232,7 +232,7 @@ impl GridRegistryService for RegistryGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
         let name = v.text("name", &r.name, 1, 200);
         let secretary = v.text("secretary", &r.secretary, 1, 100);

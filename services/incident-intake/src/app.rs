@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use gridwork_eventstore::projection::{ReadStore, RunnerHandle, Tables};
-use gridwork_eventstore::{CommandMeta, CommitOutcome, Repository};
+use gridwork_eventstore::{CommandKey, CommandMeta, CommitOutcome, Repository};
 use gridwork_geo::{Kind, LocateIndex, UnitRow};
 use gridwork_proto::gridwork::intake::v1 as pb;
 use gridwork_runtime::clock::Clock;
@@ -142,8 +142,8 @@ pub struct Intake {
     rules: Rules,
 }
 
-fn meta(command_id: String, principal: String, now: i64) -> CommandMeta {
-    CommandMeta { command_id, principal, decided_at_unix_ms: now }
+fn meta(command_id: CommandKey, principal: String, now: i64) -> CommandMeta {
+    CommandMeta::new(command_id, principal, now)
 }
 
 /// Great-circle distance in metres.
@@ -191,7 +191,7 @@ impl Intake {
     pub async fn publish_catalogue(
         &self,
         categories: Vec<pb::Category>,
-        command_id: String,
+        command_id: CommandKey,
         principal: String,
     ) -> Result<(u32, CommitOutcome<crate::events::CatalogueEvent>), ServiceError> {
         check_definition(&categories).map_err(|v| {
@@ -313,7 +313,7 @@ impl Intake {
     pub async fn report(
         &self,
         input: ReportInput,
-        command_id: String,
+        command_id: CommandKey,
         principal: String,
     ) -> Result<Reported, ServiceError> {
         let catalogue = self.catalogue(input.catalogue_version).await.map_err(|e| match e {
@@ -333,7 +333,7 @@ impl Intake {
         }
         let (lat, lon, grid_path) = self.place(&input.location).await?;
         let now = self.clock.now_unix_ms();
-        let incident_id = command_id.clone();
+        let incident_id = command_id.id.clone();
         // The duplicate check reads the incidents read model: bring it up to every
         // report already in the stream first.
         let mut stream = self.stream.clone();
@@ -395,7 +395,7 @@ impl Intake {
     pub async fn triage(
         &self,
         incident_id: &str,
-        command_id: String,
+        command_id: CommandKey,
         principal: String,
         build: impl FnOnce(i64) -> IncidentCommand,
     ) -> Result<CommitOutcome<IncidentEvent>, ServiceError> {

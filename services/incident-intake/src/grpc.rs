@@ -42,7 +42,7 @@ impl IntakeService for IntakeGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         v.finish()?;
         let (version, outcome) = self.intake.publish_catalogue(r.categories, command_id, who).await?;
         Ok(Response::new(pb::PublishCatalogueResponse { position: position(&outcome), version }))
@@ -66,7 +66,7 @@ impl IntakeService for IntakeGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let source = pb::Source::try_from(r.source).unwrap_or(pb::Source::Unspecified);
         if source == pb::Source::Unspecified {
             v.add("source", "must be a report channel");
@@ -147,7 +147,7 @@ impl IntakeService for IntakeGrpc {
         let admin = is_admin(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("incident_id", &r.incident_id);
         if r.break_lock && !admin {
             v.add("break_lock", "only an admin may break another's claim");
@@ -181,7 +181,7 @@ impl IntakeService for IntakeGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("incident_id", &r.incident_id);
         v.finish()?;
         let outcome = self
@@ -198,7 +198,7 @@ impl IntakeService for IntakeGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("incident_id", &r.incident_id);
         let reason = pb::RejectionReason::try_from(r.reason).unwrap_or(pb::RejectionReason::Unspecified);
         if reason == pb::RejectionReason::Unspecified {
@@ -225,7 +225,7 @@ impl IntakeService for IntakeGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("incident_id", &r.incident_id);
         let of = v.id("of_incident_id", &r.of_incident_id);
         v.finish()?;

@@ -112,6 +112,7 @@ impl App {
                 command_id: "default-catalogue-v1".into(),
                 principal: "system".into(),
                 decided_at_unix_ms: clock.now_unix_ms(),
+                request_digest: 0,
             };
             catalogue
                 .execute(app::CITY, &CatalogueCommand::Publish { categories: default_categories() }, &meta)

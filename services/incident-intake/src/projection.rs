@@ -114,6 +114,7 @@ impl Projection for Linker {
                 command_id: format!("link-{report_id}"),
                 principal: "service:intake-linker".into(),
                 decided_at_unix_ms: commit.body.decided_at_unix_ms,
+                request_digest: 0,
             };
             match self.incidents.execute(&d.of_incident_id, &command, &meta).await {
                 Ok(_) => {}

@@ -28,7 +28,12 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn meta() -> CommandMeta {
-    CommandMeta { command_id: uuid::Uuid::now_v7().to_string(), principal: "bench".into(), decided_at_unix_ms: 0 }
+    CommandMeta {
+        command_id: uuid::Uuid::now_v7().to_string(),
+        principal: "bench".into(),
+        decided_at_unix_ms: 0,
+        request_digest: 0,
+    }
 }
 
 struct Setup {

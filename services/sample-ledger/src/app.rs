@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gridwork_eventstore::projection::{ReadStore, RunnerHandle, Tables};
-use gridwork_eventstore::{CommandMeta, CommitOutcome, Repository};
+use gridwork_eventstore::{CommandKey, CommandMeta, CommitOutcome, Repository};
 use gridwork_runtime::ServiceError;
 use gridwork_runtime::clock::Clock;
 use sqlx::AssertSqlSafe;
@@ -55,10 +55,10 @@ impl Ledgers {
         &self,
         id: &str,
         command: LedgerCommand,
-        command_id: String,
+        command_id: CommandKey,
         principal: String,
     ) -> Result<CommitOutcome<LedgerEvent>, ServiceError> {
-        let meta = CommandMeta { command_id, principal, decided_at_unix_ms: self.clock.now_unix_ms() };
+        let meta = CommandMeta::new(command_id, principal, self.clock.now_unix_ms());
         Ok(self.repository.execute(id, &command, &meta).await?)
     }
 

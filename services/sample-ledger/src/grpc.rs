@@ -53,7 +53,7 @@ impl LedgerService for LedgerGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("account_id", &r.account_id);
         let owner = r.owner.trim().to_string();
         if owner.is_empty() || owner.chars().count() > 100 {
@@ -68,7 +68,7 @@ impl LedgerService for LedgerGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("account_id", &r.account_id);
         let amount = v.positive("amount", r.amount);
         v.finish()?;
@@ -80,7 +80,7 @@ impl LedgerService for LedgerGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("account_id", &r.account_id);
         let amount = v.positive("amount", r.amount);
         v.finish()?;
@@ -95,7 +95,7 @@ impl LedgerService for LedgerGrpc {
         let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id);
+        let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("account_id", &r.account_id);
         if r.amounts.is_empty() || r.amounts.len() > 100 {
             v.add("amounts", "must hold 1-100 entries");

@@ -31,6 +31,18 @@ async fn stream_commits(nats: &NatsServer, subject: &str) -> Vec<async_nats::jet
     out
 }
 
+/// The commits among `commits` that carry events (a refusal or a no-op is
+/// stored too, with none).
+fn with_events(commits: &[async_nats::jetstream::message::StreamMessage]) -> usize {
+    commits
+        .iter()
+        .filter(|m| {
+            let c = gridwork_eventstore::RecordedCommit::from_stream_message((*m).clone()).expect("commit");
+            !c.body.events.is_empty()
+        })
+        .count()
+}
+
 #[tokio::test]
 async fn fifty_concurrent_conflicting_commands_lose_no_update() {
     let nats = NatsServer::start().await.expect("nats");
@@ -108,7 +120,8 @@ async fn two_concurrent_opens_of_a_new_account_create_it_once() {
         assert_eq!(oks, 1, "exactly one open wins: {ra:?} {rb:?}");
         let loser = ra.err().or(rb.err()).expect("one loser");
         assert_eq!(loser.code(), Code::FailedPrecondition);
-        assert_eq!(stream_commits(&nats, &format!("sample.ledger.{account}")).await.len(), 1);
+        let commits = stream_commits(&nats, &format!("sample.ledger.{account}")).await;
+        assert_eq!(with_events(&commits), 1, "one open");
     }
 }
 
@@ -192,7 +205,7 @@ async fn a_multi_event_command_lands_as_one_commit() {
     assert_eq!(commit.header(headers::PRINCIPAL), Some("anonymous"));
     assert_eq!(commit.previous, commits[0].sequence, "back-pointer stored with the message");
 
-    // A refused multi-event command writes nothing at all.
+    // A refused multi-event command writes no event at all: only its refusal.
     let err = client
         .post_entries(pb::PostEntriesRequest {
             command_id: command_id(),
@@ -202,7 +215,11 @@ async fn a_multi_event_command_lands_as_one_commit() {
         .await
         .expect_err("insufficient funds");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert_eq!(stream_commits(&nats, &format!("sample.ledger.{account}")).await.len(), 2);
+    let commits = stream_commits(&nats, &format!("sample.ledger.{account}")).await;
+    assert_eq!(with_events(&commits), 2);
+    let refusal = gridwork_eventstore::RecordedCommit::from_stream_message(commits[2].clone()).expect("decodes");
+    assert_eq!(refusal.header(headers::CE_TYPE), Some(headers::REJECTED_TYPE));
+    assert!(refusal.body.rejection.contains("InsufficientFunds"), "{}", refusal.body.rejection);
 }
 
 #[tokio::test]
@@ -246,9 +263,9 @@ async fn bad_input_is_invalid_argument_naming_each_field_and_writes_nothing() {
         .expect_err("missing");
     assert_eq!(e.code(), Code::NotFound);
 
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let mut stream = async_nats::jetstream::new(client).get_stream("SAMPLE").await.expect("stream");
-    assert_eq!(stream.info().await.expect("info").state.messages, 0, "nothing written");
+    assert!(stream_commits(&nats, "sample.ledger.ok").await.is_empty(), "invalid input writes nothing");
+    let refused = stream_commits(&nats, "sample.ledger.never-opened").await;
+    assert_eq!((refused.len(), with_events(&refused)), (1, 0), "the refusal is stored, without events");
 }
 
 /// A commit the stream can never accept is the caller's to change, not a

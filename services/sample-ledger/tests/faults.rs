@@ -641,9 +641,8 @@ async fn a_commit_missing_from_the_stream_stalls_the_runner_instead_of_being_ski
     let db = TestDb::sqlite().expect("db");
     let k = kernel(&nats, &db).await;
     let last = write_history(&k, "acct", 2, 4).await;
-    let mut holey = k
-        .js
-        .create_stream(stream::Config {
+    let mut holey =
+        k.js.create_stream(stream::Config {
             name: "HOLEY".into(),
             sources: Some(vec![stream::Source { name: "SAMPLE".into(), ..Default::default() }]),
             ..Default::default()

@@ -28,7 +28,7 @@ use super::calendar::{Counting, WorkingCalendar};
 pub use crate::events::CaseEvent;
 
 /// Where a case stands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Status {
     /// Not opened.
     #[default]
@@ -178,13 +178,13 @@ pub enum CaseCommand {
 }
 
 /// Rules a case command can break.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum CaseRejection {
     /// Not allowed in the current state.
     #[error("cannot {action} a case that is {}", .state.label())]
     InvalidTransition {
         /// What was tried.
-        action: &'static str,
+        action: std::borrow::Cow<'static, str>,
         /// The current state.
         state: Status,
     },
@@ -192,7 +192,7 @@ pub enum CaseRejection {
     #[error("only the owner ({owner}) may {action}")]
     NotOwner {
         /// What was tried.
-        action: &'static str,
+        action: std::borrow::Cow<'static, str>,
         /// The owner.
         owner: String,
     },
@@ -287,8 +287,8 @@ impl Case {
     fn require_owner(&self, by: &pb::Owner, action: &'static str) -> Result<(), CaseRejection> {
         match &self.owner {
             Some(o) if o == by => Ok(()),
-            Some(o) => Err(CaseRejection::NotOwner { action, owner: label(o) }),
-            None => Err(CaseRejection::InvalidTransition { action, state: self.status }),
+            Some(o) => Err(CaseRejection::NotOwner { action: action.into(), owner: label(o) }),
+            None => Err(CaseRejection::InvalidTransition { action: action.into(), state: self.status }),
         }
     }
 
@@ -296,7 +296,7 @@ impl Case {
         if allowed.contains(&self.status) {
             Ok(())
         } else {
-            Err(CaseRejection::InvalidTransition { action, state: self.status })
+            Err(CaseRejection::InvalidTransition { action: action.into(), state: self.status })
         }
     }
 
@@ -660,7 +660,7 @@ mod tests {
         let community = owner(pb::Tier::Community, "c");
         given::<Case>(events.clone())
             .when(CaseCommand::Acknowledge { by: grid(), now_unix_ms: 32 * MIN })
-            .then_expect_error(CaseRejection::NotOwner { action: "acknowledge", owner: "community c".into() });
+            .then_expect_error(CaseRejection::NotOwner { action: "acknowledge".into(), owner: "community c".into() });
         let state = given::<Case>(events.clone()).state().clone();
         let back = state
             .decide(&CaseCommand::HandBack {
@@ -674,7 +674,10 @@ mod tests {
         acked.push(CaseEvent::Acknowledged(pb::CaseAcknowledged { owner: Some(community.clone()), at_unix_ms: 0 }));
         given::<Case>(acked)
             .when(CaseCommand::HandBack { by: community, reason: "x".into(), clock: clock(33 * MIN) })
-            .then_expect_error(CaseRejection::InvalidTransition { action: "hand back", state: Status::Acknowledged });
+            .then_expect_error(CaseRejection::InvalidTransition {
+                action: "hand back".into(),
+                state: Status::Acknowledged,
+            });
     }
 
     #[test]
@@ -766,7 +769,7 @@ mod tests {
     fn transitions_outside_the_graph_name_the_current_state() {
         given::<Case>(history(&[]))
             .when(CaseCommand::Resolve { by: grid(), notes: "".into(), now_unix_ms: 1 })
-            .then_expect_error(CaseRejection::InvalidTransition { action: "resolve", state: Status::Assigned });
+            .then_expect_error(CaseRejection::InvalidTransition { action: "resolve".into(), state: Status::Assigned });
         given::<Case>(history(&[]))
             .when(CaseCommand::Verify {
                 rating: pb::Rating::Satisfied,
@@ -774,10 +777,10 @@ mod tests {
                 comment: "".into(),
                 clock: clock(1),
             })
-            .then_expect_error(CaseRejection::InvalidTransition { action: "verify", state: Status::Assigned });
+            .then_expect_error(CaseRejection::InvalidTransition { action: "verify".into(), state: Status::Assigned });
         given::<Case>([])
             .when(CaseCommand::Acknowledge { by: grid(), now_unix_ms: 1 })
-            .then_expect_error(CaseRejection::InvalidTransition { action: "acknowledge", state: Status::New });
+            .then_expect_error(CaseRejection::InvalidTransition { action: "acknowledge".into(), state: Status::New });
     }
 
     #[test]

@@ -140,7 +140,7 @@ pub enum UnitCommand {
 }
 
 /// Rules a command can break; each names the unit or field concerned.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum UnitRejection {
     /// Wrong level under this parent.
     #[error("a {child} cannot be registered under {parent_id} (a {parent})", child = .child.label(), parent = .parent.label())]

@@ -333,7 +333,7 @@ pub enum CatalogueCommand {
 }
 
 /// Rules a catalogue command can break (none beyond input checks today).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum CatalogueRejection {
     /// The new version equals the latest one.
     #[error("the catalogue is unchanged from version {0}")]

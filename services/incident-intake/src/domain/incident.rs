@@ -14,7 +14,7 @@ use prost::Message as _;
 pub use crate::events::IncidentEvent;
 
 /// Where an incident stands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Status {
     /// Nothing reported yet.
     #[default]
@@ -129,7 +129,7 @@ pub enum IncidentCommand {
 }
 
 /// Rules a command can break.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum IncidentRejection {
     /// Reporting twice under one id.
     #[error("incident already reported")]

@@ -43,7 +43,7 @@ pub enum LedgerCommand {
 }
 
 /// Rules a command can break.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum LedgerRejection {
     /// Opening an account twice.
     #[error("account is already open")]

@@ -95,6 +95,7 @@ pub fn meta() -> gridwork_eventstore::CommandMeta {
         command_id: command_id(),
         principal: "test".into(),
         decided_at_unix_ms: 1_700_000_000_000,
+        request_digest: 0,
     }
 }
 
