@@ -24,6 +24,20 @@ pub enum StoreError {
         /// The command id.
         command_id: String,
     },
+    /// The command id was issued (its UUIDv7 time) longer ago than the
+    /// idempotency horizon: whether it already landed can no longer be told, so
+    /// it is refused rather than risk applying it twice.
+    #[error(
+        "command id {command_id} was issued {age_s} s ago, beyond the {horizon_s} s idempotency horizon; send the command under a new id"
+    )]
+    CommandTooOld {
+        /// The command id.
+        command_id: String,
+        /// Its age in seconds.
+        age_s: i64,
+        /// The horizon in seconds.
+        horizon_s: i64,
+    },
     /// Others kept writing first; retries ran out.
     #[error("concurrent updates to {subject} kept conflicting after {attempts} attempts")]
     Conflict {

@@ -22,6 +22,7 @@
 //! `thiserror` enums; mapping them to gRPC status lives in `gridwork-runtime`.
 
 pub mod aggregate;
+pub mod command_index;
 pub mod envelope;
 pub mod error;
 pub mod projection;
@@ -31,6 +32,7 @@ pub mod testing;
 pub mod trace;
 
 pub use aggregate::{Aggregate, DecodeError, DomainEvent};
+pub use command_index::CommandIndex;
 pub use envelope::{CommandKey, CommandMeta, RecordedCommit};
 pub use error::{ExecuteError, StoreError};
 pub use provision::{StreamSpec, check_server_version, ensure_stream};

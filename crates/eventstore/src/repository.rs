@@ -30,6 +30,7 @@ use rand::Rng as _;
 use tracing::{Instrument as _, debug, instrument, warn};
 
 use crate::aggregate::{Aggregate, validate_id};
+use crate::command_index::CommandIndex;
 use crate::envelope::{self, CommandMeta, RecordedCommit};
 use crate::error::{ExecuteError, StoreError};
 
@@ -44,9 +45,15 @@ pub struct RepositoryOptions {
     pub cache_capacity: u64,
     /// Write a snapshot after this many commits since the last one (0 = never).
     pub snapshot_every: u32,
-    /// Recent command ids remembered per aggregate (the idempotency memory
-    /// beyond the server's duplicate window).
+    /// Recent command ids remembered per aggregate (the first idempotency
+    /// layer, free of round trips).
     pub remembered_commands: usize,
+    /// How long a command id is recognised (with a [`CommandIndex`]); older ids
+    /// are refused. Without an index, the stream's duplicate window.
+    pub idempotency_horizon: Duration,
+    /// How far in the future a command id's UUIDv7 time may lie (client clocks
+    /// run fast).
+    pub max_clock_skew: Duration,
 }
 
 impl Default for RepositoryOptions {
@@ -57,6 +64,8 @@ impl Default for RepositoryOptions {
             cache_capacity: 100_000,
             snapshot_every: 8,
             remembered_commands: 64,
+            idempotency_horizon: Duration::from_secs(7 * 24 * 3600),
+            max_clock_skew: Duration::from_secs(300),
         }
     }
 }
@@ -115,6 +124,8 @@ pub struct Repository<A: Aggregate> {
     snapshots: Option<kv::Store>,
     cache: moka::sync::Cache<String, Arc<Loaded<A>>>,
     options: RepositoryOptions,
+    index: Option<CommandIndex>,
+    duplicate_window: Duration,
 }
 
 impl<A: Aggregate> Clone for Repository<A> {
@@ -125,6 +136,8 @@ impl<A: Aggregate> Clone for Repository<A> {
             snapshots: self.snapshots.clone(),
             cache: self.cache.clone(),
             options: self.options.clone(),
+            index: self.index.clone(),
+            duplicate_window: self.duplicate_window,
         }
     }
 }
@@ -140,6 +153,7 @@ impl<A: Aggregate> Repository<A> {
         options: RepositoryOptions,
     ) -> Result<Self, StoreError> {
         let stream = js.get_stream(stream_name).await.map_err(unavailable)?;
+        let duplicate_window = stream.cached_info().config.duplicate_window;
         let snapshots = match snapshot_bucket {
             Some(b) => Some(js.get_key_value(b).await.map_err(unavailable)?),
             None => None,
@@ -148,7 +162,45 @@ impl<A: Aggregate> Repository<A> {
             .max_capacity(options.cache_capacity)
             .time_to_idle(Duration::from_secs(600))
             .build();
-        Ok(Self { js, stream, snapshots, cache, options })
+        Ok(Self { js, stream, snapshots, cache, options, index: None, duplicate_window })
+    }
+
+    /// Recognise command ids for [`RepositoryOptions::idempotency_horizon`]
+    /// through `index` (see [`crate::command_index`]).
+    pub fn with_command_index(mut self, index: CommandIndex) -> Self {
+        self.index = Some(index);
+        self
+    }
+
+    /// Refuse a command id outside the horizon; find one the index knows.
+    /// The UUIDv7 time of the id is compared with the wall clock, as the
+    /// server's duplicate window is (not the injected domain clock).
+    async fn check_horizon(&self, subject: &str, command_id: &str) -> Result<Option<u64>, StoreError> {
+        let Some(issued) = crate::command_index::issued_at_ms(command_id) else {
+            // Not a UUIDv7 (a process manager's derived id): the layers that
+            // need no time still apply.
+            return Ok(None);
+        };
+        let age = crate::projection::store::now_ms() - issued;
+        if age < -(self.options.max_clock_skew.as_millis() as i64) {
+            return Err(StoreError::InvalidCommandId(format!(
+                "issued {} s in the future; check the client's clock",
+                -age / 1000
+            )));
+        }
+        let horizon = if self.index.is_some() { self.options.idempotency_horizon } else { self.duplicate_window };
+        if age > horizon.as_millis() as i64 {
+            return Err(StoreError::CommandTooOld {
+                command_id: command_id.to_string(),
+                age_s: age / 1000,
+                horizon_s: horizon.as_secs() as i64,
+            });
+        }
+        match &self.index {
+            // Younger than half the window, a retry is caught by the server.
+            Some(index) if age > self.duplicate_window.as_millis() as i64 / 2 => index.find(subject, command_id).await,
+            _ => Ok(None),
+        }
     }
 
     /// Forget every cached aggregate (benchmarks measure the cold path with it).
@@ -258,6 +310,11 @@ impl<A: Aggregate> Repository<A> {
         }
         let subject = envelope::subject::<A>(id);
         let mut loaded = self.load(id).await?;
+        if loaded.remembered(&meta.command_id).is_none()
+            && let Some(sequence) = self.check_horizon(&subject, &meta.command_id).await?
+        {
+            return self.replay(&subject, meta, sequence).await;
+        }
         for attempt in 1..=self.options.max_attempts {
             if let Some(sequence) = loaded.remembered(&meta.command_id) {
                 return self.replay(&subject, meta, sequence).await;

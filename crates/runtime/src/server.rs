@@ -41,6 +41,14 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Start the command index of `stream` in the read store (one per stream,
+    /// shared by every repository on it): the idempotency horizon.
+    pub async fn command_index(&self, stream: &str) -> anyhow::Result<gridwork_eventstore::CommandIndex> {
+        let store = self.store.clone().ok_or_else(|| anyhow::anyhow!("the command index needs a read store"))?;
+        let horizon = gridwork_eventstore::RepositoryOptions::default().idempotency_horizon;
+        Ok(gridwork_eventstore::CommandIndex::start(self.js.clone(), stream, store, horizon).await?)
+    }
+
     /// Connect to NATS (retrying for up to `connect_timeout`) and open the read store.
     pub async fn connect(
         service: &'static str,

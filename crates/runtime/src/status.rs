@@ -116,6 +116,7 @@ impl From<StoreError> for ServiceError {
         match e {
             StoreError::InvalidId { reason, .. } => ServiceError::invalid("id", reason),
             StoreError::InvalidCommandId(reason) => ServiceError::invalid("command_id", reason),
+            StoreError::CommandTooOld { .. } => ServiceError::invalid("command_id", e.to_string()),
             StoreError::CommandIdReused { .. } => ServiceError::invalid(
                 "command_id",
                 format!("{e}: a retry must repeat the request exactly; a new request needs a new command id"),

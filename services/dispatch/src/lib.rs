@@ -119,7 +119,8 @@ impl App {
             Some(&spec.snapshot_bucket()),
             RepositoryOptions::default(),
         )
-        .await?;
+        .await?
+        .with_command_index(runtime.command_index(&spec.name).await?);
         let store = runtime.store.clone().ok_or_else(|| anyhow::anyhow!("read store missing"))?;
         let calendar = Arc::new(settings.calendar);
         let incoming = projection::Incoming {

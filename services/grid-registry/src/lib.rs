@@ -67,7 +67,8 @@ impl App {
             Some(&spec.snapshot_bucket()),
             RepositoryOptions::default(),
         )
-        .await?;
+        .await?
+        .with_command_index(runtime.command_index(&spec.name).await?);
         let store = runtime.store.clone().ok_or_else(|| anyhow::anyhow!("read store missing"))?;
         let projection = ProjectionRunner::start(
             runtime.js.clone(),

@@ -87,8 +87,13 @@ impl App {
         ensure_stream(&runtime.nats, &runtime.js, &grid).await?;
         let options = RepositoryOptions::default;
         let bucket = spec.snapshot_bucket();
-        let incidents = Repository::<Incident>::new(runtime.js.clone(), &spec.name, Some(&bucket), options()).await?;
-        let catalogue = Repository::<Catalogue>::new(runtime.js.clone(), &spec.name, Some(&bucket), options()).await?;
+        let index = runtime.command_index(&spec.name).await?;
+        let incidents = Repository::<Incident>::new(runtime.js.clone(), &spec.name, Some(&bucket), options())
+            .await?
+            .with_command_index(index.clone());
+        let catalogue = Repository::<Catalogue>::new(runtime.js.clone(), &spec.name, Some(&bucket), options())
+            .await?
+            .with_command_index(index);
         let store = runtime.store.clone().ok_or_else(|| anyhow::anyhow!("read store missing"))?;
         let grid_copy = ProjectionRunner::start(
             runtime.js.clone(),

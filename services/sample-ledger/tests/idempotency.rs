@@ -115,3 +115,88 @@ async fn over_grpc_a_reused_command_id_is_invalid_argument_naming_it() {
     let details = tonic_types::StatusExt::get_details_bad_request(&status).expect("bad request details");
     assert!(details.field_violations.iter().any(|v| v.field == "command_id"), "{details:?}");
 }
+
+fn uuid_v7_at(unix_ms: i64) -> String {
+    let ts =
+        uuid::Timestamp::from_unix(uuid::NoContext, (unix_ms / 1000) as u64, ((unix_ms % 1000) * 1_000_000) as u32);
+    uuid::Uuid::new_v7(ts).to_string()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64
+}
+
+/// The hidden horizon, shown: after the server's duplicate window *and* more
+/// than the 64 command ids an aggregate remembers, a retry used to be applied
+/// again (a double deposit). The stream's command index still knows it.
+#[tokio::test]
+async fn a_retry_after_the_dedupe_window_and_a_hundred_later_commands_applies_once() {
+    use gridwork_proto::gridwork::sample::v1 as pb;
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let first = spawn_ledger(&nats, &db).await;
+    let mut stream = js.get_stream("SAMPLE").await.expect("stream");
+    let mut config = stream.info().await.expect("info").config.clone();
+    config.duplicate_window = std::time::Duration::from_secs(1);
+    js.update_stream(config).await.expect("shrink the dedupe window");
+
+    let mut c = first.client.clone();
+    open(&mut c, "acct").await;
+    let request = pb::DepositRequest { command_id: command_id(), account_id: "acct".into(), amount: 7 };
+    let original = c.deposit(request.clone()).await.expect("deposit").into_inner();
+    for _ in 0..100 {
+        deposit(&mut c, "acct", 1).await.expect("later deposit");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    // A replica started now (without re-provisioning the stream, which would
+    // restore the window): no warm cache, the window has passed, and the
+    // aggregate's memory holds only the last 64 ids.
+    let store = gridwork_eventstore::projection::ReadStore::connect(&db.url).await.expect("store");
+    let horizon = RepositoryOptions::default().idempotency_horizon;
+    let index = gridwork_eventstore::CommandIndex::start(js.clone(), "SAMPLE", store, horizon).await.expect("index");
+    let second =
+        Repository::<Ledger>::new(js.clone(), "SAMPLE", Some("SNAPSHOTS_SAMPLE"), RepositoryOptions::default())
+            .await
+            .expect("replica")
+            .with_command_index(index);
+    let retry = CommandMeta { command_id: request.command_id.clone(), ..meta() };
+    let again = second.execute("acct", &LedgerCommand::Deposit { amount: 7 }, &retry).await.expect("retry");
+    assert!(again.replayed, "replayed, not applied: {again:?}");
+    assert_eq!(again.sequence, original.position.map_or(0, |p| p.sequence), "the original commit");
+    assert_eq!(second.load_current("acct").await.expect("load").state.balance, 107, "seven once, plus a hundred ones");
+}
+
+/// Past the horizon nothing can tell a retry from a new command: refused, with
+/// the field named, rather than risk applying it twice. An id from the future
+/// (a fast client clock) is refused too.
+#[tokio::test]
+async fn a_command_id_older_than_the_horizon_or_from_the_future_is_refused() {
+    use gridwork_proto::gridwork::sample::v1 as pb;
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let ledger = spawn_ledger(&nats, &db).await;
+    let mut c = ledger.client.clone();
+    open(&mut c, "acct").await;
+    let eight_days_ago = now_ms() - 8 * 24 * 3600 * 1000;
+    let in_an_hour = now_ms() + 3600 * 1000;
+    for (what, id) in [("too old", uuid_v7_at(eight_days_ago)), ("from the future", uuid_v7_at(in_an_hour))] {
+        let status = c
+            .deposit(pb::DepositRequest { command_id: id, account_id: "acct".into(), amount: 5 })
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{what}: {status:?}");
+        let details = tonic_types::StatusExt::get_details_bad_request(&status).expect("details");
+        assert!(details.field_violations.iter().any(|v| v.field == "command_id"), "{what}: {details:?}");
+    }
+    // Six days old is inside the horizon: a first-time command is applied.
+    let six_days_ago = now_ms() - 6 * 24 * 3600 * 1000;
+    let ok = c
+        .deposit(pb::DepositRequest { command_id: uuid_v7_at(six_days_ago), account_id: "acct".into(), amount: 5 })
+        .await
+        .expect("inside the horizon")
+        .into_inner();
+    assert_eq!(ok.balance, 5);
+}

@@ -299,6 +299,6 @@ pub async fn set_position(
 }
 
 /// Wall-clock milliseconds, for bookkeeping timestamps only (never for ordering).
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

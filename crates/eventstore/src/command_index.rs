@@ -1,0 +1,170 @@
+//! The idempotency horizon: every command id of a stream, remembered for days.
+//!
+//! Three layers answer "has this command id been seen on this aggregate?":
+//!
+//! 1. the aggregate's last 64 command ids (in its state and snapshots) — free;
+//! 2. the server's `Nats-Msg-Id` dedupe, for the stream's duplicate window (2 min);
+//! 3. this index: a projection of the stream into `gridwork_commands_<stream>`
+//!    (subject, command id → sequence), kept for the **horizon** (7 days by
+//!    default, `RepositoryOptions::idempotency_horizon`), durable in the read
+//!    store, built and rebuilt like any projection, independent of how busy the
+//!    aggregate is.
+//!
+//! The index lags the stream by a batch, so it is consulted only for a command id
+//! issued (its UUIDv7 time) longer ago than half the duplicate window — a retry
+//! younger than that is caught by the server. When consulted and it does not know
+//! the id, the index is first brought up to the stream's head, so that a missing
+//! entry means the command never landed. A command id older than the horizon is
+//! refused (`StoreError::CommandTooOld`): after the horizon nothing can tell a retry
+//! from a new command, and applying it twice is the one answer that is never right.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use sqlx::{AnyConnection, AssertSqlSafe};
+
+use crate::envelope::RecordedCommit;
+use crate::error::StoreError;
+use crate::projection::{ApplyError, Projection, ReadStore, RunnerHandle, TableDef, Tables};
+
+/// Rows older than the horizon are pruned every this many commits.
+const PRUNE_EVERY: u64 = 1024;
+
+/// The projection that fills a stream's command index.
+#[derive(Debug, Clone)]
+pub struct CommandIndexProjection {
+    name: &'static str,
+    tables: &'static [TableDef],
+    horizon_ms: i64,
+}
+
+impl CommandIndexProjection {
+    /// The index of `stream`, keeping ids for `horizon`. Made once per process
+    /// and stream (its names are leaked to be `'static`, as table definitions are).
+    pub fn new(stream: &str, horizon: Duration) -> Self {
+        let table: &'static str =
+            Box::leak(format!("gridwork_commands_{}", stream.to_ascii_lowercase()).into_boxed_str());
+        let name: &'static str = Box::leak(format!("command_index_{}", stream.to_ascii_lowercase()).into_boxed_str());
+        let tables: &'static [TableDef] = Box::leak(Box::new([TableDef {
+            name: table,
+            columns: "(subject TEXT NOT NULL, command_id TEXT NOT NULL, sequence BIGINT NOT NULL, \
+                      decided_at_ms BIGINT NOT NULL, PRIMARY KEY (subject, command_id))",
+            indexes: &["decided_at_ms"],
+        }]));
+        Self { name, tables, horizon_ms: horizon.as_millis() as i64 }
+    }
+}
+
+impl Projection for CommandIndexProjection {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn tables(&self) -> &'static [TableDef] {
+        self.tables
+    }
+
+    async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
+        let table = tables.name(self.tables[0].name);
+        // The first commit of a command id wins; a later one with the same id on
+        // the same subject cannot exist (the server dedupes within its window,
+        // the repository beyond it).
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {table} (subject, command_id, sequence, decided_at_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (subject, command_id) DO NOTHING"
+        )))
+        .bind(commit.subject.as_str())
+        .bind(commit.command_id())
+        .bind(commit.sequence as i64)
+        .bind(commit.body.decided_at_unix_ms)
+        .execute(&mut *tx)
+        .await?;
+        if commit.sequence.is_multiple_of(PRUNE_EVERY) {
+            // By the commit's own time, so that a rebuild prunes the same rows.
+            sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE decided_at_ms < $1")))
+                .bind(commit.body.decided_at_unix_ms - self.horizon_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Looks command ids up in a stream's index (see the module docs).
+#[derive(Clone)]
+pub struct CommandIndex {
+    js: jetstream::Context,
+    stream: String,
+    store: ReadStore,
+    table: &'static str,
+    runner: Arc<RunnerHandle>,
+}
+
+impl std::fmt::Debug for CommandIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandIndex").field("stream", &self.stream).field("table", &self.table).finish()
+    }
+}
+
+impl CommandIndex {
+    /// Start indexing `stream` into `store`, keeping ids for `horizon`.
+    pub async fn start(
+        js: jetstream::Context,
+        stream: &str,
+        store: ReadStore,
+        horizon: Duration,
+    ) -> Result<Self, crate::projection::runner::RunnerError> {
+        let projection = CommandIndexProjection::new(stream, horizon);
+        let table = projection.tables[0].name;
+        let runner = crate::projection::ProjectionRunner::start(
+            js.clone(),
+            store.clone(),
+            projection,
+            crate::projection::RunnerConfig::new(stream),
+        )
+        .await?;
+        Ok(Self { js, stream: stream.to_string(), store, table, runner: Arc::new(runner) })
+    }
+
+    /// The index's runner (position, rebuild).
+    pub fn runner(&self) -> &RunnerHandle {
+        &self.runner
+    }
+
+    /// The sequence of the commit `command_id` produced on `subject`, if any.
+    /// Not finding it, brings the index up to the stream's head and looks again.
+    pub async fn find(&self, subject: &str, command_id: &str) -> Result<Option<u64>, StoreError> {
+        if let Some(found) = self.lookup(subject, command_id).await? {
+            return Ok(Some(found));
+        }
+        self.runner
+            .wait_for_stream_head(&self.js, &self.stream, Duration::from_secs(5))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("the command index cannot vouch for {command_id}: {e}")))?;
+        self.lookup(subject, command_id).await
+    }
+
+    async fn lookup(&self, subject: &str, command_id: &str) -> Result<Option<u64>, StoreError> {
+        let table = Tables::Live.name(self.table);
+        let row: Option<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT sequence FROM {table} WHERE subject = $1 AND command_id = $2"
+        )))
+        .bind(subject)
+        .bind(command_id)
+        .fetch_optional(self.store.pool())
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("command index: {e}")))?;
+        Ok(row.map(|(s,)| s as u64))
+    }
+}
+
+/// The issue time of a UUIDv7 command id, milliseconds since the Unix epoch.
+pub fn issued_at_ms(command_id: &str) -> Option<i64> {
+    let id = uuid::Uuid::parse_str(command_id).ok()?;
+    if id.get_version_num() != 7 {
+        return None;
+    }
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    Some(secs as i64 * 1000 + i64::from(nanos / 1_000_000))
+}
