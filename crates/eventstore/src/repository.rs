@@ -320,6 +320,19 @@ impl<A: Aggregate> Repository<A> {
                 return self.replay(&subject, meta, sequence).await;
             }
             let decided = loaded.state.decide(command);
+            // A process manager's command (no request digest, an id derived from
+            // what it reacts to) is decided afresh each time it is sent: storing
+            // its no-op or refusal would freeze an answer that depends on time
+            // (an escalation not yet due) under an id it will send again.
+            if meta.request_digest == 0 {
+                match decided {
+                    Err(r) => return Err(ExecuteError::Rejected(r)),
+                    Ok(events) if events.is_empty() => {
+                        return Ok(CommitOutcome { sequence: loaded.sequence, events, replayed: false });
+                    }
+                    Ok(_) => {}
+                }
+            }
             let rejection =
                 match &decided {
                     Err(r) => Some(serde_json::to_string(r).map_err(|e| {

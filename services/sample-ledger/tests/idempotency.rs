@@ -31,7 +31,8 @@ async fn a_refusal_decided_on_a_stale_cache_is_checked_against_the_stream() {
     assert_eq!(a.load("acct").await.expect("warm").state.balance, 0);
     b.execute("acct", &LedgerCommand::Deposit { amount: 100 }, &meta()).await.expect("deposit on b");
 
-    let withdrawn = a.execute("acct", &LedgerCommand::Withdraw { amount: 60 }, &meta()).await;
+    let client_request = CommandMeta { request_digest: 42, ..meta() };
+    let withdrawn = a.execute("acct", &LedgerCommand::Withdraw { amount: 60 }, &client_request).await;
     assert!(withdrawn.is_ok(), "decided again on the current state: {withdrawn:?}");
     assert_eq!(a.load_current("acct").await.expect("load").state.balance, 40);
     assert_eq!(b.load_current("acct").await.expect("load").state.balance, 40, "b's warm copy is brought up to date");
@@ -46,7 +47,7 @@ async fn a_refused_command_retried_later_is_refused_again_not_applied() {
     let k = kernel(&nats, &db).await;
     let r = &k.repository;
     r.execute("acct", &LedgerCommand::Open { owner: "o".into() }, &meta()).await.expect("open");
-    let withdraw = meta();
+    let withdraw = CommandMeta { request_digest: 42, ..meta() };
     let first = r.execute("acct", &LedgerCommand::Withdraw { amount: 50 }, &withdraw).await;
     assert!(matches!(first, Err(ExecuteError::Rejected(LedgerRejection::InsufficientFunds { .. }))), "{first:?}");
     r.execute("acct", &LedgerCommand::Deposit { amount: 80 }, &meta()).await.expect("deposit");
