@@ -41,6 +41,32 @@ async fn wait_health(endpoint: &str, service: &str, want: ServingStatus, within:
     }
 }
 
+/// The services a server lists over reflection version `$v` (`v1` or
+/// `v1alpha`: the same protocol under two generated packages).
+macro_rules! list_services {
+    ($v:ident, $endpoint:expr) => {{
+        use tonic_reflection::pb::$v::ServerReflectionRequest;
+        use tonic_reflection::pb::$v::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$v::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$v::server_reflection_response::MessageResponse;
+        let channel = Channel::from_shared($endpoint.to_string()).expect("endpoint").connect().await.expect("connect");
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = ServerReflectionClient::new(channel)
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .expect(concat!(stringify!($v), " reflection"))
+            .into_inner();
+        let response = responses.message().await.expect("message").expect("one response");
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected {} reflection answer {response:?}", stringify!($v));
+        };
+        list.service.into_iter().map(|s| s.name).collect::<HashSet<String>>()
+    }};
+}
+
 #[tokio::test]
 async fn health_and_reflection_answer_a_stock_grpc_client() {
     let nats = NatsServer::start().await.expect("nats");
@@ -50,51 +76,12 @@ async fn health_and_reflection_answer_a_stock_grpc_client() {
     wait_health(&endpoint, "", ServingStatus::Serving, Duration::from_secs(10)).await;
     wait_health(&endpoint, LEDGER, ServingStatus::Serving, Duration::from_secs(10)).await;
 
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let channel = Channel::from_shared(endpoint.clone()).expect("endpoint").connect().await.expect("connect");
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = ServerReflectionClient::new(channel)
-        .server_reflection_info(futures::stream::iter([request]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let response = responses.message().await.expect("message").expect("one response");
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("unexpected reflection answer {response:?}");
-    };
-    let names: HashSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    let names = list_services!(v1, &endpoint);
     assert!(names.contains(LEDGER), "{names:?}");
     assert!(names.contains("grpc.health.v1.Health"), "{names:?}");
-
     // The same over v1alpha, which many stock clients still speak.
-    {
-        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-        let channel = Channel::from_shared(endpoint.clone()).expect("endpoint").connect().await.expect("connect");
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut responses = ServerReflectionClient::new(channel)
-            .server_reflection_info(futures::stream::iter([request]))
-            .await
-            .expect("v1alpha reflection")
-            .into_inner();
-        let response = responses.message().await.expect("message").expect("one response");
-        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-            panic!("unexpected v1alpha reflection answer {response:?}");
-        };
-        let names: HashSet<String> = list.service.into_iter().map(|s| s.name).collect();
-        assert!(names.contains(LEDGER), "v1alpha: {names:?}");
-    }
+    let names = list_services!(v1alpha, &endpoint);
+    assert!(names.contains(LEDGER), "v1alpha: {names:?}");
 
     // Prometheus metrics are served and carry the kernel's counters.
     let mut client = t.client.clone();
