@@ -54,6 +54,10 @@ pub struct RepositoryOptions {
     /// How far in the future a command id's UUIDv7 time may lie (client clocks
     /// run fast).
     pub max_clock_skew: Duration,
+    /// How long a command waits for a replicated stream to elect a new leader
+    /// (a publish nobody answers while the stream exists) before it is answered
+    /// UNAVAILABLE. Elections take a few seconds.
+    pub leaderless_wait: Duration,
 }
 
 impl Default for RepositoryOptions {
@@ -66,6 +70,7 @@ impl Default for RepositoryOptions {
             remembered_commands: 64,
             idempotency_horizon: Duration::from_secs(7 * 24 * 3600),
             max_clock_skew: Duration::from_secs(300),
+            leaderless_wait: Duration::from_secs(10),
         }
     }
 }
@@ -315,7 +320,10 @@ impl<A: Aggregate> Repository<A> {
         {
             return self.replay(&subject, meta, sequence).await;
         }
-        for attempt in 1..=self.options.max_attempts {
+        let mut leaderless_since: Option<tokio::time::Instant> = None;
+        let mut attempt = 0;
+        while attempt < self.options.max_attempts {
+            attempt += 1;
             if let Some(sequence) = loaded.remembered(&meta.command_id) {
                 return self.replay(&subject, meta, sequence).await;
             }
@@ -387,8 +395,31 @@ impl<A: Aggregate> Repository<A> {
                     }
                     loaded = self.refresh(id, loaded).await?;
                 }
+                Err(e)
+                    if e.kind() == PublishErrorKind::StreamNotFound
+                        && leaderless_since.get_or_insert_with(tokio::time::Instant::now).elapsed()
+                            < self.options.leaderless_wait
+                        && self.stream_exists().await =>
+                {
+                    // Nobody answered the publish, yet the stream exists: a
+                    // replicated stream between leaders. The same commit (same
+                    // expected sequence and message id) is sent again once one
+                    // is elected; this does not count as a conflict.
+                    metrics::counter!("eventstore_leaderless_waits_total", "aggregate" => A::TYPE).increment(1);
+                    debug!("no stream leader to answer; waiting for an election");
+                    attempt -= 1;
+                    let pause = Duration::from_millis(100 + rand::rng().random_range(0..150));
+                    tokio::time::sleep(pause).await;
+                }
                 Err(e) => {
                     self.cache.invalidate(id);
+                    if e.kind() == PublishErrorKind::StreamNotFound && self.stream_exists().await {
+                        return Err(StoreError::Unavailable(format!(
+                            "publish to {subject}: the stream has had no leader for {:?}",
+                            self.options.leaderless_wait
+                        ))
+                        .into());
+                    }
                     return Err(publish_failure(&subject, &e).into());
                 }
             }
@@ -431,6 +462,22 @@ impl<A: Aggregate> Repository<A> {
         }
         let events = commit.decode_events::<A::Event>().map_err(StoreError::from)?;
         Ok(CommitOutcome { sequence, events, replayed: true })
+    }
+
+    /// Whether the stream exists, as far as the server can tell now: only an
+    /// explicit "stream not found" says no (during an election the question
+    /// itself may go unanswered, which is not a no).
+    async fn stream_exists(&self) -> bool {
+        use async_nats::jetstream::context::GetStreamErrorKind;
+        match self.js.get_stream(&self.stream.cached_info().config.name).await {
+            Ok(_) => true,
+            Err(e) => match e.kind() {
+                GetStreamErrorKind::JetStream(j) => {
+                    j.error_code() != async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+                }
+                _ => true,
+            },
+        }
     }
 
     async fn backoff(&self, attempt: u32) {

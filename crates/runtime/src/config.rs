@@ -16,7 +16,7 @@ pub enum LogFormat {
 /// Common service settings (`#[command(flatten)]` them into a service's config).
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonConfig {
-    /// NATS server URL.
+    /// NATS server URL, or several of one cluster, comma-separated.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// Read-model database: `sqlite://var/<service>.db?mode=rwc` or `postgres://…`.

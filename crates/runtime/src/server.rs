@@ -50,6 +50,8 @@ impl Runtime {
     }
 
     /// Connect to NATS (retrying for up to `connect_timeout`) and open the read store.
+    /// `nats_url` may list several servers of a cluster, comma-separated; the
+    /// client connects to any of them and learns the rest from the cluster.
     pub async fn connect(
         service: &'static str,
         nats_url: &str,
@@ -63,7 +65,8 @@ impl Runtime {
                 .max_reconnects(None)
                 .connection_timeout(Duration::from_secs(2))
                 .request_timeout(Some(Duration::from_secs(5)));
-            match options.connect(nats_url).await {
+            let servers: Vec<&str> = nats_url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            match options.connect(servers.as_slice()).await {
                 Ok(client) => break client,
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     warn!(error = %e, nats_url, "NATS not reachable yet; retrying");

@@ -99,3 +99,171 @@ pub fn server_binary() -> anyhow::Result<PathBuf> {
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// A three-node JetStream cluster on loopback: three `nats-server` processes,
+/// each with its own client port, route port and temp store, routed to each
+/// other. Nodes can be killed (SIGKILL) and restarted one at a time; the
+/// cluster is killed when dropped.
+pub struct NatsCluster {
+    nodes: Vec<ClusterNode>,
+}
+
+struct ClusterNode {
+    name: String,
+    port: u16,
+    config: PathBuf,
+    child: Option<Child>,
+    _store: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Start three nodes and wait until JetStream has a meta leader.
+    pub async fn start() -> anyhow::Result<Self> {
+        let binary = server_binary()?;
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+        let suffix = uuid::Uuid::now_v7().simple().to_string();
+        let mut nodes = Vec::new();
+        for (i, (port, route_port)) in ports.iter().enumerate() {
+            let store = tempfile::Builder::new().prefix("gridwork-nats-cluster-").tempdir()?;
+            let name = format!("n{}", i + 1);
+            let routes: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, (_, r))| format!("\"nats-route://127.0.0.1:{r}\""))
+                .collect();
+            let config = store.path().join("node.conf");
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: {name}\nlisten: \"127.0.0.1:{port}\"\n\
+                     jetstream {{ store_dir: \"{store}\" }}\n\
+                     cluster {{ name: \"gridwork-test-{suffix}\", listen: \"127.0.0.1:{route_port}\", routes: [{routes}] }}\n",
+                    store = store.path().join("js").display(),
+                    routes = routes.join(", "),
+                ),
+            )?;
+            nodes.push(ClusterNode { name, port: *port, config, child: None, _store: store });
+        }
+        let mut cluster = Self { nodes };
+        for i in 0..3 {
+            cluster.spawn_node(&binary, i)?;
+        }
+        cluster.wait_ready(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    /// Every node's URL, comma-separated: what a service's `NATS_URL` holds.
+    pub fn url(&self) -> String {
+        self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// One node's URL.
+    pub fn node_url(&self, node: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[node].port)
+    }
+
+    /// The node's server name (`n1`, `n2`, `n3`), as stream info reports leaders.
+    pub fn node_name(&self, node: usize) -> &str {
+        &self.nodes[node].name
+    }
+
+    /// The index of the node named `name`.
+    pub fn node_named(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// Kill one node abruptly (SIGKILL).
+    pub fn kill(&mut self, node: usize) {
+        if let Some(mut child) = self.nodes[node].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start a killed node again with its store, and wait until the cluster has a
+    /// meta leader again.
+    pub async fn restart(&mut self, node: usize) -> anyhow::Result<()> {
+        self.kill(node);
+        self.spawn_node(&server_binary()?, node)?;
+        self.wait_ready(Duration::from_secs(30)).await
+    }
+
+    /// The node that leads `stream` now, asked of any live node.
+    pub async fn stream_leader(&self, stream: &str) -> anyhow::Result<Option<usize>> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.child.is_none() {
+                continue;
+            }
+            let Ok(client) = async_nats::connect(self.node_url(i)).await else { continue };
+            let js = async_nats::jetstream::new(client);
+            let Ok(mut s) = js.get_stream(stream).await else { continue };
+            if let Ok(info) = s.info().await
+                && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
+            {
+                return Ok(self.node_named(&leader));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Wait until `stream` has a leader other than `not`; returns it.
+    pub async fn wait_for_leader(&self, stream: &str, not: Option<usize>, within: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(leader)) = self.stream_leader(stream).await
+                && Some(leader) != not
+            {
+                return Ok(leader);
+            }
+            if Instant::now() > deadline {
+                bail!("stream {stream} has no new leader after {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn spawn_node(&mut self, binary: &std::path::Path, node: usize) -> anyhow::Result<()> {
+        let n = &mut self.nodes[node];
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&n.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}: install it with `make deps`", binary.display()))?;
+        n.child = Some(child);
+        Ok(())
+    }
+
+    /// Ready means every live node answers a JetStream account request, which
+    /// needs a meta leader.
+    async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.child.is_none() {
+                continue;
+            }
+            loop {
+                if let Ok(client) = async_nats::connect(self.node_url(i)).await
+                    && async_nats::jetstream::new(client).query_account().await.is_ok()
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("cluster node {} did not become ready in {within:?}", node.name);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}

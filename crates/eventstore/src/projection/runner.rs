@@ -66,6 +66,10 @@ pub struct RunnerConfig {
     /// The dead-letter stream (subjects `dlq.>`): a log of every parking, for
     /// alerting; the parked table is what replay reads.
     pub dead_letter_stream: String,
+    /// With nothing delivered for this long, the runner asks the stream for its
+    /// head and resubscribes if commits are waiting: a consumer lost with a
+    /// cluster node must not leave the read model standing still.
+    pub idle_check: Duration,
 }
 
 impl RunnerConfig {
@@ -81,6 +85,7 @@ impl RunnerConfig {
             poison_burst_limit: 5,
             poison_burst_window: Duration::from_secs(60),
             dead_letter_stream: "DLQ".into(),
+            idle_check: Duration::from_secs(3),
         }
     }
 }
@@ -384,6 +389,10 @@ impl Drop for StallReport {
     }
 }
 
+/// How long one pull of the ordered consumer waits; heartbeats come every half
+/// of it, and a consumer lost with its node is recreated after two missed.
+const ORDERED_PULL_EXPIRY: Duration = Duration::from_secs(4);
+
 /// Resubscribing this many times in a row at one position, without applying
 /// anything, means the stream lacks the next commit: stall and say so.
 const RESUBSCRIBES_BEFORE_STALL: u32 = 3;
@@ -514,6 +523,18 @@ impl<P: Projection> Inner<P> {
         Ok(applied >= head)
     }
 
+    /// Whether the stream holds commits after `position`. Unknown (NATS not
+    /// answering within a second: reconnecting, or between leaders) is "no";
+    /// the next check asks again. It must not hold the loop for a request
+    /// timeout.
+    async fn commits_waiting(&self, position: u64) -> bool {
+        let ask = async {
+            let mut stream = self.js.get_stream(&self.config.stream).await.ok()?;
+            stream.info().await.ok().map(|info| info.state.last_sequence > position)
+        };
+        matches!(tokio::time::timeout(Duration::from_secs(1), ask).await, Ok(Some(true)))
+    }
+
     async fn consume(
         self: &Arc<Self>,
         position: &mut u64,
@@ -525,8 +546,19 @@ impl<P: Projection> Inner<P> {
         if self.stalled.load(Ordering::Relaxed) && self.stalled_but_current().await? {
             self.progressed();
         }
+        let mut idle = tokio::time::interval(self.config.idle_check);
+        idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        idle.reset();
+        let mut delivered_since_check = false;
         loop {
             tokio::select! {
+                _ = idle.tick() => {
+                    if !std::mem::take(&mut delivered_since_check) && self.commits_waiting(*position).await {
+                        warn!(projection = %self.name, position = *position,
+                              "nothing delivered while the stream has more; resubscribing");
+                        return Ok(Flow::Resubscribe);
+                    }
+                }
                 message = control.recv() => match message {
                     None => return Ok(Flow::Stop),
                     Some(Control::Rebuild(reply)) => {
@@ -551,6 +583,7 @@ impl<P: Projection> Inner<P> {
                 },
                 run = feed.next(u64::MAX) => {
                     let run = run?;
+                    delivered_since_check = true;
                     if !run.commits.is_empty() {
                         let reached = self.apply_batch(Tables::Live, &self.name, &run.commits).await?;
                         self.progressed();
@@ -578,8 +611,12 @@ impl<P: Projection> Inner<P> {
         } else {
             DeliverPolicy::ByStartSequence { start_sequence: position + 1 }
         };
-        let consumer =
-            stream.create_consumer(OrderedConfig { deliver_policy, ..Default::default() }).await.map_err(nats)?;
+        // A short pull expiry makes the server send idle heartbeats every
+        // expiry/2; two missed ones make async-nats recreate the ordered
+        // consumer. With the default (30 s expiry, 15 s heartbeats) a projection
+        // whose consumer lived on a killed node stood still for 30 s.
+        let config = OrderedConfig { deliver_policy, max_expires: ORDERED_PULL_EXPIRY, ..Default::default() };
+        let consumer = stream.create_consumer(config).await.map_err(nats)?;
         let messages = consumer.messages().await.map_err(nats)?;
         let batches = messages.chunks_timeout(self.config.batch_size, self.config.batch_wait);
         Ok(Feed { batches: Box::pin(batches), next: position + 1 })

@@ -73,10 +73,17 @@ pub struct Kernel {
 }
 
 pub async fn kernel(nats: &NatsServer, db: &TestDb) -> Kernel {
+    kernel_on(&nats.url(), 1, db).await
+}
+
+/// The kernel pieces on the server(s) at `url` (comma-separated for a cluster),
+/// with a stream of `replicas` replicas.
+pub async fn kernel_on(url: &str, replicas: usize, db: &TestDb) -> Kernel {
     gridwork_testkit::init_tracing();
-    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let servers: Vec<&str> = url.split(',').collect();
+    let client = async_nats::connect(servers.as_slice()).await.expect("connect");
     let js = async_nats::jetstream::new(client.clone());
-    let spec = gridwork_eventstore::StreamSpec::events("sample", 1);
+    let spec = gridwork_eventstore::StreamSpec::events("sample", replicas);
     gridwork_eventstore::ensure_stream(&client, &js, &spec).await.expect("stream");
     let repository = gridwork_eventstore::Repository::new(
         js.clone(),
