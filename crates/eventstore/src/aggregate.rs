@@ -16,31 +16,79 @@ pub struct DecodeError {
     pub what: String,
     /// Why it failed.
     pub reason: String,
+    /// The data was written by newer code than this (an event type or schema
+    /// version this build does not know): not damaged, merely ahead. Loads
+    /// answer UNAVAILABLE (an upgraded replica can), projections stall or skip
+    /// by their policy — such a commit is never parked as poison.
+    pub newer: bool,
 }
 
 impl DecodeError {
-    /// A decode error for `what` because of `reason`.
+    /// A decode error for `what` because of `reason`: the bytes are damaged or
+    /// do not match their declared type.
     pub fn new(what: impl Into<String>, reason: impl ToString) -> Self {
-        Self { what: what.into(), reason: reason.to_string() }
+        Self { what: what.into(), reason: reason.to_string(), newer: false }
     }
+
+    /// `what` was written by newer code: an unknown event type, or a schema
+    /// version this build cannot read.
+    pub fn unknown(what: impl Into<String>, reason: impl ToString) -> Self {
+        Self { what: what.into(), reason: reason.to_string(), newer: true }
+    }
+}
+
+/// One step of an event type's upcaster chain: turns a stored payload of
+/// `event_type` at `from_version` into the payload of `from_version + 1`.
+/// Steps are pure functions of the bytes; the chain runs on every read (loads,
+/// projections, rebuilds), so stored events are never rewritten.
+#[derive(Debug, Clone, Copy)]
+pub struct Upcaster {
+    /// The event type it applies to.
+    pub event_type: &'static str,
+    /// The stored version it reads.
+    pub from_version: u32,
+    /// The step.
+    pub upcast: fn(&[u8]) -> Result<Vec<u8>, DecodeError>,
 }
 
 /// A domain event and its stored form.
 ///
 /// Events are append-only facts. A change of meaning is a new event type or a new
-/// `schema_version`; [`DomainEvent::decode`] is where old versions are upcast.
+/// `schema_version`, with an [`Upcaster`] from the old version in
+/// [`DomainEvent::upcasters`]; stored events are never rewritten. The rules are
+/// in ARCHITECTURE.md, "Schema evolution".
 pub trait DomainEvent: Clone + Debug + Send + Sync + Sized + 'static {
     /// Stable type name, e.g. `"sample.ledger.deposited"`; stored in the commit,
     /// never in the subject.
     fn event_type(&self) -> &'static str;
-    /// Schema version of [`DomainEvent::encode`]'s output.
+    /// Schema version of [`DomainEvent::encode`]'s output: the current version
+    /// of its type.
     fn schema_version(&self) -> u32 {
         1
     }
     /// The event's payload (protobuf).
     fn encode(&self) -> Vec<u8>;
-    /// Decode a stored payload, upcasting older schema versions.
+    /// Decode a payload at its type's *current* version (the kernel has run
+    /// the upcasters first). An unknown type or another version is
+    /// [`DecodeError::unknown`]: written by a build this one does not know.
     fn decode(event_type: &str, schema_version: u32, payload: &[u8]) -> Result<Self, DecodeError>;
+    /// The upcaster chain: one step per (type, old version). Empty until a
+    /// type's schema changes.
+    fn upcasters() -> &'static [Upcaster] {
+        &[]
+    }
+}
+
+/// Decode a stored event: run its upcaster chain from `schema_version` as far
+/// as it goes, then [`DomainEvent::decode`].
+pub fn decode_stored<E: DomainEvent>(event_type: &str, schema_version: u32, payload: &[u8]) -> Result<E, DecodeError> {
+    let mut version = schema_version;
+    let mut bytes = std::borrow::Cow::Borrowed(payload);
+    while let Some(step) = E::upcasters().iter().find(|u| u.event_type == event_type && u.from_version == version) {
+        bytes = std::borrow::Cow::Owned((step.upcast)(&bytes)?);
+        version += 1;
+    }
+    E::decode(event_type, version, &bytes)
 }
 
 /// An event-sourced aggregate: state folded from its own events.

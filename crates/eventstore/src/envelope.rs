@@ -209,6 +209,11 @@ pub struct RecordedCommit {
     pub headers: HeaderMap,
     /// The decoded body.
     pub body: pb::Commit,
+    /// The envelope version it was written with (`Gridwork-Schema-Version`).
+    pub envelope_version: u32,
+    /// Skip events this build does not know instead of failing on them (a
+    /// projection's [`crate::projection::UnknownEvents::Skip`]).
+    skip_unknown: bool,
 }
 
 impl RecordedCommit {
@@ -222,7 +227,25 @@ impl RecordedCommit {
                 "missing Nats-Expected-Last-Subject-Sequence header",
             )
         })?;
-        Ok(Self { sequence, previous, subject: subject.to_string(), headers, body })
+        // Written before the header existed, or by this envelope: version 1.
+        let envelope_version = header_u64(&headers, headers::SCHEMA_VERSION).map_or(1, |v| v as u32);
+        Ok(Self {
+            sequence,
+            previous,
+            subject: subject.to_string(),
+            headers,
+            body,
+            envelope_version,
+            skip_unknown: false,
+        })
+    }
+
+    /// The same commit, with events of types or versions this build does not
+    /// know left out of [`RecordedCommit::decode_events`] (counted in
+    /// `eventstore_unknown_events_skipped_total`) instead of failing it.
+    pub fn skipping_unknown_events(mut self) -> Self {
+        self.skip_unknown = true;
+        self
     }
 
     /// Parse a message fetched with a direct get.
@@ -249,9 +272,31 @@ impl RecordedCommit {
         &self.body.aggregate_id
     }
 
-    /// Decode the events into a domain type (upcasting as the type decides).
+    /// Decode the events into a domain type, each through its upcaster chain.
+    /// A commit in an envelope newer than this build, or an event it does not
+    /// know, is [`DecodeError::unknown`] — unless the commit was marked
+    /// [`RecordedCommit::skipping_unknown_events`], which leaves such events out.
     pub fn decode_events<E: DomainEvent>(&self) -> Result<Vec<E>, DecodeError> {
-        self.body.events.iter().map(|e| E::decode(&e.event_type, e.schema_version, &e.payload)).collect()
+        if self.envelope_version > ENVELOPE_VERSION {
+            return Err(DecodeError::unknown(
+                format!("commit at sequence {}", self.sequence),
+                format!("envelope version {} is newer than this build's {ENVELOPE_VERSION}", self.envelope_version),
+            ));
+        }
+        let mut events = Vec::with_capacity(self.body.events.len());
+        for e in &self.body.events {
+            match crate::aggregate::decode_stored::<E>(&e.event_type, e.schema_version, &e.payload) {
+                Ok(event) => events.push(event),
+                Err(err) if err.newer && self.skip_unknown => {
+                    metrics::counter!("eventstore_unknown_events_skipped_total", "event_type" => e.event_type.clone())
+                        .increment(1);
+                    tracing::debug!(sequence = self.sequence, event_type = %e.event_type, version = e.schema_version,
+                                    "skipping an event this build does not know");
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(events)
     }
 
     /// A header's value, if present.

@@ -59,7 +59,12 @@ pub enum StoreError {
     Misconfigured(String),
     /// A stored commit cannot be read.
     #[error("stored data is unreadable: {0}")]
-    Corrupt(#[from] DecodeError),
+    Corrupt(DecodeError),
+    /// A stored commit was written by a newer build (an event type or version
+    /// this one does not know; a rolling deploy in progress): an upgraded
+    /// replica can answer, so a retry may succeed.
+    #[error("stored data was written by a newer version of the service: {0}")]
+    NewerData(DecodeError),
     /// The server or configuration is unsafe to run on.
     #[error("unsafe configuration: {0}")]
     Unsafe(String),
@@ -74,4 +79,10 @@ pub enum ExecuteError<R: std::error::Error> {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<DecodeError> for StoreError {
+    fn from(e: DecodeError) -> Self {
+        if e.newer { StoreError::NewerData(e) } else { StoreError::Corrupt(e) }
+    }
 }

@@ -31,7 +31,7 @@ pub mod repository;
 pub mod testing;
 pub mod trace;
 
-pub use aggregate::{Aggregate, DecodeError, DomainEvent};
+pub use aggregate::{Aggregate, DecodeError, DomainEvent, Upcaster, decode_stored};
 pub use command_index::CommandIndex;
 pub use envelope::{CommandKey, CommandMeta, RecordedCommit};
 pub use error::{ExecuteError, StoreError};

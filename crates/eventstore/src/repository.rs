@@ -456,7 +456,9 @@ impl<A: Aggregate> Repository<A> {
         }
         if commit.outcome() == pb::Outcome::Rejected {
             let rejection = serde_json::from_str(&commit.body.rejection).map_err(|e| {
-                StoreError::Corrupt(crate::DecodeError::new(format!("rejection at sequence {sequence}"), e))
+                // The commit decoded, so the JSON is what some build wrote: a
+                // refusal this build cannot read is a newer build's.
+                StoreError::NewerData(crate::DecodeError::unknown(format!("rejection at sequence {sequence}"), e))
             })?;
             return Err(ExecuteError::Rejected(rejection));
         }

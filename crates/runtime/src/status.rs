@@ -123,6 +123,7 @@ impl From<StoreError> for ServiceError {
             ),
             StoreError::Conflict { .. } => ServiceError::Aborted(format!("{e}; retry the command")),
             StoreError::Unavailable(m) => ServiceError::Unavailable(m),
+            StoreError::NewerData(_) => ServiceError::Unavailable(e.to_string()),
             // The same command can never fit: the caller must change it.
             StoreError::TooLarge(m) => ServiceError::invalid("command", m),
             StoreError::Corrupt(_) | StoreError::Unsafe(_) | StoreError::Misconfigured(_) => {

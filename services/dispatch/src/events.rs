@@ -31,11 +31,11 @@ macro_rules! case_events {
 
             fn decode(event_type: &str, schema_version: u32, payload: &[u8]) -> Result<Self, DecodeError> {
                 if schema_version != 1 {
-                    return Err(DecodeError::new(event_type, format!("unknown schema version {schema_version}")));
+                    return Err(DecodeError::unknown(event_type, format!("schema version {schema_version} is not one this build reads")));
                 }
                 match event_type {
                     $($name => pb::$message::decode(payload).map(CaseEvent::$variant).map_err(|e| DecodeError::new(event_type, e)),)*
-                    other => Err(DecodeError::new(other, "unknown event type")),
+                    other => Err(DecodeError::unknown(other, "an event type this build does not know")),
                 }
             }
         }

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use gridwork_eventstore::envelope::headers;
-use gridwork_eventstore::projection::{ApplyError, Projection, TableDef, Tables};
+use gridwork_eventstore::projection::{ApplyError, Projection, TableDef, Tables, UnknownEvents};
 use gridwork_eventstore::{CommandMeta, RecordedCommit, Repository};
 use gridwork_proto::gridwork::dispatch::v1 as pb;
 use gridwork_proto::gridwork::intake::v1 as intake_pb;
@@ -51,6 +51,12 @@ impl Projection for Incoming {
 
     fn tables(&self) -> &'static [TableDef] {
         &[INCOMING]
+    }
+
+    /// Another context's stream: an event type added there is not this
+    /// service's business until it is taught to read it.
+    fn unknown_events(&self) -> UnknownEvents {
+        UnknownEvents::Skip
     }
 
     async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {

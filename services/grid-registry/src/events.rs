@@ -69,7 +69,10 @@ impl DomainEvent for UnitEvent {
 
     fn decode(event_type: &str, schema_version: u32, payload: &[u8]) -> Result<Self, DecodeError> {
         if schema_version != 1 {
-            return Err(DecodeError::new(event_type, format!("unknown schema version {schema_version}")));
+            return Err(DecodeError::unknown(
+                event_type,
+                format!("schema version {schema_version} is not one this build reads"),
+            ));
         }
         let err = |e: prost::DecodeError| DecodeError::new(event_type, e);
         Ok(match event_type {
@@ -84,7 +87,7 @@ impl DomainEvent for UnitEvent {
             types::WORKER_ADDED => UnitEvent::WorkerAdded(pb::WorkerAdded::decode(payload).map_err(err)?),
             types::WORKER_DISMISSED => UnitEvent::WorkerDismissed(pb::WorkerDismissed::decode(payload).map_err(err)?),
             types::PARTY_BRANCH_SET => UnitEvent::PartyBranchSet(pb::PartyBranchSet::decode(payload).map_err(err)?),
-            other => return Err(DecodeError::new(other, "unknown event type")),
+            other => return Err(DecodeError::unknown(other, "an event type this build does not know")),
         })
     }
 }

@@ -75,7 +75,10 @@ impl DomainEvent for IncidentEvent {
 
     fn decode(event_type: &str, schema_version: u32, payload: &[u8]) -> Result<Self, DecodeError> {
         if schema_version != 1 {
-            return Err(DecodeError::new(event_type, format!("unknown schema version {schema_version}")));
+            return Err(DecodeError::unknown(
+                event_type,
+                format!("schema version {schema_version} is not one this build reads"),
+            ));
         }
         let err = |e: prost::DecodeError| DecodeError::new(event_type, e);
         Ok(match event_type {
@@ -89,7 +92,7 @@ impl DomainEvent for IncidentEvent {
             }
             types::REPORT_LINKED => IncidentEvent::ReportLinked(pb::ReportLinked::decode(payload).map_err(err)?),
             types::PRIORITY_RAISED => IncidentEvent::PriorityRaised(pb::PriorityRaised::decode(payload).map_err(err)?),
-            other => return Err(DecodeError::new(other, "unknown event type")),
+            other => return Err(DecodeError::unknown(other, "an event type this build does not know")),
         })
     }
 }
@@ -116,7 +119,10 @@ impl DomainEvent for CatalogueEvent {
 
     fn decode(event_type: &str, schema_version: u32, payload: &[u8]) -> Result<Self, DecodeError> {
         if event_type != CATALOGUE_VERSION_PUBLISHED || schema_version != 1 {
-            return Err(DecodeError::new(event_type, format!("unknown event type or version {schema_version}")));
+            return Err(DecodeError::unknown(
+                event_type,
+                format!("an event type or version ({schema_version}) this build does not know"),
+            ));
         }
         pb::CatalogueVersionPublished::decode(payload)
             .map(CatalogueEvent::VersionPublished)

@@ -4,7 +4,7 @@
 
 use gridwork_eventstore::RecordedCommit;
 use gridwork_eventstore::envelope::headers;
-use gridwork_eventstore::projection::{ApplyError, Projection, TableDef, Tables};
+use gridwork_eventstore::projection::{ApplyError, Projection, TableDef, Tables, UnknownEvents};
 use gridwork_proto::gridwork::grid::v1 as grid_pb;
 use gridwork_proto::gridwork::intake::v1 as pb;
 use prost::Message as _;
@@ -32,6 +32,12 @@ impl Projection for GridCopy {
 
     fn tables(&self) -> &'static [TableDef] {
         &[GRID_UNITS]
+    }
+
+    /// Another context's stream: an event type added there is not this
+    /// service's business until it is taught to read it.
+    fn unknown_events(&self) -> UnknownEvents {
+        UnknownEvents::Skip
     }
 
     async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {

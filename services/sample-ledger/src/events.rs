@@ -58,7 +58,10 @@ impl DomainEvent for LedgerEvent {
 
     fn decode(event_type: &str, schema_version: u32, payload: &[u8]) -> Result<Self, DecodeError> {
         if schema_version != 1 {
-            return Err(DecodeError::new(event_type, format!("unknown schema version {schema_version}")));
+            return Err(DecodeError::unknown(
+                event_type,
+                format!("schema version {schema_version} is not one this build reads"),
+            ));
         }
         let err = |e| DecodeError::new(event_type, e);
         match event_type {
@@ -69,7 +72,7 @@ impl DomainEvent for LedgerEvent {
             WITHDRAWN => pb::AmountWithdrawn::decode(payload)
                 .map(|e| LedgerEvent::Withdrawn { amount: e.amount, balance_after: e.balance_after })
                 .map_err(err),
-            other => Err(DecodeError::new(other, "unknown event type")),
+            other => Err(DecodeError::unknown(other, "an event type this build does not know")),
         }
     }
 }

@@ -39,7 +39,7 @@ use crate::aggregate::DecodeError;
 use crate::envelope::RecordedCommit;
 
 pub use parked::{ParkedCommit, ReplayReport};
-pub use runner::{ProjectionRunner, RunnerConfig, RunnerHandle, WaitError};
+pub use runner::{ProjectionRunner, RunnerConfig, RunnerError, RunnerHandle, WaitError};
 pub use store::{Backend, ReadStore};
 
 /// One read-model table: its name and the column list of its `CREATE TABLE`.
@@ -140,9 +140,18 @@ impl ApplyError {
     /// skipping a commit.
     pub fn is_poison(&self) -> bool {
         match self {
-            ApplyError::Decode(_) | ApplyError::Invalid(_) => true,
+            // Written by a newer build: not damaged, this replica is behind.
+            ApplyError::Decode(e) => !e.newer,
+            ApplyError::Invalid(_) => true,
             ApplyError::Db(e) => is_poison_db_error(e),
         }
+    }
+}
+
+impl ApplyError {
+    /// Written by a newer build: this replica cannot apply it, nor may it skip it.
+    pub fn is_newer_data(&self) -> bool {
+        matches!(self, ApplyError::Decode(e) if e.newer)
     }
 }
 
@@ -183,6 +192,25 @@ pub trait Projection: Send + Sync + 'static {
     /// The tables it owns.
     fn tables(&self) -> &'static [TableDef];
 
+    /// The version of what `apply` writes. Raise it whenever the tables or
+    /// the meaning of their rows change: on start, a runner whose version is
+    /// higher than the database's rebuilds into shadow tables and swaps them in
+    /// before applying anything live; one whose version is lower (an old
+    /// replica during a rolling deploy) stalls instead of writing old rows into
+    /// new tables. The table definitions are hashed too: changing them without
+    /// raising the version stalls with a message saying so.
+    fn version(&self) -> u32 {
+        1
+    }
+
+    /// What to do with events this build does not know (a newer replica wrote
+    /// them during a rolling deploy, or another context added a type). Never
+    /// parked either way. Projections of their own service's stream stall (the
+    /// default); readers of another context's stream usually skip.
+    fn unknown_events(&self) -> UnknownEvents {
+        UnknownEvents::Stall
+    }
+
     /// Apply one commit inside `tx`, writing to `tables`. Must be deterministic:
     /// a rebuild replays the same commits and must reach the same rows.
     fn apply<'a>(
@@ -191,4 +219,47 @@ pub trait Projection: Send + Sync + 'static {
         tables: Tables,
         commit: &'a RecordedCommit,
     ) -> impl Future<Output = Result<(), ApplyError>> + Send + 'a;
+}
+
+/// A projection's policy for events this build does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownEvents {
+    /// Wait (stalled, NOT_SERVING, retried without limit) until this replica is
+    /// upgraded or an upgraded replica applies the commit.
+    Stall,
+    /// Leave the unknown events out of the commit, count them
+    /// (`eventstore_unknown_events_skipped_total`) and apply the rest. A commit
+    /// in a newer envelope still stalls: nothing of it can be read.
+    Skip,
+}
+
+/// What a projection's tables look like to this build: its
+/// [`Projection::version`] and a hash of its table definitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schema {
+    /// [`Projection::version`].
+    pub version: u32,
+    /// FNV-1a 64 of the table names, column lists and indexes, in hex.
+    pub hash: String,
+}
+
+impl Schema {
+    /// The schema of `projection` as built.
+    pub fn of<P: Projection>(projection: &P) -> Self {
+        let mut text = String::new();
+        for def in projection.tables() {
+            text.push_str(def.name);
+            text.push('\n');
+            text.push_str(def.columns);
+            text.push('\n');
+            for index in def.indexes {
+                text.push_str(index);
+                text.push('\n');
+            }
+        }
+        Self {
+            version: projection.version(),
+            hash: format!("{:016x}", crate::envelope::request_digest(text.as_bytes())),
+        }
+    }
 }

@@ -228,7 +228,13 @@ impl<P: Projection> Inner<P> {
                 }
                 // The leader's copy: the commit is old, but a follower may lag.
                 let m = source.get_raw_message(row.sequence).await.map_err(nats)?;
-                let c = Delivered::new(m.sequence, m.subject.as_str(), m.headers, m.payload);
+                let c = Delivered::new(
+                    m.sequence,
+                    m.subject.as_str(),
+                    m.headers,
+                    m.payload,
+                    self.projection.unknown_events(),
+                );
                 let mut tx = self.store.pool().begin().await?;
                 lock_position(&mut tx, &self.name).await?;
                 // Under the lock: still parked, and first of its subject?
@@ -240,7 +246,7 @@ impl<P: Projection> Inner<P> {
                     Err(e) => Err(e.to_string()),
                     Ok(commit) => match self.apply_one(&mut tx, Tables::Live, commit).await {
                         Ok(()) => Ok(()),
-                        Err(e) if !e.is_poison() => return Err(RunnerError::Environment(e.to_string())),
+                        Err(e) if !e.is_poison() => return Err(RunnerError::not_poison(&e)),
                         Err(e) => Err(e.to_string()),
                     },
                 };

@@ -25,7 +25,9 @@ use sqlx::{AssertSqlSafe, Executor as _};
 use tracing::{info, warn};
 
 use super::runner::{Inner, RunnerError};
-use super::store::{CHECKPOINTS, PARKED, REBUILDS, ensure_checkpoint, lock_position, now_ms, set_position};
+use super::store::{
+    CHECKPOINTS, PARKED, REBUILDS, ensure_checkpoint, lock_position, now_ms, record_schema, set_position, stored_schema,
+};
 use super::{Projection, ShadowTag, Tables};
 
 /// A rebuild whose heartbeat is older than this is presumed dead and may be
@@ -100,6 +102,13 @@ impl<P: Projection> Inner<P> {
         if owner.map(|(o,)| o) != Some(claim.owner.clone()) {
             return Err(RunnerError::RebuildLost);
         }
+        // An old replica's rebuild must not swap old tables over a newer
+        // version's.
+        if let Some(stored) = stored_schema(&mut tx, &self.name).await?
+            && stored.version > self.schema.version
+        {
+            self.schema_writable(&stored)?;
+        }
         let shadow = shadow.max(lock_position(&mut tx, &claim.checkpoint).await?);
         let mut letters = Vec::new();
         if shadow < live {
@@ -120,6 +129,7 @@ impl<P: Projection> Inner<P> {
         // its own position, so that is where the live runners carry on from.
         let position = live.max(shadow);
         set_position(&mut tx, &self.name, &self.config.stream, position).await?;
+        record_schema(&mut tx, &self.name, &self.schema, false).await?;
         sqlx::query(AssertSqlSafe(format!("DELETE FROM {PARKED} WHERE checkpoint = $1")))
             .bind(self.name.as_str())
             .execute(&mut *tx)

@@ -36,8 +36,8 @@ use tokio_stream::StreamExt as _;
 use tracing::{Instrument as _, error, info, info_span, warn};
 
 use super::parked::{self, DeadLetter, ReplayReport};
-use super::store::{ReadStore, ensure_checkpoint, lock_position, set_position};
-use super::{ApplyError, Projection, Tables, is_poison_db_error};
+use super::store::{ReadStore, ensure_checkpoint, lock_position, record_schema, set_position, stored_schema};
+use super::{ApplyError, Projection, Schema, Tables, UnknownEvents, is_poison_db_error};
 use crate::aggregate::DecodeError;
 use crate::envelope::RecordedCommit;
 
@@ -132,18 +132,39 @@ pub enum RunnerError {
     /// from a stream that must never be deleted from): nothing past it is applied.
     #[error("commit {0} is missing from the stream; not skipping it")]
     Missing(u64),
+    /// A commit was written by a newer build (an event type, version or
+    /// envelope this one does not know) and the projection's policy is to
+    /// stall: it waits for this replica to be upgraded, parking nothing.
+    #[error("{0}; upgrade this replica (the projection waits, nothing is skipped)")]
+    NewerData(String),
+    /// The live tables were built for another [`super::Schema`] than this
+    /// build's, and this build must not write into them (it is older, or its
+    /// tables changed without a version bump).
+    #[error("{0}")]
+    Schema(String),
     /// The runner has stopped.
     #[error("projection runner stopped")]
     Stopped,
 }
 
 impl RunnerError {
+    /// A failure to apply that is not poison: the environment, or data from a
+    /// newer build.
+    pub(super) fn not_poison(e: &ApplyError) -> Self {
+        match e {
+            ApplyError::Decode(d) if d.newer => RunnerError::NewerData(d.to_string()),
+            other => RunnerError::Environment(other.to_string()),
+        }
+    }
+
     /// Whether the failure stalls the projection (as opposed to a NATS hiccup).
     fn stalls(&self) -> bool {
         matches!(
             self,
             RunnerError::Db(_)
                 | RunnerError::Environment(_)
+                | RunnerError::NewerData(_)
+                | RunnerError::Schema(_)
                 | RunnerError::PoisonBurst { .. }
                 | RunnerError::Missing(_)
         )
@@ -180,15 +201,25 @@ pub(super) struct Delivered {
 }
 
 impl Delivered {
-    fn from_message(m: &jetstream::Message) -> Result<(Self, u64), RunnerError> {
+    fn from_message(m: &jetstream::Message, unknown: UnknownEvents) -> Result<(Self, u64), RunnerError> {
         let info = m.info().map_err(nats)?;
         let pending = info.pending;
         let headers = m.headers.clone().unwrap_or_default();
-        Ok((Self::new(info.stream_sequence, m.subject.as_str(), headers, m.payload.clone()), pending))
+        Ok((Self::new(info.stream_sequence, m.subject.as_str(), headers, m.payload.clone(), unknown), pending))
     }
 
-    pub(super) fn new(sequence: u64, subject: &str, headers: HeaderMap, payload: Bytes) -> Self {
-        let parsed = RecordedCommit::from_parts(sequence, subject, headers.clone(), &payload);
+    /// Parse a delivered message for a projection with the `unknown` policy.
+    pub(super) fn new(
+        sequence: u64,
+        subject: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+        unknown: UnknownEvents,
+    ) -> Self {
+        let parsed = RecordedCommit::from_parts(sequence, subject, headers.clone(), &payload).map(|c| match unknown {
+            UnknownEvents::Skip => c.skipping_unknown_events(),
+            UnknownEvents::Stall => c,
+        });
         Self { sequence, subject: subject.to_string(), headers, payload, parsed }
     }
 }
@@ -219,6 +250,8 @@ pub(super) struct Inner<P> {
     pub(super) projection: P,
     pub(super) config: RunnerConfig,
     pub(super) name: String,
+    /// What this build's tables look like.
+    pub(super) schema: Schema,
     /// Per checkpoint: the live one, and a rebuild's shadow one.
     breakers: Mutex<HashMap<String, Breaker>>,
     stalled: AtomicBool,
@@ -244,12 +277,14 @@ impl ProjectionRunner {
         let position = store.position(&name).await?;
         let (position_tx, position_rx) = watch::channel(position);
         let (control_tx, control_rx) = mpsc::channel(4);
+        let schema = Schema::of(&projection);
         let inner = Arc::new(Inner {
             js,
             store,
             projection,
             config,
             name,
+            schema,
             breakers: Mutex::default(),
             stalled: AtomicBool::new(false),
             failures: AtomicU32::new(0),
@@ -407,6 +442,11 @@ async fn run<P: Projection>(
     let mut rebuild = None;
     let mut resubscribes = (position, 0u32);
     loop {
+        // Stopped while failing: a consume that fails before it listens for
+        // control messages (a stall) would otherwise never see the stop.
+        if control.is_closed() {
+            return;
+        }
         match inner.consume(&mut position, &position_tx, &mut control, &mut rebuild).await {
             Ok(Flow::Stop) => return,
             Ok(Flow::Resubscribe) => {
@@ -466,6 +506,7 @@ type Batches = Pin<
 pub(super) struct Feed {
     batches: Batches,
     next: u64,
+    unknown: UnknownEvents,
 }
 
 impl Feed {
@@ -477,7 +518,7 @@ impl Feed {
         };
         let mut run = Run { commits: Vec::with_capacity(batch.len()), pending: 0, gap: None };
         for message in batch {
-            let (delivered, pending) = Delivered::from_message(&message.map_err(nats)?)?;
+            let (delivered, pending) = Delivered::from_message(&message.map_err(nats)?, self.unknown)?;
             if delivered.sequence > until && delivered.sequence == self.next {
                 break;
             }
@@ -523,6 +564,85 @@ impl<P: Projection> Inner<P> {
         Ok(applied >= head)
     }
 
+    /// Compare the live tables' recorded schema with this build's (recording
+    /// it on first start): `true` when this build's is newer and the tables
+    /// must be rebuilt; an error when this build must not write into them.
+    async fn schema_needs_rebuild(&self) -> Result<bool, RunnerError> {
+        let mut tx = self.store.begin_write().await?;
+        record_schema(&mut tx, &self.name, &self.schema, true).await?;
+        let stored = stored_schema(&mut tx, &self.name).await?;
+        tx.commit().await?;
+        match stored {
+            Some(stored) if stored.version < self.schema.version => {
+                info!(projection = %self.name, from = stored.version, to = self.schema.version,
+                      "the projection's tables are from an older version; rebuilding them");
+                Ok(true)
+            }
+            Some(stored) => self.schema_writable(&stored).map(|()| false),
+            None => Ok(false),
+        }
+    }
+
+    /// Whether this build may write into live tables built with `stored`.
+    pub(super) fn schema_writable(&self, stored: &Schema) -> Result<(), RunnerError> {
+        if stored.version > self.schema.version {
+            return Err(RunnerError::Schema(format!(
+                "projection {} tables are at version {}, newer than this build's {}: upgrade this replica",
+                self.name, stored.version, self.schema.version
+            )));
+        }
+        if stored.version == self.schema.version && stored.hash != self.schema.hash {
+            return Err(RunnerError::Schema(format!(
+                "projection {} table definitions differ from the database's at the same version {}: \
+                 raise Projection::version so the tables are rebuilt",
+                self.name, stored.version
+            )));
+        }
+        Ok(())
+    }
+
+    /// Run (or wait for) a rebuild because the schema changed, serving control
+    /// messages meanwhile. `Some(flow)` to leave consume; `None` once the
+    /// rebuild has finished (check the schema again).
+    async fn rebuild_for_schema(
+        self: &Arc<Self>,
+        control: &mut mpsc::Receiver<Control>,
+        rebuild: &mut Option<RebuildTask>,
+    ) -> Result<Option<Flow>, RunnerError> {
+        if rebuild.is_none() {
+            let (reply, _) = oneshot::channel();
+            let this = Arc::clone(self);
+            let task = AbortOnDrop(tokio::spawn(async move { this.rebuild().await }));
+            *rebuild = Some(RebuildTask { reply, task });
+        }
+        loop {
+            tokio::select! {
+                message = control.recv() => match message {
+                    None => return Ok(Some(Flow::Stop)),
+                    Some(Control::Rebuild(reply)) => {
+                        let _ = reply.send(Err(RunnerError::RebuildRunning));
+                    }
+                    Some(Control::ReplayParked(reply)) => {
+                        let _ = reply.send(Err(RunnerError::RebuildRunning));
+                    }
+                    Some(Control::Parked(reply)) => {
+                        let _ = reply.send(parked::list(&self.store, &self.name).await.map_err(RunnerError::from));
+                    }
+                },
+                built = async { match rebuild.as_mut() { Some(r) => (&mut r.task.0).await, None => std::future::pending().await } } => {
+                    let Some(RebuildTask { reply, .. }) = rebuild.take() else { continue };
+                    let built = built.unwrap_or_else(|e| Err(RunnerError::Nats(format!("rebuild task failed: {e}"))));
+                    // An operator's rebuild answers the operator; this one's
+                    // failure (another replica rebuilding, say) is retried.
+                    return match reply.send(built) {
+                        Ok(()) | Err(Ok(_)) => Ok(None),
+                        Err(Err(e)) => Err(e),
+                    };
+                },
+            }
+        }
+    }
+
     /// Whether the stream holds commits after `position`. Unknown (NATS not
     /// answering within a second: reconnecting, or between leaders) is "no";
     /// the next check asks again. It must not hold the loop for a request
@@ -542,6 +662,18 @@ impl<P: Projection> Inner<P> {
         control: &mut mpsc::Receiver<Control>,
         rebuild: &mut Option<RebuildTask>,
     ) -> Result<Flow, RunnerError> {
+        // Tables built by an older version are rebuilt (into shadow tables,
+        // swapped in) before anything is applied to them live.
+        while self.schema_needs_rebuild().await? {
+            if let Some(flow) = self.rebuild_for_schema(control, rebuild).await? {
+                return Ok(flow);
+            }
+            let stored = self.store.position(&self.name).await?;
+            if stored > *position {
+                *position = stored;
+                position_tx.send_replace(stored);
+            }
+        }
         let mut feed = self.subscribe(*position).await?;
         if self.stalled.load(Ordering::Relaxed) && self.stalled_but_current().await? {
             self.progressed();
@@ -619,7 +751,7 @@ impl<P: Projection> Inner<P> {
         let consumer = stream.create_consumer(config).await.map_err(nats)?;
         let messages = consumer.messages().await.map_err(nats)?;
         let batches = messages.chunks_timeout(self.config.batch_size, self.config.batch_wait);
-        Ok(Feed { batches: Box::pin(batches), next: position + 1 })
+        Ok(Feed { batches: Box::pin(batches), next: position + 1, unknown: self.projection.unknown_events() })
     }
 
     /// The commits after `from` up to and including `until`, contiguous.
@@ -686,6 +818,12 @@ impl<P: Projection> Inner<P> {
             let mut tx = self.store.pool().begin().await?;
             // Another runner of this projection may have applied some already.
             let applied = lock_position(&mut tx, checkpoint).await?;
+            if tables.is_live()
+                && let Some(stored) = stored_schema(&mut tx, checkpoint).await?
+            {
+                // A newer replica may have rebuilt the tables under this one.
+                self.schema_writable(&stored)?;
+            }
             if applied >= last {
                 tx.commit().await?;
                 return Ok(Some((applied, Vec::new())));
@@ -743,8 +881,10 @@ impl<P: Projection> Inner<P> {
             let Ok(commit) = &c.parsed else { return Ok(None) };
             match self.apply_one(tx, tables, commit).await {
                 Ok(()) => {}
-                Err(e) if e.is_poison() => return Ok(None),
-                Err(e) => return Err(RunnerError::Environment(e.to_string())),
+                // One at a time instead: poison is parked, and the commits
+                // before one from a newer build are kept before stalling at it.
+                Err(e) if e.is_poison() || e.is_newer_data() => return Ok(None),
+                Err(e) => return Err(RunnerError::not_poison(&e)),
             }
         }
         Ok(Some(letters))
@@ -797,7 +937,7 @@ impl<P: Projection> Inner<P> {
                     self.untrip(checkpoint);
                     return Ok(());
                 }
-                Err(e) if !e.is_poison() => return Err(RunnerError::Environment(e.to_string())),
+                Err(e) if !e.is_poison() => return Err(RunnerError::not_poison(&e)),
                 Err(e) => {
                     if attempts >= self.config.max_attempts {
                         break e.to_string();

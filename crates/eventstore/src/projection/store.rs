@@ -94,7 +94,10 @@ pub const PARKED: &str = "gridwork_projection_parked";
 /// The one rebuild allowed per projection: its owner, shadow tag and heartbeat.
 pub const REBUILDS: &str = "gridwork_projection_rebuilds";
 
-const BOOKKEEPING: [&str; 3] = [
+/// Bookkeeping: the [`super::Schema`] each projection's live tables were built with.
+pub const SCHEMAS: &str = "gridwork_projection_schemas";
+
+const BOOKKEEPING: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS gridwork_projection_checkpoints (projection TEXT PRIMARY KEY, stream TEXT NOT NULL, \
      position BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS gridwork_projection_parked (checkpoint TEXT NOT NULL, sequence BIGINT NOT NULL, \
@@ -102,6 +105,8 @@ const BOOKKEEPING: [&str; 3] = [
      parked_at_ms BIGINT NOT NULL, PRIMARY KEY (checkpoint, sequence))",
     "CREATE TABLE IF NOT EXISTS gridwork_projection_rebuilds (projection TEXT PRIMARY KEY, owner TEXT NOT NULL, \
      tag TEXT NOT NULL, heartbeat_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS gridwork_projection_schemas (projection TEXT PRIMARY KEY, version BIGINT NOT NULL, \
+     hash TEXT NOT NULL)",
 ];
 
 impl ReadStore {
@@ -301,4 +306,35 @@ pub async fn set_position(
 /// Wall-clock milliseconds, for bookkeeping timestamps only (never for ordering).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The schema `projection`'s live tables were built with, if recorded.
+pub async fn stored_schema(conn: &mut AnyConnection, projection: &str) -> Result<Option<super::Schema>, sqlx::Error> {
+    let row: Option<(i64, String)> =
+        sqlx::query_as(AssertSqlSafe(format!("SELECT version, hash FROM {SCHEMAS} WHERE projection = $1")))
+            .bind(projection)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.map(|(version, hash)| super::Schema { version: version as u32, hash }))
+}
+
+/// Record the schema of `projection`'s live tables: `only_if_absent` on first
+/// start, unconditionally when a rebuild swaps its tables in.
+pub async fn record_schema(
+    conn: &mut AnyConnection,
+    projection: &str,
+    schema: &super::Schema,
+    only_if_absent: bool,
+) -> Result<(), sqlx::Error> {
+    let on_conflict =
+        if only_if_absent { "DO NOTHING" } else { "DO UPDATE SET version = excluded.version, hash = excluded.hash" };
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {SCHEMAS} (projection, version, hash) VALUES ($1, $2, $3) ON CONFLICT (projection) {on_conflict}"
+    )))
+    .bind(projection)
+    .bind(i64::from(schema.version))
+    .bind(schema.hash.as_str())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
