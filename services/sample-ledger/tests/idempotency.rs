@@ -201,3 +201,26 @@ async fn a_command_id_older_than_the_horizon_or_from_the_future_is_refused() {
         .into_inner();
     assert_eq!(ok.balance, 5);
 }
+
+/// Within the server's dedupe window and after more commits on the aggregate
+/// than it remembers (64), only `Nats-Msg-Id` knows the command landed: the
+/// retry must be answered with the original, not applied again. (Remove the
+/// header from `envelope::encode_commit` and this applies the deposit twice.)
+#[tokio::test]
+async fn within_the_dedupe_window_the_server_recognises_a_retry_the_aggregate_has_forgotten() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let r = &k.repository;
+    r.execute("acct", &LedgerCommand::Open { owner: "o".into() }, &meta()).await.expect("open");
+    let retried = meta();
+    let first = r.execute("acct", &LedgerCommand::Deposit { amount: 7 }, &retried).await.expect("first");
+    for _ in 0..70 {
+        r.execute("acct", &LedgerCommand::Deposit { amount: 1 }, &meta()).await.expect("later deposit");
+    }
+    let other = replica(&k).await;
+    let again = other.execute("acct", &LedgerCommand::Deposit { amount: 7 }, &retried).await.expect("retry");
+    assert!(again.replayed, "answered from the original commit");
+    assert_eq!(again.sequence, first.sequence);
+    assert_eq!(other.load_current("acct").await.expect("load").state.balance, 77, "deposited once");
+}
