@@ -219,6 +219,18 @@ pub struct RecordedCommit {
 impl RecordedCommit {
     /// Parse a message read from the stream.
     pub fn from_parts(sequence: u64, subject: &str, headers: HeaderMap, payload: &[u8]) -> Result<Self, DecodeError> {
+        // The envelope's version before anything else: a newer envelope may not
+        // decode as this one at all, and that is not damage.
+        let envelope_version = match headers.get(headers::SCHEMA_VERSION).map(|v| v.as_str().parse::<u32>()) {
+            None => 1, // written before the header existed
+            Some(Ok(v)) if v <= ENVELOPE_VERSION => v,
+            Some(v) => {
+                return Err(DecodeError::unknown(
+                    format!("commit at sequence {sequence}"),
+                    format!("envelope version {v:?} is not one this build reads"),
+                ));
+            }
+        };
         let body =
             pb::Commit::decode(payload).map_err(|e| DecodeError::new(format!("commit at sequence {sequence}"), e))?;
         let previous = header_u64(&headers, headers::EXPECTED_LAST_SUBJECT_SEQUENCE).ok_or_else(|| {
@@ -227,8 +239,6 @@ impl RecordedCommit {
                 "missing Nats-Expected-Last-Subject-Sequence header",
             )
         })?;
-        // Written before the header existed, or by this envelope: version 1.
-        let envelope_version = header_u64(&headers, headers::SCHEMA_VERSION).map_or(1, |v| v as u32);
         Ok(Self {
             sequence,
             previous,
@@ -270,6 +280,25 @@ impl RecordedCommit {
     /// The aggregate id, the last subject token.
     pub fn aggregate_id(&self) -> &str {
         &self.body.aggregate_id
+    }
+
+    /// For readers that decode another context's payloads themselves, by type
+    /// name: the events, provided the envelope and every event are at the
+    /// `version` the reader knows. Anything newer is [`DecodeError::unknown`]
+    /// (the projection stalls, never parks and never misreads the bytes);
+    /// event types the reader does not match are its own to ignore.
+    pub fn events_at_version(&self, version: u32) -> Result<&[pb::CommitEvent], DecodeError> {
+        let what = || format!("commit at sequence {}", self.sequence);
+        if self.envelope_version > ENVELOPE_VERSION {
+            return Err(DecodeError::unknown(what(), format!("envelope version {} is newer", self.envelope_version)));
+        }
+        if let Some(e) = self.body.events.iter().find(|e| e.schema_version != version) {
+            return Err(DecodeError::unknown(
+                what(),
+                format!("{} at schema version {}, this reader knows {version}", e.event_type, e.schema_version),
+            ));
+        }
+        Ok(&self.body.events)
     }
 
     /// Decode the events into a domain type, each through its upcaster chain.

@@ -65,7 +65,7 @@ impl Projection for Incoming {
         }
         let table = tables.name(INCOMING.name);
         let id = commit.aggregate_id();
-        for e in &commit.body.events {
+        for e in commit.events_at_version(1)? {
             let decode = |err: prost::DecodeError| gridwork_eventstore::DecodeError::new(e.event_type.clone(), err);
             match e.event_type.as_str() {
                 "intake.incident.reported" => {

@@ -46,7 +46,7 @@ impl Projection for GridCopy {
             "root" => "",
             other => other,
         };
-        for e in &commit.body.events {
+        for e in commit.events_at_version(1)? {
             let decode = |err: prost::DecodeError| gridwork_eventstore::DecodeError::new(e.event_type.clone(), err);
             match e.event_type.as_str() {
                 "grid.unit.child_registered" => {

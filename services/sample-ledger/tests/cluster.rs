@@ -123,7 +123,9 @@ async fn a_leader_killed_under_concurrent_writes_loses_nothing_acknowledged_and_
         }));
     }
     // Kill the leader once writes are flowing.
+    let flowing = tokio::time::Instant::now() + Duration::from_secs(60);
     while acknowledged.lock().await.len() < 40 {
+        assert!(tokio::time::Instant::now() < flowing, "writes flow before the kill");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let leader = cluster.stream_leader(STREAM).await.expect("info").expect("a leader");

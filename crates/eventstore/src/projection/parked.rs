@@ -237,6 +237,7 @@ impl<P: Projection> Inner<P> {
                 );
                 let mut tx = self.store.pool().begin().await?;
                 lock_position(&mut tx, &self.name).await?;
+                self.check_live_schema(&mut tx, &self.name).await?;
                 // Under the lock: still parked, and first of its subject?
                 if first_parked(&mut tx, &self.name, &row.subject).await? != Some(row.sequence) {
                     tx.commit().await?;

@@ -583,6 +583,21 @@ impl<P: Projection> Inner<P> {
         }
     }
 
+    /// Inside a transaction that holds `checkpoint`'s lock: refuse to write
+    /// into the live tables if a newer replica rebuilt them under this one.
+    pub(super) async fn check_live_schema(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        checkpoint: &str,
+    ) -> Result<(), RunnerError> {
+        if checkpoint == self.name
+            && let Some(stored) = stored_schema(tx, checkpoint).await?
+        {
+            self.schema_writable(&stored)?;
+        }
+        Ok(())
+    }
+
     /// Whether this build may write into live tables built with `stored`.
     pub(super) fn schema_writable(&self, stored: &Schema) -> Result<(), RunnerError> {
         if stored.version > self.schema.version {
@@ -818,11 +833,8 @@ impl<P: Projection> Inner<P> {
             let mut tx = self.store.pool().begin().await?;
             // Another runner of this projection may have applied some already.
             let applied = lock_position(&mut tx, checkpoint).await?;
-            if tables.is_live()
-                && let Some(stored) = stored_schema(&mut tx, checkpoint).await?
-            {
-                // A newer replica may have rebuilt the tables under this one.
-                self.schema_writable(&stored)?;
+            if tables.is_live() {
+                self.check_live_schema(&mut tx, checkpoint).await?;
             }
             if applied >= last {
                 tx.commit().await?;
@@ -912,6 +924,7 @@ impl<P: Projection> Inner<P> {
                 tx.commit().await?;
                 return Ok(());
             }
+            self.check_live_schema(&mut tx, checkpoint).await?;
             if let Some(first) = parked::first_parked(&mut tx, checkpoint, &c.subject).await? {
                 let reason = format!("waits behind parked commit {first} of {}", c.subject);
                 let letter = self.park(&mut tx, checkpoint, c, &reason, 0, first).await?;
@@ -922,6 +935,7 @@ impl<P: Projection> Inner<P> {
             }
             let commit = match &c.parsed {
                 Ok(commit) => commit,
+                Err(e) if e.newer => return Err(RunnerError::NewerData(e.to_string())),
                 // Undecodable bytes will not decode on a retry.
                 Err(e) => break e.to_string(),
             };
