@@ -124,6 +124,12 @@ pub trait Aggregate: Default + Clone + Debug + Send + Sync + 'static {
     /// Decode a snapshot written by [`Aggregate::encode_state`] at [`Aggregate::STATE_VERSION`].
     fn decode_state(bytes: &[u8]) -> Result<Self, DecodeError>;
 
+    /// Roughly how many bytes this state holds: what the warm cache weighs it
+    /// by. The encoded snapshot's length unless an aggregate knows better.
+    fn weight(&self) -> usize {
+        self.encode_state().len()
+    }
+
     /// Fold many events, in order.
     fn fold<'a>(self, events: impl IntoIterator<Item = &'a Self::Event>) -> Self {
         events.into_iter().fold(self, |state, event| state.evolve(event))

@@ -23,6 +23,7 @@
 
 pub mod aggregate;
 pub mod command_index;
+mod direct;
 pub mod envelope;
 pub mod error;
 pub mod projection;

@@ -105,7 +105,7 @@ pub fn check_server_version(version: &str, replicas: usize) -> Result<Vec<String
     Ok(warnings)
 }
 
-fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
+pub(crate) fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
     let core = v.trim_start_matches('v').split(['-', '+']).next()?;
     let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
     Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))

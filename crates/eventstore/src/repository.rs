@@ -12,12 +12,17 @@
 //! [`Loaded::recent`] and in snapshots) find the original commit. Either way the
 //! original commit is read back and returned, so a retry gets the same answer.
 //!
-//! **Loading** never scans the stream. A warm cache holds recent aggregates with
-//! their last sequence. A miss reads the last commit on the subject (one direct
-//! get) and follows each commit's stored `Nats-Expected-Last-Subject-Sequence`
-//! back-pointer (one direct get each) until it reaches the snapshot's sequence,
-//! read from a KV bucket in parallel. The cost is bounded by the snapshot
-//! interval, not by the stream's size.
+//! **Loading** never scans the stream. A warm cache, weighed by bytes, holds
+//! recent aggregates with their last sequence. A miss reads the last commit on
+//! the subject (one direct get) and the snapshot (a KV bucket) in parallel; if
+//! the last commit points back at the snapshot, that is all. Otherwise the
+//! commits after the snapshot are read in one batched direct get (nats-server
+//! 2.11 or later; 512 commits per batch, and past the first batch a newer snapshot is
+//! taken if there is one), else walked back along each commit's stored
+//! `Nats-Expected-Last-Subject-Sequence`. A load that folded more than
+//! `snapshot_every` commits writes a snapshot, so a stale, missing or
+//! older-version snapshot costs one long load, not every load. A snapshot that
+//! is not on the subject's chain is ignored.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -41,8 +46,9 @@ pub struct RepositoryOptions {
     pub max_attempts: u32,
     /// First back-off after a conflict; doubles, with full jitter.
     pub base_backoff: Duration,
-    /// Aggregates kept warm.
-    pub cache_capacity: u64,
+    /// Bytes of aggregate state kept warm (weighed by
+    /// [`Aggregate::weight`] plus remembered command ids).
+    pub cache_bytes: u64,
     /// Write a snapshot after this many commits since the last one (0 = never).
     pub snapshot_every: u32,
     /// Recent command ids remembered per aggregate (the first idempotency
@@ -65,7 +71,7 @@ impl Default for RepositoryOptions {
         Self {
             max_attempts: 12,
             base_backoff: Duration::from_millis(2),
-            cache_capacity: 100_000,
+            cache_bytes: 256 << 20,
             snapshot_every: 8,
             remembered_commands: 64,
             idempotency_horizon: Duration::from_secs(7 * 24 * 3600),
@@ -105,6 +111,12 @@ impl<A: Aggregate> Loaded<A> {
         self.commits_since_snapshot += 1;
     }
 
+    /// What the warm cache weighs this entry by, in bytes (roughly).
+    fn weight(&self, id: &str) -> u32 {
+        let recent: usize = self.recent.iter().map(|(c, _)| c.len() + 40).sum();
+        u32::try_from(96 + id.len() + self.state.weight() + recent).unwrap_or(u32::MAX)
+    }
+
     fn remembered(&self, command_id: &str) -> Option<u64> {
         self.recent.iter().rev().find(|(c, _)| c == command_id).map(|(_, s)| *s)
     }
@@ -131,6 +143,12 @@ pub struct Repository<A: Aggregate> {
     options: RepositoryOptions,
     index: Option<CommandIndex>,
     duplicate_window: Duration,
+    client: async_nats::Client,
+    stream_name: String,
+    /// The server answers batched direct gets (nats-server >= 2.11).
+    batched: bool,
+    /// The largest message the server takes: a bigger snapshot is not tried.
+    max_payload: usize,
 }
 
 impl<A: Aggregate> Clone for Repository<A> {
@@ -143,6 +161,10 @@ impl<A: Aggregate> Clone for Repository<A> {
             options: self.options.clone(),
             index: self.index.clone(),
             duplicate_window: self.duplicate_window,
+            client: self.client.clone(),
+            stream_name: self.stream_name.clone(),
+            batched: self.batched,
+            max_payload: self.max_payload,
         }
     }
 }
@@ -164,10 +186,25 @@ impl<A: Aggregate> Repository<A> {
             None => None,
         };
         let cache = moka::sync::Cache::builder()
-            .max_capacity(options.cache_capacity)
+            .max_capacity(options.cache_bytes)
+            .weigher(|id: &String, loaded: &Arc<Loaded<A>>| loaded.weight(id))
             .time_to_idle(Duration::from_secs(600))
             .build();
-        Ok(Self { js, stream, snapshots, cache, options, index: None, duplicate_window })
+        let client = js.client();
+        let info = client.server_info();
+        Ok(Self {
+            batched: crate::direct::server_supports_batches(&info.version),
+            max_payload: info.max_payload,
+            client,
+            stream_name: stream_name.to_string(),
+            js,
+            stream,
+            snapshots,
+            cache,
+            options,
+            index: None,
+            duplicate_window,
+        })
     }
 
     /// Recognise command ids for [`RepositoryOptions::idempotency_horizon`]
@@ -213,6 +250,13 @@ impl<A: Aggregate> Repository<A> {
         self.cache.invalidate_all();
     }
 
+    /// Bytes the warm cache holds now, as weighed against
+    /// [`RepositoryOptions::cache_bytes`].
+    pub fn cache_weight(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
+    }
+
     /// The aggregate's current state, from the cache or cold.
     #[instrument(skip(self), fields(aggregate = A::TYPE))]
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, StoreError> {
@@ -254,14 +298,87 @@ impl<A: Aggregate> Repository<A> {
             return Ok(Loaded::default());
         };
         let base = snapshot.unwrap_or_default();
-        self.catch_up(base, last).await
+        let mut loaded = self.catch_up(id, base, last).await?;
+        // A long walk (a stale, missing, oversized or older-version snapshot)
+        // leaves a snapshot behind, so the next cold load is short.
+        self.maybe_snapshot(id, &mut loaded);
+        Ok(loaded)
     }
 
-    /// Fold commits newer than `base.sequence`, walking back from `head`.
-    async fn catch_up(&self, base: Loaded<A>, head: RecordedCommit) -> Result<Loaded<A>, StoreError> {
+    /// Fold the commits between `base.sequence` and `head` (and any the
+    /// server has after it). One commit behind costs nothing more; a longer gap
+    /// is read in batches from `base`, and when it is longer than a batch, from
+    /// a newer snapshot if there is one. What a batch cannot give (a lagging
+    /// replica, an older server) is walked back from `head` one commit at a
+    /// time, the leader answering what a replica lacks.
+    async fn catch_up(&self, id: &str, base: Loaded<A>, head: RecordedCommit) -> Result<Loaded<A>, StoreError> {
         if head.sequence == base.sequence {
             return Ok(base);
         }
+        let mut loaded = base;
+        if loaded.sequence > head.sequence {
+            // A snapshot from past the head (a recreated stream, or a replica
+            // that lags the one that wrote it) cannot be checked against the
+            // chain: never trust it.
+            warn!(base = loaded.sequence, head = head.sequence, "snapshot is past the head; ignoring it");
+            loaded = Loaded::default();
+        }
+        if head.previous == loaded.sequence {
+            self.fold(&mut loaded, &head)?;
+            return Ok(loaded);
+        }
+        if self.batched {
+            let mut snapshot_tried = false;
+            while loaded.sequence < head.sequence {
+                let batch = crate::direct::commits_after(
+                    &self.client,
+                    &self.stream_name,
+                    &head.subject,
+                    loaded.sequence,
+                    BATCH_LIMIT,
+                )
+                .await?;
+                metrics::counter!("eventstore_batched_reads_total", "aggregate" => A::TYPE).increment(1);
+                let progressed = !batch.commits.is_empty();
+                for commit in &batch.commits {
+                    if commit.previous < loaded.sequence {
+                        // The first commit after the base does not point back
+                        // at it: the base is not on this subject's chain.
+                        // Never trust it; start again from the first commit.
+                        warn!(base = loaded.sequence, "snapshot not on the commit chain; ignoring it");
+                        return Box::pin(self.catch_up(id, Loaded::default(), head)).await;
+                    }
+                    if commit.previous > loaded.sequence {
+                        return Err(missing_link(commit, loaded.sequence));
+                    }
+                    self.fold(&mut loaded, commit)?;
+                }
+                if loaded.sequence >= head.sequence || batch.pending == 0 || !progressed {
+                    break;
+                }
+                // More than a batch behind: a snapshot past here saves reading
+                // the rest (a warm state that went stale, a snapshot that went
+                // unwritten for a while).
+                if !snapshot_tried {
+                    snapshot_tried = true;
+                    if let Some(snapshot) = self.read_snapshot(id).await
+                        && snapshot.sequence > loaded.sequence
+                        && snapshot.sequence <= head.sequence
+                    {
+                        loaded = snapshot;
+                    }
+                }
+            }
+            if loaded.sequence >= head.sequence {
+                return Ok(loaded);
+            }
+        }
+        self.walk(id, loaded, head).await
+    }
+
+    /// Walk back from `head` along the back-pointers to `base`, one direct get
+    /// per commit, then fold forwards.
+    async fn walk(&self, id: &str, base: Loaded<A>, head: RecordedCommit) -> Result<Loaded<A>, StoreError> {
         let mut chain = vec![head];
         loop {
             let previous = chain.last().map_or(0, |c| c.previous);
@@ -269,29 +386,34 @@ impl<A: Aggregate> Repository<A> {
                 break;
             }
             if previous < base.sequence {
-                // The chain skipped the base: the snapshot is not on this
-                // subject's chain. Never trust it; rebuild from the first commit.
                 warn!(base = base.sequence, "snapshot not on the commit chain; ignoring it");
-                return Box::pin(self.catch_up(Loaded::default(), chain.swap_remove(0))).await;
+                return Box::pin(self.walk(id, Loaded::default(), chain.swap_remove(0))).await;
             }
             chain.push(self.commit_at(previous).await?);
         }
+        metrics::counter!("eventstore_walked_commits_total", "aggregate" => A::TYPE).increment(chain.len() as u64);
         let mut loaded = base;
         for commit in chain.iter().rev() {
-            let events = commit.decode_events::<A::Event>()?;
-            loaded.apply(commit.sequence, commit.command_id(), &events, self.options.remembered_commands);
+            self.fold(&mut loaded, commit)?;
         }
         Ok(loaded)
+    }
+
+    fn fold(&self, loaded: &mut Loaded<A>, commit: &RecordedCommit) -> Result<(), StoreError> {
+        let events = commit.decode_events::<A::Event>()?;
+        loaded.apply(commit.sequence, commit.command_id(), &events, self.options.remembered_commands);
+        Ok(())
     }
 
     /// Bring a possibly stale state up to the subject's head, read from the
     /// leader (a follower's head may be the very state the server just refused).
     async fn refresh(&self, id: &str, stale: Loaded<A>) -> Result<Loaded<A>, StoreError> {
         let subject = envelope::subject::<A>(id);
-        let loaded = match self.last_commit(&subject, Read::Leader).await? {
+        let mut loaded = match self.last_commit(&subject, Read::Leader).await? {
             None => Loaded::default(),
-            Some(head) => self.catch_up(stale, head).await?,
+            Some(head) => self.catch_up(id, stale, head).await?,
         };
+        self.maybe_snapshot(id, &mut loaded);
         self.cache.insert(id.to_string(), Arc::new(loaded.clone()));
         Ok(loaded)
     }
@@ -551,11 +673,22 @@ impl<A: Aggregate> Repository<A> {
         if self.options.snapshot_every == 0 || loaded.commits_since_snapshot < self.options.snapshot_every {
             return;
         }
+        let state = loaded.state.encode_state();
+        // The snapshot must fit in one message with its key and headers; a
+        // bigger state is read in batches instead, and not tried again until
+        // another `snapshot_every` commits.
+        if state.len() + loaded.recent.len() * 64 + 1024 > self.max_payload {
+            metrics::counter!("eventstore_snapshots_skipped_total", "aggregate" => A::TYPE, "reason" => "oversized")
+                .increment(1);
+            debug!(bytes = state.len(), "state too large for a snapshot; cold loads read it in batches");
+            loaded.commits_since_snapshot = 0;
+            return;
+        }
         loaded.commits_since_snapshot = 0;
         let snap = pb::Snapshot {
             sequence: loaded.sequence,
             schema_version: A::STATE_VERSION,
-            state: loaded.state.encode_state(),
+            state,
             recent_commands: loaded
                 .recent
                 .iter()
@@ -610,6 +743,16 @@ fn leader_not_found(e: &async_nats::jetstream::stream::LastRawMessageError) -> b
         K::JetStream(j) => j.error_code() == async_nats::jetstream::ErrorCode(10037),
         _ => false,
     }
+}
+
+/// Commits asked for in one batched read.
+const BATCH_LIMIT: usize = 512;
+
+fn missing_link(commit: &RecordedCommit, base: u64) -> StoreError {
+    StoreError::Corrupt(crate::DecodeError::new(
+        format!("commit at sequence {}", commit.sequence),
+        format!("points back to {}, but the subject has nothing between it and {base}", commit.previous),
+    ))
 }
 
 fn snapshot_key<A: Aggregate>(id: &str) -> String {

@@ -1,0 +1,235 @@
+//! Cold loads stay short whatever state the snapshot is in: stale, from another
+//! state version, off the subject's chain, or impossible to write. Each test
+//! counts the requests the load sends to the events stream (a plain NATS
+//! subscriber on the JetStream API sees every one) and checks the state against
+//! what was written.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use common::*;
+use futures::StreamExt as _;
+use gridwork_eventstore::{Aggregate as _, Repository, RepositoryOptions};
+use gridwork_proto::gridwork::eventstore::v1 as pb;
+use gridwork_sample_ledger::domain::ledger::{Ledger, LedgerCommand};
+use gridwork_testkit::db::TestDb;
+use gridwork_testkit::nats::NatsServer;
+use prost::Message as _;
+
+const BUCKET: &str = "SNAPSHOTS_SAMPLE";
+
+fn options(snapshot_every: u32) -> RepositoryOptions {
+    RepositoryOptions { snapshot_every, ..RepositoryOptions::default() }
+}
+
+async fn repository(k: &Kernel, bucket: &str, options: RepositoryOptions) -> Repository<Ledger> {
+    Repository::new(k.js.clone(), "SAMPLE", Some(bucket), options).await.expect("repository")
+}
+
+/// Open `id` and deposit 1, 2, … `deposits`; returns the balance.
+async fn history(r: &Repository<Ledger>, id: &str, deposits: i64) -> i64 {
+    r.execute(id, &LedgerCommand::Open { owner: "Zhao".into() }, &meta()).await.expect("open");
+    for amount in 1..=deposits {
+        r.execute(id, &LedgerCommand::Deposit { amount }, &meta()).await.expect("deposit");
+    }
+    deposits * (deposits + 1) / 2
+}
+
+/// Counts requests to the events stream (direct gets of any kind, leader gets)
+/// while it lives; snapshot reads go to the KV bucket's own stream and are not
+/// counted.
+struct Requests {
+    client: async_nats::Client,
+    seen: Arc<AtomicUsize>,
+}
+
+impl Requests {
+    async fn watch(nats: &NatsServer) -> Self {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let seen = Arc::new(AtomicUsize::new(0));
+        for subject in ["$JS.API.DIRECT.GET.SAMPLE", "$JS.API.DIRECT.GET.SAMPLE.>", "$JS.API.STREAM.MSG.GET.SAMPLE"] {
+            let mut sub = client.subscribe(subject).await.expect("subscribe");
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                while sub.next().await.is_some() {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        client.flush().await.expect("flush");
+        Self { client, seen }
+    }
+
+    /// Requests seen since the last call.
+    async fn take(&self) -> usize {
+        self.client.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        self.seen.swap(0, Ordering::SeqCst)
+    }
+}
+
+async fn snapshot_of(k: &Kernel, bucket: &str, id: &str) -> Option<pb::Snapshot> {
+    let store = k.js.get_key_value(bucket).await.expect("bucket");
+    let bytes = store.get(format!("ledger.{id}")).await.expect("kv get")?;
+    Some(pb::Snapshot::decode(bytes.as_ref()).expect("snapshot decodes"))
+}
+
+async fn wait_for_snapshot_at(k: &Kernel, id: &str, sequence: u64) -> pb::Snapshot {
+    for _ in 0..50 {
+        if let Some(s) = snapshot_of(k, BUCKET, id).await
+            && s.sequence == sequence
+            && s.schema_version == Ledger::STATE_VERSION
+        {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no snapshot of {id} at {sequence}: {:?}", snapshot_of(k, BUCKET, id).await.map(|s| s.sequence));
+}
+
+async fn put_snapshot(k: &Kernel, id: &str, snapshot: pb::Snapshot) {
+    let store = k.js.get_key_value(BUCKET).await.expect("bucket");
+    store.put(format!("ledger.{id}"), snapshot.encode_to_vec().into()).await.expect("put");
+}
+
+/// A snapshot 600 commits behind the head (writers that never snapshot) costs
+/// the first cold load a couple of batched reads, not 600 round trips, and
+/// that load leaves a current snapshot behind for the next one.
+#[tokio::test]
+async fn a_stale_snapshot_costs_one_short_load_and_is_replaced() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let snapshotting = repository(&k, BUCKET, options(8)).await;
+    let mut balance = history(&snapshotting, "acct", 9).await;
+    let stale = wait_for_snapshot_at(&k, "acct", 8).await;
+    let never = repository(&k, BUCKET, options(0)).await;
+    for amount in 1..=600 {
+        never.execute("acct", &LedgerCommand::Deposit { amount }, &meta()).await.expect("deposit");
+        balance += amount;
+    }
+    let head = never.load_current("acct").await.expect("load").sequence;
+    assert_eq!(snapshot_of(&k, BUCKET, "acct").await.map(|s| s.sequence), Some(stale.sequence), "still stale");
+
+    let requests = Requests::watch(&nats).await;
+    let cold = repository(&k, BUCKET, options(8)).await;
+    let loaded = cold.load_cold("acct").await.expect("cold load");
+    assert_eq!((loaded.state.balance, loaded.sequence), (balance, head));
+    let sent = requests.take().await;
+    assert!(sent <= 3, "600 commits behind the snapshot: {sent} requests (the last commit, then batches)");
+
+    wait_for_snapshot_at(&k, "acct", head).await;
+    let again = repository(&k, BUCKET, options(8)).await.load_cold("acct").await.expect("second cold load");
+    assert_eq!((again.state.balance, again.sequence), (balance, head));
+    assert_eq!(requests.take().await, 1, "the snapshot is current: only the last commit is read");
+}
+
+/// A warm state far behind the head (another replica wrote 1,200 commits) is
+/// brought up from the newer snapshot, not read forwards commit by commit.
+#[tokio::test]
+async fn a_warm_state_far_behind_catches_up_from_the_newer_snapshot() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let a = repository(&k, BUCKET, options(8)).await;
+    let mut balance = history(&a, "acct", 2).await;
+    assert_eq!(a.load("acct").await.expect("warm").state.balance, balance);
+    let b = repository(&k, BUCKET, options(8)).await;
+    for amount in 1..=1200 {
+        b.execute("acct", &LedgerCommand::Deposit { amount }, &meta()).await.expect("deposit on b");
+        balance += amount;
+    }
+    let head = b.load("acct").await.expect("b").sequence;
+    wait_for_snapshot_at(&k, "acct", head - head % 8).await;
+
+    let requests = Requests::watch(&nats).await;
+    let current = a.load_current("acct").await.expect("refresh");
+    assert_eq!((current.state.balance, current.sequence), (balance, head));
+    let sent = requests.take().await;
+    assert!(sent <= 3, "1,200 commits behind: {sent} requests (head, one batch, then from the snapshot)");
+}
+
+/// A snapshot written by another build (another state version), or one whose
+/// sequence is not on the subject's chain (another account's commit, a
+/// sequence past the head of a recreated stream), is never trusted.
+#[tokio::test]
+async fn snapshots_from_another_version_or_off_the_chain_are_ignored() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let never = repository(&k, BUCKET, options(0)).await;
+    let mut balance = 0;
+    for amount in 1..=20 {
+        if amount == 1 {
+            never.execute("acct", &LedgerCommand::Open { owner: "Qian".into() }, &meta()).await.expect("open");
+            never.execute("other", &LedgerCommand::Open { owner: "Sun".into() }, &meta()).await.expect("open");
+        }
+        never.execute("acct", &LedgerCommand::Deposit { amount }, &meta()).await.expect("deposit");
+        never.execute("other", &LedgerCommand::Deposit { amount: 1000 }, &meta()).await.expect("deposit");
+        balance += amount;
+    }
+    let head = never.load_current("acct").await.expect("head").sequence;
+    let other_commit = never.load_current("other").await.expect("other").sequence - 4;
+    let bogus = Ledger { balance: 1_000_000, ..Ledger::default() }.encode_state();
+
+    let cases = [
+        ("a newer state version", Ledger::STATE_VERSION + 1, head),
+        ("another account's commit", Ledger::STATE_VERSION, other_commit),
+        ("a sequence past the head", Ledger::STATE_VERSION, head + 1000),
+    ];
+    for (what, schema_version, sequence) in cases {
+        put_snapshot(&k, "acct", pb::Snapshot { sequence, schema_version, state: bogus.clone(), ..Default::default() })
+            .await;
+        let loaded = repository(&k, BUCKET, options(8)).await.load_cold("acct").await.expect("cold load");
+        assert_eq!((loaded.state.balance, loaded.sequence), (balance, head), "{what}");
+        // The long load replaced it with this build's snapshot at the head.
+        let replaced = wait_for_snapshot_at(&k, "acct", head).await;
+        assert_eq!(Ledger::decode_state(&replaced.state).expect("decodes").balance, balance, "{what}");
+    }
+}
+
+/// A bucket that refuses every snapshot (values capped at 16 bytes): every
+/// cold load folds the whole history, still in a few batched reads.
+#[tokio::test]
+async fn without_snapshots_a_long_history_loads_in_batches() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    k.js.create_key_value(kv::Config { bucket: "TINY".into(), max_value_size: 16, ..Default::default() })
+        .await
+        .expect("tiny bucket");
+    let r = repository(&k, "TINY", options(8)).await;
+    let balance = history(&r, "acct", 1100).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(snapshot_of(&k, "TINY", "acct").await.is_none(), "every snapshot write was refused");
+
+    let requests = Requests::watch(&nats).await;
+    let loaded = repository(&k, "TINY", options(8)).await.load_cold("acct").await.expect("cold load");
+    assert_eq!(loaded.state.balance, balance);
+    let sent = requests.take().await;
+    assert!(sent <= 4, "1,101 commits without a snapshot: {sent} requests (the last commit, then 3 batches)");
+}
+
+/// The warm cache holds what its byte budget allows, however many aggregates
+/// pass through it.
+#[tokio::test]
+async fn the_warm_cache_is_bounded_by_bytes() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let budget = 8 * 1024;
+    let r = repository(&k, BUCKET, RepositoryOptions { cache_bytes: budget, ..options(8) }).await;
+    for a in 0..300 {
+        let id = format!("acct-{a}");
+        r.execute(&id, &LedgerCommand::Open { owner: "x".repeat(200) }, &meta()).await.expect("open");
+    }
+    let weight = r.cache_weight();
+    assert!(weight <= budget, "{weight} bytes warm, budget {budget}");
+    assert!(weight > budget / 4, "the cache is used: {weight} bytes");
+    // Everything evicted still loads.
+    assert_eq!(r.load("acct-0").await.expect("load").state.owner, "x".repeat(200));
+}
