@@ -94,7 +94,6 @@ impl Projection for CommandIndexProjection {
 /// Looks command ids up in a stream's index (see the module docs).
 #[derive(Clone)]
 pub struct CommandIndex {
-    js: jetstream::Context,
     stream: String,
     store: ReadStore,
     table: &'static str,
@@ -124,7 +123,7 @@ impl CommandIndex {
             crate::projection::RunnerConfig::new(stream),
         )
         .await?;
-        Ok(Self { js, stream: stream.to_string(), store, table, runner: Arc::new(runner) })
+        Ok(Self { stream: stream.to_string(), store, table, runner: Arc::new(runner) })
     }
 
     /// The index's runner (position, rebuild).
@@ -139,7 +138,7 @@ impl CommandIndex {
             return Ok(Some(found));
         }
         self.runner
-            .wait_for_stream_head(&self.js, &self.stream, Duration::from_secs(5))
+            .wait_for_stream_head(Duration::from_secs(5))
             .await
             .map_err(|e| StoreError::Unavailable(format!("the command index cannot vouch for {command_id}: {e}")))?;
         self.lookup(subject, command_id).await

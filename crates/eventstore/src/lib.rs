@@ -16,6 +16,8 @@
 //! - [`projection`]: the runner that turns a stream into SQL rows with its
 //!   position in the same transaction, on SQLite or PostgreSQL; rebuild, parking
 //!   of poison events, lag, read-your-writes.
+//! - [`reactor`]: process managers (commits in, commands out) on the same
+//!   runner, with their own position, never rebuilt.
 //! - [`trace`]: W3C trace context carried in NATS headers.
 //!
 //! Must not depend on: tonic, any service crate, any domain type. Errors are
@@ -28,6 +30,7 @@ pub mod envelope;
 pub mod error;
 pub mod projection;
 pub mod provision;
+pub mod reactor;
 pub mod repository;
 pub mod testing;
 pub mod trace;
@@ -37,4 +40,5 @@ pub use command_index::CommandIndex;
 pub use envelope::{CommandKey, CommandMeta, RecordedCommit};
 pub use error::{ExecuteError, StoreError};
 pub use provision::{StreamSpec, check_server_version, ensure_stream};
+pub use reactor::Reactor;
 pub use repository::{CommitOutcome, Loaded, Repository, RepositoryOptions};

@@ -149,7 +149,7 @@ impl From<WaitError> for ServiceError {
     fn from(e: WaitError) -> Self {
         match e {
             WaitError::Timeout { .. } => ServiceError::DeadlineExceeded(e.to_string()),
-            WaitError::Stopped => ServiceError::Unavailable(e.to_string()),
+            WaitError::Stopped | WaitError::Unavailable(_) => ServiceError::Unavailable(e.to_string()),
         }
     }
 }

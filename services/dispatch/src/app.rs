@@ -21,7 +21,6 @@ use crate::projection::{CASES, DEADLINES, TIMELINE};
 #[derive(Clone)]
 pub struct Dispatch {
     cases: Repository<Case>,
-    stream: async_nats::jetstream::stream::Stream,
     store: ReadStore,
     projection: Arc<RunnerHandle>,
     incoming: Arc<RunnerHandle>,
@@ -59,14 +58,13 @@ impl Dispatch {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cases: Repository<Case>,
-        stream: async_nats::jetstream::stream::Stream,
         store: ReadStore,
         projection: Arc<RunnerHandle>,
         incoming: Arc<RunnerHandle>,
         time: Arc<dyn TimeSource>,
         calendar: Arc<WorkingCalendar>,
     ) -> Self {
-        Self { cases, stream, store, projection, incoming, time, calendar, summon_within: time::Duration::minutes(30) }
+        Self { cases, store, projection, incoming, time, calendar, summon_within: time::Duration::minutes(30) }
     }
 
     /// The cases projection.
@@ -110,9 +108,7 @@ impl Dispatch {
     /// that is no longer pending, so firing again after a crash does nothing more.
     pub async fn fire_due_deadlines(&self) -> Result<usize, ServiceError> {
         // The read model must reflect every commit before we judge what is pending.
-        let mut stream = self.stream.clone();
-        let last = stream.info().await.map_err(|e| ServiceError::Unavailable(e.to_string()))?.state.last_sequence;
-        self.projection.wait_for(last, Duration::from_secs(10)).await?;
+        self.projection.wait_for_stream_head(Duration::from_secs(10)).await?;
         let now = self.time.now_unix_ms();
         let table = Tables::Live.name(DEADLINES.name);
         let due: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(

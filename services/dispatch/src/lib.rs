@@ -129,9 +129,13 @@ impl App {
             calendar: calendar.clone(),
             summon_within: settings.summon_within,
         };
-        let incoming =
-            ProjectionRunner::start(runtime.js.clone(), store.clone(), incoming, RunnerConfig::new(&intake.name))
-                .await?;
+        let incoming = ProjectionRunner::start_reactor(
+            runtime.js.clone(),
+            store.clone(),
+            incoming,
+            RunnerConfig::new(&intake.name),
+        )
+        .await?;
         let view = ProjectionRunner::start(
             runtime.js.clone(),
             store.clone(),
@@ -139,8 +143,7 @@ impl App {
             RunnerConfig::new(&spec.name),
         )
         .await?;
-        let stream = runtime.js.get_stream(&spec.name).await?;
-        let mut dispatch = Dispatch::new(cases, stream, store, Arc::new(view), Arc::new(incoming), clock, calendar);
+        let mut dispatch = Dispatch::new(cases, store, Arc::new(view), Arc::new(incoming), clock, calendar);
         dispatch.summon_within = settings.summon_within;
         let scheduler = (!tick.is_zero()).then(|| dispatch.spawn_scheduler(tick));
         Ok(Self { runtime, dispatch, _scheduler: scheduler })

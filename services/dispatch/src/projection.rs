@@ -2,10 +2,11 @@
 //!
 //! - [`Incoming`] reads `INTAKE`: keeps what routing needs from each report
 //!   (`dispatch_incoming`) and, on `IncidentAccepted`, opens the case — the
-//!   process manager. It runs on the projection runner, so its position is stored
-//!   with its rows; the case command is idempotent (the case id is the incident id
-//!   and `Open` on an open case does nothing), so a crash between opening and
-//!   storing the position opens the case once.
+//!   process manager, a [`Reactor`]: its position is stored with its rows, it
+//!   is never rebuilt, and the case command is idempotent (the case id is the
+//!   incident id, the command id `open-<incident>`, and `Open` on an open case
+//!   does nothing), so a crash between opening and storing the position opens
+//!   the case once.
 //! - [`Cases`] reads `DISPATCH` into `dispatch_cases`, `dispatch_deadlines` (the
 //!   scheduler's input) and `dispatch_timeline`.
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use gridwork_eventstore::envelope::headers;
 use gridwork_eventstore::projection::{ApplyError, Projection, TableDef, Tables, UnknownEvents};
-use gridwork_eventstore::{CommandMeta, RecordedCommit, Repository};
+use gridwork_eventstore::{CommandMeta, Reactor, RecordedCommit, Repository};
 use gridwork_proto::gridwork::dispatch::v1 as pb;
 use gridwork_proto::gridwork::intake::v1 as intake_pb;
 use prost::Message as _;
@@ -44,11 +45,12 @@ pub struct Incoming {
     pub summon_within: Duration,
 }
 
-impl Projection for Incoming {
+impl Reactor for Incoming {
     fn name(&self) -> &str {
         "dispatch_incoming"
     }
 
+    /// Its memory of what routing needs from each report.
     fn tables(&self) -> &'static [TableDef] {
         &[INCOMING]
     }
@@ -59,11 +61,11 @@ impl Projection for Incoming {
         UnknownEvents::Skip
     }
 
-    async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
+    async fn react(&self, tx: &mut AnyConnection, commit: &RecordedCommit) -> Result<(), ApplyError> {
         if !commit.subject.starts_with("intake.incident.") {
             return Ok(());
         }
-        let table = tables.name(INCOMING.name);
+        let table = INCOMING.name;
         let id = commit.aggregate_id();
         for e in commit.events_at_version(1)? {
             let decode = |err: prost::DecodeError| gridwork_eventstore::DecodeError::new(e.event_type.clone(), err);
@@ -94,9 +96,9 @@ impl Projection for Incoming {
                         .execute(&mut *tx)
                         .await?;
                 }
-                "intake.incident.accepted" if tables == Tables::Live => {
+                "intake.incident.accepted" => {
                     let accepted = intake_pb::IncidentAccepted::decode(e.payload.as_slice()).map_err(decode)?;
-                    self.open_case(tx, &table, id, accepted.at_unix_ms).await?;
+                    self.open_case(tx, table, id, accepted.at_unix_ms).await?;
                 }
                 _ => {}
             }
@@ -169,9 +171,7 @@ impl Incoming {
             request_digest: 0,
         };
         self.cases.execute(id, &command, &meta).await.map_err(|e| match e {
-            gridwork_eventstore::ExecuteError::Store(s) => {
-                ApplyError::Db(sqlx::Error::Io(std::io::Error::other(s.to_string())))
-            }
+            gridwork_eventstore::ExecuteError::Store(s) => ApplyError::from_store(s),
             gridwork_eventstore::ExecuteError::Rejected(r) => ApplyError::Invalid(r.to_string()),
         })?;
         Ok(())

@@ -110,7 +110,6 @@ pub fn needs_head(row: &UnitRow, today: Date) -> Option<String> {
 #[derive(Clone)]
 pub struct Registry {
     repository: Repository<Unit>,
-    stream: async_nats::jetstream::stream::Stream,
     store: ReadStore,
     projection: Arc<RunnerHandle>,
     index: Arc<RwLock<LocateIndex>>,
@@ -125,13 +124,12 @@ impl Registry {
     /// Wire the parts together and load the locate index.
     pub async fn new(
         repository: Repository<Unit>,
-        stream: async_nats::jetstream::stream::Stream,
         store: ReadStore,
         projection: Arc<RunnerHandle>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ServiceError> {
         let registry =
-            Self { repository, stream, store, projection, index: Arc::new(RwLock::new(LocateIndex::default())), clock };
+            Self { repository, store, projection, index: Arc::new(RwLock::new(LocateIndex::default())), clock };
         registry.refresh_index().await?;
         Ok(registry)
     }
@@ -154,9 +152,7 @@ impl Registry {
     /// Wait until the read model reflects every commit in the stream, so the
     /// facts a command is checked against are current.
     async fn sync(&self) -> Result<(), ServiceError> {
-        let mut stream = self.stream.clone();
-        let info = stream.info().await.map_err(|e| ServiceError::Unavailable(e.to_string()))?;
-        self.projection.wait_for(info.state.last_sequence, SYNC_WAIT).await?;
+        self.projection.wait_for_stream_head(SYNC_WAIT).await?;
         Ok(())
     }
 

@@ -77,8 +77,7 @@ impl App {
             RunnerConfig::new(&spec.name),
         )
         .await?;
-        let stream = runtime.js.get_stream(&spec.name).await?;
-        let registry = Registry::new(repository, stream, store, Arc::new(projection), clock)
+        let registry = Registry::new(repository, store, Arc::new(projection), clock)
             .await
             .map_err(|e| anyhow::anyhow!("loading the locate index: {e}"))?;
         Ok(Self { runtime, registry })

@@ -131,7 +131,6 @@ struct IncidentRow {
 /// The intake application service.
 #[derive(Clone)]
 pub struct Intake {
-    stream: async_nats::jetstream::stream::Stream,
     incidents: Repository<Incident>,
     catalogue: Repository<Catalogue>,
     store: ReadStore,
@@ -159,7 +158,6 @@ impl Intake {
     /// Wire the parts together; creates the contact table.
     #[allow(clippy::too_many_arguments)]
     pub async fn new(
-        stream: async_nats::jetstream::stream::Stream,
         incidents: Repository<Incident>,
         catalogue: Repository<Catalogue>,
         store: ReadStore,
@@ -174,7 +172,7 @@ impl Intake {
         )))
         .execute(store.pool())
         .await?;
-        Ok(Self { stream, incidents, catalogue, store, grid, projection, index: Arc::default(), clock, rules })
+        Ok(Self { incidents, catalogue, store, grid, projection, index: Arc::default(), clock, rules })
     }
 
     /// The incidents projection (positions, rebuilds).
@@ -336,9 +334,7 @@ impl Intake {
         let incident_id = command_id.id.clone();
         // The duplicate check reads the incidents read model: bring it up to every
         // report already in the stream first.
-        let mut stream = self.stream.clone();
-        let last = stream.info().await.map_err(|e| ServiceError::Unavailable(e.to_string()))?.state.last_sequence;
-        self.projection.wait_for(last, Duration::from_secs(10)).await?;
+        self.projection.wait_for_stream_head(Duration::from_secs(10)).await?;
         let duplicate_of = self.find_original(&category.code, lat, lon, now).await?.filter(|o| *o != incident_id);
         let contact_ref = match &input.contact {
             Some((name, phone)) => {

@@ -104,7 +104,8 @@ impl App {
         .await?;
         let linker = projection::Linker { incidents: incidents.clone(), escalate_after: rules.escalate_after };
         let linker =
-            ProjectionRunner::start(runtime.js.clone(), store.clone(), linker, RunnerConfig::new(&spec.name)).await?;
+            ProjectionRunner::start_reactor(runtime.js.clone(), store.clone(), linker, RunnerConfig::new(&spec.name))
+                .await?;
         let incidents_view = ProjectionRunner::start(
             runtime.js.clone(),
             store.clone(),
@@ -124,19 +125,10 @@ impl App {
                 .await
                 .map_err(|e| anyhow::anyhow!("publishing the default catalogue: {e}"))?;
         }
-        let stream = runtime.js.get_stream(&spec.name).await?;
-        let intake = Intake::new(
-            stream,
-            incidents,
-            catalogue,
-            store,
-            Arc::new(grid_copy),
-            Arc::new(incidents_view),
-            clock,
-            rules,
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let intake =
+            Intake::new(incidents, catalogue, store, Arc::new(grid_copy), Arc::new(incidents_view), clock, rules)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Self { runtime, intake, linker })
     }
 

@@ -1,10 +1,10 @@
 //! Intake's read models: its own copy of the tree's boundaries (from `GRID`, to
 //! place reports without calling the registry) and the incidents with their
-//! history (from `INTAKE`).
+//! history (from `INTAKE`); and the linker, a reactor on `INTAKE`.
 
-use gridwork_eventstore::RecordedCommit;
 use gridwork_eventstore::envelope::headers;
 use gridwork_eventstore::projection::{ApplyError, Projection, TableDef, Tables, UnknownEvents};
+use gridwork_eventstore::{Reactor, RecordedCommit};
 use gridwork_proto::gridwork::grid::v1 as grid_pb;
 use gridwork_proto::gridwork::intake::v1 as pb;
 use prost::Message as _;
@@ -95,17 +95,19 @@ pub struct Linker {
     pub escalate_after: usize,
 }
 
-impl Projection for Linker {
+impl Reactor for Linker {
     fn name(&self) -> &str {
         "intake_linker"
     }
 
-    fn tables(&self) -> &'static [TableDef] {
-        &[]
+    /// Its own service's stream: an event type it does not know is a newer
+    /// replica's, and may be a duplicate to link; wait for the upgrade.
+    fn unknown_events(&self) -> UnknownEvents {
+        UnknownEvents::Stall
     }
 
-    async fn apply(&self, _tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
-        if tables != Tables::Live || !commit.subject.starts_with("intake.incident.") {
+    async fn react(&self, _tx: &mut AnyConnection, commit: &RecordedCommit) -> Result<(), ApplyError> {
+        if !commit.subject.starts_with("intake.incident.") {
             return Ok(());
         }
         for event in commit.decode_events::<IncidentEvent>()? {
@@ -126,9 +128,7 @@ impl Projection for Linker {
                 Ok(_) => {}
                 // The original closed meanwhile (or never existed): nothing to link.
                 Err(gridwork_eventstore::ExecuteError::Rejected(_)) => {}
-                Err(gridwork_eventstore::ExecuteError::Store(e)) => {
-                    return Err(ApplyError::Db(sqlx::Error::Io(std::io::Error::other(e.to_string()))));
-                }
+                Err(gridwork_eventstore::ExecuteError::Store(e)) => return Err(ApplyError::from_store(e)),
             }
         }
         Ok(())

@@ -27,17 +27,6 @@ use sqlx::AnyConnection;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn quick() -> RunnerConfig {
-    RunnerConfig {
-        batch_size: 7,
-        batch_wait: Duration::from_millis(2),
-        max_attempts: 2,
-        retry_backoff: Duration::from_millis(5),
-        max_stall_backoff: Duration::from_millis(100),
-        ..RunnerConfig::new("SAMPLE")
-    }
-}
-
 /// The accounts projection with a switchable bug: while `buggy`, a deposit of
 /// exactly 13 is refused as invalid (a poison commit until the "fix").
 #[derive(Clone)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use gridwork_eventstore::projection::{
-    ApplyError, Projection, ProjectionRunner, ReadStore, RunnerConfig, TableDef, Tables, UnknownEvents,
+    ApplyError, Projection, ProjectionRunner, ReadStore, TableDef, Tables, UnknownEvents,
 };
 use gridwork_eventstore::{
     DomainEvent, ExecuteError, RecordedCommit, Repository, RepositoryOptions, StoreError, decode_stored,
@@ -26,16 +26,6 @@ use gridwork_testkit::nats::NatsServer;
 use sqlx::AssertSqlSafe;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn quick() -> RunnerConfig {
-    RunnerConfig {
-        batch_size: 7,
-        batch_wait: Duration::from_millis(2),
-        retry_backoff: Duration::from_millis(5),
-        max_stall_backoff: Duration::from_millis(100),
-        ..RunnerConfig::new("SAMPLE")
-    }
-}
 
 /// The next build of the ledger.
 mod next {

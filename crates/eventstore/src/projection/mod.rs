@@ -127,6 +127,10 @@ pub enum ApplyError {
     /// The commit contradicts the read model (e.g. an event for an unknown row).
     #[error("{0}")]
     Invalid(String),
+    /// Something outside the database that applying needs is unavailable now
+    /// (a reactor's command could not be stored): retried without limit.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl ApplyError {
@@ -143,6 +147,7 @@ impl ApplyError {
             // Written by a newer build: not damaged, this replica is behind.
             ApplyError::Decode(e) => !e.newer,
             ApplyError::Invalid(_) => true,
+            ApplyError::Unavailable(_) => false,
             ApplyError::Db(e) => is_poison_db_error(e),
         }
     }
@@ -209,6 +214,13 @@ pub trait Projection: Send + Sync + 'static {
     /// default); readers of another context's stream usually skip.
     fn unknown_events(&self) -> UnknownEvents {
         UnknownEvents::Stall
+    }
+
+    /// Whether the runner may rebuild it from zero. Only a
+    /// [`crate::reactor::Reactor`] says no: replaying history would send its
+    /// commands again.
+    fn rebuildable(&self) -> bool {
+        true
     }
 
     /// Apply one commit inside `tx`, writing to `tables`. Must be deterministic:

@@ -47,6 +47,9 @@ struct Claim {
 impl<P: Projection> Inner<P> {
     /// Rebuild and swap in; returns the position at the swap.
     pub(super) async fn rebuild(self: Arc<Self>) -> Result<u64, RunnerError> {
+        if !self.projection.rebuildable() {
+            return Err(RunnerError::NotRebuildable(self.name.clone()));
+        }
         let claim = self.claim().await?;
         // Cancelled (its runner stopped or was killed): clean up in the background.
         let mut guard = CleanUpOnDrop { inner: Arc::clone(&self), claim: Some(claim) };

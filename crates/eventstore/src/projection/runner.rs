@@ -115,6 +115,9 @@ pub enum RunnerError {
     /// replica sharing the database).
     #[error("a rebuild of this projection is already running")]
     RebuildRunning,
+    /// A reactor is never rebuilt (it would send its commands again).
+    #[error("{0} is a reactor: it is never rebuilt")]
+    NotRebuildable(String),
     /// Another rebuild took this one's place (it was presumed dead).
     #[error("the rebuild lost its ownership to another one")]
     RebuildLost,
@@ -189,6 +192,9 @@ pub enum WaitError {
     /// The runner has stopped.
     #[error("projection runner stopped")]
     Stopped,
+    /// NATS could not say where the stream's head is.
+    #[error("cannot tell where the stream ends: {0}")]
+    Unavailable(String),
 }
 
 /// A commit as delivered, parsed or not.
@@ -290,8 +296,9 @@ impl ProjectionRunner {
             failures: AtomicU32::new(0),
         });
         info!(projection = %inner.name, position, "projection starting");
+        let (js, stream) = (inner.js.clone(), inner.config.stream.clone());
         let task = tokio::spawn(run(inner, position, position_tx, control_rx));
-        Ok(RunnerHandle { position: position_rx, control: control_tx, task })
+        Ok(RunnerHandle { position: position_rx, control: control_tx, task, js, stream })
     }
 }
 
@@ -319,6 +326,8 @@ pub struct RunnerHandle {
     position: watch::Receiver<u64>,
     control: mpsc::Sender<Control>,
     task: JoinHandle<()>,
+    js: jetstream::Context,
+    stream: String,
 }
 
 impl RunnerHandle {
@@ -337,21 +346,21 @@ impl RunnerHandle {
         }
     }
 
-    /// Wait until the read model has applied everything `stream` held when
-    /// called (one stream-info round trip, then [`RunnerHandle::wait_for`]).
-    pub async fn wait_for_stream_head(
-        &self,
-        js: &jetstream::Context,
-        stream: &str,
-        timeout: Duration,
-    ) -> Result<u64, WaitError> {
+    /// Wait until the read model has applied everything its stream held when
+    /// called (one stream-info round trip to the leader, then
+    /// [`RunnerHandle::wait_for`]): for a decision that must see every fact
+    /// already stored. If NATS cannot say where the head is, the read model
+    /// cannot be shown current either: [`WaitError::Unavailable`].
+    pub async fn wait_for_stream_head(&self, timeout: Duration) -> Result<u64, WaitError> {
         let head = async {
-            let mut s = js.get_stream(stream).await.ok()?;
-            Some(s.info().await.ok()?.state.last_sequence)
+            let mut stream = self.js.get_stream(&self.stream).await.map_err(|e| e.to_string())?;
+            let info = stream.info().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(info.state.last_sequence)
         };
-        // If NATS cannot say, the read model cannot be shown current either.
-        let Some(head) = tokio::time::timeout(timeout, head).await.ok().flatten() else {
-            return Err(WaitError::Timeout { wanted: u64::MAX, reached: self.position() });
+        let head = match tokio::time::timeout(timeout, head).await {
+            Ok(Ok(head)) => head,
+            Ok(Err(e)) => return Err(WaitError::Unavailable(format!("stream {}: {e}", self.stream))),
+            Err(_) => return Err(WaitError::Unavailable(format!("stream {}: no answer in {timeout:?}", self.stream))),
         };
         self.wait_for(head, timeout).await
     }
@@ -604,6 +613,13 @@ impl<P: Projection> Inner<P> {
             return Err(RunnerError::Schema(format!(
                 "projection {} tables are at version {}, newer than this build's {}: upgrade this replica",
                 self.name, stored.version, self.schema.version
+            )));
+        }
+        if stored.hash != self.schema.hash && !self.projection.rebuildable() {
+            return Err(RunnerError::Schema(format!(
+                "reactor {} table definitions differ from the database's: a reactor is never rebuilt, \
+                 so migrate its tables by hand",
+                self.name
             )));
         }
         if stored.version == self.schema.version && stored.hash != self.schema.hash {

@@ -137,3 +137,16 @@ pub async fn dump(store: &gridwork_eventstore::projection::ReadStore) -> Vec<(St
     .await
     .expect("dump")
 }
+
+/// A runner configuration for tests: small batches, short pauses, a commit
+/// parked after its second failed attempt.
+pub fn quick() -> gridwork_eventstore::projection::RunnerConfig {
+    gridwork_eventstore::projection::RunnerConfig {
+        batch_size: 7,
+        batch_wait: Duration::from_millis(2),
+        max_attempts: 2,
+        retry_backoff: Duration::from_millis(5),
+        max_stall_backoff: Duration::from_millis(100),
+        ..gridwork_eventstore::projection::RunnerConfig::new("SAMPLE")
+    }
+}

@@ -1,0 +1,119 @@
+//! Reactors: process managers that turn commits into commands.
+//!
+//! A [`Reactor`] reads a stream in order, like a projection, and answers
+//! commits by sending commands (intake's linker records a "me too" on the
+//! original; dispatch opens a case for an accepted incident). What it shares
+//! with a projection is run by the same runner ([`ProjectionRunner::start_reactor`]):
+//! its own durable position in the read store, committed in one transaction
+//! with whatever state it keeps in its own tables; commits in stream order;
+//! poison parked with the commits behind it; stalls on the environment.
+//!
+//! What differs:
+//! - **Never rebuilt.** A rebuild replays history; for a reactor that would send
+//!   every command again. `rebuild` is refused, and a reactor never runs against
+//!   shadow tables. Its tables are its memory, not a read model: changing their
+//!   definition stalls it with a message until they are migrated by hand.
+//! - **Failures say what they are.** A command the store could not take now
+//!   (NATS unavailable, an election, a conflict that kept losing) is
+//!   [`ApplyError::Unavailable`]: retried without limit, the reactor stalled.
+//!   A command that can never be taken (an invalid id, too large) is poison.
+//!   A domain refusal is the reactor's to judge: usually "nothing to do".
+//! - **Effects are idempotent by construction.** A crash between a command and
+//!   the position's commit replays the commit: every command a reactor sends
+//!   has an id derived from the commit it reacts to, so the second send is
+//!   answered by the first's commit.
+//! - **Unknown event types are skipped** by default: a reactor of another
+//!   context's stream reacts to what it knows.
+
+use std::future::Future;
+
+use sqlx::AnyConnection;
+
+use crate::envelope::RecordedCommit;
+use crate::error::StoreError;
+use crate::projection::runner::{ProjectionRunner, RunnerConfig, RunnerError, RunnerHandle};
+use crate::projection::{ApplyError, Projection, ReadStore, TableDef, Tables, UnknownEvents};
+
+/// A process manager over one stream. See the module documentation.
+pub trait Reactor: Send + Sync + 'static {
+    /// Unique name; keys its stored position and its dead-letter subject.
+    fn name(&self) -> &str;
+
+    /// Tables holding what it must remember between commits (written in the
+    /// transaction that stores its position). Never rebuilt.
+    fn tables(&self) -> &'static [TableDef] {
+        &[]
+    }
+
+    /// What to do with event types this build does not know.
+    fn unknown_events(&self) -> UnknownEvents {
+        UnknownEvents::Skip
+    }
+
+    /// React to one commit: update its own tables inside `tx` and send the
+    /// commands the commit calls for, each under an id derived from the commit.
+    fn react<'a>(
+        &'a self,
+        tx: &'a mut AnyConnection,
+        commit: &'a RecordedCommit,
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send + 'a;
+}
+
+impl ApplyError {
+    /// A command a reactor sent failed in the store: whether it can ever
+    /// succeed decides between poison and a stall.
+    pub fn from_store(e: StoreError) -> Self {
+        match e {
+            StoreError::InvalidId { .. }
+            | StoreError::InvalidCommandId(_)
+            | StoreError::TooLarge(_)
+            | StoreError::CommandIdReused { .. } => ApplyError::Invalid(e.to_string()),
+            // Unavailable, a conflict that kept losing, an election, data from a
+            // newer build, a misconfigured or unreadable stream: the environment.
+            _ => ApplyError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// A [`Reactor`] as the runner sees it. Not rebuildable.
+#[doc(hidden)]
+pub struct Reacting<R>(pub R);
+
+impl<R: Reactor> Projection for Reacting<R> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn tables(&self) -> &'static [TableDef] {
+        self.0.tables()
+    }
+
+    fn unknown_events(&self) -> UnknownEvents {
+        self.0.unknown_events()
+    }
+
+    fn rebuildable(&self) -> bool {
+        false
+    }
+
+    async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
+        if !tables.is_live() {
+            // The runner never rebuilds a reactor; should it ever try, nothing
+            // may be sent twice.
+            return Err(ApplyError::Unavailable(format!("reactor {} asked to run against shadow tables", self.name())));
+        }
+        self.0.react(tx, commit).await
+    }
+}
+
+impl ProjectionRunner {
+    /// Start `reactor` on `config.stream`, after its stored position.
+    pub async fn start_reactor<R: Reactor>(
+        js: async_nats::jetstream::Context,
+        store: ReadStore,
+        reactor: R,
+        config: RunnerConfig,
+    ) -> Result<RunnerHandle, RunnerError> {
+        Self::start(js, store, Reacting(reactor), config).await
+    }
+}
