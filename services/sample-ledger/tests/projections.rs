@@ -201,3 +201,95 @@ async fn two_runners_of_one_projection_on_one_postgres_database_apply_each_commi
     };
     two_runners_share_one_database(db).await;
 }
+
+/// `Accounts` with the kernel's default batch apply: every commit through
+/// `apply`, one statement per event.
+struct OneByOne;
+
+impl gridwork_eventstore::projection::Projection for OneByOne {
+    fn name(&self) -> &str {
+        Accounts.name()
+    }
+    fn tables(&self) -> &'static [gridwork_eventstore::projection::TableDef] {
+        Accounts.tables()
+    }
+    async fn apply(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        tables: gridwork_eventstore::projection::Tables,
+        commit: &gridwork_eventstore::RecordedCommit,
+    ) -> Result<(), gridwork_eventstore::projection::ApplyError> {
+        Accounts.apply(tx, tables, commit).await
+    }
+}
+
+/// A deposit on an account that was never opened, published as a commit
+/// (no aggregate would decide it): poison for the accounts read model.
+async fn ghost_deposit(k: &Kernel) -> u64 {
+    use gridwork_eventstore::envelope::{Decision, encode_commit};
+    use gridwork_sample_ledger::domain::ledger::Ledger;
+    use gridwork_sample_ledger::events::LedgerEvent;
+    let events = [LedgerEvent::Deposited { amount: 7, balance_after: 7 }];
+    let (headers, body) = encode_commit::<Ledger>("ghost", 0, &meta(), Decision::Events(&events));
+    k.js.publish_with_headers("sample.ledger.ghost", headers, body).await.expect("publish").await.expect("ack").sequence
+}
+
+/// The accounts projection folds each batch in memory and writes one upsert
+/// per batch; the rows must be exactly those of applying every commit on its
+/// own (refusals and no-ops included), and a poison commit inside a batch is
+/// found and parked alone.
+async fn a_batch_leaves_the_rows_of_one_commit_at_a_time(db: TestDb, fresh: TestDb) {
+    let nats = NatsServer::start().await.expect("nats");
+    let k = kernel(&nats, &db).await;
+    write_history(&k, "acct", 20, 12).await;
+    let ghost = ghost_deposit(&k).await;
+    let mut rng = rand::rng();
+    let mut last = 0;
+    for _ in 0..400 {
+        let id = format!("acct-{}", rng.random_range(0..20));
+        let command = match rng.random_range(0..3) {
+            0 => LedgerCommand::Withdraw { amount: rng.random_range(1..40_000) }, // some refused
+            1 => LedgerCommand::Open { owner: "again".into() },                   // refused
+            _ => LedgerCommand::Deposit { amount: rng.random_range(1..100) },
+        };
+        last = match k.repository.execute(&id, &command, &common::client_meta()).await {
+            Ok(outcome) => outcome.sequence.max(last),
+            Err(_) => last,
+        };
+    }
+    let head = k.repository.load_current("acct-0").await.expect("load").sequence.max(last).max(ghost);
+    let big = RunnerConfig { batch_size: 500, batch_wait: Duration::from_millis(50), ..quick() };
+    let batched = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, big.clone()).await.expect("start");
+    let other = gridwork_eventstore::projection::ReadStore::connect(&fresh.url).await.expect("fresh store");
+    let single = ProjectionRunner::start(k.js.clone(), other.clone(), OneByOne, big).await.expect("start");
+    let mut stream = k.js.get_stream("SAMPLE").await.expect("stream");
+    let end = stream.info().await.expect("info").state.last_sequence.max(head);
+    batched.wait_for(end, WAIT).await.expect("batched caught up");
+    single.wait_for(end, WAIT).await.expect("one by one caught up");
+
+    let rows = dump(&k.store).await;
+    assert_eq!(rows.len(), 20);
+    assert_eq!(rows, dump(&other).await, "the same rows, batched or one at a time");
+    let parked: Vec<u64> = batched.parked().await.expect("parked").iter().map(|p| p.sequence).collect();
+    assert_eq!(parked, vec![ghost], "only the poison commit is parked");
+    batched.stop().await;
+    single.stop().await;
+    db.cleanup().await;
+    fresh.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_batch_leaves_the_rows_of_one_commit_at_a_time_on_sqlite() {
+    a_batch_leaves_the_rows_of_one_commit_at_a_time(TestDb::sqlite().expect("db"), TestDb::sqlite().expect("db")).await;
+}
+
+#[tokio::test]
+async fn a_batch_leaves_the_rows_of_one_commit_at_a_time_on_postgres() {
+    let name = "a_batch_leaves_the_rows_of_one_commit_at_a_time_on_postgres";
+    let (Some(db), Some(fresh)) =
+        (TestDb::postgres(name).await.expect("pg"), TestDb::postgres(name).await.expect("pg"))
+    else {
+        return;
+    };
+    a_batch_leaves_the_rows_of_one_commit_at_a_time(db, fresh).await;
+}

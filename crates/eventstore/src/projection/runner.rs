@@ -899,6 +899,7 @@ impl<P: Projection> Inner<P> {
         applied: u64,
     ) -> Result<Option<Vec<DeadLetter>>, RunnerError> {
         let mut letters = Vec::new();
+        let mut run = Vec::with_capacity(commits.len());
         for c in commits.iter().filter(|c| c.sequence > applied) {
             if let Some(&first) = blocked.get(&c.subject) {
                 // Applying it would build on a state the read model never reached.
@@ -907,15 +908,16 @@ impl<P: Projection> Inner<P> {
                 continue;
             }
             let Ok(commit) = &c.parsed else { return Ok(None) };
-            match self.apply_one(tx, tables, commit).await {
-                Ok(()) => {}
-                // One at a time instead: poison is parked, and the commits
-                // before one from a newer build are kept before stalling at it.
-                Err(e) if e.is_poison() || e.is_newer_data() => return Ok(None),
-                Err(e) => return Err(RunnerError::not_poison(&e)),
-            }
+            run.push(commit);
         }
-        Ok(Some(letters))
+        let span = info_span!("projection.apply_batch", projection = %self.name, commits = run.len());
+        match self.projection.apply_batch(tx, tables, &run).instrument(span).await {
+            Ok(()) => Ok(Some(letters)),
+            // One at a time instead: poison is parked, and the commits before
+            // one from a newer build are kept before stalling at it.
+            Err(e) if e.is_poison() || e.is_newer_data() => Ok(None),
+            Err(e) => Err(RunnerError::not_poison(&e)),
+        }
     }
 
     pub(super) async fn apply_one(

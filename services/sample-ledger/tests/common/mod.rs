@@ -150,3 +150,9 @@ pub fn quick() -> gridwork_eventstore::projection::RunnerConfig {
         ..gridwork_eventstore::projection::RunnerConfig::new("SAMPLE")
     }
 }
+
+/// Metadata of a client's command (a request digest, so refusals and no-ops
+/// are stored and remembered like events).
+pub fn client_meta() -> gridwork_eventstore::CommandMeta {
+    gridwork_eventstore::CommandMeta { request_digest: 7, ..meta() }
+}
