@@ -17,15 +17,20 @@ use serde::Serialize;
 use crate::envelope::RecordedCommit;
 use crate::error::StoreError;
 
-/// How long one batch may take before the read is called unavailable.
-const BATCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for each reply of a batch.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bytes asked for per batch (the server stops after the message that passes
+/// it), well below the client's slow-consumer limits.
+const MAX_BYTES: usize = 4 << 20;
 
 /// Commits on a subject in stream order, and whether the server has more.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
     pub commits: Vec<RecordedCommit>,
     /// Messages on the subject after the last one returned (`Nats-Num-Pending`
-    /// of the end-of-batch status), as the answering replica saw it.
+    /// of the end-of-batch status), as the answering replica saw it;
+    /// `u64::MAX` when a replica that does not batch answered (unknown).
     pub pending: u64,
 }
 
@@ -34,6 +39,7 @@ struct Request<'a> {
     seq: u64,
     next_by_subj: &'a str,
     batch: usize,
+    max_bytes: usize,
 }
 
 /// Whether a server of this version answers batched direct gets.
@@ -50,8 +56,13 @@ pub(crate) async fn commits_after(
     limit: usize,
 ) -> Result<Batch, StoreError> {
     let unavailable = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("batched get of {subject}: {e}"));
-    let request = serde_json::to_vec(&Request { seq: after + 1, next_by_subj: subject, batch: limit.max(1) })
-        .map_err(|e| unavailable(&e))?;
+    let request = serde_json::to_vec(&Request {
+        seq: after + 1,
+        next_by_subj: subject,
+        batch: limit.max(1),
+        max_bytes: MAX_BYTES,
+    })
+    .map_err(|e| unavailable(&e))?;
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await.map_err(|e| unavailable(&e))?;
     client
@@ -59,17 +70,24 @@ pub(crate) async fn commits_after(
         .await
         .map_err(|e| unavailable(&e))?;
     let mut batch = Batch::default();
-    let deadline = tokio::time::Instant::now() + BATCH_TIMEOUT;
     loop {
-        let reply = match tokio::time::timeout_at(deadline, replies.next()).await {
+        let reply = match tokio::time::timeout(REPLY_TIMEOUT, replies.next()).await {
             Ok(Some(reply)) => reply,
             Ok(None) => return Err(unavailable(&"connection closed")),
-            Err(_) => return Err(unavailable(&"no end of batch within 5 s")),
+            Err(_) => return Err(unavailable(&format!("no reply for {REPLY_TIMEOUT:?}"))),
         };
         match reply.status {
             None | Some(StatusCode::OK) => {
+                // Every message of a batch carries Nats-Num-Pending; a replica
+                // that does not batch (older than 2.11) answers one message
+                // without it, and no end of batch follows.
+                let batching = reply.headers.as_ref().is_some_and(|h| h.get("Nats-Num-Pending").is_some());
                 let message = StreamMessage::try_from(reply).map_err(|e| unavailable(&e))?;
                 batch.commits.push(RecordedCommit::from_stream_message(message)?);
+                if !batching {
+                    batch.pending = u64::MAX;
+                    return Ok(batch);
+                }
             }
             // End of batch (204 EOB).
             Some(status) if status.as_u16() == 204 => {

@@ -12,7 +12,9 @@
 //! - **Never rebuilt.** A rebuild replays history; for a reactor that would send
 //!   every command again. `rebuild` is refused, and a reactor never runs against
 //!   shadow tables. Its tables are its memory, not a read model: changing their
-//!   definition stalls it with a message until they are migrated by hand.
+//!   definition stalls it with a message until they are migrated by hand and
+//!   its row in `gridwork_projection_schemas` is deleted (the next start
+//!   records the new definition).
 //! - **Failures say what they are.** A command the store could not take now
 //!   (NATS unavailable, an election, a conflict that kept losing) is
 //!   [`ApplyError::Unavailable`]: retried without limit, the reactor stalled.
@@ -22,8 +24,8 @@
 //!   the position's commit replays the commit: every command a reactor sends
 //!   has an id derived from the commit it reacts to, so the second send is
 //!   answered by the first's commit.
-//! - **Unknown event types are skipped** by default: a reactor of another
-//!   context's stream reacts to what it knows.
+//! - **Unknown event types stall it** by default, as what a reactor skips it
+//!   never reacts to (it is never rebuilt); a reactor opts into skipping.
 
 use std::future::Future;
 
@@ -45,9 +47,11 @@ pub trait Reactor: Send + Sync + 'static {
         &[]
     }
 
-    /// What to do with event types this build does not know.
+    /// What to do with event types this build does not know. Stall by
+    /// default: a reactor is never rebuilt, so what it skips it never reacts
+    /// to. Skip only where an unknown type cannot call for a command.
     fn unknown_events(&self) -> UnknownEvents {
-        UnknownEvents::Skip
+        UnknownEvents::Stall
     }
 
     /// React to one commit: update its own tables inside `tx` and send the
@@ -67,6 +71,7 @@ impl ApplyError {
             StoreError::InvalidId { .. }
             | StoreError::InvalidCommandId(_)
             | StoreError::TooLarge(_)
+            | StoreError::CommandTooOld { .. }
             | StoreError::CommandIdReused { .. } => ApplyError::Invalid(e.to_string()),
             // Unavailable, a conflict that kept losing, an election, data from a
             // newer build, a misconfigured or unreadable stream: the environment.

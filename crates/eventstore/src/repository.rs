@@ -298,6 +298,12 @@ impl<A: Aggregate> Repository<A> {
             return Ok(Loaded::default());
         };
         let base = snapshot.unwrap_or_default();
+        // A snapshot past the head we read: that replica may lag the one the
+        // snapshot was written from. Ask the leader before doubting it.
+        let last = match base.sequence > last.sequence {
+            true => self.last_commit(&subject, Read::Leader).await?.unwrap_or(last),
+            false => last,
+        };
         let mut loaded = self.catch_up(id, base, last).await?;
         // A long walk (a stale, missing, oversized or older-version snapshot)
         // leaves a snapshot behind, so the next cold load is short.
@@ -317,9 +323,8 @@ impl<A: Aggregate> Repository<A> {
         }
         let mut loaded = base;
         if loaded.sequence > head.sequence {
-            // A snapshot from past the head (a recreated stream, or a replica
-            // that lags the one that wrote it) cannot be checked against the
-            // chain: never trust it.
+            // A snapshot from past the head (a recreated stream, say) cannot
+            // be checked against the chain: never trust it.
             warn!(base = loaded.sequence, head = head.sequence, "snapshot is past the head; ignoring it");
             loaded = Loaded::default();
         }
@@ -328,52 +333,76 @@ impl<A: Aggregate> Repository<A> {
             return Ok(loaded);
         }
         if self.batched {
-            let mut snapshot_tried = false;
-            while loaded.sequence < head.sequence {
-                let batch = crate::direct::commits_after(
-                    &self.client,
-                    &self.stream_name,
-                    &head.subject,
-                    loaded.sequence,
-                    BATCH_LIMIT,
-                )
-                .await?;
-                metrics::counter!("eventstore_batched_reads_total", "aggregate" => A::TYPE).increment(1);
-                let progressed = !batch.commits.is_empty();
-                for commit in &batch.commits {
-                    if commit.previous < loaded.sequence {
-                        // The first commit after the base does not point back
-                        // at it: the base is not on this subject's chain.
-                        // Never trust it; start again from the first commit.
-                        warn!(base = loaded.sequence, "snapshot not on the commit chain; ignoring it");
-                        return Box::pin(self.catch_up(id, Loaded::default(), head)).await;
-                    }
-                    if commit.previous > loaded.sequence {
-                        return Err(missing_link(commit, loaded.sequence));
-                    }
-                    self.fold(&mut loaded, commit)?;
+            match self.read_forwards(id, loaded.clone(), &head).await {
+                Ok(read) if read.sequence >= head.sequence => return Ok(read),
+                // A replica that lags: walk back from the head to what it gave.
+                Ok(read) => loaded = read,
+                Err(e) => {
+                    // A replica that cannot batch (an older server in a mixed
+                    // cluster) or a batch that failed: walk instead.
+                    debug!(error = %e, "batched read failed; walking back from the head");
+                    metrics::counter!("eventstore_batched_read_failures_total", "aggregate" => A::TYPE).increment(1);
                 }
-                if loaded.sequence >= head.sequence || batch.pending == 0 || !progressed {
-                    break;
-                }
-                // More than a batch behind: a snapshot past here saves reading
-                // the rest (a warm state that went stale, a snapshot that went
-                // unwritten for a while).
-                if !snapshot_tried {
-                    snapshot_tried = true;
-                    if let Some(snapshot) = self.read_snapshot(id).await
-                        && snapshot.sequence > loaded.sequence
-                        && snapshot.sequence <= head.sequence
-                    {
-                        loaded = snapshot;
-                    }
-                }
-            }
-            if loaded.sequence >= head.sequence {
-                return Ok(loaded);
             }
         }
         self.walk(id, loaded, head).await
+    }
+
+    /// Read the subject's commits after `base` forwards in batches until
+    /// `head` (or as far as the answering replica has them), checking each
+    /// points back at the one before. Past the first batch, a newer snapshot
+    /// is taken once if there is one. A base that is not on the chain is
+    /// dropped: the read goes back to the state before a snapshot it jumped
+    /// to, or to the first commit; snapshots are not used again in this read,
+    /// so it ends.
+    async fn read_forwards(&self, id: &str, base: Loaded<A>, head: &RecordedCommit) -> Result<Loaded<A>, StoreError> {
+        let mut loaded = base;
+        let mut snapshots = true;
+        let mut before_jump: Option<Loaded<A>> = None;
+        while loaded.sequence < head.sequence {
+            let batch = crate::direct::commits_after(
+                &self.client,
+                &self.stream_name,
+                &head.subject,
+                loaded.sequence,
+                BATCH_LIMIT,
+            )
+            .await?;
+            metrics::counter!("eventstore_batched_reads_total", "aggregate" => A::TYPE).increment(1);
+            let progressed = !batch.commits.is_empty();
+            let mut off_chain = false;
+            for commit in &batch.commits {
+                if commit.previous < loaded.sequence {
+                    // The first commit after the base does not point back at
+                    // it: the base is not on this subject's chain.
+                    off_chain = true;
+                    break;
+                }
+                if commit.previous > loaded.sequence {
+                    return Err(missing_link(commit, loaded.sequence));
+                }
+                self.fold(&mut loaded, commit)?;
+            }
+            if off_chain {
+                warn!(base = loaded.sequence, "snapshot not on the commit chain; ignoring it");
+                loaded = before_jump.take().unwrap_or_default();
+                snapshots = false;
+                continue;
+            }
+            if loaded.sequence >= head.sequence || batch.pending == 0 || !progressed {
+                break;
+            }
+            // More than a batch behind: a snapshot past here saves reading the
+            // rest (a warm state that went stale, a snapshot left unwritten).
+            if std::mem::take(&mut snapshots)
+                && let Some(snapshot) = self.read_snapshot(id).await
+                && snapshot.sequence > loaded.sequence
+                && snapshot.sequence <= head.sequence
+            {
+                before_jump = Some(std::mem::replace(&mut loaded, snapshot));
+            }
+        }
+        Ok(loaded)
     }
 
     /// Walk back from `head` along the back-pointers to `base`, one direct get

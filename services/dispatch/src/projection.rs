@@ -56,7 +56,9 @@ impl Reactor for Incoming {
     }
 
     /// Another context's stream: an event type added there is not this
-    /// service's business until it is taught to read it.
+    /// service's business until it is taught to read it. Skipped for good (a
+    /// reactor is never rebuilt): cases open on `IncidentAccepted` alone, which
+    /// this build reads.
     fn unknown_events(&self) -> UnknownEvents {
         UnknownEvents::Skip
     }

@@ -192,6 +192,45 @@ async fn snapshots_from_another_version_or_off_the_chain_are_ignored() {
     }
 }
 
+/// A snapshot off the chain of an aggregate longer than one batch (its
+/// sequence another account's commit near the head): the load starts again
+/// from the first commit and must not jump back to that snapshot — neither
+/// cold, nor from a warm state far behind.
+#[tokio::test]
+async fn an_off_chain_snapshot_of_a_long_history_is_dropped_once() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let never = repository(&k, BUCKET, options(0)).await;
+    never.execute("acct", &LedgerCommand::Open { owner: "Wu".into() }, &meta()).await.expect("open");
+    never.execute("other", &LedgerCommand::Open { owner: "Zheng".into() }, &meta()).await.expect("open");
+    let warm = repository(&k, BUCKET, options(0)).await;
+    assert_eq!(warm.load("acct").await.expect("warm").state.balance, 0);
+    let mut balance = 0;
+    for amount in 1..=600 {
+        never.execute("acct", &LedgerCommand::Deposit { amount }, &meta()).await.expect("deposit");
+        never.execute("other", &LedgerCommand::Deposit { amount: 1 }, &meta()).await.expect("deposit");
+        balance += amount;
+    }
+    let head = never.load_current("acct").await.expect("head").sequence;
+    let bogus = Ledger { opened: true, balance: 1_000_000, ..Ledger::default() }.encode_state();
+    let near_head = never.load_current("other").await.expect("other").sequence - 20;
+    put_snapshot(
+        &k,
+        "acct",
+        pb::Snapshot { sequence: near_head, schema_version: Ledger::STATE_VERSION, state: bogus, ..Default::default() },
+    )
+    .await;
+
+    let within = Duration::from_secs(10);
+    let cold = repository(&k, BUCKET, options(0)).await;
+    let loaded = tokio::time::timeout(within, cold.load_cold("acct")).await.expect("the cold load ends").expect("load");
+    assert_eq!((loaded.state.balance, loaded.sequence), (balance, head), "cold");
+    let current =
+        tokio::time::timeout(within, warm.load_current("acct")).await.expect("the refresh ends").expect("refresh");
+    assert_eq!((current.state.balance, current.sequence), (balance, head), "warm, far behind");
+}
+
 /// A bucket that refuses every snapshot (values capped at 16 bytes): every
 /// cold load folds the whole history, still in a few batched reads.
 #[tokio::test]

@@ -352,10 +352,10 @@ impl RunnerHandle {
     /// already stored. If NATS cannot say where the head is, the read model
     /// cannot be shown current either: [`WaitError::Unavailable`].
     pub async fn wait_for_stream_head(&self, timeout: Duration) -> Result<u64, WaitError> {
+        // One STREAM.INFO round trip: getting the stream fetches its info.
         let head = async {
-            let mut stream = self.js.get_stream(&self.stream).await.map_err(|e| e.to_string())?;
-            let info = stream.info().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(info.state.last_sequence)
+            let stream = self.js.get_stream(&self.stream).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(stream.cached_info().state.last_sequence)
         };
         let head = match tokio::time::timeout(timeout, head).await {
             Ok(Ok(head)) => head,
@@ -914,8 +914,10 @@ impl<P: Projection> Inner<P> {
         match self.projection.apply_batch(tx, tables, &run).instrument(span).await {
             Ok(()) => Ok(Some(letters)),
             // One at a time instead: poison is parked, and the commits before
-            // one from a newer build are kept before stalling at it.
-            Err(e) if e.is_poison() || e.is_newer_data() => Ok(None),
+            // one from a newer build, or before a reactor's command the store
+            // cannot take now, are kept (their commands are not sent again)
+            // before stalling at it.
+            Err(e) if e.is_poison() || e.is_newer_data() || matches!(e, ApplyError::Unavailable(_)) => Ok(None),
             Err(e) => Err(RunnerError::not_poison(&e)),
         }
     }
