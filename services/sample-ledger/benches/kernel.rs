@@ -216,7 +216,7 @@ async fn cold_loads(fill: u64) {
         scan.record(t.elapsed().as_micros() as u64).expect("record");
     }
     println!("kernel cold load, KV snapshot + back-pointers  {}   (target p50 <= 2 ms)", percentiles(&with_snapshots));
-    println!("kernel cold load, back-pointer walk only       {}", percentiles(&walk_only));
+    println!("kernel cold load, no snapshot (batched read)   {}", percentiles(&walk_only));
     println!("baseline: one direct get (last by subject)     {}", percentiles(&one_get));
     println!("avoided:  20 next-by-subject gets (scans)      {}", percentiles(&scan));
 }

@@ -29,7 +29,7 @@ impl Projection for Accounts {
         &[ACCOUNTS]
     }
 
-    /// A batch folded in memory, one row per account, written with one
+    /// On PostgreSQL, a batch folded in memory, one row per account, written with one
     /// existence check and one multi-row upsert (chunks of [`ROWS_PER_STATEMENT`]):
     /// the rows a commit-by-commit apply would leave, in a round trip or two
     /// per batch instead of one per commit. An account opened twice, or moved
@@ -41,6 +41,14 @@ impl Projection for Accounts {
         tables: Tables,
         commits: &[&RecordedCommit],
     ) -> Result<(), ApplyError> {
+        if tx.backend_name().eq_ignore_ascii_case("sqlite") {
+            // An embedded database has no round trips to save; its prepared
+            // single-row statements beat one large statement per batch.
+            for commit in commits {
+                self.apply(&mut *tx, tables, commit).await?;
+            }
+            return Ok(());
+        }
         let table = tables.name(ACCOUNTS.name);
         let mut rows: Vec<Row> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
