@@ -226,14 +226,7 @@ impl Projection for NextAccounts {
                     .await?;
                 }
                 next::Event::Deposited { balance_after, .. } => {
-                    sqlx::query(AssertSqlSafe(format!(
-                        "UPDATE {table} SET balance = $1, movements = movements + 1, position = $2 WHERE account_id = $3"
-                    )))
-                    .bind(balance_after)
-                    .bind(commit.sequence as i64)
-                    .bind(commit.aggregate_id())
-                    .execute(&mut *tx)
-                    .await?;
+                    balance_moved(&table, balance_after, commit).execute(&mut *tx).await?;
                 }
                 next::Event::Frozen { .. } => {}
             }
@@ -423,17 +416,26 @@ impl Projection for AccountsV2 {
                 .bind(commit.sequence as i64)
                 .bind(amount)
                 .bind(commit.aggregate_id().to_string()),
-                LedgerEvent::Withdrawn { balance_after, .. } => sqlx::query(AssertSqlSafe(format!(
-                    "UPDATE {table} SET balance = $1, movements = movements + 1, position = $2 WHERE account_id = $3"
-                )))
-                .bind(balance_after)
-                .bind(commit.sequence as i64)
-                .bind(commit.aggregate_id().to_string()),
+                LedgerEvent::Withdrawn { balance_after, .. } => balance_moved(&table, balance_after, commit),
             };
             statement.execute(&mut *tx).await?;
         }
         Ok(())
     }
+}
+
+/// The statement both test projections run for a movement they keep no more of.
+fn balance_moved<'q>(
+    table: &str,
+    balance_after: i64,
+    commit: &RecordedCommit,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {table} SET balance = $1, movements = movements + 1, position = $2 WHERE account_id = $3"
+    )))
+    .bind(balance_after)
+    .bind(commit.sequence as i64)
+    .bind(commit.aggregate_id().to_string())
 }
 
 async fn largest_deposits(store: &ReadStore) -> Vec<(String, i64, i64)> {
