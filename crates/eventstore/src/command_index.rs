@@ -167,3 +167,63 @@ pub fn issued_at_ms(command_id: &str) -> Option<i64> {
     let (secs, nanos) = id.get_timestamp()?.to_unix();
     Some(secs as i64 * 1000 + i64::from(nanos / 1_000_000))
 }
+
+/// A command id as an aggregate remembers it (layer 1): 16 bytes, compared
+/// and copied without allocating. A canonical UUID string (lowercase,
+/// hyphenated, RFC 4122 variant — what clients send) is its own tag; any other
+/// id (a process manager's derived id, an uppercase UUID) is hashed with
+/// UUIDv5 and its variant bits set to the reserved `111`, which no RFC 4122
+/// UUID has — so a hashed tag never equals a parsed one, and two spellings of
+/// one UUID stay two command ids, as they are to the server's dedupe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CommandTag(u128);
+
+/// Namespace of hashed command tags (a fixed, random UUID).
+const TAG_NAMESPACE: uuid::Uuid = uuid::uuid!("5b0f4a56-1d7e-4c55-9a2e-6f1c0f4e8b21");
+
+impl CommandTag {
+    /// The tag of `command_id`.
+    pub fn of(command_id: &str) -> Self {
+        if command_id.len() == uuid::fmt::Hyphenated::LENGTH
+            && let Ok(id) = uuid::Uuid::try_parse(command_id)
+            && id.get_variant() == uuid::Variant::RFC4122
+            && id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()) == command_id
+        {
+            return Self(id.as_u128());
+        }
+        let hashed = uuid::Uuid::new_v5(&TAG_NAMESPACE, command_id.as_bytes()).as_u128();
+        Self(hashed | (0b111 << 61))
+    }
+
+    /// The tag as stored in a snapshot.
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+
+    /// A tag read back from a snapshot (`None` unless 16 bytes).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        Some(Self(u128::from_be_bytes(bytes.try_into().ok()?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CommandTag;
+
+    #[test]
+    fn a_canonical_uuid_is_its_own_tag_and_other_ids_never_collide_with_one() {
+        let id = uuid::Uuid::now_v7();
+        let canonical = id.to_string();
+        assert_eq!(CommandTag::of(&canonical).to_bytes(), *id.as_bytes());
+        // Another spelling of the same UUID is another command id.
+        let upper = canonical.to_uppercase();
+        assert_ne!(CommandTag::of(&upper), CommandTag::of(&canonical));
+        assert_eq!(CommandTag::of(&upper), CommandTag::of(&upper));
+        // A hashed tag carries the reserved variant, which no parsed tag has.
+        let hashed = CommandTag::of("escalate:case-17:level-2");
+        assert_eq!(hashed.to_bytes()[8] >> 5, 0b111);
+        assert_ne!(hashed, CommandTag::of("escalate:case-17:level-3"));
+        assert_eq!(CommandTag::from_bytes(&hashed.to_bytes()), Some(hashed));
+        assert_eq!(CommandTag::from_bytes(&[1, 2, 3]), None);
+    }
+}

@@ -6,7 +6,7 @@
 //!
 //! | header | meaning |
 //! |---|---|
-//! | `ce-specversion`, `ce-id`, `ce-source`, `ce-type`, `ce-subject`, `ce-time` | CloudEvents 1.0 attributes of the commit |
+//! | `ce-specversion`, `ce-id`, `ce-source`, `ce-type`, `ce-subject`, `ce-time` | CloudEvents 1.0 attributes of the commit; `ce-id` is the dedupe key below (unique per commit) |
 //! | `traceparent` (and `tracestate`) | W3C trace context of the command |
 //! | `Gridwork-Command-Id` | the client's command id |
 //! | `Gridwork-Principal` | who acted |
@@ -29,7 +29,7 @@ pub const ENVELOPE_VERSION: u32 = 1;
 pub mod headers {
     /// CloudEvents spec version.
     pub const CE_SPECVERSION: &str = "ce-specversion";
-    /// CloudEvents id: unique per commit.
+    /// CloudEvents id: unique per commit (the commit's [`MSG_ID`]).
     pub const CE_ID: &str = "ce-id";
     /// CloudEvents source: `gridwork/<context>`.
     pub const CE_SOURCE: &str = "ce-source";
@@ -39,8 +39,6 @@ pub mod headers {
     pub const CE_SUBJECT: &str = "ce-subject";
     /// CloudEvents time (RFC 3339).
     pub const CE_TIME: &str = "ce-time";
-    /// CloudEvents content type of the body.
-    pub const CE_DATACONTENTTYPE: &str = "ce-datacontenttype";
     /// `ce-type` of a commit holding more than one event.
     pub const COMMIT_TYPE: &str = "gridwork.eventstore.v1.Commit";
     /// `ce-type` of a command that changed nothing (no events).
@@ -164,27 +162,35 @@ pub fn encode_commit<A: Aggregate>(
         rejection,
         request_digest: meta.request_digest,
     };
+    // Names are static, values moved in: a commit's headers cost one
+    // allocation per value. (The body's content type, protobuf, is fixed and
+    // documented rather than repeated in every message.)
+    let msg_id = msg_id(&subject, &meta.command_id);
     let mut h = HeaderMap::new();
-    h.insert(headers::CE_SPECVERSION, "1.0");
-    h.insert(headers::CE_ID, uuid::Uuid::now_v7().to_string().as_str());
-    h.insert(headers::CE_SOURCE, format!("gridwork/{}", A::CONTEXT).as_str());
+    h.insert(name(headers::CE_SPECVERSION), "1.0");
+    h.insert(name(headers::CE_ID), msg_id.clone());
+    h.insert(name(headers::CE_SOURCE), format!("gridwork/{}", A::CONTEXT));
     let ce_type = match (outcome, events) {
         (pb::Outcome::NoOp, _) => headers::NO_OP_TYPE,
         (pb::Outcome::Rejected, _) => headers::REJECTED_TYPE,
         (_, [one]) => one.event_type(),
         _ => headers::COMMIT_TYPE,
     };
-    h.insert(headers::CE_TYPE, ce_type);
-    h.insert(headers::CE_SUBJECT, format!("{}/{}", A::TYPE, id).as_str());
-    h.insert(headers::CE_TIME, rfc3339(meta.decided_at_unix_ms).as_str());
-    h.insert(headers::CE_DATACONTENTTYPE, "application/protobuf");
-    h.insert(headers::COMMAND_ID, meta.command_id.as_str());
-    h.insert(headers::PRINCIPAL, meta.principal.as_str());
-    h.insert(headers::SCHEMA_VERSION, ENVELOPE_VERSION.to_string().as_str());
-    h.insert(headers::MSG_ID, msg_id(&subject, &meta.command_id).as_str());
-    h.insert(headers::EXPECTED_LAST_SUBJECT_SEQUENCE, expected_sequence.to_string().as_str());
+    h.insert(name(headers::CE_TYPE), ce_type);
+    h.insert(name(headers::CE_SUBJECT), format!("{}/{}", A::TYPE, id));
+    h.insert(name(headers::CE_TIME), rfc3339(meta.decided_at_unix_ms));
+    h.insert(name(headers::COMMAND_ID), meta.command_id.as_str());
+    h.insert(name(headers::PRINCIPAL), meta.principal.as_str());
+    h.insert(name(headers::SCHEMA_VERSION), ENVELOPE_VERSION.to_string());
+    h.insert(name(headers::MSG_ID), msg_id);
+    h.insert(name(headers::EXPECTED_LAST_SUBJECT_SEQUENCE), expected_sequence.to_string());
     crate::trace::inject_current(&mut h);
     (h, Bytes::from(body.encode_to_vec()))
+}
+
+/// A header name without copying it.
+const fn name(static_name: &'static str) -> async_nats::header::HeaderName {
+    async_nats::header::HeaderName::from_static(static_name)
 }
 
 fn rfc3339(unix_ms: i64) -> String {
@@ -219,6 +225,33 @@ pub struct RecordedCommit {
 impl RecordedCommit {
     /// Parse a message read from the stream.
     pub fn from_parts(sequence: u64, subject: &str, headers: HeaderMap, payload: &[u8]) -> Result<Self, DecodeError> {
+        Self::parse(sequence, subject, headers, payload).map_err(|(e, _)| e)
+    }
+
+    /// [`RecordedCommit::from_parts`], giving the headers back with the error
+    /// (a projection parks the message as it was).
+    pub fn parse(
+        sequence: u64,
+        subject: &str,
+        headers: HeaderMap,
+        payload: &[u8],
+    ) -> Result<Self, (DecodeError, HeaderMap)> {
+        let (envelope_version, body, previous) = match Self::check(sequence, &headers, payload) {
+            Ok(parts) => parts,
+            Err(e) => return Err((e, headers)),
+        };
+        Ok(Self {
+            sequence,
+            previous,
+            subject: subject.to_string(),
+            headers,
+            body,
+            envelope_version,
+            skip_unknown: false,
+        })
+    }
+
+    fn check(sequence: u64, headers: &HeaderMap, payload: &[u8]) -> Result<(u32, pb::Commit, u64), DecodeError> {
         // The envelope's version before anything else: a newer envelope may not
         // decode as this one at all, and that is not damage.
         let envelope_version = match headers.get(headers::SCHEMA_VERSION).map(|v| v.as_str().parse::<u32>()) {
@@ -233,21 +266,13 @@ impl RecordedCommit {
         };
         let body =
             pb::Commit::decode(payload).map_err(|e| DecodeError::new(format!("commit at sequence {sequence}"), e))?;
-        let previous = header_u64(&headers, headers::EXPECTED_LAST_SUBJECT_SEQUENCE).ok_or_else(|| {
+        let previous = header_u64(headers, headers::EXPECTED_LAST_SUBJECT_SEQUENCE).ok_or_else(|| {
             DecodeError::new(
                 format!("commit at sequence {sequence}"),
                 "missing Nats-Expected-Last-Subject-Sequence header",
             )
         })?;
-        Ok(Self {
-            sequence,
-            previous,
-            subject: subject.to_string(),
-            headers,
-            body,
-            envelope_version,
-            skip_unknown: false,
-        })
+        Ok((envelope_version, body, previous))
     }
 
     /// The same commit, with events of types or versions this build does not

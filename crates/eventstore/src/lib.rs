@@ -36,7 +36,7 @@ pub mod testing;
 pub mod trace;
 
 pub use aggregate::{Aggregate, DecodeError, DomainEvent, Upcaster, decode_stored};
-pub use command_index::CommandIndex;
+pub use command_index::{CommandIndex, CommandTag};
 pub use envelope::{CommandKey, CommandMeta, RecordedCommit};
 pub use error::{ExecuteError, StoreError};
 pub use provision::{StreamSpec, check_server_version, ensure_stream};

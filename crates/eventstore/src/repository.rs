@@ -19,10 +19,12 @@
 //! commits after the snapshot are read in one batched direct get (nats-server
 //! 2.11 or later; 512 commits per batch, and past the first batch a newer snapshot is
 //! taken if there is one), else walked back along each commit's stored
-//! `Nats-Expected-Last-Subject-Sequence`. A load that folded more than
-//! `snapshot_every` commits writes a snapshot, so a stale, missing or
-//! older-version snapshot costs one long load, not every load. A snapshot that
-//! is not on the subject's chain is ignored.
+//! `Nats-Expected-Last-Subject-Sequence`. A snapshot is written when the
+//! commits since the last one would make a cold load dear: 8 of them spread
+//! over more than 16,384 stream messages, or 128 however close (see
+//! [`RepositoryOptions::snapshot_every`]) — after a command or after a load, so
+//! a stale, missing or older-version snapshot costs one long load, not every
+//! load. A snapshot that is not on the subject's chain is ignored.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -35,7 +37,7 @@ use rand::Rng as _;
 use tracing::{Instrument as _, debug, instrument, warn};
 
 use crate::aggregate::{Aggregate, validate_id};
-use crate::command_index::CommandIndex;
+use crate::command_index::{CommandIndex, CommandTag};
 use crate::envelope::{self, CommandMeta, RecordedCommit};
 use crate::error::{ExecuteError, StoreError};
 
@@ -49,8 +51,19 @@ pub struct RepositoryOptions {
     /// Bytes of aggregate state kept warm (weighed by
     /// [`Aggregate::weight`] plus remembered command ids).
     pub cache_bytes: u64,
-    /// Write a snapshot after this many commits since the last one (0 = never).
+    /// Write a snapshot once this many commits were folded since the last
+    /// one and they lie spread over more than `snapshot_spread` messages of
+    /// the stream (0 = never snapshot). A cold load reads the commits after a
+    /// snapshot in one batched get whose cost on the server grows with the
+    /// messages it steps over, not with the commits it returns.
     pub snapshot_every: u32,
+    /// Stream messages the commits since the last snapshot must span before
+    /// `snapshot_every` of them call for a new one.
+    pub snapshot_spread: u64,
+    /// Write a snapshot after this many commits however close together (a
+    /// hot aggregate's commits lie side by side and read cheaply; this bounds
+    /// the fold and the batch).
+    pub snapshot_every_dense: u32,
     /// Recent command ids remembered per aggregate (the first idempotency
     /// layer, free of round trips).
     pub remembered_commands: usize,
@@ -73,6 +86,8 @@ impl Default for RepositoryOptions {
             base_backoff: Duration::from_millis(2),
             cache_bytes: 256 << 20,
             snapshot_every: 8,
+            snapshot_spread: 16_384,
+            snapshot_every_dense: 128,
             remembered_commands: 64,
             idempotency_horizon: Duration::from_secs(7 * 24 * 3600),
             max_clock_skew: Duration::from_secs(300),
@@ -88,23 +103,36 @@ pub struct Loaded<A: Aggregate> {
     pub state: A,
     /// Sequence of the last commit folded in; 0 if the aggregate has none.
     pub sequence: u64,
-    /// Recent command ids and the sequence of their commits, oldest first.
-    pub recent: VecDeque<(String, u64)>,
+    /// Recent command ids (as tags) and the sequence of their commits,
+    /// oldest first.
+    pub recent: VecDeque<(CommandTag, u64)>,
     /// Commits folded in since the last snapshot.
     commits_since_snapshot: u32,
+    /// Where a cold load's read of those commits starts: the snapshot's
+    /// sequence, or the first commit's when there is no snapshot.
+    unsnapshotted_from: u64,
 }
 
 impl<A: Aggregate> Default for Loaded<A> {
     fn default() -> Self {
-        Self { state: A::default(), sequence: 0, recent: VecDeque::new(), commits_since_snapshot: 0 }
+        Self {
+            state: A::default(),
+            sequence: 0,
+            recent: VecDeque::new(),
+            commits_since_snapshot: 0,
+            unsnapshotted_from: 0,
+        }
     }
 }
 
 impl<A: Aggregate> Loaded<A> {
-    fn apply(&mut self, sequence: u64, command_id: &str, events: &[A::Event], remember: usize) {
+    fn apply(&mut self, sequence: u64, command: CommandTag, events: &[A::Event], remember: usize) {
+        if self.commits_since_snapshot == 0 {
+            self.unsnapshotted_from = if self.sequence > 0 { self.sequence } else { sequence };
+        }
         self.state = std::mem::take(&mut self.state).fold(events);
         self.sequence = sequence;
-        self.recent.push_back((command_id.to_string(), sequence));
+        self.recent.push_back((command, sequence));
         while self.recent.len() > remember {
             self.recent.pop_front();
         }
@@ -113,12 +141,21 @@ impl<A: Aggregate> Loaded<A> {
 
     /// What the warm cache weighs this entry by, in bytes (roughly).
     fn weight(&self, id: &str) -> u32 {
-        let recent: usize = self.recent.iter().map(|(c, _)| c.len() + 40).sum();
+        let recent = self.recent.len() * std::mem::size_of::<(CommandTag, u64)>();
         u32::try_from(96 + id.len() + self.state.weight() + recent).unwrap_or(u32::MAX)
     }
 
-    fn remembered(&self, command_id: &str) -> Option<u64> {
-        self.recent.iter().rev().find(|(c, _)| c == command_id).map(|(_, s)| *s)
+    /// Whether the commits since the last snapshot call for a new one.
+    fn snapshot_due(&self, options: &RepositoryOptions) -> bool {
+        let commits = self.commits_since_snapshot;
+        let spread = self.sequence.saturating_sub(self.unsnapshotted_from);
+        options.snapshot_every > 0
+            && ((commits >= options.snapshot_every && spread > options.snapshot_spread)
+                || commits >= options.snapshot_every_dense.max(options.snapshot_every))
+    }
+
+    fn remembered(&self, command: CommandTag) -> Option<u64> {
+        self.recent.iter().rev().find(|(c, _)| *c == command).map(|(_, s)| *s)
     }
 }
 
@@ -135,7 +172,12 @@ pub struct CommitOutcome<E> {
 }
 
 /// Loads and executes commands on aggregates of type `A` in one stream.
+/// Cheap to clone (one shared handle): clone it into each request.
 pub struct Repository<A: Aggregate> {
+    shared: Arc<Shared<A>>,
+}
+
+struct Shared<A: Aggregate> {
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
     snapshots: Option<kv::Store>,
@@ -153,19 +195,7 @@ pub struct Repository<A: Aggregate> {
 
 impl<A: Aggregate> Clone for Repository<A> {
     fn clone(&self) -> Self {
-        Self {
-            js: self.js.clone(),
-            stream: self.stream.clone(),
-            snapshots: self.snapshots.clone(),
-            cache: self.cache.clone(),
-            options: self.options.clone(),
-            index: self.index.clone(),
-            duplicate_window: self.duplicate_window,
-            client: self.client.clone(),
-            stream_name: self.stream_name.clone(),
-            batched: self.batched,
-            max_payload: self.max_payload,
-        }
+        Self { shared: Arc::clone(&self.shared) }
     }
 }
 
@@ -192,7 +222,7 @@ impl<A: Aggregate> Repository<A> {
             .build();
         let client = js.client();
         let info = client.server_info();
-        Ok(Self {
+        let shared = Shared {
             batched: crate::direct::server_supports_batches(&info.version),
             max_payload: info.max_payload,
             client,
@@ -204,14 +234,28 @@ impl<A: Aggregate> Repository<A> {
             options,
             index: None,
             duplicate_window,
-        })
+        };
+        Ok(Self { shared: Arc::new(shared) })
     }
 
     /// Recognise command ids for [`RepositoryOptions::idempotency_horizon`]
     /// through `index` (see [`crate::command_index`]).
-    pub fn with_command_index(mut self, index: CommandIndex) -> Self {
-        self.index = Some(index);
-        self
+    pub fn with_command_index(self, index: CommandIndex) -> Self {
+        let s = &self.shared;
+        let shared = Shared {
+            js: s.js.clone(),
+            stream: s.stream.clone(),
+            snapshots: s.snapshots.clone(),
+            cache: s.cache.clone(),
+            options: s.options.clone(),
+            index: Some(index),
+            duplicate_window: s.duplicate_window,
+            client: s.client.clone(),
+            stream_name: s.stream_name.clone(),
+            batched: s.batched,
+            max_payload: s.max_payload,
+        };
+        Self { shared: Arc::new(shared) }
     }
 
     /// Refuse a command id outside the horizon; find one the index knows.
@@ -224,13 +268,17 @@ impl<A: Aggregate> Repository<A> {
             return Ok(None);
         };
         let age = crate::projection::store::now_ms() - issued;
-        if age < -(self.options.max_clock_skew.as_millis() as i64) {
+        if age < -(self.shared.options.max_clock_skew.as_millis() as i64) {
             return Err(StoreError::InvalidCommandId(format!(
                 "issued {} s in the future; check the client's clock",
                 -age / 1000
             )));
         }
-        let horizon = if self.index.is_some() { self.options.idempotency_horizon } else { self.duplicate_window };
+        let horizon = if self.shared.index.is_some() {
+            self.shared.options.idempotency_horizon
+        } else {
+            self.shared.duplicate_window
+        };
         if age > horizon.as_millis() as i64 {
             return Err(StoreError::CommandTooOld {
                 command_id: command_id.to_string(),
@@ -238,40 +286,46 @@ impl<A: Aggregate> Repository<A> {
                 horizon_s: horizon.as_secs() as i64,
             });
         }
-        match &self.index {
+        match &self.shared.index {
             // Younger than half the window, a retry is caught by the server.
-            Some(index) if age > self.duplicate_window.as_millis() as i64 / 2 => index.find(subject, command_id).await,
+            Some(index) if age > self.shared.duplicate_window.as_millis() as i64 / 2 => {
+                index.find(subject, command_id).await
+            }
             _ => Ok(None),
         }
     }
 
     /// Forget every cached aggregate (benchmarks measure the cold path with it).
     pub fn clear_cache(&self) {
-        self.cache.invalidate_all();
+        self.shared.cache.invalidate_all();
     }
 
     /// Bytes the warm cache holds now, as weighed against
     /// [`RepositoryOptions::cache_bytes`].
     pub fn cache_weight(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.weighted_size()
+        self.shared.cache.run_pending_tasks();
+        self.shared.cache.weighted_size()
     }
 
     /// The aggregate's current state, from the cache or cold.
     #[instrument(skip(self), fields(aggregate = A::TYPE))]
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, StoreError> {
         check_id(id)?;
-        match self.cache.get(id) {
-            Some(warm) => Ok((*warm).clone()),
-            None => {
-                let started = Instant::now();
-                let loaded = self.load_cold(id).await?;
-                metrics::histogram!("eventstore_cold_load_seconds", "aggregate" => A::TYPE)
-                    .record(started.elapsed().as_secs_f64());
-                self.cache.insert(id.to_string(), Arc::new(loaded.clone()));
-                Ok(loaded)
-            }
+        Ok(Arc::unwrap_or_clone(self.load_shared(id).await?))
+    }
+
+    /// The cached state itself, shared: what a command decides on (it is
+    /// copied only when the command's commit lands and its events are folded).
+    async fn load_shared(&self, id: &str) -> Result<Arc<Loaded<A>>, StoreError> {
+        if let Some(warm) = self.shared.cache.get(id) {
+            return Ok(warm);
         }
+        let started = Instant::now();
+        let loaded = Arc::new(self.load_cold(id).await?);
+        metrics::histogram!("eventstore_cold_load_seconds", "aggregate" => A::TYPE)
+            .record(started.elapsed().as_secs_f64());
+        self.shared.cache.insert(id.to_string(), loaded.clone());
+        Ok(loaded)
     }
 
     /// The aggregate's current state: the warm copy if the leader's head for
@@ -281,12 +335,12 @@ impl<A: Aggregate> Repository<A> {
     #[instrument(skip(self), fields(aggregate = A::TYPE))]
     pub async fn load_current(&self, id: &str) -> Result<Loaded<A>, StoreError> {
         check_id(id)?;
-        let Some(warm) = self.cache.get(id) else {
-            let loaded = self.load_cold(id).await?;
+        let stale = match self.shared.cache.get(id) {
+            Some(warm) => Arc::unwrap_or_clone(warm),
             // A cold load reads any replica; make sure it is the leader's head.
-            return self.refresh(id, loaded).await;
+            None => self.load_cold(id).await?,
         };
-        self.refresh(id, (*warm).clone()).await
+        Ok(Arc::unwrap_or_clone(self.refresh(id, stale).await?))
     }
 
     /// Read the aggregate from NATS without the cache: snapshot + back-pointer walk.
@@ -332,7 +386,7 @@ impl<A: Aggregate> Repository<A> {
             self.fold(&mut loaded, &head)?;
             return Ok(loaded);
         }
-        if self.batched {
+        if self.shared.batched {
             match self.read_forwards(id, loaded.clone(), &head).await {
                 Ok(read) if read.sequence >= head.sequence => return Ok(read),
                 // A replica that lags: walk back from the head to what it gave.
@@ -361,8 +415,8 @@ impl<A: Aggregate> Repository<A> {
         let mut before_jump: Option<Loaded<A>> = None;
         while loaded.sequence < head.sequence {
             let batch = crate::direct::commits_after(
-                &self.client,
-                &self.stream_name,
+                &self.shared.client,
+                &self.shared.stream_name,
                 &head.subject,
                 loaded.sequence,
                 BATCH_LIMIT,
@@ -430,20 +484,26 @@ impl<A: Aggregate> Repository<A> {
 
     fn fold(&self, loaded: &mut Loaded<A>, commit: &RecordedCommit) -> Result<(), StoreError> {
         let events = commit.decode_events::<A::Event>()?;
-        loaded.apply(commit.sequence, commit.command_id(), &events, self.options.remembered_commands);
+        loaded.apply(
+            commit.sequence,
+            CommandTag::of(commit.command_id()),
+            &events,
+            self.shared.options.remembered_commands,
+        );
         Ok(())
     }
 
     /// Bring a possibly stale state up to the subject's head, read from the
     /// leader (a follower's head may be the very state the server just refused).
-    async fn refresh(&self, id: &str, stale: Loaded<A>) -> Result<Loaded<A>, StoreError> {
+    async fn refresh(&self, id: &str, stale: Loaded<A>) -> Result<Arc<Loaded<A>>, StoreError> {
         let subject = envelope::subject::<A>(id);
         let mut loaded = match self.last_commit(&subject, Read::Leader).await? {
             None => Loaded::default(),
             Some(head) => self.catch_up(id, stale, head).await?,
         };
         self.maybe_snapshot(id, &mut loaded);
-        self.cache.insert(id.to_string(), Arc::new(loaded.clone()));
+        let loaded = Arc::new(loaded);
+        self.shared.cache.insert(id.to_string(), loaded.clone());
         Ok(loaded)
     }
 
@@ -465,17 +525,18 @@ impl<A: Aggregate> Repository<A> {
             return Err(StoreError::InvalidCommandId("must be 1-128 characters".into()).into());
         }
         let subject = envelope::subject::<A>(id);
-        let mut loaded = self.load(id).await?;
-        if loaded.remembered(&meta.command_id).is_none()
+        let tag = CommandTag::of(&meta.command_id);
+        let mut loaded = self.load_shared(id).await?;
+        if loaded.remembered(tag).is_none()
             && let Some(sequence) = self.check_horizon(&subject, &meta.command_id).await?
         {
             return self.replay(&subject, meta, sequence).await;
         }
         let mut leaderless_since: Option<tokio::time::Instant> = None;
         let mut attempt = 0;
-        while attempt < self.options.max_attempts {
+        while attempt < self.shared.options.max_attempts {
             attempt += 1;
-            if let Some(sequence) = loaded.remembered(&meta.command_id) {
+            if let Some(sequence) = loaded.remembered(tag) {
                 return self.replay(&subject, meta, sequence).await;
             }
             let decided = loaded.state.decide(command);
@@ -505,7 +566,7 @@ impl<A: Aggregate> Repository<A> {
                 (Err(_), json) => envelope::Decision::Rejected(json.as_deref().unwrap_or_default()),
             };
             let (headers, body) = envelope::encode_commit::<A>(id, loaded.sequence, meta, decision);
-            let publish = async { self.js.publish_with_headers(subject.clone(), headers, body).await?.await }
+            let publish = async { self.shared.js.publish_with_headers(subject.clone(), headers, body).await?.await }
                 .instrument(tracing::info_span!("eventstore.append", subject = %subject, attempt));
             match publish.await {
                 Ok(ack) if ack.duplicate && ack.sequence == 0 => {
@@ -517,7 +578,7 @@ impl<A: Aggregate> Repository<A> {
                 Ok(ack) if ack.duplicate => {
                     metrics::counter!("eventstore_appends_total", "aggregate" => A::TYPE, "outcome" => "duplicate")
                         .increment(1);
-                    self.cache.invalidate(id);
+                    self.shared.cache.invalidate(id);
                     return self.replay(&subject, meta, ack.sequence).await;
                 }
                 Ok(ack) => {
@@ -528,11 +589,13 @@ impl<A: Aggregate> Repository<A> {
                     };
                     metrics::counter!("eventstore_appends_total", "aggregate" => A::TYPE, "outcome" => label)
                         .increment(1);
-                    let mut next = loaded;
+                    // The one copy a command makes: the cached state stays as
+                    // it was for readers until the next one replaces it.
+                    let mut next = Arc::unwrap_or_clone(loaded);
                     let events = decided.as_deref().unwrap_or_default();
-                    next.apply(ack.sequence, &meta.command_id, events, self.options.remembered_commands);
+                    next.apply(ack.sequence, tag, events, self.shared.options.remembered_commands);
                     self.maybe_snapshot(id, &mut next);
-                    self.cache.insert(id.to_string(), Arc::new(next));
+                    self.shared.cache.insert(id.to_string(), Arc::new(next));
                     return match decided {
                         Ok(events) => Ok(CommitOutcome { sequence: ack.sequence, events, replayed: false }),
                         Err(r) => Err(ExecuteError::Rejected(r)),
@@ -541,15 +604,15 @@ impl<A: Aggregate> Repository<A> {
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                     metrics::counter!("eventstore_conflicts_total", "aggregate" => A::TYPE).increment(1);
                     debug!(attempt, "someone wrote first; reloading and deciding again");
-                    if attempt < self.options.max_attempts {
+                    if attempt < self.shared.options.max_attempts {
                         self.backoff(attempt).await;
                     }
-                    loaded = self.refresh(id, loaded).await?;
+                    loaded = self.refresh(id, Arc::unwrap_or_clone(loaded)).await?;
                 }
                 Err(e)
                     if e.kind() == PublishErrorKind::StreamNotFound
                         && leaderless_since.get_or_insert_with(tokio::time::Instant::now).elapsed()
-                            < self.options.leaderless_wait
+                            < self.shared.options.leaderless_wait
                         && self.stream_exists().await =>
                 {
                     // Nobody answered the publish, yet the stream exists: a
@@ -563,11 +626,11 @@ impl<A: Aggregate> Repository<A> {
                     tokio::time::sleep(pause).await;
                 }
                 Err(e) => {
-                    self.cache.invalidate(id);
+                    self.shared.cache.invalidate(id);
                     if e.kind() == PublishErrorKind::StreamNotFound && self.stream_exists().await {
                         return Err(StoreError::Unavailable(format!(
                             "publish to {subject}: the stream has had no leader for {:?}",
-                            self.options.leaderless_wait
+                            self.shared.options.leaderless_wait
                         ))
                         .into());
                     }
@@ -576,7 +639,7 @@ impl<A: Aggregate> Repository<A> {
             }
         }
         metrics::counter!("eventstore_appends_total", "aggregate" => A::TYPE, "outcome" => "aborted").increment(1);
-        Err(StoreError::Conflict { subject, attempts: self.options.max_attempts }.into())
+        Err(StoreError::Conflict { subject, attempts: self.shared.options.max_attempts }.into())
     }
 
     /// The original outcome of a command whose commit is at `sequence`: its
@@ -622,7 +685,7 @@ impl<A: Aggregate> Repository<A> {
     /// itself may go unanswered, which is not a no).
     async fn stream_exists(&self) -> bool {
         use async_nats::jetstream::context::GetStreamErrorKind;
-        match self.js.get_stream(&self.stream.cached_info().config.name).await {
+        match self.shared.js.get_stream(&self.shared.stream.cached_info().config.name).await {
             Ok(_) => true,
             Err(e) => match e.kind() {
                 GetStreamErrorKind::JetStream(j) => {
@@ -634,7 +697,7 @@ impl<A: Aggregate> Repository<A> {
     }
 
     async fn backoff(&self, attempt: u32) {
-        let cap = self.options.base_backoff.saturating_mul(1 << attempt.min(10));
+        let cap = self.shared.options.base_backoff.saturating_mul(1 << attempt.min(10));
         let jitter = rand::rng().random_range(0..=cap.as_micros() as u64);
         tokio::time::sleep(Duration::from_micros(jitter)).await;
     }
@@ -643,13 +706,13 @@ impl<A: Aggregate> Repository<A> {
     /// follower (a direct get); `Read::Leader` is current.
     async fn last_commit(&self, subject: &str, read: Read) -> Result<Option<RecordedCommit>, StoreError> {
         if read == Read::Any {
-            return match self.stream.direct_get_last_for_subject(subject).await {
+            return match self.shared.stream.direct_get_last_for_subject(subject).await {
                 Ok(m) => Ok(Some(RecordedCommit::from_stream_message(m)?)),
                 Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
                 Err(e) => Err(StoreError::Unavailable(format!("direct get last {subject}: {e}"))),
             };
         }
-        match self.stream.get_last_raw_message_by_subject(subject).await {
+        match self.shared.stream.get_last_raw_message_by_subject(subject).await {
             Ok(m) => Ok(Some(RecordedCommit::from_stream_message(m)?)),
             Err(e) if leader_not_found(&e) => Ok(None),
             Err(e) => Err(StoreError::Unavailable(format!("get last {subject}: {e}"))),
@@ -659,12 +722,12 @@ impl<A: Aggregate> Repository<A> {
     /// The commit at `sequence`. A direct get first (any replica); if that
     /// replica does not have it (yet), the leader, before calling it missing.
     async fn commit_at(&self, sequence: u64) -> Result<RecordedCommit, StoreError> {
-        match self.stream.direct_get(sequence).await {
+        match self.shared.stream.direct_get(sequence).await {
             Ok(m) => return Ok(RecordedCommit::from_stream_message(m)?),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
             Err(e) => return Err(StoreError::Unavailable(format!("direct get {sequence}: {e}"))),
         }
-        match self.stream.get_raw_message(sequence).await {
+        match self.shared.stream.get_raw_message(sequence).await {
             Ok(m) => Ok(RecordedCommit::from_stream_message(m)?),
             Err(e) if leader_not_found(&e) => Err(StoreError::Corrupt(crate::DecodeError::new(
                 format!("commit at sequence {sequence}"),
@@ -675,7 +738,7 @@ impl<A: Aggregate> Repository<A> {
     }
 
     async fn read_snapshot(&self, id: &str) -> Option<Loaded<A>> {
-        let store = self.snapshots.as_ref()?;
+        let store = self.shared.snapshots.as_ref()?;
         let bytes = match store.get(snapshot_key::<A>(id)).await {
             Ok(Some(b)) => b,
             Ok(None) => return None,
@@ -692,21 +755,26 @@ impl<A: Aggregate> Repository<A> {
         Some(Loaded {
             state,
             sequence: snap.sequence,
-            recent: snap.recent_commands.into_iter().map(|r| (r.command_id, r.sequence)).collect(),
+            recent: snap
+                .recent_commands
+                .into_iter()
+                .map(|r| (CommandTag::from_bytes(&r.tag).unwrap_or_else(|| CommandTag::of(&r.command_id)), r.sequence))
+                .collect(),
             commits_since_snapshot: 0,
+            unsnapshotted_from: snap.sequence,
         })
     }
 
     fn maybe_snapshot(&self, id: &str, loaded: &mut Loaded<A>) {
-        let Some(store) = self.snapshots.clone() else { return };
-        if self.options.snapshot_every == 0 || loaded.commits_since_snapshot < self.options.snapshot_every {
+        let Some(store) = self.shared.snapshots.clone() else { return };
+        if !loaded.snapshot_due(&self.shared.options) {
             return;
         }
         let state = loaded.state.encode_state();
         // The snapshot must fit in one message with its key and headers; a
         // bigger state is read in batches instead, and not tried again until
         // another `snapshot_every` commits.
-        if state.len() + loaded.recent.len() * 64 + 1024 > self.max_payload {
+        if state.len() + loaded.recent.len() * 32 + 1024 > self.shared.max_payload {
             metrics::counter!("eventstore_snapshots_skipped_total", "aggregate" => A::TYPE, "reason" => "oversized")
                 .increment(1);
             debug!(bytes = state.len(), "state too large for a snapshot; cold loads read it in batches");
@@ -721,7 +789,7 @@ impl<A: Aggregate> Repository<A> {
             recent_commands: loaded
                 .recent
                 .iter()
-                .map(|(c, s)| pb::RecentCommand { command_id: c.clone(), sequence: *s })
+                .map(|(c, s)| pb::RecentCommand { command_id: String::new(), sequence: *s, tag: c.to_bytes().to_vec() })
                 .collect(),
         };
         let key = snapshot_key::<A>(id);

@@ -22,8 +22,14 @@ use prost::Message as _;
 
 const BUCKET: &str = "SNAPSHOTS_SAMPLE";
 
+/// A snapshot every `snapshot_every` commits, however close together.
 fn options(snapshot_every: u32) -> RepositoryOptions {
-    RepositoryOptions { snapshot_every, ..RepositoryOptions::default() }
+    RepositoryOptions {
+        snapshot_every,
+        snapshot_spread: 0,
+        snapshot_every_dense: snapshot_every,
+        ..RepositoryOptions::default()
+    }
 }
 
 async fn repository(k: &Kernel, bucket: &str, options: RepositoryOptions) -> Repository<Ledger> {
@@ -94,6 +100,64 @@ async fn wait_for_snapshot_at(k: &Kernel, id: &str, sequence: u64) -> pb::Snapsh
 async fn put_snapshot(k: &Kernel, id: &str, snapshot: pb::Snapshot) {
     let store = k.js.get_key_value(BUCKET).await.expect("bucket");
     store.put(format!("ledger.{id}"), snapshot.encode_to_vec().into()).await.expect("put");
+}
+
+/// Snapshots follow what a cold load would cost: a hot aggregate's commits,
+/// side by side in the stream, are read cheaply in one batch and snapshotted
+/// only every `snapshot_every_dense`; an aggregate whose commits lie far apart
+/// (other traffic between them) is snapshotted every `snapshot_every`.
+#[tokio::test]
+async fn snapshots_are_written_by_how_far_apart_the_commits_lie() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let r = repository(&k, BUCKET, cost_policy()).await;
+
+    // Hot: 20 commits in a row span 20 messages — no snapshot yet.
+    history(&r, "hot", 19).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(snapshot_of(&k, BUCKET, "hot").await.map(|s| s.sequence), None, "close commits: no snapshot");
+    // The 32nd commit, however close, is snapshotted.
+    for amount in 20..=31 {
+        r.execute("hot", &LedgerCommand::Deposit { amount }, &meta()).await.expect("deposit");
+    }
+    let head = r.load_current("hot").await.expect("load").sequence;
+    wait_for_snapshot_at(&k, "hot", head).await;
+
+    // Sparse: 100 other messages between commits; the 4th spans 300 > 200.
+    let mut sparse_head = 0;
+    for n in 0..4 {
+        for f in 0..100 {
+            k.js.publish(format!("sample.filler.f{f}"), "x".into()).await.expect("publish").await.expect("ack");
+        }
+        let command = match n {
+            0 => LedgerCommand::Open { owner: "Qian".into() },
+            _ => LedgerCommand::Deposit { amount: n },
+        };
+        sparse_head = r.execute("sparse", &command, &meta()).await.expect("execute").sequence;
+        if n == 2 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(snapshot_of(&k, BUCKET, "sparse").await.map(|s| s.sequence), None, "3 commits: too few");
+        }
+    }
+    wait_for_snapshot_at(&k, "sparse", sparse_head).await;
+    // Either way the next cold load is one request: the snapshot is current.
+    let requests = Requests::watch(&nats).await;
+    let cold = repository(&k, BUCKET, cost_policy()).await;
+    for (id, balance) in [("hot", (1..=31).sum::<i64>()), ("sparse", 6)] {
+        assert_eq!(cold.load_cold(id).await.expect("cold load").state.balance, balance);
+    }
+    assert_eq!(requests.take().await, 2, "one request per cold load");
+}
+
+/// Every 4 commits spread over more than 200 messages, else every 32.
+fn cost_policy() -> RepositoryOptions {
+    RepositoryOptions {
+        snapshot_every: 4,
+        snapshot_spread: 200,
+        snapshot_every_dense: 32,
+        ..RepositoryOptions::default()
+    }
 }
 
 /// A snapshot 600 commits behind the head (writers that never snapshot) costs

@@ -164,7 +164,7 @@ impl<P: Projection> Inner<P> {
         .execute(&mut *tx)
         .await?;
         let mut h = HeaderMap::new();
-        for (name, values) in c.headers.iter() {
+        for (name, values) in c.headers().iter() {
             let name: &str = name.as_ref();
             if name.starts_with("Nats-") {
                 continue;

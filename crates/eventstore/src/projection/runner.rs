@@ -201,17 +201,20 @@ pub enum WaitError {
 pub(super) struct Delivered {
     pub(super) sequence: u64,
     pub(super) subject: String,
-    pub(super) headers: HeaderMap,
     pub(super) payload: Bytes,
     pub(super) parsed: Result<RecordedCommit, DecodeError>,
+    /// The headers of a message that did not parse (a parsed one's are in
+    /// its commit; this is then empty): kept once, for the dead-letter copy.
+    unparsed_headers: HeaderMap,
 }
 
 impl Delivered {
-    fn from_message(m: &jetstream::Message, unknown: UnknownEvents) -> Result<(Self, u64), RunnerError> {
+    fn from_message(m: jetstream::Message, unknown: UnknownEvents) -> Result<(Self, u64), RunnerError> {
         let info = m.info().map_err(nats)?;
-        let pending = info.pending;
-        let headers = m.headers.clone().unwrap_or_default();
-        Ok((Self::new(info.stream_sequence, m.subject.as_str(), headers, m.payload.clone(), unknown), pending))
+        let (sequence, pending) = (info.stream_sequence, info.pending);
+        let message = m.message;
+        let headers = message.headers.unwrap_or_default();
+        Ok((Self::new(sequence, message.subject.as_str(), headers, message.payload, unknown), pending))
     }
 
     /// Parse a delivered message for a projection with the `unknown` policy.
@@ -222,11 +225,25 @@ impl Delivered {
         payload: Bytes,
         unknown: UnknownEvents,
     ) -> Self {
-        let parsed = RecordedCommit::from_parts(sequence, subject, headers.clone(), &payload).map(|c| match unknown {
-            UnknownEvents::Skip => c.skipping_unknown_events(),
-            UnknownEvents::Stall => c,
-        });
-        Self { sequence, subject: subject.to_string(), headers, payload, parsed }
+        let (parsed, unparsed_headers) = match RecordedCommit::parse(sequence, subject, headers, &payload) {
+            Ok(c) => (
+                Ok(match unknown {
+                    UnknownEvents::Skip => c.skipping_unknown_events(),
+                    UnknownEvents::Stall => c,
+                }),
+                HeaderMap::new(),
+            ),
+            Err((e, headers)) => (Err(e), headers),
+        };
+        Self { sequence, subject: subject.to_string(), payload, parsed, unparsed_headers }
+    }
+
+    /// The message's headers as stored.
+    pub(super) fn headers(&self) -> &HeaderMap {
+        match &self.parsed {
+            Ok(c) => &c.headers,
+            Err(_) => &self.unparsed_headers,
+        }
     }
 }
 
@@ -527,7 +544,7 @@ impl Feed {
         };
         let mut run = Run { commits: Vec::with_capacity(batch.len()), pending: 0, gap: None };
         for message in batch {
-            let (delivered, pending) = Delivered::from_message(&message.map_err(nats)?, self.unknown)?;
+            let (delivered, pending) = Delivered::from_message(message.map_err(nats)?, self.unknown)?;
             if delivered.sequence > until && delivered.sequence == self.next {
                 break;
             }
