@@ -14,6 +14,8 @@
 //! that one alone at 64 writers, for a profiler), GRIDWORK_TEST_POSTGRES_URL.
 
 use std::sync::Arc;
+
+use futures::StreamExt as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -24,7 +26,7 @@ use gridwork_sample_ledger::domain::ledger::{Ledger, LedgerCommand};
 use gridwork_sample_ledger::events::LedgerEvent;
 use gridwork_sample_ledger::projection::Accounts;
 use gridwork_testkit::db::TestDb;
-use gridwork_testkit::nats::NatsServer;
+use gridwork_testkit::nats::{NatsCluster, NatsServer};
 use hdrhistogram::Histogram;
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -47,9 +49,16 @@ struct Setup {
 }
 
 async fn setup(nats: &NatsServer) -> Setup {
-    let client = async_nats::connect(nats.url()).await.expect("connect");
+    setup_on(&nats.url(), 1).await
+}
+
+/// The stream (and snapshot bucket) with `replicas` replicas on the server(s)
+/// at `url` (comma-separated for a cluster).
+async fn setup_on(url: &str, replicas: usize) -> Setup {
+    let servers: Vec<&str> = url.split(',').collect();
+    let client = async_nats::connect(servers.as_slice()).await.expect("connect");
     let js = async_nats::jetstream::new(client.clone());
-    let spec = StreamSpec::events("sample", 1);
+    let spec = StreamSpec::events("sample", replicas);
     ensure_stream(&client, &js, &spec).await.expect("stream");
     Setup { client, js, spec }
 }
@@ -213,26 +222,41 @@ fn percentiles(h: &Histogram<u64>) -> String {
     )
 }
 
+/// Cold loads on a single node and on a three-node cluster (R3 stream and
+/// snapshot bucket; reads answered by any replica).
 async fn cold_loads(fill: u64) {
     let nats = NatsServer::start().await.expect("nats");
-    let s = setup(&nats).await;
-    let repo = repository(&s, true).await;
-    let bare = repository(&s, false).await;
+    println!("\n== Cold load, single node ==");
+    cold_loads_on(&setup(&nats).await, fill).await;
+    drop(nats);
+    let cluster = NatsCluster::start().await.expect("cluster");
+    println!("\n== Cold load, three-node cluster on loopback, R3 ==");
+    cold_loads_on(&setup_on(&cluster.url(), 3).await, fill).await;
+}
+
+async fn cold_loads_on(s: &Setup, fill: u64) {
+    let repo = repository(s, true).await;
+    let bare = repository(s, false).await;
     let aggregates = 1000usize;
     let rounds = 20usize; // open + 19 deposits = 20 events, 20 commits each
     let filler_per_round = fill / rounds as u64;
-    println!("\n== Cold load of a 20-event aggregate ({aggregates} aggregates spread through the stream) ==");
+    println!("   a 20-event aggregate, {aggregates} aggregates spread through the stream");
     let started = Instant::now();
     let payload: bytes::Bytes = vec![b'f'; 100].into();
     for round in 0..rounds {
-        for a in 0..aggregates {
-            let command = if round == 0 {
-                LedgerCommand::Open { owner: "bench".into() }
-            } else {
-                LedgerCommand::Deposit { amount: 1 }
-            };
-            repo.execute(&format!("agg{a}"), &command, &meta()).await.expect("execute");
-        }
+        let command = if round == 0 {
+            LedgerCommand::Open { owner: "bench".into() }
+        } else {
+            LedgerCommand::Deposit { amount: 1 }
+        };
+        futures::stream::iter(0..aggregates)
+            .for_each_concurrent(64, |a| {
+                let (repo, command) = (repo.clone(), command.clone());
+                async move {
+                    repo.execute(&format!("agg{a}"), &command, &meta()).await.expect("execute");
+                }
+            })
+            .await;
         // Unrelated traffic between this aggregate's commits, pipelined.
         let mut acks = Vec::with_capacity(4096);
         for i in 0..filler_per_round {
@@ -318,6 +342,21 @@ async fn catch_up(label: &str, db: TestDb, commits: usize) {
     handle.wait_for(last, Duration::from_secs(600)).await.expect("caught up");
     let projection_rate = last as f64 / started.elapsed().as_secs_f64();
     handle.stop().await;
+    // The ceiling the runner works under: the same stream read by a bare
+    // ordered consumer, messages counted and dropped.
+    let started = Instant::now();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .expect("ordered consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut read = 0u64;
+    while read < last {
+        futures::StreamExt::next(&mut messages).await.expect("message").expect("ok");
+        read += 1;
+    }
+    let consumer_rate = last as f64 / started.elapsed().as_secs_f64();
+    drop(messages);
 
     // Baseline, in the same run on the same database: the same number of rows
     // written 500 per transaction — on PostgreSQL as one UNNEST insert per
@@ -343,7 +382,8 @@ async fn catch_up(label: &str, db: TestDb, commits: usize) {
         let raw_rate = last as f64 / started_pg.elapsed().as_secs_f64();
         pg.close().await;
         println!(
-            "{label:>10} {last:>10} {projection_rate:>16.0} {raw_rate:>16.0} {:>8.2}   (baseline: UNNEST, native driver)",
+            "{label:>10} {last:>10} {projection_rate:>16.0} {raw_rate:>16.0} {:>8.2}   (baseline: UNNEST, native driver; \
+             bare ordered consumer {consumer_rate:.0}/s)",
             projection_rate / raw_rate
         );
     } else {
@@ -365,7 +405,8 @@ async fn catch_up(label: &str, db: TestDb, commits: usize) {
         }
         let raw_rate = last as f64 / started.elapsed().as_secs_f64();
         println!(
-            "{label:>10} {last:>10} {projection_rate:>16.0} {raw_rate:>16.0} {:>8.2}   (baseline: single-row inserts)",
+            "{label:>10} {last:>10} {projection_rate:>16.0} {raw_rate:>16.0} {:>8.2}   (baseline: single-row inserts; \
+             bare ordered consumer {consumer_rate:.0}/s)",
             projection_rate / raw_rate
         );
     }

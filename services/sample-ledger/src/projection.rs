@@ -1,7 +1,7 @@
 //! The `accounts` read model.
 
 use gridwork_eventstore::RecordedCommit;
-use gridwork_eventstore::projection::{ApplyError, Projection, TableDef, Tables};
+use gridwork_eventstore::projection::{ApplyError, Projection, TableDef, Tables, pg_array};
 use std::collections::{HashMap, HashSet};
 
 use sqlx::{AnyConnection, AssertSqlSafe};
@@ -30,7 +30,7 @@ impl Projection for Accounts {
     }
 
     /// On PostgreSQL, a batch folded in memory, one row per account, written with one
-    /// existence check and one multi-row upsert (chunks of [`ROWS_PER_STATEMENT`]):
+    /// existence check and one `UNNEST` upsert (chunks of [`ROWS_PER_STATEMENT`]):
     /// the rows a commit-by-commit apply would leave, in a round trip or two
     /// per batch instead of one per commit. An account opened twice, or moved
     /// before it was opened, refuses the batch (the runner then finds the
@@ -141,8 +141,7 @@ impl Projection for Accounts {
     }
 }
 
-/// Rows per statement: 6 parameters each stays far below SQLite's (32,766)
-/// and PostgreSQL's (65,535) limits.
+/// Rows per statement (each column one array parameter).
 const ROWS_PER_STATEMENT: usize = 1000;
 
 /// One account's change over a batch.
@@ -170,46 +169,32 @@ fn trace_id_of(commit: &RecordedCommit) -> String {
         .unwrap_or_default()
 }
 
-fn placeholders(rows: usize, per_row: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let cells: Vec<String> = (1..=per_row).map(|c| format!("${}", r * per_row + c)).collect();
-            format!("({})", cells.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 async fn existing_accounts(tx: &mut AnyConnection, table: &str, rows: &[Row]) -> Result<HashSet<String>, ApplyError> {
-    let list: Vec<String> = (1..=rows.len()).map(|i| format!("${i}")).collect();
-    let sql = format!("SELECT account_id FROM {table} WHERE account_id IN ({})", list.join(", "));
-    let mut query = sqlx::query_as::<_, (String,)>(AssertSqlSafe(sql));
-    for row in rows {
-        query = query.bind(&row.account_id);
-    }
-    Ok(query.fetch_all(&mut *tx).await?.into_iter().map(|(id,)| id).collect())
+    let ids = pg_array::text(rows.iter().map(|r| Some(r.account_id.as_str())));
+    let sql = format!("SELECT account_id FROM {table} WHERE account_id = ANY($1::text[])");
+    let found: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(sql)).bind(ids).fetch_all(&mut *tx).await?;
+    Ok(found.into_iter().map(|(id,)| id).collect())
 }
 
 /// New accounts are inserted; known ones take the batch's last balance,
-/// position and trace, and add its movements.
+/// position and trace, and add its movements. One statement, one parameter
+/// per column (PostgreSQL arrays, unnested by the server).
 async fn upsert(tx: &mut AnyConnection, table: &str, rows: &[Row]) -> Result<(), ApplyError> {
     let sql = format!(
-        "INSERT INTO {table} (account_id, owner, balance, movements, position, last_trace_id) VALUES {} \
+        "INSERT INTO {table} (account_id, owner, balance, movements, position, last_trace_id) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[]) \
          ON CONFLICT (account_id) DO UPDATE SET balance = excluded.balance, \
          movements = {table}.movements + excluded.movements, position = excluded.position, \
-         last_trace_id = excluded.last_trace_id",
-        placeholders(rows.len(), 6)
+         last_trace_id = excluded.last_trace_id"
     );
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    for row in rows {
-        query = query
-            .bind(&row.account_id)
-            .bind(row.opened.as_deref().unwrap_or_default())
-            .bind(row.balance)
-            .bind(row.movements)
-            .bind(row.position)
-            .bind(&row.trace_id);
-    }
-    query.execute(&mut *tx).await?;
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(pg_array::text(rows.iter().map(|r| Some(r.account_id.as_str()))))
+        .bind(pg_array::text(rows.iter().map(|r| Some(r.opened.as_deref().unwrap_or_default()))))
+        .bind(pg_array::bigint(rows.iter().map(|r| r.balance)))
+        .bind(pg_array::bigint(rows.iter().map(|r| r.movements)))
+        .bind(pg_array::bigint(rows.iter().map(|r| r.position)))
+        .bind(pg_array::text(rows.iter().map(|r| Some(r.trace_id.as_str()))))
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }

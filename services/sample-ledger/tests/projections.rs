@@ -242,6 +242,10 @@ async fn a_batch_leaves_the_rows_of_one_commit_at_a_time(db: TestDb, fresh: Test
     let nats = NatsServer::start().await.expect("nats");
     let k = kernel(&nats, &db).await;
     write_history(&k, "acct", 20, 12).await;
+    // An owner an array literal must quote and escape (PostgreSQL's batch
+    // goes as one array per column).
+    let awkward = LedgerCommand::Open { owner: r#"Lü "Big" \ {Wang}, NULL"#.into() };
+    k.repository.execute("acct-awkward", &awkward, &common::client_meta()).await.expect("open");
     let ghost = ghost_deposit(&k).await;
     let mut rng = rand::rng();
     let mut last = 0;
@@ -268,7 +272,8 @@ async fn a_batch_leaves_the_rows_of_one_commit_at_a_time(db: TestDb, fresh: Test
     single.wait_for(end, WAIT).await.expect("one by one caught up");
 
     let rows = dump(&k.store).await;
-    assert_eq!(rows.len(), 20);
+    assert_eq!(rows.len(), 21);
+    assert!(rows.iter().any(|r| r.1 == r#"Lü "Big" \ {Wang}, NULL"#), "the owner as written: {rows:?}");
     assert_eq!(rows, dump(&other).await, "the same rows, batched or one at a time");
     let parked: Vec<u64> = batched.parked().await.expect("parked").iter().map(|p| p.sequence).collect();
     assert_eq!(parked, vec![ghost], "only the poison commit is parked");
@@ -292,4 +297,34 @@ async fn a_batch_leaves_the_rows_of_one_commit_at_a_time_on_postgres() {
         return;
     };
     a_batch_leaves_the_rows_of_one_commit_at_a_time(db, fresh).await;
+}
+
+/// A batch written as PostgreSQL arrays reads back exactly: quotes,
+/// backslashes, braces, commas, the word NULL, empty strings and NULLs. (A
+/// malformed literal would only show as a batch falling back to one commit
+/// at a time, so the literals are checked against the server directly.)
+#[tokio::test]
+async fn array_literals_round_trip_through_postgres() {
+    let Some(db) = TestDb::postgres("array_literals_round_trip_through_postgres").await.expect("pg") else {
+        return;
+    };
+    let store = gridwork_eventstore::projection::ReadStore::connect(&db.url).await.expect("store");
+    let values = [Some(r#"Lü "Big" \ {Wang}, NULL"#), None, Some(""), Some("NULL"), Some(r#"\\""#), Some("网格 ,}{")];
+    let literal = gridwork_eventstore::projection::pg_array::text(values);
+    let back: Vec<(Option<String>,)> =
+        sqlx::query_as("SELECT v FROM UNNEST($1::text[]) WITH ORDINALITY AS t(v, n) ORDER BY n")
+            .bind(literal)
+            .fetch_all(store.pool())
+            .await
+            .expect("unnest");
+    let back: Vec<Option<String>> = back.into_iter().map(|(v,)| v).collect();
+    assert_eq!(back, values.map(|v| v.map(str::to_string)).to_vec());
+    let numbers = gridwork_eventstore::projection::pg_array::bigint([i64::MIN, 0, i64::MAX]);
+    let back: Vec<(i64,)> = sqlx::query_as("SELECT v FROM UNNEST($1::bigint[]) WITH ORDINALITY AS t(v, n) ORDER BY n")
+        .bind(numbers)
+        .fetch_all(store.pool())
+        .await
+        .expect("unnest");
+    assert_eq!(back, vec![(i64::MIN,), (0,), (i64::MAX,)]);
+    db.cleanup().await;
 }

@@ -40,7 +40,7 @@ use crate::envelope::RecordedCommit;
 
 pub use parked::{ParkedCommit, ReplayReport};
 pub use runner::{ProjectionRunner, RunnerConfig, RunnerError, RunnerHandle, WaitError};
-pub use store::{Backend, ReadStore};
+pub use store::{Backend, ReadStore, pg_array};
 
 /// One read-model table: its name and the column list of its `CREATE TABLE`.
 /// Use portable types (`TEXT`, `BIGINT`, `DOUBLE PRECISION`, `BOOLEAN`).

@@ -22,7 +22,6 @@
 //! `projection_stalled` gauge, until the batch applies.
 
 use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -522,9 +521,13 @@ pub(super) struct Run {
     pub(super) gap: Option<u64>,
 }
 
-type Batches = Pin<
-    Box<dyn futures::Stream<Item = Vec<Result<jetstream::Message, jetstream::consumer::pull::OrderedError>>> + Send>,
->;
+/// Parsed batches, read ahead of the one being applied.
+type Batches = mpsc::Receiver<Vec<Result<(Delivered, u64), RunnerError>>>;
+
+/// Batches read (and parsed) ahead of the one being applied: while a batch is
+/// written to the database, the next ones arrive from NATS and are decoded on
+/// another core. A few batches, so memory stays bounded.
+const BATCHES_AHEAD: usize = 4;
 
 /// The stream after a position, delivered in contiguous runs. The stream is
 /// unfiltered and never deleted from, so the commits after `p` are exactly
@@ -532,19 +535,45 @@ type Batches = Pin<
 pub(super) struct Feed {
     batches: Batches,
     next: u64,
-    unknown: UnknownEvents,
+    /// The task reading ahead; it ends with the feed.
+    _reader: AbortOnDrop<()>,
 }
 
 impl Feed {
+    /// Read `messages` ahead in batches of up to `size` (or what came within
+    /// `wait`), parsing each for a projection with the `unknown` policy.
+    fn read_ahead(
+        messages: jetstream::consumer::pull::Ordered,
+        next: u64,
+        size: usize,
+        wait: Duration,
+        unknown: UnknownEvents,
+    ) -> Self {
+        let (tx, batches) = mpsc::channel(BATCHES_AHEAD);
+        let reader = tokio::spawn(async move {
+            let mut chunks = Box::pin(messages.chunks_timeout(size, wait));
+            while let Some(chunk) = chunks.next().await {
+                let parsed = chunk
+                    .into_iter()
+                    .map(|m| m.map_err(nats).and_then(|m| Delivered::from_message(m, unknown)))
+                    .collect();
+                if tx.send(parsed).await.is_err() {
+                    return; // the feed was dropped
+                }
+            }
+        });
+        Self { batches, next, _reader: AbortOnDrop(reader) }
+    }
+
     /// The next run, up to `until` (inclusive). Cancel-safe: it awaits once,
     /// before taking anything.
     pub(super) async fn next(&mut self, until: u64) -> Result<Run, RunnerError> {
-        let Some(batch) = self.batches.next().await else {
+        let Some(batch) = self.batches.recv().await else {
             return Err(RunnerError::Nats("consumer ended".into()));
         };
         let mut run = Run { commits: Vec::with_capacity(batch.len()), pending: 0, gap: None };
         for message in batch {
-            let (delivered, pending) = Delivered::from_message(message.map_err(nats)?, self.unknown)?;
+            let (delivered, pending) = message?;
             if delivered.sequence > until && delivered.sequence == self.next {
                 break;
             }
@@ -798,8 +827,13 @@ impl<P: Projection> Inner<P> {
         let config = OrderedConfig { deliver_policy, max_expires: ORDERED_PULL_EXPIRY, ..Default::default() };
         let consumer = stream.create_consumer(config).await.map_err(nats)?;
         let messages = consumer.messages().await.map_err(nats)?;
-        let batches = messages.chunks_timeout(self.config.batch_size, self.config.batch_wait);
-        Ok(Feed { batches: Box::pin(batches), next: position + 1, unknown: self.projection.unknown_events() })
+        Ok(Feed::read_ahead(
+            messages,
+            position + 1,
+            self.config.batch_size,
+            self.config.batch_wait,
+            self.projection.unknown_events(),
+        ))
     }
 
     /// The commits after `from` up to and including `until`, contiguous.

@@ -338,3 +338,64 @@ pub async fn record_schema(
     .await?;
     Ok(())
 }
+
+/// PostgreSQL array literals, for projections that write a batch with one
+/// `UNNEST($1::text[], $2::bigint[], …)` statement through the `Any` driver
+/// (which cannot bind arrays): each column goes as one text parameter, cast
+/// by the server. The statement's text is the same whatever the batch's size,
+/// so it is prepared once; a multi-row `VALUES` list with a parameter per cell
+/// was parsed afresh for every batch.
+pub mod pg_array {
+    use std::fmt::Write as _;
+
+    /// `{"a","b",NULL}`: every element quoted, `"` and `\` escaped; `None` is NULL.
+    pub fn text<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> String {
+        let mut out = String::from("{");
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            match value {
+                None => out.push_str("NULL"),
+                Some(v) => {
+                    out.push('"');
+                    for c in v.chars() {
+                        if c == '"' || c == '\\' {
+                            out.push('\\');
+                        }
+                        out.push(c);
+                    }
+                    out.push('"');
+                }
+            }
+        }
+        out.push('}');
+        out
+    }
+
+    /// `{1,-2,3}`.
+    pub fn bigint(values: impl IntoIterator<Item = i64>) -> String {
+        let mut out = String::from("{");
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{value}");
+        }
+        out.push('}');
+        out
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn elements_are_quoted_and_escaped() {
+            assert_eq!(
+                super::text([Some("a"), None, Some(r#"Lü "Big" \ {Wang}, NULL"#)]),
+                r#"{"a",NULL,"Lü \"Big\" \\ {Wang}, NULL"}"#
+            );
+            assert_eq!(super::text([]), "{}");
+            assert_eq!(super::bigint([1, -2, i64::MAX]), "{1,-2,9223372036854775807}");
+        }
+    }
+}
