@@ -195,6 +195,13 @@ impl CommandTag {
         Self(hashed | (0b111 << 61))
     }
 
+    /// The command id back, where the tag is a canonical UUID (hashed tags
+    /// cannot give theirs back).
+    pub fn uuid(self) -> Option<uuid::Uuid> {
+        let id = uuid::Uuid::from_u128(self.0);
+        (id.get_variant() == uuid::Variant::RFC4122).then_some(id)
+    }
+
     /// The tag as stored in a snapshot.
     pub fn to_bytes(self) -> [u8; 16] {
         self.0.to_be_bytes()
@@ -215,6 +222,7 @@ mod tests {
         let id = uuid::Uuid::now_v7();
         let canonical = id.to_string();
         assert_eq!(CommandTag::of(&canonical).to_bytes(), *id.as_bytes());
+        assert_eq!(CommandTag::of(&canonical).uuid().map(|u| u.to_string()), Some(canonical.clone()));
         // Another spelling of the same UUID is another command id.
         let upper = canonical.to_uppercase();
         assert_ne!(CommandTag::of(&upper), CommandTag::of(&canonical));
@@ -222,6 +230,7 @@ mod tests {
         // A hashed tag carries the reserved variant, which no parsed tag has.
         let hashed = CommandTag::of("escalate:case-17:level-2");
         assert_eq!(hashed.to_bytes()[8] >> 5, 0b111);
+        assert_eq!(hashed.uuid(), None);
         assert_ne!(hashed, CommandTag::of("escalate:case-17:level-3"));
         assert_eq!(CommandTag::from_bytes(&hashed.to_bytes()), Some(hashed));
         assert_eq!(CommandTag::from_bytes(&[1, 2, 3]), None);

@@ -6,7 +6,7 @@
 //!
 //! | header | meaning |
 //! |---|---|
-//! | `ce-specversion`, `ce-id`, `ce-source`, `ce-type`, `ce-subject`, `ce-time` | CloudEvents 1.0 attributes of the commit; `ce-id` is the dedupe key below (unique per commit) |
+//! | `ce-specversion`, `ce-id`, `ce-source`, `ce-type`, `ce-subject`, `ce-time` | CloudEvents 1.0 attributes of the commit; `ce-id` is `<subject>@<previous sequence>`, unique per commit |
 //! | `traceparent` (and `tracestate`) | W3C trace context of the command |
 //! | `Gridwork-Command-Id` | the client's command id |
 //! | `Gridwork-Principal` | who acted |
@@ -29,7 +29,8 @@ pub const ENVELOPE_VERSION: u32 = 1;
 pub mod headers {
     /// CloudEvents spec version.
     pub const CE_SPECVERSION: &str = "ce-specversion";
-    /// CloudEvents id: unique per commit (the commit's [`MSG_ID`]).
+    /// CloudEvents id: `<subject>@<previous sequence>`, unique per commit (the
+    /// server admits one commit per subject after a given sequence).
     pub const CE_ID: &str = "ce-id";
     /// CloudEvents source: `gridwork/<context>`.
     pub const CE_SOURCE: &str = "ce-source";
@@ -168,7 +169,9 @@ pub fn encode_commit<A: Aggregate>(
     let msg_id = msg_id(&subject, &meta.command_id);
     let mut h = HeaderMap::new();
     h.insert(name(headers::CE_SPECVERSION), "1.0");
-    h.insert(name(headers::CE_ID), msg_id.clone());
+    // Unique per commit: the server admits one commit per subject after a
+    // given sequence.
+    h.insert(name(headers::CE_ID), format!("{subject}@{expected_sequence}"));
     h.insert(name(headers::CE_SOURCE), format!("gridwork/{}", A::CONTEXT));
     let ce_type = match (outcome, events) {
         (pb::Outcome::NoOp, _) => headers::NO_OP_TYPE,

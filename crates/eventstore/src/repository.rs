@@ -108,8 +108,9 @@ pub struct Loaded<A: Aggregate> {
     pub recent: VecDeque<(CommandTag, u64)>,
     /// Commits folded in since the last snapshot.
     commits_since_snapshot: u32,
-    /// Where a cold load's read of those commits starts: the snapshot's
-    /// sequence, or the first commit's when there is no snapshot.
+    /// Where a cold load's read of those commits starts: the last written
+    /// snapshot's sequence, or the first commit's when there is none (0 until
+    /// then).
     unsnapshotted_from: u64,
 }
 
@@ -127,8 +128,8 @@ impl<A: Aggregate> Default for Loaded<A> {
 
 impl<A: Aggregate> Loaded<A> {
     fn apply(&mut self, sequence: u64, command: CommandTag, events: &[A::Event], remember: usize) {
-        if self.commits_since_snapshot == 0 {
-            self.unsnapshotted_from = if self.sequence > 0 { self.sequence } else { sequence };
+        if self.unsnapshotted_from == 0 {
+            self.unsnapshotted_from = sequence; // no snapshot: the read starts at the first commit
         }
         self.state = std::mem::take(&mut self.state).fold(events);
         self.sequence = sequence;
@@ -145,13 +146,17 @@ impl<A: Aggregate> Loaded<A> {
         u32::try_from(96 + id.len() + self.state.weight() + recent).unwrap_or(u32::MAX)
     }
 
-    /// Whether the commits since the last snapshot call for a new one.
-    fn snapshot_due(&self, options: &RepositoryOptions) -> bool {
+    /// Whether the commits since the last snapshot call for a new one. Close
+    /// commits wait for `snapshot_every_dense` only where a cold load reads
+    /// them in one batch (`batched`); where it walks, one request per commit,
+    /// every `snapshot_every`.
+    fn snapshot_due(&self, options: &RepositoryOptions, batched: bool) -> bool {
         let commits = self.commits_since_snapshot;
         let spread = self.sequence.saturating_sub(self.unsnapshotted_from);
+        let dense =
+            if batched { options.snapshot_every_dense.max(options.snapshot_every) } else { options.snapshot_every };
         options.snapshot_every > 0
-            && ((commits >= options.snapshot_every && spread > options.snapshot_spread)
-                || commits >= options.snapshot_every_dense.max(options.snapshot_every))
+            && ((commits >= options.snapshot_every && spread > options.snapshot_spread) || commits >= dense)
     }
 
     fn remembered(&self, command: CommandTag) -> Option<u64> {
@@ -767,14 +772,15 @@ impl<A: Aggregate> Repository<A> {
 
     fn maybe_snapshot(&self, id: &str, loaded: &mut Loaded<A>) {
         let Some(store) = self.shared.snapshots.clone() else { return };
-        if !loaded.snapshot_due(&self.shared.options) {
+        if !loaded.snapshot_due(&self.shared.options, self.shared.batched) {
             return;
         }
         let state = loaded.state.encode_state();
         // The snapshot must fit in one message with its key and headers; a
         // bigger state is read in batches instead, and not tried again until
-        // another `snapshot_every` commits.
-        if state.len() + loaded.recent.len() * 32 + 1024 > self.shared.max_payload {
+        // as many commits again (the spread still counts from the last
+        // snapshot that was written).
+        if state.len() + loaded.recent.len() * 64 + 1024 > self.shared.max_payload {
             metrics::counter!("eventstore_snapshots_skipped_total", "aggregate" => A::TYPE, "reason" => "oversized")
                 .increment(1);
             debug!(bytes = state.len(), "state too large for a snapshot; cold loads read it in batches");
@@ -782,6 +788,7 @@ impl<A: Aggregate> Repository<A> {
             return;
         }
         loaded.commits_since_snapshot = 0;
+        loaded.unsnapshotted_from = loaded.sequence;
         let snap = pb::Snapshot {
             sequence: loaded.sequence,
             schema_version: A::STATE_VERSION,
@@ -789,7 +796,13 @@ impl<A: Aggregate> Repository<A> {
             recent_commands: loaded
                 .recent
                 .iter()
-                .map(|(c, s)| pb::RecentCommand { command_id: String::new(), sequence: *s, tag: c.to_bytes().to_vec() })
+                // The id itself too where the tag gives it back (a canonical
+                // UUID): builds from before tags read only the strings.
+                .map(|(c, s)| pb::RecentCommand {
+                    command_id: c.uuid().map(|u| u.to_string()).unwrap_or_default(),
+                    sequence: *s,
+                    tag: c.to_bytes().to_vec(),
+                })
                 .collect(),
         };
         let key = snapshot_key::<A>(id);

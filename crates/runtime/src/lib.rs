@@ -13,7 +13,8 @@
 //!   their tests and benchmarks) allocates with mimalloc. A command or a
 //!   projected commit makes many small, short-lived allocations (headers,
 //!   protobuf strings); glibc's malloc spent a sixth of the append path's
-//!   client time freeing and consolidating them.
+//!   client time freeing and consolidating them. The default feature
+//!   `mimalloc`; without it, the system allocator.
 //!
 //! Must not depend on: any service crate or domain type.
 
@@ -25,6 +26,7 @@ pub mod status;
 pub mod telemetry;
 pub mod validate;
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

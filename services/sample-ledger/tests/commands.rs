@@ -204,6 +204,10 @@ async fn a_multi_event_command_lands_as_one_commit() {
     assert_eq!(commit.header(headers::CE_SPECVERSION), Some("1.0"));
     assert_eq!(commit.header(headers::PRINCIPAL), Some("anonymous"));
     assert_eq!(commit.previous, commits[0].sequence, "back-pointer stored with the message");
+    // The CloudEvents id is unique per commit whatever the command id: the
+    // server admits one commit per subject after a given sequence.
+    let ce_id = format!("sample.ledger.{account}@{}", commits[0].sequence);
+    assert_eq!(commit.header(headers::CE_ID), Some(ce_id.as_str()));
 
     // A refused multi-event command writes no event at all: only its refusal.
     let err = client

@@ -140,7 +140,15 @@ async fn snapshots_are_written_by_how_far_apart_the_commits_lie() {
             assert_eq!(snapshot_of(&k, BUCKET, "sparse").await.map(|s| s.sequence), None, "3 commits: too few");
         }
     }
-    wait_for_snapshot_at(&k, "sparse", sparse_head).await;
+    let snapshot = wait_for_snapshot_at(&k, "sparse", sparse_head).await;
+    // Command ids as 16-byte tags, and a client's UUID id also as its string,
+    // which builds from before tags read.
+    assert_eq!(snapshot.recent_commands.len(), 4);
+    for recent in &snapshot.recent_commands {
+        let tag = gridwork_eventstore::CommandTag::of(&recent.command_id);
+        assert!(uuid::Uuid::parse_str(&recent.command_id).is_ok(), "{recent:?}");
+        assert_eq!(recent.tag, tag.to_bytes().to_vec());
+    }
     // Either way the next cold load is one request: the snapshot is current.
     let requests = Requests::watch(&nats).await;
     let cold = repository(&k, BUCKET, cost_policy()).await;

@@ -236,8 +236,9 @@ pub trait Projection: Send + Sync + 'static {
     /// calls for each batch. The default applies them one by one with
     /// [`Projection::apply`], each under its own span parented on the commit's
     /// trace. A projection that writes many rows overrides it to fold the batch
-    /// in memory and write once per table (one multi-row upsert instead of a
-    /// round trip per row; see the sample ledger's `Accounts`), with the same
+    /// in memory and write once per table (one `UNNEST` upsert of array
+    /// parameters, see [`pg_array`], instead of a round trip per row; see the
+    /// sample ledger's `Accounts`), with the same
     /// rows as a commit-by-commit apply would leave. On a poison error the
     /// runner rolls the batch back and applies its commits one at a time with
     /// [`Projection::apply`], so a batch may be refused whole for one bad commit.
