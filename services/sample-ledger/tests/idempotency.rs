@@ -5,6 +5,9 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use common::*;
 use gridwork_eventstore::{CommandMeta, ExecuteError, Repository, RepositoryOptions, StoreError};
 use gridwork_sample_ledger::domain::ledger::{Ledger, LedgerCommand, LedgerRejection};
@@ -223,4 +226,80 @@ async fn within_the_dedupe_window_the_server_recognises_a_retry_the_aggregate_ha
     assert!(again.replayed, "answered from the original commit");
     assert_eq!(again.sequence, first.sequence);
     assert_eq!(other.load_current("acct").await.expect("load").state.balance, 77, "deposited once");
+}
+
+/// A replica of the stream that lacks every commit: a mirror with
+/// `mirror_direct` joins the stream's direct-get queue group (as a lagging
+/// follower with `allow_direct` does) once it has caught up with what it
+/// mirrors — here one marker message and no commit — and then answers every
+/// direct get of a commit 404. The server spreads direct gets over the group.
+async fn lagging_replica(k: &Kernel) {
+    use async_nats::jetstream::stream::{Config, Source};
+    k.js.publish("sample.lagging.marker", "m".into()).await.expect("publish").await.expect("ack");
+    let mut mirror =
+        k.js.create_stream(Config {
+            name: "SAMPLE_LAGGING".into(),
+            mirror: Some(Source {
+                name: "SAMPLE".into(),
+                filter_subject: Some("sample.lagging.>".into()),
+                ..Default::default()
+            }),
+            mirror_direct: true,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .expect("mirror");
+    for _ in 0..100 {
+        if mirror.info().await.expect("info").state.messages == 1 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the mirror never caught up");
+}
+
+/// Counts the reads that go to the stream leader (`STREAM.MSG.GET`).
+async fn leader_reads(nats: &NatsServer) -> Arc<AtomicUsize> {
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let seen = Arc::new(AtomicUsize::new(0));
+    let mut sub = client.subscribe("$JS.API.STREAM.MSG.GET.SAMPLE").await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        let _client = client;
+        while futures::StreamExt::next(&mut sub).await.is_some() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    seen
+}
+
+/// Finding 5: a retried command is answered from its original commit, read
+/// back by sequence. A replica that does not have that commit yet answers the
+/// direct get 404; the read must then go to the stream leader, not call the
+/// commit missing (before: "corrupt", INTERNAL for a command that succeeded).
+#[tokio::test]
+async fn a_read_back_from_a_replica_that_lacks_the_commit_asks_the_leader() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let r = &k.repository;
+    r.execute("acct", &LedgerCommand::Open { owner: "o".into() }, &client_meta()).await.expect("open");
+    let mut sent = Vec::new();
+    for amount in 1..=24 {
+        let meta = client_meta();
+        let outcome = r.execute("acct", &LedgerCommand::Deposit { amount }, &meta).await.expect("deposit");
+        sent.push((meta, amount, outcome.sequence));
+    }
+    lagging_replica(&k).await;
+    let leader = leader_reads(&nats).await;
+    for (meta, amount, sequence) in &sent {
+        let retry = r.execute("acct", &LedgerCommand::Deposit { amount: *amount }, meta).await;
+        let outcome = retry.unwrap_or_else(|e| panic!("retry of the deposit at {sequence}: {e:?}"));
+        assert!(outcome.replayed && outcome.sequence == *sequence, "{outcome:?}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let leader = leader.load(Ordering::SeqCst);
+    assert!(leader > 0, "the lagging replica answered none of the 24 read-backs: the test proves nothing");
 }
