@@ -126,6 +126,8 @@ pub trait Aggregate: Default + Clone + Debug + Send + Sync + 'static {
 
     /// Roughly how many bytes this state holds: what the warm cache weighs it
     /// by. The encoded snapshot's length unless an aggregate knows better.
+    /// The repository measures it when a state is first cached, then every 16
+    /// commits — not on every command.
     fn weight(&self) -> usize {
         self.encode_state().len()
     }

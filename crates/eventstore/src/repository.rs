@@ -112,7 +112,15 @@ pub struct Loaded<A: Aggregate> {
     /// snapshot's sequence, or the first commit's when there is none (0 until
     /// then).
     unsnapshotted_from: u64,
+    /// The state's [`Aggregate::weight`] when last measured, and the commits
+    /// folded since: weighing may encode the whole state, so it is measured
+    /// again only every [`REWEIGH_EVERY`] commits, not on every cache insert.
+    state_weight: Option<usize>,
+    commits_since_weighed: u32,
 }
+
+/// Commits between two measurements of a cached state's weight.
+const REWEIGH_EVERY: u32 = 16;
 
 impl<A: Aggregate> Default for Loaded<A> {
     fn default() -> Self {
@@ -122,6 +130,8 @@ impl<A: Aggregate> Default for Loaded<A> {
             recent: VecDeque::new(),
             commits_since_snapshot: 0,
             unsnapshotted_from: 0,
+            state_weight: None,
+            commits_since_weighed: 0,
         }
     }
 }
@@ -138,12 +148,29 @@ impl<A: Aggregate> Loaded<A> {
             self.recent.pop_front();
         }
         self.commits_since_snapshot += 1;
+        self.commits_since_weighed += 1;
+    }
+
+    /// Measure the state's weight if it was never measured or is stale; done
+    /// before the state goes into the cache, whose weigher only reads it.
+    fn weigh(&mut self) {
+        if self.state_weight.is_none() || self.commits_since_weighed >= REWEIGH_EVERY {
+            self.state_weight = Some(self.state.weight());
+            self.commits_since_weighed = 0;
+        }
+    }
+
+    /// Into the cache's shared form, weighed.
+    fn shared(mut self) -> Arc<Self> {
+        self.weigh();
+        Arc::new(self)
     }
 
     /// What the warm cache weighs this entry by, in bytes (roughly).
     fn weight(&self, id: &str) -> u32 {
         let recent = self.recent.len() * std::mem::size_of::<(CommandTag, u64)>();
-        u32::try_from(96 + id.len() + self.state.weight() + recent).unwrap_or(u32::MAX)
+        let state = self.state_weight.unwrap_or(0);
+        u32::try_from(96 + id.len() + state + recent).unwrap_or(u32::MAX)
     }
 
     /// Whether the commits since the last snapshot call for a new one. Close
@@ -326,7 +353,7 @@ impl<A: Aggregate> Repository<A> {
             return Ok(warm);
         }
         let started = Instant::now();
-        let loaded = Arc::new(self.load_cold(id).await?);
+        let loaded = self.load_cold(id).await?.shared();
         metrics::histogram!("eventstore_cold_load_seconds", "aggregate" => A::TYPE)
             .record(started.elapsed().as_secs_f64());
         self.shared.cache.insert(id.to_string(), loaded.clone());
@@ -507,7 +534,7 @@ impl<A: Aggregate> Repository<A> {
             Some(head) => self.catch_up(id, stale, head).await?,
         };
         self.maybe_snapshot(id, &mut loaded);
-        let loaded = Arc::new(loaded);
+        let loaded = loaded.shared();
         self.shared.cache.insert(id.to_string(), loaded.clone());
         Ok(loaded)
     }
@@ -600,7 +627,7 @@ impl<A: Aggregate> Repository<A> {
                     let events = decided.as_deref().unwrap_or_default();
                     next.apply(ack.sequence, tag, events, self.shared.options.remembered_commands);
                     self.maybe_snapshot(id, &mut next);
-                    self.shared.cache.insert(id.to_string(), Arc::new(next));
+                    self.shared.cache.insert(id.to_string(), next.shared());
                     return match decided {
                         Ok(events) => Ok(CommitOutcome { sequence: ack.sequence, events, replayed: false }),
                         Err(r) => Err(ExecuteError::Rejected(r)),
@@ -767,6 +794,8 @@ impl<A: Aggregate> Repository<A> {
                 .collect(),
             commits_since_snapshot: 0,
             unsnapshotted_from: snap.sequence,
+            state_weight: None,
+            commits_since_weighed: 0,
         })
     }
 
@@ -875,4 +904,75 @@ fn check_id(id: &str) -> Result<(), StoreError> {
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::{CommandTag, Loaded, REWEIGH_EVERY};
+    use crate::aggregate::{Aggregate, DecodeError, DomainEvent};
+
+    static WEIGHED: AtomicUsize = AtomicUsize::new(0);
+
+    #[derive(Debug, Clone, Default)]
+    struct Counter(u64);
+
+    #[derive(Debug, Clone)]
+    struct Added;
+
+    #[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
+    #[error("never")]
+    struct Never;
+
+    impl DomainEvent for Added {
+        fn event_type(&self) -> &'static str {
+            "test.counter.added"
+        }
+        fn encode(&self) -> Vec<u8> {
+            Vec::new()
+        }
+        fn decode(_: &str, _: u32, _: &[u8]) -> Result<Self, DecodeError> {
+            Ok(Added)
+        }
+    }
+
+    impl Aggregate for Counter {
+        const CONTEXT: &'static str = "test";
+        const TYPE: &'static str = "counter";
+        const STATE_VERSION: u32 = 1;
+        type Command = ();
+        type Event = Added;
+        type Rejection = Never;
+        fn decide(&self, _: &()) -> Result<Vec<Added>, Never> {
+            Ok(vec![Added])
+        }
+        fn evolve(self, _: &Added) -> Self {
+            Self(self.0 + 1)
+        }
+        fn encode_state(&self) -> Vec<u8> {
+            self.0.to_be_bytes().to_vec()
+        }
+        fn decode_state(_: &[u8]) -> Result<Self, DecodeError> {
+            Ok(Self::default())
+        }
+        fn weight(&self) -> usize {
+            WEIGHED.fetch_add(1, Ordering::SeqCst);
+            1000 + self.0 as usize
+        }
+    }
+
+    /// Weighing may encode the whole state: a cached state is weighed when
+    /// first cached and then every REWEIGH_EVERY commits, not per command.
+    #[test]
+    fn a_cached_state_is_weighed_every_few_commits_not_every_command() {
+        let mut loaded = Loaded::<Counter>::default();
+        let before = WEIGHED.load(Ordering::SeqCst);
+        for n in 1..=(REWEIGH_EVERY as u64 * 4) {
+            loaded.apply(n, CommandTag::of(&format!("c{n}")), &[Added], 64);
+            loaded = std::sync::Arc::unwrap_or_clone(loaded.shared());
+            assert!(loaded.weight("id") >= 1000, "the weight counts the state");
+        }
+        assert_eq!(WEIGHED.load(Ordering::SeqCst) - before, 4, "64 commits, weighed 4 times");
+    }
 }
