@@ -373,9 +373,10 @@ const ACCOUNTS_V2: TableDef = TableDef {
 };
 
 /// The projection at version 2 (`sloppy`: the same tables, but the version not
-/// raised).
+/// raised); `pace` slows each commit of a rebuild down, so it can be watched.
 struct AccountsV2 {
     version: u32,
+    pace: Duration,
 }
 
 impl Projection for AccountsV2 {
@@ -398,6 +399,9 @@ impl Projection for AccountsV2 {
         commit: &RecordedCommit,
     ) -> Result<(), ApplyError> {
         let table = tables.name(ACCOUNTS_V2.name);
+        if !tables.is_live() {
+            tokio::time::sleep(self.pace).await;
+        }
         for event in commit.decode_events::<LedgerEvent>()? {
             let statement = match event {
                 LedgerEvent::Opened { owner } => sqlx::query(AssertSqlSafe(format!(
@@ -478,8 +482,11 @@ async fn table_changes(db: TestDb) {
 
     // Version 2 starts on the same database: it rebuilds, then carries on.
     let v2_store = ReadStore::connect(&db.url).await.expect("v2 store");
-    let v2 =
-        ProjectionRunner::start(k.js.clone(), v2_store.clone(), AccountsV2 { version: 2 }, quick()).await.expect("v2");
+    let paced = AccountsV2 { version: 2, pace: Duration::from_millis(100) };
+    let v2 = ProjectionRunner::start(k.js.clone(), v2_store.clone(), paced, quick()).await.expect("v2");
+    // While it rebuilds, it must not serve from the older tables.
+    let reason = stall_reason(&v2_store).await;
+    assert!(reason.contains("rebuilding its tables"), "{reason}");
     v2.wait_for(head, WAIT).await.expect("v2 caught up");
     // The stored position was already the head: wait for the swap itself.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -508,9 +515,14 @@ async fn table_changes(db: TestDb) {
         .execute(sloppy_store.pool())
         .await
         .expect("pretend the tables were defined otherwise");
-    let sloppy = ProjectionRunner::start(k.js.clone(), sloppy_store.clone(), AccountsV2 { version: 2 }, quick())
-        .await
-        .expect("sloppy");
+    let sloppy = ProjectionRunner::start(
+        k.js.clone(),
+        sloppy_store.clone(),
+        AccountsV2 { version: 2, pace: Duration::ZERO },
+        quick(),
+    )
+    .await
+    .expect("sloppy");
     let reason = stall_reason(&sloppy_store).await;
     assert!(reason.contains("raise Projection::version"), "{reason}");
     sloppy.stop().await;

@@ -692,6 +692,25 @@ impl<P: Projection> Inner<P> {
             let task = AbortOnDrop(tokio::spawn(async move { this.rebuild().await }));
             *rebuild = Some(RebuildTask { reply, task });
         }
+        // Until the rebuilt tables are swapped in, the live ones are an older
+        // version's: this build's queries must not be answered from them, so
+        // the service reports NOT_SERVING (older replicas go on serving).
+        self.store.set_stalled(
+            &self.name,
+            Some(format!("rebuilding its tables for version {} before serving them", self.schema.version)),
+        );
+        let flow = self.await_schema_rebuild(control, rebuild).await;
+        if !self.stalled.load(Ordering::Relaxed) {
+            self.store.set_stalled(&self.name, None);
+        }
+        flow
+    }
+
+    async fn await_schema_rebuild(
+        self: &Arc<Self>,
+        control: &mut mpsc::Receiver<Control>,
+        rebuild: &mut Option<RebuildTask>,
+    ) -> Result<Option<Flow>, RunnerError> {
         loop {
             tokio::select! {
                 message = control.recv() => match message {
