@@ -131,13 +131,7 @@ async fn append_rate(variant: &str, writers: usize, seconds: u64) -> f64 {
                         "Nats-Expected-Last-Subject-Sequence",
                         last[w].load(Ordering::Relaxed).to_string().as_str(),
                     );
-                    let ack = js
-                        .publish_with_headers(format!("sample.checked.w{w}"), h, "x".repeat(120).into())
-                        .await
-                        .expect("publish")
-                        .await
-                        .expect("ack");
-                    last[w].store(ack.sequence, Ordering::Relaxed);
+                    publish_after(&js, &last[w], format!("sample.checked.w{w}"), h, "x".repeat(120).into()).await;
                 }
             })
             .await
@@ -156,13 +150,7 @@ async fn append_rate(variant: &str, writers: usize, seconds: u64) -> f64 {
                         &meta(),
                         Decision::Events(&events),
                     );
-                    let ack = js
-                        .publish_with_headers(format!("sample.ledger.{id}"), h, body)
-                        .await
-                        .expect("publish")
-                        .await
-                        .expect("ack");
-                    last[w].store(ack.sequence, Ordering::Relaxed);
+                    publish_after(&js, &last[w], format!("sample.ledger.{id}"), h, body).await;
                 }
             })
             .await
@@ -183,6 +171,19 @@ async fn append_rate(variant: &str, writers: usize, seconds: u64) -> f64 {
             .await
         }
     }
+}
+
+/// Publish and await the ack; `last` becomes the subject's new sequence (what
+/// the next message's expected-last-subject-sequence header names).
+async fn publish_after(
+    js: &async_nats::jetstream::Context,
+    last: &AtomicU64,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    body: bytes::Bytes,
+) {
+    let ack = js.publish_with_headers(subject, headers, body).await.expect("publish").await.expect("ack");
+    last.store(ack.sequence, Ordering::Relaxed);
 }
 
 async fn append_rates(seconds: u64) {
