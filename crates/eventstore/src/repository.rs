@@ -64,6 +64,13 @@ pub struct RepositoryOptions {
     /// hot aggregate's commits lie side by side and read cheaply; this bounds
     /// the fold and the batch).
     pub snapshot_every_dense: u32,
+    /// A commit that lands more than this many stream messages after its
+    /// aggregate's previous one is snapshotted at once (0 = never by this
+    /// rule). Such an aggregate is written rarely, so the extra KV put costs
+    /// little, and its next cold load is one round trip — the last commit and
+    /// a snapshot at it, read together — instead of a second one for the
+    /// commits after an older snapshot. Hot aggregates keep the rules above.
+    pub snapshot_gap: u64,
     /// Recent command ids remembered per aggregate (the first idempotency
     /// layer, free of round trips).
     pub remembered_commands: usize,
@@ -88,6 +95,7 @@ impl Default for RepositoryOptions {
             snapshot_every: 8,
             snapshot_spread: 16_384,
             snapshot_every_dense: 128,
+            snapshot_gap: 2_048,
             remembered_commands: 64,
             idempotency_horizon: Duration::from_secs(7 * 24 * 3600),
             max_clock_skew: Duration::from_secs(300),
@@ -117,6 +125,9 @@ pub struct Loaded<A: Aggregate> {
     /// again only every [`REWEIGH_EVERY`] commits, not on every cache insert.
     state_weight: Option<usize>,
     commits_since_weighed: u32,
+    /// Stream messages between the last commit folded in and the one before
+    /// it (0 for an aggregate's first commit).
+    last_gap: u64,
 }
 
 /// Commits between two measurements of a cached state's weight.
@@ -132,6 +143,7 @@ impl<A: Aggregate> Default for Loaded<A> {
             unsnapshotted_from: 0,
             state_weight: None,
             commits_since_weighed: 0,
+            last_gap: 0,
         }
     }
 }
@@ -142,6 +154,7 @@ impl<A: Aggregate> Loaded<A> {
             self.unsnapshotted_from = sequence; // no snapshot: the read starts at the first commit
         }
         self.state = std::mem::take(&mut self.state).fold(events);
+        self.last_gap = if self.sequence == 0 { 0 } else { sequence.saturating_sub(self.sequence) };
         self.sequence = sequence;
         self.recent.push_back((command, sequence));
         while self.recent.len() > remember {
@@ -182,8 +195,10 @@ impl<A: Aggregate> Loaded<A> {
         let spread = self.sequence.saturating_sub(self.unsnapshotted_from);
         let dense =
             if batched { options.snapshot_every_dense.max(options.snapshot_every) } else { options.snapshot_every };
+        let rare = options.snapshot_gap > 0 && self.last_gap > options.snapshot_gap;
         options.snapshot_every > 0
-            && ((commits >= options.snapshot_every && spread > options.snapshot_spread) || commits >= dense)
+            && commits > 0
+            && (rare || (commits >= options.snapshot_every && spread > options.snapshot_spread) || commits >= dense)
     }
 
     fn remembered(&self, command: CommandTag) -> Option<u64> {
@@ -796,6 +811,7 @@ impl<A: Aggregate> Repository<A> {
             unsnapshotted_from: snap.sequence,
             state_weight: None,
             commits_since_weighed: 0,
+            last_gap: 0,
         })
     }
 

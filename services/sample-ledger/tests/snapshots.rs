@@ -158,6 +158,43 @@ async fn snapshots_are_written_by_how_far_apart_the_commits_lie() {
     assert_eq!(requests.take().await, 2, "one request per cold load");
 }
 
+/// An aggregate written rarely — each commit far from the one before it in
+/// the stream — is snapshotted at every such commit, so its cold load is the
+/// last commit and the snapshot read together: one request to the stream,
+/// never a second for the commits after an older snapshot. Close commits keep
+/// the count rules.
+#[tokio::test]
+async fn a_rarely_written_aggregate_is_snapshotted_at_each_far_commit() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let policy = RepositoryOptions { snapshot_gap: 50, ..cost_policy() };
+    let r = repository(&k, BUCKET, policy.clone()).await;
+    let filler = |n: usize| {
+        let js = k.js.clone();
+        async move {
+            for f in 0..n {
+                js.publish(format!("sample.filler.f{f}"), "x".into()).await.expect("publish").await.expect("ack");
+            }
+        }
+    };
+    // Two commits side by side: the count rules, and too few for them.
+    r.execute("rare", &LedgerCommand::Open { owner: "Sun".into() }, &meta()).await.expect("open");
+    r.execute("rare", &LedgerCommand::Deposit { amount: 1 }, &meta()).await.expect("deposit");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(snapshot_of(&k, BUCKET, "rare").await.map(|s| s.sequence), None, "close commits: no snapshot");
+    // Each commit 60 messages after the one before: snapshotted at once.
+    for amount in 2..=3 {
+        filler(60).await;
+        let head = r.execute("rare", &LedgerCommand::Deposit { amount }, &meta()).await.expect("deposit").sequence;
+        wait_for_snapshot_at(&k, "rare", head).await;
+    }
+    let requests = Requests::watch(&nats).await;
+    let cold = repository(&k, BUCKET, policy).await;
+    assert_eq!(cold.load_cold("rare").await.expect("cold load").state.balance, 6);
+    assert_eq!(requests.take().await, 1, "the last commit only: the snapshot is at it");
+}
+
 /// Every 4 commits spread over more than 200 messages, else every 32.
 fn cost_policy() -> RepositoryOptions {
     RepositoryOptions {

@@ -8,10 +8,12 @@
 //!
 //! **Contiguity.** The source stream is unfiltered and nothing is ever deleted
 //! from it, so the commits after position `p` are exactly `p+1, p+2, …`. A
-//! delivered sequence that is not the next one (async-nats recreates an ordered
-//! consumer from the stream's start after a server restart; another runner moved
-//! the position on) makes the runner resubscribe from the stored position: the
-//! position never goes backwards and no commit is skipped.
+//! delivered sequence that is not the next one (a consumer that restarted from
+//! the stream's start, as async-nats' ordered consumer did after a server
+//! restart; another runner moved the position on) makes the runner resubscribe
+//! from the stored position: the position never goes backwards and no commit is
+//! skipped. The feed is an ephemeral pull consumer asking for thousands of
+//! messages per pull, read and decoded a few batches ahead of the writes.
 //!
 //! **Failures.** If a batch fails on a commit that is poison
 //! ([`ApplyError::is_poison`]), its commits are applied one at a time and the
@@ -27,7 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig, stream};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -35,7 +38,9 @@ use tokio_stream::StreamExt as _;
 use tracing::{Instrument as _, error, info, info_span, warn};
 
 use super::parked::{self, DeadLetter, ReplayReport};
-use super::store::{ReadStore, ensure_checkpoint, lock_position, record_schema, set_position, stored_schema};
+use super::store::{
+    ReadStore, batch_context, ensure_checkpoint, lock_position, record_schema, set_position, stored_schema,
+};
 use super::{ApplyError, Projection, Schema, Tables, UnknownEvents, is_poison_db_error};
 use crate::aggregate::DecodeError;
 use crate::envelope::RecordedCommit;
@@ -449,9 +454,18 @@ impl Drop for StallReport {
     }
 }
 
-/// How long one pull of the ordered consumer waits; heartbeats come every half
-/// of it, and a consumer lost with its node is recreated after two missed.
-const ORDERED_PULL_EXPIRY: Duration = Duration::from_secs(4);
+/// How long one pull waits; heartbeats come every half of it, and a consumer
+/// lost with its node ends the run after one is missed.
+const PULL_EXPIRY: Duration = Duration::from_secs(4);
+
+/// Messages asked for per pull (the next pull goes out at half of it), and the
+/// bytes: large enough that catch-up is not bound by round trips to the
+/// server, small enough to stay far below the client's slow-consumer limits.
+const FETCH_BATCH: usize = 4096;
+const FETCH_BYTES: usize = 8 << 20;
+
+/// How long the server keeps a consumer nobody pulls from.
+const CONSUMER_INACTIVE: Duration = Duration::from_secs(30);
 
 /// Resubscribing this many times in a row at one position, without applying
 /// anything, means the stream lacks the next commit: stall and say so.
@@ -542,8 +556,8 @@ pub(super) struct Feed {
 impl Feed {
     /// Read `messages` ahead in batches of up to `size` (or what came within
     /// `wait`), parsing each for a projection with the `unknown` policy.
-    fn read_ahead(
-        messages: jetstream::consumer::pull::Ordered,
+    fn read_ahead<E: std::fmt::Display + Send + 'static>(
+        messages: impl futures::Stream<Item = Result<jetstream::Message, E>> + Send + 'static,
         next: u64,
         size: usize,
         wait: Duration,
@@ -831,7 +845,13 @@ impl<P: Projection> Inner<P> {
         }
     }
 
-    /// The commits after `position`, from an ordered consumer.
+    /// The commits after `position`, from a consumer of our own: an ephemeral
+    /// pull consumer (in memory, no acks) asked for `FETCH_BATCH` messages at a
+    /// time. Recovery is the feed's, not the client's: contiguity is checked
+    /// here, and an error (a missed heartbeat when the consumer's node died,
+    /// the consumer deleted) ends the run, which resubscribes from the stored
+    /// position. async-nats' ordered consumer pulls 500 at a time whatever it
+    /// is asked, which bounded catch-up at its round trips.
     pub(super) async fn subscribe(&self, position: u64) -> Result<Feed, RunnerError> {
         let stream = self.js.get_stream(&self.config.stream).await.map_err(nats)?;
         let deliver_policy = if position == 0 {
@@ -839,13 +859,29 @@ impl<P: Projection> Inner<P> {
         } else {
             DeliverPolicy::ByStartSequence { start_sequence: position + 1 }
         };
-        // A short pull expiry makes the server send idle heartbeats every
-        // expiry/2; two missed ones make async-nats recreate the ordered
-        // consumer. With the default (30 s expiry, 15 s heartbeats) a projection
-        // whose consumer lived on a killed node stood still for 30 s.
-        let config = OrderedConfig { deliver_policy, max_expires: ORDERED_PULL_EXPIRY, ..Default::default() };
+        let config = pull::Config {
+            deliver_policy,
+            ack_policy: AckPolicy::None,
+            memory_storage: true,
+            // Removed by the server once no pull came for this long (the feed
+            // was dropped, or its client is gone).
+            inactive_threshold: CONSUMER_INACTIVE,
+            ..Default::default()
+        };
         let consumer = stream.create_consumer(config).await.map_err(nats)?;
-        let messages = consumer.messages().await.map_err(nats)?;
+        // A short pull expiry makes the server send idle heartbeats every
+        // expiry/2; a missed one ends the run. With the defaults (30 s expiry,
+        // 15 s heartbeats) a projection whose consumer lived on a killed node
+        // stood still for 30 s.
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(FETCH_BATCH)
+            .max_bytes_per_batch(FETCH_BYTES)
+            .expires(PULL_EXPIRY)
+            .heartbeat(PULL_EXPIRY / 2)
+            .messages()
+            .await
+            .map_err(nats)?;
         Ok(Feed::read_ahead(
             messages,
             position + 1,
@@ -919,8 +955,13 @@ impl<P: Projection> Inner<P> {
             let mut tx = self.store.pool().begin().await?;
             // Another runner of this projection may have applied some already.
             let applied = lock_position(&mut tx, checkpoint).await?;
-            if tables.is_live() {
-                self.check_live_schema(&mut tx, checkpoint).await?;
+            // Refuse to write into live tables a newer replica rebuilt under
+            // this one (see check_live_schema), and learn which aggregates
+            // wait behind a parked commit: one round trip for both.
+            let schema_of = (tables.is_live() && checkpoint == self.name).then_some(checkpoint);
+            let (stored, blocked) = batch_context(&mut tx, schema_of, checkpoint).await?;
+            if let Some(stored) = stored {
+                self.schema_writable(&stored)?;
             }
             if applied >= last {
                 tx.commit().await?;
@@ -929,7 +970,6 @@ impl<P: Projection> Inner<P> {
             if applied + 1 < first {
                 return Err(RunnerError::CheckpointBehind { stored: applied, delivered: first });
             }
-            let blocked = parked::blocked_subjects(&mut tx, checkpoint).await?;
             let Some(letters) = self.apply_in(&mut tx, tables, checkpoint, &blocked, commits, applied).await? else {
                 return Ok(None);
             };

@@ -129,6 +129,11 @@ impl ReadStore {
         let pool = AnyPoolOptions::new()
             .max_connections(backend.max_connections())
             .acquire_timeout(Duration::from_secs(10))
+            // No ping before each use (a round trip per transaction): a
+            // connection is pinged when it goes back to the pool and closed if
+            // broken, and one that broke while idle fails its first statement,
+            // which the runner retries as an outage.
+            .test_before_acquire(false)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     for statement in setup {
@@ -252,20 +257,18 @@ impl ReadStore {
 /// A missing row is an error (it would lock nothing): every checkpoint is made
 /// by [`ensure_checkpoint`] before it is used.
 pub async fn lock_position(conn: &mut AnyConnection, projection: &str) -> Result<u64, sqlx::Error> {
-    let locked =
-        sqlx::query(AssertSqlSafe(format!("UPDATE {CHECKPOINTS} SET position = position WHERE projection = $1")))
-            .bind(projection)
-            .execute(&mut *conn)
-            .await?;
-    if locked.rows_affected() == 0 {
-        return Err(sqlx::Error::Configuration(format!("no checkpoint row for projection {projection:?}").into()));
+    // One statement both takes the row's lock (a write, so SQLite takes its
+    // write lock too) and reads the position under it.
+    let row: Option<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
+        "UPDATE {CHECKPOINTS} SET position = position WHERE projection = $1 RETURNING position"
+    )))
+    .bind(projection)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some((position,)) => Ok(position as u64),
+        None => Err(sqlx::Error::Configuration(format!("no checkpoint row for projection {projection:?}").into())),
     }
-    let row: Option<(i64,)> =
-        sqlx::query_as(AssertSqlSafe(format!("SELECT position FROM {CHECKPOINTS} WHERE projection = $1")))
-            .bind(projection)
-            .fetch_optional(&mut *conn)
-            .await?;
-    Ok(row.map_or(0, |(p,)| p as u64))
 }
 
 /// Make sure `projection` has a checkpoint row (position 0 if new), so that
@@ -316,6 +319,35 @@ pub async fn stored_schema(conn: &mut AnyConnection, projection: &str) -> Result
             .fetch_optional(&mut *conn)
             .await?;
     Ok(row.map(|(version, hash)| super::Schema { version: version as u32, hash }))
+}
+
+/// What a batch needs to know under the checkpoint's lock, in one round trip:
+/// the schema the live tables were built with (when `schema_of` names a
+/// projection; `None` if unrecorded) and the subjects with a parked commit
+/// under `checkpoint`, with their earliest one.
+pub(super) async fn batch_context(
+    conn: &mut AnyConnection,
+    schema_of: Option<&str>,
+    checkpoint: &str,
+) -> Result<(Option<super::Schema>, std::collections::HashMap<String, u64>), sqlx::Error> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT 's', hash, version FROM {SCHEMAS} WHERE projection = $1 \
+         UNION ALL SELECT 'b', subject, MIN(sequence) FROM {PARKED} WHERE checkpoint = $2 GROUP BY subject"
+    )))
+    .bind(schema_of.unwrap_or_default())
+    .bind(checkpoint)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut schema = None;
+    let mut blocked = std::collections::HashMap::new();
+    for (kind, name, n) in rows {
+        if kind == "s" {
+            schema = Some(super::Schema { version: n as u32, hash: name });
+        } else {
+            blocked.insert(name, n as u64);
+        }
+    }
+    Ok((schema, blocked))
 }
 
 /// Record the schema of `projection`'s live tables: `only_if_absent` on first
