@@ -30,9 +30,9 @@ impl Projection for Accounts {
     }
 
     /// On PostgreSQL, a batch folded in memory, one row per account, written with one
-    /// existence check and one `UNNEST` upsert (chunks of [`ROWS_PER_STATEMENT`]):
-    /// the rows a commit-by-commit apply would leave, in a round trip or two
-    /// per batch instead of one per commit. An account opened twice, or moved
+    /// `UNNEST` insert of the accounts it opened and one `UPDATE … FROM UNNEST` of
+    /// the rest (chunks of [`ROWS_PER_STATEMENT`]): the rows a commit-by-commit
+    /// apply would leave, in a round trip or two per batch instead of one per commit. An account opened twice, or moved
     /// before it was opened, refuses the batch (the runner then finds the
     /// commit one at a time).
     async fn apply_batch(
