@@ -22,7 +22,9 @@
 //! `Nats-Expected-Last-Subject-Sequence`. A snapshot is written when the
 //! commits since the last one would make a cold load dear: 8 of them spread
 //! over more than 16,384 stream messages, or 128 however close (see
-//! [`RepositoryOptions::snapshot_every`]) — after a command or after a load, so
+//! [`RepositoryOptions::snapshot_every`]), or, for an aggregate written rarely,
+//! the second commit past the snapshot ([`RepositoryOptions::snapshot_gap`]) —
+//! after a command or after a load, so
 //! a stale, missing or older-version snapshot costs one long load, not every
 //! load. A snapshot that is not on the subject's chain is ignored.
 
@@ -64,12 +66,15 @@ pub struct RepositoryOptions {
     /// hot aggregate's commits lie side by side and read cheaply; this bounds
     /// the fold and the batch).
     pub snapshot_every_dense: u32,
-    /// A commit that lands more than this many stream messages after its
-    /// aggregate's previous one is snapshotted at once (0 = never by this
-    /// rule). Such an aggregate is written rarely, so the extra KV put costs
-    /// little, and its next cold load is one round trip — the last commit and
-    /// a snapshot at it, read together — instead of a second one for the
-    /// commits after an older snapshot. Hot aggregates keep the rules above.
+    /// An aggregate written rarely — its last commit landed more than this
+    /// many stream messages after the one before (0 = no such rule) — is
+    /// snapshotted once two commits lie past its snapshot, so that its next
+    /// cold load is one round trip: the last commit and a snapshot at it or at
+    /// the commit it points back to, read together, instead of a second trip
+    /// for the commits after an older snapshot. One commit past a snapshot
+    /// costs a cold load nothing (the head's back-pointer meets it), so this
+    /// is at most one KV put for every two such commits. Hot aggregates keep
+    /// the rules above.
     pub snapshot_gap: u64,
     /// Recent command ids remembered per aggregate (the first idempotency
     /// layer, free of round trips).
@@ -195,7 +200,9 @@ impl<A: Aggregate> Loaded<A> {
         let spread = self.sequence.saturating_sub(self.unsnapshotted_from);
         let dense =
             if batched { options.snapshot_every_dense.max(options.snapshot_every) } else { options.snapshot_every };
-        let rare = options.snapshot_gap > 0 && self.last_gap > options.snapshot_gap;
+        // The head and a snapshot at the commit it points back to load in one
+        // round trip: only the second far commit past a snapshot needs one.
+        let rare = options.snapshot_gap > 0 && self.last_gap > options.snapshot_gap && commits >= 2;
         options.snapshot_every > 0
             && commits > 0
             && (rare || (commits >= options.snapshot_every && spread > options.snapshot_spread) || commits >= dense)
@@ -238,7 +245,15 @@ struct Shared<A: Aggregate> {
     batched: bool,
     /// The largest message the server takes: a bigger snapshot is not tried.
     max_payload: usize,
+    /// Snapshot writes in flight (see [`SNAPSHOT_PUTS_IN_FLIGHT`]).
+    snapshot_puts: Arc<tokio::sync::Semaphore>,
 }
+
+/// Snapshot writes allowed in flight at once. They are off the command's path
+/// and best effort: when NATS is slow they would pile up as tasks, so one that
+/// finds no room is skipped (counted as `reason="busy"`) and the aggregate is
+/// snapshotted at a later commit instead.
+const SNAPSHOT_PUTS_IN_FLIGHT: usize = 256;
 
 impl<A: Aggregate> Clone for Repository<A> {
     fn clone(&self) -> Self {
@@ -272,6 +287,7 @@ impl<A: Aggregate> Repository<A> {
         let shared = Shared {
             batched: crate::direct::server_supports_batches(&info.version),
             max_payload: info.max_payload,
+            snapshot_puts: Arc::new(tokio::sync::Semaphore::new(SNAPSHOT_PUTS_IN_FLIGHT)),
             client,
             stream_name: stream_name.to_string(),
             js,
@@ -301,6 +317,7 @@ impl<A: Aggregate> Repository<A> {
             stream_name: s.stream_name.clone(),
             batched: s.batched,
             max_payload: s.max_payload,
+            snapshot_puts: Arc::clone(&s.snapshot_puts),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -832,6 +849,12 @@ impl<A: Aggregate> Repository<A> {
             loaded.commits_since_snapshot = 0;
             return;
         }
+        let Ok(permit) = Arc::clone(&self.shared.snapshot_puts).try_acquire_owned() else {
+            // Still due: the next commit or load tries again.
+            metrics::counter!("eventstore_snapshots_skipped_total", "aggregate" => A::TYPE, "reason" => "busy")
+                .increment(1);
+            return;
+        };
         loaded.commits_since_snapshot = 0;
         loaded.unsnapshotted_from = loaded.sequence;
         let snap = pb::Snapshot {
@@ -857,6 +880,7 @@ impl<A: Aggregate> Repository<A> {
             if let Err(e) = store.put(key, snap.encode_to_vec().into()).await {
                 warn!(error = %e, "snapshot write failed");
             }
+            drop(permit);
         });
     }
 }

@@ -129,6 +129,29 @@ async fn a_missing_table_stalls_the_projection_and_parks_nothing_until_it_is_bac
     handle.stop().await;
 }
 
+/// Make the PostgreSQL database at `url` read-only (or writable again) and end
+/// its sessions, as a failover to a standby would.
+async fn set_read_only(url: &str, on: bool) {
+    use sqlx::Connection as _;
+    let mut admin = sqlx::PgConnection::connect(url).await.expect("admin");
+    let name: (String,) = sqlx::query_as("SELECT current_database()").fetch_one(&mut admin).await.expect("name");
+    let value = if on { "on" } else { "off" };
+    // This session itself starts read-only once the database is.
+    sqlx::query("SET default_transaction_read_only = off").execute(&mut admin).await.expect("session");
+    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {} SET default_transaction_read_only = {value}", name.0)))
+        .execute(&mut admin)
+        .await
+        .expect("alter");
+    // Existing sessions keep their setting: end them, as a failover would.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&name.0)
+    .execute(&mut admin)
+    .await
+    .expect("terminate");
+}
+
 /// A failover leaves the database read-only (SQLSTATE 25006) for a while.
 #[tokio::test]
 async fn a_read_only_postgres_stalls_the_projection_and_parks_nothing() {
@@ -142,30 +165,7 @@ async fn a_read_only_postgres_stalls_the_projection_and_parks_nothing() {
     let before = write_history(&k, "acct", 2, 2).await;
     handle.wait_for(before, WAIT).await.expect("caught up");
 
-    let set_read_only = async |on: bool| {
-        use sqlx::Connection as _;
-        let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("admin");
-        let name: (String,) = sqlx::query_as("SELECT current_database()").fetch_one(&mut admin).await.expect("name");
-        let value = if on { "on" } else { "off" };
-        // This session itself starts read-only once the database is.
-        sqlx::query("SET default_transaction_read_only = off").execute(&mut admin).await.expect("session");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "ALTER DATABASE {} SET default_transaction_read_only = {value}",
-            name.0
-        )))
-        .execute(&mut admin)
-        .await
-        .expect("alter");
-        // Existing sessions keep their setting: end them, as a failover would.
-        sqlx::query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-        )
-        .bind(&name.0)
-        .execute(&mut admin)
-        .await
-        .expect("terminate");
-    };
-    set_read_only(true).await;
+    set_read_only(&db.url, true).await;
     let last = write_history(&k, "late", 2, 3).await;
     wait_until("the projection reports a stall", async || !k.store.stalled().is_empty()).await;
     let reason = k.store.stalled().into_iter().map(|(_, r)| r).collect::<Vec<_>>().join(" ");
@@ -173,7 +173,7 @@ async fn a_read_only_postgres_stalls_the_projection_and_parks_nothing() {
     assert_eq!(k.store.position("sample_accounts").await.expect("position"), before);
     assert_eq!(dead_letters(&k).await, 0, "read-only is not poison ({reason})");
 
-    set_read_only(false).await;
+    set_read_only(&db.url, false).await;
     handle.wait_for(last, WAIT).await.expect("resumes after the failover");
     let ids: Vec<String> = (0..2).map(|a| format!("acct-{a}")).chain((0..2).map(|a| format!("late-{a}"))).collect();
     assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await);
@@ -767,6 +767,130 @@ async fn rebuild_ahead_of_live(db: TestDb) {
     handle.wait_for(last, WAIT).await.expect("caught up");
     assert!(handle.parked().await.expect("parked").is_empty(), "nothing applied twice, nothing parked");
     let ids: Vec<String> = (0..6).map(|a| format!("acct-{a}")).collect();
+    assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await);
+    handle.stop().await;
+    db.cleanup().await;
+}
+
+/// The accounts projection, slow on a rebuild's shadow tables only: a rebuild
+/// takes long enough to be interrupted.
+#[derive(Clone)]
+struct SlowShadow;
+
+impl gridwork_eventstore::projection::Projection for SlowShadow {
+    fn name(&self) -> &str {
+        Accounts.name()
+    }
+    fn tables(&self) -> &'static [TableDef] {
+        Accounts.tables()
+    }
+    async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
+        if !tables.is_live() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Accounts.apply(tx, tables, commit).await
+    }
+}
+
+/// A rebuild under way when its environment fails — `fault` starts at once and
+/// must end on its own — carries on from where it was and swaps in the right
+/// rows; before, the failure threw the shadow set away.
+async fn rebuild_rides_out(k: &Kernel, fault: impl AsyncFnOnce()) {
+    let ids: Vec<String> = (0..6).map(|a| format!("acct-{a}")).collect();
+    let last = write_history(k, "acct", 6, 40).await;
+    // Small pulls: the rebuild's feed goes back to the server all along, not
+    // only at its start (by default one pull holds this whole history).
+    let config = RunnerConfig { fetch_batch: 16, ..quick() };
+    let handle =
+        Arc::new(ProjectionRunner::start(k.js.clone(), k.store.clone(), SlowShadow, config).await.expect("start"));
+    handle.wait_for(last, WAIT).await.expect("caught up");
+    let rebuild = {
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.rebuild().await })
+    };
+    // 246 commits at 10 ms each: the replay is a fifth of the way in.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!rebuild.is_finished(), "the rebuild is still replaying when the fault comes");
+    fault().await;
+    let later = deposit_raw(k, "acct-0", 7).await;
+    let swapped_at = rebuild.await.expect("task").expect("the rebuild rides the fault out");
+    assert!(swapped_at >= last, "swapped at {swapped_at}");
+    handle.wait_for(later, WAIT).await.expect("caught up");
+    assert!(handle.parked().await.expect("parked").is_empty(), "nothing parked");
+    assert_eq!(dead_letters(k).await, 0);
+    assert_eq!(rows(&k.store).await, expected_rows(k, &ids).await);
+    Arc::into_inner(handle).expect("one handle").stop().await;
+}
+
+#[tokio::test]
+async fn a_rebuild_rides_out_a_nats_restart_without_starting_over() {
+    let mut nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    rebuild_rides_out(&k, async || nats.restart().await.expect("restart")).await;
+}
+
+/// The database turns read-only under the replay (a failover) and back.
+#[tokio::test]
+async fn a_rebuild_rides_out_a_read_only_postgres_without_starting_over() {
+    let name = "a_rebuild_rides_out_a_read_only_postgres_without_starting_over";
+    let Some(db) = TestDb::postgres(name).await.expect("pg") else { return };
+    let nats = NatsServer::start().await.expect("nats");
+    let k = kernel(&nats, &db).await;
+    let failover = async || {
+        set_read_only(&db.url, true).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        set_read_only(&db.url, false).await;
+    };
+    rebuild_rides_out(&k, failover).await;
+    db.cleanup().await;
+}
+
+/// A database restart or failover ends the pool's idle connections. The first
+/// batch after a quiet spell must get a live connection, not fail on a dead
+/// one and report an outage that is already over (NOT_SERVING for a backoff).
+#[tokio::test]
+async fn connections_that_died_while_idle_are_replaced_without_reporting_a_stall() {
+    let name = "connections_that_died_while_idle_are_replaced_without_reporting_a_stall";
+    let Some(db) = TestDb::postgres(name).await.expect("pg") else { return };
+    let nats = NatsServer::start().await.expect("nats");
+    let k = kernel(&nats, &db).await;
+    // A stall, if one is reported, lasts a second: long enough to be seen.
+    let config =
+        RunnerConfig { retry_backoff: Duration::from_secs(1), max_stall_backoff: Duration::from_secs(1), ..quick() };
+    let handle = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, config).await.expect("start");
+    let before = write_history(&k, "acct", 2, 2).await;
+    handle.wait_for(before, WAIT).await.expect("caught up");
+    {
+        use sqlx::Connection as _;
+        let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("admin");
+        let ended: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut admin)
+        .await
+        .expect("terminate");
+        assert!(!ended.is_empty(), "the pool had connections to end");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stalled = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (store, stalled) = (k.store.clone(), stalled.clone());
+        tokio::spawn(async move {
+            loop {
+                if !store.stalled().is_empty() {
+                    stalled.store(true, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let last = write_history(&k, "late", 2, 3).await;
+    handle.wait_for(last, WAIT).await.expect("applied");
+    watcher.abort();
+    assert!(!stalled.load(Ordering::SeqCst), "a dead idle connection was reported as an outage");
+    let ids: Vec<String> = (0..2).map(|a| format!("acct-{a}")).chain((0..2).map(|a| format!("late-{a}"))).collect();
     assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await);
     handle.stop().await;
     db.cleanup().await;

@@ -17,6 +17,10 @@
 //!    the shadow set, and moves parked rows over. The position becomes the larger
 //!    of the two (the shadow set may have run ahead of a lagging live runner).
 //!    Nothing a live runner applied is lost, and nothing is applied twice.
+//! 5. **Faults are ridden out.** NATS or the database failing under the replay
+//!    or the swap is retried from the shadow position reached (the swap rolls
+//!    back and is tried again), never a reason to drop the shadow set and start
+//!    over from zero.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,22 +77,42 @@ impl<P: Projection> Inner<P> {
         info!(projection = %self.name, tag = claim.tag.as_str(), target, "rebuilding into shadow tables");
         let owner = Some(claim.owner.as_str());
         let mut shadow = self.catch_up(tables, &claim.checkpoint, 0, target, owner).await?;
-        for attempt in 1..=SWAP_ATTEMPTS {
+        let (mut attempts, mut outages) = (0, 0u32);
+        loop {
             // Close most of the distance without holding the live lock.
-            let live = self.store.position(&self.name).await?;
-            shadow = self.catch_up(tables, &claim.checkpoint, shadow, live, owner).await?;
-            match self.swap(claim, shadow).await? {
-                Some(position) => {
+            let swapped = async {
+                let live = self.store.position(&self.name).await?;
+                shadow = self.catch_up(tables, &claim.checkpoint, shadow, live, owner).await?;
+                self.swap(claim, shadow).await
+            };
+            match swapped.await {
+                Ok(Some(position)) => {
                     info!(projection = %self.name, position, "rebuilt tables swapped in");
                     return Ok(position);
                 }
-                None => {
-                    warn!(projection = %self.name, attempt, "swap met a poison commit; parking it outside the lock first")
+                Ok(None) => {
+                    attempts += 1;
+                    if attempts >= SWAP_ATTEMPTS {
+                        return Err(RunnerError::Environment(format!(
+                            "rebuild could not swap in after {SWAP_ATTEMPTS} attempts"
+                        )));
+                    }
+                    warn!(projection = %self.name, attempts, "swap met a poison commit; parking it outside the lock first");
                 }
+                // NATS or the database failing under the swap: the swap rolled
+                // back, the shadow set stands; try again once they are back.
+                Err(e) if e.environmental() => {
+                    outages += 1;
+                    warn!(projection = %self.name, outages, error = %e, "swap interrupted; trying again");
+                    let pause = self.config.retry_backoff.saturating_mul(1 << outages.min(10));
+                    tokio::time::sleep(pause.min(self.config.max_stall_backoff)).await;
+                    if let Err(RunnerError::RebuildLost) = self.heartbeat(&claim.owner).await {
+                        return Err(RunnerError::RebuildLost);
+                    }
+                }
+                Err(e) => return Err(e),
             }
-            shadow = self.store.position(&claim.checkpoint).await?;
         }
-        Err(RunnerError::Environment(format!("rebuild could not swap in after {SWAP_ATTEMPTS} attempts")))
     }
 
     /// The swap transaction; `None` if a commit it had to apply needs parking

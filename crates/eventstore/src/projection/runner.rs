@@ -74,6 +74,9 @@ pub struct RunnerConfig {
     /// head and resubscribes if commits are waiting: a consumer lost with a
     /// cluster node must not leave the read model standing still.
     pub idle_check: Duration,
+    /// Messages asked of the server per pull (the next pull goes out once half
+    /// arrived): what the client buffers ahead of the read-ahead batches.
+    pub fetch_batch: usize,
 }
 
 impl RunnerConfig {
@@ -90,6 +93,7 @@ impl RunnerConfig {
             poison_burst_window: Duration::from_secs(60),
             dead_letter_stream: "DLQ".into(),
             idle_check: Duration::from_secs(3),
+            fetch_batch: FETCH_BATCH,
         }
     }
 }
@@ -162,6 +166,15 @@ impl RunnerError {
             ApplyError::Decode(d) if d.newer => RunnerError::NewerData(d.to_string()),
             other => RunnerError::Environment(other.to_string()),
         }
+    }
+
+    /// Whether the failure is the environment's (NATS or the database out of
+    /// reach, failing, or refusing for now), to be ridden out by retrying.
+    pub(super) fn environmental(&self) -> bool {
+        matches!(
+            self,
+            RunnerError::Nats(_) | RunnerError::Db(_) | RunnerError::Environment(_) | RunnerError::PoisonBurst { .. }
+        )
     }
 
     /// Whether the failure stalls the projection (as opposed to a NATS hiccup).
@@ -455,21 +468,30 @@ impl Drop for StallReport {
 }
 
 /// How long one pull waits; heartbeats come every half of it, and a consumer
-/// lost with its node ends the run after one is missed.
+/// lost with its node ends the run once two intervals passed without one.
 const PULL_EXPIRY: Duration = Duration::from_secs(4);
 
-/// Messages asked for per pull (the next pull goes out at half of it), and the
-/// bytes: large enough that catch-up is not bound by round trips to the
+/// Messages asked for per pull by default ([`RunnerConfig::fetch_batch`]; the
+/// next pull goes out at half of it), and the bytes: large enough that catch-up is not bound by round trips to the
 /// server, small enough to stay far below the client's slow-consumer limits.
+/// The bytes are raised to twice the server's largest message where that is
+/// more: a message larger than a pull's byte limit is never delivered.
 const FETCH_BATCH: usize = 4096;
 const FETCH_BYTES: usize = 8 << 20;
 
-/// How long the server keeps a consumer nobody pulls from.
-const CONSUMER_INACTIVE: Duration = Duration::from_secs(30);
+/// How long the server keeps a consumer nobody pulls from: a feed deletes its
+/// consumer when dropped; this removes the consumers of a runner that died.
+/// Long enough that a batch held up in the database (a lock wait, a slow
+/// rebuild batch) does not lose the consumer under it.
+const CONSUMER_INACTIVE: Duration = Duration::from_secs(300);
 
 /// Resubscribing this many times in a row at one position, without applying
 /// anything, means the stream lacks the next commit: stall and say so.
 const RESUBSCRIBES_BEFORE_STALL: u32 = 3;
+
+/// How often a range read under the live lock (a rebuild's swap) opens its
+/// feed again before the swap gives up and is tried again outside the lock.
+const RANGE_RETRIES: u32 = 3;
 
 async fn run<P: Projection>(
     inner: Arc<Inner<P>>,
@@ -551,6 +573,20 @@ pub(super) struct Feed {
     next: u64,
     /// The task reading ahead; it ends with the feed.
     _reader: AbortOnDrop<()>,
+    /// The consumer read, deleted with the feed (best effort: the server
+    /// removes it after [`CONSUMER_INACTIVE`] otherwise).
+    consumer: Option<(jetstream::stream::Stream, String)>,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        let Some((stream, name)) = self.consumer.take() else { return };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), stream.delete_consumer(&name)).await;
+            });
+        }
+    }
 }
 
 impl Feed {
@@ -576,7 +612,7 @@ impl Feed {
                 }
             }
         });
-        Self { batches, next, _reader: AbortOnDrop(reader) }
+        Self { batches, next, _reader: AbortOnDrop(reader), consumer: None }
     }
 
     /// The next run, up to `until` (inclusive). Cancel-safe: it awaits once,
@@ -846,7 +882,7 @@ impl<P: Projection> Inner<P> {
     }
 
     /// The commits after `position`, from a consumer of our own: an ephemeral
-    /// pull consumer (in memory, no acks) asked for `FETCH_BATCH` messages at a
+    /// pull consumer (in memory, no acks) asked for `fetch_batch` messages at a
     /// time. Recovery is the feed's, not the client's: contiguity is checked
     /// here, and an error (a missed heartbeat when the consumer's node died,
     /// the consumer deleted) ends the run, which resubscribes from the stored
@@ -869,47 +905,73 @@ impl<P: Projection> Inner<P> {
             ..Default::default()
         };
         let consumer = stream.create_consumer(config).await.map_err(nats)?;
+        let name = consumer.cached_info().name.clone();
+        let fetch_bytes = FETCH_BYTES.max(2 * self.js.client().server_info().max_payload);
         // A short pull expiry makes the server send idle heartbeats every
         // expiry/2; a missed one ends the run. With the defaults (30 s expiry,
         // 15 s heartbeats) a projection whose consumer lived on a killed node
         // stood still for 30 s.
         let messages = consumer
             .stream()
-            .max_messages_per_batch(FETCH_BATCH)
-            .max_bytes_per_batch(FETCH_BYTES)
+            .max_messages_per_batch(self.config.fetch_batch.max(1))
+            .max_bytes_per_batch(fetch_bytes)
             .expires(PULL_EXPIRY)
             .heartbeat(PULL_EXPIRY / 2)
             .messages()
             .await
             .map_err(nats)?;
-        Ok(Feed::read_ahead(
+        let mut feed = Feed::read_ahead(
             messages,
             position + 1,
             self.config.batch_size,
             self.config.batch_wait,
             self.projection.unknown_events(),
-        ))
+        );
+        feed.consumer = Some((stream, name));
+        Ok(feed)
     }
 
-    /// The commits after `from` up to and including `until`, contiguous.
+    /// The commits after `from` up to and including `until`, contiguous. A
+    /// feed that fails (a missed heartbeat, the consumer lost with its node) is
+    /// opened again from where it broke, a few times at short intervals: the
+    /// caller holds the live lock. A gap is the stream's fault and is final.
     pub(super) async fn read_range(&self, from: u64, until: u64) -> Result<Vec<Delivered>, RunnerError> {
-        let mut out = Vec::new();
-        if from >= until {
-            return Ok(out);
-        }
-        let mut feed = self.subscribe(from).await?;
-        while (out.len() as u64) < until - from {
-            let run = feed.next(until).await?;
-            out.extend(run.commits);
-            if run.gap.is_some() {
-                return Err(RunnerError::Missing(from + 1 + out.len() as u64));
+        let mut out: Vec<Delivered> = Vec::new();
+        let mut failures: u32 = 0;
+        while from + (out.len() as u64) < until {
+            let after = from + out.len() as u64;
+            let read = async {
+                let mut feed = self.subscribe(after).await?;
+                while from + (out.len() as u64) < until {
+                    let run = feed.next(until).await?;
+                    out.extend(run.commits);
+                    if run.gap.is_some() {
+                        return Err(RunnerError::Missing(from + 1 + out.len() as u64));
+                    }
+                }
+                Ok(())
+            };
+            match read.await {
+                Ok(()) => break,
+                Err(e @ RunnerError::Nats(_)) if failures < RANGE_RETRIES => {
+                    failures += 1;
+                    warn!(projection = %self.name, after = from + out.len() as u64, error = %e, "range read interrupted; reading on");
+                    tokio::time::sleep(self.config.retry_backoff.saturating_mul(failures)).await;
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(out)
     }
 
     /// Apply commits after `from` up to `until` into `tables`, batch by batch;
-    /// a rebuild (`rebuild_owner`) heartbeats after each.
+    /// a rebuild (`rebuild_owner`) heartbeats after each. The environment
+    /// failing (NATS between leaders or restarting, the database down or
+    /// read-only) is ridden out, as the live runner rides it out: backing off
+    /// and carrying on from the position reached, without limit, so that a
+    /// rebuild is not thrown away and started again from zero. A rebuild stops
+    /// once another took over its claim; a commit missing from the stream
+    /// (seen at one position [`RESUBSCRIBES_BEFORE_STALL`] times) is final.
     pub(super) async fn catch_up(
         &self,
         tables: Tables,
@@ -919,23 +981,64 @@ impl<P: Projection> Inner<P> {
         rebuild_owner: Option<&str>,
     ) -> Result<u64, RunnerError> {
         let mut position = from;
-        if position >= until {
-            return Ok(position);
-        }
-        let mut feed = self.subscribe(position).await?;
+        let mut failures: u32 = 0;
+        let mut gaps = (position, 0u32);
         while position < until {
+            let reached = position;
+            match self.catch_up_once(tables, checkpoint, &mut position, until, rebuild_owner).await {
+                Ok(()) => {}
+                Err(RunnerError::Missing(at)) => {
+                    gaps = if gaps.0 == position { (position, gaps.1 + 1) } else { (position, 1) };
+                    if gaps.1 >= RESUBSCRIBES_BEFORE_STALL {
+                        return Err(RunnerError::Missing(at));
+                    }
+                    tokio::time::sleep(self.config.retry_backoff.saturating_mul(gaps.1)).await;
+                }
+                Err(e) if e.environmental() => {
+                    failures = if position > reached { 1 } else { failures + 1 };
+                    metrics::counter!("projection_catch_up_interruptions_total", "projection" => self.name.clone())
+                        .increment(1);
+                    warn!(projection = %self.name, checkpoint, position, failures, error = %e,
+                          "catch-up interrupted; retrying from the position reached");
+                    let pause = self.config.retry_backoff.saturating_mul(1 << failures.min(10));
+                    tokio::time::sleep(pause.min(self.config.max_stall_backoff)).await;
+                    // Still ours? (A database still down answers later.)
+                    if let Some(owner) = rebuild_owner
+                        && let Err(RunnerError::RebuildLost) = self.heartbeat(owner).await
+                    {
+                        return Err(RunnerError::RebuildLost);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(position)
+    }
+
+    /// One feed's worth of [`Inner::catch_up`]: until `until`, an error, or a
+    /// gap (reported as [`RunnerError::Missing`]).
+    async fn catch_up_once(
+        &self,
+        tables: Tables,
+        checkpoint: &str,
+        position: &mut u64,
+        until: u64,
+        rebuild_owner: Option<&str>,
+    ) -> Result<(), RunnerError> {
+        let mut feed = self.subscribe(*position).await?;
+        while *position < until {
             let run = feed.next(until).await?;
             if !run.commits.is_empty() {
-                position = self.apply_batch(tables, checkpoint, &run.commits).await?;
+                *position = self.apply_batch(tables, checkpoint, &run.commits).await?;
                 if let Some(owner) = rebuild_owner {
                     self.heartbeat(owner).await?;
                 }
             }
             if run.gap.is_some() {
-                return Err(RunnerError::Missing(position + 1));
+                return Err(RunnerError::Missing(*position + 1));
             }
         }
-        Ok(position)
+        Ok(())
     }
 
     /// Apply a contiguous run of commits under `checkpoint`'s lock; returns the

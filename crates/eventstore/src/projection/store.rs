@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Executor as _};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection as _, Executor as _};
 
 use super::{ShadowTag, TableDef, Tables};
 
@@ -97,6 +97,10 @@ pub const REBUILDS: &str = "gridwork_projection_rebuilds";
 /// Bookkeeping: the [`super::Schema`] each projection's live tables were built with.
 pub const SCHEMAS: &str = "gridwork_projection_schemas";
 
+/// A pooled connection idle at least this long is pinged before it is handed
+/// out (see [`ReadStore::connect`]).
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 const BOOKKEEPING: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS gridwork_projection_checkpoints (projection TEXT PRIMARY KEY, stream TEXT NOT NULL, \
      position BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL)",
@@ -129,11 +133,22 @@ impl ReadStore {
         let pool = AnyPoolOptions::new()
             .max_connections(backend.max_connections())
             .acquire_timeout(Duration::from_secs(10))
-            // No ping before each use (a round trip per transaction): a
-            // connection is pinged when it goes back to the pool and closed if
-            // broken, and one that broke while idle fails its first statement,
-            // which the runner retries as an outage.
+            // No ping before each use (a round trip per transaction, while
+            // catch-up reuses connections every few milliseconds): a connection
+            // is pinged when it goes back to the pool and closed if broken,
+            // and only one idle for a while (which a database restart or
+            // failover may have ended meanwhile) is pinged before it is handed
+            // out, so that the first batch after a quiet spell does not fail
+            // and report an outage that is already over.
             .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_AFTER_IDLE {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     for statement in setup {
