@@ -6,13 +6,17 @@
 //!
 //! | header | meaning |
 //! |---|---|
-//! | `ce-specversion`, `ce-id`, `ce-source`, `ce-type`, `ce-subject`, `ce-time` | CloudEvents 1.0 attributes of the commit; `ce-id` is `<subject>@<previous sequence>`, unique per commit |
+//! | `ce-specversion`, `ce-id`, `ce-source`, `ce-type`, `ce-time` | CloudEvents 1.0 attributes of the commit; `ce-id` is `<subject>@<previous sequence>`, unique per commit |
 //! | `traceparent` (and `tracestate`) | W3C trace context of the command |
-//! | `Gridwork-Command-Id` | the client's command id |
-//! | `Gridwork-Principal` | who acted |
 //! | `Gridwork-Schema-Version` | version of the commit envelope |
 //! | `Nats-Msg-Id` | `<subject>/<command id>`: server-side dedupe |
 //! | `Nats-Expected-Last-Subject-Sequence` | the sequence the decision was made on; stored with the message, it is the back-pointer the cold path walks |
+//!
+//! Nothing the body holds is repeated in a header: the command id, the
+//! principal and the aggregate are read from the body. (Commits written before
+//! 2026-11-24 also carry `ce-subject`, `Gridwork-Command-Id` and
+//! `Gridwork-Principal`; nothing reads them.) Every header costs each reader a
+//! parse and allocations per message, and the server its bytes.
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::StreamMessage;
@@ -36,8 +40,6 @@ pub mod headers {
     pub const CE_SOURCE: &str = "ce-source";
     /// CloudEvents type: the event type for a one-event commit, else [`COMMIT_TYPE`].
     pub const CE_TYPE: &str = "ce-type";
-    /// CloudEvents subject: `<aggregate>/<id>`.
-    pub const CE_SUBJECT: &str = "ce-subject";
     /// CloudEvents time (RFC 3339).
     pub const CE_TIME: &str = "ce-time";
     /// `ce-type` of a commit holding more than one event.
@@ -50,10 +52,6 @@ pub mod headers {
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace state.
     pub const TRACESTATE: &str = "tracestate";
-    /// The client's command id.
-    pub const COMMAND_ID: &str = "Gridwork-Command-Id";
-    /// The acting principal.
-    pub const PRINCIPAL: &str = "Gridwork-Principal";
     /// Envelope schema version.
     pub const SCHEMA_VERSION: &str = "Gridwork-Schema-Version";
     /// Server-side dedupe key.
@@ -180,10 +178,7 @@ pub fn encode_commit<A: Aggregate>(
         _ => headers::COMMIT_TYPE,
     };
     h.insert(name(headers::CE_TYPE), ce_type);
-    h.insert(name(headers::CE_SUBJECT), format!("{}/{}", A::TYPE, id));
     h.insert(name(headers::CE_TIME), rfc3339(meta.decided_at_unix_ms));
-    h.insert(name(headers::COMMAND_ID), meta.command_id.as_str());
-    h.insert(name(headers::PRINCIPAL), meta.principal.as_str());
     h.insert(name(headers::SCHEMA_VERSION), ENVELOPE_VERSION.to_string());
     h.insert(name(headers::MSG_ID), msg_id);
     h.insert(name(headers::EXPECTED_LAST_SUBJECT_SEQUENCE), expected_sequence.to_string());
@@ -257,7 +252,7 @@ impl RecordedCommit {
     fn check(sequence: u64, headers: &HeaderMap, payload: &[u8]) -> Result<(u32, pb::Commit, u64), DecodeError> {
         // The envelope's version before anything else: a newer envelope may not
         // decode as this one at all, and that is not damage.
-        let envelope_version = match headers.get(headers::SCHEMA_VERSION).map(|v| v.as_str().parse::<u32>()) {
+        let envelope_version = match find_header(headers, headers::SCHEMA_VERSION).map(|v| v.parse::<u32>()) {
             None => 1, // written before the header existed
             Some(Ok(v)) if v <= ENVELOPE_VERSION => v,
             Some(v) => {
@@ -294,6 +289,11 @@ impl RecordedCommit {
     /// The command id that produced this commit.
     pub fn command_id(&self) -> &str {
         &self.body.command_id
+    }
+
+    /// Who issued the command.
+    pub fn principal(&self) -> &str {
+        &self.body.principal
     }
 
     /// What the command came to (commits from before outcomes were recorded
@@ -358,10 +358,18 @@ impl RecordedCommit {
 
     /// A header's value, if present.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.as_str())
+        find_header(&self.headers, name)
     }
 }
 
+/// A header's (first) value. A scan of the few headers a commit has:
+/// `HeaderMap::get` with a `&str` builds an owned header name and hashes it
+/// with SipHash on every call, which on the read path of every projection
+/// (three lookups per commit) cost more than the rest of parsing the envelope.
+pub fn find_header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.iter().find(|(n, _)| AsRef::<str>::as_ref(*n) == name).and_then(|(_, values)| values.first()).map(|v| v.as_str())
+}
+
 fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
-    h.get(name).and_then(|v| v.as_str().parse().ok())
+    find_header(h, name).and_then(|v| v.parse().ok())
 }

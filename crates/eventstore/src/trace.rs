@@ -18,7 +18,7 @@ struct HeaderExtractor<'a>(&'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(|v| v.as_str())
+        crate::envelope::find_header(self.0, key)
     }
 
     fn keys(&self) -> Vec<&str> {

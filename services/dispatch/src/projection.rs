@@ -12,7 +12,6 @@
 
 use std::sync::Arc;
 
-use gridwork_eventstore::envelope::headers;
 use gridwork_eventstore::projection::{ApplyError, Projection, TableDef, Tables, UnknownEvents};
 use gridwork_eventstore::{CommandMeta, Reactor, RecordedCommit, Repository};
 use gridwork_proto::gridwork::dispatch::v1 as pb;
@@ -239,7 +238,7 @@ impl Projection for Cases {
         let id = commit.aggregate_id();
         let position = commit.sequence as i64;
         let at = commit.body.decided_at_unix_ms;
-        let principal = commit.header(headers::PRINCIPAL).unwrap_or("").to_string();
+        let principal = commit.principal().to_string();
         let exec = |sql: String| sqlx::query(AssertSqlSafe(sql));
         for (idx, event) in commit.decode_events::<CaseEvent>()?.into_iter().enumerate() {
             let (kind, summary) = match &event {

@@ -2,7 +2,6 @@
 //! place reports without calling the registry) and the incidents with their
 //! history (from `INTAKE`); and the linker, a reactor on `INTAKE`.
 
-use gridwork_eventstore::envelope::headers;
 use gridwork_eventstore::projection::{ApplyError, Projection, TableDef, Tables, UnknownEvents};
 use gridwork_eventstore::{Reactor, RecordedCommit};
 use gridwork_proto::gridwork::grid::v1 as grid_pb;
@@ -183,7 +182,7 @@ impl Projection for Incidents {
         let id = commit.aggregate_id();
         let position = commit.sequence as i64;
         let at = commit.body.decided_at_unix_ms;
-        let principal = commit.header(headers::PRINCIPAL).unwrap_or("").to_string();
+        let principal = commit.principal().to_string();
         for (idx, event) in commit.decode_events::<IncidentEvent>()?.into_iter().enumerate() {
             let (event_type, summary) = match &event {
                 IncidentEvent::Reported(r) => {

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::message::StreamMessage;
 use common::*;
-use gridwork_eventstore::envelope::headers;
 use gridwork_eventstore::projection::{ProjectionRunner, ReadStore, RunnerConfig};
 use gridwork_eventstore::{CommandMeta, ExecuteError, RecordedCommit, Repository, RepositoryOptions, StoreError};
 use gridwork_proto::gridwork::eventstore::v1::Outcome;
@@ -245,7 +244,7 @@ async fn two_writers_with_the_same_expected_sequence_across_a_leader_change_cann
     let withdrawals = history(&k.js)
         .await
         .iter()
-        .filter(|c| c.outcome() == Outcome::Applied && c.header(headers::COMMAND_ID).is_some())
+        .filter(|c| c.outcome() == Outcome::Applied && !c.command_id().is_empty())
         .filter(|c| [&ma.command_id, &mb.command_id].contains(&&c.command_id().to_string()))
         .count();
     assert_eq!(withdrawals, 1, "one withdrawal in the stream");

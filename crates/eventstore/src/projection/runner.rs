@@ -50,7 +50,8 @@ use crate::envelope::RecordedCommit;
 pub struct RunnerConfig {
     /// The stream to consume, e.g. `"GRID"`.
     pub stream: String,
-    /// Most commits applied per transaction.
+    /// Most commits applied per transaction (a runner that is behind fills
+    /// its batches; a batched projection writes each row once per batch).
     pub batch_size: usize,
     /// How long to wait for a batch to fill once its first commit arrived.
     pub batch_wait: Duration,
@@ -84,7 +85,7 @@ impl RunnerConfig {
     pub fn new(stream: impl Into<String>) -> Self {
         Self {
             stream: stream.into(),
-            batch_size: 500,
+            batch_size: 2000,
             batch_wait: Duration::from_millis(10),
             max_attempts: 5,
             retry_backoff: Duration::from_millis(50),
@@ -479,11 +480,15 @@ const PULL_EXPIRY: Duration = Duration::from_secs(4);
 const FETCH_BATCH: usize = 4096;
 const FETCH_BYTES: usize = 8 << 20;
 
-/// How long the server keeps a consumer nobody pulls from: a feed deletes its
-/// consumer when dropped; this removes the consumers of a runner that died.
-/// Long enough that a batch held up in the database (a lock wait, a slow
-/// rebuild batch) does not lose the consumer under it.
-const CONSUMER_INACTIVE: Duration = Duration::from_secs(300);
+/// How long the server keeps a consumer nobody pulls from: a dropped feed's
+/// consumer (a resubscribe, a stopped runner) goes after this. A batch held up
+/// in the database longer than this loses its consumer, and the run
+/// resubscribes from the stored position (a rebuild's replay from where it
+/// got to). Feeds do not delete their consumer on drop: in the one suite run
+/// that tried it, the cluster test's resubscribe after a leader kill timed out
+/// creating its consumer twice (not shown to be the cause, but the deletes
+/// ran beside it while the cluster elected).
+const CONSUMER_INACTIVE: Duration = Duration::from_secs(30);
 
 /// Resubscribing this many times in a row at one position, without applying
 /// anything, means the stream lacks the next commit: stall and say so.
@@ -573,20 +578,6 @@ pub(super) struct Feed {
     next: u64,
     /// The task reading ahead; it ends with the feed.
     _reader: AbortOnDrop<()>,
-    /// The consumer read, deleted with the feed (best effort: the server
-    /// removes it after [`CONSUMER_INACTIVE`] otherwise).
-    consumer: Option<(jetstream::stream::Stream, String)>,
-}
-
-impl Drop for Feed {
-    fn drop(&mut self) {
-        let Some((stream, name)) = self.consumer.take() else { return };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(5), stream.delete_consumer(&name)).await;
-            });
-        }
-    }
 }
 
 impl Feed {
@@ -612,7 +603,7 @@ impl Feed {
                 }
             }
         });
-        Self { batches, next, _reader: AbortOnDrop(reader), consumer: None }
+        Self { batches, next, _reader: AbortOnDrop(reader) }
     }
 
     /// The next run, up to `until` (inclusive). Cancel-safe: it awaits once,
@@ -905,7 +896,6 @@ impl<P: Projection> Inner<P> {
             ..Default::default()
         };
         let consumer = stream.create_consumer(config).await.map_err(nats)?;
-        let name = consumer.cached_info().name.clone();
         let fetch_bytes = FETCH_BYTES.max(2 * self.js.client().server_info().max_payload);
         // A short pull expiry makes the server send idle heartbeats every
         // expiry/2; a missed one ends the run. With the defaults (30 s expiry,
@@ -920,15 +910,13 @@ impl<P: Projection> Inner<P> {
             .messages()
             .await
             .map_err(nats)?;
-        let mut feed = Feed::read_ahead(
+        Ok(Feed::read_ahead(
             messages,
             position + 1,
             self.config.batch_size,
             self.config.batch_wait,
             self.projection.unknown_events(),
-        );
-        feed.consumer = Some((stream, name));
-        Ok(feed)
+        ))
     }
 
     /// The commits after `from` up to and including `until`, contiguous. A
