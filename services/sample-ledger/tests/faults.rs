@@ -143,13 +143,19 @@ async fn set_read_only(url: &str, on: bool) {
         .await
         .expect("alter");
     // Existing sessions keep their setting: end them, as a failover would.
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    end_other_sessions(&mut admin).await;
+}
+
+/// End every session of `admin`'s database but its own; returns how many.
+async fn end_other_sessions(admin: &mut sqlx::PgConnection) -> usize {
+    let ended: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
     )
-    .bind(&name.0)
-    .execute(&mut admin)
+    .fetch_all(admin)
     .await
     .expect("terminate");
+    ended.len()
 }
 
 /// A failover leaves the database read-only (SQLSTATE 25006) for a while.
@@ -864,14 +870,7 @@ async fn connections_that_died_while_idle_are_replaced_without_reporting_a_stall
     {
         use sqlx::Connection as _;
         let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("admin");
-        let ended: Vec<(bool,)> = sqlx::query_as(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        .fetch_all(&mut admin)
-        .await
-        .expect("terminate");
-        assert!(!ended.is_empty(), "the pool had connections to end");
+        assert!(end_other_sessions(&mut admin).await > 0, "the pool had connections to end");
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let stalled = Arc::new(AtomicBool::new(false));
