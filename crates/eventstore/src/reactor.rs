@@ -111,14 +111,23 @@ impl<R: Reactor> Projection for Reacting<R> {
     }
 }
 
+/// Most commits in one reactor batch. A batch runs in one transaction that
+/// holds the reactor's checkpoint lock (on SQLite, the database's write lock)
+/// across one command — a NATS round trip or a cold load — per commit, and a
+/// failure late in the batch sends its commands again (answered by replays):
+/// a projection's 2,000 would hold the lock for seconds.
+pub const REACTOR_BATCH_SIZE: usize = 64;
+
 impl ProjectionRunner {
-    /// Start `reactor` on `config.stream`, after its stored position.
+    /// Start `reactor` on `config.stream`, after its stored position, in
+    /// batches of at most [`REACTOR_BATCH_SIZE`] commits.
     pub async fn start_reactor<R: Reactor>(
         js: async_nats::jetstream::Context,
         store: ReadStore,
         reactor: R,
-        config: RunnerConfig,
+        mut config: RunnerConfig,
     ) -> Result<RunnerHandle, RunnerError> {
+        config.batch_size = config.batch_size.min(REACTOR_BATCH_SIZE);
         Self::start(js, store, Reacting(reactor), config).await
     }
 }

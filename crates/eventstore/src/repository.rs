@@ -43,6 +43,8 @@ use crate::command_index::{CommandIndex, CommandTag};
 use crate::envelope::{self, CommandMeta, RecordedCommit};
 use crate::error::{ExecuteError, StoreError};
 
+mod warm;
+
 /// Tuning for a [`Repository`].
 #[derive(Debug, Clone)]
 pub struct RepositoryOptions {
@@ -235,7 +237,7 @@ struct Shared<A: Aggregate> {
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
     snapshots: Option<kv::Store>,
-    cache: moka::sync::Cache<String, Arc<Loaded<A>>>,
+    cache: Arc<warm::Warm<A>>,
     options: RepositoryOptions,
     index: Option<CommandIndex>,
     duplicate_window: Duration,
@@ -243,8 +245,9 @@ struct Shared<A: Aggregate> {
     stream_name: String,
     /// The server answers batched direct gets (nats-server >= 2.11).
     batched: bool,
-    /// The largest message the server takes: a bigger snapshot is not tried.
-    max_payload: usize,
+    /// The largest snapshot the bucket takes (the server's max_payload, or
+    /// the bucket's max value size if smaller): a bigger one is not tried.
+    snapshot_limit: usize,
     /// Snapshot writes in flight (see [`SNAPSHOT_PUTS_IN_FLIGHT`]).
     snapshot_puts: Arc<tokio::sync::Semaphore>,
 }
@@ -277,16 +280,16 @@ impl<A: Aggregate> Repository<A> {
             Some(b) => Some(js.get_key_value(b).await.map_err(unavailable)?),
             None => None,
         };
-        let cache = moka::sync::Cache::builder()
-            .max_capacity(options.cache_bytes)
-            .weigher(|id: &String, loaded: &Arc<Loaded<A>>| loaded.weight(id))
-            .time_to_idle(Duration::from_secs(600))
-            .build();
+        let cache = Arc::new(warm::Warm::new(options.cache_bytes, Duration::from_secs(600)));
         let client = js.client();
         let info = client.server_info();
         let shared = Shared {
             batched: crate::direct::server_supports_batches(&info.version),
-            max_payload: info.max_payload,
+            snapshot_limit: snapshots.as_ref().map_or(info.max_payload, |kv| {
+                // A KV put carries no headers: the value is the whole message.
+                let cap = kv.stream.cached_info().config.max_message_size;
+                usize::try_from(cap).map_or(info.max_payload, |cap| cap.min(info.max_payload))
+            }),
             snapshot_puts: Arc::new(tokio::sync::Semaphore::new(SNAPSHOT_PUTS_IN_FLIGHT)),
             client,
             stream_name: stream_name.to_string(),
@@ -309,14 +312,14 @@ impl<A: Aggregate> Repository<A> {
             js: s.js.clone(),
             stream: s.stream.clone(),
             snapshots: s.snapshots.clone(),
-            cache: s.cache.clone(),
+            cache: Arc::clone(&s.cache),
             options: s.options.clone(),
             index: Some(index),
             duplicate_window: s.duplicate_window,
             client: s.client.clone(),
             stream_name: s.stream_name.clone(),
             batched: s.batched,
-            max_payload: s.max_payload,
+            snapshot_limit: s.snapshot_limit,
             snapshot_puts: Arc::clone(&s.snapshot_puts),
         };
         Self { shared: Arc::new(shared) }
@@ -328,7 +331,9 @@ impl<A: Aggregate> Repository<A> {
     async fn check_horizon(&self, subject: &str, command_id: &str) -> Result<Option<u64>, StoreError> {
         let Some(issued) = crate::command_index::issued_at_ms(command_id) else {
             // Not a UUIDv7 (a process manager's derived id): the layers that
-            // need no time still apply.
+            // need no time still apply. Asking the index here is not safe: a
+            // reactor sends from inside its own write transaction, and on
+            // SQLite the index cannot catch up to the head behind it.
             return Ok(None);
         };
         let age = crate::projection::store::now_ms() - issued;
@@ -361,14 +366,13 @@ impl<A: Aggregate> Repository<A> {
 
     /// Forget every cached aggregate (benchmarks measure the cold path with it).
     pub fn clear_cache(&self) {
-        self.shared.cache.invalidate_all();
+        self.shared.cache.clear();
     }
 
     /// Bytes the warm cache holds now, as weighed against
     /// [`RepositoryOptions::cache_bytes`].
     pub fn cache_weight(&self) -> u64 {
-        self.shared.cache.run_pending_tasks();
-        self.shared.cache.weighted_size()
+        self.shared.cache.weighed_bytes()
     }
 
     /// The aggregate's current state, from the cache or cold.
@@ -388,8 +392,7 @@ impl<A: Aggregate> Repository<A> {
         let loaded = self.load_cold(id).await?.shared();
         metrics::histogram!("eventstore_cold_load_seconds", "aggregate" => A::TYPE)
             .record(started.elapsed().as_secs_f64());
-        self.shared.cache.insert(id.to_string(), loaded.clone());
-        Ok(loaded)
+        Ok(self.shared.cache.offer(id, loaded))
     }
 
     /// The aggregate's current state: the warm copy if the leader's head for
@@ -561,14 +564,29 @@ impl<A: Aggregate> Repository<A> {
     /// leader (a follower's head may be the very state the server just refused).
     async fn refresh(&self, id: &str, stale: Loaded<A>) -> Result<Arc<Loaded<A>>, StoreError> {
         let subject = envelope::subject::<A>(id);
-        let mut loaded = match self.last_commit(&subject, Read::Leader).await? {
+        let stale_sequence = stale.sequence;
+        let head = self.last_commit(&subject, Read::Leader).await?;
+        let head_sequence = head.as_ref().map_or(0, |h| h.sequence);
+        let mut loaded = match head {
             None => Loaded::default(),
             Some(head) => self.catch_up(id, stale, head).await?,
         };
         self.maybe_snapshot(id, &mut loaded);
         let loaded = loaded.shared();
-        self.shared.cache.insert(id.to_string(), loaded.clone());
-        Ok(loaded)
+        Ok(if head_sequence < stale_sequence {
+            // The leader's head is behind what was cached: no commit acked on
+            // this stream can be, so the stream went back (recreated,
+            // restored from a backup). The cached state is of another
+            // history; the leader's wins, older or not.
+            warn!(
+                cached = stale_sequence,
+                head = head_sequence,
+                "cached state is past the leader's head; replacing it"
+            );
+            self.shared.cache.replace(id, loaded)
+        } else {
+            self.shared.cache.offer(id, loaded)
+        })
     }
 
     /// Decide `command` on aggregate `id` and store what it came to as one
@@ -597,6 +615,7 @@ impl<A: Aggregate> Repository<A> {
             return self.replay(&subject, meta, sequence).await;
         }
         let mut leaderless_since: Option<tokio::time::Instant> = None;
+        let mut checked_with_leader = false;
         let mut attempt = 0;
         while attempt < self.shared.options.max_attempts {
             attempt += 1;
@@ -607,8 +626,20 @@ impl<A: Aggregate> Repository<A> {
             // A process manager's command (no request digest, an id derived from
             // what it reacts to) is decided afresh each time it is sent: storing
             // its no-op or refusal would freeze an answer that depends on time
-            // (an escalation not yet due) under an id it will send again.
+            // (an escalation not yet due) under an id it will send again. Not
+            // stored, such an answer is not checked by the server either, and
+            // a reactor moves on past it: so it is decided again on the
+            // leader's head before it is given (one round trip; the state
+            // may be a warm copy another replica has since written past, or
+            // a lagging replica's).
             if meta.request_digest == 0 {
+                let settled = matches!(&decided, Ok(events) if !events.is_empty());
+                if !settled && !checked_with_leader {
+                    checked_with_leader = true;
+                    loaded = self.refresh(id, Arc::unwrap_or_clone(loaded)).await?;
+                    attempt -= 1;
+                    continue;
+                }
                 match decided {
                     Err(r) => return Err(ExecuteError::Rejected(r)),
                     Ok(events) if events.is_empty() => {
@@ -653,13 +684,11 @@ impl<A: Aggregate> Repository<A> {
                     };
                     metrics::counter!("eventstore_appends_total", "aggregate" => A::TYPE, "outcome" => label)
                         .increment(1);
-                    // The one copy a command makes: the cached state stays as
-                    // it was for readers until the next one replaces it.
-                    let mut next = Arc::unwrap_or_clone(loaded);
                     let events = decided.as_deref().unwrap_or_default();
-                    next.apply(ack.sequence, tag, events, self.shared.options.remembered_commands);
-                    self.maybe_snapshot(id, &mut next);
-                    self.shared.cache.insert(id.to_string(), next.shared());
+                    self.shared.cache.advance(id, loaded, ack.sequence, |next| {
+                        next.apply(ack.sequence, tag, events, self.shared.options.remembered_commands);
+                        self.maybe_snapshot(id, next);
+                    });
                     return match decided {
                         Ok(events) => Ok(CommitOutcome { sequence: ack.sequence, events, replayed: false }),
                         Err(r) => Err(ExecuteError::Rejected(r)),
@@ -833,34 +862,22 @@ impl<A: Aggregate> Repository<A> {
     }
 
     fn maybe_snapshot(&self, id: &str, loaded: &mut Loaded<A>) {
-        let Some(store) = self.shared.snapshots.clone() else { return };
+        let Some(store) = &self.shared.snapshots else { return };
         if !loaded.snapshot_due(&self.shared.options, self.shared.batched) {
             return;
         }
-        let state = loaded.state.encode_state();
-        // The snapshot must fit in one message with its key and headers; a
-        // bigger state is read in batches instead, and not tried again until
-        // as many commits again (the spread still counts from the last
-        // snapshot that was written).
-        if state.len() + loaded.recent.len() * 64 + 1024 > self.shared.max_payload {
-            metrics::counter!("eventstore_snapshots_skipped_total", "aggregate" => A::TYPE, "reason" => "oversized")
-                .increment(1);
-            debug!(bytes = state.len(), "state too large for a snapshot; cold loads read it in batches");
-            loaded.commits_since_snapshot = 0;
-            return;
-        }
+        // A put in flight to spare before the state is encoded: when NATS is
+        // slow, due aggregates are not encoded only to be dropped.
         let Ok(permit) = Arc::clone(&self.shared.snapshot_puts).try_acquire_owned() else {
             // Still due: the next commit or load tries again.
             metrics::counter!("eventstore_snapshots_skipped_total", "aggregate" => A::TYPE, "reason" => "busy")
                 .increment(1);
             return;
         };
-        loaded.commits_since_snapshot = 0;
-        loaded.unsnapshotted_from = loaded.sequence;
         let snap = pb::Snapshot {
             sequence: loaded.sequence,
             schema_version: A::STATE_VERSION,
-            state,
+            state: loaded.state.encode_state(),
             recent_commands: loaded
                 .recent
                 .iter()
@@ -872,12 +889,30 @@ impl<A: Aggregate> Repository<A> {
                     tag: c.to_bytes().to_vec(),
                 })
                 .collect(),
-        };
-        let key = snapshot_key::<A>(id);
+        }
+        .encode_to_vec();
+        // The snapshot must fit in one message of the bucket; a bigger state
+        // is read in batches instead, and not tried again until as many
+        // commits again (the spread still counts from the last snapshot that
+        // was written).
+        if snap.len() > self.shared.snapshot_limit {
+            metrics::counter!("eventstore_snapshots_skipped_total", "aggregate" => A::TYPE, "reason" => "oversized")
+                .increment(1);
+            debug!(
+                bytes = snap.len(),
+                limit = self.shared.snapshot_limit,
+                "snapshot too large; cold loads read in batches"
+            );
+            loaded.commits_since_snapshot = 0;
+            return;
+        }
+        loaded.commits_since_snapshot = 0;
+        loaded.unsnapshotted_from = loaded.sequence;
+        let (store, key) = (store.clone(), snapshot_key::<A>(id));
         // Best effort, off the command's path: a missing or stale snapshot only
         // lengthens the next cold walk; it can never make it wrong.
         tokio::spawn(async move {
-            if let Err(e) = store.put(key, snap.encode_to_vec().into()).await {
+            if let Err(e) = store.put(key, snap.into()).await {
                 warn!(error = %e, "snapshot write failed");
             }
             drop(permit);

@@ -150,6 +150,7 @@ impl NatsCluster {
             cluster.spawn_node(&binary, i)?;
         }
         cluster.wait_ready(Duration::from_secs(30)).await?;
+        cluster.wait_placeable(Duration::from_secs(30)).await?;
         Ok(cluster)
     }
 
@@ -256,6 +257,34 @@ impl NatsCluster {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        Ok(())
+    }
+}
+
+impl NatsCluster {
+    /// A meta leader can answer before it has heard from every peer; until it
+    /// has, a three-replica stream fails with "no suitable peers for
+    /// placement". Ready for a test means such a stream can be made: make a
+    /// throwaway one (in memory) until that works, then delete it.
+    async fn wait_placeable(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        let client = async_nats::connect(self.url().split(',').collect::<Vec<_>>().as_slice()).await?;
+        let js = async_nats::jetstream::new(client);
+        let probe = async_nats::jetstream::stream::Config {
+            name: "GRIDWORK_TEST_PLACEMENT_PROBE".into(),
+            subjects: vec!["gridwork.test.placement-probe".into()],
+            num_replicas: 3,
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        };
+        loop {
+            match js.get_or_create_stream(probe.clone()).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => bail!("no three-replica stream placeable in {within:?}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        js.delete_stream(&probe.name).await.context("deleting the placement probe")?;
         Ok(())
     }
 }

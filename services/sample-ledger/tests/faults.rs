@@ -344,6 +344,40 @@ async fn a_burst_of_poison_across_different_commits_stalls_instead_of_parking_th
     handle.stop().await;
 }
 
+/// A new read model over a long history passes a minute of live commits in a
+/// moment: poison spread over that history is poison, not a burst, and must not
+/// stall it for good. (Only parkings within the span of commits count.)
+#[tokio::test]
+async fn a_new_read_model_catches_up_through_poison_spread_over_the_history() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    open_raw(&k, "filler").await;
+    let mut ids = vec!["filler".to_string()];
+    for i in 0..6 {
+        let id = format!("a{i}");
+        open_raw(&k, &id).await;
+        deposit_raw(&k, &id, 13).await; // poison to the buggy build
+        for _ in 0..12 {
+            deposit_raw(&k, "filler", 1).await;
+        }
+        ids.push(id);
+    }
+    let mut s = k.js.get_stream("SAMPLE").await.expect("stream");
+    let last = s.info().await.expect("info").state.last_sequence;
+
+    let buggy = Buggy { buggy: Arc::new(AtomicBool::new(true)) };
+    let config = RunnerConfig { poison_burst_limit: 2, poison_burst_span: 10, ..quick() };
+    let handle = ProjectionRunner::start(k.js.clone(), k.store.clone(), buggy.clone(), config).await.expect("start");
+    handle.wait_for(last, WAIT).await.expect("catches up through all six, within a second");
+    assert_eq!(handle.parked().await.expect("parked").len(), 6);
+    assert!(k.store.stalled().is_empty());
+    buggy.buggy.store(false, Ordering::SeqCst);
+    assert_eq!(handle.replay_parked().await.expect("replay").applied, 6);
+    assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await);
+    handle.stop().await;
+}
+
 /// A poison commit parks its aggregate: later commits of the same subject wait
 /// behind it (applying them would build on a state the read model never
 /// reached), other aggregates carry on; replay applies them in stream order,
@@ -527,6 +561,50 @@ async fn concurrent_rebuilds(db: TestDb) {
     a.stop().await;
     b.stop().await;
     db.cleanup().await;
+}
+
+/// A claim left by a rebuild elsewhere is not judged dead by its heartbeat's
+/// wall-clock age (after a database outage a live owner's heartbeat is just
+/// as old, and replicas' clocks differ): only once this runner has seen it
+/// unchanged for `rebuild_stale_after`, a new heartbeat starting the watch again.
+#[tokio::test]
+async fn a_rebuild_claim_is_taken_over_only_after_it_was_watched_unchanged() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let last = write_history(&k, "acct", 3, 5).await;
+    let config = RunnerConfig { rebuild_stale_after: Duration::from_millis(600), ..quick() };
+    let a = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, config).await.expect("a");
+    a.wait_for(last, WAIT).await.expect("a");
+    let set_heartbeat = async |ms: i64| {
+        sqlx::query(
+            "INSERT INTO gridwork_projection_rebuilds (projection, owner, tag, heartbeat_ms)              VALUES ('sample_accounts', 'elsewhere', 'x', $1)              ON CONFLICT (projection) DO UPDATE SET owner = 'elsewhere', tag = 'x', heartbeat_ms = $1",
+        )
+        .bind(ms)
+        .execute(k.store.pool())
+        .await
+        .expect("claim held elsewhere");
+    };
+    let refused = |r: &Result<_, RunnerError>| matches!(r, Err(RunnerError::RebuildRunning));
+    // A heartbeat from 1970 by the wall clock, first seen now.
+    set_heartbeat(1).await;
+    let r = a.rebuild().await;
+    assert!(refused(&r), "first sight of an old heartbeat: refused, {r:?}");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let r = a.rebuild().await;
+    assert!(refused(&r), "watched for less than rebuild_stale_after: refused, {r:?}");
+    // The owner heartbeats (it was only cut off): the watch starts again.
+    set_heartbeat(2).await;
+    let r = a.rebuild().await;
+    assert!(refused(&r), "a new heartbeat: refused, {r:?}");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let r = a.rebuild().await;
+    assert!(refused(&r), "the new heartbeat seen unchanged for 350 ms: refused, {r:?}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    a.rebuild().await.expect("unchanged for longer than rebuild_stale_after: taken over");
+    let ids: Vec<String> = (0..3).map(|a| format!("acct-{a}")).collect();
+    assert_eq!(rows(&k.store).await, expected_rows(&k, &ids).await);
+    a.stop().await;
 }
 
 /// A rebuild meets again every commit the live tables parked. Those are known

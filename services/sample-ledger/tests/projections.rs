@@ -265,7 +265,9 @@ async fn a_batch_leaves_the_rows_of_one_commit_at_a_time(db: TestDb, fresh: Test
     let big = RunnerConfig { batch_size: 500, batch_wait: Duration::from_millis(50), ..quick() };
     let batched = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, big.clone()).await.expect("start");
     let other = gridwork_eventstore::projection::ReadStore::connect(&fresh.url).await.expect("fresh store");
-    let single = ProjectionRunner::start(k.js.clone(), other.clone(), OneByOne, big).await.expect("start");
+    // And with a read-ahead budget smaller than any batch: each goes through alone.
+    let starved = RunnerConfig { read_ahead_bytes: 1, ..big };
+    let single = ProjectionRunner::start(k.js.clone(), other.clone(), OneByOne, starved).await.expect("start");
     let mut stream = k.js.get_stream("SAMPLE").await.expect("stream");
     let end = stream.info().await.expect("info").state.last_sequence.max(head);
     batched.wait_for(end, WAIT).await.expect("batched caught up");

@@ -12,6 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use gridwork_eventstore::projection::store::{CHECKPOINTS, REBUILDS};
 use gridwork_eventstore::projection::{
     ApplyError, Projection, ProjectionRunner, ReadStore, TableDef, Tables, UnknownEvents,
 };
@@ -342,6 +343,90 @@ async fn a_projection_stalls_at_events_from_a_newer_build_and_the_upgraded_one_c
     upgraded.stop().await;
 }
 
+/// A rebuild by the current build meets the next build's commit: it swaps in
+/// the tables up to the commit before it (where this build's live runner
+/// waits anyway) rather than failing — a schema rebuild that failed there
+/// would be started again from zero, over and over. The upgraded replica
+/// carries on from there.
+#[tokio::test]
+async fn a_rebuild_meeting_a_newer_builds_commit_swaps_in_what_this_build_can_read() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    k.repository.execute("acct", &LedgerCommand::Open { owner: "Wang".into() }, &meta()).await.expect("open");
+    let known = k.repository.execute("acct", &LedgerCommand::Deposit { amount: 100 }, &meta()).await.expect("v1");
+    let next = next_build(&k).await;
+    next.execute("acct", &next::Command::Freeze("audit".into()), &meta()).await.expect("freeze");
+    let head = next.execute("acct", &next::Command::Deposit(50), &meta()).await.expect("v2").sequence;
+
+    let current = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("current");
+    current.wait_for(known.sequence, WAIT).await.expect("applies what it knows");
+    let at = tokio::time::timeout(WAIT, current.rebuild()).await.expect("the rebuild ends").expect("rebuilt");
+    assert_eq!(at, known.sequence, "swapped in up to the newer build's commit");
+    let rows = dump(&k.store).await;
+    assert_eq!((rows[0].2, rows[0].3), (100, 1), "the rebuilt tables hold what this build reads");
+    assert!(current.parked().await.expect("parked").is_empty(), "nothing parked");
+    let rebuilds: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM {REBUILDS}")))
+        .fetch_one(k.store.pool())
+        .await
+        .expect("rebuilds");
+    assert_eq!(rebuilds, 0, "the rebuild is over");
+    current.stop().await;
+
+    let store = ReadStore::connect(&db.url).await.expect("upgraded replica's store");
+    let upgraded = ProjectionRunner::start(k.js.clone(), store.clone(), NextAccounts, quick()).await.expect("next");
+    upgraded.wait_for(head, WAIT).await.expect("the upgraded projection applies the rest");
+    let rows = dump(&store).await;
+    assert_eq!((rows[0].2, rows[0].3), (150, 2));
+    upgraded.stop().await;
+}
+
+/// An upgraded replica has already moved the live tables past the next
+/// build's commit when a replica of the current build rebuilds: the shadow set
+/// cannot be caught up to them. The rebuild waits — its claim and its shadow
+/// set kept, not dropped to start over from zero.
+#[tokio::test]
+async fn a_rebuild_behind_live_tables_a_newer_build_moved_on_waits_with_its_shadow_set() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    k.repository.execute("acct", &LedgerCommand::Open { owner: "Wang".into() }, &meta()).await.expect("open");
+    let known = k.repository.execute("acct", &LedgerCommand::Deposit { amount: 100 }, &meta()).await.expect("v1");
+    let next = next_build(&k).await;
+    next.execute("acct", &next::Command::Freeze("audit".into()), &meta()).await.expect("freeze");
+    let head = next.execute("acct", &next::Command::Deposit(50), &meta()).await.expect("v2").sequence;
+    let upgraded = ProjectionRunner::start(k.js.clone(), k.store.clone(), NextAccounts, quick()).await.expect("next");
+    upgraded.wait_for(head, WAIT).await.expect("the upgraded replica applies all");
+    upgraded.stop().await;
+
+    let store = ReadStore::connect(&db.url).await.expect("current replica's store");
+    let current = ProjectionRunner::start(k.js.clone(), store.clone(), Accounts, quick()).await.expect("current");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), current.rebuild()).await.is_err(),
+        "the rebuild neither swaps nor gives up"
+    );
+    let claim = || async {
+        let owner: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(format!("SELECT owner, tag FROM {REBUILDS}")))
+            .fetch_all(store.pool())
+            .await
+            .expect("rebuilds");
+        let shadow: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT position FROM {CHECKPOINTS} WHERE projection LIKE 'sample_accounts#shadow-%'"
+        )))
+        .fetch_all(store.pool())
+        .await
+        .expect("shadow checkpoints");
+        (owner, shadow)
+    };
+    let before = claim().await;
+    assert_eq!(before.0.len(), 1, "one claim");
+    assert_eq!(before.1, vec![(known.sequence as i64,)], "one shadow set, at the commit before the newer one");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(claim().await, before, "the same rebuild, still waiting with its shadow set");
+    assert_eq!(dump(&store).await[0].2, 150, "the live tables are the upgraded replica's");
+    current.stop().await;
+}
+
 /// A projection of another context's stream skips events it does not know and
 /// applies the rest.
 #[tokio::test]
@@ -480,20 +565,50 @@ async fn table_changes(db: TestDb) {
     v1.wait_for(head, WAIT).await.expect("v1 built");
     v1.stop().await;
 
-    // Version 2 starts on the same database: it rebuilds, then carries on.
+    // Version 2 starts on the same database, two replicas at once: one
+    // rebuilds, then both carry on. The other waits for that rebuild, and
+    // neither may serve the older tables meanwhile — not even the waiting one
+    // between its attempts to claim the rebuild.
     let v2_store = ReadStore::connect(&db.url).await.expect("v2 store");
-    let paced = AccountsV2 { version: 2, pace: Duration::from_millis(100) };
-    let v2 = ProjectionRunner::start(k.js.clone(), v2_store.clone(), paced, quick()).await.expect("v2");
-    // While it rebuilds, it must not serve from the older tables.
-    let reason = stall_reason(&v2_store).await;
-    assert!(reason.contains("rebuilding its tables"), "{reason}");
-    v2.wait_for(head, WAIT).await.expect("v2 caught up");
-    // The stored position was already the head: wait for the swap itself.
+    let twin_store = ReadStore::connect(&db.url).await.expect("twin store");
+    let paced = || AccountsV2 { version: 2, pace: Duration::from_millis(100) };
+    let (v2, twin) = tokio::join!(
+        ProjectionRunner::start(k.js.clone(), v2_store.clone(), paced(), quick()),
+        ProjectionRunner::start(k.js.clone(), twin_store.clone(), paced(), quick()),
+    );
+    let (v2, twin) = (v2.expect("v2"), twin.expect("twin"));
+    let swapped =
+        async || sqlx::query("SELECT largest_deposit FROM sample_accounts").fetch_all(v2_store.pool()).await.is_ok();
+    // A replica whose start met the version-1 tables says why it is not
+    // serving. (On a loaded machine the twin's start can wait on SQLite's
+    // write lock until the other's rebuild has swapped in: it then starts on
+    // version-2 tables, and has nothing to wait for.)
     let deadline = tokio::time::Instant::now() + WAIT;
-    while sqlx::query("SELECT largest_deposit FROM sample_accounts").fetch_all(v2_store.pool()).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "the rebuilt tables are swapped in");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for store in [&v2_store, &twin_store] {
+        loop {
+            if let Some((_, reason)) = store.stalled().into_iter().next() {
+                assert!(reason.contains("rebuilding its tables"), "{reason}");
+                break;
+            }
+            if swapped().await && store.stalled().is_empty() {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the projection says it is stalled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !swapped().await {
+        for (who, store) in [("v2", &v2_store), ("twin", &twin_store)] {
+            assert!(
+                !store.stalled().is_empty() || swapped().await,
+                "{who} serves the older tables while a rebuild runs"
+            );
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the rebuilt tables are swapped in");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    v2.wait_for(head, WAIT).await.expect("v2 caught up");
     assert_eq!(largest_deposits(&v2_store).await, [("a".to_string(), 16, 9), ("b".to_string(), 3, 1)]);
     // The marker is cleared just after the swap's transaction commits.
     while !v2_store.stalled().is_empty() {
@@ -501,6 +616,12 @@ async fn table_changes(db: TestDb) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(v2.parked().await.expect("parked").is_empty());
+    // The twin serves once the tables are version 2's.
+    while !twin_store.stalled().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the twin serves after the swap: {:?}", twin_store.stalled());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    twin.stop().await;
 
     // An old replica (version 1) beside it: it stalls, v2 keeps applying.
     let old_store = ReadStore::connect(&db.url).await.expect("old store");

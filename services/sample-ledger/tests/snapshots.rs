@@ -359,8 +359,9 @@ async fn an_off_chain_snapshot_of_a_long_history_is_dropped_once() {
     assert_eq!((current.state.balance, current.sequence), (balance, head), "warm, far behind");
 }
 
-/// A bucket that refuses every snapshot (values capped at 16 bytes): every
-/// cold load folds the whole history, still in a few batched reads.
+/// A bucket whose values are capped below any snapshot (16 bytes): no
+/// snapshot is tried (each would be a refused write), and every cold load
+/// folds the whole history, still in a few batched reads.
 #[tokio::test]
 async fn without_snapshots_a_long_history_loads_in_batches() {
     let nats = NatsServer::start().await.expect("nats");
@@ -369,10 +370,15 @@ async fn without_snapshots_a_long_history_loads_in_batches() {
     k.js.create_key_value(kv::Config { bucket: "TINY".into(), max_value_size: 16, ..Default::default() })
         .await
         .expect("tiny bucket");
+    let watcher = async_nats::connect(nats.url()).await.expect("connect");
+    let mut puts = watcher.subscribe("$KV.TINY.>").await.expect("subscribe");
+    watcher.flush().await.expect("flush");
     let r = repository(&k, "TINY", options(8)).await;
     let balance = history(&r, "acct", 1100).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(snapshot_of(&k, "TINY", "acct").await.is_none(), "every snapshot write was refused");
+    assert!(snapshot_of(&k, "TINY", "acct").await.is_none(), "no snapshot was written");
+    let tried = tokio::time::timeout(Duration::from_millis(300), puts.next()).await;
+    assert!(tried.is_err(), "a snapshot larger than the bucket's max value size was sent: {tried:?}");
 
     let requests = Requests::watch(&nats).await;
     let loaded = repository(&k, "TINY", options(8)).await.load_cold("acct").await.expect("cold load");
@@ -399,4 +405,53 @@ async fn the_warm_cache_is_bounded_by_bytes() {
     assert!(weight > budget / 4, "the cache is used: {weight} bytes");
     // Everything evicted still loads.
     assert_eq!(r.load("acct-0").await.expect("load").state.owner, "x".repeat(200));
+}
+
+/// The stream went back under a running replica (recreated, restored from an
+/// older backup): the replica's warm state lies past the leader's head. The
+/// first conflict replaces it with the leader's, older or not, instead of
+/// keeping the "newer" one and failing every command with a conflict.
+#[tokio::test]
+async fn a_warm_state_past_the_leaders_head_is_replaced_at_the_first_conflict() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let warm = repository(&k, BUCKET, options(1000)).await;
+    history(&warm, "acct", 20).await;
+    assert_eq!(warm.load("acct").await.expect("warm").sequence, 21);
+
+    // The stream is recreated and another replica writes a shorter history.
+    k.js.delete_stream("SAMPLE").await.expect("delete stream");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let spec = gridwork_eventstore::StreamSpec::events("sample", 1);
+    gridwork_eventstore::ensure_stream(&client, &k.js, &spec).await.expect("stream again");
+    let other = repository(&k, BUCKET, options(1000)).await;
+    let balance = history(&other, "acct", 3).await;
+
+    let landed = warm.execute("acct", &LedgerCommand::Deposit { amount: 100 }, &meta()).await.expect("deposit");
+    assert_eq!(landed.sequence, 5, "decided on the leader's history, not the cached one");
+    let current = warm.load("acct").await.expect("load");
+    assert_eq!((current.sequence, current.state.balance), (5, balance + 100));
+}
+
+/// A process manager's refusal is not stored (it is decided afresh when
+/// sent again), so the server never checks it: it is decided again on the
+/// leader's head before it is given. Here a replica's warm copy predates
+/// another replica's deposit.
+#[tokio::test]
+async fn a_process_managers_refusal_is_checked_against_the_leader() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let a = repository(&k, BUCKET, options(1000)).await;
+    let b = repository(&k, BUCKET, options(1000)).await;
+    a.execute("acct", &LedgerCommand::Open { owner: "Sun".into() }, &meta()).await.expect("open");
+    assert_eq!(a.load("acct").await.expect("warm").state.balance, 0);
+    b.execute("acct", &LedgerCommand::Deposit { amount: 100 }, &meta()).await.expect("deposit on b");
+
+    // `meta()` carries no request digest: a process manager's command.
+    let withdrawn = a.execute("acct", &LedgerCommand::Withdraw { amount: 60 }, &meta()).await;
+    let withdrawn = withdrawn.expect("decided on the leader's head, where the deposit is");
+    assert_eq!(withdrawn.sequence, 3);
+    assert_eq!(a.load("acct").await.expect("load").state.balance, 40);
 }

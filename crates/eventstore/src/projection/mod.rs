@@ -26,6 +26,7 @@
 //! position past it. Parking many different commits in a short time is itself
 //! taken as an outage: the runner stops parking and stalls.
 
+mod feed;
 pub mod parked;
 pub mod rebuild;
 pub mod runner;

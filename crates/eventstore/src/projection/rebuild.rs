@@ -3,8 +3,12 @@
 //! 1. **One rebuild per projection.** The rebuild claims the projection's row in
 //!    [`REBUILDS`] (owner id, shadow tag, heartbeat). A second rebuild — in this
 //!    process or another replica on the same database — is refused while the
-//!    first one's heartbeat is fresh; a rebuild whose owner died (no heartbeat for
-//!    [`STALE_AFTER`]) is taken over, and its leftover tables dropped.
+//!    first one is alive. A rebuild whose owner died is taken over, and its
+//!    leftover tables dropped: "died" means this runner has seen the claim's
+//!    heartbeat unchanged for [`STALE_AFTER`] on its own monotonic clock, with
+//!    the database answering every claim meanwhile — not a wall-clock age, which
+//!    a database outage (the owner cannot heartbeat either) or clock skew
+//!    between replicas would make look stale.
 //! 2. **Its own tables.** The shadow set is `<table>__shadow_<tag>` with a fresh
 //!    tag and its own checkpoint `<projection>#shadow-<tag>`, so no two rebuilds
 //!    ever write or drop each other's tables.
@@ -21,6 +25,13 @@
 //!    or the swap is retried from the shadow position reached (the swap rolls
 //!    back and is tried again), never a reason to drop the shadow set and start
 //!    over from zero.
+//! 6. **A newer build's commit ends the replay, not the rebuild.** This build
+//!    cannot apply it and its live runners stop before it too, so the shadow
+//!    set is swapped in at the position before it and the live runner waits
+//!    there for an upgrade. Only if a newer replica has already moved the live
+//!    tables past it does the rebuild wait (heartbeating, its shadow set kept)
+//!    — a rebuild given up would be started again from zero by the schema
+//!    check, over and over.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,9 +45,18 @@ use super::store::{
 };
 use super::{Projection, ShadowTag, Tables};
 
-/// A rebuild whose heartbeat is older than this is presumed dead and may be
-/// taken over.
+/// A rebuild whose heartbeat has been seen unchanged for this long is presumed
+/// dead and may be taken over (default of
+/// [`super::RunnerConfig::rebuild_stale_after`]).
 pub const STALE_AFTER: Duration = Duration::from_secs(120);
+
+/// Another rebuild's claim as a runner saw it: owner, heartbeat, and since
+/// when (this runner's clock) it has been seen unchanged.
+pub(crate) struct ClaimWatch {
+    owner: String,
+    heartbeat: i64,
+    since: std::time::Instant,
+}
 
 /// How many times the swap is tried before the rebuild gives up (each failed
 /// try first catches the shadow set up without the lock).
@@ -76,13 +96,26 @@ impl<P: Projection> Inner<P> {
         let target = stream.info().await.map_err(super::runner::nats)?.state.last_sequence;
         info!(projection = %self.name, tag = claim.tag.as_str(), target, "rebuilding into shadow tables");
         let owner = Some(claim.owner.as_str());
-        let mut shadow = self.catch_up(tables, &claim.checkpoint, 0, target, owner).await?;
+        let replayed = self.catch_up(tables, &claim.checkpoint, 0, target, owner).await?;
+        if let Some(why) = &replayed.newer {
+            // The live runners of this build stop at the same commit: swap in
+            // what this build can read, and let them wait there as they do.
+            warn!(projection = %self.name, position = replayed.position, reason = %why,
+                  "the replay met a newer build's commit; swapping in the tables up to it");
+        }
+        let mut shadow = replayed.position;
         let (mut attempts, mut outages) = (0, 0u32);
         loop {
             // Close most of the distance without holding the live lock.
             let swapped = async {
                 let live = self.store.position(&self.name).await?;
-                shadow = self.catch_up(tables, &claim.checkpoint, shadow, live, owner).await?;
+                let caught = self.catch_up(tables, &claim.checkpoint, shadow, live, owner).await?;
+                shadow = caught.position;
+                if let Some(why) = caught.newer {
+                    // A newer replica has moved the live tables past a commit
+                    // this build cannot read: the swap cannot catch up to them.
+                    return Err(RunnerError::NewerData(why));
+                }
                 self.swap(claim, shadow).await
             };
             match swapped.await {
@@ -101,7 +134,13 @@ impl<P: Projection> Inner<P> {
                 }
                 // NATS or the database failing under the swap: the swap rolled
                 // back, the shadow set stands; try again once they are back.
-                Err(e) if e.environmental() => {
+                // Live tables past a newer build's commit: the shadow set
+                // stands too, waiting (as the live runner waits) for this
+                // replica to be upgraded or its claim taken over.
+                Err(e) if e.environmental() || matches!(e, RunnerError::NewerData(_)) => {
+                    if let RunnerError::NewerData(_) = e {
+                        self.stall(&e);
+                    }
                     outages += 1;
                     warn!(projection = %self.name, outages, error = %e, "swap interrupted; trying again");
                     let pause = self.config.retry_backoff.saturating_mul(1 << outages.min(10));
@@ -130,9 +169,10 @@ impl<P: Projection> Inner<P> {
             return Err(RunnerError::RebuildLost);
         }
         // An old replica's rebuild must not swap old tables over a newer
-        // version's.
+        // version's, nor one build's tables over another's that differ at the
+        // same version (recorded after this rebuild began).
         if let Some(stored) = stored_schema(&mut tx, &self.name).await?
-            && stored.version > self.schema.version
+            && stored.version >= self.schema.version
         {
             self.schema_writable(&stored)?;
         }
@@ -185,6 +225,33 @@ impl<P: Projection> Inner<P> {
     /// lock on SQLite) before it is read, so two claims take turns and the
     /// second sees the first's owner.
     async fn claim(&self) -> Result<Claim, RunnerError> {
+        let claimed = self.try_claim().await;
+        if let Err(e) = &claimed
+            && !matches!(e, RunnerError::RebuildRunning)
+        {
+            // What was seen before a failed claim says nothing about whether
+            // the owner could heartbeat meanwhile: watch afresh.
+            *self.claim_watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
+        claimed
+    }
+
+    /// Whether the claim `(owner, heartbeat)` has been seen unchanged for
+    /// `rebuild_stale_after`; starts watching it if it is new.
+    fn watched_dead(&self, owner: &str, heartbeat: i64) -> bool {
+        let mut watch = self.claim_watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match watch.as_ref() {
+            Some(w) if w.owner == owner && w.heartbeat == heartbeat => {
+                w.since.elapsed() >= self.config.rebuild_stale_after
+            }
+            _ => {
+                *watch = Some(ClaimWatch { owner: owner.to_string(), heartbeat, since: std::time::Instant::now() });
+                false
+            }
+        }
+    }
+
+    async fn try_claim(&self) -> Result<Claim, RunnerError> {
         let owner = uuid::Uuid::now_v7().to_string();
         let tag = ShadowTag::fresh();
         let mut tx = self.store.begin_write().await?;
@@ -205,10 +272,10 @@ impl<P: Projection> Inner<P> {
         .bind(self.name.as_str())
         .fetch_one(&mut *tx)
         .await?;
-        let now = now_ms();
-        if !previous.is_empty() && now - heartbeat < STALE_AFTER.as_millis() as i64 {
+        if !previous.is_empty() && !self.watched_dead(&previous, heartbeat) {
             return Err(RunnerError::RebuildRunning);
         }
+        let now = now_ms();
         sqlx::query(AssertSqlSafe(format!(
             "UPDATE {REBUILDS} SET owner = $1, tag = $2, heartbeat_ms = $3 WHERE projection = $4"
         )))

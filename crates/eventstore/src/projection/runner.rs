@@ -34,9 +34,9 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt as _;
 use tracing::{Instrument as _, error, info, info_span, warn};
 
+use super::feed::{Feed, ReadAhead};
 use super::parked::{self, DeadLetter, ReplayReport};
 use super::store::{
     ReadStore, batch_context, ensure_checkpoint, lock_position, record_schema, set_position, stored_schema,
@@ -63,11 +63,18 @@ pub struct RunnerConfig {
     /// Longest pause between two attempts while stalled.
     pub max_stall_backoff: Duration,
     /// More than this many commits parked as poison within
-    /// [`RunnerConfig::poison_burst_window`] is an outage, not poison: the runner
-    /// stops parking and stalls.
+    /// [`RunnerConfig::poison_burst_window`] and within
+    /// [`RunnerConfig::poison_burst_span`] commits of each other is an outage,
+    /// not poison: the runner stops parking and stalls.
     pub poison_burst_limit: usize,
     /// See [`RunnerConfig::poison_burst_limit`].
     pub poison_burst_window: Duration,
+    /// See [`RunnerConfig::poison_burst_limit`]. A runner catching up (a new
+    /// read model over a long history, a rebuild) passes a minute's worth of
+    /// live commits in a fraction of a second: poison spread over the history
+    /// would look like a burst by the clock alone, and the runner would stall
+    /// for good before the first of them past the limit.
+    pub poison_burst_span: u64,
     /// The dead-letter stream (subjects `dlq.>`): a log of every parking, for
     /// alerting; the parked table is what replay reads.
     pub dead_letter_stream: String,
@@ -78,6 +85,15 @@ pub struct RunnerConfig {
     /// Messages asked of the server per pull (the next pull goes out once half
     /// arrived): what the client buffers ahead of the read-ahead batches.
     pub fetch_batch: usize,
+    /// Bytes of commits read and parsed ahead of the batch being applied, at
+    /// most: the feed reads no further until a batch is applied. A batch
+    /// heavier than this still goes through, alone.
+    pub read_ahead_bytes: usize,
+    /// Another rebuild's claim whose heartbeat this runner has seen unchanged
+    /// for this long, on its own clock and with the database answering
+    /// throughout, is presumed dead and taken over (see
+    /// [`crate::projection::rebuild`]).
+    pub rebuild_stale_after: Duration,
 }
 
 impl RunnerConfig {
@@ -92,9 +108,12 @@ impl RunnerConfig {
             max_stall_backoff: Duration::from_secs(5),
             poison_burst_limit: 5,
             poison_burst_window: Duration::from_secs(60),
+            poison_burst_span: 10_000,
             dead_letter_stream: "DLQ".into(),
             idle_check: Duration::from_secs(3),
             fetch_batch: FETCH_BATCH,
+            read_ahead_bytes: super::feed::READ_AHEAD_BYTES,
+            rebuild_stale_after: super::rebuild::STALE_AFTER,
         }
     }
 }
@@ -192,6 +211,14 @@ impl RunnerError {
     }
 }
 
+/// How far [`Inner::catch_up`] got.
+pub(super) struct CaughtUp {
+    /// The position reached (everything up to it is applied).
+    pub position: u64,
+    /// Why it stopped short: the next commit is a newer build's.
+    pub newer: Option<String>,
+}
+
 pub(super) fn nats(e: impl std::fmt::Display) -> RunnerError {
     RunnerError::Nats(e.to_string())
 }
@@ -227,7 +254,7 @@ pub(super) struct Delivered {
 }
 
 impl Delivered {
-    fn from_message(m: jetstream::Message, unknown: UnknownEvents) -> Result<(Self, u64), RunnerError> {
+    pub(super) fn from_message(m: jetstream::Message, unknown: UnknownEvents) -> Result<(Self, u64), RunnerError> {
         let info = m.info().map_err(nats)?;
         let (sequence, pending) = (info.stream_sequence, info.pending);
         let message = m.message;
@@ -279,7 +306,7 @@ enum Flow {
 /// Remembers recent parkings under one checkpoint, to tell poison from an outage.
 #[derive(Default)]
 struct Breaker {
-    /// Distinct commits parked within the window, with when.
+    /// Distinct commits parked within the window and span, with when.
     parked: VecDeque<(u64, Instant)>,
     /// Refusing to park until a commit applies under this checkpoint again.
     tripped: bool,
@@ -295,6 +322,8 @@ pub(super) struct Inner<P> {
     pub(super) schema: Schema,
     /// Per checkpoint: the live one, and a rebuild's shadow one.
     breakers: Mutex<HashMap<String, Breaker>>,
+    /// Another rebuild's claim as this runner last saw it (see `claim`).
+    pub(super) claim_watch: Mutex<Option<super::rebuild::ClaimWatch>>,
     stalled: AtomicBool,
     failures: AtomicU32,
 }
@@ -316,6 +345,7 @@ impl ProjectionRunner {
         ensure_checkpoint(store.pool(), &name, &config.stream).await?;
         ensure_dead_letter_stream(&js, &config.dead_letter_stream).await?;
         let position = store.position(&name).await?;
+        let stored = stored_schema(&mut *store.pool().acquire().await?, &name).await?;
         let (position_tx, position_rx) = watch::channel(position);
         let (control_tx, control_rx) = mpsc::channel(4);
         let schema = Schema::of(&projection);
@@ -327,10 +357,16 @@ impl ProjectionRunner {
             name,
             schema,
             breakers: Mutex::default(),
+            claim_watch: Mutex::default(),
             stalled: AtomicBool::new(false),
             failures: AtomicU32::new(0),
         });
         info!(projection = %inner.name, position, "projection starting");
+        if stored.is_some_and(|s| s.version < inner.schema.version) {
+            // Not serving from an older build's tables from the first moment
+            // (`consume` rebuilds them, or waits for another replica's rebuild).
+            inner.store.set_stalled(&inner.name, Some(inner.rebuilding_reason()));
+        }
         let (js, stream) = (inner.js.clone(), inner.config.stream.clone());
         let task = tokio::spawn(run(inner, position, position_tx, control_rx));
         Ok(RunnerHandle { position: position_rx, control: control_tx, task, js, stream })
@@ -446,7 +482,7 @@ struct RebuildTask {
     task: AbortOnDrop<Result<u64, RunnerError>>,
 }
 
-struct AbortOnDrop<T>(JoinHandle<T>);
+pub(super) struct AbortOnDrop<T>(pub(super) JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
@@ -494,9 +530,9 @@ const CONSUMER_INACTIVE: Duration = Duration::from_secs(30);
 /// anything, means the stream lacks the next commit: stall and say so.
 const RESUBSCRIBES_BEFORE_STALL: u32 = 3;
 
-/// How often a range read under the live lock (a rebuild's swap) opens its
-/// feed again before the swap gives up and is tried again outside the lock.
-const RANGE_RETRIES: u32 = 3;
+/// How long a range read under the live lock (a rebuild's swap) may take
+/// before the swap rolls back and catches up outside the lock instead.
+const LOCKED_READ_LIMIT: Duration = Duration::from_secs(10);
 
 async fn run<P: Projection>(
     inner: Arc<Inner<P>>,
@@ -552,86 +588,8 @@ async fn run<P: Projection>(
     }
 }
 
-/// A run of contiguous commits read from the stream.
-pub(super) struct Run {
-    pub(super) commits: Vec<Delivered>,
-    /// Messages the server still holds for the consumer after this run.
-    pub(super) pending: u64,
-    /// The sequence delivered out of turn after the run, if any: the caller
-    /// must resubscribe (or fail) instead of reading on.
-    pub(super) gap: Option<u64>,
-}
-
-/// Parsed batches, read ahead of the one being applied.
-type Batches = mpsc::Receiver<Vec<Result<(Delivered, u64), RunnerError>>>;
-
-/// Batches read (and parsed) ahead of the one being applied: while a batch is
-/// written to the database, the next ones arrive from NATS and are decoded on
-/// another core. A few batches, so memory stays bounded.
-const BATCHES_AHEAD: usize = 4;
-
-/// The stream after a position, delivered in contiguous runs. The stream is
-/// unfiltered and never deleted from, so the commits after `p` are exactly
-/// `p+1, p+2, …`; anything else is reported as a gap, never skipped over.
-pub(super) struct Feed {
-    batches: Batches,
-    next: u64,
-    /// The task reading ahead; it ends with the feed.
-    _reader: AbortOnDrop<()>,
-}
-
-impl Feed {
-    /// Read `messages` ahead in batches of up to `size` (or what came within
-    /// `wait`), parsing each for a projection with the `unknown` policy.
-    fn read_ahead<E: std::fmt::Display + Send + 'static>(
-        messages: impl futures::Stream<Item = Result<jetstream::Message, E>> + Send + 'static,
-        next: u64,
-        size: usize,
-        wait: Duration,
-        unknown: UnknownEvents,
-    ) -> Self {
-        let (tx, batches) = mpsc::channel(BATCHES_AHEAD);
-        let reader = tokio::spawn(async move {
-            let mut chunks = Box::pin(messages.chunks_timeout(size, wait));
-            while let Some(chunk) = chunks.next().await {
-                let parsed = chunk
-                    .into_iter()
-                    .map(|m| m.map_err(nats).and_then(|m| Delivered::from_message(m, unknown)))
-                    .collect();
-                if tx.send(parsed).await.is_err() {
-                    return; // the feed was dropped
-                }
-            }
-        });
-        Self { batches, next, _reader: AbortOnDrop(reader) }
-    }
-
-    /// The next run, up to `until` (inclusive). Cancel-safe: it awaits once,
-    /// before taking anything.
-    pub(super) async fn next(&mut self, until: u64) -> Result<Run, RunnerError> {
-        let Some(batch) = self.batches.recv().await else {
-            return Err(RunnerError::Nats("consumer ended".into()));
-        };
-        let mut run = Run { commits: Vec::with_capacity(batch.len()), pending: 0, gap: None };
-        for message in batch {
-            let (delivered, pending) = message?;
-            if delivered.sequence > until && delivered.sequence == self.next {
-                break;
-            }
-            if delivered.sequence != self.next {
-                run.gap = Some(delivered.sequence);
-                break;
-            }
-            self.next += 1;
-            run.pending = pending;
-            run.commits.push(delivered);
-        }
-        Ok(run)
-    }
-}
-
 impl<P: Projection> Inner<P> {
-    fn stall(&self, e: &RunnerError) {
+    pub(super) fn stall(&self, e: &RunnerError) {
         if !self.stalled.swap(true, Ordering::Relaxed) {
             error!(projection = %self.name, error = %e, "projection stalled: retrying without limit; nothing is skipped");
         }
@@ -719,6 +677,10 @@ impl<P: Projection> Inner<P> {
         Ok(())
     }
 
+    fn rebuilding_reason(&self) -> String {
+        format!("rebuilding its tables for version {} before serving them", self.schema.version)
+    }
+
     /// Run (or wait for) a rebuild because the schema changed, serving control
     /// messages meanwhile. `Some(flow)` to leave consume; `None` once the
     /// rebuild has finished (check the schema again).
@@ -736,15 +698,11 @@ impl<P: Projection> Inner<P> {
         // Until the rebuilt tables are swapped in, the live ones are an older
         // version's: this build's queries must not be answered from them, so
         // the service reports NOT_SERVING (older replicas go on serving).
-        self.store.set_stalled(
-            &self.name,
-            Some(format!("rebuilding its tables for version {} before serving them", self.schema.version)),
-        );
-        let flow = self.await_schema_rebuild(control, rebuild).await;
-        if !self.stalled.load(Ordering::Relaxed) {
-            self.store.set_stalled(&self.name, None);
-        }
-        flow
+        self.store.set_stalled(&self.name, Some(self.rebuilding_reason()));
+        // The marker stays after a failure — another replica's rebuild
+        // holding the claim (RebuildRunning), a fault — and is cleared only
+        // once the tables are this build's (`consume`, past the check).
+        self.await_schema_rebuild(control, rebuild).await
     }
 
     async fn await_schema_rebuild(
@@ -810,6 +768,11 @@ impl<P: Projection> Inner<P> {
                 *position = stored;
                 position_tx.send_replace(stored);
             }
+        }
+        if !self.stalled.load(Ordering::Relaxed) {
+            // The tables are this build's: whatever rebuild marker was set
+            // (ours, or while another replica's ran) no longer holds.
+            self.store.set_stalled(&self.name, None);
         }
         let mut feed = self.subscribe(*position).await?;
         if self.stalled.load(Ordering::Relaxed) && self.stalled_but_current().await? {
@@ -910,46 +873,42 @@ impl<P: Projection> Inner<P> {
             .messages()
             .await
             .map_err(nats)?;
-        Ok(Feed::read_ahead(
-            messages,
-            position + 1,
-            self.config.batch_size,
-            self.config.batch_wait,
-            self.projection.unknown_events(),
-        ))
+        let limits = ReadAhead {
+            size: self.config.batch_size,
+            wait: self.config.batch_wait,
+            bytes: self.config.read_ahead_bytes,
+        };
+        Ok(Feed::read_ahead(messages, position + 1, limits, self.projection.unknown_events()))
     }
 
-    /// The commits after `from` up to and including `until`, contiguous. A
-    /// feed that fails (a missed heartbeat, the consumer lost with its node) is
-    /// opened again from where it broke, a few times at short intervals: the
-    /// caller holds the live lock. A gap is the stream's fault and is final.
+    /// The commits after `from` up to and including `until`, contiguous, read
+    /// while the caller holds the live lock (a rebuild's swap): one try,
+    /// within [`LOCKED_READ_LIMIT`]. Anything else — the feed failing, a gap,
+    /// the time running out — is [`RunnerError::Nats`]: the swap rolls back,
+    /// lets the live runners go on, and catches up outside the lock, where a
+    /// gap that persists is found to be final. Retrying here held every live
+    /// runner of the projection for as long as the retries took.
     pub(super) async fn read_range(&self, from: u64, until: u64) -> Result<Vec<Delivered>, RunnerError> {
-        let mut out: Vec<Delivered> = Vec::new();
-        let mut failures: u32 = 0;
-        while from + (out.len() as u64) < until {
-            let after = from + out.len() as u64;
-            let read = async {
-                let mut feed = self.subscribe(after).await?;
-                while from + (out.len() as u64) < until {
-                    let run = feed.next(until).await?;
-                    out.extend(run.commits);
-                    if run.gap.is_some() {
-                        return Err(RunnerError::Missing(from + 1 + out.len() as u64));
-                    }
+        let read = async {
+            let mut out: Vec<Delivered> = Vec::new();
+            let mut feed = self.subscribe(from).await?;
+            while from + (out.len() as u64) < until {
+                let run = feed.next(until).await?;
+                out.extend(run.commits);
+                if let Some(delivered) = run.gap {
+                    return Err(nats(format!(
+                        "commit {} delivered after {} while reading under the live lock",
+                        delivered,
+                        from + out.len() as u64
+                    )));
                 }
-                Ok(())
-            };
-            match read.await {
-                Ok(()) => break,
-                Err(e @ RunnerError::Nats(_)) if failures < RANGE_RETRIES => {
-                    failures += 1;
-                    warn!(projection = %self.name, after = from + out.len() as u64, error = %e, "range read interrupted; reading on");
-                    tokio::time::sleep(self.config.retry_backoff.saturating_mul(failures)).await;
-                }
-                Err(e) => return Err(e),
             }
+            Ok(out)
+        };
+        match tokio::time::timeout(LOCKED_READ_LIMIT, read).await {
+            Ok(read) => read,
+            Err(_) => Err(nats(format!("commits {from}..={until} not read within {LOCKED_READ_LIMIT:?}"))),
         }
-        Ok(out)
     }
 
     /// Apply commits after `from` up to `until` into `tables`, batch by batch;
@@ -959,7 +918,10 @@ impl<P: Projection> Inner<P> {
     /// and carrying on from the position reached, without limit, so that a
     /// rebuild is not thrown away and started again from zero. A rebuild stops
     /// once another took over its claim; a commit missing from the stream
-    /// (seen at one position [`RESUBSCRIBES_BEFORE_STALL`] times) is final.
+    /// (seen at one position [`RESUBSCRIBES_BEFORE_STALL`] times) is final. A
+    /// commit from a newer build ends the catch-up short of `until`, at the
+    /// position before it, with the reason ([`CaughtUp::newer`]): this build
+    /// can go no further, and what it applied stands.
     pub(super) async fn catch_up(
         &self,
         tables: Tables,
@@ -967,7 +929,7 @@ impl<P: Projection> Inner<P> {
         from: u64,
         until: u64,
         rebuild_owner: Option<&str>,
-    ) -> Result<u64, RunnerError> {
+    ) -> Result<CaughtUp, RunnerError> {
         let mut position = from;
         let mut failures: u32 = 0;
         let mut gaps = (position, 0u32);
@@ -997,10 +959,11 @@ impl<P: Projection> Inner<P> {
                         return Err(RunnerError::RebuildLost);
                     }
                 }
+                Err(RunnerError::NewerData(why)) => return Ok(CaughtUp { position, newer: Some(why) }),
                 Err(e) => return Err(e),
             }
         }
-        Ok(position)
+        Ok(CaughtUp { position, newer: None })
     }
 
     /// One feed's worth of [`Inner::catch_up`]: until `until`, an error, or a
@@ -1204,16 +1167,16 @@ impl<P: Projection> Inner<P> {
     }
 
     /// Refuse to park `sequence` under `checkpoint` when more than the burst
-    /// limit of *other* commits were parked there within the window: many
-    /// different commits failing in a short time is the environment, not poison.
+    /// limit of *other* commits were parked there within the window, each
+    /// within the span of commits before it: many different commits failing
+    /// in a short time and a short stretch of the stream is the environment,
+    /// not poison.
     /// Once refused, parking stays refused until a commit applies there again.
     fn admit_parking(&self, checkpoint: &str, sequence: u64) -> Result<(), RunnerError> {
         let Ok(mut breakers) = self.breakers.lock() else { return Ok(()) };
         let b = breakers.entry(checkpoint.to_string()).or_default();
-        let window = self.config.poison_burst_window;
-        while b.parked.front().is_some_and(|(_, t)| t.elapsed() > window) {
-            b.parked.pop_front();
-        }
+        let (window, span) = (self.config.poison_burst_window, self.config.poison_burst_span);
+        b.parked.retain(|(s, t)| t.elapsed() <= window && s.abs_diff(sequence) <= span);
         let others = b.parked.iter().filter(|(s, _)| *s != sequence).count();
         if b.tripped || others >= self.config.poison_burst_limit {
             b.tripped = true;
