@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::*;
 use gridwork_eventstore::projection::store::{CHECKPOINTS, REBUILDS};
 use gridwork_eventstore::projection::{
-    ApplyError, Projection, ProjectionRunner, ReadStore, TableDef, Tables, UnknownEvents,
+    ApplyError, Projection, ProjectionRunner, ReadStore, RunnerError, TableDef, Tables, UnknownEvents,
 };
 use gridwork_eventstore::{
     DomainEvent, ExecuteError, RecordedCommit, Repository, RepositoryOptions, StoreError, decode_stored,
@@ -382,16 +382,17 @@ async fn a_rebuild_meeting_a_newer_builds_commit_swaps_in_what_this_build_can_re
 }
 
 /// An upgraded replica has already moved the live tables past the next
-/// build's commit when a replica of the current build rebuilds: the shadow set
-/// cannot be caught up to them. The rebuild waits — its claim and its shadow
-/// set kept, not dropped to start over from zero.
+/// build's commit when an operator rebuilds on a replica of the current build
+/// (same table version): the shadow set can never catch up to them. The
+/// rebuild fails at once with the reason and leaves nothing behind — waiting
+/// would hold the claim, and every other rebuild, until the replica is gone.
 #[tokio::test]
-async fn a_rebuild_behind_live_tables_a_newer_build_moved_on_waits_with_its_shadow_set() {
+async fn an_operators_rebuild_behind_live_tables_a_newer_build_moved_on_fails_and_lets_go() {
     let nats = NatsServer::start().await.expect("nats");
     let db = TestDb::sqlite().expect("db");
     let k = kernel(&nats, &db).await;
     k.repository.execute("acct", &LedgerCommand::Open { owner: "Wang".into() }, &meta()).await.expect("open");
-    let known = k.repository.execute("acct", &LedgerCommand::Deposit { amount: 100 }, &meta()).await.expect("v1");
+    k.repository.execute("acct", &LedgerCommand::Deposit { amount: 100 }, &meta()).await.expect("v1");
     let next = next_build(&k).await;
     next.execute("acct", &next::Command::Freeze("audit".into()), &meta()).await.expect("freeze");
     let head = next.execute("acct", &next::Command::Deposit(50), &meta()).await.expect("v2").sequence;
@@ -401,29 +402,19 @@ async fn a_rebuild_behind_live_tables_a_newer_build_moved_on_waits_with_its_shad
 
     let store = ReadStore::connect(&db.url).await.expect("current replica's store");
     let current = ProjectionRunner::start(k.js.clone(), store.clone(), Accounts, quick()).await.expect("current");
-    assert!(
-        tokio::time::timeout(Duration::from_millis(1500), current.rebuild()).await.is_err(),
-        "the rebuild neither swaps nor gives up"
-    );
-    let claim = || async {
-        let owner: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(format!("SELECT owner, tag FROM {REBUILDS}")))
-            .fetch_all(store.pool())
-            .await
-            .expect("rebuilds");
-        let shadow: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT position FROM {CHECKPOINTS} WHERE projection LIKE 'sample_accounts#shadow-%'"
-        )))
-        .fetch_all(store.pool())
-        .await
-        .expect("shadow checkpoints");
-        (owner, shadow)
+    let refused = tokio::time::timeout(WAIT, current.rebuild()).await.expect("the rebuild answers");
+    assert!(matches!(refused, Err(RunnerError::NewerData(_))), "{refused:?}");
+    let count = |sql: String| {
+        let pool = store.pool().clone();
+        async move { sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql)).fetch_one(&pool).await.expect("count") }
     };
-    let before = claim().await;
-    assert_eq!(before.0.len(), 1, "one claim");
-    assert_eq!(before.1, vec![(known.sequence as i64,)], "one shadow set, at the commit before the newer one");
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(claim().await, before, "the same rebuild, still waiting with its shadow set");
-    assert_eq!(dump(&store).await[0].2, 150, "the live tables are the upgraded replica's");
+    assert_eq!(count(format!("SELECT COUNT(*) FROM {REBUILDS}")).await, 0, "the claim is let go");
+    assert_eq!(
+        count(format!("SELECT COUNT(*) FROM {CHECKPOINTS} WHERE projection LIKE 'sample_accounts#shadow-%'")).await,
+        0,
+        "the shadow set is dropped"
+    );
+    assert_eq!(dump(&store).await[0].2, 150, "the live tables are the upgraded replica's, untouched");
     current.stop().await;
 }
 
@@ -572,6 +563,22 @@ async fn table_changes(db: TestDb) {
     let v2_store = ReadStore::connect(&db.url).await.expect("v2 store");
     let twin_store = ReadStore::connect(&db.url).await.expect("twin store");
     let paced = || AccountsV2 { version: 2, pace: Duration::from_millis(100) };
+    // Whatever either replica said before the swap, watched from the start.
+    let watcher = {
+        let (a, b) = (v2_store.clone(), twin_store.clone());
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            let mut said = Vec::new();
+            while tokio::time::Instant::now() < deadline {
+                said.extend(a.stalled().into_iter().chain(b.stalled()).map(|(_, reason)| reason));
+                if sqlx::query("SELECT largest_deposit FROM sample_accounts").fetch_all(a.pool()).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            said
+        })
+    };
     let (v2, twin) = tokio::join!(
         ProjectionRunner::start(k.js.clone(), v2_store.clone(), paced(), quick()),
         ProjectionRunner::start(k.js.clone(), twin_store.clone(), paced(), quick()),
@@ -579,24 +586,7 @@ async fn table_changes(db: TestDb) {
     let (v2, twin) = (v2.expect("v2"), twin.expect("twin"));
     let swapped =
         async || sqlx::query("SELECT largest_deposit FROM sample_accounts").fetch_all(v2_store.pool()).await.is_ok();
-    // A replica whose start met the version-1 tables says why it is not
-    // serving. (On a loaded machine the twin's start can wait on SQLite's
-    // write lock until the other's rebuild has swapped in: it then starts on
-    // version-2 tables, and has nothing to wait for.)
-    let deadline = tokio::time::Instant::now() + WAIT;
-    for store in [&v2_store, &twin_store] {
-        loop {
-            if let Some((_, reason)) = store.stalled().into_iter().next() {
-                assert!(reason.contains("rebuilding its tables"), "{reason}");
-                break;
-            }
-            if swapped().await && store.stalled().is_empty() {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "the projection says it is stalled");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    // Until the swap, neither serves the older tables.
     let deadline = tokio::time::Instant::now() + WAIT;
     while !swapped().await {
         for (who, store) in [("v2", &v2_store), ("twin", &twin_store)] {
@@ -608,6 +598,13 @@ async fn table_changes(db: TestDb) {
         assert!(tokio::time::Instant::now() < deadline, "the rebuilt tables are swapped in");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // The replica that rebuilds read version-1 tables in its start, so it
+    // said so from then until its rebuild (paced, ≥ 0.8 s) swapped in. (On a
+    // loaded machine the other's start can wait on SQLite's write lock until
+    // after the swap, and then has nothing to say.)
+    let said = watcher.await.expect("watcher");
+    assert!(!said.is_empty(), "the rebuilding replica said it is not serving the older tables");
+    assert!(said.iter().all(|r| r.contains("rebuilding its tables")), "{said:?}");
     v2.wait_for(head, WAIT).await.expect("v2 caught up");
     assert_eq!(largest_deposits(&v2_store).await, [("a".to_string(), 16, 9), ("b".to_string(), 3, 1)]);
     // The marker is cleared just after the swap's transaction commits.

@@ -5,11 +5,16 @@
 //! batches ([`BATCHES_AHEAD`]) and by bytes ([`READ_AHEAD_BYTES`]) — a count
 //! alone let four batches of 2,000 commits of up to the server's largest
 //! message (1 MB by default, up to 64 MB) hold gigabytes. A batch is cut at
-//! `batch_size` commits, at [`BATCH_BYTES`], or at whatever arrived within
-//! `batch_wait` of its first commit; the reader then takes the batch's weight
-//! from the byte budget before handing it on, and waits while the budget is
-//! spent. The weight comes back when the batch is dropped (the [`Run`] made
-//! of it has been applied).
+//! `batch_size` commits, at a weight of [`BATCH_BYTES`], or at whatever
+//! arrived within `batch_wait` of its first commit; the reader then takes the
+//! batch's weight from the byte budget before handing it on, and waits while
+//! the budget is spent. The weight comes back when the batch is dropped (the
+//! [`Run`] made of it has been applied).
+//!
+//! The bound on memory is therefore the budget, plus the one batch cut and
+//! waiting for its weight (at most [`BATCH_BYTES`] and one message), plus
+//! what the client buffers of the pull (twice the server's largest message,
+//! at least 8 MiB): about 90 MiB with the defaults and 1 MB messages.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +34,8 @@ const BATCHES_AHEAD: usize = 4;
 /// still goes through, alone).
 pub(super) const READ_AHEAD_BYTES: usize = 64 << 20;
 
-/// A batch stops growing once its messages weigh this much.
+/// A batch stops growing once its messages weigh this much (about half of
+/// it on the wire).
 const BATCH_BYTES: usize = 16 << 20;
 
 /// What a message weighs against the budget: its bytes on the wire, twice
@@ -99,10 +105,15 @@ impl Feed {
     /// before taking anything.
     pub(super) async fn next(&mut self, until: u64) -> Result<Run, RunnerError> {
         let Some(batch) = self.batches.recv().await else {
-            if std::mem::replace(&mut self.ended, true) {
+            if self.ended {
                 return Err(RunnerError::Nats("consumer ended".into()));
             }
-            return Err(why_ended(&mut self._reader.0).await);
+            // Marked only once the reader's end is known: cancelled while
+            // waiting for it (the channel closes a moment before the task's
+            // result is ready), the next call asks again.
+            let e = why_ended(&mut self._reader.0).await;
+            self.ended = true;
+            return Err(e);
         };
         let mut run =
             Run { commits: Vec::with_capacity(batch.items.len()), pending: 0, gap: None, _weight: Some(batch.weight) };
@@ -155,8 +166,8 @@ where
     B: Send + 'static,
 {
     let (tx, batches) = mpsc::channel(BATCHES_AHEAD);
-    // Semaphore permits are counted in u32 and capped below usize::MAX >> 3.
-    let budget_bytes = limits.bytes.clamp(1, u32::MAX as usize);
+    // Permits are taken in u32s, and a semaphore holds at most MAX_PERMITS.
+    let budget_bytes = limits.bytes.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let budget = Arc::new(Semaphore::new(budget_bytes));
     let reader = tokio::spawn(async move {
         let mut source = std::pin::pin!(source);
@@ -233,6 +244,36 @@ mod tests {
         drop(first);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(taken.load(Ordering::SeqCst) > read, "reading resumed once the batch was applied");
+    }
+
+    /// A run keeps its weight until the caller drops it (has applied it), not
+    /// only until it is received.
+    #[tokio::test]
+    async fn a_runs_weight_is_held_until_it_is_dropped() {
+        let (source, taken) = counted(1000);
+        let limits = ReadAhead { size: 10, wait: Duration::from_millis(5), bytes: 20 * MB };
+        let (batches, reader) = spawn_reader(
+            source,
+            limits,
+            |_| MB,
+            |i| {
+                let sequence = i as u64 + 1;
+                let headers = async_nats::HeaderMap::new();
+                Ok((Delivered::new(sequence, "s.x", headers, bytes::Bytes::new(), UnknownEvents::Skip), 0))
+            },
+        );
+        let mut feed = Feed { batches, next: 1, _reader: AbortOnDrop(reader), ended: false };
+        let first = feed.next(u64::MAX).await.expect("first run");
+        let second = feed.next(u64::MAX).await.expect("second run");
+        assert_eq!((first.commits.len(), second.commits.len()), (10, 10));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // The two runs held take the whole budget; one more batch is cut and waits.
+        let read = taken.load(Ordering::SeqCst);
+        assert!(read <= 30 + 1, "read {read} while the runs are held");
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(taken.load(Ordering::SeqCst) > read, "reading resumed once a run was dropped");
+        drop(second);
     }
 
     #[tokio::test]

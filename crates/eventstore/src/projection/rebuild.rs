@@ -28,10 +28,10 @@
 //! 6. **A newer build's commit ends the replay, not the rebuild.** This build
 //!    cannot apply it and its live runners stop before it too, so the shadow
 //!    set is swapped in at the position before it and the live runner waits
-//!    there for an upgrade. Only if a newer replica has already moved the live
-//!    tables past it does the rebuild wait (heartbeating, its shadow set kept)
-//!    — a rebuild given up would be started again from zero by the schema
-//!    check, over and over.
+//!    there for an upgrade. If a newer replica has already moved the live
+//!    tables past it, the rebuild cannot finish: an operator's rebuild fails
+//!    with the reason; a schema rebuild waits, its shadow set kept (given up,
+//!    the schema check would start it again from zero, over and over).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,7 +114,7 @@ impl<P: Projection> Inner<P> {
                 if let Some(why) = caught.newer {
                     // A newer replica has moved the live tables past a commit
                     // this build cannot read: the swap cannot catch up to them.
-                    return Err(RunnerError::NewerData(why));
+                    return self.past_newer_data(why).await.map(|()| None);
                 }
                 self.swap(claim, shadow).await
             };
@@ -134,13 +134,9 @@ impl<P: Projection> Inner<P> {
                 }
                 // NATS or the database failing under the swap: the swap rolled
                 // back, the shadow set stands; try again once they are back.
-                // Live tables past a newer build's commit: the shadow set
-                // stands too, waiting (as the live runner waits) for this
-                // replica to be upgraded or its claim taken over.
-                Err(e) if e.environmental() || matches!(e, RunnerError::NewerData(_)) => {
-                    if let RunnerError::NewerData(_) = e {
-                        self.stall(&e);
-                    }
+                // (Also a schema rebuild behind live tables past a newer
+                // build's commit: see `past_newer_data`.)
+                Err(e) if e.environmental() => {
                     outages += 1;
                     warn!(projection = %self.name, outages, error = %e, "swap interrupted; trying again");
                     let pause = self.config.retry_backoff.saturating_mul(1 << outages.min(10));
@@ -151,6 +147,35 @@ impl<P: Projection> Inner<P> {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// The live tables are past a commit from a newer build that this build
+    /// cannot read, so the shadow set can never catch up to them. Whose tables
+    /// they are decides:
+    /// - a newer version's: this rebuild is moot ([`RunnerError::Schema`]);
+    /// - this version's (an operator's rebuild on an older replica during a
+    ///   rolling deploy): give up and say why ([`RunnerError::NewerData`]) —
+    ///   waiting would hold the claim, and every other rebuild, until this
+    ///   replica is replaced;
+    /// - an older version's (a schema rebuild): wait, shadow set kept, for the
+    ///   upgrade — given up, the schema check would start it again from zero,
+    ///   over and over. Returned as an outage ([`RunnerError::Environment`]).
+    async fn past_newer_data(&self, why: String) -> Result<(), RunnerError> {
+        let mut tx = self.store.pool().begin().await?;
+        let stored = stored_schema(&mut tx, &self.name).await?;
+        tx.rollback().await?;
+        match stored {
+            Some(stored) if stored.version > self.schema.version => {
+                self.schema_writable(&stored)?;
+                Err(RunnerError::NewerData(why))
+            }
+            Some(stored) if stored.version < self.schema.version => {
+                warn!(projection = %self.name, reason = %why,
+                      "the live tables are past a newer build's commit; the schema rebuild waits for an upgrade");
+                Err(RunnerError::Environment(why))
+            }
+            _ => Err(RunnerError::NewerData(why)),
         }
     }
 

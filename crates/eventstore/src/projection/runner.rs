@@ -959,7 +959,12 @@ impl<P: Projection> Inner<P> {
                         return Err(RunnerError::RebuildLost);
                     }
                 }
-                Err(RunnerError::NewerData(why)) => return Ok(CaughtUp { position, newer: Some(why) }),
+                Err(RunnerError::NewerData(why)) => {
+                    // The commits before it in its batch were applied one at a
+                    // time, past `position`: report where the checkpoint is.
+                    let stored = self.store.position(checkpoint).await.unwrap_or(position);
+                    return Ok(CaughtUp { position: position.max(stored), newer: Some(why) });
+                }
                 Err(e) => return Err(e),
             }
         }
