@@ -193,6 +193,18 @@ async fn next_build(k: &Kernel) -> Repository<next::Ledger> {
     Repository::new(k.js.clone(), "SAMPLE", None, RepositoryOptions::default()).await.expect("next build's repository")
 }
 
+/// An account opened and given 100 by the current build, then frozen and given
+/// 50 (a v2 deposit) by the next: the sequence of the last commit the current
+/// build can read, and the head.
+async fn written_by_both_builds(k: &Kernel) -> (u64, u64) {
+    k.repository.execute("acct", &LedgerCommand::Open { owner: "Wang".into() }, &meta()).await.expect("open");
+    let known = k.repository.execute("acct", &LedgerCommand::Deposit { amount: 100 }, &meta()).await.expect("v1");
+    let next = next_build(k).await;
+    next.execute("acct", &next::Command::Freeze("audit".into()), &meta()).await.expect("freeze");
+    let head = next.execute("acct", &next::Command::Deposit(50), &meta()).await.expect("v2").sequence;
+    (known.sequence, head)
+}
+
 /// The `sample_accounts` projection as the next build has it: the same
 /// tables, and it knows frozen accounts and v2 deposits.
 struct NextAccounts;
@@ -314,14 +326,10 @@ async fn a_projection_stalls_at_events_from_a_newer_build_and_the_upgraded_one_c
     let nats = NatsServer::start().await.expect("nats");
     let db = TestDb::sqlite().expect("db");
     let k = kernel(&nats, &db).await;
-    k.repository.execute("acct", &LedgerCommand::Open { owner: "Wang".into() }, &meta()).await.expect("open");
-    let known = k.repository.execute("acct", &LedgerCommand::Deposit { amount: 100 }, &meta()).await.expect("v1");
-    let next = next_build(&k).await;
-    next.execute("acct", &next::Command::Freeze("audit".into()), &meta()).await.expect("freeze");
-    let head = next.execute("acct", &next::Command::Deposit(50), &meta()).await.expect("v2").sequence;
+    let (known, head) = written_by_both_builds(&k).await;
 
     let current = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("current");
-    current.wait_for(known.sequence, WAIT).await.expect("applies what it knows");
+    current.wait_for(known, WAIT).await.expect("applies what it knows");
     let deadline = tokio::time::Instant::now() + WAIT;
     while k.store.stalled().is_empty() {
         assert!(tokio::time::Instant::now() < deadline, "the projection says it is stalled");
@@ -330,7 +338,7 @@ async fn a_projection_stalls_at_events_from_a_newer_build_and_the_upgraded_one_c
     let reason = k.store.stalled()[0].1.clone();
     assert!(reason.contains("upgrade this replica"), "{reason}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(current.position(), known.sequence, "nothing skipped");
+    assert_eq!(current.position(), known, "nothing skipped");
     assert!(current.parked().await.expect("parked").is_empty(), "nothing parked");
     current.stop().await;
 
@@ -353,16 +361,12 @@ async fn a_rebuild_meeting_a_newer_builds_commit_swaps_in_what_this_build_can_re
     let nats = NatsServer::start().await.expect("nats");
     let db = TestDb::sqlite().expect("db");
     let k = kernel(&nats, &db).await;
-    k.repository.execute("acct", &LedgerCommand::Open { owner: "Wang".into() }, &meta()).await.expect("open");
-    let known = k.repository.execute("acct", &LedgerCommand::Deposit { amount: 100 }, &meta()).await.expect("v1");
-    let next = next_build(&k).await;
-    next.execute("acct", &next::Command::Freeze("audit".into()), &meta()).await.expect("freeze");
-    let head = next.execute("acct", &next::Command::Deposit(50), &meta()).await.expect("v2").sequence;
+    let (known, head) = written_by_both_builds(&k).await;
 
     let current = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, quick()).await.expect("current");
-    current.wait_for(known.sequence, WAIT).await.expect("applies what it knows");
+    current.wait_for(known, WAIT).await.expect("applies what it knows");
     let at = tokio::time::timeout(WAIT, current.rebuild()).await.expect("the rebuild ends").expect("rebuilt");
-    assert_eq!(at, known.sequence, "swapped in up to the newer build's commit");
+    assert_eq!(at, known, "swapped in up to the newer build's commit");
     let rows = dump(&k.store).await;
     assert_eq!((rows[0].2, rows[0].3), (100, 1), "the rebuilt tables hold what this build reads");
     assert!(current.parked().await.expect("parked").is_empty(), "nothing parked");
@@ -391,11 +395,7 @@ async fn an_operators_rebuild_behind_live_tables_a_newer_build_moved_on_fails_an
     let nats = NatsServer::start().await.expect("nats");
     let db = TestDb::sqlite().expect("db");
     let k = kernel(&nats, &db).await;
-    k.repository.execute("acct", &LedgerCommand::Open { owner: "Wang".into() }, &meta()).await.expect("open");
-    k.repository.execute("acct", &LedgerCommand::Deposit { amount: 100 }, &meta()).await.expect("v1");
-    let next = next_build(&k).await;
-    next.execute("acct", &next::Command::Freeze("audit".into()), &meta()).await.expect("freeze");
-    let head = next.execute("acct", &next::Command::Deposit(50), &meta()).await.expect("v2").sequence;
+    let (_, head) = written_by_both_builds(&k).await;
     let upgraded = ProjectionRunner::start(k.js.clone(), k.store.clone(), NextAccounts, quick()).await.expect("next");
     upgraded.wait_for(head, WAIT).await.expect("the upgraded replica applies all");
     upgraded.stop().await;
