@@ -10,11 +10,16 @@
 //!    store, built and rebuilt like any projection, independent of how busy the
 //!    aggregate is.
 //!
-//! The index lags the stream by a batch, so it is consulted only for a command id
-//! issued (its UUIDv7 time) longer ago than half the duplicate window — a retry
-//! younger than that is caught by the server. When consulted and it does not know
-//! the id, the index is first brought up to the stream's head, so that a missing
-//! entry means the command never landed. A command id older than the horizon is
+//! The index is asked only what the other two layers cannot answer: for an
+//! aggregate that has forgotten command ids (more commits than it remembers),
+//! and, for a client's UUIDv7 id, only once the id is older than half the
+//! duplicate window (a younger retry is the server's to catch). A process
+//! manager's derived id has no time, so it is asked whenever the aggregate has
+//! forgotten ids. The aggregate remembers every commit from its oldest
+//! remembered one on; the index need only have applied the commits before that
+//! one for "not found" to mean "never landed" — not the stream's head, which a
+//! reactor holding SQLite's write lock would keep it from reaching. A command
+//! id older than the horizon is
 //! refused (`StoreError::CommandTooOld`): after the horizon nothing can tell a retry
 //! from a new command, and applying it twice is the one answer that is never right.
 
@@ -30,6 +35,11 @@ use crate::projection::{ApplyError, Projection, ReadStore, RunnerHandle, TableDe
 
 /// Rows older than the horizon are pruned every this many commits.
 const PRUNE_EVERY: u64 = 1024;
+
+/// Longest a command waits for the index to reach the commits it must vouch
+/// for. It lags the stream by a batch; one this far behind is stalled or
+/// rebuilding from zero, or blocked by the caller's own write lock.
+pub const INDEX_WAIT: Duration = Duration::from_secs(2);
 
 /// The projection that fills a stream's command index.
 #[derive(Debug, Clone)]
@@ -131,16 +141,28 @@ impl CommandIndex {
         &self.runner
     }
 
-    /// The sequence of the commit `command_id` produced on `subject`, if any.
-    /// Not finding it, brings the index up to the stream's head and looks again.
-    pub async fn find(&self, subject: &str, command_id: &str) -> Result<Option<u64>, StoreError> {
+    /// The sequence of the commit `command_id` produced on `subject`, if it
+    /// is one of the subject's commits up to `through` (the commits after it
+    /// are the aggregate's own memory's to know). A missing entry is an
+    /// answer only once the index has applied `through`; an index further
+    /// behind is waited for, at most [`INDEX_WAIT`], and then the command is
+    /// answered unavailable — never decided without the check. A caller that
+    /// holds the read store's write lock (a reactor on SQLite) thereby lets go
+    /// of it, rolls back and comes again once the index has moved on.
+    pub async fn find_through(&self, subject: &str, command_id: &str, through: u64) -> Result<Option<u64>, StoreError> {
         if let Some(found) = self.lookup(subject, command_id).await? {
             return Ok(Some(found));
         }
-        self.runner
-            .wait_for_stream_head(Duration::from_secs(5))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("the command index cannot vouch for {command_id}: {e}")))?;
+        if self.runner.position() >= through {
+            return Ok(None);
+        }
+        metrics::counter!("eventstore_command_index_waits_total", "stream" => self.stream.clone()).increment(1);
+        self.runner.wait_for(through, INDEX_WAIT).await.map_err(|e| {
+            StoreError::Unavailable(format!(
+                "the command index of {} cannot vouch for {command_id} yet (it must reach {through}): {e}",
+                self.stream
+            ))
+        })?;
         self.lookup(subject, command_id).await
     }
 

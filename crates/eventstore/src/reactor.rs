@@ -23,7 +23,12 @@
 //! - **Effects are idempotent by construction.** A crash between a command and
 //!   the position's commit replays the commit: every command a reactor sends
 //!   has an id derived from the commit it reacts to, so the second send is
-//!   answered by the first's commit.
+//!   answered by the first's commit — for the repository's idempotency
+//!   horizon, however long the reactor was down and however busy the
+//!   aggregate (the stream's command index is asked for derived ids; on
+//!   SQLite, where the reactor's transaction keeps the index from writing, a
+//!   send the index cannot vouch for yet is unavailable, and the batch is
+//!   rolled back and tried again).
 //! - **Unknown event types stall it** by default, as what a reactor skips it
 //!   never reacts to (it is never rebuilt); a reactor opts into skipping.
 

@@ -121,6 +121,10 @@ pub struct Loaded<A: Aggregate> {
     /// Recent command ids (as tags) and the sequence of their commits,
     /// oldest first.
     pub recent: VecDeque<(CommandTag, u64)>,
+    /// `recent` holds every commit of the aggregate (none forgotten yet): a
+    /// command id not in it never landed here, and the command index need
+    /// not be asked.
+    recent_complete: bool,
     /// Commits folded in since the last snapshot.
     commits_since_snapshot: u32,
     /// Where a cold load's read of those commits starts: the last written
@@ -146,6 +150,7 @@ impl<A: Aggregate> Default for Loaded<A> {
             state: A::default(),
             sequence: 0,
             recent: VecDeque::new(),
+            recent_complete: true,
             commits_since_snapshot: 0,
             unsnapshotted_from: 0,
             state_weight: None,
@@ -166,6 +171,7 @@ impl<A: Aggregate> Loaded<A> {
         self.recent.push_back((command, sequence));
         while self.recent.len() > remember {
             self.recent.pop_front();
+            self.recent_complete = false;
         }
         self.commits_since_snapshot += 1;
         self.commits_since_weighed += 1;
@@ -212,6 +218,16 @@ impl<A: Aggregate> Loaded<A> {
 
     fn remembered(&self, command: CommandTag) -> Option<u64> {
         self.recent.iter().rev().find(|(c, _)| *c == command).map(|(_, s)| *s)
+    }
+
+    /// The last sequence whose commits this state no longer remembers the
+    /// command ids of (everything before its oldest remembered commit), or
+    /// `None` if it remembers them all.
+    fn forgotten_through(&self) -> Option<u64> {
+        if self.recent_complete {
+            return None;
+        }
+        Some(self.recent.front().map_or(self.sequence, |(_, s)| s.saturating_sub(1)))
     }
 }
 
@@ -325,15 +341,12 @@ impl<A: Aggregate> Repository<A> {
         Self { shared: Arc::new(shared) }
     }
 
-    /// Refuse a command id outside the horizon; find one the index knows.
-    /// The UUIDv7 time of the id is compared with the wall clock, as the
-    /// server's duplicate window is (not the injected domain clock).
-    async fn check_horizon(&self, subject: &str, command_id: &str) -> Result<Option<u64>, StoreError> {
+    /// Refuse a command id outside the horizon. Returns its age in
+    /// milliseconds where it has one (a UUIDv7), compared with the wall clock
+    /// as the server's duplicate window is (not the injected domain clock);
+    /// `None` for an id without a time (a process manager's derived id).
+    fn command_age(&self, command_id: &str) -> Result<Option<i64>, StoreError> {
         let Some(issued) = crate::command_index::issued_at_ms(command_id) else {
-            // Not a UUIDv7 (a process manager's derived id): the layers that
-            // need no time still apply. Asking the index here is not safe: a
-            // reactor sends from inside its own write transaction, and on
-            // SQLite the index cannot catch up to the head behind it.
             return Ok(None);
         };
         let age = crate::projection::store::now_ms() - issued;
@@ -355,13 +368,27 @@ impl<A: Aggregate> Repository<A> {
                 horizon_s: horizon.as_secs() as i64,
             });
         }
-        match &self.shared.index {
-            // Younger than half the window, a retry is caught by the server.
-            Some(index) if age > self.shared.duplicate_window.as_millis() as i64 / 2 => {
-                index.find(subject, command_id).await
-            }
-            _ => Ok(None),
+        Ok(Some(age))
+    }
+
+    /// Ask the command index (layer 3) for a command id `loaded` does not
+    /// remember: only when the aggregate has forgotten ids, and for a UUIDv7
+    /// only once the server's window may have let it go (younger than half
+    /// of it, a retry is the server's to catch). A derived id has no age, so
+    /// it is asked whenever ids were forgotten.
+    async fn ask_index(
+        &self,
+        subject: &str,
+        command_id: &str,
+        loaded: &Loaded<A>,
+        age: Option<i64>,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(index) = &self.shared.index else { return Ok(None) };
+        let Some(through) = loaded.forgotten_through() else { return Ok(None) };
+        if age.is_some_and(|age| age <= self.shared.duplicate_window.as_millis() as i64 / 2) {
+            return Ok(None);
         }
+        index.find_through(subject, command_id, through).await
     }
 
     /// Forget every cached aggregate (benchmarks measure the cold path with it).
@@ -608,19 +635,24 @@ impl<A: Aggregate> Repository<A> {
         }
         let subject = envelope::subject::<A>(id);
         let tag = CommandTag::of(&meta.command_id);
+        let age = self.command_age(&meta.command_id)?;
         let mut loaded = self.load_shared(id).await?;
-        if loaded.remembered(tag).is_none()
-            && let Some(sequence) = self.check_horizon(&subject, &meta.command_id).await?
-        {
-            return self.replay(&subject, meta, sequence).await;
-        }
         let mut leaderless_since: Option<tokio::time::Instant> = None;
         let mut checked_with_leader = false;
+        // The state the index was last asked about: a state refreshed after a
+        // conflict may have forgotten more.
+        let mut index_asked_at: Option<u64> = None;
         let mut attempt = 0;
         while attempt < self.shared.options.max_attempts {
             attempt += 1;
             if let Some(sequence) = loaded.remembered(tag) {
                 return self.replay(&subject, meta, sequence).await;
+            }
+            if index_asked_at != Some(loaded.sequence) {
+                index_asked_at = Some(loaded.sequence);
+                if let Some(sequence) = self.ask_index(&subject, &meta.command_id, &loaded, age).await? {
+                    return self.replay(&subject, meta, sequence).await;
+                }
             }
             let decided = loaded.state.decide(command);
             // A process manager's command (no request digest, an id derived from
@@ -853,6 +885,7 @@ impl<A: Aggregate> Repository<A> {
                 .into_iter()
                 .map(|r| (CommandTag::from_bytes(&r.tag).unwrap_or_else(|| CommandTag::of(&r.command_id)), r.sequence))
                 .collect(),
+            recent_complete: snap.recent_complete,
             commits_since_snapshot: 0,
             unsnapshotted_from: snap.sequence,
             state_weight: None,
@@ -889,6 +922,7 @@ impl<A: Aggregate> Repository<A> {
                     tag: c.to_bytes().to_vec(),
                 })
                 .collect(),
+            recent_complete: loaded.recent_complete,
         }
         .encode_to_vec();
         // The snapshot must fit in one message of the bucket; a bigger state

@@ -173,6 +173,37 @@ async fn a_retry_after_the_dedupe_window_and_a_hundred_later_commands_applies_on
     assert_eq!(second.load_current("acct").await.expect("load").state.balance, 107, "seven once, plus a hundred ones");
 }
 
+/// The same for a process manager's command: its id is derived from what it
+/// reacts to, has no time, and no request digest. Past the window and the
+/// remembered ids, the index is asked for it too (before, it was applied again).
+#[tokio::test]
+async fn a_derived_command_id_past_the_window_and_the_remembered_ids_applies_once() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let mut config = k.js.get_stream("SAMPLE").await.expect("stream").info().await.expect("info").config.clone();
+    config.duplicate_window = std::time::Duration::from_secs(1);
+    k.js.update_stream(config).await.expect("shrink the dedupe window");
+    let r = &k.repository;
+    r.execute("acct", &LedgerCommand::Open { owner: "o".into() }, &meta()).await.expect("open");
+    let derived = CommandMeta { command_id: "interest:acct:2026-11".into(), ..meta() };
+    let first = r.execute("acct", &LedgerCommand::Deposit { amount: 7 }, &derived).await.expect("first");
+    for _ in 0..100 {
+        r.execute("acct", &LedgerCommand::Deposit { amount: 1 }, &meta()).await.expect("later deposit");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    let horizon = RepositoryOptions::default().idempotency_horizon;
+    let index = gridwork_eventstore::CommandIndex::start(k.js.clone(), "SAMPLE", k.store.clone(), horizon)
+        .await
+        .expect("index");
+    let second = replica(&k).await.with_command_index(index);
+    let again = second.execute("acct", &LedgerCommand::Deposit { amount: 7 }, &derived).await.expect("retry");
+    assert!(again.replayed, "replayed, not applied: {again:?}");
+    assert_eq!(again.sequence, first.sequence, "the original commit");
+    assert_eq!(second.load_current("acct").await.expect("load").state.balance, 107, "seven once, plus a hundred ones");
+}
+
 /// Past the horizon nothing can tell a retry from a new command: refused, with
 /// the field named, rather than risk applying it twice. An id from the future
 /// (a fast client clock) is refused too.

@@ -32,12 +32,21 @@ struct Welcome {
     accounts: Repository<Ledger>,
     unavailable: Arc<AtomicBool>,
     lose_position: Arc<AtomicU32>,
+    /// Set `unavailable` as soon as a position is lost: the reactor stays
+    /// down, between its command and its position, until the test lets it on.
+    down_after_loss: Arc<AtomicBool>,
     sent: Arc<AtomicU32>,
 }
 
 impl Welcome {
     fn new(accounts: Repository<Ledger>) -> Self {
-        Self { accounts, unavailable: Arc::default(), lose_position: Arc::default(), sent: Arc::default() }
+        Self {
+            accounts,
+            unavailable: Arc::default(),
+            lose_position: Arc::default(),
+            down_after_loss: Arc::default(),
+            sent: Arc::default(),
+        }
     }
 }
 
@@ -67,6 +76,9 @@ impl Reactor for Welcome {
             self.sent.fetch_add(1, Ordering::SeqCst);
             if self.lose_position.load(Ordering::SeqCst) > 0 {
                 self.lose_position.fetch_sub(1, Ordering::SeqCst);
+                if self.down_after_loss.load(Ordering::SeqCst) {
+                    self.unavailable.store(true, Ordering::SeqCst);
+                }
                 return Err(ApplyError::Unavailable("the process died before storing its position".into()));
             }
         }
@@ -136,6 +148,50 @@ async fn a_reaction_repeated_after_a_lost_position_lands_once() {
     reactor.wait_for(opened, WAIT).await.expect("reacted");
     assert_eq!(welcome.sent.load(Ordering::SeqCst), 4, "sent once and again after each lost position");
     assert_eq!(balance(&k, "a").await, WELCOME, "one welcome");
+}
+
+/// The process manager's half of the idempotency horizon. The reactor sends
+/// its welcome, dies before storing its position and stays down past the
+/// server's duplicate window, while the account takes more commits than it
+/// remembers ids of; back, it sends the welcome again under the same derived
+/// id (no UUIDv7 time). Only the command index can still tell — and it lives
+/// in the reactor's own SQLite file, whose write lock the reactor holds while
+/// it sends. Before the index was asked for derived ids, this deposited the
+/// welcome twice.
+#[tokio::test]
+async fn a_reaction_repeated_past_the_dedupe_window_and_the_remembered_ids_lands_once() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let mut config = k.js.get_stream("SAMPLE").await.expect("stream").info().await.expect("info").config.clone();
+    config.duplicate_window = Duration::from_secs(1);
+    k.js.update_stream(config).await.expect("shrink the dedupe window");
+    let horizon = gridwork_eventstore::RepositoryOptions::default().idempotency_horizon;
+    let index = gridwork_eventstore::CommandIndex::start(k.js.clone(), "SAMPLE", k.store.clone(), horizon)
+        .await
+        .expect("index");
+    let accounts = k.repository.clone().with_command_index(index);
+    let welcome = Welcome::new(accounts.clone());
+    welcome.lose_position.store(1, Ordering::SeqCst);
+    welcome.down_after_loss.store(true, Ordering::SeqCst);
+    let reactor = start(&k, &welcome).await;
+
+    let opened = open(&k, "a").await;
+    let deadline = Instant::now() + WAIT;
+    while welcome.sent.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the welcome was never sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..70 {
+        accounts.execute("a", &LedgerCommand::Deposit { amount: 1 }, &meta()).await.expect("later deposit");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(reactor.position() < opened, "the position was lost");
+
+    welcome.unavailable.store(false, Ordering::SeqCst);
+    reactor.wait_for(opened, WAIT).await.expect("reacted again");
+    assert_eq!(welcome.sent.load(Ordering::SeqCst), 2, "sent, and sent again after the lost position");
+    assert_eq!(balance(&k, "a").await, WELCOME + 70, "one welcome");
 }
 
 /// The position is durable: a restarted reactor does not react again to what
