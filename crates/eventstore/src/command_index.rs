@@ -36,6 +36,10 @@ use crate::projection::{ApplyError, Projection, ReadStore, RunnerHandle, TableDe
 /// Rows older than the horizon are pruned every this many commits.
 const PRUNE_EVERY: u64 = 1024;
 
+/// Rows are kept this much longer than the horizon (more than the largest
+/// clock skew a command id's time may have, `RepositoryOptions::max_clock_skew`).
+const PRUNE_MARGIN: Duration = Duration::from_secs(3600);
+
 /// Longest a command waits for the index to reach the commits it must vouch
 /// for. It lags the stream by a batch; one this far behind is stalled or
 /// rebuilding from zero, or blocked by the caller's own write lock.
@@ -46,7 +50,7 @@ pub const INDEX_WAIT: Duration = Duration::from_secs(2);
 pub struct CommandIndexProjection {
     name: &'static str,
     tables: &'static [TableDef],
-    horizon_ms: i64,
+    keep_ms: i64,
 }
 
 impl CommandIndexProjection {
@@ -59,10 +63,14 @@ impl CommandIndexProjection {
         let tables: &'static [TableDef] = Box::leak(Box::new([TableDef {
             name: table,
             columns: "(subject TEXT NOT NULL, command_id TEXT NOT NULL, sequence BIGINT NOT NULL, \
-                      decided_at_ms BIGINT NOT NULL, PRIMARY KEY (subject, command_id))",
-            indexes: &["decided_at_ms"],
+                      stored_at_ms BIGINT NOT NULL, PRIMARY KEY (subject, command_id))",
+            indexes: &["stored_at_ms"],
         }]));
-        Self { name, tables, horizon_ms: horizon.as_millis() as i64 }
+        // Kept for the horizon and a margin: a client's clock may run ahead of
+        // the server's by up to `max_clock_skew`, so an id is accepted until a
+        // little after its commit is `horizon` old by the server's clock.
+        let keep = horizon + PRUNE_MARGIN;
+        Self { name, tables, keep_ms: keep.as_millis() as i64 }
     }
 }
 
@@ -75,25 +83,43 @@ impl Projection for CommandIndexProjection {
         self.tables
     }
 
+    /// 2: rows keep the server's storage time, not the command's decision
+    /// time (which a process manager copies from an older commit).
+    fn version(&self) -> u32 {
+        2
+    }
+
+    /// One row per commit, built on nothing before it: a parked commit must
+    /// not hide the aggregate's later command ids.
+    fn commits_independent(&self) -> bool {
+        true
+    }
+
     async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
         let table = tables.name(self.tables[0].name);
+        // The server's clock where the reader gave it (always, from the stream
+        // and from a replay of a parked commit).
+        let stored_at =
+            if commit.stored_at_unix_ms > 0 { commit.stored_at_unix_ms } else { commit.body.decided_at_unix_ms };
         // The first commit of a command id wins; a later one with the same id on
         // the same subject cannot exist (the server dedupes within its window,
         // the repository beyond it).
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {table} (subject, command_id, sequence, decided_at_ms) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO {table} (subject, command_id, sequence, stored_at_ms) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (subject, command_id) DO NOTHING"
         )))
         .bind(commit.subject.as_str())
         .bind(commit.command_id())
         .bind(commit.sequence as i64)
-        .bind(commit.body.decided_at_unix_ms)
+        .bind(stored_at)
         .execute(&mut *tx)
         .await?;
         if commit.sequence.is_multiple_of(PRUNE_EVERY) {
-            // By the commit's own time, so that a rebuild prunes the same rows.
-            sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE decided_at_ms < $1")))
-                .bind(commit.body.decided_at_unix_ms - self.horizon_ms)
+            // By the commit's own storage time, so that a rebuild prunes the
+            // same rows — not the decision time, which a process manager
+            // working through an old backlog copies from days ago.
+            sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE stored_at_ms < $1")))
+                .bind(stored_at - self.keep_ms)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -150,20 +176,29 @@ impl CommandIndex {
     /// holds the read store's write lock (a reactor on SQLite) thereby lets go
     /// of it, rolls back and comes again once the index has moved on.
     pub async fn find_through(&self, subject: &str, command_id: &str, through: u64) -> Result<Option<u64>, StoreError> {
-        if let Some(found) = self.lookup(subject, command_id).await? {
-            return Ok(Some(found));
-        }
-        if self.runner.position() >= through {
-            return Ok(None);
-        }
-        metrics::counter!("eventstore_command_index_waits_total", "stream" => self.stream.clone()).increment(1);
-        self.runner.wait_for(through, INDEX_WAIT).await.map_err(|e| {
+        let unavailable = |why: String| {
             StoreError::Unavailable(format!(
-                "the command index of {} cannot vouch for {command_id} yet (it must reach {through}): {e}",
+                "the command index of {} cannot vouch for {command_id} yet (it must reach {through}): {why}",
                 self.stream
             ))
-        })?;
-        self.lookup(subject, command_id).await
+        };
+        let find = async {
+            // The position before the lookup: read after it, a batch holding
+            // the id could commit in between and "not found" would be a lie.
+            let applied = self.runner.position();
+            if let Some(found) = self.lookup(subject, command_id).await? {
+                return Ok(Some(found));
+            }
+            if applied >= through {
+                return Ok(None);
+            }
+            metrics::counter!("eventstore_command_index_waits_total", "stream" => self.stream.clone()).increment(1);
+            self.runner.wait_for(through, INDEX_WAIT).await.map_err(|e| unavailable(e.to_string()))?;
+            self.lookup(subject, command_id).await
+        };
+        // The whole of it, lookups included: on SQLite a lookup can wait for
+        // a connection behind runners waiting for the write lock.
+        tokio::time::timeout(INDEX_WAIT * 2, find).await.unwrap_or_else(|_| Err(unavailable("timed out".into())))
     }
 
     async fn lookup(&self, subject: &str, command_id: &str) -> Result<Option<u64>, StoreError> {

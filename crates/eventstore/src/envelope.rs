@@ -215,6 +215,10 @@ pub struct RecordedCommit {
     pub body: pb::Commit,
     /// The envelope version it was written with (`Gridwork-Schema-Version`).
     pub envelope_version: u32,
+    /// When the server stored it, ms since the epoch (the stream's own clock,
+    /// unlike the body's `decided_at_unix_ms`, which a process manager copies
+    /// from the commit it reacts to); 0 where the reader did not say.
+    pub stored_at_unix_ms: i64,
     /// Skip events this build does not know instead of failing on them (a
     /// projection's [`crate::projection::UnknownEvents::Skip`]).
     skip_unknown: bool,
@@ -245,6 +249,7 @@ impl RecordedCommit {
             headers,
             body,
             envelope_version,
+            stored_at_unix_ms: 0,
             skip_unknown: false,
         })
     }
@@ -283,7 +288,14 @@ impl RecordedCommit {
 
     /// Parse a message fetched with a direct get.
     pub fn from_stream_message(m: StreamMessage) -> Result<Self, DecodeError> {
-        Self::from_parts(m.sequence, m.subject.as_str(), m.headers, &m.payload)
+        let stored_at = unix_ms(m.time);
+        Ok(Self::from_parts(m.sequence, m.subject.as_str(), m.headers, &m.payload)?.stored_at(stored_at))
+    }
+
+    /// The same commit, stored by the server at `unix_ms`.
+    pub fn stored_at(mut self, unix_ms: i64) -> Self {
+        self.stored_at_unix_ms = unix_ms;
+        self
     }
 
     /// The command id that produced this commit.
@@ -372,4 +384,9 @@ pub fn find_header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
     find_header(h, name).and_then(|v| v.parse().ok())
+}
+
+/// A server timestamp in ms since the epoch.
+pub(crate) fn unix_ms(time: async_nats::datetime::DateTime) -> i64 {
+    i64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }

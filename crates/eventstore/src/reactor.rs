@@ -24,8 +24,8 @@
 //!   the position's commit replays the commit: every command a reactor sends
 //!   has an id derived from the commit it reacts to, so the second send is
 //!   answered by the first's commit — for the repository's idempotency
-//!   horizon, however long the reactor was down and however busy the
-//!   aggregate (the stream's command index is asked for derived ids; on
+//!   horizon (7 days after the first was stored), however long the reactor
+//!   was down and however busy the aggregate (the stream's command index is asked for derived ids; on
 //!   SQLite, where the reactor's transaction keeps the index from writing, a
 //!   send the index cannot vouch for yet is unavailable, and the batch is
 //!   rolled back and tried again).

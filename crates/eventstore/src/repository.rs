@@ -633,6 +633,11 @@ impl<A: Aggregate> Repository<A> {
         if meta.command_id.is_empty() || meta.command_id.len() > 128 {
             return Err(StoreError::InvalidCommandId("must be 1-128 characters".into()).into());
         }
+        if meta.command_id.chars().any(char::is_control) {
+            // A NUL cannot be stored in PostgreSQL's text: the command index
+            // could not record it.
+            return Err(StoreError::InvalidCommandId("must not contain control characters".into()).into());
+        }
         let subject = envelope::subject::<A>(id);
         let tag = CommandTag::of(&meta.command_id);
         let age = self.command_age(&meta.command_id)?;

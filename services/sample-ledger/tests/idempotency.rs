@@ -197,11 +197,94 @@ async fn a_derived_command_id_past_the_window_and_the_remembered_ids_applies_onc
     let index = gridwork_eventstore::CommandIndex::start(k.js.clone(), "SAMPLE", k.store.clone(), horizon)
         .await
         .expect("index");
+    index.runner().wait_for_stream_head(std::time::Duration::from_secs(30)).await.expect("index built");
     let second = replica(&k).await.with_command_index(index);
     let again = second.execute("acct", &LedgerCommand::Deposit { amount: 7 }, &derived).await.expect("retry");
     assert!(again.replayed, "replayed, not applied: {again:?}");
     assert_eq!(again.sequence, first.sequence, "the original commit");
     assert_eq!(second.load_current("acct").await.expect("load").state.balance, 107, "seven once, plus a hundred ones");
+}
+
+/// An index that has not reached the commits an aggregate has forgotten
+/// cannot say a command never landed: the command is unavailable (a client or
+/// reactor comes again), within a bound, and is never decided unchecked. Here
+/// the index is held behind by a write lock on its SQLite file, as a reactor's
+/// open transaction holds it; once let go, the retry is answered by the
+/// original commit.
+#[tokio::test]
+async fn a_command_the_lagging_index_cannot_vouch_for_is_unavailable_not_applied() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let mut config = k.js.get_stream("SAMPLE").await.expect("stream").info().await.expect("info").config.clone();
+    config.duplicate_window = std::time::Duration::from_secs(1);
+    k.js.update_stream(config).await.expect("shrink the dedupe window");
+    let horizon = RepositoryOptions::default().idempotency_horizon;
+    let index = gridwork_eventstore::CommandIndex::start(k.js.clone(), "SAMPLE", k.store.clone(), horizon)
+        .await
+        .expect("index");
+    let r = k.repository.clone().with_command_index(index.clone());
+    r.execute("acct", &LedgerCommand::Open { owner: "o".into() }, &meta()).await.expect("open");
+    index.runner().wait_for_stream_head(std::time::Duration::from_secs(30)).await.expect("index built");
+
+    let mut lock = k.store.pool().begin().await.expect("begin");
+    sqlx::query("CREATE TABLE hold_the_write_lock (x INTEGER)").execute(&mut *lock).await.expect("write lock");
+    let derived = CommandMeta { command_id: "interest:acct:2026-12".into(), ..meta() };
+    let first = r.execute("acct", &LedgerCommand::Deposit { amount: 7 }, &derived).await.expect("first");
+    for _ in 0..70 {
+        r.execute("acct", &LedgerCommand::Deposit { amount: 1 }, &meta()).await.expect("later deposit");
+    }
+    // Past the server's window: only the index could know.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let asked = std::time::Instant::now();
+    let refused = r.execute("acct", &LedgerCommand::Deposit { amount: 7 }, &derived).await;
+    assert!(
+        matches!(refused, Err(ExecuteError::Store(StoreError::Unavailable(_)))),
+        "the index cannot vouch yet: {refused:?}"
+    );
+    assert!(asked.elapsed() < std::time::Duration::from_secs(6), "bounded: {:?}", asked.elapsed());
+    assert_eq!(r.load_current("acct").await.expect("load").state.balance, 77, "not applied again");
+
+    lock.rollback().await.expect("let go");
+    let again = r.execute("acct", &LedgerCommand::Deposit { amount: 7 }, &derived).await.expect("retry");
+    assert!(again.replayed, "replayed, not applied: {again:?}");
+    assert_eq!(again.sequence, first.sequence);
+    assert_eq!(r.load_current("acct").await.expect("load").state.balance, 77, "seven once");
+}
+
+/// A process manager working through a backlog dates its command from the
+/// commit it reacts to, days ago. The index keeps the id by the server's
+/// storage time: pruned by the command's own date (every 1,024 commits), the
+/// row went at once, and a re-send after the window was applied again.
+#[tokio::test]
+async fn a_command_dated_from_an_old_backlog_is_kept_for_the_horizon_from_when_it_was_stored() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel(&nats, &db).await;
+    let mut config = k.js.get_stream("SAMPLE").await.expect("stream").info().await.expect("info").config.clone();
+    config.duplicate_window = std::time::Duration::from_secs(1);
+    k.js.update_stream(config).await.expect("shrink the dedupe window");
+    let horizon = RepositoryOptions::default().idempotency_horizon;
+    let index = gridwork_eventstore::CommandIndex::start(k.js.clone(), "SAMPLE", k.store.clone(), horizon)
+        .await
+        .expect("index");
+    let r = k.repository.clone().with_command_index(index.clone());
+    let today = CommandMeta { decided_at_unix_ms: now_ms(), ..meta() };
+    r.execute("acct", &LedgerCommand::Open { owner: "o".into() }, &today).await.expect("open");
+    let ten_days_ago = now_ms() - 10 * 24 * 3600 * 1000;
+    let backlog = CommandMeta { command_id: "welcome:acct".into(), decided_at_unix_ms: ten_days_ago, ..meta() };
+    let first = r.execute("acct", &LedgerCommand::Deposit { amount: 7 }, &backlog).await.expect("first");
+    // Past sequence 1,024, where the index prunes.
+    for _ in 0..1030 {
+        let today = CommandMeta { decided_at_unix_ms: now_ms(), ..meta() };
+        r.execute("acct", &LedgerCommand::Deposit { amount: 1 }, &today).await.expect("later deposit");
+    }
+    index.runner().wait_for_stream_head(std::time::Duration::from_secs(30)).await.expect("index caught up");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let again = r.execute("acct", &LedgerCommand::Deposit { amount: 7 }, &backlog).await.expect("retry");
+    assert!(again.replayed, "replayed, not applied: {again:?}");
+    assert_eq!(again.sequence, first.sequence);
+    assert_eq!(r.load_current("acct").await.expect("load").state.balance, 1037, "seven once");
 }
 
 /// Past the horizon nothing can tell a retry from a new command: refused, with

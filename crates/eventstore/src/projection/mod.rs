@@ -224,6 +224,17 @@ pub trait Projection: Send + Sync + 'static {
         true
     }
 
+    /// Whether each commit's rows stand alone, built on no earlier commit of
+    /// its subject. Normally not: once a commit of a subject is parked, its
+    /// later commits are parked behind it, as applying them would build on a
+    /// state the read model never reached. A projection whose rows do not
+    /// depend on each other (the command index: one row per commit) says yes,
+    /// and keeps applying a subject's later commits — for the command index,
+    /// parking them would hide every later command id of the aggregate.
+    fn commits_independent(&self) -> bool {
+        false
+    }
+
     /// Apply one commit inside `tx`, writing to `tables`. Must be deterministic:
     /// a rebuild replays the same commits and must reach the same rows.
     fn apply<'a>(

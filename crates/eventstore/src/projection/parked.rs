@@ -228,13 +228,17 @@ impl<P: Projection> Inner<P> {
                 }
                 // The leader's copy: the commit is old, but a follower may lag.
                 let m = source.get_raw_message(row.sequence).await.map_err(nats)?;
-                let c = Delivered::new(
+                let stored_at = crate::envelope::unix_ms(m.time);
+                let mut c = Delivered::new(
                     m.sequence,
                     m.subject.as_str(),
                     m.headers,
                     m.payload,
                     self.projection.unknown_events(),
                 );
+                if let Ok(commit) = &mut c.parsed {
+                    commit.stored_at_unix_ms = stored_at;
+                }
                 let mut tx = self.store.pool().begin().await?;
                 lock_position(&mut tx, &self.name).await?;
                 self.check_live_schema(&mut tx, &self.name).await?;

@@ -257,9 +257,14 @@ impl Delivered {
     pub(super) fn from_message(m: jetstream::Message, unknown: UnknownEvents) -> Result<(Self, u64), RunnerError> {
         let info = m.info().map_err(nats)?;
         let (sequence, pending) = (info.stream_sequence, info.pending);
+        let stored_at = crate::envelope::unix_ms(info.published);
         let message = m.message;
         let headers = message.headers.unwrap_or_default();
-        Ok((Self::new(sequence, message.subject.as_str(), headers, message.payload, unknown), pending))
+        let mut delivered = Self::new(sequence, message.subject.as_str(), headers, message.payload, unknown);
+        if let Ok(commit) = &mut delivered.parsed {
+            commit.stored_at_unix_ms = stored_at;
+        }
+        Ok((delivered, pending))
     }
 
     /// Parse a delivered message for a projection with the `unknown` policy.
@@ -1070,7 +1075,9 @@ impl<P: Projection> Inner<P> {
         let mut letters = Vec::new();
         let mut run = Vec::with_capacity(commits.len());
         for c in commits.iter().filter(|c| c.sequence > applied) {
-            if let Some(&first) = blocked.get(&c.subject) {
+            if !self.projection.commits_independent()
+                && let Some(&first) = blocked.get(&c.subject)
+            {
                 // Applying it would build on a state the read model never reached.
                 let reason = format!("waits behind parked commit {first} of {}", c.subject);
                 letters.push(self.park(tx, checkpoint, c, &reason, 0, first).await?);
@@ -1114,7 +1121,9 @@ impl<P: Projection> Inner<P> {
                 return Ok(());
             }
             self.check_live_schema(&mut tx, checkpoint).await?;
-            if let Some(first) = parked::first_parked(&mut tx, checkpoint, &c.subject).await? {
+            if !self.projection.commits_independent()
+                && let Some(first) = parked::first_parked(&mut tx, checkpoint, &c.subject).await?
+            {
                 let reason = format!("waits behind parked commit {first} of {}", c.subject);
                 let letter = self.park(&mut tx, checkpoint, c, &reason, 0, first).await?;
                 set_position(&mut tx, checkpoint, &self.config.stream, c.sequence).await?;
