@@ -396,3 +396,131 @@ async fn invalid_transitions_and_bad_input_are_refused_and_write_nothing() {
     assert_eq!(after.timeline.len(), before.timeline.len(), "nothing written");
     drop(m.intake_app);
 }
+
+/// Intake's view of `id`, once its projection has it.
+async fn incident(m: &mut gridwork_e2e::Mesh, id: &str) -> intake_pb::Incident {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match m.intake.get_incident(intake_pb::GetIncidentRequest { incident_id: id.into(), min_position: 0 }).await {
+            Ok(r) => return r.into_inner().incident.expect("incident"),
+            Err(s) if s.code() == Code::NotFound && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(s) => panic!("incident {id}: {s:?}"),
+        }
+    }
+}
+
+/// Wait until intake shows `id` in `status` (it follows dispatch's case
+/// through its own reactor on `DISPATCH`).
+async fn intake_status(m: &mut gridwork_e2e::Mesh, id: &str, status: intake_pb::IncidentStatus) -> intake_pb::Incident {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let i = incident(m, id).await;
+        if i.status == status as i32 {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "intake never showed {id} {status:?}: {i:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Resolve an open case as its owner and rate it satisfied: it closes.
+async fn resolve_and_close(m: &mut gridwork_e2e::Mesh, id: &str) {
+    let case = case_when_opened(m, id).await;
+    let acting_as = case.owner.clone();
+    m.dispatch
+        .acknowledge_case(pb::AcknowledgeCaseRequest {
+            command_id: uuid(),
+            case_id: id.into(),
+            acting_as: acting_as.clone(),
+        })
+        .await
+        .expect("ack");
+    m.dispatch
+        .resolve_case(pb::ResolveCaseRequest {
+            command_id: uuid(),
+            case_id: id.into(),
+            acting_as,
+            notes: "put out; building checked".into(),
+        })
+        .await
+        .expect("resolve");
+    let verdict = m
+        .dispatch
+        .verify_case(pb::VerifyCaseRequest {
+            command_id: uuid(),
+            case_id: id.into(),
+            rating: pb::Rating::Satisfied as i32,
+            by: "reporter".into(),
+            comment: String::new(),
+        })
+        .await
+        .expect("verify")
+        .into_inner();
+    assert_eq!(verdict.outcome, "closed");
+}
+
+fn fire_at(lat: f64, lon: f64) -> intake_pb::ReportIncidentRequest {
+    let yes = intake_pb::attribute_value::Value::Selected(intake_pb::SelectedValues { values: vec!["yes".into()] });
+    intake_pb::ReportIncidentRequest {
+        category_code: "fire".into(),
+        location: Some(intake_pb::report_incident_request::Location::Point(intake_pb::GeoPoint { lat, lon })),
+        description: "smoke from a third-floor window, someone calling for help".into(),
+        attributes: vec![intake_pb::AttributeValue { code: "people-trapped".into(), value: Some(yes) }],
+        ..report("fire")
+    }
+}
+
+/// Issue 9, item 1: a second, separate fire 30 m from an open one used to be
+/// linked as a "me too" and nobody was dispatched. Emergencies are never
+/// merged: it is dispatched and flagged. Intake follows the first case to its
+/// closure, and a report next to a closed incident is a new incident, noted as
+/// a recurrence.
+#[tokio::test]
+async fn a_second_fire_nearby_is_dispatched_and_flagged_and_intake_follows_each_case_to_its_end() {
+    let mut m = mesh(monday_ten()).await;
+    let (lat, lon) = (Y0 + 0.5 * STEP, X0 + 0.5 * STEP);
+    let first = m.intake.report_incident(fire_at(lat, lon)).await.expect("first fire").into_inner();
+    assert!(first.accepted && first.possibly_same_as.is_empty(), "{first:?}");
+    case_when_opened(&mut m, &first.incident_id).await;
+
+    // 30 m north, ten minutes later.
+    m.clock.advance_ms(10 * MINUTE);
+    let second = m.intake.report_incident(fire_at(lat + 30.0 / 111_000.0, lon)).await.expect("second").into_inner();
+    assert!(second.duplicate_of.is_empty(), "an emergency is never merged: {second:?}");
+    assert!(second.accepted, "dispatched at once: {second:?}");
+    assert_eq!(second.possibly_same_as, first.incident_id, "flagged for a dispatcher");
+    let case = case_when_opened(&mut m, &second.incident_id).await;
+    assert!(!case.case_id.is_empty(), "somebody is dispatched to the second fire");
+    let shown = incident(&mut m, &second.incident_id).await;
+    assert_eq!(shown.possibly_same_as, first.incident_id);
+
+    // The first case is resolved and rated: intake shows it closed, and Open311 too.
+    resolve_and_close(&mut m, &first.incident_id).await;
+    let closed = intake_status(&mut m, &first.incident_id, intake_pb::IncidentStatus::Closed).await;
+    assert_eq!(closed.open311_status, "closed");
+    assert!(closed.closed_at_unix_ms > 0);
+    let steps: Vec<&str> = closed.history.iter().map(|h| h.event_type.as_str()).collect();
+    assert!(steps.ends_with(&["case_outcome_recorded", "case_outcome_recorded"]), "resolved, then closed: {steps:?}");
+
+    // A fire-hazard report is accepted, handled and closed; the same hazard
+    // reported there again is a new incident, a recurrence, awaiting triage.
+    let hazard = m.intake.report_incident(report("fire-hazard")).await.expect("hazard").into_inner();
+    m.intake
+        .accept_incident(intake_pb::AcceptIncidentRequest {
+            command_id: uuid(),
+            incident_id: hazard.incident_id.clone(),
+        })
+        .await
+        .expect("accept");
+    resolve_and_close(&mut m, &hazard.incident_id).await;
+    intake_status(&mut m, &hazard.incident_id, intake_pb::IncidentStatus::Closed).await;
+    m.clock.advance_ms(60 * MINUTE);
+    let again = m.intake.report_incident(report("fire-hazard")).await.expect("again").into_inner();
+    assert!(again.duplicate_of.is_empty(), "not a me-too of a closed incident: {again:?}");
+    assert_eq!(again.recurrence_of, hazard.incident_id);
+    let again = incident(&mut m, &again.incident_id).await;
+    assert_eq!(again.status, intake_pb::IncidentStatus::Reported as i32, "awaits triage like any new report");
+    assert_eq!(again.recurrence_of, hazard.incident_id);
+}

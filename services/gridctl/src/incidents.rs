@@ -23,6 +23,8 @@ fn status_name(s: i32) -> &'static str {
         pb::IncidentStatus::Accepted => "accepted",
         pb::IncidentStatus::Rejected => "rejected",
         pb::IncidentStatus::Duplicate => "duplicate",
+        pb::IncidentStatus::Resolved => "resolved",
+        pb::IncidentStatus::Closed => "closed",
         pb::IncidentStatus::Unspecified => "?",
     }
 }
@@ -78,6 +80,15 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                     if !r.duplicate_of.is_empty() {
                         println!("  linked as a \"me too\" of {}", r.duplicate_of);
                     }
+                    if !r.possibly_same_as.is_empty() {
+                        println!(
+                            "  possibly the same as {} (dispatched anyway; a dispatcher decides)",
+                            r.possibly_same_as
+                        );
+                    }
+                    if !r.recurrence_of.is_empty() {
+                        println!("  a recurrence of {}, closed earlier", r.recurrence_of);
+                    }
                     if r.accepted {
                         println!("  emergency: accepted at once, dispatched");
                     }
@@ -105,6 +116,12 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                     println!("  {}", i.description);
                     if !i.duplicate_of.is_empty() {
                         println!("  duplicate of {}", i.duplicate_of);
+                    }
+                    if !i.possibly_same_as.is_empty() {
+                        println!("  possibly the same as {}", i.possibly_same_as);
+                    }
+                    if !i.recurrence_of.is_empty() {
+                        println!("  a recurrence of {}", i.recurrence_of);
                     }
                     for l in &i.linked_reports {
                         println!("  me too: {l}");

@@ -13,7 +13,7 @@ use gridwork_runtime::{FieldViolation, ServiceError};
 use sqlx::AssertSqlSafe;
 
 use crate::domain::catalogue::{Catalogue, CatalogueCommand, CatalogueRejection, check_definition};
-use crate::domain::incident::{Incident, IncidentCommand, IncidentRejection};
+use crate::domain::incident::{Incident, IncidentCommand, IncidentRejection, Nearby};
 use crate::events::IncidentEvent;
 use crate::projection::{GRID_UNITS, HISTORY, INCIDENTS};
 
@@ -30,6 +30,9 @@ pub struct Rules {
     pub duplicate_radius_m: f64,
     /// …and this long after it is a "me too".
     pub duplicate_window_ms: i64,
+    /// A report of the same category within the radius of an incident whose
+    /// case closed less than this long ago is a recurrence of it.
+    pub recurrence_window_ms: i64,
     /// Raise the original's priority once this many reports are linked.
     pub escalate_after: usize,
     /// How long a triage claim lasts.
@@ -41,6 +44,7 @@ impl Default for Rules {
         Self {
             duplicate_radius_m: 100.0,
             duplicate_window_ms: 24 * 3_600_000,
+            recurrence_window_ms: 30 * 24 * 3_600_000,
             escalate_after: 3,
             claim_ttl_ms: 10 * 60_000,
         }
@@ -98,6 +102,10 @@ pub struct Reported {
     pub outcome: CommitOutcome<IncidentEvent>,
     /// The open incident it was linked to.
     pub duplicate_of: Option<String>,
+    /// The open emergency it may repeat (it was dispatched anyway).
+    pub possibly_same_as: Option<String>,
+    /// The recently closed incident it is a recurrence of.
+    pub recurrence_of: Option<String>,
     /// Accepted at once (emergency).
     pub accepted: bool,
 }
@@ -126,6 +134,9 @@ struct IncidentRow {
     reported_at_ms: i64,
     contact_ref: String,
     position: i64,
+    possibly_same_as: String,
+    recurrence_of: String,
+    closed_at_ms: i64,
 }
 
 /// The intake application service.
@@ -272,38 +283,45 @@ impl Intake {
         Ok((lat, lon, grid_path))
     }
 
-    /// The nearest open incident of `category` within the radius and window.
-    async fn find_original(
-        &self,
-        category: &str,
-        lat: f64,
-        lon: f64,
-        now: i64,
-    ) -> Result<Option<String>, ServiceError> {
+    /// The nearest incident of `category` within the radius that a report at
+    /// (`lat`, `lon`) lies near: an open one reported within the duplicate
+    /// window, else one whose case closed within the recurrence window.
+    async fn find_nearby(&self, category: &str, lat: f64, lon: f64, now: i64) -> Result<Option<Nearby>, ServiceError> {
         let table = Tables::Live.name(INCIDENTS.name);
         // A bounding box first (1° of latitude ≈ 111 km), then the exact distance.
         let dlat = self.rules.duplicate_radius_m / 111_000.0;
         let dlon = dlat / lat.to_radians().cos().max(0.01);
-        let rows: Vec<(String, f64, f64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT incident_id, lat, lon FROM {table} WHERE category_code = $1 AND status IN ($2, $3) \
-             AND reported_at_ms >= $4 AND lat BETWEEN $5 AND $6 AND lon BETWEEN $7 AND $8"
+        let rows: Vec<(String, f64, f64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT incident_id, lat, lon, status FROM {table} WHERE category_code = $1 \
+             AND ((status IN ($2, $3, $4) AND reported_at_ms >= $5) OR (status = $6 AND closed_at_ms >= $7)) \
+             AND lat BETWEEN $8 AND $9 AND lon BETWEEN $10 AND $11"
         )))
         .bind(category)
         .bind(pb::IncidentStatus::Reported as i64)
         .bind(pb::IncidentStatus::Accepted as i64)
+        .bind(pb::IncidentStatus::Resolved as i64)
         .bind(now - self.rules.duplicate_window_ms)
+        .bind(pb::IncidentStatus::Closed as i64)
+        .bind(now - self.rules.recurrence_window_ms)
         .bind(lat - dlat)
         .bind(lat + dlat)
         .bind(lon - dlon)
         .bind(lon + dlon)
         .fetch_all(self.store.pool())
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, a, b)| (haversine_m(lat, lon, a, b), id))
-            .filter(|(d, _)| *d <= self.rules.duplicate_radius_m)
-            .min_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, id)| id))
+        let nearest = |open: bool| {
+            rows.iter()
+                .filter(|r| (r.3 != pb::IncidentStatus::Closed as i64) == open)
+                .map(|(id, a, b, _)| (haversine_m(lat, lon, *a, *b), id))
+                .filter(|(d, _)| *d <= self.rules.duplicate_radius_m)
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(d, id)| (d, id.clone()))
+        };
+        // An open incident first: a report next to a live case is about it.
+        Ok(match nearest(true) {
+            Some((distance_m, incident_id)) => Some(Nearby::Open { incident_id, distance_m }),
+            None => nearest(false).map(|(_, incident_id)| Nearby::Closed { incident_id }),
+        })
     }
 
     /// Record a report. The incident id is the command id, so a retried report
@@ -335,7 +353,9 @@ impl Intake {
         // The duplicate check reads the incidents read model: bring it up to every
         // report already in the stream first.
         self.projection.wait_for_stream_head(Duration::from_secs(10)).await?;
-        let duplicate_of = self.find_original(&category.code, lat, lon, now).await?.filter(|o| *o != incident_id);
+        let nearby = self.find_nearby(&category.code, lat, lon, now).await?.filter(|n| match n {
+            Nearby::Open { incident_id: o, .. } | Nearby::Closed { incident_id: o } => *o != incident_id,
+        });
         let contact_ref = match &input.contact {
             Some((name, phone)) => {
                 let contact_ref = format!("c-{incident_id}");
@@ -373,18 +393,34 @@ impl Intake {
             .incidents
             .execute(
                 &incident_id,
-                &IncidentCommand::Report { report: Box::new(report), duplicate_of: duplicate_of.clone() },
+                &IncidentCommand::Report { report: Box::new(report), nearby },
                 &meta(command_id, principal, now),
             )
             .await?;
         // Linking to the original is the linker's job (projection::Linker), one
         // at a time, so a burst of "me too" reports does not fight over it.
-        let recorded_duplicate = outcome.events.iter().find_map(|e| match e {
-            IncidentEvent::MarkedDuplicate(d) => Some(d.of_incident_id.clone()),
-            _ => None,
-        });
-        let accepted = outcome.events.iter().any(|e| matches!(e, IncidentEvent::Accepted(_)));
-        Ok(Reported { incident_id, outcome, duplicate_of: recorded_duplicate, accepted })
+        // From the commit (a retry answers as the original did).
+        let mut reported = Reported {
+            incident_id,
+            duplicate_of: None,
+            possibly_same_as: None,
+            recurrence_of: None,
+            accepted: false,
+            outcome: CommitOutcome { sequence: 0, events: Vec::new(), replayed: false },
+        };
+        for e in &outcome.events {
+            match e {
+                IncidentEvent::MarkedDuplicate(d) => reported.duplicate_of = Some(d.of_incident_id.clone()),
+                IncidentEvent::PossibleDuplicateFlagged(f) => {
+                    reported.possibly_same_as = Some(f.of_incident_id.clone())
+                }
+                IncidentEvent::RecurrenceNoted(r) => reported.recurrence_of = Some(r.of_incident_id.clone()),
+                IncidentEvent::Accepted(_) => reported.accepted = true,
+                _ => {}
+            }
+        }
+        reported.outcome = outcome;
+        Ok(reported)
     }
 
     /// A triage command on an incident.
@@ -437,7 +473,8 @@ impl Intake {
         let rows: Vec<IncidentRow> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT incident_id, status, source, category_code, catalogue_version, lat, lon, district_id, street_id, \
              community_id, grid_id, micro_grid_id, description, priority, emergency, claimed_by, claim_until_ms, \
-             duplicate_of, reported_at_ms, contact_ref, position FROM {table} \
+             duplicate_of, reported_at_ms, contact_ref, position, possibly_same_as, recurrence_of, closed_at_ms \
+             FROM {table} \
              WHERE ($1 = '' OR district_id = $1 OR street_id = $1 OR community_id = $1 OR grid_id = $1 OR micro_grid_id = $1) \
              AND ($2 = 0 OR status = $2) AND ($3 = '' OR category_code = $3) AND ($4 = '' OR incident_id = $4) \
              ORDER BY reported_at_ms DESC, incident_id LIMIT $5"
@@ -453,9 +490,11 @@ impl Intake {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let status = r.status as i32;
+            // Open until its case closes (or triage ends it): a resolved
+            // case awaits the reporter's rating, still open to Open311.
             let open = matches!(
                 pb::IncidentStatus::try_from(status),
-                Ok(pb::IncidentStatus::Reported | pb::IncidentStatus::Accepted)
+                Ok(pb::IncidentStatus::Reported | pb::IncidentStatus::Accepted | pb::IncidentStatus::Resolved)
             );
             let has_contact = if r.contact_ref.is_empty() {
                 false
@@ -470,8 +509,6 @@ impl Intake {
             out.push(pb::Incident {
                 incident_id: r.incident_id,
                 status,
-                // Intake's part ends at acceptance; closure is dispatch's and will be
-                // reflected here when dispatch is built.
                 open311_status: if open { "open".into() } else { "closed".into() },
                 source: r.source as i32,
                 category_code: r.category_code,
@@ -495,6 +532,9 @@ impl Intake {
                 has_contact,
                 history: Vec::new(),
                 position: r.position as u64,
+                possibly_same_as: r.possibly_same_as,
+                recurrence_of: r.recurrence_of,
+                closed_at_unix_ms: r.closed_at_ms,
             });
         }
         Ok(out)
@@ -553,6 +593,7 @@ impl From<IncidentRejection> for ServiceError {
             IncidentRejection::ClaimedByOther { .. } => "CLAIMED_BY_OTHER",
             IncidentRejection::NotOpen(_) => "NOT_OPEN",
             IncidentRejection::SelfDuplicate => "SELF_DUPLICATE",
+            IncidentRejection::NotAccepted(_) => "NOT_ACCEPTED",
             IncidentRejection::NotReported => return ServiceError::NotFound(format!("incident_id: {r}")),
         };
         ServiceError::FailedPrecondition { kind: kind.into(), subject: "incident".into(), description: r.to_string() }

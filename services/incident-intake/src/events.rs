@@ -24,6 +24,12 @@ pub enum IncidentEvent {
     ReportLinked(pb::ReportLinked),
     /// `intake.incident.priority_raised`.
     PriorityRaised(pb::PriorityRaised),
+    /// `intake.incident.case_outcome_recorded`: dispatch's case moved.
+    CaseOutcomeRecorded(pb::CaseOutcomeRecorded),
+    /// `intake.incident.possible_duplicate_flagged`: an emergency near an open one.
+    PossibleDuplicateFlagged(pb::PossibleDuplicateFlagged),
+    /// `intake.incident.recurrence_noted`: near one closed recently.
+    RecurrenceNoted(pb::RecurrenceNoted),
 }
 
 /// Event type names.
@@ -44,6 +50,12 @@ pub mod types {
     pub const REPORT_LINKED: &str = "intake.incident.report_linked";
     /// Priority raised.
     pub const PRIORITY_RAISED: &str = "intake.incident.priority_raised";
+    /// Dispatch's case for the incident moved.
+    pub const CASE_OUTCOME_RECORDED: &str = "intake.incident.case_outcome_recorded";
+    /// An emergency reported near an open one of its category.
+    pub const POSSIBLE_DUPLICATE_FLAGGED: &str = "intake.incident.possible_duplicate_flagged";
+    /// Reported near one of its category closed recently.
+    pub const RECURRENCE_NOTED: &str = "intake.incident.recurrence_noted";
 }
 
 impl DomainEvent for IncidentEvent {
@@ -57,6 +69,9 @@ impl DomainEvent for IncidentEvent {
             IncidentEvent::MarkedDuplicate(_) => types::MARKED_DUPLICATE,
             IncidentEvent::ReportLinked(_) => types::REPORT_LINKED,
             IncidentEvent::PriorityRaised(_) => types::PRIORITY_RAISED,
+            IncidentEvent::CaseOutcomeRecorded(_) => types::CASE_OUTCOME_RECORDED,
+            IncidentEvent::PossibleDuplicateFlagged(_) => types::POSSIBLE_DUPLICATE_FLAGGED,
+            IncidentEvent::RecurrenceNoted(_) => types::RECURRENCE_NOTED,
         }
     }
 
@@ -70,6 +85,9 @@ impl DomainEvent for IncidentEvent {
             IncidentEvent::MarkedDuplicate(e) => e.encode_to_vec(),
             IncidentEvent::ReportLinked(e) => e.encode_to_vec(),
             IncidentEvent::PriorityRaised(e) => e.encode_to_vec(),
+            IncidentEvent::CaseOutcomeRecorded(e) => e.encode_to_vec(),
+            IncidentEvent::PossibleDuplicateFlagged(e) => e.encode_to_vec(),
+            IncidentEvent::RecurrenceNoted(e) => e.encode_to_vec(),
         }
     }
 
@@ -92,6 +110,15 @@ impl DomainEvent for IncidentEvent {
             }
             types::REPORT_LINKED => IncidentEvent::ReportLinked(pb::ReportLinked::decode(payload).map_err(err)?),
             types::PRIORITY_RAISED => IncidentEvent::PriorityRaised(pb::PriorityRaised::decode(payload).map_err(err)?),
+            types::CASE_OUTCOME_RECORDED => {
+                IncidentEvent::CaseOutcomeRecorded(pb::CaseOutcomeRecorded::decode(payload).map_err(err)?)
+            }
+            types::POSSIBLE_DUPLICATE_FLAGGED => {
+                IncidentEvent::PossibleDuplicateFlagged(pb::PossibleDuplicateFlagged::decode(payload).map_err(err)?)
+            }
+            types::RECURRENCE_NOTED => {
+                IncidentEvent::RecurrenceNoted(pb::RecurrenceNoted::decode(payload).map_err(err)?)
+            }
             other => return Err(DecodeError::unknown(other, "an event type this build does not know")),
         })
     }

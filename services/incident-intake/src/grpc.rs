@@ -136,6 +136,8 @@ impl IntakeService for IntakeGrpc {
             position: position(&reported.outcome),
             duplicate_of: reported.duplicate_of.unwrap_or_default(),
             accepted: reported.accepted,
+            possibly_same_as: reported.possibly_same_as.unwrap_or_default(),
+            recurrence_of: reported.recurrence_of.unwrap_or_default(),
         }))
     }
 

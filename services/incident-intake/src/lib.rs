@@ -1,21 +1,24 @@
-//! Incident intake — in progress (issue 4): reports validated against the
-//! versioned service catalogue, placed on the tree, "me too" links, triage.
+//! Incident intake: reports validated against the versioned service
+//! catalogue, placed on the tree, "me too" links, triage, and each accepted
+//! incident's case followed to its end.
 //!
 //! Owns the `INTAKE` stream (subjects `intake.incident.<id>`, the catalogue at
 //! `intake.catalogue.city`) and reads `GRID` into its own copy of the tree's
 //! boundaries (never calling the grid registry). Reporters' contact data is kept
-//! out of every event, in an erasable table. Dispatch (not built yet) takes over
-//! from `IncidentAccepted`.
+//! out of every event, in an erasable table. Dispatch takes over from
+//! `IncidentAccepted`; intake reads `DISPATCH` to follow the case's outcome.
 //!
 //! - `domain/`: the catalogue and incident aggregates (pure).
 //! - `events.rs`: event types and encoding.
 //! - `app.rs`: placement, duplicate detection, triage, queries.
 //! - `grpc.rs`: proto ⇄ domain with field-named errors.
 //! - `projection.rs`: the local tree copy and the incidents read model.
+//! - `follow.rs`: the reactor following dispatch's cases.
 
 pub mod app;
 pub mod domain;
 pub mod events;
+pub mod follow;
 pub mod grpc;
 pub mod projection;
 
@@ -48,6 +51,10 @@ pub struct Config {
     /// …if reported within this many minutes of it.
     #[arg(long, env = "DUPLICATE_WINDOW_MINUTES", default_value_t = 1440)]
     pub duplicate_window_minutes: i64,
+    /// A report near an incident whose case closed less than this many days
+    /// ago is a new incident, noted as its recurrence.
+    #[arg(long, env = "RECURRENCE_WINDOW_DAYS", default_value_t = 30)]
+    pub recurrence_window_days: i64,
     /// Raise the original's priority once this many reports are linked to it.
     #[arg(long, env = "ESCALATE_AFTER_REPORTS", default_value_t = 3)]
     pub escalate_after: usize,
@@ -62,6 +69,7 @@ impl Config {
         Rules {
             duplicate_radius_m: self.duplicate_radius_m,
             duplicate_window_ms: self.duplicate_window_minutes * 60_000,
+            recurrence_window_ms: self.recurrence_window_days.max(0) * 24 * 3_600_000,
             escalate_after: self.escalate_after.max(1),
             claim_ttl_ms: self.claim_ttl_minutes.max(1) * 60_000,
         }
@@ -73,6 +81,7 @@ pub struct App {
     runtime: Runtime,
     intake: Intake,
     linker: gridwork_eventstore::projection::RunnerHandle,
+    follower: gridwork_eventstore::projection::RunnerHandle,
 }
 
 impl App {
@@ -83,8 +92,10 @@ impl App {
         let runtime = Runtime::connect(SERVICE, &common.nats_url, Some(&database_url), Duration::from_secs(30)).await?;
         let spec = StreamSpec::events(Incident::CONTEXT, common.stream_replicas);
         let grid = StreamSpec::events("grid", common.stream_replicas);
+        let dispatch = StreamSpec::events("dispatch", common.stream_replicas);
         ensure_stream(&runtime.nats, &runtime.js, &spec).await?;
         ensure_stream(&runtime.nats, &runtime.js, &grid).await?;
+        ensure_stream(&runtime.nats, &runtime.js, &dispatch).await?;
         let options = RepositoryOptions::default;
         let bucket = spec.snapshot_bucket();
         let index = runtime.command_index(&spec.name).await?;
@@ -106,6 +117,14 @@ impl App {
         let linker =
             ProjectionRunner::start_reactor(runtime.js.clone(), store.clone(), linker, RunnerConfig::new(&spec.name))
                 .await?;
+        let follower = follow::CaseFollower { incidents: incidents.clone() };
+        let follower = ProjectionRunner::start_reactor(
+            runtime.js.clone(),
+            store.clone(),
+            follower,
+            RunnerConfig::new(&dispatch.name),
+        )
+        .await?;
         let incidents_view = ProjectionRunner::start(
             runtime.js.clone(),
             store.clone(),
@@ -129,12 +148,17 @@ impl App {
             Intake::new(incidents, catalogue, store, Arc::new(grid_copy), Arc::new(incidents_view), clock, rules)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Self { runtime, intake, linker })
+        Ok(Self { runtime, intake, linker, follower })
     }
 
     /// The process manager linking duplicates to their originals.
     pub fn linker(&self) -> &gridwork_eventstore::projection::RunnerHandle {
         &self.linker
+    }
+
+    /// The process manager following dispatch's cases.
+    pub fn case_follower(&self) -> &gridwork_eventstore::projection::RunnerHandle {
+        &self.follower
     }
 
     /// The application service.

@@ -142,7 +142,8 @@ pub const INCIDENTS: TableDef = TableDef {
               district_id TEXT NOT NULL, street_id TEXT NOT NULL, community_id TEXT NOT NULL, grid_id TEXT NOT NULL, \
               micro_grid_id TEXT NOT NULL, description TEXT NOT NULL, priority BIGINT NOT NULL, emergency BIGINT NOT NULL, \
               claimed_by TEXT NOT NULL, claim_until_ms BIGINT NOT NULL, duplicate_of TEXT NOT NULL, \
-              reported_at_ms BIGINT NOT NULL, contact_ref TEXT NOT NULL, position BIGINT NOT NULL)",
+              reported_at_ms BIGINT NOT NULL, contact_ref TEXT NOT NULL, position BIGINT NOT NULL, \
+              possibly_same_as TEXT NOT NULL, recurrence_of TEXT NOT NULL, closed_at_ms BIGINT NOT NULL)",
     indexes: &["grid_id, status", "category_code, status", "reported_at_ms", "duplicate_of"],
 };
 
@@ -173,6 +174,12 @@ impl Projection for Incidents {
         &[INCIDENTS, HISTORY]
     }
 
+    /// 2: the case's outcome (resolved, closed), possible duplicates and
+    /// recurrences.
+    fn version(&self) -> u32 {
+        2
+    }
+
     async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
         if !commit.subject.starts_with("intake.incident.") {
             return Ok(());
@@ -198,6 +205,17 @@ impl Projection for Incidents {
                 IncidentEvent::MarkedDuplicate(d) => ("marked_duplicate", format!("duplicate of {}", d.of_incident_id)),
                 IncidentEvent::ReportLinked(l) => ("report_linked", format!("me too: {}", l.report_id)),
                 IncidentEvent::PriorityRaised(p) => ("priority_raised", format!("priority raised: {}", p.reason)),
+                IncidentEvent::CaseOutcomeRecorded(o) => ("case_outcome_recorded", outcome_summary(o)),
+                IncidentEvent::PossibleDuplicateFlagged(f) => (
+                    "possible_duplicate_flagged",
+                    format!(
+                        "possibly the same as {} ({:.0} m away): a dispatcher decides",
+                        f.of_incident_id, f.distance_m
+                    ),
+                ),
+                IncidentEvent::RecurrenceNoted(r) => {
+                    ("recurrence_noted", format!("recurrence of {}, closed earlier", r.of_incident_id))
+                }
             };
             match event {
                 IncidentEvent::Reported(r) => {
@@ -205,8 +223,10 @@ impl Projection for Incidents {
                     sqlx::query(AssertSqlSafe(format!(
                         "INSERT INTO {incidents} (incident_id, status, source, category_code, catalogue_version, lat, lon, \
                          district_id, street_id, community_id, grid_id, micro_grid_id, description, priority, emergency, \
-                         claimed_by, claim_until_ms, duplicate_of, reported_at_ms, contact_ref, position) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, '', 0, '', $16, $17, $18)"
+                         claimed_by, claim_until_ms, duplicate_of, reported_at_ms, contact_ref, position, \
+                         possibly_same_as, recurrence_of, closed_at_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, '', 0, '', $16, $17, $18, \
+                         '', '', 0)"
                     )))
                     .bind(id)
                     .bind(status_number(pb::IncidentStatus::Reported))
@@ -252,6 +272,25 @@ impl Projection for Incidents {
                 IncidentEvent::ReportLinked(_) => update(tx, &incidents, id, position, "", |q| q).await?,
                 IncidentEvent::PriorityRaised(p) => {
                     update(tx, &incidents, id, position, "priority = $3", |q| q.bind(i64::from(p.priority))).await?
+                }
+                IncidentEvent::CaseOutcomeRecorded(o) => {
+                    let (status, closed_at) = match pb::CaseStage::try_from(o.stage) {
+                        Ok(pb::CaseStage::Resolved) => (pb::IncidentStatus::Resolved, 0),
+                        Ok(pb::CaseStage::Closed) => (pb::IncidentStatus::Closed, o.at_unix_ms),
+                        _ => (pb::IncidentStatus::Accepted, 0),
+                    };
+                    update(tx, &incidents, id, position, "status = $3, closed_at_ms = $4", |q| {
+                        q.bind(status_number(status)).bind(closed_at)
+                    })
+                    .await?
+                }
+                IncidentEvent::PossibleDuplicateFlagged(f) => {
+                    update(tx, &incidents, id, position, "possibly_same_as = $3", |q| q.bind(f.of_incident_id.clone()))
+                        .await?
+                }
+                IncidentEvent::RecurrenceNoted(r) => {
+                    update(tx, &incidents, id, position, "recurrence_of = $3", |q| q.bind(r.of_incident_id.clone()))
+                        .await?
                 }
             }
             sqlx::query(AssertSqlSafe(format!(
@@ -307,6 +346,16 @@ async fn set_status(
         q.bind(status_number(status))
     })
     .await
+}
+
+fn outcome_summary(o: &pb::CaseOutcomeRecorded) -> String {
+    let stage = match pb::CaseStage::try_from(o.stage) {
+        Ok(pb::CaseStage::Resolved) => "case resolved",
+        Ok(pb::CaseStage::Closed) => "case closed",
+        Ok(pb::CaseStage::Reopened) => "case reopened",
+        _ => "case moved",
+    };
+    if o.note.is_empty() { stage.to_string() } else { format!("{stage}: {}", o.note) }
 }
 
 /// Lower-case label of a source.

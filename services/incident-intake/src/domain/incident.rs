@@ -2,10 +2,18 @@
 //! moment it arrives to the triage decision. Dispatch takes over from
 //! `IncidentAccepted`.
 //!
-//! States: `Reported` → (`Claimed`) → `Accepted` | `Rejected` | `Duplicate`.
+//! States: `Reported` → (`Claimed`) → `Accepted` | `Rejected` | `Duplicate`;
+//! after acceptance the incident follows dispatch's case: `Resolved` →
+//! `Closed`, or back to `Accepted` when a rating reopens it.
 //! Emergencies are reported and accepted in one commit. While open (reported,
-//! claimed or accepted), "me too" reports are linked to it, and after
+//! claimed, accepted or resolved), "me too" reports are linked to it, and after
 //! `escalate_after` of them its priority goes up one step.
+//!
+//! What a report is to the incidents near it is decided here, from facts the
+//! application found (the nearest open or recently closed incident of the same
+//! category): near an open one, an ordinary report is a "me too", but an
+//! emergency is never merged — it is dispatched and flagged as possibly the
+//! same; near a closed one, a report is a new incident, noted as a recurrence.
 
 use gridwork_eventstore::{Aggregate, DecodeError};
 use gridwork_proto::gridwork::intake::v1 as pb;
@@ -27,6 +35,10 @@ pub enum Status {
     Rejected,
     /// Marked a duplicate of another incident.
     Duplicate,
+    /// Accepted, and dispatch's case reports it resolved (rating awaited).
+    Resolved,
+    /// Accepted, and dispatch's case has closed.
+    Closed,
 }
 
 impl Status {
@@ -38,6 +50,8 @@ impl Status {
             Status::Accepted => "accepted",
             Status::Rejected => "rejected",
             Status::Duplicate => "duplicate",
+            Status::Resolved => "resolved",
+            Status::Closed => "closed",
         }
     }
 }
@@ -64,6 +78,38 @@ pub struct Incident {
     pub claim: Option<Claim>,
     /// Linked "me too" reports.
     pub linked: Vec<String>,
+    /// `dispatch_sequence` of the last case outcome followed (0 if none).
+    pub case_sequence: u64,
+}
+
+/// The nearest incident of the same category that a new report lies near,
+/// as the application found it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Nearby {
+    /// An open incident (reported, accepted or resolved) within the radius
+    /// and the duplicate window.
+    Open {
+        /// Its id.
+        incident_id: String,
+        /// Metres between the two reports.
+        distance_m: f64,
+    },
+    /// An incident closed within the recurrence window, within the radius.
+    Closed {
+        /// Its id.
+        incident_id: String,
+    },
+}
+
+/// Where dispatch's case stands, as intake follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaseStage {
+    /// Resolved by its owner; the rating is awaited.
+    Resolved,
+    /// Ended.
+    Closed,
+    /// Sent back to work by an unsatisfied rating.
+    Reopened,
 }
 
 /// Commands on an incident. Time comes in with the command.
@@ -73,9 +119,19 @@ pub enum IncidentCommand {
     Report {
         /// The report (boxed: it is by far the largest command).
         report: Box<pb::IncidentReported>,
-        /// An open incident this report repeats (same category, nearby, recent):
-        /// recorded as its duplicate in the same commit.
-        duplicate_of: Option<String>,
+        /// The nearest incident of the same category it lies near, if any.
+        nearby: Option<Nearby>,
+    },
+    /// Follow dispatch's case for this incident.
+    FollowCase {
+        /// Where the case now stands.
+        stage: CaseStage,
+        /// When dispatch decided it, ms since the epoch.
+        at_unix_ms: i64,
+        /// Resolution notes or the reason for reopening.
+        note: String,
+        /// Sequence of dispatch's commit: outcomes apply in this order.
+        dispatch_sequence: u64,
     },
     /// Take the triage lock.
     Claim {
@@ -154,6 +210,9 @@ pub enum IncidentRejection {
     /// No such incident.
     #[error("no incident has been reported under this id")]
     NotReported,
+    /// A case outcome for an incident that was never accepted.
+    #[error("incident is {}, and was never accepted for dispatch", .0.label())]
+    NotAccepted(Status),
 }
 
 fn next_priority(p: i32) -> i32 {
@@ -186,17 +245,38 @@ impl Aggregate for Incident {
 
     fn decide(&self, command: &IncidentCommand) -> Result<Vec<IncidentEvent>, IncidentRejection> {
         match command {
-            IncidentCommand::Report { report, duplicate_of } => {
+            IncidentCommand::Report { report, nearby } => {
                 if self.status != Status::New {
                     return Err(IncidentRejection::AlreadyReported);
                 }
                 let mut events = vec![IncidentEvent::Reported(report.clone())];
-                if let Some(original) = duplicate_of {
-                    events.push(IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate {
-                        of_incident_id: original.clone(),
-                        by: "system".into(),
-                    }));
-                } else if report.emergency {
+                match nearby {
+                    // An emergency is never merged: a second fire 30 m away
+                    // may be a second fire. It is dispatched, and a dispatcher
+                    // told it may be the same.
+                    Some(Nearby::Open { incident_id, distance_m }) if report.emergency => {
+                        events.push(IncidentEvent::PossibleDuplicateFlagged(pb::PossibleDuplicateFlagged {
+                            of_incident_id: incident_id.clone(),
+                            distance_m: *distance_m,
+                        }));
+                    }
+                    Some(Nearby::Open { incident_id, .. }) => {
+                        events.push(IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate {
+                            of_incident_id: incident_id.clone(),
+                            by: "system".into(),
+                        }));
+                        return Ok(events);
+                    }
+                    // The problem came back after its case closed: a new
+                    // incident, not a "me too" of a finished one.
+                    Some(Nearby::Closed { incident_id }) => {
+                        events.push(IncidentEvent::RecurrenceNoted(pb::RecurrenceNoted {
+                            of_incident_id: incident_id.clone(),
+                        }));
+                    }
+                    None => {}
+                }
+                if report.emergency {
                     events.push(IncidentEvent::Accepted(pb::IncidentAccepted {
                         by: "system".into(),
                         at_unix_ms: report.reported_at_unix_ms,
@@ -204,6 +284,29 @@ impl Aggregate for Incident {
                     }));
                 }
                 Ok(events)
+            }
+            IncidentCommand::FollowCase { stage, at_unix_ms, note, dispatch_sequence } => {
+                match self.status {
+                    Status::Accepted | Status::Resolved | Status::Closed => {}
+                    Status::New => return Err(IncidentRejection::NotReported),
+                    other => return Err(IncidentRejection::NotAccepted(other)),
+                }
+                // Outcomes arrive in dispatch's stream order; one already
+                // followed (a redelivery) changes nothing.
+                if *dispatch_sequence <= self.case_sequence {
+                    return Ok(vec![]);
+                }
+                let stage = match stage {
+                    CaseStage::Resolved => pb::CaseStage::Resolved,
+                    CaseStage::Closed => pb::CaseStage::Closed,
+                    CaseStage::Reopened => pb::CaseStage::Reopened,
+                };
+                Ok(vec![IncidentEvent::CaseOutcomeRecorded(pb::CaseOutcomeRecorded {
+                    stage: stage as i32,
+                    at_unix_ms: *at_unix_ms,
+                    note: note.clone(),
+                    dispatch_sequence: *dispatch_sequence,
+                })])
             }
             IncidentCommand::Claim { by, now_unix_ms, ttl_ms, admin } => {
                 let guard = self.triage_guard(by, *now_unix_ms);
@@ -249,7 +352,7 @@ impl Aggregate for Incident {
             }
             IncidentCommand::LinkReport { report_id, now_unix_ms, escalate_after } => {
                 match self.status {
-                    Status::Reported | Status::Accepted => {}
+                    Status::Reported | Status::Accepted | Status::Resolved => {}
                     Status::New => return Err(IncidentRejection::NotReported),
                     other => return Err(IncidentRejection::NotOpen(other)),
                 }
@@ -296,6 +399,17 @@ impl Aggregate for Incident {
             }
             IncidentEvent::ReportLinked(e) => self.linked.push(e.report_id.clone()),
             IncidentEvent::PriorityRaised(e) => self.priority = e.priority,
+            IncidentEvent::CaseOutcomeRecorded(e) => {
+                self.status = match pb::CaseStage::try_from(e.stage) {
+                    Ok(pb::CaseStage::Resolved) => Status::Resolved,
+                    Ok(pb::CaseStage::Closed) => Status::Closed,
+                    // Reopened; an unknown stage leaves the case at work.
+                    _ => Status::Accepted,
+                };
+                self.case_sequence = e.dispatch_sequence;
+            }
+            // Links for people to follow; nothing the incident decides on.
+            IncidentEvent::PossibleDuplicateFlagged(_) | IncidentEvent::RecurrenceNoted(_) => {}
         }
         self
     }
@@ -307,6 +421,8 @@ impl Aggregate for Incident {
             Status::Accepted => 2,
             Status::Rejected => 3,
             Status::Duplicate => 4,
+            Status::Resolved => 5,
+            Status::Closed => 6,
         };
         pb::IncidentState {
             report: self.report.clone(),
@@ -315,6 +431,7 @@ impl Aggregate for Incident {
             claim_by: self.claim.as_ref().map(|c| c.by.clone()).unwrap_or_default(),
             claim_until_unix_ms: self.claim.as_ref().map_or(0, |c| c.until_unix_ms),
             linked: self.linked.clone(),
+            case_sequence: self.case_sequence,
         }
         .encode_to_vec()
     }
@@ -327,10 +444,19 @@ impl Aggregate for Incident {
             2 => Status::Accepted,
             3 => Status::Rejected,
             4 => Status::Duplicate,
+            5 => Status::Resolved,
+            6 => Status::Closed,
             other => return Err(DecodeError::new("incident state", format!("unknown status {other}"))),
         };
         let claim = (!s.claim_by.is_empty()).then_some(Claim { by: s.claim_by, until_unix_ms: s.claim_until_unix_ms });
-        Ok(Self { status, report: s.report, priority: s.priority, claim, linked: s.linked })
+        Ok(Self {
+            status,
+            report: s.report,
+            priority: s.priority,
+            claim,
+            linked: s.linked,
+            case_sequence: s.case_sequence,
+        })
     }
 }
 
@@ -367,14 +493,14 @@ mod tests {
     #[test]
     fn an_ordinary_report_awaits_triage() {
         given::<Incident>([])
-            .when(IncidentCommand::Report { report: Box::new(report(false)), duplicate_of: None })
+            .when(IncidentCommand::Report { report: Box::new(report(false)), nearby: None })
             .then_expect_events([reported()]);
     }
 
     #[test]
     fn an_emergency_skips_triage_in_the_same_commit() {
         given::<Incident>([])
-            .when(IncidentCommand::Report { report: Box::new(report(true)), duplicate_of: None })
+            .when(IncidentCommand::Report { report: Box::new(report(true)), nearby: None })
             .then_expect_events([
                 IncidentEvent::Reported(Box::new(report(true))),
                 IncidentEvent::Accepted(pb::IncidentAccepted {
@@ -388,7 +514,7 @@ mod tests {
     #[test]
     fn a_me_too_report_is_recorded_as_a_duplicate_in_the_same_commit() {
         given::<Incident>([])
-            .when(IncidentCommand::Report { report: Box::new(report(false)), duplicate_of: Some("orig".into()) })
+            .when(IncidentCommand::Report { report: Box::new(report(false)), nearby: Some(open_nearby("orig")) })
             .then_expect_events([
                 reported(),
                 IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate {
@@ -396,6 +522,100 @@ mod tests {
                     by: "system".into(),
                 }),
             ]);
+    }
+
+    fn open_nearby(id: &str) -> Nearby {
+        Nearby::Open { incident_id: id.into(), distance_m: 30.0 }
+    }
+
+    fn auto_accepted() -> IncidentEvent {
+        IncidentEvent::Accepted(pb::IncidentAccepted { by: "system".into(), at_unix_ms: 1_000, automatic: true })
+    }
+
+    #[test]
+    fn an_emergency_near_an_open_one_is_dispatched_and_flagged_never_merged() {
+        given::<Incident>([])
+            .when(IncidentCommand::Report { report: Box::new(report(true)), nearby: Some(open_nearby("first-fire")) })
+            .then_expect_events([
+                IncidentEvent::Reported(Box::new(report(true))),
+                IncidentEvent::PossibleDuplicateFlagged(pb::PossibleDuplicateFlagged {
+                    of_incident_id: "first-fire".into(),
+                    distance_m: 30.0,
+                }),
+                auto_accepted(),
+            ]);
+    }
+
+    #[test]
+    fn a_report_near_a_closed_incident_is_a_new_incident_noted_as_a_recurrence() {
+        let closed = || Some(Nearby::Closed { incident_id: "fixed-last-week".into() });
+        let recurrence =
+            || IncidentEvent::RecurrenceNoted(pb::RecurrenceNoted { of_incident_id: "fixed-last-week".into() });
+        given::<Incident>([])
+            .when(IncidentCommand::Report { report: Box::new(report(false)), nearby: closed() })
+            .then_expect_events([reported(), recurrence()]);
+        given::<Incident>([])
+            .when(IncidentCommand::Report { report: Box::new(report(true)), nearby: closed() })
+            .then_expect_events([IncidentEvent::Reported(Box::new(report(true))), recurrence(), auto_accepted()]);
+    }
+
+    fn outcome(stage: pb::CaseStage, sequence: u64) -> IncidentEvent {
+        IncidentEvent::CaseOutcomeRecorded(pb::CaseOutcomeRecorded {
+            stage: stage as i32,
+            at_unix_ms: 7,
+            note: String::new(),
+            dispatch_sequence: sequence,
+        })
+    }
+
+    fn follow(stage: CaseStage, sequence: u64) -> IncidentCommand {
+        IncidentCommand::FollowCase { stage, at_unix_ms: 7, note: String::new(), dispatch_sequence: sequence }
+    }
+
+    #[test]
+    fn an_accepted_incident_follows_its_case_to_closure_in_dispatchs_order() {
+        let accepted = || IncidentEvent::Accepted(pb::IncidentAccepted::default());
+        given::<Incident>([reported(), accepted()])
+            .when(follow(CaseStage::Resolved, 40))
+            .then_expect_events([outcome(pb::CaseStage::Resolved, 40)]);
+        let resolved = given::<Incident>([reported(), accepted(), outcome(pb::CaseStage::Resolved, 40)]);
+        assert_eq!(resolved.state().status, Status::Resolved);
+        // A redelivered or older outcome changes nothing.
+        given::<Incident>([reported(), accepted(), outcome(pb::CaseStage::Resolved, 40)])
+            .when(follow(CaseStage::Reopened, 40))
+            .then_expect_events([]);
+        let closed = given::<Incident>([reported(), accepted(), outcome(pb::CaseStage::Closed, 41)]);
+        assert_eq!(closed.state().status, Status::Closed);
+        let reopened = given::<Incident>([
+            reported(),
+            accepted(),
+            outcome(pb::CaseStage::Resolved, 40),
+            outcome(pb::CaseStage::Reopened, 41),
+        ]);
+        assert_eq!(reopened.state().status, Status::Accepted);
+    }
+
+    #[test]
+    fn only_an_accepted_incident_has_a_case_to_follow() {
+        given::<Incident>([reported()])
+            .when(follow(CaseStage::Closed, 3))
+            .then_expect_error(IncidentRejection::NotAccepted(Status::Reported));
+        given::<Incident>([]).when(follow(CaseStage::Closed, 3)).then_expect_error(IncidentRejection::NotReported);
+    }
+
+    #[test]
+    fn a_closed_incident_takes_no_more_me_too_reports_but_a_resolved_one_does() {
+        let accepted = || IncidentEvent::Accepted(pb::IncidentAccepted::default());
+        let link = IncidentCommand::LinkReport { report_id: "r".into(), now_unix_ms: 9, escalate_after: 5 };
+        given::<Incident>([reported(), accepted(), outcome(pb::CaseStage::Closed, 41)])
+            .when(link.clone())
+            .then_expect_error(IncidentRejection::NotOpen(Status::Closed));
+        given::<Incident>([reported(), accepted(), outcome(pb::CaseStage::Resolved, 41)])
+            .when(link)
+            .then_expect_events([IncidentEvent::ReportLinked(pb::ReportLinked {
+                report_id: "r".into(),
+                at_unix_ms: 9,
+            })]);
     }
 
     #[test]
@@ -476,6 +696,9 @@ mod tests {
     #[test]
     fn state_survives_a_snapshot_round_trip() {
         let state = given::<Incident>([reported(), claimed("ann", 5)]).state().clone();
+        assert_eq!(Incident::decode_state(&state.encode_state()).expect("decodes"), state);
+        let accepted = IncidentEvent::Accepted(pb::IncidentAccepted::default());
+        let state = given::<Incident>([reported(), accepted, outcome(pb::CaseStage::Closed, 9)]).state().clone();
         assert_eq!(Incident::decode_state(&state.encode_state()).expect("decodes"), state);
     }
 }
