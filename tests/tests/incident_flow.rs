@@ -427,6 +427,24 @@ async fn intake_status(m: &mut gridwork_e2e::Mesh, id: &str, status: intake_pb::
 
 /// Resolve an open case as its owner and rate it satisfied: it closes.
 async fn resolve_and_close(m: &mut gridwork_e2e::Mesh, id: &str) {
+    resolve(m, id).await;
+    let verdict = m
+        .dispatch
+        .verify_case(pb::VerifyCaseRequest {
+            command_id: uuid(),
+            case_id: id.into(),
+            rating: pb::Rating::Satisfied as i32,
+            by: "reporter".into(),
+            comment: String::new(),
+        })
+        .await
+        .expect("verify")
+        .into_inner();
+    assert_eq!(verdict.outcome, "closed");
+}
+
+/// Acknowledge and resolve an open case as its owner (the rating is awaited).
+async fn resolve(m: &mut gridwork_e2e::Mesh, id: &str) {
     let case = case_when_opened(m, id).await;
     let acting_as = case.owner.clone();
     m.dispatch
@@ -446,19 +464,6 @@ async fn resolve_and_close(m: &mut gridwork_e2e::Mesh, id: &str) {
         })
         .await
         .expect("resolve");
-    let verdict = m
-        .dispatch
-        .verify_case(pb::VerifyCaseRequest {
-            command_id: uuid(),
-            case_id: id.into(),
-            rating: pb::Rating::Satisfied as i32,
-            by: "reporter".into(),
-            comment: String::new(),
-        })
-        .await
-        .expect("verify")
-        .into_inner();
-    assert_eq!(verdict.outcome, "closed");
 }
 
 fn fire_at(lat: f64, lon: f64) -> intake_pb::ReportIncidentRequest {
@@ -523,4 +528,29 @@ async fn a_second_fire_nearby_is_dispatched_and_flagged_and_intake_follows_each_
     let again = incident(&mut m, &again.incident_id).await;
     assert_eq!(again.status, intake_pb::IncidentStatus::Reported as i32, "awaits triage like any new report");
     assert_eq!(again.recurrence_of, hazard.incident_id);
+
+    // Reported again after the handler said it was fixed, before the rating:
+    // the fix did not hold. A new incident, not a me-too merged into a case
+    // about to close.
+    let elsewhere = |r: intake_pb::ReportIncidentRequest| intake_pb::ReportIncidentRequest {
+        command_id: uuid(),
+        location: Some(intake_pb::report_incident_request::Location::Point(intake_pb::GeoPoint {
+            lat: Y0 + 0.1 * STEP,
+            lon: X0 + 0.1 * STEP,
+        })),
+        ..r
+    };
+    let blocked = m.intake.report_incident(elsewhere(report("fire-hazard"))).await.expect("blocked").into_inner();
+    m.intake
+        .accept_incident(intake_pb::AcceptIncidentRequest {
+            command_id: uuid(),
+            incident_id: blocked.incident_id.clone(),
+        })
+        .await
+        .expect("accept");
+    resolve(&mut m, &blocked.incident_id).await;
+    intake_status(&mut m, &blocked.incident_id, intake_pb::IncidentStatus::Resolved).await;
+    let back = m.intake.report_incident(elsewhere(report("fire-hazard"))).await.expect("back").into_inner();
+    assert!(back.duplicate_of.is_empty(), "not merged into a resolved case: {back:?}");
+    assert_eq!(back.recurrence_of, blocked.incident_id);
 }

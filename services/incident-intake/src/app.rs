@@ -284,8 +284,11 @@ impl Intake {
     }
 
     /// The nearest incident of `category` within the radius that a report at
-    /// (`lat`, `lon`) lies near: an open one reported within the duplicate
-    /// window, else one whose case closed within the recurrence window.
+    /// (`lat`, `lon`) lies near: an open one (reported or at work) reported
+    /// within the duplicate window, else one whose case is resolved (awaiting
+    /// the rating) or closed within the recurrence window. A report next to a
+    /// resolved case is not merged into it: a repeat call after the handler
+    /// reported the fix is evidence that the fix did not hold.
     async fn find_nearby(&self, category: &str, lat: f64, lon: f64, now: i64) -> Result<Option<Nearby>, ServiceError> {
         let table = Tables::Live.name(INCIDENTS.name);
         // A bounding box first (1° of latitude ≈ 111 km), then the exact distance.
@@ -293,7 +296,7 @@ impl Intake {
         let dlon = dlat / lat.to_radians().cos().max(0.01);
         let rows: Vec<(String, f64, f64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT incident_id, lat, lon, status FROM {table} WHERE category_code = $1 \
-             AND ((status IN ($2, $3, $4) AND reported_at_ms >= $5) OR (status = $6 AND closed_at_ms >= $7)) \
+             AND ((status IN ($2, $3) AND reported_at_ms >= $5) OR status = $4 OR (status = $6 AND closed_at_ms >= $7)) \
              AND lat BETWEEN $8 AND $9 AND lon BETWEEN $10 AND $11"
         )))
         .bind(category)
@@ -311,7 +314,11 @@ impl Intake {
         .await?;
         let nearest = |open: bool| {
             rows.iter()
-                .filter(|r| (r.3 != pb::IncidentStatus::Closed as i64) == open)
+                .filter(|r| {
+                    let finished =
+                        r.3 == pb::IncidentStatus::Closed as i64 || r.3 == pb::IncidentStatus::Resolved as i64;
+                    finished != open
+                })
                 .map(|(id, a, b, _)| (haversine_m(lat, lon, *a, *b), id))
                 .filter(|(d, _)| *d <= self.rules.duplicate_radius_m)
                 .min_by(|a, b| a.0.total_cmp(&b.0))

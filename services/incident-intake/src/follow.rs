@@ -25,8 +25,22 @@ pub struct CaseFollower {
 /// What one dispatch commit means for its incident: the last stage it reached.
 fn outcome(commit: &RecordedCommit) -> Result<Option<(CaseStage, i64, String)>, ApplyError> {
     let mut outcome = None;
-    for e in commit.events_at_version(1)? {
+    // Only the three types it follows must be a version this build reads: a
+    // newer version of any other dispatch event is none of intake's business
+    // and must not stall it.
+    for e in &commit.body.events {
         let decode = |err: prost::DecodeError| gridwork_eventstore::DecodeError::new(e.event_type.clone(), err);
+        let followed = matches!(
+            e.event_type.as_str(),
+            "dispatch.case.resolved" | "dispatch.case.closed" | "dispatch.case.reopened"
+        );
+        if followed && e.schema_version != 1 {
+            return Err(gridwork_eventstore::DecodeError::unknown(
+                e.event_type.clone(),
+                format!("schema version {} is not one this build follows", e.schema_version),
+            )
+            .into());
+        }
         match e.event_type.as_str() {
             "dispatch.case.resolved" => {
                 let r = dispatch_pb::CaseResolved::decode(e.payload.as_slice()).map_err(decode)?;

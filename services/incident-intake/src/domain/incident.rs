@@ -86,15 +86,16 @@ pub struct Incident {
 /// as the application found it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Nearby {
-    /// An open incident (reported, accepted or resolved) within the radius
-    /// and the duplicate window.
+    /// An open incident (reported or accepted, its case at work) within the
+    /// radius and the duplicate window.
     Open {
         /// Its id.
         incident_id: String,
         /// Metres between the two reports.
         distance_m: f64,
     },
-    /// An incident closed within the recurrence window, within the radius.
+    /// An incident within the radius whose case is resolved (awaiting the
+    /// rating) or closed within the recurrence window: the problem is back.
     Closed {
         /// Its id.
         incident_id: String,
