@@ -141,10 +141,7 @@ async fn a_retry_after_the_dedupe_window_and_a_hundred_later_commands_applies_on
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let js = async_nats::jetstream::new(client);
     let first = spawn_ledger(&nats, &db).await;
-    let mut stream = js.get_stream("SAMPLE").await.expect("stream");
-    let mut config = stream.info().await.expect("info").config.clone();
-    config.duplicate_window = std::time::Duration::from_secs(1);
-    js.update_stream(config).await.expect("shrink the dedupe window");
+    shrink_dedupe_window(&js).await;
 
     let mut c = first.client.clone();
     open(&mut c, "acct").await;
@@ -181,9 +178,7 @@ async fn a_derived_command_id_past_the_window_and_the_remembered_ids_applies_onc
     let nats = NatsServer::start().await.expect("nats");
     let db = TestDb::sqlite().expect("db");
     let k = kernel(&nats, &db).await;
-    let mut config = k.js.get_stream("SAMPLE").await.expect("stream").info().await.expect("info").config.clone();
-    config.duplicate_window = std::time::Duration::from_secs(1);
-    k.js.update_stream(config).await.expect("shrink the dedupe window");
+    shrink_dedupe_window(&k.js).await;
     let r = &k.repository;
     r.execute("acct", &LedgerCommand::Open { owner: "o".into() }, &meta()).await.expect("open");
     let derived = CommandMeta { command_id: "interest:acct:2026-11".into(), ..meta() };
@@ -193,10 +188,7 @@ async fn a_derived_command_id_past_the_window_and_the_remembered_ids_applies_onc
     }
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
 
-    let horizon = RepositoryOptions::default().idempotency_horizon;
-    let index = gridwork_eventstore::CommandIndex::start(k.js.clone(), "SAMPLE", k.store.clone(), horizon)
-        .await
-        .expect("index");
+    let index = command_index(&k).await;
     index.runner().wait_for_stream_head(std::time::Duration::from_secs(30)).await.expect("index built");
     let second = replica(&k).await.with_command_index(index);
     let again = second.execute("acct", &LedgerCommand::Deposit { amount: 7 }, &derived).await.expect("retry");
@@ -216,13 +208,8 @@ async fn a_command_the_lagging_index_cannot_vouch_for_is_unavailable_not_applied
     let nats = NatsServer::start().await.expect("nats");
     let db = TestDb::sqlite().expect("db");
     let k = kernel(&nats, &db).await;
-    let mut config = k.js.get_stream("SAMPLE").await.expect("stream").info().await.expect("info").config.clone();
-    config.duplicate_window = std::time::Duration::from_secs(1);
-    k.js.update_stream(config).await.expect("shrink the dedupe window");
-    let horizon = RepositoryOptions::default().idempotency_horizon;
-    let index = gridwork_eventstore::CommandIndex::start(k.js.clone(), "SAMPLE", k.store.clone(), horizon)
-        .await
-        .expect("index");
+    shrink_dedupe_window(&k.js).await;
+    let index = command_index(&k).await;
     let r = k.repository.clone().with_command_index(index.clone());
     r.execute("acct", &LedgerCommand::Open { owner: "o".into() }, &meta()).await.expect("open");
     index.runner().wait_for_stream_head(std::time::Duration::from_secs(30)).await.expect("index built");
@@ -261,13 +248,8 @@ async fn a_command_dated_from_an_old_backlog_is_kept_for_the_horizon_from_when_i
     let nats = NatsServer::start().await.expect("nats");
     let db = TestDb::sqlite().expect("db");
     let k = kernel(&nats, &db).await;
-    let mut config = k.js.get_stream("SAMPLE").await.expect("stream").info().await.expect("info").config.clone();
-    config.duplicate_window = std::time::Duration::from_secs(1);
-    k.js.update_stream(config).await.expect("shrink the dedupe window");
-    let horizon = RepositoryOptions::default().idempotency_horizon;
-    let index = gridwork_eventstore::CommandIndex::start(k.js.clone(), "SAMPLE", k.store.clone(), horizon)
-        .await
-        .expect("index");
+    shrink_dedupe_window(&k.js).await;
+    let index = command_index(&k).await;
     let r = k.repository.clone().with_command_index(index.clone());
     let today = CommandMeta { decided_at_unix_ms: now_ms(), ..meta() };
     r.execute("acct", &LedgerCommand::Open { owner: "o".into() }, &today).await.expect("open");

@@ -163,13 +163,8 @@ async fn a_reaction_repeated_past_the_dedupe_window_and_the_remembered_ids_lands
     let nats = NatsServer::start().await.expect("nats");
     let db = TestDb::sqlite().expect("db");
     let k = kernel(&nats, &db).await;
-    let mut config = k.js.get_stream("SAMPLE").await.expect("stream").info().await.expect("info").config.clone();
-    config.duplicate_window = Duration::from_secs(1);
-    k.js.update_stream(config).await.expect("shrink the dedupe window");
-    let horizon = gridwork_eventstore::RepositoryOptions::default().idempotency_horizon;
-    let index = gridwork_eventstore::CommandIndex::start(k.js.clone(), "SAMPLE", k.store.clone(), horizon)
-        .await
-        .expect("index");
+    shrink_dedupe_window(&k.js).await;
+    let index = command_index(&k).await;
     let accounts = k.repository.clone().with_command_index(index);
     let welcome = Welcome::new(accounts.clone());
     welcome.lose_position.store(1, Ordering::SeqCst);

@@ -156,3 +156,17 @@ pub fn quick() -> gridwork_eventstore::projection::RunnerConfig {
 pub fn client_meta() -> gridwork_eventstore::CommandMeta {
     gridwork_eventstore::CommandMeta { request_digest: 7, ..meta() }
 }
+
+/// Shrink the `SAMPLE` stream's dedupe window to one second, so that a test
+/// can step past it (without re-provisioning, which would restore it).
+pub async fn shrink_dedupe_window(js: &async_nats::jetstream::Context) {
+    let mut config = js.get_stream("SAMPLE").await.expect("stream").info().await.expect("info").config.clone();
+    config.duplicate_window = Duration::from_secs(1);
+    js.update_stream(config).await.expect("shrink the dedupe window");
+}
+
+/// The `SAMPLE` stream's command index in `k`'s read store, with the default horizon.
+pub async fn command_index(k: &Kernel) -> gridwork_eventstore::CommandIndex {
+    let horizon = gridwork_eventstore::RepositoryOptions::default().idempotency_horizon;
+    gridwork_eventstore::CommandIndex::start(k.js.clone(), "SAMPLE", k.store.clone(), horizon).await.expect("index")
+}
