@@ -54,6 +54,16 @@ where
         }
     }
 
+    /// Assert the command produced events, and check them with `check` (for
+    /// events with computed fields, such as a distance).
+    #[track_caller]
+    pub fn then_with(self, check: impl FnOnce(&[A::Event])) {
+        match self.result {
+            Ok(events) => check(&events),
+            Err(rejection) => panic!("expected events, got rejection: {rejection:?}"),
+        }
+    }
+
     /// Assert the command was refused with this rejection.
     #[track_caller]
     pub fn then_expect_error(self, expected: A::Rejection)

@@ -81,10 +81,8 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                         println!("  linked as a \"me too\" of {}", r.duplicate_of);
                     }
                     if !r.possibly_same_as.is_empty() {
-                        println!(
-                            "  possibly the same as {} (dispatched anyway; a dispatcher decides)",
-                            r.possibly_same_as
-                        );
+                        let who = if r.accepted { "dispatched anyway; a dispatcher" } else { "triage" };
+                        println!("  possibly the same as {} ({who} decides)", r.possibly_same_as);
                     }
                     if !r.recurrence_of.is_empty() {
                         println!("  a recurrence of {}, closed earlier", r.recurrence_of);
@@ -113,6 +111,9 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                         "  at {:.5}, {:.5}: {} > {} > {} > {} > {}",
                         i.lat, i.lon, p.district_id, p.street_id, p.community_id, p.grid_id, p.micro_grid_id
                     );
+                    if !i.address_text.is_empty() {
+                        println!("  address: {}", i.address_text);
+                    }
                     println!("  {}", i.description);
                     if !i.duplicate_of.is_empty() {
                         println!("  duplicate of {}", i.duplicate_of);

@@ -13,7 +13,8 @@ use gridwork_runtime::{FieldViolation, ServiceError};
 use sqlx::AssertSqlSafe;
 
 use crate::domain::catalogue::{Catalogue, CatalogueCommand, CatalogueRejection, check_definition};
-use crate::domain::incident::{Incident, IncidentCommand, IncidentRejection, Nearby};
+use crate::domain::incident::{Incident, IncidentCommand, IncidentRejection, Nearby, Status};
+use crate::domain::zone::{self, Policy, Reach, Spot, Zone, ZoneCommand, ZoneEvent};
 use crate::events::IncidentEvent;
 use crate::projection::{GRID_UNITS, HISTORY, INCIDENTS};
 
@@ -63,7 +64,7 @@ pub enum Location {
     },
     /// An address resolved by the caller to a unit.
     Address {
-        /// Address text (kept with the contact data? no: it is not personal).
+        /// Address text, kept on the report: how the handler finds the door.
         text: String,
         /// Unit id.
         unit_id: String,
@@ -137,12 +138,42 @@ struct IncidentRow {
     possibly_same_as: String,
     recurrence_of: String,
     closed_at_ms: i64,
+    address_text: String,
+}
+
+/// How long a zone entry whose incident is not (yet) written counts as a
+/// report being recorded at this moment; after it, as one that never was.
+const PENDING_GRACE_MS: i64 = 30_000;
+
+/// At most this many nearby incidents are looked at for one report.
+const MAX_CANDIDATES: usize = 8;
+
+/// What a report's category does with reports near an open one of it.
+fn duplicate_policy(category: &pb::Category) -> Option<Policy> {
+    match pb::DuplicatePolicy::try_from(category.duplicate_policy) {
+        Ok(pb::DuplicatePolicy::Never) => None,
+        Ok(pb::DuplicatePolicy::Suggest) => Some(Policy::Suggest),
+        // An emergency is never merged, whatever an old catalogue says.
+        _ if category.emergency => Some(Policy::Suggest),
+        Ok(pb::DuplicatePolicy::AutoLink) => Some(Policy::AutoLink),
+        Ok(pb::DuplicatePolicy::Unspecified) | Err(_) => Some(Policy::AutoLink),
+    }
+}
+
+/// A command id derived from another (at most 128 characters).
+fn derived_id(prefix: &str, id: &str) -> String {
+    let derived = format!("{prefix}-{id}");
+    if derived.len() <= 128 {
+        return derived;
+    }
+    format!("{prefix}-h{:016x}", gridwork_eventstore::envelope::request_digest(id.as_bytes()))
 }
 
 /// The intake application service.
 #[derive(Clone)]
 pub struct Intake {
     incidents: Repository<Incident>,
+    zones: Repository<Zone>,
     catalogue: Repository<Catalogue>,
     store: ReadStore,
     grid: Arc<RunnerHandle>,
@@ -156,20 +187,14 @@ fn meta(command_id: CommandKey, principal: String, now: i64) -> CommandMeta {
     CommandMeta::new(command_id, principal, now)
 }
 
-/// Great-circle distance in metres.
-pub fn haversine_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
-    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
-    let dp = (lat2 - lat1).to_radians();
-    let dl = (lon2 - lon1).to_radians();
-    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-    2.0 * 6_371_000.0 * a.sqrt().asin()
-}
+pub use crate::domain::zone::haversine_m;
 
 impl Intake {
     /// Wire the parts together; creates the contact table.
     #[allow(clippy::too_many_arguments)]
     pub async fn new(
         incidents: Repository<Incident>,
+        zones: Repository<Zone>,
         catalogue: Repository<Catalogue>,
         store: ReadStore,
         grid: Arc<RunnerHandle>,
@@ -183,7 +208,7 @@ impl Intake {
         )))
         .execute(store.pool())
         .await?;
-        Ok(Self { incidents, catalogue, store, grid, projection, index: Arc::default(), clock, rules })
+        Ok(Self { incidents, zones, catalogue, store, grid, projection, index: Arc::default(), clock, rules })
     }
 
     /// The incidents projection (positions, rebuilds).
@@ -283,27 +308,31 @@ impl Intake {
         Ok((lat, lon, grid_path))
     }
 
-    /// The nearest incident of `category` within the radius that a report at
-    /// (`lat`, `lon`) lies near: an open one (reported or at work) reported
-    /// within the duplicate window, else one whose case is resolved (awaiting
-    /// the rating) or closed within the recurrence window. A report next to a
-    /// resolved case is not merged into it: a repeat call after the handler
-    /// reported the fix is evidence that the fix did not hold.
-    async fn find_nearby(&self, category: &str, lat: f64, lon: f64, now: i64) -> Result<Option<Nearby>, ServiceError> {
+    /// The nearest incident of `category` within the radius whose case is
+    /// resolved (awaiting the rating) or closed within the recurrence window,
+    /// from the read model: a note for people ("this came back"), never a
+    /// decision, so a lagging read model costs a missing note, not a
+    /// swallowed report. A report next to a resolved case is not merged into
+    /// it: a repeat call after the handler reported the fix is evidence that
+    /// the fix did not hold.
+    async fn find_recurrence(
+        &self,
+        category: &str,
+        lat: f64,
+        lon: f64,
+        now: i64,
+    ) -> Result<Option<String>, ServiceError> {
         let table = Tables::Live.name(INCIDENTS.name);
         // A bounding box first (1° of latitude ≈ 111 km), then the exact distance.
         let dlat = self.rules.duplicate_radius_m / 111_000.0;
         let dlon = dlat / lat.to_radians().cos().max(0.01);
-        let rows: Vec<(String, f64, f64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT incident_id, lat, lon, status FROM {table} WHERE category_code = $1 \
-             AND ((status IN ($2, $3) AND reported_at_ms >= $5) OR status = $4 OR (status = $6 AND closed_at_ms >= $7)) \
-             AND lat BETWEEN $8 AND $9 AND lon BETWEEN $10 AND $11"
+        let rows: Vec<(String, f64, f64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT incident_id, lat, lon FROM {table} WHERE category_code = $1 \
+             AND (status = $2 OR (status = $3 AND closed_at_ms >= $4)) \
+             AND lat BETWEEN $5 AND $6 AND lon BETWEEN $7 AND $8"
         )))
         .bind(category)
-        .bind(pb::IncidentStatus::Reported as i64)
-        .bind(pb::IncidentStatus::Accepted as i64)
         .bind(pb::IncidentStatus::Resolved as i64)
-        .bind(now - self.rules.duplicate_window_ms)
         .bind(pb::IncidentStatus::Closed as i64)
         .bind(now - self.rules.recurrence_window_ms)
         .bind(lat - dlat)
@@ -312,23 +341,66 @@ impl Intake {
         .bind(lon + dlon)
         .fetch_all(self.store.pool())
         .await?;
-        let nearest = |open: bool| {
-            rows.iter()
-                .filter(|r| {
-                    let finished =
-                        r.3 == pb::IncidentStatus::Closed as i64 || r.3 == pb::IncidentStatus::Resolved as i64;
-                    finished != open
-                })
-                .map(|(id, a, b, _)| (haversine_m(lat, lon, *a, *b), id))
-                .filter(|(d, _)| *d <= self.rules.duplicate_radius_m)
-                .min_by(|a, b| a.0.total_cmp(&b.0))
-                .map(|(d, id)| (d, id.clone()))
+        Ok(rows
+            .into_iter()
+            .map(|(id, a, b)| (haversine_m(lat, lon, a, b), id))
+            .filter(|(d, _)| *d <= self.rules.duplicate_radius_m)
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, id)| id))
+    }
+
+    /// Place a report in its duplicate zone and say what it is near. The zone
+    /// decides under its expected sequence, so reports at one spot at once
+    /// are decided one after the other, each seeing those before it. The
+    /// candidates' own states (read from the stream's leader, not a read
+    /// model) say which are finished: those are not offered, and are
+    /// forgotten by the zone.
+    async fn place_in_zone(
+        &self,
+        zone_id: &str,
+        spot: Spot,
+        policy: Policy,
+        now: i64,
+        key: &CommandKey,
+        principal: &str,
+    ) -> Result<(Option<Nearby>, Option<String>), ServiceError> {
+        // The incident id is the report's command id.
+        let incident_id = key.id.as_str();
+        let reach = Reach { radius_m: self.rules.duplicate_radius_m, window_ms: self.rules.duplicate_window_ms };
+        let zone = self.zones.load(zone_id).await?;
+        let mut finished = std::collections::BTreeSet::new();
+        let mut closed_near = None;
+        for (entry, _) in zone.state.candidates(&spot, now, reach).into_iter().take(MAX_CANDIDATES) {
+            if entry.incident_id == incident_id {
+                continue;
+            }
+            let candidate = self.incidents.load_current(&entry.incident_id).await?;
+            match candidate.state.status {
+                Status::Reported | Status::Accepted => break,
+                // Placed, and its incident not written yet: being recorded
+                // right now (it counts as open), or never (a crash between
+                // the two commits).
+                Status::New if now - entry.placed_at_unix_ms < PENDING_GRACE_MS => break,
+                Status::New | Status::Rejected | Status::Duplicate => {}
+                Status::Resolved | Status::Closed => {
+                    closed_near.get_or_insert_with(|| entry.incident_id.clone());
+                }
+            }
+            finished.insert(entry.incident_id.clone());
+        }
+        let command =
+            ZoneCommand::Place { incident_id: incident_id.to_string(), spot, at_unix_ms: now, policy, reach, finished };
+        let key = CommandKey { id: derived_id("place", incident_id), request_digest: key.request_digest };
+        let outcome = self.zones.execute(zone_id, &command, &meta(key, principal.to_string(), now)).await?;
+        let Some(ZoneEvent::ReportPlaced(placed)) = outcome.events.first() else {
+            return Err(ServiceError::Internal("zone placement decided nothing".into()));
         };
-        // An open incident first: a report next to a live case is about it.
-        Ok(match nearest(true) {
-            Some((distance_m, incident_id)) => Some(Nearby::Open { incident_id, distance_m }),
-            None => nearest(false).map(|(_, incident_id)| Nearby::Closed { incident_id }),
-        })
+        let nearby = match (placed.near_incident_id.as_str(), placed.linked) {
+            ("", _) => None,
+            (near, true) => Some(Nearby::Same { incident_id: near.into(), distance_m: placed.distance_m }),
+            (near, false) => Some(Nearby::Possibly { incident_id: near.into(), distance_m: placed.distance_m }),
+        };
+        Ok((nearby, closed_near))
     }
 
     /// Record a report. The incident id is the command id, so a retried report
@@ -357,12 +429,29 @@ impl Intake {
         let (lat, lon, grid_path) = self.place(&input.location).await?;
         let now = self.clock.now_unix_ms();
         let incident_id = command_id.id.clone();
-        // The duplicate check reads the incidents read model: bring it up to every
-        // report already in the stream first.
-        self.projection.wait_for_stream_head(Duration::from_secs(10)).await?;
-        let nearby = self.find_nearby(&category.code, lat, lon, now).await?.filter(|n| match n {
-            Nearby::Open { incident_id: o, .. } | Nearby::Closed { incident_id: o } => *o != incident_id,
-        });
+        let address_text = match &input.location {
+            Location::Address { text, .. } => text.trim().to_string(),
+            Location::Point { .. } => String::new(),
+        };
+        let nearby = match duplicate_policy(&category) {
+            // Never compared: each report is about its own people.
+            None => None,
+            Some(policy) => {
+                let spot = Spot { lat, lon, address_key: zone::address_key(&address_text) };
+                let zone_id = zone::zone_id(&grid_path.grid_id, &category.code);
+                let (nearby, closed_near) =
+                    self.place_in_zone(&zone_id, spot, policy, now, &command_id, &principal).await?;
+                match (nearby, closed_near) {
+                    (Some(n), _) => Some(n),
+                    (None, Some(closed)) => Some(Nearby::Closed { incident_id: closed }),
+                    (None, None) => self
+                        .find_recurrence(&category.code, lat, lon, now)
+                        .await?
+                        .filter(|id| *id != incident_id)
+                        .map(|incident_id| Nearby::Closed { incident_id }),
+                }
+            }
+        };
         let contact_ref = match &input.contact {
             Some((name, phone)) => {
                 let contact_ref = format!("c-{incident_id}");
@@ -395,6 +484,7 @@ impl Intake {
             reported_at_unix_ms: now,
             emergency: category.emergency,
             reporter_id: input.reporter_id,
+            address_text,
         };
         let outcome = self
             .incidents
@@ -443,20 +533,16 @@ impl Intake {
         Ok(self.incidents.execute(incident_id, &command, &meta(command_id, principal, now)).await?)
     }
 
+    /// An incident's status and, for a duplicate, its original: read from the
+    /// stream's leader, not a read model.
+    pub async fn status_of(&self, incident_id: &str) -> Result<(Status, String), ServiceError> {
+        let loaded = self.incidents.load_current(incident_id).await?;
+        Ok((loaded.state.status, loaded.state.duplicate_of.clone()))
+    }
+
     /// The claim length.
     pub fn claim_ttl_ms(&self) -> i64 {
         self.rules.claim_ttl_ms
-    }
-
-    /// Whether an incident exists in the read model.
-    pub async fn exists(&self, incident_id: &str) -> Result<bool, ServiceError> {
-        let table = Tables::Live.name(INCIDENTS.name);
-        let row: Option<(String,)> =
-            sqlx::query_as(AssertSqlSafe(format!("SELECT incident_id FROM {table} WHERE incident_id = $1")))
-                .bind(incident_id)
-                .fetch_optional(self.store.pool())
-                .await?;
-        Ok(row.is_some())
     }
 
     /// Wait for `min_position` (read-your-writes), bounded.
@@ -480,8 +566,8 @@ impl Intake {
         let rows: Vec<IncidentRow> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT incident_id, status, source, category_code, catalogue_version, lat, lon, district_id, street_id, \
              community_id, grid_id, micro_grid_id, description, priority, emergency, claimed_by, claim_until_ms, \
-             duplicate_of, reported_at_ms, contact_ref, position, possibly_same_as, recurrence_of, closed_at_ms \
-             FROM {table} \
+             duplicate_of, reported_at_ms, contact_ref, position, possibly_same_as, recurrence_of, closed_at_ms, \
+             address_text FROM {table} \
              WHERE ($1 = '' OR district_id = $1 OR street_id = $1 OR community_id = $1 OR grid_id = $1 OR micro_grid_id = $1) \
              AND ($2 = 0 OR status = $2) AND ($3 = '' OR category_code = $3) AND ($4 = '' OR incident_id = $4) \
              ORDER BY reported_at_ms DESC, incident_id LIMIT $5"
@@ -542,6 +628,7 @@ impl Intake {
                 possibly_same_as: r.possibly_same_as,
                 recurrence_of: r.recurrence_of,
                 closed_at_unix_ms: r.closed_at_ms,
+                address_text: r.address_text,
             });
         }
         Ok(out)
@@ -601,9 +688,18 @@ impl From<IncidentRejection> for ServiceError {
             IncidentRejection::NotOpen(_) => "NOT_OPEN",
             IncidentRejection::SelfDuplicate => "SELF_DUPLICATE",
             IncidentRejection::NotAccepted(_) => "NOT_ACCEPTED",
+            IncidentRejection::TargetNotOpen(_) => "TARGET_NOT_OPEN",
+            IncidentRejection::TargetIsDuplicate { .. } => "TARGET_IS_DUPLICATE",
+            IncidentRejection::TargetNotReported => return ServiceError::NotFound(r.to_string()),
             IncidentRejection::NotReported => return ServiceError::NotFound(format!("incident_id: {r}")),
         };
         ServiceError::FailedPrecondition { kind: kind.into(), subject: "incident".into(), description: r.to_string() }
+    }
+}
+
+impl From<crate::domain::zone::ZoneRejection> for ServiceError {
+    fn from(r: crate::domain::zone::ZoneRejection) -> Self {
+        match r {}
     }
 }
 
@@ -614,17 +710,5 @@ impl From<CatalogueRejection> for ServiceError {
             subject: "categories".into(),
             description: r.to_string(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::haversine_m;
-
-    #[test]
-    fn haversine_measures_about_111_km_per_degree_of_latitude() {
-        let d = haversine_m(35.0, 115.0, 36.0, 115.0);
-        assert!((d - 111_195.0).abs() < 100.0, "{d}");
-        assert!(haversine_m(35.76, 115.03, 35.76, 115.03) < 1e-6);
     }
 }

@@ -30,6 +30,8 @@ pub enum IncidentEvent {
     PossibleDuplicateFlagged(pb::PossibleDuplicateFlagged),
     /// `intake.incident.recurrence_noted`: near one closed recently.
     RecurrenceNoted(pb::RecurrenceNoted),
+    /// `intake.incident.duplicate_unlinked`: its original could not take it.
+    DuplicateUnlinked(pb::DuplicateUnlinked),
 }
 
 /// Event type names.
@@ -56,6 +58,8 @@ pub mod types {
     pub const POSSIBLE_DUPLICATE_FLAGGED: &str = "intake.incident.possible_duplicate_flagged";
     /// Reported near one of its category closed recently.
     pub const RECURRENCE_NOTED: &str = "intake.incident.recurrence_noted";
+    /// A "me too" back in triage: its original could not take it.
+    pub const DUPLICATE_UNLINKED: &str = "intake.incident.duplicate_unlinked";
 }
 
 impl DomainEvent for IncidentEvent {
@@ -72,6 +76,7 @@ impl DomainEvent for IncidentEvent {
             IncidentEvent::CaseOutcomeRecorded(_) => types::CASE_OUTCOME_RECORDED,
             IncidentEvent::PossibleDuplicateFlagged(_) => types::POSSIBLE_DUPLICATE_FLAGGED,
             IncidentEvent::RecurrenceNoted(_) => types::RECURRENCE_NOTED,
+            IncidentEvent::DuplicateUnlinked(_) => types::DUPLICATE_UNLINKED,
         }
     }
 
@@ -88,6 +93,7 @@ impl DomainEvent for IncidentEvent {
             IncidentEvent::CaseOutcomeRecorded(e) => e.encode_to_vec(),
             IncidentEvent::PossibleDuplicateFlagged(e) => e.encode_to_vec(),
             IncidentEvent::RecurrenceNoted(e) => e.encode_to_vec(),
+            IncidentEvent::DuplicateUnlinked(e) => e.encode_to_vec(),
         }
     }
 
@@ -118,6 +124,9 @@ impl DomainEvent for IncidentEvent {
             }
             types::RECURRENCE_NOTED => {
                 IncidentEvent::RecurrenceNoted(pb::RecurrenceNoted::decode(payload).map_err(err)?)
+            }
+            types::DUPLICATE_UNLINKED => {
+                IncidentEvent::DuplicateUnlinked(pb::DuplicateUnlinked::decode(payload).map_err(err)?)
             }
             other => return Err(DecodeError::unknown(other, "an event type this build does not know")),
         })

@@ -4,8 +4,8 @@
 use gridwork_eventstore::CommitOutcome;
 use gridwork_proto::gridwork::intake::v1 as pb;
 use gridwork_proto::gridwork::intake::v1::intake_service_server::IntakeService;
+use gridwork_runtime::Violations;
 use gridwork_runtime::request::{principal, read_wait};
-use gridwork_runtime::{ServiceError, Violations};
 use tonic::{Request, Response, Status};
 
 use crate::app::{Intake, Location, ReportInput};
@@ -231,14 +231,13 @@ impl IntakeService for IntakeGrpc {
         let id = v.id("incident_id", &r.incident_id);
         let of = v.id("of_incident_id", &r.of_incident_id);
         v.finish()?;
-        if !self.intake.exists(&of).await? {
-            return Err(ServiceError::NotFound(format!("of_incident_id: incident {of} does not exist")).into());
-        }
+        let target = self.intake.status_of(&of).await?;
         let own_id = id.clone();
         let outcome = self
             .intake
             .triage(&id, command_id, who.clone(), |now| IncidentCommand::MarkDuplicate {
                 of_incident_id: of,
+                target,
                 own_id,
                 by: who,
                 now_unix_ms: now,

@@ -2,7 +2,8 @@
 //! catalogue, placed on the tree, "me too" links, triage, and each accepted
 //! incident's case followed to its end.
 //!
-//! Owns the `INTAKE` stream (subjects `intake.incident.<id>`, the catalogue at
+//! Owns the `INTAKE` stream (subjects `intake.incident.<id>`, the duplicate
+//! zones at `intake.zone.<grid>_<category>`, the catalogue at
 //! `intake.catalogue.city`) and reads `GRID` into its own copy of the tree's
 //! boundaries (never calling the grid registry). Reporters' contact data is kept
 //! out of every event, in an erasable table. Dispatch takes over from
@@ -34,6 +35,7 @@ use gridwork_runtime::{CommonConfig, Runtime, ServerHandle};
 use crate::app::{Intake, Rules};
 use crate::domain::catalogue::{Catalogue, CatalogueCommand, default_categories};
 use crate::domain::incident::Incident;
+use crate::domain::zone::Zone;
 
 /// The service's name.
 pub const SERVICE: &str = "incident-intake";
@@ -48,7 +50,7 @@ pub struct Config {
     /// A report of the same category within this many metres of an open incident is a "me too".
     #[arg(long, env = "DUPLICATE_RADIUS_M", default_value_t = 100.0)]
     pub duplicate_radius_m: f64,
-    /// …if reported within this many minutes of it.
+    /// …if reported within this many minutes of the last report placed on it.
     #[arg(long, env = "DUPLICATE_WINDOW_MINUTES", default_value_t = 1440)]
     pub duplicate_window_minutes: i64,
     /// A report near an incident whose case closed less than this many days
@@ -102,6 +104,9 @@ impl App {
         let incidents = Repository::<Incident>::new(runtime.js.clone(), &spec.name, Some(&bucket), options())
             .await?
             .with_command_index(index.clone());
+        let zones = Repository::<Zone>::new(runtime.js.clone(), &spec.name, Some(&bucket), options())
+            .await?
+            .with_command_index(index.clone());
         let catalogue = Repository::<Catalogue>::new(runtime.js.clone(), &spec.name, Some(&bucket), options())
             .await?
             .with_command_index(index);
@@ -144,10 +149,18 @@ impl App {
                 .await
                 .map_err(|e| anyhow::anyhow!("publishing the default catalogue: {e}"))?;
         }
-        let intake =
-            Intake::new(incidents, catalogue, store, Arc::new(grid_copy), Arc::new(incidents_view), clock, rules)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let intake = Intake::new(
+            incidents,
+            zones,
+            catalogue,
+            store,
+            Arc::new(grid_copy),
+            Arc::new(incidents_view),
+            clock,
+            rules,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Self { runtime, intake, linker, follower })
     }
 

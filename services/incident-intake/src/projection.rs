@@ -3,12 +3,13 @@
 //! history (from `INTAKE`); and the linker, a reactor on `INTAKE`.
 
 use gridwork_eventstore::projection::{ApplyError, Projection, TableDef, Tables, UnknownEvents};
-use gridwork_eventstore::{Reactor, RecordedCommit};
+use gridwork_eventstore::{ExecuteError, Reactor, RecordedCommit};
 use gridwork_proto::gridwork::grid::v1 as grid_pb;
 use gridwork_proto::gridwork::intake::v1 as pb;
 use prost::Message as _;
 use sqlx::{AnyConnection, AssertSqlSafe};
 
+use crate::domain::incident::IncidentCommand;
 use crate::events::IncidentEvent;
 
 /// Units of the tree as intake needs them.
@@ -109,28 +110,72 @@ impl Reactor for Linker {
         if !commit.subject.starts_with("intake.incident.") {
             return Ok(());
         }
+        let id = commit.aggregate_id().to_string();
         for event in commit.decode_events::<IncidentEvent>()? {
-            let IncidentEvent::MarkedDuplicate(d) = event else { continue };
-            let report_id = commit.aggregate_id().to_string();
-            let command = crate::domain::incident::IncidentCommand::LinkReport {
-                report_id: report_id.clone(),
-                now_unix_ms: commit.body.decided_at_unix_ms,
-                escalate_after: self.escalate_after,
-            };
-            let meta = gridwork_eventstore::CommandMeta {
-                command_id: format!("link-{report_id}"),
-                principal: "service:intake-linker".into(),
-                decided_at_unix_ms: commit.body.decided_at_unix_ms,
-                request_digest: 0,
-            };
-            match self.incidents.execute(&d.of_incident_id, &command, &meta).await {
-                Ok(_) => {}
-                // The original closed meanwhile (or never existed): nothing to link.
-                Err(gridwork_eventstore::ExecuteError::Rejected(_)) => {}
-                Err(gridwork_eventstore::ExecuteError::Store(e)) => return Err(ApplyError::from_store(e)),
+            match event {
+                IncidentEvent::MarkedDuplicate(d) => {
+                    let command = IncidentCommand::LinkReport {
+                        report_id: id.clone(),
+                        now_unix_ms: commit.body.decided_at_unix_ms,
+                        escalate_after: self.escalate_after,
+                    };
+                    match self
+                        .incidents
+                        .execute(&d.of_incident_id, &command, &self.meta(format!("link-{id}"), commit))
+                        .await
+                    {
+                        Ok(_) => {}
+                        // The original was rejected, closed or merged before
+                        // the link, or never written: the report goes back
+                        // to triage as an incident of its own, never dropped.
+                        Err(ExecuteError::Rejected(refusal)) => {
+                            self.unlink(&id, &d.of_incident_id, refusal.to_string(), commit).await?
+                        }
+                        Err(ExecuteError::Store(e)) => return Err(ApplyError::from_store(e)),
+                    }
+                }
+                // Rejecting an original (as spam, say) says nothing about the
+                // reports linked to it: each goes back to triage.
+                IncidentEvent::Rejected(r) => {
+                    let original = self.incidents.load_current(&id).await.map_err(ApplyError::from_store)?;
+                    let reason = format!("{id} was rejected ({})", reason_label(r.reason));
+                    for report_id in &original.state.linked {
+                        self.unlink(report_id, &id, reason.clone(), commit).await?;
+                    }
+                }
+                _ => {}
             }
         }
         Ok(())
+    }
+}
+
+impl Linker {
+    fn meta(&self, command_id: String, commit: &RecordedCommit) -> gridwork_eventstore::CommandMeta {
+        gridwork_eventstore::CommandMeta {
+            command_id,
+            principal: "service:intake-linker".into(),
+            decided_at_unix_ms: commit.body.decided_at_unix_ms,
+            request_digest: 0,
+        }
+    }
+
+    /// Give `report_id` back to triage, if it is still linked to `original`.
+    async fn unlink(
+        &self,
+        report_id: &str,
+        original: &str,
+        reason: String,
+        commit: &RecordedCommit,
+    ) -> Result<(), ApplyError> {
+        let command = IncidentCommand::Unlink { of_incident_id: original.to_string(), reason };
+        // One per commit reacted to: the same report may be linked, given
+        // back and linked again later.
+        let meta = self.meta(format!("unlink-{}", commit.sequence), commit);
+        match self.incidents.execute(report_id, &command, &meta).await {
+            Ok(_) | Err(ExecuteError::Rejected(_)) => Ok(()),
+            Err(ExecuteError::Store(e)) => Err(ApplyError::from_store(e)),
+        }
     }
 }
 
@@ -143,7 +188,8 @@ pub const INCIDENTS: TableDef = TableDef {
               micro_grid_id TEXT NOT NULL, description TEXT NOT NULL, priority BIGINT NOT NULL, emergency BIGINT NOT NULL, \
               claimed_by TEXT NOT NULL, claim_until_ms BIGINT NOT NULL, duplicate_of TEXT NOT NULL, \
               reported_at_ms BIGINT NOT NULL, contact_ref TEXT NOT NULL, position BIGINT NOT NULL, \
-              possibly_same_as TEXT NOT NULL, recurrence_of TEXT NOT NULL, closed_at_ms BIGINT NOT NULL)",
+              possibly_same_as TEXT NOT NULL, recurrence_of TEXT NOT NULL, closed_at_ms BIGINT NOT NULL, \
+              address_text TEXT NOT NULL)",
     indexes: &["grid_id, status", "category_code, status", "reported_at_ms", "duplicate_of"],
 };
 
@@ -175,9 +221,10 @@ impl Projection for Incidents {
     }
 
     /// 2: the case's outcome (resolved, closed), possible duplicates and
-    /// recurrences.
+    /// recurrences. 3: the address text; "me too" reports given back to
+    /// triage.
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
@@ -209,13 +256,17 @@ impl Projection for Incidents {
                 IncidentEvent::PossibleDuplicateFlagged(f) => (
                     "possible_duplicate_flagged",
                     format!(
-                        "possibly the same as {} ({:.0} m away): a dispatcher decides",
+                        "possibly the same as {} ({:.0} m away): for a person to merge or not",
                         f.of_incident_id, f.distance_m
                     ),
                 ),
                 IncidentEvent::RecurrenceNoted(r) => {
                     ("recurrence_noted", format!("recurrence of {}, closed earlier", r.of_incident_id))
                 }
+                IncidentEvent::DuplicateUnlinked(u) => (
+                    "duplicate_unlinked",
+                    format!("back to triage: {} could not take it ({})", u.of_incident_id, u.reason),
+                ),
             };
             match event {
                 IncidentEvent::Reported(r) => {
@@ -224,9 +275,9 @@ impl Projection for Incidents {
                         "INSERT INTO {incidents} (incident_id, status, source, category_code, catalogue_version, lat, lon, \
                          district_id, street_id, community_id, grid_id, micro_grid_id, description, priority, emergency, \
                          claimed_by, claim_until_ms, duplicate_of, reported_at_ms, contact_ref, position, \
-                         possibly_same_as, recurrence_of, closed_at_ms) \
+                         possibly_same_as, recurrence_of, closed_at_ms, address_text) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, '', 0, '', $16, $17, $18, \
-                         '', '', 0)"
+                         '', '', 0, $19)"
                     )))
                     .bind(id)
                     .bind(status_number(pb::IncidentStatus::Reported))
@@ -246,6 +297,7 @@ impl Projection for Incidents {
                     .bind(r.reported_at_unix_ms)
                     .bind(&r.contact_ref)
                     .bind(position)
+                    .bind(&r.address_text)
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -291,6 +343,12 @@ impl Projection for Incidents {
                 IncidentEvent::RecurrenceNoted(r) => {
                     update(tx, &incidents, id, position, "recurrence_of = $3", |q| q.bind(r.of_incident_id.clone()))
                         .await?
+                }
+                IncidentEvent::DuplicateUnlinked(_) => {
+                    update(tx, &incidents, id, position, "status = $3, duplicate_of = ''", |q| {
+                        q.bind(status_number(pb::IncidentStatus::Reported))
+                    })
+                    .await?
                 }
             }
             sqlx::query(AssertSqlSafe(format!(

@@ -20,8 +20,8 @@ use gridwork_testkit::tree::{STEP, X0, Y0};
 const T0: i64 = 1_772_323_200_000;
 
 struct Mesh {
-    _nats: NatsServer,
-    _dbs: (TestDb, TestDb),
+    nats: NatsServer,
+    dbs: (TestDb, TestDb),
     _registry: (gridwork_grid_registry::App, ServerHandle),
     intake_app: gridwork_incident_intake::App,
     _intake_server: ServerHandle,
@@ -58,8 +58,8 @@ async fn mesh() -> Mesh {
     let intake_server = intake_app.spawn(Duration::from_millis(50)).await.expect("serve");
     let intake = IntakeServiceClient::new(channel(&intake_server).await);
     Mesh {
-        _nats: nats,
-        _dbs: (registry_db, intake_db),
+        nats,
+        dbs: (registry_db, intake_db),
         _registry: (registry_app, registry_server),
         intake_app,
         _intake_server: intake_server,
@@ -150,7 +150,7 @@ async fn a_rider_report_is_validated_placed_in_its_micro_grid_and_kept_free_of_p
     assert_eq!(i.history.len(), 1);
 
     // The stored event holds no contact data.
-    let js = async_nats::jetstream::new(async_nats::connect(m._nats.url()).await.expect("connect"));
+    let js = async_nats::jetstream::new(async_nats::connect(m.nats.url()).await.expect("connect"));
     let stored = js
         .get_stream("INTAKE")
         .await
@@ -311,4 +311,203 @@ async fn an_emergency_skips_triage_and_triage_honours_claims() {
         .into_inner();
     assert_eq!(listed.incidents.iter().map(|i| i.incident_id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
     drop(m.intake_app);
+}
+
+fn report_of(category: &str, location: pb::report_incident_request::Location) -> pb::ReportIncidentRequest {
+    pb::ReportIncidentRequest {
+        command_id: uuid(),
+        source: pb::Source::Hotline as i32,
+        category_code: category.into(),
+        location: Some(location),
+        description: format!("{category} reported by phone"),
+        reporter_id: "hotline-3".into(),
+        ..Default::default()
+    }
+}
+
+fn point(x: f64, y: f64) -> pb::report_incident_request::Location {
+    pb::report_incident_request::Location::Point(pb::GeoPoint { lat: Y0 + y * STEP, lon: X0 + x * STEP })
+}
+
+fn address(text: &str) -> pb::report_incident_request::Location {
+    pb::report_incident_request::Location::Address(pb::ResolvedAddress { text: text.into(), unit_id: "m1".into() })
+}
+
+#[tokio::test]
+async fn simultaneous_reports_at_one_spot_on_two_replicas_make_exactly_one_original() {
+    let mut m = mesh().await;
+    // A second intake replica on the same stream, with its own read store.
+    let db = TestDb::sqlite().expect("db");
+    let replica = gridwork_incident_intake::App::build(
+        &service_config(&m.nats.url(), &db.url),
+        Arc::new(ManualClock::at(T0)),
+        Rules::default(),
+    )
+    .await
+    .expect("replica");
+    let grid_head = m.intake_app.intake().grid().position();
+    replica.intake().grid().wait_for(grid_head, Duration::from_secs(10)).await.expect("grid copy");
+    let replica_server = replica.spawn(Duration::from_millis(50)).await.expect("serve");
+
+    // Each on its own connection, released together.
+    let n = 32;
+    let start = Arc::new(tokio::sync::Barrier::new(n));
+    let mut reports = Vec::new();
+    for i in 0..n {
+        let server = if i % 2 == 0 { &m._intake_server } else { &replica_server };
+        let mut client = IntakeServiceClient::new(channel(server).await);
+        let start = start.clone();
+        reports.push(tokio::spawn(async move {
+            start.wait().await;
+            client.report_incident(report_of("sanitation", point(0.3, 0.3))).await.expect("report").into_inner()
+        }));
+    }
+    let mut answers = Vec::new();
+    for r in reports {
+        answers.push(r.await.expect("task"));
+    }
+    let originals: Vec<_> = answers.iter().filter(|a| a.duplicate_of.is_empty()).collect();
+    assert_eq!(originals.len(), 1, "one original, the rest linked to it: {answers:#?}");
+    let original = &originals[0].incident_id;
+    assert!(answers.iter().all(|a| a.duplicate_of.is_empty() || a.duplicate_of == *original));
+
+    // Every me-too is linked to it (each once), none is left behind.
+    let head = answers.iter().filter_map(|a| a.position.as_ref()).map(|p| p.sequence).max().expect("positions");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = incident(&mut m.intake, original, head).await;
+        if o.linked_reports.len() == n - 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "linked {} of {}", o.linked_reports.len(), n - 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(replica_server);
+    drop(db);
+}
+
+#[tokio::test]
+async fn reporting_goes_on_while_the_read_model_is_stalled_and_still_finds_the_me_too() {
+    use sqlx::Connection as _;
+    let mut m = mesh().await;
+    let c = &mut m.intake;
+    // Another writer holds the read store's write lock: the incidents
+    // projection cannot apply anything until it lets go.
+    let mut lock = sqlx::SqliteConnection::connect(&m.dbs.1.url).await.expect("connect");
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut lock).await.expect("lock");
+    let started = std::time::Instant::now();
+    let first = c.report_incident(report_of("sanitation", point(1.5, 1.5))).await.expect("report").into_inner();
+    let second = c.report_incident(report_of("sanitation", point(1.5, 1.5))).await.expect("report").into_inner();
+    assert!(started.elapsed() < Duration::from_secs(5), "reports waited for the read model: {:?}", started.elapsed());
+    assert_eq!(second.duplicate_of, first.incident_id, "decided from the zone, not the stalled read model");
+    sqlx::query("ROLLBACK").execute(&mut lock).await.expect("unlock");
+    let seen = incident(c, &second.incident_id, second.position.expect("pos").sequence).await;
+    assert_eq!(seen.duplicate_of, first.incident_id);
+}
+
+#[tokio::test]
+async fn each_category_compares_reports_as_its_duplicate_policy_says() {
+    let mut m = mesh().await;
+    let c = &mut m.intake;
+    // NEVER: two neighbour disputes at one door are two disputes.
+    let a = c.report_incident(report_of("neighbour-dispute", point(0.2, 0.8))).await.expect("report").into_inner();
+    let b = c.report_incident(report_of("neighbour-dispute", point(0.2, 0.8))).await.expect("report").into_inner();
+    assert!(a.duplicate_of.is_empty() && b.duplicate_of.is_empty() && b.possibly_same_as.is_empty());
+
+    // SUGGEST: a second public-safety report nearby is its own incident, awaiting triage, flagged.
+    let a = c.report_incident(report_of("public-safety", point(0.4, 0.8))).await.expect("report").into_inner();
+    let b = c.report_incident(report_of("public-safety", point(0.41, 0.8))).await.expect("report").into_inner();
+    assert_eq!((b.duplicate_of.as_str(), b.possibly_same_as.as_str()), ("", a.incident_id.as_str()));
+    let flagged = incident(c, &b.incident_id, b.position.expect("pos").sequence).await;
+    assert_eq!(flagged.status, pb::IncidentStatus::Reported as i32);
+    assert_eq!(flagged.possibly_same_as, a.incident_id);
+
+    // AUTO_LINK by address: only the same door is the same report, however it is typed.
+    let a = c.report_incident(report_of("sanitation", address("3 Xinhua Rd, Bldg 2"))).await.expect("r").into_inner();
+    let same = c.report_incident(report_of("sanitation", address("3 xinhua rd bldg 2"))).await.expect("r").into_inner();
+    let other = c.report_incident(report_of("sanitation", address("9 Xinhua Rd"))).await.expect("r").into_inner();
+    assert_eq!(same.duplicate_of, a.incident_id);
+    assert!(other.duplicate_of.is_empty(), "another door in the same micro-grid is another report");
+    let kept = incident(c, &other.incident_id, other.position.expect("pos").sequence).await;
+    assert_eq!(kept.address_text, "9 Xinhua Rd", "the handler finds the door by it");
+}
+
+#[tokio::test]
+async fn rejecting_an_original_gives_its_me_toos_back_to_triage_visibly() {
+    let mut m = mesh().await;
+    let c = &mut m.intake;
+    let original = c.report_incident(report_of("sanitation", point(1.2, 1.2))).await.expect("report").into_inner();
+    let me_too = c.report_incident(report_of("sanitation", point(1.2, 1.2))).await.expect("report").into_inner();
+    assert_eq!(me_too.duplicate_of, original.incident_id);
+    // Linked first (a report whose link arrives after the rejection goes back
+    // too: the link is refused).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let linked = |i: &pb::Incident| i.history.iter().any(|h| h.event_type == "report_linked");
+    while !linked(&incident(c, &original.incident_id, me_too.position.expect("pos").sequence).await) {
+        assert!(std::time::Instant::now() < deadline, "never linked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rejected = c
+        .reject_incident(as_user(
+            "triage-1",
+            None,
+            pb::RejectIncidentRequest {
+                command_id: uuid(),
+                incident_id: original.incident_id.clone(),
+                reason: pb::RejectionReason::Spam as i32,
+                note: "prank call".into(),
+            },
+        ))
+        .await
+        .expect("reject")
+        .into_inner();
+    let at = rejected.position.expect("pos").sequence;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let back = loop {
+        let back = incident(c, &me_too.incident_id, at).await;
+        if back.status == pb::IncidentStatus::Reported as i32 || std::time::Instant::now() > deadline {
+            break back;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(back.status, pb::IncidentStatus::Reported as i32, "awaiting triage again: {back:#?}");
+    assert!(back.duplicate_of.is_empty());
+    assert!(back.history.iter().any(|h| h.event_type == "duplicate_unlinked"), "{:#?}", back.history);
+    // A new report there now starts its own incident: the rejected one is no original.
+    let next = c.report_incident(report_of("sanitation", point(1.2, 1.2))).await.expect("report").into_inner();
+    assert_ne!(next.duplicate_of, original.incident_id);
+
+    // Triage cannot merge a report into the rejected incident either, nor
+    // into a duplicate: each refusal names the target and writes nothing.
+    let merge = |of: &str| {
+        as_user(
+            "triage-1",
+            None,
+            pb::MarkDuplicateRequest {
+                command_id: uuid(),
+                incident_id: next.incident_id.clone(),
+                of_incident_id: of.into(),
+            },
+        )
+    };
+    let e = c.mark_duplicate(merge(&original.incident_id)).await.expect_err("rejected target");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().starts_with("of_incident_id:"), "{}", e.message());
+    let dup = c.report_incident(report_of("sanitation", point(1.2, 1.2))).await.expect("report").into_inner();
+    assert_eq!(dup.duplicate_of, next.incident_id);
+    let e = c
+        .mark_duplicate(as_user(
+            "triage-1",
+            None,
+            pb::MarkDuplicateRequest {
+                command_id: uuid(),
+                incident_id: back.incident_id.clone(),
+                of_incident_id: dup.incident_id.clone(),
+            },
+        ))
+        .await
+        .expect_err("duplicate target");
+    assert!(e.message().contains(&format!("merge into {}", next.incident_id)), "{}", e.message());
+    let unchanged = incident(c, &next.incident_id, dup.position.expect("pos").sequence).await;
+    assert_eq!(unchanged.status, pb::IncidentStatus::Reported as i32);
 }

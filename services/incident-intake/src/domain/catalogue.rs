@@ -41,6 +41,17 @@ pub fn check_definition(categories: &[pb::Category]) -> Result<(), Vec<Violation
         {
             problems.push((format!("{at}.default_priority"), "must be set".into()));
         }
+        match pb::DuplicatePolicy::try_from(c.duplicate_policy) {
+            Err(_) => {
+                problems.push((format!("{at}.duplicate_policy"), format!("{} is not a policy", c.duplicate_policy)))
+            }
+            Ok(pb::DuplicatePolicy::AutoLink) if c.emergency => problems.push((
+                format!("{at}.duplicate_policy"),
+                "an emergency is never linked automatically (a second fire nearby may be a second fire): use SUGGEST"
+                    .into(),
+            )),
+            Ok(_) => {}
+        }
         let mut attribute_codes = BTreeSet::new();
         for (j, a) in c.attributes.iter().enumerate() {
             let at = format!("{at}.attributes[{j}]");
@@ -151,6 +162,7 @@ fn type_name(k: pb::AttributeType) -> &'static str {
 /// The catalogue a new city starts with: DOMAIN.md's typical categories.
 pub fn default_categories() -> Vec<pb::Category> {
     use pb::AttributeType as T;
+    use pb::DuplicatePolicy as D;
     use pb::Priority as P;
     let attr = |code: &str, name: &str, t: T, required: bool, values: &[&str]| pb::AttributeDef {
         code: code.into(),
@@ -158,6 +170,16 @@ pub fn default_categories() -> Vec<pb::Category> {
         r#type: t as i32,
         required,
         allowed_values: values.iter().map(|v| v.to_string()).collect(),
+    };
+    // Reports about a place (a hazard, a bin, a parked car) are linked to an
+    // open one nearby; reports about people (a dispute, an elderly
+    // resident's needs) never are, and an emergency or a public-safety
+    // report is only suggested to a person as possibly the same.
+    let policy = |code: &str, emergency: bool| match code {
+        "neighbour-dispute" | "elderly-welfare" => D::Never,
+        "public-safety" | "property-conflict" => D::Suggest,
+        _ if emergency => D::Suggest,
+        _ => D::AutoLink,
     };
     let cat =
         |code: &str, name: &str, group: &str, p: P, emergency: bool, attributes: Vec<pb::AttributeDef>| pb::Category {
@@ -167,6 +189,7 @@ pub fn default_categories() -> Vec<pb::Category> {
             default_priority: p as i32,
             emergency,
             attributes,
+            duplicate_policy: policy(code, emergency) as i32,
         };
     vec![
         cat(
@@ -264,6 +287,19 @@ mod tests {
         });
         let problems = fields(check_definition(&cats).expect_err("malformed"));
         assert_eq!(problems, ["categories[1].code", "categories[2].attributes[0].allowed_values"]);
+    }
+
+    #[test]
+    fn an_emergency_cannot_be_linked_automatically_nor_a_policy_be_unknown() {
+        let mut cats = default_categories();
+        cats[0].duplicate_policy = pb::DuplicatePolicy::AutoLink as i32;
+        cats[1].duplicate_policy = 42;
+        let problems = fields(check_definition(&cats).expect_err("malformed"));
+        assert_eq!(problems, ["categories[0].duplicate_policy", "categories[1].duplicate_policy"]);
+        let policy = |code: &str| v1().category(code).expect("exists").duplicate_policy;
+        assert_eq!(policy("elderly-welfare"), pb::DuplicatePolicy::Never as i32);
+        assert_eq!(policy("fire"), pb::DuplicatePolicy::Suggest as i32);
+        assert_eq!(policy("sanitation"), pb::DuplicatePolicy::AutoLink as i32);
     }
 
     #[test]

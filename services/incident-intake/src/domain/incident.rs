@@ -78,17 +78,28 @@ pub struct Incident {
     pub claim: Option<Claim>,
     /// Linked "me too" reports.
     pub linked: Vec<String>,
+    /// The original this report was linked to ("" if none).
+    pub duplicate_of: String,
     /// `dispatch_sequence` of the last case outcome followed (0 if none).
     pub case_sequence: u64,
 }
 
-/// The nearest incident of the same category that a new report lies near,
-/// as the application found it.
+/// The incident of the same category that a new report lies near, as the
+/// duplicate zone decided it (or, for a closed one, as the application found
+/// it).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Nearby {
-    /// An open incident (reported or accepted, its case at work) within the
-    /// radius and the duplicate window.
-    Open {
+    /// An open incident, and the category links reports to it: this one is a
+    /// "me too" (an emergency never is: it is flagged instead).
+    Same {
+        /// Its id.
+        incident_id: String,
+        /// Metres between the two reports.
+        distance_m: f64,
+    },
+    /// An open incident that this one may repeat, for triage (or, for an
+    /// emergency, a dispatcher) to merge or not.
+    Possibly {
         /// Its id.
         incident_id: String,
         /// Metres between the two reports.
@@ -167,12 +178,22 @@ pub enum IncidentCommand {
     MarkDuplicate {
         /// The original.
         of_incident_id: String,
+        /// The original's status and, if it is a duplicate itself, its own
+        /// original, as read from its stream just before.
+        target: (Status, String),
         /// This incident's id (to refuse self-reference).
         own_id: String,
         /// Who.
         by: String,
         /// Now.
         now_unix_ms: i64,
+    },
+    /// Give a "me too" whose original could not take it back to triage.
+    Unlink {
+        /// The original it was linked to.
+        of_incident_id: String,
+        /// Why the link failed.
+        reason: String,
     },
     /// Link a "me too" report to this open incident.
     LinkReport {
@@ -211,6 +232,18 @@ pub enum IncidentRejection {
     /// No such incident.
     #[error("no incident has been reported under this id")]
     NotReported,
+    /// Merged into an incident that was never reported.
+    #[error("of_incident_id: no incident has been reported under this id")]
+    TargetNotReported,
+    /// Merged into a finished incident.
+    #[error("of_incident_id: the incident is {}, not open: a report is merged only into a live one", .0.label())]
+    TargetNotOpen(Status),
+    /// Merged into a duplicate.
+    #[error("of_incident_id: the incident is itself a duplicate of {original}: merge into {original} instead")]
+    TargetIsDuplicate {
+        /// The duplicate's own original.
+        original: String,
+    },
     /// A case outcome for an incident that was never accepted.
     #[error("incident is {}, and was never accepted for dispatch", .0.label())]
     NotAccepted(Status),
@@ -239,7 +272,7 @@ impl Incident {
 impl Aggregate for Incident {
     const CONTEXT: &'static str = "intake";
     const TYPE: &'static str = "incident";
-    const STATE_VERSION: u32 = 1;
+    const STATE_VERSION: u32 = 2;
     type Command = IncidentCommand;
     type Event = IncidentEvent;
     type Rejection = IncidentRejection;
@@ -255,13 +288,15 @@ impl Aggregate for Incident {
                     // An emergency is never merged: a second fire 30 m away
                     // may be a second fire. It is dispatched, and a dispatcher
                     // told it may be the same.
-                    Some(Nearby::Open { incident_id, distance_m }) if report.emergency => {
+                    Some(Nearby::Same { incident_id, distance_m } | Nearby::Possibly { incident_id, distance_m })
+                        if report.emergency || matches!(nearby, Some(Nearby::Possibly { .. })) =>
+                    {
                         events.push(IncidentEvent::PossibleDuplicateFlagged(pb::PossibleDuplicateFlagged {
                             of_incident_id: incident_id.clone(),
                             distance_m: *distance_m,
                         }));
                     }
-                    Some(Nearby::Open { incident_id, .. }) => {
+                    Some(Nearby::Same { incident_id, .. } | Nearby::Possibly { incident_id, .. }) => {
                         events.push(IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate {
                             of_incident_id: incident_id.clone(),
                             by: "system".into(),
@@ -341,14 +376,36 @@ impl Aggregate for Incident {
                     note: note.clone(),
                 })])
             }
-            IncidentCommand::MarkDuplicate { of_incident_id, own_id, by, now_unix_ms } => {
+            IncidentCommand::MarkDuplicate { of_incident_id, target, own_id, by, now_unix_ms } => {
                 if of_incident_id == own_id {
                     return Err(IncidentRejection::SelfDuplicate);
+                }
+                // A report is merged into a live incident, never into a
+                // finished one (it would be closed unseen) nor into a
+                // duplicate (a chain nobody follows).
+                match target {
+                    (Status::Reported | Status::Accepted | Status::Resolved, _) => {}
+                    (Status::New, _) => return Err(IncidentRejection::TargetNotReported),
+                    (Status::Duplicate, original) => {
+                        return Err(IncidentRejection::TargetIsDuplicate { original: original.clone() });
+                    }
+                    (other, _) => return Err(IncidentRejection::TargetNotOpen(*other)),
                 }
                 self.triage_guard(by, *now_unix_ms)?;
                 Ok(vec![IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate {
                     of_incident_id: of_incident_id.clone(),
                     by: by.clone(),
+                })])
+            }
+            IncidentCommand::Unlink { of_incident_id, reason } => {
+                // Only the link it names: a redelivered failure after triage
+                // has since decided (or linked it elsewhere) changes nothing.
+                if self.status != Status::Duplicate || self.duplicate_of != *of_incident_id {
+                    return Ok(vec![]);
+                }
+                Ok(vec![IncidentEvent::DuplicateUnlinked(pb::DuplicateUnlinked {
+                    of_incident_id: of_incident_id.clone(),
+                    reason: reason.clone(),
                 })])
             }
             IncidentCommand::LinkReport { report_id, now_unix_ms, escalate_after } => {
@@ -394,9 +451,14 @@ impl Aggregate for Incident {
                 self.status = Status::Rejected;
                 self.claim = None;
             }
-            IncidentEvent::MarkedDuplicate(_) => {
+            IncidentEvent::MarkedDuplicate(e) => {
                 self.status = Status::Duplicate;
+                self.duplicate_of.clone_from(&e.of_incident_id);
                 self.claim = None;
+            }
+            IncidentEvent::DuplicateUnlinked(_) => {
+                self.status = Status::Reported;
+                self.duplicate_of.clear();
             }
             IncidentEvent::ReportLinked(e) => self.linked.push(e.report_id.clone()),
             IncidentEvent::PriorityRaised(e) => self.priority = e.priority,
@@ -433,6 +495,7 @@ impl Aggregate for Incident {
             claim_until_unix_ms: self.claim.as_ref().map_or(0, |c| c.until_unix_ms),
             linked: self.linked.clone(),
             case_sequence: self.case_sequence,
+            duplicate_of: self.duplicate_of.clone(),
         }
         .encode_to_vec()
     }
@@ -457,6 +520,7 @@ impl Aggregate for Incident {
             claim,
             linked: s.linked,
             case_sequence: s.case_sequence,
+            duplicate_of: s.duplicate_of,
         })
     }
 }
@@ -526,7 +590,7 @@ mod tests {
     }
 
     fn open_nearby(id: &str) -> Nearby {
-        Nearby::Open { incident_id: id.into(), distance_m: 30.0 }
+        Nearby::Same { incident_id: id.into(), distance_m: 30.0 }
     }
 
     fn auto_accepted() -> IncidentEvent {
@@ -545,6 +609,47 @@ mod tests {
                 }),
                 auto_accepted(),
             ]);
+    }
+
+    #[test]
+    fn a_report_only_suggested_as_the_same_awaits_triage_flagged() {
+        given::<Incident>([])
+            .when(IncidentCommand::Report {
+                report: Box::new(report(false)),
+                nearby: Some(Nearby::Possibly { incident_id: "orig".into(), distance_m: 12.0 }),
+            })
+            .then_expect_events([
+                reported(),
+                IncidentEvent::PossibleDuplicateFlagged(pb::PossibleDuplicateFlagged {
+                    of_incident_id: "orig".into(),
+                    distance_m: 12.0,
+                }),
+            ]);
+    }
+
+    fn marked_duplicate_of(id: &str) -> IncidentEvent {
+        IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate { of_incident_id: id.into(), by: "system".into() })
+    }
+
+    #[test]
+    fn a_me_too_its_original_could_not_take_goes_back_to_triage() {
+        let unlink = |of: &str| IncidentCommand::Unlink { of_incident_id: of.into(), reason: "rejected".into() };
+        let unlinked = IncidentEvent::DuplicateUnlinked(pb::DuplicateUnlinked {
+            of_incident_id: "orig".into(),
+            reason: "rejected".into(),
+        });
+        given::<Incident>([reported(), marked_duplicate_of("orig")])
+            .when(unlink("orig"))
+            .then_expect_events([unlinked.clone()]);
+        let back = given::<Incident>([reported(), marked_duplicate_of("orig"), unlinked.clone()]);
+        assert_eq!((back.state().status, back.state().duplicate_of.as_str()), (Status::Reported, ""));
+        // Triage can act on it again.
+        back.when(IncidentCommand::Accept { by: "t".into(), now_unix_ms: 5 }).then_with(|e| assert_eq!(e.len(), 1));
+        // A stale failure (linked elsewhere since, or already back) changes nothing.
+        given::<Incident>([reported(), marked_duplicate_of("other")]).when(unlink("orig")).then_expect_events([]);
+        given::<Incident>([reported(), marked_duplicate_of("orig"), unlinked])
+            .when(unlink("orig"))
+            .then_expect_events([]);
     }
 
     #[test]
@@ -663,16 +768,41 @@ mod tests {
             .then_expect_error(IncidentRejection::NotReported);
     }
 
+    fn mark_duplicate(of: &str, target: (Status, &str)) -> IncidentCommand {
+        IncidentCommand::MarkDuplicate {
+            of_incident_id: of.into(),
+            target: (target.0, target.1.into()),
+            own_id: "a".into(),
+            by: "x".into(),
+            now_unix_ms: 1,
+        }
+    }
+
     #[test]
     fn an_incident_is_not_a_duplicate_of_itself() {
         given::<Incident>([reported()])
-            .when(IncidentCommand::MarkDuplicate {
-                of_incident_id: "a".into(),
-                own_id: "a".into(),
-                by: "x".into(),
-                now_unix_ms: 1,
-            })
+            .when(mark_duplicate("a", (Status::Reported, "")))
             .then_expect_error(IncidentRejection::SelfDuplicate);
+    }
+
+    #[test]
+    fn a_report_is_merged_only_into_a_live_incident_that_is_no_duplicate_itself() {
+        for status in [Status::Reported, Status::Accepted, Status::Resolved] {
+            given::<Incident>([reported()])
+                .when(mark_duplicate("b", (status, "")))
+                .then_with(|e| assert!(matches!(e, [IncidentEvent::MarkedDuplicate(_)]), "{e:?}"));
+        }
+        for status in [Status::Closed, Status::Rejected] {
+            given::<Incident>([reported()])
+                .when(mark_duplicate("b", (status, "")))
+                .then_expect_error(IncidentRejection::TargetNotOpen(status));
+        }
+        given::<Incident>([reported()])
+            .when(mark_duplicate("b", (Status::Duplicate, "c")))
+            .then_expect_error(IncidentRejection::TargetIsDuplicate { original: "c".into() });
+        given::<Incident>([reported()])
+            .when(mark_duplicate("b", (Status::New, "")))
+            .then_expect_error(IncidentRejection::TargetNotReported);
     }
 
     #[test]
