@@ -215,14 +215,27 @@ impl CommandIndex {
     }
 }
 
-/// The issue time of a UUIDv7 command id, milliseconds since the Unix epoch.
+/// The issue time of a UUIDv7 command id, or of one derived from a client's
+/// UUIDv7 by [`derived_in_call`], milliseconds since the Unix epoch.
 pub fn issued_at_ms(command_id: &str) -> Option<i64> {
-    let id = uuid::Uuid::parse_str(command_id).ok()?;
+    let uuid = command_id.rsplit_once('~').map_or(command_id, |(_, uuid)| uuid);
+    let id = uuid::Uuid::parse_str(uuid).ok()?;
     if id.get_version_num() != 7 {
         return None;
     }
     let (secs, nanos) = id.get_timestamp()?.to_unix();
     Some(secs as i64 * 1000 + i64::from(nanos / 1_000_000))
+}
+
+/// The id of a second command that one client request sends in the same call
+/// (`<prefix>~<client id>`, e.g. a report's placement beside the report):
+/// it is issued when the request is, so it carries the request's age. For a
+/// young id the server's dedupe window answers a retry, and the command index
+/// is not asked even if the aggregate has forgotten ids — as for the client's
+/// own id. Not for a process manager's command: that may be sent again long
+/// after its origin (a reactor rebuilt from zero), past any horizon.
+pub fn derived_in_call(prefix: &str, client_id: &str) -> String {
+    format!("{prefix}~{client_id}")
 }
 
 /// A command id as an aggregate remembers it (layer 1): 16 bytes, compared
@@ -272,7 +285,17 @@ impl CommandTag {
 
 #[cfg(test)]
 mod tests {
-    use super::CommandTag;
+    use super::{CommandTag, derived_in_call, issued_at_ms};
+
+    #[test]
+    fn an_id_derived_in_the_same_call_carries_the_age_of_its_request_and_a_process_managers_does_not() {
+        let id = uuid::Uuid::now_v7().to_string();
+        let issued = issued_at_ms(&id).expect("a UUIDv7 has a time");
+        assert_eq!(issued_at_ms(&derived_in_call("place", &id)), Some(issued));
+        assert_eq!(issued_at_ms(&format!("link-{id}")), None);
+        assert_eq!(issued_at_ms("place~not-a-uuid"), None);
+        assert_ne!(CommandTag::of(&derived_in_call("place", &id)), CommandTag::of(&id));
+    }
 
     #[test]
     fn a_canonical_uuid_is_its_own_tag_and_other_ids_never_collide_with_one() {

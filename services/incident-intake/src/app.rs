@@ -143,10 +143,16 @@ struct IncidentRow {
 
 /// How long a zone entry whose incident is not (yet) written counts as a
 /// report being recorded at this moment; after it, as one that never was.
-const PENDING_GRACE_MS: i64 = 30_000;
+pub(crate) const PENDING_GRACE_MS: i64 = 30_000;
 
 /// At most this many nearby incidents are looked at for one report.
 const MAX_CANDIDATES: usize = 8;
+
+/// Locks striping the zones: placements in one zone take turns inside a
+/// replica, so a burst of calls about one fire waits its turn instead of
+/// conflicting at the server and running out of retries (replicas still
+/// serialise through the zone's expected sequence).
+const ZONE_STRIPES: usize = 1024;
 
 /// What a report's category does with reports near an open one of it.
 fn duplicate_policy(category: &pb::Category) -> Option<Policy> {
@@ -156,7 +162,9 @@ fn duplicate_policy(category: &pb::Category) -> Option<Policy> {
         // An emergency is never merged, whatever an old catalogue says.
         _ if category.emergency => Some(Policy::Suggest),
         Ok(pb::DuplicatePolicy::AutoLink) => Some(Policy::AutoLink),
-        Ok(pb::DuplicatePolicy::Unspecified) | Err(_) => Some(Policy::AutoLink),
+        // A version published before the policy existed: nothing is merged
+        // unasked (a neighbour dispute would be); a person decides.
+        Ok(pb::DuplicatePolicy::Unspecified) | Err(_) => Some(Policy::Suggest),
     }
 }
 
@@ -174,6 +182,7 @@ fn derived_id(prefix: &str, id: &str) -> String {
 pub struct Intake {
     incidents: Repository<Incident>,
     zones: Repository<Zone>,
+    zone_locks: Arc<[tokio::sync::Mutex<()>]>,
     catalogue: Repository<Catalogue>,
     store: ReadStore,
     grid: Arc<RunnerHandle>,
@@ -208,7 +217,19 @@ impl Intake {
         )))
         .execute(store.pool())
         .await?;
-        Ok(Self { incidents, zones, catalogue, store, grid, projection, index: Arc::default(), clock, rules })
+        let zone_locks = (0..ZONE_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Ok(Self {
+            incidents,
+            zones,
+            zone_locks,
+            catalogue,
+            store,
+            grid,
+            projection,
+            index: Arc::default(),
+            clock,
+            rules,
+        })
     }
 
     /// The incidents projection (positions, rebuilds).
@@ -367,14 +388,21 @@ impl Intake {
         // The incident id is the report's command id.
         let incident_id = key.id.as_str();
         let reach = Reach { radius_m: self.rules.duplicate_radius_m, window_ms: self.rules.duplicate_window_ms };
-        let zone = self.zones.load(zone_id).await?;
+        let stripe = gridwork_eventstore::envelope::request_digest(zone_id.as_bytes()) as usize % self.zone_locks.len();
+        let _turn = self.zone_locks[stripe].lock().await;
+        // From the leader: another replica may have placed reports since
+        // this one's cached copy.
+        let zone = self.zones.load_current(zone_id).await?;
         let mut finished = std::collections::BTreeSet::new();
         let mut closed_near = None;
+        let mut unchecked: std::collections::BTreeSet<String> =
+            zone.state.entries.iter().map(|e| e.incident_id.clone()).collect();
         for (entry, _) in zone.state.candidates(&spot, now, reach).into_iter().take(MAX_CANDIDATES) {
             if entry.incident_id == incident_id {
                 continue;
             }
             let candidate = self.incidents.load_current(&entry.incident_id).await?;
+            unchecked.remove(&entry.incident_id);
             match candidate.state.status {
                 Status::Reported | Status::Accepted => break,
                 // Placed, and its incident not written yet: being recorded
@@ -388,9 +416,21 @@ impl Intake {
             }
             finished.insert(entry.incident_id.clone());
         }
-        let command =
-            ZoneCommand::Place { incident_id: incident_id.to_string(), spot, at_unix_ms: now, policy, reach, finished };
-        let key = CommandKey { id: derived_id("place", incident_id), request_digest: key.request_digest };
+        let command = ZoneCommand::Place {
+            incident_id: incident_id.to_string(),
+            spot,
+            at_unix_ms: now,
+            policy,
+            reach,
+            finished,
+            unchecked,
+        };
+        // Issued with the report, it carries the report's age: a young
+        // placement is not looked up in the command index (a busy zone forgets
+        // ids quickly, and the index may lag under load).
+        let id = gridwork_eventstore::command_index::derived_in_call("place", incident_id);
+        let id = if id.len() <= 128 { id } else { derived_id("place", incident_id) };
+        let key = CommandKey { id, request_digest: key.request_digest };
         let outcome = self.zones.execute(zone_id, &command, &meta(key, principal.to_string(), now)).await?;
         let Some(ZoneEvent::ReportPlaced(placed)) = outcome.events.first() else {
             return Err(ServiceError::Internal("zone placement decided nothing".into()));
@@ -404,8 +444,23 @@ impl Intake {
     }
 
     /// Record a report. The incident id is the command id, so a retried report
-    /// lands once.
+    /// lands once. Run to its end in a task of its own: a caller that gives up
+    /// (a deadline, a dropped connection) must not leave a report placed in
+    /// its zone and never written.
     pub async fn report(
+        &self,
+        input: ReportInput,
+        command_id: CommandKey,
+        principal: String,
+    ) -> Result<Reported, ServiceError> {
+        use tracing::Instrument as _;
+        let this = self.clone();
+        tokio::spawn(async move { this.report_to_end(input, command_id, principal).await }.in_current_span())
+            .await
+            .map_err(|e| ServiceError::Internal(format!("report task: {e}")))?
+    }
+
+    async fn report_to_end(
         &self,
         input: ReportInput,
         command_id: CommandKey,
@@ -433,25 +488,8 @@ impl Intake {
             Location::Address { text, .. } => text.trim().to_string(),
             Location::Point { .. } => String::new(),
         };
-        let nearby = match duplicate_policy(&category) {
-            // Never compared: each report is about its own people.
-            None => None,
-            Some(policy) => {
-                let spot = Spot { lat, lon, address_key: zone::address_key(&address_text) };
-                let zone_id = zone::zone_id(&grid_path.grid_id, &category.code);
-                let (nearby, closed_near) =
-                    self.place_in_zone(&zone_id, spot, policy, now, &command_id, &principal).await?;
-                match (nearby, closed_near) {
-                    (Some(n), _) => Some(n),
-                    (None, Some(closed)) => Some(Nearby::Closed { incident_id: closed }),
-                    (None, None) => self
-                        .find_recurrence(&category.code, lat, lon, now)
-                        .await?
-                        .filter(|id| *id != incident_id)
-                        .map(|incident_id| Nearby::Closed { incident_id }),
-                }
-            }
-        };
+        // The contact first: a store that cannot take it fails the report
+        // before anything is placed.
         let contact_ref = match &input.contact {
             Some((name, phone)) => {
                 let contact_ref = format!("c-{incident_id}");
@@ -469,6 +507,29 @@ impl Intake {
                 contact_ref
             }
             None => String::new(),
+        };
+        // A report already recorded under this id (a retry, or the id reused
+        // for another report) is not placed again: the incident's own commit
+        // answers it, as it did or with the reuse refused.
+        let recorded = self.incidents.load_current(&incident_id).await?.state.status != Status::New;
+        let nearby = match duplicate_policy(&category).filter(|_| !recorded) {
+            // Never compared: each report is about its own people.
+            None => None,
+            Some(policy) => {
+                let spot = Spot { lat, lon, address_key: zone::address_key(&address_text) };
+                let zone_id = zone::zone_id(&grid_path.grid_id, &category.code);
+                let (nearby, closed_near) =
+                    self.place_in_zone(&zone_id, spot, policy, now, &command_id, &principal).await?;
+                match (nearby, closed_near) {
+                    (Some(n), _) => Some(n),
+                    (None, Some(closed)) => Some(Nearby::Closed { incident_id: closed }),
+                    (None, None) => self
+                        .find_recurrence(&category.code, lat, lon, now)
+                        .await?
+                        .filter(|id| *id != incident_id)
+                        .map(|incident_id| Nearby::Closed { incident_id }),
+                }
+            }
         };
         let report = pb::IncidentReported {
             source: input.source as i32,

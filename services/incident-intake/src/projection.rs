@@ -9,7 +9,7 @@ use gridwork_proto::gridwork::intake::v1 as pb;
 use prost::Message as _;
 use sqlx::{AnyConnection, AssertSqlSafe};
 
-use crate::domain::incident::IncidentCommand;
+use crate::domain::incident::{IncidentCommand, IncidentRejection};
 use crate::events::IncidentEvent;
 
 /// Units of the tree as intake needs them.
@@ -119,11 +119,19 @@ impl Reactor for Linker {
                         now_unix_ms: commit.body.decided_at_unix_ms,
                         escalate_after: self.escalate_after,
                     };
-                    match self
-                        .incidents
-                        .execute(&d.of_incident_id, &command, &self.meta(format!("link-{id}"), commit))
-                        .await
+                    let meta = self.meta(format!("link-{id}"), commit);
+                    let mut outcome = self.incidents.execute(&d.of_incident_id, &command, &meta).await;
+                    // An original placed moments ago whose own commit has not
+                    // landed yet (reports at one spot at once): wait for it,
+                    // within the grace the zone gives it, before calling it
+                    // never written.
+                    while matches!(outcome, Err(ExecuteError::Rejected(IncidentRejection::NotReported)))
+                        && wall_clock_ms() < commit.body.decided_at_unix_ms + crate::app::PENDING_GRACE_MS
                     {
+                        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                        outcome = self.incidents.execute(&d.of_incident_id, &command, &meta).await;
+                    }
+                    match outcome {
                         Ok(_) => {}
                         // The original was rejected, closed or merged before
                         // the link, or never written: the report goes back
@@ -148,6 +156,11 @@ impl Reactor for Linker {
         }
         Ok(())
     }
+}
+
+/// Wall-clock milliseconds (a grace period measured against a commit's time).
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Linker {

@@ -341,7 +341,7 @@ async fn simultaneous_reports_at_one_spot_on_two_replicas_make_exactly_one_origi
     let replica = gridwork_incident_intake::App::build(
         &service_config(&m.nats.url(), &db.url),
         Arc::new(ManualClock::at(T0)),
-        Rules::default(),
+        Rules { escalate_after: 2, ..Rules::default() },
     )
     .await
     .expect("replica");
@@ -475,7 +475,7 @@ async fn rejecting_an_original_gives_its_me_toos_back_to_triage_visibly() {
     assert!(back.history.iter().any(|h| h.event_type == "duplicate_unlinked"), "{:#?}", back.history);
     // A new report there now starts its own incident: the rejected one is no original.
     let next = c.report_incident(report_of("sanitation", point(1.2, 1.2))).await.expect("report").into_inner();
-    assert_ne!(next.duplicate_of, original.incident_id);
+    assert!(next.duplicate_of.is_empty(), "{next:?}");
 
     // Triage cannot merge a report into the rejected incident either, nor
     // into a duplicate: each refusal names the target and writes nothing.
@@ -510,4 +510,30 @@ async fn rejecting_an_original_gives_its_me_toos_back_to_triage_visibly() {
     assert!(e.message().contains(&format!("merge into {}", next.incident_id)), "{}", e.message());
     let unchanged = incident(c, &next.incident_id, dup.position.expect("pos").sequence).await;
     assert_eq!(unchanged.status, pb::IncidentStatus::Reported as i32);
+}
+
+#[tokio::test]
+async fn a_retried_report_answers_as_before_and_an_id_reused_elsewhere_places_nothing() {
+    let mut m = mesh().await;
+    let c = &mut m.intake;
+    let first = report_of("sanitation", point(0.7, 1.7));
+    let a = c.report_incident(first.clone()).await.expect("report").into_inner();
+    let a_again = c.report_incident(first.clone()).await.expect("retry").into_inner();
+    let seq = |p: &Option<pb::CommitPosition>| p.as_ref().map(|p| p.sequence);
+    assert_eq!((a_again.incident_id.as_str(), seq(&a_again.position)), (a.incident_id.as_str(), seq(&a.position)));
+    assert!(a_again.position.as_ref().is_some_and(|p| p.replayed));
+    let second = report_of("sanitation", point(0.7, 1.7));
+    let b = c.report_incident(second.clone()).await.expect("report").into_inner();
+    let b_again = c.report_incident(second).await.expect("retry").into_inner();
+    assert_eq!(b.duplicate_of, a.incident_id);
+    assert_eq!((b_again.duplicate_of, seq(&b_again.position)), (b.duplicate_of, seq(&b.position)), "as before");
+
+    // The first id reused for another report, of another category elsewhere:
+    // refused, and nothing is placed in that zone under it.
+    let mut reused = report_of("parking", point(1.7, 0.3));
+    reused.command_id = first.command_id.clone();
+    let e = c.report_incident(reused).await.expect_err("a reused command id");
+    assert_ne!(e.code(), Code::Ok);
+    let next = c.report_incident(report_of("parking", point(1.7, 0.3))).await.expect("report").into_inner();
+    assert!(next.duplicate_of.is_empty(), "linked to a report that was refused: {next:?}");
 }

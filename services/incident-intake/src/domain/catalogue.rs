@@ -50,6 +50,10 @@ pub fn check_definition(categories: &[pb::Category]) -> Result<(), Vec<Violation
                 "an emergency is never linked automatically (a second fire nearby may be a second fire): use SUGGEST"
                     .into(),
             )),
+            Ok(pb::DuplicatePolicy::Unspecified) => problems.push((
+                format!("{at}.duplicate_policy"),
+                "must be set: AUTO_LINK (reports about a place), SUGGEST or NEVER (reports about people)".into(),
+            )),
             Ok(_) => {}
         }
         let mut attribute_codes = BTreeSet::new();
@@ -294,8 +298,12 @@ mod tests {
         let mut cats = default_categories();
         cats[0].duplicate_policy = pb::DuplicatePolicy::AutoLink as i32;
         cats[1].duplicate_policy = 42;
+        cats[2].duplicate_policy = pb::DuplicatePolicy::Unspecified as i32;
         let problems = fields(check_definition(&cats).expect_err("malformed"));
-        assert_eq!(problems, ["categories[0].duplicate_policy", "categories[1].duplicate_policy"]);
+        assert_eq!(
+            problems,
+            ["categories[0].duplicate_policy", "categories[1].duplicate_policy", "categories[2].duplicate_policy"]
+        );
         let policy = |code: &str| v1().category(code).expect("exists").duplicate_policy;
         assert_eq!(policy("elderly-welfare"), pb::DuplicatePolicy::Never as i32);
         assert_eq!(policy("fire"), pb::DuplicatePolicy::Suggest as i32);

@@ -384,7 +384,7 @@ impl Aggregate for Incident {
                 // finished one (it would be closed unseen) nor into a
                 // duplicate (a chain nobody follows).
                 match target {
-                    (Status::Reported | Status::Accepted | Status::Resolved, _) => {}
+                    (Status::Reported | Status::Accepted, _) => {}
                     (Status::New, _) => return Err(IncidentRejection::TargetNotReported),
                     (Status::Duplicate, original) => {
                         return Err(IncidentRejection::TargetIsDuplicate { original: original.clone() });
@@ -409,8 +409,10 @@ impl Aggregate for Incident {
                 })])
             }
             IncidentCommand::LinkReport { report_id, now_unix_ms, escalate_after } => {
+                // A resolved case awaits its rating: a report now says the fix
+                // did not hold, a recurrence, not a "me too" closed unseen.
                 match self.status {
-                    Status::Reported | Status::Accepted | Status::Resolved => {}
+                    Status::Reported | Status::Accepted => {}
                     Status::New => return Err(IncidentRejection::NotReported),
                     other => return Err(IncidentRejection::NotOpen(other)),
                 }
@@ -710,18 +712,16 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_incident_takes_no_more_me_too_reports_but_a_resolved_one_does() {
+    fn neither_a_closed_nor_a_resolved_incident_takes_more_me_too_reports() {
         let accepted = || IncidentEvent::Accepted(pb::IncidentAccepted::default());
         let link = IncidentCommand::LinkReport { report_id: "r".into(), now_unix_ms: 9, escalate_after: 5 };
         given::<Incident>([reported(), accepted(), outcome(pb::CaseStage::Closed, 41)])
             .when(link.clone())
             .then_expect_error(IncidentRejection::NotOpen(Status::Closed));
+        // Resolved: a report now says the fix did not hold (a recurrence).
         given::<Incident>([reported(), accepted(), outcome(pb::CaseStage::Resolved, 41)])
             .when(link)
-            .then_expect_events([IncidentEvent::ReportLinked(pb::ReportLinked {
-                report_id: "r".into(),
-                at_unix_ms: 9,
-            })]);
+            .then_expect_error(IncidentRejection::NotOpen(Status::Resolved));
     }
 
     #[test]
@@ -787,12 +787,12 @@ mod tests {
 
     #[test]
     fn a_report_is_merged_only_into_a_live_incident_that_is_no_duplicate_itself() {
-        for status in [Status::Reported, Status::Accepted, Status::Resolved] {
+        for status in [Status::Reported, Status::Accepted] {
             given::<Incident>([reported()])
                 .when(mark_duplicate("b", (status, "")))
                 .then_with(|e| assert!(matches!(e, [IncidentEvent::MarkedDuplicate(_)]), "{e:?}"));
         }
-        for status in [Status::Closed, Status::Rejected] {
+        for status in [Status::Resolved, Status::Closed, Status::Rejected] {
             given::<Incident>([reported()])
                 .when(mark_duplicate("b", (status, "")))
                 .then_expect_error(IncidentRejection::TargetNotOpen(status));

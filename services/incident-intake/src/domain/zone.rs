@@ -135,6 +135,11 @@ pub enum ZoneCommand {
         /// Entries the application found finished or never written: not
         /// offered, and dropped.
         finished: BTreeSet<String>,
+        /// Entries the application saw but did not check (beyond the
+        /// nearest open one, or beyond how many it looks at): not offered.
+        /// An entry it never saw (placed since, by another replica) is
+        /// offered: it was reported moments ago.
+        unchecked: BTreeSet<String>,
     },
 }
 
@@ -209,11 +214,10 @@ impl Aggregate for Zone {
     type Rejection = ZoneRejection;
 
     fn decide(&self, command: &ZoneCommand) -> Result<Vec<ZoneEvent>, ZoneRejection> {
-        let ZoneCommand::Place { incident_id, spot, at_unix_ms, policy, reach, finished } = command;
-        let near = self
-            .candidates(spot, *at_unix_ms, *reach)
-            .into_iter()
-            .find(|(e, _)| !finished.contains(&e.incident_id) && e.incident_id != *incident_id);
+        let ZoneCommand::Place { incident_id, spot, at_unix_ms, policy, reach, finished, unchecked } = command;
+        let near = self.candidates(spot, *at_unix_ms, *reach).into_iter().find(|(e, _)| {
+            !finished.contains(&e.incident_id) && !unchecked.contains(&e.incident_id) && e.incident_id != *incident_id
+        });
         let forget =
             self.entries.iter().filter(|e| finished.contains(&e.incident_id)).map(|e| e.incident_id.clone()).collect();
         Ok(vec![ZoneEvent::ReportPlaced(pb::ReportPlaced {
@@ -307,7 +311,15 @@ mod tests {
     }
 
     fn place(id: &str, spot: Spot, at_unix_ms: i64, policy: Policy) -> ZoneCommand {
-        ZoneCommand::Place { incident_id: id.into(), spot, at_unix_ms, policy, reach: REACH, finished: BTreeSet::new() }
+        ZoneCommand::Place {
+            incident_id: id.into(),
+            spot,
+            at_unix_ms,
+            policy,
+            reach: REACH,
+            finished: BTreeSet::new(),
+            unchecked: BTreeSet::new(),
+        }
     }
 
     fn placed(events: &[ZoneEvent]) -> &pb::ReportPlaced {
@@ -401,6 +413,36 @@ mod tests {
             let zone = Zone::default().fold(&first).fold(events);
             assert_eq!(zone.entries.iter().map(|e| e.incident_id.as_str()).collect::<Vec<_>>(), ["b"]);
         });
+    }
+
+    #[test]
+    fn an_entry_seen_but_not_checked_is_not_offered_and_one_placed_since_is() {
+        let first = history(&[
+            place("a", at(35.0, 115.0), 0, Policy::AutoLink),
+            place("b", at(35.0005, 115.0), 1, Policy::Suggest),
+        ]);
+        let mut command = place("c", at(35.0, 115.0), 2, Policy::AutoLink);
+        let ZoneCommand::Place { unchecked, .. } = &mut command;
+        unchecked.insert("a".into());
+        // "a" is nearer but unchecked: "b" is offered.
+        given::<Zone>(first.clone()).when(command).then_with(|e| assert_eq!(placed(e).near_incident_id, "b"));
+        // A report is never offered itself (a retried placement).
+        given::<Zone>(first)
+            .when(place("a", at(35.0, 115.0), 2, Policy::AutoLink))
+            .then_with(|e| assert_eq!(placed(e).near_incident_id, "b"));
+    }
+
+    #[test]
+    fn a_linked_report_adds_no_entry_and_an_entry_is_never_added_twice() {
+        let events = history(&[
+            place("a", at(35.0, 115.0), 0, Policy::AutoLink),
+            place("b", at(35.0, 115.0), 1, Policy::AutoLink),
+        ]);
+        let zone = Zone::default().fold(&events);
+        assert_eq!(zone.entries.iter().map(|e| e.incident_id.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(zone.entries[0].last_report_at_unix_ms, 1);
+        let again = zone.clone().fold(&events[..1]);
+        assert_eq!(again.entries.len(), 1, "a redelivered placement adds nothing");
     }
 
     #[test]
