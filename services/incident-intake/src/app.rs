@@ -168,15 +168,6 @@ fn duplicate_policy(category: &pb::Category) -> Option<Policy> {
     }
 }
 
-/// A command id derived from another (at most 128 characters).
-fn derived_id(prefix: &str, id: &str) -> String {
-    let derived = format!("{prefix}-{id}");
-    if derived.len() <= 128 {
-        return derived;
-    }
-    format!("{prefix}-h{:016x}", gridwork_eventstore::envelope::request_digest(id.as_bytes()))
-}
-
 /// The intake application service.
 #[derive(Clone)]
 pub struct Intake {
@@ -429,7 +420,6 @@ impl Intake {
         // placement is not looked up in the command index (a busy zone forgets
         // ids quickly, and the index may lag under load).
         let id = gridwork_eventstore::command_index::derived_in_call("place", incident_id);
-        let id = if id.len() <= 128 { id } else { derived_id("place", incident_id) };
         let key = CommandKey { id, request_digest: key.request_digest };
         let outcome = self.zones.execute(zone_id, &command, &meta(key, principal.to_string(), now)).await?;
         let Some(ZoneEvent::ReportPlaced(placed)) = outcome.events.first() else {

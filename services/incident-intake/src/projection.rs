@@ -126,7 +126,8 @@ impl Reactor for Linker {
                     // within the grace the zone gives it, before calling it
                     // never written.
                     while matches!(outcome, Err(ExecuteError::Rejected(IncidentRejection::NotReported)))
-                        && wall_clock_ms() < commit.body.decided_at_unix_ms + crate::app::PENDING_GRACE_MS
+                        && gridwork_eventstore::projection::store::now_ms()
+                            < commit.body.decided_at_unix_ms + crate::app::PENDING_GRACE_MS
                     {
                         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
                         outcome = self.incidents.execute(&d.of_incident_id, &command, &meta).await;
@@ -156,11 +157,6 @@ impl Reactor for Linker {
         }
         Ok(())
     }
-}
-
-/// Wall-clock milliseconds (a grace period measured against a commit's time).
-fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Linker {

@@ -59,7 +59,7 @@ pub fn zone_id(grid_id: &str, category_code: &str) -> String {
         return id;
     }
     // FNV-1a: stable across builds and platforms (std's hasher is not).
-    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let hash = gridwork_eventstore::envelope::request_digest(id.as_bytes());
     let prefix: String = grid_id.chars().take(100).collect();
     format!("{prefix}_h{hash:016x}")
 }
