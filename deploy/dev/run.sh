@@ -71,10 +71,10 @@ An incident from report to rating (copy the incident id into ID):
   target/debug/gridctl cases queue grid:hl-s0-c0-g01
   target/debug/gridctl cases ack \$ID --as grid:hl-s0-c0-g01
   target/debug/gridctl cases resolve \$ID --as grid:hl-s0-c0-g01 --notes "bikes moved"
-  target/debug/gridctl cases rate \$ID unsatisfied --comment "they are back"   # reopened
+  target/debug/gridctl cases rate \$ID unsatisfied --solved no --comment "they are back"   # reopened
   target/debug/gridctl cases ack \$ID --as grid:hl-s0-c0-g01
   target/debug/gridctl cases resolve \$ID --as grid:hl-s0-c0-g01 --notes "charging point outside"
-  target/debug/gridctl cases rate \$ID satisfied                              # closed
+  target/debug/gridctl cases rate \$ID satisfied --solved yes                 # closed
   target/debug/gridctl cases get \$ID                      # the whole timeline
 TXT
 wait -n "${pids[@]}"

@@ -62,11 +62,15 @@ pub async fn dispatch_app(nats: &NatsServer, db: &TestDb, clock: &ManualClock) -
 /// Start everything at `now_unix_ms` and register district d > street s >
 /// community c > grid g > micro-grids m1, m2.
 pub async fn mesh(now_unix_ms: i64) -> Mesh {
+    mesh_on(now_unix_ms, TestDb::sqlite().expect("db")).await
+}
+
+/// [`mesh`] with dispatch's read model on `dispatch_db` (e.g. PostgreSQL).
+pub async fn mesh_on(now_unix_ms: i64, dispatch_db: TestDb) -> Mesh {
     gridwork_testkit::init_tracing();
     let nats = NatsServer::start().await.expect("nats");
     let clock = ManualClock::at(now_unix_ms);
-    let (registry_db, intake_db, dispatch_db) =
-        (TestDb::sqlite().expect("db"), TestDb::sqlite().expect("db"), TestDb::sqlite().expect("db"));
+    let (registry_db, intake_db) = (TestDb::sqlite().expect("db"), TestDb::sqlite().expect("db"));
     let registry_app =
         gridwork_grid_registry::App::build(&service_config(&nats.url(), &registry_db.url), Arc::new(clock.clone()))
             .await

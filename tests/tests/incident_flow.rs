@@ -141,16 +141,66 @@ async fn a_rider_report_of_a_fire_hazard_goes_up_the_ladder_and_closes_only_when
         .expect("whistle")
         .into_inner();
     assert_eq!(whistle.report_by_unix_ms, monday_ten() + 121 * MINUTE + 30 * MINUTE);
+    let mut reported_at = 0;
     for department in ["fire-brigade", "urban-management"] {
-        m.dispatch
+        let r = m
+            .dispatch
             .report_for_duty(pb::ReportForDutyRequest {
                 command_id: uuid(),
                 case_id: id.clone(),
                 department: department.into(),
             })
             .await
-            .expect("report for duty");
+            .expect("report for duty")
+            .into_inner();
+        reported_at = pos(Some(r.position));
     }
+    // The case cannot resolve while a summoned department is still at work.
+    let e = m
+        .dispatch
+        .resolve_case(pb::ResolveCaseRequest {
+            command_id: uuid(),
+            case_id: id.clone(),
+            acting_as: street.clone(),
+            notes: "too soon".into(),
+        })
+        .await
+        .expect_err("summonses outstanding");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("fire-brigade, urban-management"), "{}", e.message());
+    let listed = m
+        .dispatch
+        .list_summonses(pb::ListSummonsesRequest {
+            department: "fire-brigade".into(),
+            include_finished: false,
+            limit: 10,
+            min_position: reported_at,
+        })
+        .await
+        .expect("the brigade's queue")
+        .into_inner()
+        .summonses;
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].case_id.as_str(), listed[0].status), (id.as_str(), pb::SummonsStatus::Reported as i32));
+    m.dispatch
+        .complete_summons(pb::CompleteSummonsRequest {
+            command_id: uuid(),
+            case_id: id.clone(),
+            department: "fire-brigade".into(),
+            notes: "extinguisher and socket checked".into(),
+        })
+        .await
+        .expect("complete");
+    m.dispatch
+        .release_summons(pb::ReleaseSummonsRequest {
+            command_id: uuid(),
+            case_id: id.clone(),
+            acting_as: street.clone(),
+            department: "urban-management".into(),
+            reason: "no street furniture involved".into(),
+        })
+        .await
+        .expect("release");
     m.dispatch
         .record_progress(pb::RecordProgressRequest {
             command_id: uuid(),
@@ -179,6 +229,7 @@ async fn a_rider_report_of_a_fire_hazard_goes_up_the_ladder_and_closes_only_when
             rating: pb::Rating::Unsatisfied as i32,
             by: "reporter".into(),
             comment: "they are back".into(),
+            solved: pb::ResolutionAnswer::NotSolved as i32,
         })
         .await
         .expect("verify")
@@ -212,6 +263,7 @@ async fn a_rider_report_of_a_fire_hazard_goes_up_the_ladder_and_closes_only_when
             rating: pb::Rating::Satisfied as i32,
             by: "reporter".into(),
             comment: "".into(),
+            solved: pb::ResolutionAnswer::Solved as i32,
         })
         .await
         .expect("verify")
@@ -233,6 +285,8 @@ async fn a_rider_report_of_a_fire_hazard_goes_up_the_ladder_and_closes_only_when
             "whistle_blown",
             "department_reported",
             "department_reported",
+            "summons_completed",
+            "summons_released",
             "progress",
             "resolved",
             "verified",
@@ -246,6 +300,15 @@ async fn a_rider_report_of_a_fire_hazard_goes_up_the_ladder_and_closes_only_when
     );
     assert!(case.timeline[1].summary.contains("grid g (routed)"), "{:?}", case.timeline[1]);
     assert!(case.timeline[3].summary.contains("community c (escalated)"), "{:?}", case.timeline[3]);
+    let ratings: Vec<_> = case.ratings.iter().map(|r| (r.round, r.rating, r.solved)).collect();
+    assert_eq!(
+        ratings,
+        [
+            (1, pb::Rating::Unsatisfied as i32, pb::ResolutionAnswer::NotSolved as i32),
+            (2, pb::Rating::Satisfied as i32, pb::ResolutionAnswer::Solved as i32)
+        ]
+    );
+    assert_eq!((case.round, case.close_outcome), (2, pb::CloseOutcome::Rated as i32));
 }
 
 #[tokio::test]
@@ -320,9 +383,12 @@ async fn a_fire_skips_triage_and_summons_several_departments_at_once() {
     assert!(case.emergency);
     assert_eq!(case.owner, owner(pb::Tier::Street, "s"));
     let mut summons: Vec<_> =
-        case.pending_deadlines.iter().filter(|d| d.id.starts_with('w')).map(|d| d.id.as_str()).collect();
+        case.pending_deadlines.iter().filter(|d| d.id.starts_with("summons:")).map(|d| d.id.as_str()).collect();
     summons.sort();
-    assert_eq!(summons, ["w1:emergency-medical", "w1:fire-brigade", "w1:police"]);
+    assert_eq!(summons, ["summons:1:emergency-medical", "summons:1:fire-brigade", "summons:1:police"]);
+    let departments: Vec<_> = case.summonses.iter().map(|s| (s.department.as_str(), s.status)).collect();
+    let summoned = pb::SummonsStatus::Summoned as i32;
+    assert_eq!(departments, [("emergency-medical", summoned), ("fire-brigade", summoned), ("police", summoned)]);
 }
 
 #[tokio::test]
@@ -356,6 +422,7 @@ async fn invalid_transitions_and_bad_input_are_refused_and_write_nothing() {
             rating: 1,
             by: "neighbour".into(),
             comment: "".into(),
+            solved: pb::ResolutionAnswer::Solved as i32,
         })
         .await
         .expect_err("only reporter or staff");
@@ -386,11 +453,36 @@ async fn invalid_transitions_and_bad_input_are_refused_and_write_nothing() {
         .hand_back_case(pb::HandBackCaseRequest {
             command_id: uuid(),
             case_id: id.clone(),
-            acting_as: grid.clone(),
+            acting_as: owner(pb::Tier::Community, "c"),
             reason: "not mine".into(),
         })
         .await
-        .expect_err("nobody to hand back to");
+        .expect_err("only the owner hands back");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = m
+        .dispatch
+        .verify_case(pb::VerifyCaseRequest {
+            command_id: uuid(),
+            case_id: id.clone(),
+            rating: pb::Rating::Satisfied as i32,
+            by: "reporter".into(),
+            comment: "".into(),
+            solved: 0,
+        })
+        .await
+        .expect_err("solved? must be answered");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("solved"), "{}", e.message());
+    let e = m
+        .dispatch
+        .assign_case(pb::AssignCaseRequest {
+            command_id: uuid(),
+            case_id: id.clone(),
+            expected_owner: grid.clone(),
+            to: grid.clone(),
+        })
+        .await
+        .expect_err("already the owner");
     assert_eq!(e.code(), Code::FailedPrecondition);
     let after = get(&mut m, &id, 0).await;
     assert_eq!(after.timeline.len(), before.timeline.len(), "nothing written");
@@ -436,6 +528,7 @@ async fn resolve_and_close(m: &mut gridwork_e2e::Mesh, id: &str) {
             rating: pb::Rating::Satisfied as i32,
             by: "reporter".into(),
             comment: String::new(),
+            solved: pb::ResolutionAnswer::Solved as i32,
         })
         .await
         .expect("verify")
@@ -443,10 +536,30 @@ async fn resolve_and_close(m: &mut gridwork_e2e::Mesh, id: &str) {
     assert_eq!(verdict.outcome, "closed");
 }
 
-/// Acknowledge and resolve an open case as its owner (the rating is awaited).
+/// Acknowledge and resolve an open case as its owner, every summoned
+/// department having reported and completed first (the rating is awaited).
 async fn resolve(m: &mut gridwork_e2e::Mesh, id: &str) {
     let case = case_when_opened(m, id).await;
     let acting_as = case.owner.clone();
+    for s in case.summonses.iter().filter(|s| s.status == pb::SummonsStatus::Summoned as i32) {
+        m.dispatch
+            .report_for_duty(pb::ReportForDutyRequest {
+                command_id: uuid(),
+                case_id: id.into(),
+                department: s.department.clone(),
+            })
+            .await
+            .expect("report for duty");
+        m.dispatch
+            .complete_summons(pb::CompleteSummonsRequest {
+                command_id: uuid(),
+                case_id: id.into(),
+                department: s.department.clone(),
+                notes: "done on site".into(),
+            })
+            .await
+            .expect("complete");
+    }
     m.dispatch
         .acknowledge_case(pb::AcknowledgeCaseRequest {
             command_id: uuid(),

@@ -28,6 +28,11 @@ pub fn given<A: Aggregate>(events: impl IntoIterator<Item = A::Event>) -> Given<
     Given { state }
 }
 
+/// Start a scenario from a state already folded (a step in a longer story).
+pub fn given_state<A: Aggregate>(state: A) -> Given<A> {
+    Given { state }
+}
+
 impl<A: Aggregate> Given<A> {
     /// Decide `command` on the given state.
     pub fn when(self, command: A::Command) -> Then<A> {

@@ -55,4 +55,8 @@ case_events! {
     Verified(CaseVerified) = "dispatch.case.verified",
     Closed(CaseClosed) = "dispatch.case.closed",
     Reopened(CaseReopened) = "dispatch.case.reopened",
+    SupervisionOpened(SupervisionOpened) = "dispatch.case.supervision_opened",
+    SummonsProgressRecorded(SummonsProgressRecorded) = "dispatch.case.summons_progress_recorded",
+    SummonsCompleted(SummonsCompleted) = "dispatch.case.summons_completed",
+    SummonsReleased(SummonsReleased) = "dispatch.case.summons_released",
 }

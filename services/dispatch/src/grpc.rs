@@ -8,7 +8,7 @@ use gridwork_runtime::request::{principal, read_wait};
 use tonic::{Request, Response, Status};
 
 use crate::app::Dispatch;
-use crate::domain::case::{CaseCommand, CaseEvent};
+use crate::domain::case::{CaseCommand, CaseEvent, Rater};
 
 /// The gRPC face of [`Dispatch`].
 pub struct DispatchGrpc {
@@ -52,30 +52,120 @@ impl DispatchService for DispatchGrpc {
         let id = v.id("case_id", &r.case_id);
         v.finish()?;
         self.dispatch.wait(r.min_position, wait).await?;
-        Ok(Response::new(pb::GetCaseResponse { case: Some(self.dispatch.case(&id).await?) }))
+        Ok(Response::new(pb::GetCaseResponse { case: Some(self.dispatch.queries().case(&id).await?) }))
     }
 
     async fn list_work_queue(
         &self,
         request: Request<pb::ListWorkQueueRequest>,
     ) -> Result<Response<pb::ListWorkQueueResponse>, Status> {
+        let wait = read_wait(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
         let owner = owner(&mut v, "owner", r.owner.as_ref());
         let limit = v.limit(r.limit, 50, 500);
         v.finish()?;
-        Ok(Response::new(pb::ListWorkQueueResponse { cases: self.dispatch.work_queue(&owner, limit).await? }))
+        self.dispatch.wait(r.min_position, wait).await?;
+        Ok(Response::new(pb::ListWorkQueueResponse { cases: self.dispatch.queries().work_queue(&owner, limit).await? }))
     }
 
     async fn list_overdue(
         &self,
         request: Request<pb::ListOverdueRequest>,
     ) -> Result<Response<pb::ListOverdueResponse>, Status> {
+        let wait = read_wait(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
         let limit = v.limit(r.limit, 50, 500);
         v.finish()?;
-        Ok(Response::new(pb::ListOverdueResponse { cases: self.dispatch.overdue(limit).await? }))
+        self.dispatch.wait(r.min_position, wait).await?;
+        Ok(Response::new(pb::ListOverdueResponse { cases: self.dispatch.queries().overdue(limit).await? }))
+    }
+
+    async fn list_summonses(
+        &self,
+        request: Request<pb::ListSummonsesRequest>,
+    ) -> Result<Response<pb::ListSummonsesResponse>, Status> {
+        let wait = read_wait(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let department = v.id("department", &r.department);
+        let limit = v.limit(r.limit, 50, 500);
+        v.finish()?;
+        self.dispatch.wait(r.min_position, wait).await?;
+        let summonses = self.dispatch.queries().summonses(&department, r.include_finished, limit).await?;
+        Ok(Response::new(pb::ListSummonsesResponse { summonses }))
+    }
+
+    async fn record_summons_progress(
+        &self,
+        request: Request<pb::RecordSummonsProgressRequest>,
+    ) -> Result<Response<pb::RecordSummonsProgressResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id, &r);
+        let id = v.id("case_id", &r.case_id);
+        let department = v.id("department", &r.department);
+        let notes = v.text("notes", &r.notes, 1, 2000);
+        v.finish()?;
+        let outcome = self
+            .dispatch
+            .act(&id, command_id, who, |c| CaseCommand::SummonsProgress {
+                department,
+                notes,
+                now_unix_ms: c.now_unix_ms,
+            })
+            .await?;
+        Ok(Response::new(pb::RecordSummonsProgressResponse { position: position(&outcome) }))
+    }
+
+    async fn complete_summons(
+        &self,
+        request: Request<pb::CompleteSummonsRequest>,
+    ) -> Result<Response<pb::CompleteSummonsResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id, &r);
+        let id = v.id("case_id", &r.case_id);
+        let department = v.id("department", &r.department);
+        let notes = v.text("notes", &r.notes, 1, 2000);
+        v.finish()?;
+        let outcome = self
+            .dispatch
+            .act(&id, command_id, who, |c| CaseCommand::CompleteSummons {
+                department,
+                notes,
+                now_unix_ms: c.now_unix_ms,
+            })
+            .await?;
+        Ok(Response::new(pb::CompleteSummonsResponse { position: position(&outcome) }))
+    }
+
+    async fn release_summons(
+        &self,
+        request: Request<pb::ReleaseSummonsRequest>,
+    ) -> Result<Response<pb::ReleaseSummonsResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id, &r);
+        let id = v.id("case_id", &r.case_id);
+        let by = owner(&mut v, "acting_as", r.acting_as.as_ref());
+        let department = v.id("department", &r.department);
+        let reason = v.text("reason", &r.reason, 1, 500);
+        v.finish()?;
+        let outcome = self
+            .dispatch
+            .act(&id, command_id, who, |c| CaseCommand::ReleaseSummons {
+                by,
+                department,
+                reason,
+                now_unix_ms: c.now_unix_ms,
+            })
+            .await?;
+        Ok(Response::new(pb::ReleaseSummonsResponse { position: position(&outcome) }))
     }
 
     async fn acknowledge_case(
@@ -166,16 +256,10 @@ impl DispatchService for DispatchGrpc {
             v.id(&format!("departments[{i}]"), d);
         }
         v.finish()?;
-        let within = self.dispatch.summon_within;
         let departments = r.departments;
         let outcome = self
             .dispatch
-            .act(&id, command_id, who, |c| CaseCommand::BlowWhistle {
-                by,
-                departments,
-                within,
-                now_unix_ms: c.now_unix_ms,
-            })
+            .act(&id, command_id, who, |clock| CaseCommand::BlowWhistle { by, departments, clock })
             .await?;
         let report_by = outcome
             .events
@@ -201,7 +285,7 @@ impl DispatchService for DispatchGrpc {
         v.finish()?;
         let outcome = self
             .dispatch
-            .act(&id, command_id, who, |c| CaseCommand::DepartmentReport { department, now_unix_ms: c.now_unix_ms })
+            .act(&id, command_id, who, |c| CaseCommand::ReportForDuty { department, now_unix_ms: c.now_unix_ms })
             .await?;
         Ok(Response::new(pb::ReportForDutyResponse { position: position(&outcome) }))
     }
@@ -218,10 +302,8 @@ impl DispatchService for DispatchGrpc {
         let by = owner(&mut v, "acting_as", r.acting_as.as_ref());
         let notes = v.text("notes", &r.notes, 1, 2000);
         v.finish()?;
-        let outcome = self
-            .dispatch
-            .act(&id, command_id, who, |c| CaseCommand::Resolve { by, notes, now_unix_ms: c.now_unix_ms })
-            .await?;
+        let outcome =
+            self.dispatch.act(&id, command_id, who, |clock| CaseCommand::Resolve { by, notes, clock }).await?;
         Ok(Response::new(pb::ResolveCaseResponse { position: position(&outcome) }))
     }
 
@@ -238,14 +320,25 @@ impl DispatchService for DispatchGrpc {
         if rating == pb::Rating::Unspecified {
             v.add("rating", "must be satisfied, basically satisfied or unsatisfied");
         }
-        if !(r.by == "reporter" || r.by.strip_prefix("staff:").is_some_and(|s| !s.is_empty() && s.len() <= 64)) {
+        let solved = match pb::ResolutionAnswer::try_from(r.solved).unwrap_or(pb::ResolutionAnswer::Unspecified) {
+            pb::ResolutionAnswer::Solved => true,
+            pb::ResolutionAnswer::NotSolved => false,
+            pb::ResolutionAnswer::Unspecified => {
+                v.add("solved", "must be solved or not solved: asked apart from satisfaction");
+                false
+            }
+        };
+        let by = Rater::parse(&r.by);
+        if by.is_none() {
             v.add("by", "must be \"reporter\" or \"staff:<id>\": only they may rate or reopen");
         }
         let comment = v.text("comment", &r.comment, 0, 1000);
         v.finish()?;
-        let by = r.by;
-        let outcome =
-            self.dispatch.act(&id, command_id, who, |clock| CaseCommand::Verify { rating, by, comment, clock }).await?;
+        let by = by.unwrap_or(Rater::Reporter);
+        let outcome = self
+            .dispatch
+            .act(&id, command_id, who, |clock| CaseCommand::Verify { rating, solved, by, comment, clock })
+            .await?;
         let reopened = outcome.events.iter().any(|e| matches!(e, CaseEvent::Reopened(_)));
         Ok(Response::new(pb::VerifyCaseResponse {
             position: position(&outcome),

@@ -11,12 +11,14 @@
 //! - `app.rs`: commands, the deadline scheduler, queries.
 //! - `grpc.rs`: proto ⇄ domain with field-named errors.
 //! - `projection.rs`: the process manager and the cases read model.
+//! - `queries.rs`: the read side.
 
 pub mod app;
 pub mod domain;
 pub mod events;
 pub mod grpc;
 pub mod projection;
+pub mod queries;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +32,7 @@ use gridwork_runtime::{CommonConfig, Runtime, ServerHandle};
 use crate::app::Dispatch;
 use crate::domain::calendar::WorkingCalendar;
 use crate::domain::case::Case;
-use crate::domain::routing::default_rules;
+use crate::domain::routing::{Terms, default_rules};
 
 /// The service's name.
 pub const SERVICE: &str = "dispatch";
@@ -45,13 +47,18 @@ pub struct Config {
     /// How often the scheduler looks for missed deadlines, in milliseconds (0: never; tests drive it).
     #[arg(long, env = "DEADLINE_TICK_MS", default_value_t = 1000)]
     pub deadline_tick_ms: u64,
-    /// Minutes summoned departments have to report for duty.
+    /// Minutes summoned departments have to report for duty (counted like the
+    /// case's clocks: office time for ordinary cases, wall time for emergencies).
     #[arg(long, env = "SUMMON_WITHIN_MINUTES", default_value_t = 30)]
     pub summon_within_minutes: i64,
-    /// Public holidays, YYYY-MM-DD, comma-separated.
+    /// Calendar days a reporter has to rate a resolution; unrated by then, the
+    /// case closes "not rated".
+    #[arg(long, env = "RATING_WINDOW_DAYS", default_value_t = 7)]
+    pub rating_window_days: u32,
+    /// Public holidays beyond the shipped China calendar, YYYY-MM-DD, comma-separated.
     #[arg(long, env = "HOLIDAYS", value_delimiter = ',')]
     pub holidays: Vec<String>,
-    /// Make-up working days (调休) on weekends, YYYY-MM-DD, comma-separated.
+    /// Make-up working days (调休) beyond the shipped calendar, YYYY-MM-DD, comma-separated.
     #[arg(long, env = "MAKE_UP_WORKDAYS", value_delimiter = ',')]
     pub workdays: Vec<String>,
 }
@@ -61,15 +68,15 @@ pub struct Config {
 pub struct Settings {
     /// Scheduler tick (zero: the caller drives it).
     pub tick: Duration,
-    /// Time summoned departments have to report.
-    pub summon_within: time::Duration,
+    /// Summons and rating windows.
+    pub terms: Terms,
     /// The working calendar.
     pub calendar: WorkingCalendar,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { tick: Duration::ZERO, summon_within: time::Duration::minutes(30), calendar: WorkingCalendar::default() }
+        Self { tick: Duration::ZERO, terms: Terms::default(), calendar: WorkingCalendar::china() }
     }
 }
 
@@ -80,7 +87,7 @@ impl Config {
             time::Date::parse(v.trim(), &time::format_description::well_known::Iso8601::DATE)
                 .map_err(|_| anyhow::anyhow!("{flag}: {v:?} is not a date YYYY-MM-DD"))
         };
-        let mut calendar = WorkingCalendar::default();
+        let mut calendar = WorkingCalendar::china();
         for d in self.holidays.iter().filter(|d| !d.trim().is_empty()) {
             calendar.holidays.insert(parse("HOLIDAYS", d)?);
         }
@@ -89,7 +96,10 @@ impl Config {
         }
         Ok(Settings {
             tick: Duration::from_millis(self.deadline_tick_ms),
-            summon_within: time::Duration::minutes(self.summon_within_minutes.max(1)),
+            terms: Terms {
+                summon_within: time::Duration::minutes(self.summon_within_minutes.max(1)),
+                rating_window_days: self.rating_window_days.max(1),
+            },
             calendar,
         })
     }
@@ -122,12 +132,24 @@ impl App {
         .await?
         .with_command_index(runtime.command_index(&spec.name).await?);
         let store = runtime.store.clone().ok_or_else(|| anyhow::anyhow!("read store missing"))?;
+        let year = time::OffsetDateTime::from_unix_timestamp(clock.now_unix_ms() / 1000)
+            .map(|t| t.to_offset(settings.calendar.offset).year())
+            .unwrap_or_default();
+        for y in [year, year + 1] {
+            if !settings.calendar.complete_years.contains(&y) {
+                tracing::warn!(
+                    year = y,
+                    "calendar_coverage: the working calendar has not every public holiday and make-up day of this year; \
+                     add them (HOLIDAYS, MAKE_UP_WORKDAYS) or working-day deadlines will count them as working days"
+                );
+            }
+        }
         let calendar = Arc::new(settings.calendar);
         let incoming = projection::Incoming {
             cases: cases.clone(),
             rules: Arc::new(default_rules()),
             calendar: calendar.clone(),
-            summon_within: settings.summon_within,
+            terms: settings.terms,
         };
         let incoming = ProjectionRunner::start_reactor(
             runtime.js.clone(),
@@ -143,8 +165,7 @@ impl App {
             RunnerConfig::new(&spec.name),
         )
         .await?;
-        let mut dispatch = Dispatch::new(cases, store, Arc::new(view), Arc::new(incoming), clock, calendar);
-        dispatch.summon_within = settings.summon_within;
+        let dispatch = Dispatch::new(cases, store, Arc::new(view), Arc::new(incoming), clock, calendar, settings.terms);
         let scheduler = (!tick.is_zero()).then(|| dispatch.spawn_scheduler(tick));
         Ok(Self { runtime, dispatch, _scheduler: scheduler })
     }

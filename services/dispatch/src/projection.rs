@@ -8,7 +8,8 @@
 //!   does nothing), so a crash between opening and storing the position opens
 //!   the case once.
 //! - [`Cases`] reads `DISPATCH` into `dispatch_cases`, `dispatch_deadlines` (the
-//!   scheduler's input) and `dispatch_timeline`.
+//!   scheduler's input and the overdue list's), `dispatch_summonses` (the
+//!   departments' queues), `dispatch_ratings` and `dispatch_timeline`.
 
 use std::sync::Arc;
 
@@ -18,11 +19,11 @@ use gridwork_proto::gridwork::dispatch::v1 as pb;
 use gridwork_proto::gridwork::intake::v1 as intake_pb;
 use prost::Message as _;
 use sqlx::{AnyConnection, AssertSqlSafe};
-use time::Duration;
 
 use crate::domain::calendar::WorkingCalendar;
 use crate::domain::case::{Case, CaseCommand, CaseEvent, Clock};
-use crate::domain::routing::{Area, FirstTier, Rule, route, sla_plan_for};
+use crate::domain::deadline::DeadlineId;
+use crate::domain::routing::{Area, FirstTier, Rule, Terms, route, sla_plan_for};
 
 /// What routing needs from a report.
 pub const INCOMING: TableDef = TableDef {
@@ -40,8 +41,8 @@ pub struct Incoming {
     pub rules: Arc<Vec<Rule>>,
     /// Calendar.
     pub calendar: Arc<WorkingCalendar>,
-    /// How long summoned departments have to report.
-    pub summon_within: Duration,
+    /// Summons and rating windows.
+    pub terms: Terms,
 }
 
 impl Reactor for Incoming {
@@ -153,16 +154,17 @@ impl Incoming {
                 explanation: routed.explanation.clone(),
             }),
             department: routed.rule.department.clone(),
+            // The case's clocks are set by `Open`, from the acceptance time.
+            deadlines: Vec::new(),
         };
         let command = CaseCommand::Open {
             opened: Box::new(opened),
             owner: first,
             summon: if emergency { routed.rule.emergency_departments.clone() } else { Vec::new() },
-            summon_within: self.summon_within,
             clock: Clock {
                 now_unix_ms: accepted_at,
                 calendar: self.calendar.clone(),
-                plan: sla_plan_for(&category, priority as i32, emergency),
+                plan: sla_plan_for(&category, priority as i32, emergency, &self.terms),
             },
         };
         let meta = CommandMeta {
@@ -186,16 +188,36 @@ pub const CASES: TableDef = TableDef {
               category_code TEXT NOT NULL, priority BIGINT NOT NULL, emergency BIGINT NOT NULL, grid_id TEXT NOT NULL, \
               community_id TEXT NOT NULL, street_id TEXT NOT NULL, district_id TEXT NOT NULL, department TEXT NOT NULL, \
               rule_id TEXT NOT NULL, routing TEXT NOT NULL, assignment BIGINT NOT NULL, rating BIGINT NOT NULL, \
-              breaches BIGINT NOT NULL, opened_at_ms BIGINT NOT NULL, closed_at_ms BIGINT NOT NULL, position BIGINT NOT NULL)",
+              breaches BIGINT NOT NULL, opened_at_ms BIGINT NOT NULL, closed_at_ms BIGINT NOT NULL, position BIGINT NOT NULL, \
+              round BIGINT NOT NULL, supervised BIGINT NOT NULL, close_outcome BIGINT NOT NULL)",
     indexes: &["owner_tier, owner_id, status", "status"],
 };
 
-/// Deadlines: pending, met, breached or superseded.
+/// Deadlines. `scope`: case, owner, rating or summons. `state`: pending, met,
+/// met_late (met after its breach), breached, superseded (its owner changed or
+/// its summons ended) or expired (a rating window that passed).
 pub const DEADLINES: TableDef = TableDef {
     name: "dispatch_deadlines",
-    columns: "(case_id TEXT NOT NULL, deadline_id TEXT NOT NULL, kind BIGINT NOT NULL, due_ms BIGINT NOT NULL, \
+    columns: "(case_id TEXT NOT NULL, deadline_id TEXT NOT NULL, kind BIGINT NOT NULL, scope TEXT NOT NULL, due_ms BIGINT NOT NULL, \
               owner_tier BIGINT NOT NULL, owner_id TEXT NOT NULL, state TEXT NOT NULL, PRIMARY KEY (case_id, deadline_id))",
-    indexes: &["state, due_ms"],
+    indexes: &["state, due_ms", "scope, state, due_ms"],
+};
+
+/// Summonses: a department's work items, one row per department per whistle.
+pub const SUMMONSES: TableDef = TableDef {
+    name: "dispatch_summonses",
+    columns: "(case_id TEXT NOT NULL, department TEXT NOT NULL, whistle BIGINT NOT NULL, status BIGINT NOT NULL, \
+              report_by_ms BIGINT NOT NULL, summoned_at_ms BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL, position BIGINT NOT NULL, \
+              PRIMARY KEY (case_id, department, whistle))",
+    indexes: &["department, status, report_by_ms"],
+};
+
+/// Ratings, one per round rated.
+pub const RATINGS: TableDef = TableDef {
+    name: "dispatch_ratings",
+    columns: "(case_id TEXT NOT NULL, round BIGINT NOT NULL, rating BIGINT NOT NULL, solved BIGINT NOT NULL, rated_by TEXT NOT NULL, \
+              comment TEXT NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (case_id, round))",
+    indexes: &[],
 };
 
 /// The timeline.
@@ -210,16 +232,174 @@ pub const TIMELINE: TableDef = TableDef {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Cases;
 
-fn owner_label(o: &Option<pb::Owner>) -> String {
+/// "tier id", for people.
+pub fn owner_label(o: &Option<pb::Owner>) -> String {
     let o = o.clone().unwrap_or_default();
     let tier = match pb::Tier::try_from(o.tier).unwrap_or(pb::Tier::Unspecified) {
         pb::Tier::Grid => "grid",
         pb::Tier::Community => "community",
         pb::Tier::Street => "street",
         pb::Tier::Department => "department",
+        pb::Tier::DispatchCentre => "dispatch centre",
         pb::Tier::Unspecified => "?",
     };
     format!("{tier} {}", o.id)
+}
+
+fn summary(event: &CaseEvent) -> (&'static str, String) {
+    match event {
+        CaseEvent::Opened(o) => ("opened", format!("opened: {}", o.routing.clone().unwrap_or_default().explanation)),
+        CaseEvent::Assigned(a) => ("assigned", format!("assigned to {} ({})", owner_label(&a.owner), a.reason)),
+        CaseEvent::Acknowledged(a) => ("acknowledged", format!("acknowledged by {}", owner_label(&a.owner))),
+        CaseEvent::ProgressRecorded(p) => ("progress", format!("{}: {}", owner_label(&p.owner), p.notes)),
+        CaseEvent::HandedBack(h) => ("handed_back", format!("handed back by {}: {}", owner_label(&h.owner), h.reason)),
+        CaseEvent::SlaBreached(b) => (
+            "sla_breached",
+            format!("deadline {} missed by {}", b.deadline.clone().unwrap_or_default().id, owner_label(&b.owner)),
+        ),
+        CaseEvent::SupervisionOpened(s) => {
+            ("supervision_opened", format!("district {} supervises: {}", s.district_id, s.reason))
+        }
+        CaseEvent::WhistleBlown(w) => ("whistle_blown", format!("street summoned {}", w.departments.join(", "))),
+        CaseEvent::DepartmentReported(d) => ("department_reported", format!("{} reported for duty", d.department)),
+        CaseEvent::SummonsProgressRecorded(p) => ("summons_progress", format!("{}: {}", p.department, p.notes)),
+        CaseEvent::SummonsCompleted(c) => {
+            ("summons_completed", format!("{} completed its part: {}", c.department, c.notes))
+        }
+        CaseEvent::SummonsReleased(r) => {
+            ("summons_released", format!("{} released by {}: {}", r.department, owner_label(&r.by), r.reason))
+        }
+        CaseEvent::Resolved(r) => ("resolved", format!("resolved by {}: {}", owner_label(&r.owner), r.notes)),
+        CaseEvent::Verified(v) => (
+            "verified",
+            format!(
+                "rated {} ({}) by {}",
+                rating_label(v.rating),
+                match pb::ResolutionAnswer::try_from(v.solved).unwrap_or(pb::ResolutionAnswer::Unspecified) {
+                    pb::ResolutionAnswer::Solved => "solved",
+                    pb::ResolutionAnswer::NotSolved => "not solved",
+                    pb::ResolutionAnswer::Unspecified => "solved? not asked",
+                },
+                v.by
+            ),
+        ),
+        CaseEvent::Closed(c) if c.outcome == pb::CloseOutcome::NotRated as i32 => {
+            ("closed", "closed, not rated: the rating window passed".into())
+        }
+        CaseEvent::Closed(_) => ("closed", "closed".into()),
+        CaseEvent::Reopened(r) => ("reopened", format!("reopened: {}", r.reason)),
+    }
+}
+
+fn scope_of(d: &pb::Deadline) -> &'static str {
+    DeadlineId::parse(&d.id).map_or("owner", |id| id.scope().label())
+}
+
+/// Statements on one case's rows, inside the commit's transaction.
+struct Rows<'a> {
+    tx: &'a mut AnyConnection,
+    cases: String,
+    deadlines: String,
+    summonses: String,
+    id: &'a str,
+    position: i64,
+}
+
+impl Rows<'_> {
+    async fn run(&mut self, sql: String, binds: &[Bind<'_>]) -> Result<u64, ApplyError> {
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for b in binds {
+            q = match b {
+                Bind::Int(v) => q.bind(*v),
+                Bind::Text(v) => q.bind(*v),
+            };
+        }
+        Ok(q.execute(&mut *self.tx).await?.rows_affected())
+    }
+
+    /// Update the case row; it must exist.
+    async fn case(&mut self, set: &str, binds: &[Bind<'_>]) -> Result<(), ApplyError> {
+        let n = binds.len();
+        let sql = format!(
+            "UPDATE {} SET {set}{}position = ${} WHERE case_id = ${}",
+            self.cases,
+            if set.is_empty() { "" } else { ", " },
+            n + 1,
+            n + 2
+        );
+        let mut all = binds.to_vec();
+        all.push(Bind::Int(self.position));
+        all.push(Bind::Text(self.id));
+        if self.run(sql, &all).await? != 1 {
+            return Err(ApplyError::Invalid(format!("case {} unknown to the read model", self.id)));
+        }
+        Ok(())
+    }
+
+    async fn insert_deadline(&mut self, d: &pb::Deadline, owner: &pb::Owner) -> Result<(), ApplyError> {
+        let sql = format!(
+            "INSERT INTO {} (case_id, deadline_id, kind, scope, due_ms, owner_tier, owner_id, state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending') \
+             ON CONFLICT (case_id, deadline_id) DO UPDATE SET due_ms = excluded.due_ms, owner_tier = excluded.owner_tier, owner_id = excluded.owner_id, state = 'pending'",
+            self.deadlines
+        );
+        let id = self.id;
+        self.run(
+            sql,
+            &[
+                Bind::Text(id),
+                Bind::Text(&d.id),
+                Bind::Int(i64::from(d.kind)),
+                Bind::Text(scope_of(d)),
+                Bind::Int(d.due_unix_ms),
+                Bind::Int(i64::from(owner.tier)),
+                Bind::Text(&owner.id),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Move deadlines from one state to another.
+    async fn deadlines(&mut self, from: &str, to: &str, which: &str, binds: &[Bind<'_>]) -> Result<(), ApplyError> {
+        let n = binds.len();
+        let sql = format!(
+            "UPDATE {} SET state = '{to}' WHERE case_id = ${} AND state = '{from}' AND {which}",
+            self.deadlines,
+            n + 1
+        );
+        let mut all = binds.to_vec();
+        all.push(Bind::Text(self.id));
+        self.run(sql, &all).await?;
+        Ok(())
+    }
+
+    async fn summons(&mut self, department: &str, status: pb::SummonsStatus, at: i64) -> Result<(), ApplyError> {
+        let sql = format!(
+            "UPDATE {} SET status = $1, updated_at_ms = $2, position = $3 WHERE case_id = $4 AND department = $5 \
+             AND whistle = (SELECT MAX(whistle) FROM {} WHERE case_id = $4 AND department = $5)",
+            self.summonses, self.summonses
+        );
+        let (id, position) = (self.id, self.position);
+        self.run(
+            sql,
+            &[Bind::Int(status as i64), Bind::Int(at), Bind::Int(position), Bind::Text(id), Bind::Text(department)],
+        )
+        .await?;
+        let which = "scope = 'summons' AND owner_id = $1";
+        self.deadlines(
+            "pending",
+            if status == pb::SummonsStatus::Reported { "met" } else { "superseded" },
+            which,
+            &[Bind::Text(department)],
+        )
+        .await
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Bind<'a> {
+    Int(i64),
+    Text(&'a str),
 }
 
 impl Projection for Cases {
@@ -228,202 +408,199 @@ impl Projection for Cases {
     }
 
     fn tables(&self) -> &'static [TableDef] {
-        &[CASES, DEADLINES, TIMELINE]
+        &[CASES, DEADLINES, SUMMONSES, RATINGS, TIMELINE]
+    }
+
+    /// 2: case-level clocks (deadline scope), summonses, ratings, supervision.
+    fn version(&self) -> u32 {
+        2
     }
 
     async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
-        let cases = tables.name(CASES.name);
-        let deadlines = tables.name(DEADLINES.name);
-        let timeline = tables.name(TIMELINE.name);
         let id = commit.aggregate_id();
-        let position = commit.sequence as i64;
         let at = commit.body.decided_at_unix_ms;
         let principal = commit.principal().to_string();
-        let exec = |sql: String| sqlx::query(AssertSqlSafe(sql));
+        let timeline = tables.name(TIMELINE.name);
+        let ratings = tables.name(RATINGS.name);
+        let mut rows = Rows {
+            tx,
+            cases: tables.name(CASES.name),
+            deadlines: tables.name(DEADLINES.name),
+            summonses: tables.name(SUMMONSES.name),
+            id,
+            position: commit.sequence as i64,
+        };
+        use Bind::{Int, Text};
         for (idx, event) in commit.decode_events::<CaseEvent>()?.into_iter().enumerate() {
-            let (kind, summary) = match &event {
+            let (kind, summary) = summary(&event);
+            match &event {
                 CaseEvent::Opened(o) => {
-                    ("opened", format!("opened: {}", o.routing.clone().unwrap_or_default().explanation))
-                }
-                CaseEvent::Assigned(a) => ("assigned", format!("assigned to {} ({})", owner_label(&a.owner), a.reason)),
-                CaseEvent::Acknowledged(a) => ("acknowledged", format!("acknowledged by {}", owner_label(&a.owner))),
-                CaseEvent::ProgressRecorded(p) => ("progress", format!("{}: {}", owner_label(&p.owner), p.notes)),
-                CaseEvent::HandedBack(h) => {
-                    ("handed_back", format!("handed back by {}: {}", owner_label(&h.owner), h.reason))
-                }
-                CaseEvent::SlaBreached(b) => (
-                    "sla_breached",
-                    format!(
-                        "deadline {} missed by {}",
-                        b.deadline.clone().unwrap_or_default().id,
-                        owner_label(&b.owner)
-                    ),
-                ),
-                CaseEvent::WhistleBlown(w) => {
-                    ("whistle_blown", format!("street summoned {}", w.departments.join(", ")))
-                }
-                CaseEvent::DepartmentReported(d) => {
-                    ("department_reported", format!("{} reported for duty", d.department))
-                }
-                CaseEvent::Resolved(r) => ("resolved", format!("resolved by {}: {}", owner_label(&r.owner), r.notes)),
-                CaseEvent::Verified(v) => ("verified", format!("rated {} by {}", rating_label(v.rating), v.by)),
-                CaseEvent::Closed(_) => ("closed", "closed".into()),
-                CaseEvent::Reopened(r) => ("reopened", format!("reopened: {}", r.reason)),
-            };
-            match event {
-                CaseEvent::Opened(o) => {
-                    exec(format!(
-                        "INSERT INTO {cases} (case_id, status, owner_tier, owner_id, category_code, priority, emergency, grid_id, \
+                    let routing = o.routing.clone().unwrap_or_default();
+                    let sql = format!(
+                        "INSERT INTO {} (case_id, status, owner_tier, owner_id, category_code, priority, emergency, grid_id, \
                          community_id, street_id, district_id, department, rule_id, routing, assignment, rating, breaches, \
-                         opened_at_ms, closed_at_ms, position) VALUES ($1, 'new', 0, '', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, 0, 0, $12, 0, $13)"
-                    ))
-                    .bind(id)
-                    .bind(&o.category_code)
-                    .bind(i64::from(o.priority))
-                    .bind(i64::from(o.emergency))
-                    .bind(&o.grid_id)
-                    .bind(&o.community_id)
-                    .bind(&o.street_id)
-                    .bind(&o.district_id)
-                    .bind(&o.department)
-                    .bind(o.routing.clone().unwrap_or_default().rule_id)
-                    .bind(o.routing.clone().unwrap_or_default().explanation)
-                    .bind(at)
-                    .bind(position)
-                    .execute(&mut *tx)
+                         opened_at_ms, closed_at_ms, position, round, supervised, close_outcome) \
+                         VALUES ($1, 'new', 0, '', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, 0, 0, $12, 0, $13, 1, 0, 0)",
+                        rows.cases
+                    );
+                    rows.run(
+                        sql,
+                        &[
+                            Text(id),
+                            Text(&o.category_code),
+                            Int(i64::from(o.priority)),
+                            Int(i64::from(o.emergency)),
+                            Text(&o.grid_id),
+                            Text(&o.community_id),
+                            Text(&o.street_id),
+                            Text(&o.district_id),
+                            Text(&o.department),
+                            Text(&routing.rule_id),
+                            Text(&routing.explanation),
+                            Int(at),
+                            Int(rows.position),
+                        ],
+                    )
                     .await?;
+                    for d in &o.deadlines {
+                        rows.insert_deadline(d, &pb::Owner::default()).await?;
+                    }
                 }
                 CaseEvent::Assigned(a) => {
                     let o = a.owner.clone().unwrap_or_default();
-                    exec(format!(
-                        "UPDATE {cases} SET status = 'assigned', owner_tier = $1, owner_id = $2, assignment = $3, position = $4 WHERE case_id = $5"
-                    ))
-                    .bind(i64::from(o.tier))
-                    .bind(&o.id)
-                    .bind(i64::from(a.assignment))
-                    .bind(position)
-                    .bind(id)
-                    .execute(&mut *tx)
+                    rows.case(
+                        "status = 'assigned', owner_tier = $1, owner_id = $2, assignment = $3",
+                        &[Int(i64::from(o.tier)), Text(&o.id), Int(i64::from(a.assignment))],
+                    )
                     .await?;
-                    exec(format!("UPDATE {deadlines} SET state = 'superseded' WHERE case_id = $1 AND state = 'pending' AND deadline_id NOT LIKE 'w%'"))
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                    for d in a.deadlines {
-                        exec(format!(
-                            "INSERT INTO {deadlines} (case_id, deadline_id, kind, due_ms, owner_tier, owner_id, state) VALUES ($1, $2, $3, $4, $5, $6, 'pending')"
-                        ))
-                        .bind(id)
-                        .bind(&d.id)
-                        .bind(i64::from(d.kind))
-                        .bind(d.due_unix_ms)
-                        .bind(i64::from(o.tier))
-                        .bind(&o.id)
-                        .execute(&mut *tx)
-                        .await?;
+                    // Events from before case clocks carried respond and resolve per assignment.
+                    let legacy = a.deadlines.iter().any(|d| scope_of(d) == "case");
+                    let which = if legacy { "scope IN ('owner', 'case')" } else { "scope = 'owner'" };
+                    rows.deadlines("pending", "superseded", which, &[]).await?;
+                    for d in &a.deadlines {
+                        rows.insert_deadline(d, &o).await?;
                     }
                 }
                 CaseEvent::Acknowledged(_) => {
-                    set_case(tx, &cases, id, position, "status = 'acknowledged'").await?;
-                    meet(tx, &deadlines, id, "kind = 1 AND deadline_id NOT LIKE 'w%'").await?;
+                    rows.case("status = 'acknowledged'", &[]).await?;
+                    rows.deadlines("pending", "met", "scope = 'owner'", &[]).await?;
                 }
                 CaseEvent::ProgressRecorded(_) => {
-                    set_case(tx, &cases, id, position, "position = position").await?;
-                    meet(tx, &deadlines, id, "kind = 2").await?;
+                    rows.case("", &[]).await?;
+                    let respond = format!("scope = 'case' AND kind = {}", pb::DeadlineKind::Respond as i32);
+                    rows.deadlines("pending", "met", &respond, &[]).await?;
+                    rows.deadlines("breached", "met_late", &respond, &[]).await?;
                 }
                 CaseEvent::SlaBreached(b) => {
-                    set_case(tx, &cases, id, position, "breaches = breaches + 1").await?;
-                    exec(format!("UPDATE {deadlines} SET state = 'breached' WHERE case_id = $1 AND deadline_id = $2"))
-                        .bind(id)
-                        .bind(b.deadline.unwrap_or_default().id)
-                        .execute(&mut *tx)
-                        .await?;
+                    rows.case("breaches = breaches + 1", &[]).await?;
+                    let d = b.deadline.clone().unwrap_or_default();
+                    rows.deadlines("pending", "breached", "deadline_id = $1", &[Text(&d.id)]).await?;
                 }
+                CaseEvent::SupervisionOpened(_) => rows.case("supervised = 1", &[]).await?,
                 CaseEvent::WhistleBlown(w) => {
                     for d in &w.departments {
-                        exec(format!(
-                            "INSERT INTO {deadlines} (case_id, deadline_id, kind, due_ms, owner_tier, owner_id, state) VALUES ($1, $2, 1, $3, $4, $5, 'pending')"
-                        ))
-                        .bind(id)
-                        .bind(format!("w{}:{d}", w.whistle))
-                        .bind(w.acknowledge_by_unix_ms)
-                        .bind(pb::Tier::Department as i64)
-                        .bind(d)
-                        .execute(&mut *tx)
+                        let deadline = pb::Deadline {
+                            id: DeadlineId::Summons { whistle: w.whistle, department: d.clone() }.to_string(),
+                            kind: pb::DeadlineKind::Acknowledge as i32,
+                            due_unix_ms: w.acknowledge_by_unix_ms,
+                        };
+                        rows.insert_deadline(
+                            &deadline,
+                            &pb::Owner { tier: pb::Tier::Department as i32, id: d.clone() },
+                        )
+                        .await?;
+                        let sql = format!(
+                            "INSERT INTO {} (case_id, department, whistle, status, report_by_ms, summoned_at_ms, updated_at_ms, position) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
+                            rows.summonses
+                        );
+                        let position = rows.position;
+                        rows.run(
+                            sql,
+                            &[
+                                Text(id),
+                                Text(d),
+                                Int(i64::from(w.whistle)),
+                                Int(pb::SummonsStatus::Summoned as i64),
+                                Int(w.acknowledge_by_unix_ms),
+                                Int(at),
+                                Int(position),
+                            ],
+                        )
                         .await?;
                     }
-                    set_case(tx, &cases, id, position, "position = position").await?;
+                    rows.case("", &[]).await?;
                 }
                 CaseEvent::DepartmentReported(d) => {
-                    exec(format!("UPDATE {deadlines} SET state = 'met' WHERE case_id = $1 AND owner_id = $2 AND deadline_id LIKE 'w%' AND state = 'pending'"))
-                        .bind(id)
-                        .bind(&d.department)
-                        .execute(&mut *tx)
-                        .await?;
-                    set_case(tx, &cases, id, position, "position = position").await?;
+                    rows.summons(&d.department, pb::SummonsStatus::Reported, d.at_unix_ms).await?;
+                    rows.case("", &[]).await?;
                 }
-                CaseEvent::Resolved(_) => {
-                    set_case(tx, &cases, id, position, "status = 'resolved'").await?;
-                    meet(tx, &deadlines, id, "1 = 1").await?;
+                CaseEvent::SummonsProgressRecorded(_) => rows.case("", &[]).await?,
+                CaseEvent::SummonsCompleted(c) => {
+                    rows.summons(&c.department, pb::SummonsStatus::Completed, c.at_unix_ms).await?;
+                    rows.case("", &[]).await?;
+                }
+                CaseEvent::SummonsReleased(r) => {
+                    rows.summons(&r.department, pb::SummonsStatus::Released, r.at_unix_ms).await?;
+                    rows.case("", &[]).await?;
+                }
+                CaseEvent::Resolved(r) => {
+                    rows.case("status = 'resolved'", &[]).await?;
+                    rows.deadlines("pending", "met", "scope IN ('owner', 'case')", &[]).await?;
+                    rows.deadlines("breached", "met_late", "scope = 'case'", &[]).await?;
+                    if let Some(d) = &r.rate_by {
+                        rows.insert_deadline(d, &pb::Owner::default()).await?;
+                    }
                 }
                 CaseEvent::Verified(v) => {
-                    exec(format!("UPDATE {cases} SET rating = $1, position = $2 WHERE case_id = $3"))
-                        .bind(i64::from(v.rating))
-                        .bind(position)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                CaseEvent::Closed(c) => {
-                    exec(format!(
-                        "UPDATE {cases} SET status = 'closed', closed_at_ms = $1, position = $2 WHERE case_id = $3"
-                    ))
-                    .bind(c.at_unix_ms)
-                    .bind(position)
-                    .bind(id)
-                    .execute(&mut *tx)
+                    rows.case("rating = $1", &[Int(i64::from(v.rating))]).await?;
+                    let sql = format!(
+                        "INSERT INTO {ratings} (case_id, round, rating, solved, rated_by, comment, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                         ON CONFLICT (case_id, round) DO NOTHING"
+                    );
+                    rows.run(
+                        sql,
+                        &[
+                            Text(id),
+                            Int(i64::from(v.round.max(1))),
+                            Int(i64::from(v.rating)),
+                            Int(i64::from(v.solved)),
+                            Text(&v.by),
+                            Text(&v.comment),
+                            Int(if v.at_unix_ms > 0 { v.at_unix_ms } else { at }),
+                        ],
+                    )
                     .await?;
                 }
-                CaseEvent::HandedBack(_) | CaseEvent::Reopened(_) => {}
+                CaseEvent::Closed(c) => {
+                    rows.case(
+                        "status = 'closed', closed_at_ms = $1, close_outcome = $2",
+                        &[Int(c.at_unix_ms), Int(i64::from(c.outcome))],
+                    )
+                    .await?;
+                    let to = if c.outcome == pb::CloseOutcome::NotRated as i32 { "expired" } else { "met" };
+                    rows.deadlines("pending", to, "1 = 1", &[]).await?;
+                }
+                CaseEvent::Reopened(r) => {
+                    rows.case("round = round + 1", &[]).await?;
+                    for d in &r.deadlines {
+                        rows.insert_deadline(d, &pb::Owner::default()).await?;
+                    }
+                }
+                CaseEvent::HandedBack(_) => {}
             }
-            exec(format!(
+            let sql = format!(
                 "INSERT INTO {timeline} (case_id, sequence, idx, at_ms, event_type, summary, principal) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-            ))
-            .bind(id)
-            .bind(position)
-            .bind(idx as i64)
-            .bind(at)
-            .bind(kind)
-            .bind(summary)
-            .bind(&principal)
-            .execute(&mut *tx)
+            );
+            let position = rows.position;
+            rows.run(
+                sql,
+                &[Text(id), Int(position), Int(idx as i64), Int(at), Text(kind), Text(&summary), Text(&principal)],
+            )
             .await?;
         }
         Ok(())
     }
-}
-
-async fn set_case(tx: &mut AnyConnection, cases: &str, id: &str, position: i64, set: &str) -> Result<(), ApplyError> {
-    let sql = if set == "position = position" {
-        format!("UPDATE {cases} SET position = $1 WHERE case_id = $2")
-    } else {
-        format!("UPDATE {cases} SET {set}, position = $1 WHERE case_id = $2")
-    };
-    let r = sqlx::query(AssertSqlSafe(sql)).bind(position).bind(id).execute(&mut *tx).await?;
-    if r.rows_affected() != 1 {
-        return Err(ApplyError::Invalid(format!("case {id} unknown to the read model")));
-    }
-    Ok(())
-}
-
-async fn meet(tx: &mut AnyConnection, deadlines: &str, id: &str, which: &str) -> Result<(), ApplyError> {
-    sqlx::query(AssertSqlSafe(format!(
-        "UPDATE {deadlines} SET state = 'met' WHERE case_id = $1 AND state = 'pending' AND {which}"
-    )))
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }
 
 /// Lower-case label of a rating.

@@ -6,7 +6,17 @@ use gridwork_proto::gridwork::dispatch::v1 as pb;
 use gridwork_proto::gridwork::dispatch::v1::dispatch_service_client::DispatchServiceClient;
 use tonic::transport::Channel;
 
-use crate::{Cases, RatingArg};
+use crate::{Cases, RatingArg, SolvedArg};
+
+/// Dates and times in the city's time zone (Asia/Shanghai, UTC+8 all year).
+fn local(unix_ms: i64) -> String {
+    let offset = time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC);
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] +08");
+    time::OffsetDateTime::from_unix_timestamp(unix_ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| t.to_offset(offset).format(&format).ok())
+        .unwrap_or_default()
+}
 
 async fn connect(endpoint: &str) -> anyhow::Result<DispatchServiceClient<Channel>> {
     use anyhow::Context as _;
@@ -26,7 +36,8 @@ fn owner(s: &str) -> anyhow::Result<pb::Owner> {
         "community" => pb::Tier::Community,
         "street" => pb::Tier::Street,
         "department" => pb::Tier::Department,
-        other => anyhow::bail!("{other:?}: tier is grid, community, street or department"),
+        "centre" => pb::Tier::DispatchCentre,
+        other => anyhow::bail!("{other:?}: tier is grid, community, street, department or centre"),
     };
     Ok(pb::Owner { tier: tier as i32, id: id.into() })
 }
@@ -38,9 +49,20 @@ fn owner_label(o: &Option<pb::Owner>) -> String {
         pb::Tier::Community => "community",
         pb::Tier::Street => "street",
         pb::Tier::Department => "department",
+        pb::Tier::DispatchCentre => "centre",
         pb::Tier::Unspecified => "?",
     };
     format!("{tier}:{}", o.id)
+}
+
+fn summons_label(status: i32) -> &'static str {
+    match pb::SummonsStatus::try_from(status).unwrap_or(pb::SummonsStatus::Unspecified) {
+        pb::SummonsStatus::Summoned => "summoned",
+        pb::SummonsStatus::Reported => "reported for duty",
+        pb::SummonsStatus::Completed => "completed",
+        pb::SummonsStatus::Released => "released",
+        pb::SummonsStatus::Unspecified => "?",
+    }
 }
 
 fn print_case(c: &pb::Case) {
@@ -55,13 +77,33 @@ fn print_case(c: &pb::Case) {
     if let Some(r) = &c.routing {
         println!("  routed by {}", r.explanation);
     }
+    let flags: Vec<&str> = [(c.overdue, "OVERDUE"), (c.supervised, "SUPERVISED (督办)")]
+        .into_iter()
+        .filter_map(|(on, label)| on.then_some(label))
+        .collect();
+    println!("  round {}, {} breaches {}", c.round, c.breaches, flags.join(" "));
     for d in &c.pending_deadlines {
-        let at =
-            time::OffsetDateTime::from_unix_timestamp(d.due_unix_ms / 1000).map(|t| t.to_string()).unwrap_or_default();
-        println!("  due {:<22} {at}", d.id);
+        println!("  due {:<28} {}", d.id, local(d.due_unix_ms));
+    }
+    for s in &c.summonses {
+        println!("  summons {:<24} {}", s.department, summons_label(s.status));
+    }
+    for r in &c.ratings {
+        println!(
+            "  rated round {}: {} ({}) by {} {}",
+            r.round,
+            match pb::Rating::try_from(r.rating) {
+                Ok(pb::Rating::Satisfied) => "satisfied",
+                Ok(pb::Rating::BasicallySatisfied) => "basically satisfied",
+                _ => "unsatisfied",
+            },
+            if r.solved == pb::ResolutionAnswer::Solved as i32 { "solved" } else { "not solved" },
+            r.by,
+            r.comment
+        );
     }
     for t in &c.timeline {
-        println!("  #{:<6} {:<20} {} ({})", t.sequence, t.event_type, t.summary, t.principal);
+        println!("  #{:<6} {} {:<20} {} ({})", t.sequence, local(t.at_unix_ms), t.event_type, t.summary, t.principal);
     }
 }
 
@@ -87,7 +129,10 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
             }
         }
         Cases::Queue { owner: o } => {
-            match c.list_work_queue(pb::ListWorkQueueRequest { owner: Some(owner(&o)?), limit: 50 }).await {
+            match c
+                .list_work_queue(pb::ListWorkQueueRequest { owner: Some(owner(&o)?), limit: 50, min_position: 0 })
+                .await
+            {
                 Ok(r) => {
                     let cases = r.into_inner().cases;
                     for case in &cases {
@@ -119,7 +164,40 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
             let result = c.resolve_case(request).await.map(|r| r.into_inner().position);
             settle(&mut c, &case_id, result, "resolved").await
         }
-        Cases::Rate { id: case_id, rating, comment } => {
+        Cases::Overdue => match c.list_overdue(pb::ListOverdueRequest { limit: 500, min_position: 0 }).await {
+            Ok(r) => {
+                let cases = r.into_inner().cases;
+                for case in &cases {
+                    let owner = owner_label(&case.owner);
+                    let mark = if case.supervised { "督办" } else { "" };
+                    println!("{:<38} {:<20} {:<28} {mark}", case.case_id, case.category_code, owner);
+                }
+                println!("({} overdue)", cases.len());
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+        Cases::Summonses { department, all } => {
+            let request = pb::ListSummonsesRequest { department, include_finished: all, limit: 500, min_position: 0 };
+            match c.list_summonses(request).await {
+                Ok(r) => {
+                    let summonses = r.into_inner().summonses;
+                    for s in &summonses {
+                        println!(
+                            "{:<38} whistle {} {:<18} report by {}",
+                            s.case_id,
+                            s.whistle,
+                            summons_label(s.status),
+                            local(s.report_by_unix_ms)
+                        );
+                    }
+                    println!("({} summonses)", summonses.len());
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Cases::Rate { id: case_id, rating, solved, comment } => {
             let rating = match rating {
                 RatingArg::Satisfied => pb::Rating::Satisfied,
                 RatingArg::BasicallySatisfied => pb::Rating::BasicallySatisfied,
@@ -131,6 +209,10 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
                 rating: rating as i32,
                 by: "reporter".into(),
                 comment,
+                solved: match solved {
+                    SolvedArg::Yes => pb::ResolutionAnswer::Solved,
+                    SolvedArg::No => pb::ResolutionAnswer::NotSolved,
+                } as i32,
             };
             match c.verify_case(request).await {
                 Ok(r) => {

@@ -132,17 +132,36 @@ enum Cases {
         #[arg(long)]
         notes: String,
     },
-    /// Rate the resolution as the reporter.
+    /// Rate the resolution as the reporter: satisfied? and, separately, solved?
     Rate {
         /// Case id.
         id: String,
         /// Rating.
         #[arg(value_enum)]
         rating: RatingArg,
+        /// Was the problem solved (yes or no)?
+        #[arg(long, value_enum)]
+        solved: SolvedArg,
         /// Comment.
         #[arg(long, default_value = "")]
         comment: String,
     },
+    /// Unresolved cases past a case-level deadline, city-wide.
+    Overdue,
+    /// A department's summonses (its work items on cases others own).
+    Summonses {
+        /// Department code, e.g. fire-brigade.
+        department: String,
+        /// Also completed and released ones.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SolvedArg {
+    Yes,
+    No,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -48,7 +48,12 @@ fn outcome(commit: &RecordedCommit) -> Result<Option<(CaseStage, i64, String)>, 
             }
             "dispatch.case.closed" => {
                 let c = dispatch_pb::CaseClosed::decode(e.payload.as_slice()).map_err(decode)?;
-                outcome = Some((CaseStage::Closed, c.at_unix_ms, String::new()));
+                let note = if c.outcome == dispatch_pb::CloseOutcome::NotRated as i32 {
+                    "not rated: the rating window passed".to_string()
+                } else {
+                    String::new()
+                };
+                outcome = Some((CaseStage::Closed, c.at_unix_ms, note));
             }
             "dispatch.case.reopened" => {
                 let r = dispatch_pb::CaseReopened::decode(e.payload.as_slice()).map_err(decode)?;

@@ -1,6 +1,8 @@
 //! Deadlines on a working-day calendar: office hours on working days, public
-//! holidays off, make-up working days (调休) on, in the city's time zone.
-//! Emergencies and urgent cases run on the wall clock instead.
+//! holidays off, make-up working days (调休) on, in the city's time zone
+//! (Asia/Shanghai: UTC+8 all year). A deadline's length is a [`Span`]: wall
+//! time, office hours, working days or calendar days — a working *day* is a
+//! day, not eight office hours.
 
 use std::collections::BTreeSet;
 
@@ -15,8 +17,38 @@ pub enum Counting {
     Working,
 }
 
+/// How long a deadline runs, and how it is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// Round the clock (emergencies, a lonely elder's need).
+    Wall(Duration),
+    /// Office hours on working days (a 2-hour acknowledgement at 16:30 on a
+    /// Friday falls due at 09:30 on Monday).
+    OfficeHours(Duration),
+    /// Whole working days: due at closing time of the n-th working day after the
+    /// day it starts (the starting day is not counted, as in administrative law).
+    WorkingDays(u32),
+    /// Whole calendar days, round the clock.
+    CalendarDays(u32),
+}
+
+impl Span {
+    /// The same kind of counting for another length: a summons window follows
+    /// the case's counting (office time for ordinary cases, wall time for
+    /// emergencies).
+    pub fn counting_like(self, d: Duration) -> Span {
+        match self {
+            Span::Wall(_) | Span::CalendarDays(_) => Span::Wall(d),
+            Span::OfficeHours(_) | Span::WorkingDays(_) => Span::OfficeHours(d),
+        }
+    }
+}
+
+/// The China calendar the service ships: `data/cn-calendar.txt`.
+pub const CHINA: &str = include_str!("../../data/cn-calendar.txt");
+
 /// A city's working calendar.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkingCalendar {
     /// Local offset from UTC (China: +8).
     pub offset: UtcOffset,
@@ -28,6 +60,8 @@ pub struct WorkingCalendar {
     pub holidays: BTreeSet<Date>,
     /// Make-up working days (working even if a weekend).
     pub workdays: BTreeSet<Date>,
+    /// Years whose holidays and make-up days are all entered.
+    pub complete_years: BTreeSet<i32>,
 }
 
 impl Default for WorkingCalendar {
@@ -38,11 +72,79 @@ impl Default for WorkingCalendar {
             closes: Time::from_hms(17, 30, 0).unwrap_or(Time::MIDNIGHT),
             holidays: BTreeSet::new(),
             workdays: BTreeSet::new(),
+            complete_years: BTreeSet::new(),
         }
     }
 }
 
 impl WorkingCalendar {
+    /// China's calendar as shipped ([`CHINA`]).
+    pub fn china() -> Self {
+        let mut calendar = Self::default();
+        // The shipped file is checked by a unit test; a line it cannot read is a
+        // build defect, not a runtime condition.
+        calendar.load(CHINA).unwrap_or_default();
+        calendar
+    }
+
+    /// Add the dates of a calendar file (see `data/cn-calendar.txt`); an
+    /// unreadable line is named by its number.
+    pub fn load(&mut self, text: &str) -> Result<(), String> {
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if let Some(year) = line.strip_prefix("# complete ") {
+                let year = year.trim().parse().map_err(|_| format!("line {}: {line:?} names no year", n + 1))?;
+                self.complete_years.insert(year);
+                continue;
+            }
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (Some(day), Some(kind)) = (parts.next(), parts.next()) else {
+                return Err(format!("line {}: {line:?} is not \"<date> off|work <name>\"", n + 1));
+            };
+            let day = Date::parse(day, &time::format_description::well_known::Iso8601::DATE)
+                .map_err(|_| format!("line {}: {day:?} is not a date YYYY-MM-DD", n + 1))?;
+            match kind {
+                "off" => self.holidays.insert(day),
+                "work" => self.workdays.insert(day),
+                other => return Err(format!("line {}: {other:?} is neither off nor work", n + 1)),
+            };
+        }
+        Ok(())
+    }
+
+    /// `start` plus `span`.
+    pub fn after(&self, start_unix_ms: i64, span: Span) -> i64 {
+        match span {
+            Span::Wall(d) => start_unix_ms + d.whole_milliseconds() as i64,
+            Span::CalendarDays(n) => start_unix_ms + i64::from(n) * 86_400_000,
+            Span::OfficeHours(d) => self.add(start_unix_ms, d, Counting::Working),
+            Span::WorkingDays(n) => self.working_days_after(start_unix_ms, n),
+        }
+    }
+
+    fn working_days_after(&self, start_unix_ms: i64, n: u32) -> i64 {
+        let Ok(start) = OffsetDateTime::from_unix_timestamp_nanos(i128::from(start_unix_ms) * 1_000_000) else {
+            return start_unix_ms;
+        };
+        let mut day = start.to_offset(self.offset).date();
+        let mut left = n;
+        // Bounded: a year of days covers any plan's working days.
+        for _ in 0..(3660 + n) {
+            if left == 0 {
+                break;
+            }
+            day = next_day(day);
+            if self.is_working_day(day) {
+                left -= 1;
+            }
+        }
+        let close = day.with_time(self.closes).assume_offset(self.offset);
+        (close.unix_timestamp_nanos() / 1_000_000) as i64
+    }
+
     /// Whether `day` is a working day.
     pub fn is_working_day(&self, day: Date) -> bool {
         if self.workdays.contains(&day) {
@@ -121,6 +223,46 @@ mod tests {
         let cal = WorkingCalendar::default();
         let early = ms(datetime!(2026-03-04 06:00 +8));
         assert_eq!(cal.add(early, Duration::minutes(30), Counting::Working), ms(datetime!(2026-03-04 09:00 +8)));
+    }
+
+    #[test]
+    fn working_days_are_days_not_office_hours_and_skip_the_spring_festival() {
+        let cal = WorkingCalendar::china();
+        // Thursday 2026-03-05 10:00 + 20 working days: the day itself not
+        // counted, four weeks of weekdays on (no holiday in March 2026).
+        let thu = ms(datetime!(2026-03-05 10:00 +8));
+        assert_eq!(cal.after(thu, Span::WorkingDays(20)), ms(datetime!(2026-04-02 17:30 +8)));
+        // Friday 2026-02-13 + 1 working day: Saturday the 14th is a make-up
+        // working day; the festival runs 15th–23rd.
+        let before = ms(datetime!(2026-02-13 15:00 +8));
+        assert_eq!(cal.after(before, Span::WorkingDays(1)), ms(datetime!(2026-02-14 17:30 +8)));
+        assert_eq!(cal.after(before, Span::WorkingDays(2)), ms(datetime!(2026-02-24 17:30 +8)));
+        // National Day: 2026-09-30 + 1 working day is 2026-10-08.
+        let eve = ms(datetime!(2026-09-30 11:00 +8));
+        assert_eq!(cal.after(eve, Span::WorkingDays(1)), ms(datetime!(2026-10-08 17:30 +8)));
+        // Calendar days and wall time ignore it all.
+        assert_eq!(cal.after(eve, Span::CalendarDays(7)), eve + 7 * 86_400_000);
+        assert_eq!(cal.after(eve, Span::Wall(Duration::hours(4))), eve + 4 * 3_600_000);
+    }
+
+    #[test]
+    fn the_shipped_calendar_reads_and_says_which_years_are_complete() {
+        let mut cal = WorkingCalendar::default();
+        cal.load(CHINA).expect("the shipped calendar reads");
+        assert_eq!(cal, WorkingCalendar::china());
+        assert!(cal.complete_years.contains(&2026));
+        assert!(!cal.complete_years.contains(&2027), "2027's lunar holidays are not entered yet");
+        assert!(cal.holidays.contains(&date!(2026 - 02 - 17)) && cal.workdays.contains(&date!(2026 - 10 - 10)));
+        assert!(!cal.is_working_day(date!(2026 - 10 - 05)) && cal.is_working_day(date!(2026 - 09 - 20)));
+        let mut bad = WorkingCalendar::default();
+        assert_eq!(
+            bad.load("2026-13-01 off x").expect_err("refused"),
+            "line 1: \"2026-13-01\" is not a date YYYY-MM-DD"
+        );
+        assert_eq!(
+            bad.load("# c\n2026-01-01 maybe").expect_err("refused"),
+            "line 2: \"maybe\" is neither off nor work"
+        );
     }
 
     #[test]

@@ -6,25 +6,33 @@
 //! current state:
 //!
 //! ```text
-//! New ─open→ Assigned ─acknowledge→ Acknowledged ─resolve→ Resolved ─verify(ok)→ Closed
-//!              ↑  │ hand back (before acknowledging), reassign, escalate      │
-//!              └──┴────────────────────────────── verify(unsatisfied): reopen ┘
+//! New ─open→ Assigned ─acknowledge→ Acknowledged ─resolve→ Resolved ─rate (satisfied)→ Closed
+//!              ↑  │ hand back (to the dispatch centre), reassign, escalate  │ ─rating window passes→ Closed (not rated)
+//!              └──┴──────────────────────────────── rate (unsatisfied): reopen ┘
 //! ```
 //!
-//! Deadlines are state: each assignment carries its acknowledge / respond /
-//! resolve deadlines, computed in `decide` from the injected time, the SLA plan and
-//! the working calendar. `Escalate` names a deadline; it acts only if that deadline
+//! **Clocks.** The case's own respond and resolve clocks run from acceptance
+//! (from the reopening, for a new round) and no hand-off resets them; each owner
+//! has an acknowledge clock of its own; a resolution starts the rating window.
+//! All are state, computed in `decide` from the injected time, the SLA plan and
+//! the working calendar. `FireDeadline` names one; it acts only if that deadline
 //! is still pending and past due, so a scheduler that fires twice (a restart
-//! between firing and recording) escalates once.
+//! between firing and recording) acts once. A missed owner or case clock
+//! escalates one rung; with no rung above, the district takes the case under
+//! supervision (督办).
+//!
+//! **Summonses.** The owning street summons departments (街道吹哨); each summons
+//! is a work item — summoned, reported for duty, completed or released — and the
+//! case resolves only when none is outstanding.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use gridwork_eventstore::{Aggregate, DecodeError};
 use gridwork_proto::gridwork::dispatch::v1 as pb;
-use time::Duration;
 
-use super::calendar::{Counting, WorkingCalendar};
+use super::calendar::{Span, WorkingCalendar};
+use super::deadline::{DeadlineId, Scope};
 pub use crate::events::CaseEvent;
 
 /// Where a case stands.
@@ -56,17 +64,38 @@ impl Status {
     }
 }
 
-/// Durations of one assignment's three clocks.
+/// The lengths of a case's clocks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SlaPlan {
-    /// To acknowledge.
-    pub acknowledge: Duration,
-    /// To respond (first action).
-    pub respond: Duration,
-    /// To resolve.
-    pub resolve: Duration,
-    /// Wall clock (emergencies, urgent) or working time.
-    pub counting: Counting,
+    /// Each owner, to acknowledge.
+    pub acknowledge: Span,
+    /// The case, to respond (first action on site), from acceptance.
+    pub respond: Span,
+    /// The case, to resolve, from acceptance.
+    pub resolve: Span,
+    /// A summoned department, to report for duty.
+    pub summons: Span,
+    /// The reporter, to rate a resolution.
+    pub rate: Span,
+}
+
+impl SlaPlan {
+    /// The same lengths counted round the clock: office hours as wall time,
+    /// working days as calendar days.
+    pub fn round_the_clock(self) -> Self {
+        let wall = |s: Span| match s {
+            Span::OfficeHours(d) => Span::Wall(d),
+            Span::WorkingDays(n) => Span::CalendarDays(n),
+            other => other,
+        };
+        Self {
+            acknowledge: wall(self.acknowledge),
+            respond: wall(self.respond),
+            resolve: wall(self.resolve),
+            summons: wall(self.summons),
+            rate: self.rate,
+        }
+    }
 }
 
 /// Time, calendar and plan, injected into every command that sets deadlines.
@@ -80,6 +109,46 @@ pub struct Clock {
     pub plan: SlaPlan,
 }
 
+impl Clock {
+    fn deadline(&self, id: DeadlineId, kind: pb::DeadlineKind, span: Span) -> pb::Deadline {
+        pb::Deadline { id: id.to_string(), kind: kind as i32, due_unix_ms: self.calendar.after(self.now_unix_ms, span) }
+    }
+
+    /// A round's respond and resolve clocks, from now.
+    fn case_clocks(&self, round: u32) -> Vec<pb::Deadline> {
+        vec![
+            self.deadline(DeadlineId::Respond(round), pb::DeadlineKind::Respond, self.plan.respond),
+            self.deadline(DeadlineId::Resolve(round), pb::DeadlineKind::Resolve, self.plan.resolve),
+        ]
+    }
+}
+
+/// Who rated: the reporter, or staff on the reporter's behalf (a call-back, 回访).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rater {
+    /// The reporter.
+    Reporter,
+    /// A member of staff, by id.
+    Staff(String),
+}
+
+impl Rater {
+    /// `reporter` or `staff:<id>` (id 1-64 characters); anyone else may not rate.
+    pub fn parse(by: &str) -> Option<Self> {
+        match by {
+            "reporter" => Some(Rater::Reporter),
+            _ => by.strip_prefix("staff:").filter(|s| !s.is_empty() && s.len() <= 64).map(|s| Rater::Staff(s.into())),
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Rater::Reporter => "reporter".into(),
+            Rater::Staff(id) => format!("staff:{id}"),
+        }
+    }
+}
+
 /// Commands on a case.
 #[derive(Debug, Clone)]
 pub enum CaseCommand {
@@ -91,9 +160,7 @@ pub enum CaseCommand {
         owner: pb::Owner,
         /// For emergencies: departments summoned at once.
         summon: Vec<String>,
-        /// How long summoned departments have to report.
-        summon_within: Duration,
-        /// Time.
+        /// Time, from the acceptance.
         clock: Clock,
     },
     /// The owner acknowledges.
@@ -103,7 +170,7 @@ pub enum CaseCommand {
         /// Now.
         now_unix_ms: i64,
     },
-    /// The owner records action on site (meets the respond deadline).
+    /// The owner records action on site (meets the respond clock).
     RecordProgress {
         /// Who.
         by: pb::Owner,
@@ -112,7 +179,7 @@ pub enum CaseCommand {
         /// Now.
         now_unix_ms: i64,
     },
-    /// The owner hands the case back, before acknowledging it.
+    /// The owner hands the case back to the dispatch centre, before acknowledging it.
     HandBack {
         /// Who.
         by: pb::Owner,
@@ -131,9 +198,9 @@ pub enum CaseCommand {
         clock: Clock,
     },
     /// A deadline fell due (from the scheduler).
-    Escalate {
-        /// The deadline's id.
-        deadline_id: String,
+    FireDeadline {
+        /// Which.
+        deadline: DeadlineId,
         /// Time.
         clock: Clock,
     },
@@ -143,15 +210,42 @@ pub enum CaseCommand {
         by: pb::Owner,
         /// Department codes.
         departments: Vec<String>,
-        /// Time to report.
-        within: Duration,
+        /// Time.
+        clock: Clock,
+    },
+    /// A summoned department reports for duty (部门报到).
+    ReportForDuty {
+        /// Department code.
+        department: String,
         /// Now.
         now_unix_ms: i64,
     },
-    /// A summoned department reports for duty (部门报到).
-    DepartmentReport {
+    /// A summoned department records action.
+    SummonsProgress {
         /// Department code.
         department: String,
+        /// Notes.
+        notes: String,
+        /// Now.
+        now_unix_ms: i64,
+    },
+    /// A summoned department's part is done.
+    CompleteSummons {
+        /// Department code.
+        department: String,
+        /// Notes.
+        notes: String,
+        /// Now.
+        now_unix_ms: i64,
+    },
+    /// The case's owner releases a summoned department.
+    ReleaseSummons {
+        /// Who (the owner).
+        by: pb::Owner,
+        /// Department code.
+        department: String,
+        /// Why.
+        reason: String,
         /// Now.
         now_unix_ms: i64,
     },
@@ -161,18 +255,20 @@ pub enum CaseCommand {
         by: pb::Owner,
         /// Notes.
         notes: String,
-        /// Now.
-        now_unix_ms: i64,
+        /// Time (the rating window starts).
+        clock: Clock,
     },
     /// The reporter (or staff for them) rates the resolution.
     Verify {
-        /// Rating.
+        /// Satisfaction (never unspecified: the gRPC edge refuses it).
         rating: pb::Rating,
+        /// Was the problem solved?
+        solved: bool,
         /// Who.
-        by: String,
+        by: Rater,
         /// Comment.
         comment: String,
-        /// Time (deadlines restart on reopening).
+        /// Time (a reopening starts a new round's clocks).
         clock: Clock,
     },
 }
@@ -204,21 +300,37 @@ pub enum CaseRejection {
         /// What the dispatcher saw.
         expected: String,
     },
-    /// Hand back without anyone to hand back to.
-    #[error("the case has no previous owner to hand back to")]
-    NothingToHandBackTo,
+    /// Reassigning to the owner it already has would only restart its clock.
+    #[error("the case is already owned by {0}")]
+    AlreadyOwner(String),
+    /// The dispatch centre assigns cases; it does not acknowledge, resolve or hand back.
+    #[error("the dispatch centre assigns a case to a rung; it cannot {0} it")]
+    CentreAssigns(std::borrow::Cow<'static, str>),
     /// Whistle from someone other than the owning street.
     #[error("only the street that owns the case may blow the whistle")]
     NotTheStreet,
-    /// A department that was not summoned.
-    #[error("department {0} was not summoned, or has already reported")]
+    /// A department without a summons in the needed state.
+    #[error("department {0} has no open summons on this case")]
     NotSummoned(String),
+    /// A summoned department acting before reporting for duty.
+    #[error("department {0} must report for duty first")]
+    SummonsNotReported(String),
+    /// Resolving while summoned departments are still at work.
+    #[error("summoned departments have not completed or been released: {}", .0.join(", "))]
+    SummonsOutstanding(Vec<String>),
 }
 
-/// A pending summons.
-#[derive(Debug, Clone, PartialEq)]
+/// A department's summons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Summons {
-    reported: bool,
+    whistle: u32,
+    status: pb::SummonsStatus,
+}
+
+impl Summons {
+    fn active(&self) -> bool {
+        matches!(self.status, pb::SummonsStatus::Summoned | pb::SummonsStatus::Reported)
+    }
 }
 
 /// A case's state.
@@ -230,14 +342,16 @@ pub struct Case {
     pub status: Status,
     /// Current owner.
     pub owner: Option<pb::Owner>,
-    /// Owner before the current one.
-    pub previous_owner: Option<pb::Owner>,
     /// Assignments so far.
     pub assignment: u32,
+    /// Handling round: 1, +1 per reopening.
+    pub round: u32,
     /// Deadlines not yet met, missed or superseded, by id.
     pub pending: BTreeMap<String, pb::Deadline>,
-    /// Summoned departments.
-    summoned: BTreeMap<String, Summons>,
+    /// Under district supervision.
+    pub supervised: bool,
+    /// Every department summoned, by code.
+    summonses: BTreeMap<String, Summons>,
     /// Whistles blown so far.
     whistles: u32,
 }
@@ -248,6 +362,7 @@ fn label(o: &pb::Owner) -> String {
         pb::Tier::Community => "community",
         pb::Tier::Street => "street",
         pb::Tier::Department => "department",
+        pb::Tier::DispatchCentre => "dispatch centre",
         pb::Tier::Unspecified => "?",
     };
     format!("{tier} {}", o.id)
@@ -257,30 +372,22 @@ fn owner(tier: pb::Tier, id: &str) -> pb::Owner {
     pb::Owner { tier: tier as i32, id: id.to_string() }
 }
 
-impl Case {
-    fn deadlines(&self, assignment: u32, clock: &Clock) -> Vec<pb::Deadline> {
-        let at = |d: Duration| clock.calendar.add(clock.now_unix_ms, d, clock.plan.counting);
-        [
-            (pb::DeadlineKind::Acknowledge, "ack", clock.plan.acknowledge),
-            (pb::DeadlineKind::Respond, "respond", clock.plan.respond),
-            (pb::DeadlineKind::Resolve, "resolve", clock.plan.resolve),
-        ]
-        .into_iter()
-        .map(|(kind, name, d)| pb::Deadline {
-            id: format!("{assignment}:{name}"),
-            kind: kind as i32,
-            due_unix_ms: at(d),
-        })
-        .collect()
-    }
+fn is_centre(o: &pb::Owner) -> bool {
+    o.tier == pb::Tier::DispatchCentre as i32
+}
 
+impl Case {
     fn assign(&self, to: pb::Owner, reason: &str, clock: &Clock) -> CaseEvent {
         let assignment = self.assignment + 1;
         CaseEvent::Assigned(pb::CaseAssigned {
             assignment,
             owner: Some(to),
             reason: reason.into(),
-            deadlines: self.deadlines(assignment, clock),
+            deadlines: vec![clock.deadline(
+                DeadlineId::Ack(assignment),
+                pb::DeadlineKind::Acknowledge,
+                clock.plan.acknowledge,
+            )],
         })
     }
 
@@ -290,6 +397,15 @@ impl Case {
             Some(o) => Err(CaseRejection::NotOwner { action: action.into(), owner: label(o) }),
             None => Err(CaseRejection::InvalidTransition { action: action.into(), state: self.status }),
         }
+    }
+
+    /// The owner acting on the case itself (not the dispatch centre).
+    fn require_handler(&self, by: &pb::Owner, action: &'static str) -> Result<(), CaseRejection> {
+        self.require_owner(by, action)?;
+        if is_centre(by) {
+            return Err(CaseRejection::CentreAssigns(action.into()));
+        }
+        Ok(())
     }
 
     fn require(&self, action: &'static str, allowed: &[Status]) -> Result<(), CaseRejection> {
@@ -311,37 +427,104 @@ impl Case {
             _ => None,
         }
     }
+
+    /// Departments whose summons is still open, in code order.
+    pub fn outstanding_summonses(&self) -> Vec<String> {
+        self.summonses.iter().filter(|(_, s)| s.active()).map(|(d, _)| d.clone()).collect()
+    }
+
+    /// A summons in the state an action needs.
+    fn summons(&self, department: &str, need_reported: bool) -> Result<(), CaseRejection> {
+        match self.summonses.get(department).map(|s| s.status) {
+            Some(pb::SummonsStatus::Reported) => Ok(()),
+            Some(pb::SummonsStatus::Summoned) if need_reported => {
+                Err(CaseRejection::SummonsNotReported(department.into()))
+            }
+            Some(pb::SummonsStatus::Summoned) => Ok(()),
+            _ => Err(CaseRejection::NotSummoned(department.into())),
+        }
+    }
+
+    fn whistle(&self, departments: Vec<String>, clock: &Clock) -> CaseEvent {
+        CaseEvent::WhistleBlown(pb::WhistleBlown {
+            departments,
+            acknowledge_by_unix_ms: clock.calendar.after(clock.now_unix_ms, clock.plan.summons),
+            whistle: self.whistles + 1,
+        })
+    }
+
+    /// A missed owner or case clock: one rung up, or district supervision at the top.
+    fn escalate(&self, clock: &Clock, why: &str) -> Vec<CaseEvent> {
+        if let Some(up) = self.next_tier() {
+            return vec![self.assign(up, "escalated", clock)];
+        }
+        if self.supervised {
+            return vec![];
+        }
+        let district = self.opened.as_ref().map(|o| o.district_id.clone()).unwrap_or_default();
+        vec![CaseEvent::SupervisionOpened(pb::SupervisionOpened {
+            district_id: district,
+            reason: format!("{why} with no rung above {}", self.owner.as_ref().map(label).unwrap_or_default()),
+            at_unix_ms: clock.now_unix_ms,
+        })]
+    }
+
+    fn fire(&self, id: &DeadlineId, clock: &Clock) -> Vec<CaseEvent> {
+        // Found by meaning, not spelling: events from older builds spell ids the old way.
+        let Some(deadline) = self.pending.values().find(|d| DeadlineId::parse(&d.id).as_ref() == Some(id)) else {
+            return vec![];
+        };
+        if deadline.due_unix_ms > clock.now_unix_ms {
+            return vec![];
+        }
+        match id.scope() {
+            Scope::Rating if self.status == Status::Resolved => vec![CaseEvent::Closed(pb::CaseClosed {
+                at_unix_ms: clock.now_unix_ms,
+                outcome: pb::CloseOutcome::NotRated as i32,
+            })],
+            Scope::Rating => vec![],
+            Scope::Summons => vec![CaseEvent::SlaBreached(pb::SlaBreached {
+                deadline: Some(deadline.clone()),
+                owner: Some(owner(pb::Tier::Department, id.department().unwrap_or_default())),
+            })],
+            Scope::Owner | Scope::Case => {
+                let mut events = vec![CaseEvent::SlaBreached(pb::SlaBreached {
+                    deadline: Some(deadline.clone()),
+                    owner: self.owner.clone(),
+                })];
+                events.extend(self.escalate(clock, &format!("deadline {id} missed")));
+                events
+            }
+        }
+    }
 }
 
 impl Aggregate for Case {
     const CONTEXT: &'static str = "dispatch";
     const TYPE: &'static str = "case";
-    const STATE_VERSION: u32 = 1;
+    const STATE_VERSION: u32 = 2;
     type Command = CaseCommand;
     type Event = CaseEvent;
     type Rejection = CaseRejection;
 
     fn decide(&self, command: &CaseCommand) -> Result<Vec<CaseEvent>, CaseRejection> {
+        let active = [Status::Assigned, Status::Acknowledged];
         match command {
-            CaseCommand::Open { opened, owner: first, summon, summon_within, clock } => {
+            CaseCommand::Open { opened, owner: first, summon, clock } => {
                 if self.status != Status::New {
                     // Idempotent by incident: the process manager may deliver twice.
                     return Ok(vec![]);
                 }
-                let mut events =
-                    vec![CaseEvent::Opened((**opened).clone()), self.assign(first.clone(), "routed", clock)];
+                let opened = pb::CaseOpened { deadlines: clock.case_clocks(1), ..(**opened).clone() };
+                let mut events = vec![CaseEvent::Opened(opened), self.assign(first.clone(), "routed", clock)];
                 if !summon.is_empty() {
-                    events.push(CaseEvent::WhistleBlown(pb::WhistleBlown {
-                        departments: summon.clone(),
-                        acknowledge_by_unix_ms: clock.now_unix_ms + summon_within.whole_milliseconds() as i64,
-                        whistle: self.whistles + 1,
-                    }));
+                    events.push(self.whistle(summon.clone(), clock));
                 }
                 Ok(events)
             }
             CaseCommand::Acknowledge { by, now_unix_ms } => {
                 self.require("acknowledge", &[Status::Assigned])?;
-                self.require_owner(by, "acknowledge")?;
+                self.require_handler(by, "acknowledge")?;
                 Ok(vec![CaseEvent::Acknowledged(pb::CaseAcknowledged {
                     owner: Some(by.clone()),
                     at_unix_ms: *now_unix_ms,
@@ -349,7 +532,7 @@ impl Aggregate for Case {
             }
             CaseCommand::RecordProgress { by, notes, now_unix_ms } => {
                 self.require("record progress on", &[Status::Acknowledged])?;
-                self.require_owner(by, "record progress")?;
+                self.require_handler(by, "record progress on")?;
                 Ok(vec![CaseEvent::ProgressRecorded(pb::ProgressRecorded {
                     owner: Some(by.clone()),
                     notes: notes.clone(),
@@ -358,64 +541,48 @@ impl Aggregate for Case {
             }
             CaseCommand::HandBack { by, reason, clock } => {
                 self.require("hand back", &[Status::Assigned])?;
-                self.require_owner(by, "hand back")?;
-                let previous = self.previous_owner.clone().ok_or(CaseRejection::NothingToHandBackTo)?;
+                self.require_handler(by, "hand back")?;
+                // Back to the dispatch centre, never to the rung that just let it lapse.
+                let district = self.opened.as_ref().map(|o| o.district_id.as_str()).unwrap_or_default();
                 Ok(vec![
                     CaseEvent::HandedBack(pb::CaseHandedBack { owner: Some(by.clone()), reason: reason.clone() }),
-                    self.assign(previous, "handed back", clock),
+                    self.assign(owner(pb::Tier::DispatchCentre, district), "handed back", clock),
                 ])
             }
             CaseCommand::Reassign { expected, to, clock } => {
-                self.require("reassign", &[Status::Assigned, Status::Acknowledged])?;
+                self.require("reassign", &active)?;
                 match &self.owner {
                     Some(current) if current != expected => {
                         return Err(CaseRejection::OwnerChanged { current: label(current), expected: label(expected) });
                     }
+                    Some(current) if current == to => return Err(CaseRejection::AlreadyOwner(label(current))),
                     _ => {}
                 }
                 Ok(vec![self.assign(to.clone(), "reassigned", clock)])
             }
-            CaseCommand::Escalate { deadline_id, clock } => {
-                let Some(deadline) = self.pending.get(deadline_id) else { return Ok(vec![]) };
-                if deadline.due_unix_ms > clock.now_unix_ms {
-                    return Ok(vec![]);
-                }
-                let breached_by = if deadline_id.starts_with('w') {
-                    // A summons: the department is in breach; the owner does not change.
-                    owner(pb::Tier::Department, deadline_id.split_once(':').map_or("", |(_, d)| d))
-                } else {
-                    self.owner.clone().unwrap_or_default()
-                };
-                let mut events = vec![CaseEvent::SlaBreached(pb::SlaBreached {
-                    deadline: Some(deadline.clone()),
-                    owner: Some(breached_by),
-                })];
-                if !deadline_id.starts_with('w')
-                    && let Some(up) = self.next_tier()
-                {
-                    events.push(self.assign(up, "escalated", clock));
-                }
-                Ok(events)
-            }
-            CaseCommand::BlowWhistle { by, departments, within, now_unix_ms } => {
-                self.require("blow the whistle on", &[Status::Assigned, Status::Acknowledged])?;
+            CaseCommand::FireDeadline { deadline, clock } => Ok(self.fire(deadline, clock)),
+            CaseCommand::BlowWhistle { by, departments, clock } => {
+                self.require("blow the whistle on", &active)?;
                 if by.tier != pb::Tier::Street as i32 || self.owner.as_ref() != Some(by) {
                     return Err(CaseRejection::NotTheStreet);
                 }
-                let fresh: Vec<String> =
-                    departments.iter().filter(|d| !self.summoned.contains_key(*d)).cloned().collect();
+                // A department already at work is not summoned twice; one whose
+                // earlier summons finished (a reopened case) is summoned anew.
+                let mut fresh: Vec<String> = departments
+                    .iter()
+                    .filter(|d| !self.summonses.get(*d).is_some_and(Summons::active))
+                    .cloned()
+                    .collect();
+                fresh.dedup();
                 if fresh.is_empty() {
                     return Ok(vec![]);
                 }
-                Ok(vec![CaseEvent::WhistleBlown(pb::WhistleBlown {
-                    departments: fresh,
-                    acknowledge_by_unix_ms: now_unix_ms + within.whole_milliseconds() as i64,
-                    whistle: self.whistles + 1,
-                })])
+                Ok(vec![self.whistle(fresh, clock)])
             }
-            CaseCommand::DepartmentReport { department, now_unix_ms } => {
-                match self.summoned.get(department) {
-                    Some(s) if !s.reported => {}
+            CaseCommand::ReportForDuty { department, now_unix_ms } => {
+                self.require("report for duty on", &active)?;
+                match self.summonses.get(department).map(|s| s.status) {
+                    Some(pb::SummonsStatus::Summoned) => {}
                     _ => return Err(CaseRejection::NotSummoned(department.clone())),
                 }
                 Ok(vec![CaseEvent::DepartmentReported(pb::DepartmentReported {
@@ -423,71 +590,136 @@ impl Aggregate for Case {
                     at_unix_ms: *now_unix_ms,
                 })])
             }
-            CaseCommand::Resolve { by, notes, now_unix_ms } => {
-                self.require("resolve", &[Status::Acknowledged])?;
-                self.require_owner(by, "resolve")?;
-                Ok(vec![CaseEvent::Resolved(pb::CaseResolved {
-                    owner: Some(by.clone()),
+            CaseCommand::SummonsProgress { department, notes, now_unix_ms } => {
+                self.require("record summons progress on", &active)?;
+                self.summons(department, true)?;
+                Ok(vec![CaseEvent::SummonsProgressRecorded(pb::SummonsProgressRecorded {
+                    department: department.clone(),
                     notes: notes.clone(),
                     at_unix_ms: *now_unix_ms,
                 })])
             }
-            CaseCommand::Verify { rating, by, comment, clock } => {
-                self.require("verify", &[Status::Resolved])?;
+            CaseCommand::CompleteSummons { department, notes, now_unix_ms } => {
+                self.require("complete a summons on", &active)?;
+                self.summons(department, true)?;
+                Ok(vec![CaseEvent::SummonsCompleted(pb::SummonsCompleted {
+                    department: department.clone(),
+                    notes: notes.clone(),
+                    at_unix_ms: *now_unix_ms,
+                })])
+            }
+            CaseCommand::ReleaseSummons { by, department, reason, now_unix_ms } => {
+                self.require("release a summons on", &active)?;
+                self.require_owner(by, "release a summons")?;
+                self.summons(department, false)?;
+                Ok(vec![CaseEvent::SummonsReleased(pb::SummonsReleased {
+                    department: department.clone(),
+                    by: Some(by.clone()),
+                    reason: reason.clone(),
+                    at_unix_ms: *now_unix_ms,
+                })])
+            }
+            CaseCommand::Resolve { by, notes, clock } => {
+                self.require("resolve", &[Status::Acknowledged])?;
+                self.require_handler(by, "resolve")?;
+                let outstanding = self.outstanding_summonses();
+                if !outstanding.is_empty() {
+                    return Err(CaseRejection::SummonsOutstanding(outstanding));
+                }
+                Ok(vec![CaseEvent::Resolved(pb::CaseResolved {
+                    owner: Some(by.clone()),
+                    notes: notes.clone(),
+                    at_unix_ms: clock.now_unix_ms,
+                    rate_by: Some(clock.deadline(
+                        DeadlineId::Rate(self.round),
+                        pb::DeadlineKind::Rate,
+                        clock.plan.rate,
+                    )),
+                })])
+            }
+            CaseCommand::Verify { rating, solved, by, comment, clock } => {
+                self.require("rate", &[Status::Resolved])?;
                 let verified = CaseEvent::Verified(pb::CaseVerified {
                     rating: *rating as i32,
-                    by: by.clone(),
+                    by: by.label(),
                     comment: comment.clone(),
+                    solved: if *solved { pb::ResolutionAnswer::Solved } else { pb::ResolutionAnswer::NotSolved } as i32,
+                    round: self.round,
+                    at_unix_ms: clock.now_unix_ms,
                 });
                 match rating {
                     pb::Rating::Unsatisfied => {
+                        // 重办: back to the owner who resolved it, with a new round's clocks.
                         let back_to = self.owner.clone().unwrap_or_default();
+                        let round = self.round + 1;
                         Ok(vec![
                             verified,
-                            CaseEvent::Reopened(pb::CaseReopened { reason: format!("rated unsatisfied: {comment}") }),
+                            CaseEvent::Reopened(pb::CaseReopened {
+                                reason: format!("rated unsatisfied: {comment}"),
+                                round,
+                                deadlines: clock.case_clocks(round),
+                            }),
                             self.assign(back_to, "reopened", clock),
                         ])
                     }
-                    _ => Ok(vec![verified, CaseEvent::Closed(pb::CaseClosed { at_unix_ms: clock.now_unix_ms })]),
+                    _ => Ok(vec![
+                        verified,
+                        CaseEvent::Closed(pb::CaseClosed {
+                            at_unix_ms: clock.now_unix_ms,
+                            outcome: pb::CloseOutcome::Rated as i32,
+                        }),
+                    ]),
                 }
             }
         }
     }
 
     fn evolve(mut self, event: &CaseEvent) -> Self {
+        let remove = |pending: &mut BTreeMap<String, pb::Deadline>, keep: &dyn Fn(&DeadlineId) -> bool| {
+            pending.retain(|id, _| DeadlineId::parse(id).is_none_or(|d| keep(&d)));
+        };
         match event {
-            CaseEvent::Opened(e) => self.opened = Some(e.clone()),
-            CaseEvent::Assigned(e) => {
-                if self.owner != e.owner {
-                    self.previous_owner = self.owner.take();
+            CaseEvent::Opened(e) => {
+                self.opened = Some(e.clone());
+                self.round = 1;
+                for d in &e.deadlines {
+                    self.pending.insert(d.id.clone(), d.clone());
                 }
+            }
+            CaseEvent::Assigned(e) => {
                 self.owner = e.owner.clone();
                 self.assignment = e.assignment;
                 self.status = Status::Assigned;
-                // A new assignment supersedes the old clocks (summonses stay).
-                self.pending.retain(|id, _| id.starts_with('w'));
+                // The new owner's clock replaces the last owner's. Events from
+                // before case-level clocks carried respond and resolve per
+                // assignment: those replace the case clocks, as they did then.
+                let legacy =
+                    e.deadlines.iter().any(|d| DeadlineId::parse(&d.id).is_some_and(|d| d.scope() == Scope::Case));
+                remove(&mut self.pending, &|d| !(d.scope() == Scope::Owner || (legacy && d.scope() == Scope::Case)));
                 for d in &e.deadlines {
                     self.pending.insert(d.id.clone(), d.clone());
                 }
             }
             CaseEvent::Acknowledged(_) => {
                 self.status = Status::Acknowledged;
-                self.pending.retain(|_, d| d.kind != pb::DeadlineKind::Acknowledge as i32 || d.id.starts_with('w'));
+                remove(&mut self.pending, &|d| d.scope() != Scope::Owner);
             }
             CaseEvent::ProgressRecorded(_) => {
-                self.pending.retain(|_, d| d.kind != pb::DeadlineKind::Respond as i32);
+                remove(&mut self.pending, &|d| !matches!(d, DeadlineId::Respond(_)));
             }
-            CaseEvent::HandedBack(_) => {}
+            CaseEvent::HandedBack(_) | CaseEvent::Verified(_) | CaseEvent::SummonsProgressRecorded(_) => {}
             CaseEvent::SlaBreached(e) => {
                 if let Some(d) = &e.deadline {
                     self.pending.remove(&d.id);
                 }
             }
+            CaseEvent::SupervisionOpened(_) => self.supervised = true,
             CaseEvent::WhistleBlown(e) => {
                 self.whistles = e.whistle;
                 for d in &e.departments {
-                    self.summoned.insert(d.clone(), Summons { reported: false });
-                    let id = format!("w{}:{d}", e.whistle);
+                    self.summonses
+                        .insert(d.clone(), Summons { whistle: e.whistle, status: pb::SummonsStatus::Summoned });
+                    let id = DeadlineId::Summons { whistle: e.whistle, department: d.clone() }.to_string();
                     self.pending.insert(
                         id.clone(),
                         pb::Deadline {
@@ -498,23 +730,26 @@ impl Aggregate for Case {
                     );
                 }
             }
-            CaseEvent::DepartmentReported(e) => {
-                if let Some(s) = self.summoned.get_mut(&e.department) {
-                    s.reported = true;
-                }
-                let suffix = format!(":{}", e.department);
-                self.pending.retain(|id, _| !(id.starts_with('w') && id.ends_with(&suffix)));
-            }
-            CaseEvent::Resolved(_) => {
+            CaseEvent::DepartmentReported(e) => self.summons_moved(&e.department, pb::SummonsStatus::Reported),
+            CaseEvent::SummonsCompleted(e) => self.summons_moved(&e.department, pb::SummonsStatus::Completed),
+            CaseEvent::SummonsReleased(e) => self.summons_moved(&e.department, pb::SummonsStatus::Released),
+            CaseEvent::Resolved(e) => {
                 self.status = Status::Resolved;
                 self.pending.clear();
+                if let Some(d) = &e.rate_by {
+                    self.pending.insert(d.id.clone(), d.clone());
+                }
             }
-            CaseEvent::Verified(_) => {}
             CaseEvent::Closed(_) => {
                 self.status = Status::Closed;
                 self.pending.clear();
             }
-            CaseEvent::Reopened(_) => {}
+            CaseEvent::Reopened(e) => {
+                self.round = if e.round > 0 { e.round } else { self.round + 1 };
+                for d in &e.deadlines {
+                    self.pending.insert(d.id.clone(), d.clone());
+                }
+            }
         }
         self
     }
@@ -532,11 +767,18 @@ impl Aggregate for Case {
             opened: self.opened.clone(),
             status,
             owner: self.owner.clone(),
-            previous_owner: self.previous_owner.clone(),
+            previous_owner: None,
             assignment: self.assignment,
             pending: self.pending.values().cloned().collect(),
-            summoned: self.summoned.iter().map(|(d, s)| (d.clone(), s.reported)).collect(),
+            summoned: Default::default(),
             whistles: self.whistles,
+            summonses: self
+                .summonses
+                .iter()
+                .map(|(d, s)| pb::SummonsState { department: d.clone(), whistle: s.whistle, status: s.status as i32 })
+                .collect(),
+            round: self.round,
+            supervised: self.supervised,
         }
         .encode_to_vec()
     }
@@ -552,38 +794,60 @@ impl Aggregate for Case {
             4 => Status::Closed,
             other => return Err(DecodeError::new("case state", format!("unknown status {other}"))),
         };
+        let summonses = s
+            .summonses
+            .into_iter()
+            .map(|x| {
+                let status = pb::SummonsStatus::try_from(x.status)
+                    .map_err(|_| DecodeError::new("case state", format!("unknown summons status {}", x.status)))?;
+                Ok((x.department, Summons { whistle: x.whistle, status }))
+            })
+            .collect::<Result<_, DecodeError>>()?;
         Ok(Self {
             opened: s.opened,
             status,
             owner: s.owner,
-            previous_owner: s.previous_owner,
             assignment: s.assignment,
+            round: s.round,
             pending: s.pending.into_iter().map(|d| (d.id.clone(), d)).collect(),
-            summoned: s.summoned.into_iter().map(|(d, reported)| (d, Summons { reported })).collect(),
+            supervised: s.supervised,
+            summonses,
             whistles: s.whistles,
         })
     }
 }
 
+impl Case {
+    fn summons_moved(&mut self, department: &str, to: pb::SummonsStatus) {
+        if let Some(s) = self.summonses.get_mut(department) {
+            s.status = to;
+        }
+        self.pending.retain(|id, _| DeadlineId::parse(id).is_none_or(|d| d.department() != Some(department)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use gridwork_eventstore::testing::given;
+    use gridwork_eventstore::testing::{given, given_state};
+    use time::Duration;
 
     use super::*;
 
     const MIN: i64 = 60_000;
+    const HOUR: i64 = 60 * MIN;
+
+    fn plan() -> SlaPlan {
+        SlaPlan {
+            acknowledge: Span::Wall(Duration::minutes(30)),
+            respond: Span::Wall(Duration::hours(2)),
+            resolve: Span::Wall(Duration::hours(24)),
+            summons: Span::Wall(Duration::minutes(30)),
+            rate: Span::CalendarDays(7),
+        }
+    }
 
     fn clock(now: i64) -> Clock {
-        Clock {
-            now_unix_ms: now,
-            calendar: Arc::new(WorkingCalendar::default()),
-            plan: SlaPlan {
-                acknowledge: Duration::minutes(30),
-                respond: Duration::hours(2),
-                resolve: Duration::hours(24),
-                counting: Counting::Wall,
-            },
-        }
+        Clock { now_unix_ms: now, calendar: Arc::new(WorkingCalendar::default()), plan: plan() }
     }
 
     fn opened() -> pb::CaseOpened {
@@ -603,21 +867,64 @@ mod tests {
     fn grid() -> pb::Owner {
         owner(pb::Tier::Grid, "g")
     }
+    fn community() -> pb::Owner {
+        owner(pb::Tier::Community, "c")
+    }
+    fn street() -> pb::Owner {
+        owner(pb::Tier::Street, "s")
+    }
+    fn department() -> pb::Owner {
+        owner(pb::Tier::Department, "fire-brigade")
+    }
+    fn centre() -> pb::Owner {
+        owner(pb::Tier::DispatchCentre, "d")
+    }
 
     fn open_cmd() -> CaseCommand {
-        CaseCommand::Open {
-            opened: Box::new(opened()),
-            owner: grid(),
-            summon: vec![],
-            summon_within: Duration::minutes(30),
-            clock: clock(0),
+        CaseCommand::Open { opened: Box::new(opened()), owner: grid(), summon: vec![], clock: clock(0) }
+    }
+
+    fn fire(id: DeadlineId, now: i64) -> CaseCommand {
+        CaseCommand::FireDeadline { deadline: id, clock: clock(now) }
+    }
+
+    fn reassign(from: pb::Owner, to: pb::Owner, now: i64) -> CaseCommand {
+        CaseCommand::Reassign { expected: from, to, clock: clock(now) }
+    }
+
+    fn ack(by: pb::Owner) -> CaseCommand {
+        CaseCommand::Acknowledge { by, now_unix_ms: 1 }
+    }
+
+    fn resolve(by: pb::Owner, now: i64) -> CaseCommand {
+        CaseCommand::Resolve { by, notes: "cleared the stairwell".into(), clock: clock(now) }
+    }
+
+    fn rate(rating: pb::Rating, now: i64) -> CaseCommand {
+        CaseCommand::Verify { rating, solved: true, by: Rater::Reporter, comment: "".into(), clock: clock(now) }
+    }
+
+    fn whistle(departments: &[&str], now: i64) -> CaseCommand {
+        CaseCommand::BlowWhistle {
+            by: street(),
+            departments: departments.iter().map(|d| d.to_string()).collect(),
+            clock: clock(now),
         }
     }
 
-    fn history(extra: &[CaseCommand]) -> Vec<CaseEvent> {
+    fn report(department: &str) -> CaseCommand {
+        CaseCommand::ReportForDuty { department: department.into(), now_unix_ms: 1 }
+    }
+
+    fn complete(department: &str) -> CaseCommand {
+        CaseCommand::CompleteSummons { department: department.into(), notes: "pump cleared".into(), now_unix_ms: 2 }
+    }
+
+    /// Run `steps` from an opened case; each must succeed.
+    fn history(steps: &[CaseCommand]) -> Vec<CaseEvent> {
         let mut state = Case::default();
         let mut events = Vec::new();
-        for c in std::iter::once(&open_cmd()).chain(extra) {
+        for c in std::iter::once(&open_cmd()).chain(steps) {
             let new = state.decide(c).expect("step succeeds");
             state = state.fold(&new);
             events.extend(new);
@@ -625,55 +932,97 @@ mod tests {
         events
     }
 
+    fn state(steps: &[CaseCommand]) -> Case {
+        given::<Case>(history(steps)).state().clone()
+    }
+
+    fn due(case: &Case, id: DeadlineId) -> Option<i64> {
+        case.pending.get(&id.to_string()).map(|d| d.due_unix_ms)
+    }
+
     #[test]
-    fn opening_routes_to_the_first_owner_with_three_deadlines_and_is_idempotent() {
+    fn opening_starts_the_case_clocks_and_the_owners_and_is_idempotent() {
         let events = history(&[]);
+        let CaseEvent::Opened(o) = &events[0] else { panic!("{events:?}") };
+        let clocks: Vec<_> = o.deadlines.iter().map(|d| (d.id.as_str(), d.due_unix_ms)).collect();
+        assert_eq!(clocks, [("respond:1", 2 * HOUR), ("resolve:1", 24 * HOUR)]);
         let CaseEvent::Assigned(a) = &events[1] else { panic!("{events:?}") };
         assert_eq!(a.owner.as_ref(), Some(&grid()));
-        let due: Vec<_> = a.deadlines.iter().map(|d| (d.id.as_str(), d.due_unix_ms)).collect();
-        assert_eq!(due, [("1:ack", 30 * MIN), ("1:respond", 120 * MIN), ("1:resolve", 1440 * MIN)]);
+        let own: Vec<_> = a.deadlines.iter().map(|d| (d.id.as_str(), d.due_unix_ms)).collect();
+        assert_eq!(own, [("ack:1", 30 * MIN)]);
         given::<Case>(events).when(open_cmd()).then_expect_events([]);
     }
 
     #[test]
-    fn a_missed_acknowledge_deadline_escalates_once_to_the_community() {
+    fn a_missed_acknowledgement_escalates_once_and_no_hand_off_resets_the_case_clocks() {
         let events = history(&[]);
-        let escalate = |now| CaseCommand::Escalate { deadline_id: "1:ack".into(), clock: clock(now) };
-        given::<Case>(events.clone()).when(escalate(29 * MIN)).then_expect_events([]);
-        let after = {
-            let state = given::<Case>(events.clone()).state().clone();
-            state.decide(&escalate(31 * MIN)).expect("escalates")
-        };
-        assert!(matches!(&after[0], CaseEvent::SlaBreached(b) if b.owner.as_ref() == Some(&grid())));
-        assert!(
-            matches!(&after[1], CaseEvent::Assigned(a) if a.owner.as_ref() == Some(&owner(pb::Tier::Community, "c")) && a.reason == "escalated")
-        );
-        let mut all = events;
-        all.extend(after);
+        given::<Case>(events.clone()).when(fire(DeadlineId::Ack(1), 29 * MIN)).then_expect_events([]);
+        let escalated = state(&[fire(DeadlineId::Ack(1), 31 * MIN)]);
+        assert_eq!(escalated.owner, Some(community()));
+        // The community's own acknowledge clock starts now; the case's do not move.
+        assert_eq!(due(&escalated, DeadlineId::Ack(2)), Some(61 * MIN));
+        assert_eq!(due(&escalated, DeadlineId::Resolve(1)), Some(24 * HOUR));
+        assert_eq!(due(&escalated, DeadlineId::Respond(1)), Some(2 * HOUR));
         // Fired again after a restart: nothing more happens.
-        given::<Case>(all).when(escalate(40 * MIN)).then_expect_events([]);
+        let all = history(&[fire(DeadlineId::Ack(1), 31 * MIN)]);
+        given::<Case>(all.clone()).when(fire(DeadlineId::Ack(1), 40 * MIN)).then_expect_events([]);
+        // Reassigned on and on: still the same resolve clock.
+        let later = state(&[
+            fire(DeadlineId::Ack(1), 31 * MIN),
+            reassign(community(), street(), 5 * HOUR),
+            reassign(street(), grid(), 6 * HOUR),
+        ]);
+        assert_eq!(due(&later, DeadlineId::Resolve(1)), Some(24 * HOUR));
+        assert_eq!(due(&later, DeadlineId::Ack(4)), Some(6 * HOUR + 30 * MIN));
+        assert_eq!(later.pending.len(), 3, "one owner clock and the two case clocks: {:?}", later.pending);
     }
 
     #[test]
-    fn only_the_owner_acknowledges_and_hands_back_only_before_acknowledging() {
-        let events = history(&[CaseCommand::Escalate { deadline_id: "1:ack".into(), clock: clock(31 * MIN) }]);
-        let community = owner(pb::Tier::Community, "c");
-        given::<Case>(events.clone())
-            .when(CaseCommand::Acknowledge { by: grid(), now_unix_ms: 32 * MIN })
-            .then_expect_error(CaseRejection::NotOwner { action: "acknowledge".into(), owner: "community c".into() });
-        let state = given::<Case>(events.clone()).state().clone();
-        let back = state
+    fn reassigning_to_the_current_owner_is_refused_rather_than_restarting_its_clock() {
+        given::<Case>(history(&[]))
+            .when(reassign(grid(), grid(), 20 * MIN))
+            .then_expect_error(CaseRejection::AlreadyOwner("grid g".into()));
+    }
+
+    #[test]
+    fn a_dispatcher_with_a_stale_view_cannot_reassign() {
+        given::<Case>(history(&[reassign(grid(), street(), 1)]))
+            .when(reassign(grid(), community(), 2))
+            .then_expect_error(CaseRejection::OwnerChanged { current: "street s".into(), expected: "grid g".into() });
+    }
+
+    #[test]
+    fn a_hand_back_goes_to_the_dispatch_centre_never_to_the_rung_that_breached() {
+        // The grid missed its acknowledgement; the community hands the case back.
+        let events = history(&[fire(DeadlineId::Ack(1), 31 * MIN)]);
+        let back = given::<Case>(events.clone()).state().clone();
+        let handed = back
             .decide(&CaseCommand::HandBack {
-                by: community.clone(),
-                reason: "belongs to the grid".into(),
-                clock: clock(32 * MIN),
+                by: community(),
+                reason: "belongs to the housing office".into(),
+                clock: clock(40 * MIN),
             })
             .expect("hand back");
-        assert!(matches!(&back[1], CaseEvent::Assigned(a) if a.owner.as_ref() == Some(&grid())));
+        assert!(matches!(&handed[1], CaseEvent::Assigned(a) if a.owner == Some(centre()) && a.reason == "handed back"));
+        let at_centre = back.fold(&handed);
+        assert_eq!(due(&at_centre, DeadlineId::Resolve(1)), Some(24 * HOUR), "the case clock runs on");
+        // The centre assigns; it does not take the case on itself.
+        for (command, action) in [
+            (ack(centre()), "acknowledge"),
+            (CaseCommand::HandBack { by: centre(), reason: "x".into(), clock: clock(41 * MIN) }, "hand back"),
+        ] {
+            given_state(at_centre.clone()).when(command).then_expect_error(CaseRejection::CentreAssigns(action.into()));
+        }
+        let reassigned = at_centre.decide(&reassign(centre(), street(), 42 * MIN)).expect("the centre assigns");
+        assert!(matches!(&reassigned[0], CaseEvent::Assigned(a) if a.owner == Some(street())));
+        // Only the owner hands back, and only before acknowledging.
+        given::<Case>(events.clone())
+            .when(ack(grid()))
+            .then_expect_error(CaseRejection::NotOwner { action: "acknowledge".into(), owner: "community c".into() });
         let mut acked = events;
-        acked.push(CaseEvent::Acknowledged(pb::CaseAcknowledged { owner: Some(community.clone()), at_unix_ms: 0 }));
+        acked.push(CaseEvent::Acknowledged(pb::CaseAcknowledged { owner: Some(community()), at_unix_ms: 0 }));
         given::<Case>(acked)
-            .when(CaseCommand::HandBack { by: community, reason: "x".into(), clock: clock(33 * MIN) })
+            .when(CaseCommand::HandBack { by: community(), reason: "x".into(), clock: clock(33 * MIN) })
             .then_expect_error(CaseRejection::InvalidTransition {
                 action: "hand back".into(),
                 state: Status::Acknowledged,
@@ -681,141 +1030,235 @@ mod tests {
     }
 
     #[test]
-    fn a_dispatcher_with_a_stale_view_cannot_reassign() {
-        let events =
-            history(&[CaseCommand::Reassign { expected: grid(), to: owner(pb::Tier::Street, "s"), clock: clock(1) }]);
-        given::<Case>(events)
-            .when(CaseCommand::Reassign { expected: grid(), to: owner(pb::Tier::Community, "c"), clock: clock(2) })
-            .then_expect_error(CaseRejection::OwnerChanged { current: "street s".into(), expected: "grid g".into() });
+    fn a_missed_deadline_at_the_top_rung_opens_district_supervision_once() {
+        let at_top = state(&[reassign(grid(), department(), 0)]);
+        let events = at_top.decide(&fire(DeadlineId::Ack(2), 31 * MIN)).expect("fires");
+        assert!(matches!(&events[0], CaseEvent::SlaBreached(b) if b.owner == Some(department())));
+        assert!(matches!(&events[1], CaseEvent::SupervisionOpened(s) if s.district_id == "d"));
+        let supervised = at_top.fold(&events);
+        assert!(supervised.supervised);
+        // The resolve clock passes too: a breach, no second supervision.
+        let later = supervised.decide(&fire(DeadlineId::Resolve(1), 25 * HOUR)).expect("fires");
+        assert_eq!(later.len(), 1);
+        assert!(matches!(&later[0], CaseEvent::SlaBreached(_)));
+    }
+
+    #[test]
+    fn a_missed_resolve_clock_escalates_from_a_lower_rung() {
+        let acked = state(&[ack(grid())]);
+        let events = acked.decide(&fire(DeadlineId::Resolve(1), 25 * HOUR)).expect("fires");
+        assert!(matches!(&events[0], CaseEvent::SlaBreached(b) if b.owner == Some(grid())));
+        assert!(
+            matches!(&events[1], CaseEvent::Assigned(a) if a.owner == Some(community()) && a.reason == "escalated")
+        );
+        given::<Case>(history(&[ack(grid())])).when(fire(DeadlineId::Resolve(1), 23 * HOUR)).then_expect_events([]);
     }
 
     #[test]
     fn the_street_blows_the_whistle_and_departments_report_or_are_in_breach() {
-        let street = owner(pb::Tier::Street, "s");
-        let events = history(&[CaseCommand::Reassign { expected: grid(), to: street.clone(), clock: clock(0) }]);
-        given::<Case>(events.clone())
-            .when(CaseCommand::BlowWhistle {
-                by: grid(),
-                departments: vec!["police".into()],
-                within: Duration::minutes(30),
-                now_unix_ms: 0,
-            })
+        let owned = history(&[reassign(grid(), street(), 0)]);
+        given::<Case>(owned.clone())
+            .when(CaseCommand::BlowWhistle { by: grid(), departments: vec!["police".into()], clock: clock(0) })
             .then_expect_error(CaseRejection::NotTheStreet);
-        let mut state = given::<Case>(events).state().clone();
-        let whistle = CaseCommand::BlowWhistle {
-            by: street.clone(),
-            departments: vec!["police".into(), "urban-management".into()],
-            within: Duration::minutes(30),
-            now_unix_ms: 0,
-        };
-        let blown = state.decide(&whistle).expect("whistle");
-        state = state.fold(&blown);
-        state = state.clone().fold(
-            &state
-                .decide(&CaseCommand::DepartmentReport { department: "police".into(), now_unix_ms: 10 * MIN })
-                .expect("report"),
-        );
-        assert_eq!(
-            state.decide(&CaseCommand::DepartmentReport { department: "police".into(), now_unix_ms: 11 * MIN }),
-            Err(CaseRejection::NotSummoned("police".into()))
-        );
+        let summoned =
+            state(&[reassign(grid(), street(), 0), whistle(&["police", "urban-management"], 0), report("police")]);
+        given_state(summoned.clone())
+            .when(report("police"))
+            .then_expect_error(CaseRejection::NotSummoned("police".into()));
+        given_state(summoned.clone())
+            .when(report("housing"))
+            .then_expect_error(CaseRejection::NotSummoned("housing".into()));
+        // Summoning a department already at work does nothing.
+        given_state(summoned.clone()).when(whistle(&["police"], 5 * MIN)).then_expect_events([]);
         // Urban management never reports: a breach is recorded, the owner stays.
-        let late = state
-            .decide(&CaseCommand::Escalate { deadline_id: "w1:urban-management".into(), clock: clock(31 * MIN) })
-            .expect("breach");
+        let id = DeadlineId::Summons { whistle: 1, department: "urban-management".into() };
+        let late = summoned.decide(&fire(id, 31 * MIN)).expect("breach");
         assert_eq!(late.len(), 1);
         assert!(
-            matches!(&late[0], CaseEvent::SlaBreached(b) if b.owner.as_ref().map(|o| o.id.as_str()) == Some("urban-management"))
+            matches!(&late[0], CaseEvent::SlaBreached(b) if b.owner == Some(owner(pb::Tier::Department, "urban-management")))
         );
     }
 
     #[test]
-    fn unsatisfied_reopens_with_fresh_deadlines_and_satisfied_closes() {
-        let events = history(&[
-            CaseCommand::Acknowledge { by: grid(), now_unix_ms: 1 },
-            CaseCommand::Resolve { by: grid(), notes: "cleared the stairwell".into(), now_unix_ms: 2 },
+    fn a_summons_is_a_work_item_and_the_case_resolves_only_when_none_is_outstanding() {
+        let steps = [reassign(grid(), street(), 0), ack(street()), whistle(&["police", "housing"], 0)];
+        let summoned = state(&steps);
+        given_state(summoned.clone())
+            .when(complete("police"))
+            .then_expect_error(CaseRejection::SummonsNotReported("police".into()));
+        given_state(summoned.clone())
+            .when(resolve(street(), 2 * HOUR))
+            .then_expect_error(CaseRejection::SummonsOutstanding(vec!["housing".into(), "police".into()]));
+        let working = summoned.clone().fold(&summoned.decide(&report("police")).expect("report"));
+        let progress =
+            CaseCommand::SummonsProgress { department: "police".into(), notes: "on site".into(), now_unix_ms: 3 };
+        assert!(matches!(&working.decide(&progress).expect("progress")[0], CaseEvent::SummonsProgressRecorded(_)));
+        let done = working.clone().fold(&working.decide(&complete("police")).expect("complete"));
+        given_state(done.clone())
+            .when(complete("police"))
+            .then_expect_error(CaseRejection::NotSummoned("police".into()));
+        given_state(done.clone())
+            .when(resolve(street(), 2 * HOUR))
+            .then_expect_error(CaseRejection::SummonsOutstanding(vec!["housing".into()]));
+        // Only the owner releases a department.
+        let release = |by| CaseCommand::ReleaseSummons {
+            by,
+            department: "housing".into(),
+            reason: "not a housing matter".into(),
+            now_unix_ms: 4,
+        };
+        given_state(done.clone()).when(release(grid())).then_expect_error(CaseRejection::NotOwner {
+            action: "release a summons".into(),
+            owner: "street s".into(),
+        });
+        let released = done.clone().fold(&done.decide(&release(street())).expect("release"));
+        assert!(released.outstanding_summonses().is_empty());
+        let resolved = released.clone().fold(&released.decide(&resolve(street(), 2 * HOUR)).expect("resolves"));
+        // A resolved case takes no report for duty.
+        given_state(resolved.clone()).when(report("police")).then_expect_error(CaseRejection::InvalidTransition {
+            action: "report for duty on".into(),
+            state: Status::Resolved,
+        });
+        // Reopened, the street can summon the police again.
+        let reopened =
+            resolved.clone().fold(&resolved.decide(&rate(pb::Rating::Unsatisfied, 3 * HOUR)).expect("reopen"));
+        let again = reopened.clone().fold(&reopened.decide(&ack(street())).expect("ack"));
+        let second = again.decide(&whistle(&["police"], 4 * HOUR)).expect("whistle");
+        assert!(matches!(&second[0], CaseEvent::WhistleBlown(w) if w.whistle == 2 && w.departments == ["police"]));
+    }
+
+    #[test]
+    fn an_unrated_resolution_closes_not_rated_when_the_window_passes() {
+        let resolved = state(&[ack(grid()), resolve(grid(), HOUR)]);
+        assert_eq!(due(&resolved, DeadlineId::Rate(1)), Some(HOUR + 7 * 24 * HOUR));
+        given_state(resolved.clone()).when(fire(DeadlineId::Rate(1), 7 * 24 * HOUR)).then_expect_events([]);
+        given_state(resolved.clone()).when(fire(DeadlineId::Rate(1), 8 * 24 * HOUR)).then_expect_events([
+            CaseEvent::Closed(pb::CaseClosed { at_unix_ms: 8 * 24 * HOUR, outcome: pb::CloseOutcome::NotRated as i32 }),
         ]);
-        let state = given::<Case>(events.clone()).state().clone();
-        let reopened = state
+        let closed = history(&[ack(grid()), resolve(grid(), HOUR), fire(DeadlineId::Rate(1), 8 * 24 * HOUR)]);
+        given::<Case>(closed)
+            .when(rate(pb::Rating::Satisfied, 9 * 24 * HOUR))
+            .then_expect_error(CaseRejection::InvalidTransition { action: "rate".into(), state: Status::Closed });
+    }
+
+    #[test]
+    fn unsatisfied_reopens_a_new_round_with_its_own_clocks_and_satisfied_closes_rated() {
+        let resolved = state(&[ack(grid()), resolve(grid(), 2)]);
+        let reopened = resolved
             .decide(&CaseCommand::Verify {
                 rating: pb::Rating::Unsatisfied,
-                by: "reporter".into(),
+                solved: false,
+                by: Rater::Staff("w7".into()),
                 comment: "bikes are back".into(),
                 clock: clock(100 * MIN),
             })
             .expect("verify");
-        assert!(matches!(&reopened[1], CaseEvent::Reopened(_)));
         assert!(
-            matches!(&reopened[2], CaseEvent::Assigned(a) if a.reason == "reopened" && a.deadlines[0].due_unix_ms == 130 * MIN)
+            matches!(&reopened[0], CaseEvent::Verified(v) if v.by == "staff:w7" && v.round == 1 && v.solved == pb::ResolutionAnswer::NotSolved as i32)
         );
-        given::<Case>(events.clone())
-            .when(CaseCommand::Verify {
-                rating: pb::Rating::Satisfied,
-                by: "reporter".into(),
-                comment: "".into(),
-                clock: clock(5),
-            })
+        assert!(
+            matches!(&reopened[1], CaseEvent::Reopened(r) if r.round == 2 && r.deadlines[1].id == "resolve:2" && r.deadlines[1].due_unix_ms == 100 * MIN + 24 * HOUR)
+        );
+        assert!(matches!(&reopened[2], CaseEvent::Assigned(a) if a.reason == "reopened" && a.owner == Some(grid())));
+        let round_two = resolved.fold(&reopened);
+        assert_eq!(round_two.round, 2);
+        assert_eq!(due(&round_two, DeadlineId::Resolve(1)), None);
+        given::<Case>(history(&[ack(grid()), resolve(grid(), 2)]))
+            .when(rate(pb::Rating::Satisfied, 5))
             .then_expect_events([
                 CaseEvent::Verified(pb::CaseVerified {
                     rating: pb::Rating::Satisfied as i32,
                     by: "reporter".into(),
                     comment: "".into(),
+                    solved: pb::ResolutionAnswer::Solved as i32,
+                    round: 1,
+                    at_unix_ms: 5,
                 }),
-                CaseEvent::Closed(pb::CaseClosed { at_unix_ms: 5 }),
+                CaseEvent::Closed(pb::CaseClosed { at_unix_ms: 5, outcome: pb::CloseOutcome::Rated as i32 }),
             ]);
+    }
+
+    #[test]
+    fn only_the_reporter_or_staff_may_rate() {
+        assert_eq!(Rater::parse("reporter"), Some(Rater::Reporter));
+        assert_eq!(Rater::parse("staff:w7"), Some(Rater::Staff("w7".into())));
+        for nobody in ["neighbour", "staff:", "", "Reporter", &format!("staff:{}", "x".repeat(65))] {
+            assert_eq!(Rater::parse(nobody), None, "{nobody}");
+        }
     }
 
     #[test]
     fn transitions_outside_the_graph_name_the_current_state() {
         given::<Case>(history(&[]))
-            .when(CaseCommand::Resolve { by: grid(), notes: "".into(), now_unix_ms: 1 })
+            .when(resolve(grid(), 1))
             .then_expect_error(CaseRejection::InvalidTransition { action: "resolve".into(), state: Status::Assigned });
         given::<Case>(history(&[]))
-            .when(CaseCommand::Verify {
-                rating: pb::Rating::Satisfied,
-                by: "r".into(),
-                comment: "".into(),
-                clock: clock(1),
-            })
-            .then_expect_error(CaseRejection::InvalidTransition { action: "verify".into(), state: Status::Assigned });
+            .when(rate(pb::Rating::Satisfied, 1))
+            .then_expect_error(CaseRejection::InvalidTransition { action: "rate".into(), state: Status::Assigned });
         given::<Case>([])
-            .when(CaseCommand::Acknowledge { by: grid(), now_unix_ms: 1 })
+            .when(ack(grid()))
             .then_expect_error(CaseRejection::InvalidTransition { action: "acknowledge".into(), state: Status::New });
     }
 
     #[test]
-    fn state_survives_a_snapshot_round_trip() {
-        let street = owner(pb::Tier::Street, "s");
-        let mut state = Case::default();
-        for c in [
-            open_cmd(),
-            CaseCommand::Reassign { expected: grid(), to: street.clone(), clock: clock(0) },
-            CaseCommand::BlowWhistle {
-                by: street,
+    fn events_written_before_case_clocks_still_fold_and_escalate() {
+        let old =
+            |id: &str, kind: pb::DeadlineKind, due| pb::Deadline { id: id.into(), kind: kind as i32, due_unix_ms: due };
+        let events = vec![
+            CaseEvent::Opened(opened()),
+            CaseEvent::Assigned(pb::CaseAssigned {
+                assignment: 1,
+                owner: Some(grid()),
+                reason: "routed".into(),
+                deadlines: vec![
+                    old("1:ack", pb::DeadlineKind::Acknowledge, 30 * MIN),
+                    old("1:respond", pb::DeadlineKind::Respond, 2 * HOUR),
+                    old("1:resolve", pb::DeadlineKind::Resolve, 24 * HOUR),
+                ],
+            }),
+            CaseEvent::WhistleBlown(pb::WhistleBlown {
                 departments: vec!["police".into()],
-                within: Duration::minutes(30),
-                now_unix_ms: 0,
-            },
-            CaseCommand::DepartmentReport { department: "police".into(), now_unix_ms: 1 },
-        ] {
-            let events = state.decide(&c).expect("step");
-            state = state.fold(&events);
-        }
+                acknowledge_by_unix_ms: 10 * MIN,
+                whistle: 1,
+            }),
+        ];
+        let state = given::<Case>(events).state().clone();
+        assert_eq!(state.round, 1);
+        let fired = state.decide(&fire(DeadlineId::parse("1:ack").expect("old id"), 31 * MIN)).expect("fires");
+        assert!(matches!(&fired[1], CaseEvent::Assigned(a) if a.owner == Some(community())));
+        let on = state.fold(&fired);
+        assert_eq!(on.pending.get("1:resolve").map(|d| d.due_unix_ms), Some(24 * HOUR));
+        assert!(
+            on.pending.contains_key("summons:1:police"),
+            "a summons clock is named from its event: {:?}",
+            on.pending
+        );
+        assert_eq!(on.outstanding_summonses(), ["police"]);
+    }
+
+    #[test]
+    fn state_survives_a_snapshot_round_trip() {
+        let state = state(&[
+            reassign(grid(), street(), 0),
+            whistle(&["police", "housing"], 0),
+            report("police"),
+            fire(DeadlineId::Ack(2), 31 * MIN),
+        ]);
+        assert!(state.supervised || state.owner == Some(department()));
         assert_eq!(Case::decode_state(&state.encode_state()).expect("decodes"), state);
     }
 
     #[test]
-    fn an_emergency_summons_its_departments_on_opening() {
+    fn an_emergency_summons_its_departments_on_opening_within_the_plans_window() {
         let command = CaseCommand::Open {
             opened: Box::new(pb::CaseOpened { emergency: true, ..opened() }),
-            owner: owner(pb::Tier::Street, "s"),
+            owner: street(),
             summon: vec!["fire-brigade".into(), "police".into()],
-            summon_within: Duration::minutes(10),
             clock: clock(0),
         };
         let events = Case::default().decide(&command).expect("open");
         assert!(
-            matches!(&events[2], CaseEvent::WhistleBlown(w) if w.departments.len() == 2 && w.acknowledge_by_unix_ms == 10 * MIN)
+            matches!(&events[2], CaseEvent::WhistleBlown(w) if w.departments.len() == 2 && w.acknowledge_by_unix_ms == 30 * MIN)
         );
     }
 }

@@ -4,7 +4,7 @@
 
 use time::Duration;
 
-use super::calendar::Counting;
+use super::calendar::{Counting, Span};
 use super::case::SlaPlan;
 
 /// First rung a rule sends a case to.
@@ -107,30 +107,77 @@ pub fn default_rules() -> Vec<Rule> {
     ]
 }
 
+/// Terms the city sets for every case: how long summoned departments have to
+/// report for duty, and how long a reporter has to rate a resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Terms {
+    /// Summons window, counted like the case's own clocks.
+    pub summon_within: Duration,
+    /// Rating window in calendar days (7 by default): unrated by then, the case
+    /// closes "not rated".
+    pub rating_window_days: u32,
+}
+
+impl Default for Terms {
+    fn default() -> Self {
+        Self { summon_within: Duration::minutes(30), rating_window_days: 7 }
+    }
+}
+
+/// Whether a category's clocks keep office time or run round the calendar:
+/// risks to people and property do not wait for Monday.
+pub fn category_counting(category: &str) -> Counting {
+    match category {
+        "elderly-welfare" | "public-safety" | "fire-hazard" | "fire" => Counting::Wall,
+        _ => Counting::Working,
+    }
+}
+
 /// The SLA plan for a category and priority: the priority's plan, with the
 /// category's own resolve time where it has one (renovation takes weeks; a
-/// lonely elder's need, a day).
-pub fn sla_plan_for(category: &str, priority: i32, emergency: bool) -> SlaPlan {
-    let mut plan = sla_plan(priority, emergency);
+/// lonely elder's need, a day), counted as the category says
+/// ([`category_counting`]).
+pub fn sla_plan_for(category: &str, priority: i32, emergency: bool, terms: &Terms) -> SlaPlan {
+    let mut plan = sla_plan(priority, emergency, terms);
     match category {
-        "old-compound-renovation" => plan.resolve = Duration::days(20),
-        "property-conflict" => plan.resolve = plan.resolve.max(Duration::hours(80)),
-        "elderly-welfare" if !emergency => plan.resolve = plan.resolve.min(Duration::hours(8)),
+        "old-compound-renovation" => plan.resolve = Span::WorkingDays(20),
+        "property-conflict" => plan.resolve = Span::WorkingDays(10),
+        "elderly-welfare" if !emergency => {
+            plan.acknowledge = Span::Wall(Duration::hours(1));
+            plan.respond = Span::Wall(Duration::hours(4));
+            plan.resolve = Span::CalendarDays(1);
+        }
         _ => {}
+    }
+    if category_counting(category) == Counting::Wall {
+        plan = plan.round_the_clock();
     }
     plan
 }
 
 /// The SLA plan for a priority (gridwork.intake.v1.Priority numbers) and
-/// emergency flag.
-pub fn sla_plan(priority: i32, emergency: bool) -> SlaPlan {
-    let (ack, respond, resolve, counting) = match (emergency, priority) {
-        (true, _) => (Duration::minutes(5), Duration::minutes(15), Duration::hours(4), Counting::Wall),
-        (false, 4) => (Duration::minutes(30), Duration::hours(2), Duration::hours(24), Counting::Wall),
-        (false, 3) => (Duration::hours(2), Duration::hours(8), Duration::hours(24), Counting::Working),
-        (false, _) => (Duration::hours(4), Duration::hours(16), Duration::hours(40), Counting::Working),
+/// emergency flag: emergencies and urgent cases on the wall clock, the rest in
+/// office hours and working days.
+pub fn sla_plan(priority: i32, emergency: bool, terms: &Terms) -> SlaPlan {
+    let (acknowledge, respond, resolve) = match (emergency, priority) {
+        (true, _) => {
+            (Span::Wall(Duration::minutes(5)), Span::Wall(Duration::minutes(15)), Span::Wall(Duration::hours(4)))
+        }
+        (false, 4) => {
+            (Span::Wall(Duration::minutes(30)), Span::Wall(Duration::hours(2)), Span::Wall(Duration::hours(24)))
+        }
+        (false, 3) => {
+            (Span::OfficeHours(Duration::hours(2)), Span::OfficeHours(Duration::hours(8)), Span::WorkingDays(3))
+        }
+        (false, _) => (Span::OfficeHours(Duration::hours(4)), Span::WorkingDays(2), Span::WorkingDays(5)),
     };
-    SlaPlan { acknowledge: ack, respond, resolve, counting }
+    SlaPlan {
+        acknowledge,
+        respond,
+        resolve,
+        summons: acknowledge.counting_like(terms.summon_within),
+        rate: Span::CalendarDays(terms.rating_window_days),
+    }
 }
 
 #[cfg(test)]
@@ -154,16 +201,27 @@ mod tests {
     }
 
     #[test]
-    fn some_categories_have_their_own_resolve_time() {
-        assert_eq!(sla_plan_for("old-compound-renovation", 1, false).resolve, Duration::days(20));
-        assert_eq!(sla_plan_for("elderly-welfare", 3, false).resolve, Duration::hours(8));
-        assert_eq!(sla_plan_for("parking", 1, false), sla_plan(1, false));
+    fn some_categories_have_their_own_resolve_time_and_counting() {
+        let terms = Terms::default();
+        assert_eq!(sla_plan_for("old-compound-renovation", 1, false, &terms).resolve, Span::WorkingDays(20));
+        assert_eq!(sla_plan_for("parking", 1, false, &terms), sla_plan(1, false, &terms));
+        // A lonely elder's need does not wait for Monday.
+        let elder = sla_plan_for("elderly-welfare", 2, false, &terms);
+        assert_eq!(elder.resolve, Span::CalendarDays(1));
+        assert_eq!(elder.summons, Span::Wall(Duration::minutes(30)));
+        // A fire hazard keeps its lengths but counts them round the clock.
+        let hazard = sla_plan_for("fire-hazard", 2, false, &terms);
+        assert_eq!((hazard.acknowledge, hazard.resolve), (Span::Wall(Duration::hours(4)), Span::CalendarDays(5)));
     }
 
     #[test]
     fn emergencies_run_on_the_wall_clock_and_others_on_working_time() {
-        assert_eq!(sla_plan(4, true).counting, Counting::Wall);
-        assert_eq!(sla_plan(2, false).counting, Counting::Working);
-        assert!(sla_plan(4, false).acknowledge < sla_plan(2, false).acknowledge);
+        let terms = Terms::default();
+        assert_eq!(sla_plan(4, true, &terms).resolve, Span::Wall(Duration::hours(4)));
+        assert_eq!(sla_plan(2, false, &terms).resolve, Span::WorkingDays(5));
+        // The summons window follows the case's counting.
+        assert_eq!(sla_plan(2, false, &terms).summons, Span::OfficeHours(Duration::minutes(30)));
+        assert_eq!(sla_plan(4, true, &terms).summons, Span::Wall(Duration::minutes(30)));
+        assert_eq!(sla_plan(2, false, &terms).rate, Span::CalendarDays(7));
     }
 }
