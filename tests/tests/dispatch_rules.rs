@@ -122,7 +122,7 @@ fn monday_ten() -> i64 {
 }
 
 #[tokio::test]
-async fn a_case_past_its_resolve_clock_is_overdue_until_resolved_and_the_top_rung_brings_supervision() {
+async fn a_case_past_its_clocks_is_overdue_and_supervised_until_resolved_and_a_reopened_round_starts_clean() {
     overdue_and_supervision(&mut mesh(monday_ten()).await).await;
 }
 
@@ -165,65 +165,144 @@ async fn overdue_and_supervision(m: &mut Mesh) {
     assert_eq!(due(&opened, "respond:1"), Some(start + 8 * HOUR));
     assert_eq!(due(&opened, "ack:1"), Some(start + 2 * HOUR));
 
-    // The grid misses its acknowledgement: the community has it, with its own
-    // clock; the case's clocks do not move. A missed owner's clock alone is a
-    // breach, not an overdue case.
+    // The grid, then the community, miss their acknowledgements: each loses the
+    // case one rung up, each new owner with its own clock; the case's clocks do
+    // not move, and a missed owner's clock alone is not an overdue case.
     assert_eq!(pass(m, 2 * HOUR + MINUTE).await, 1);
     let escalated = case(m, &id).await;
     assert_eq!(escalated.owner, owner(pb::Tier::Community, "c"));
     assert_eq!(due(&escalated, "ack:2"), Some(start + 4 * HOUR + MINUTE));
     assert_eq!(due(&escalated, "resolve:1"), Some(start + 72 * HOUR));
     assert!(overdue(m).await.is_empty(), "an owner's missed clock alone is not overdue");
-    // The community acknowledges; nobody acts on site within 8 hours: overdue,
-    // and up a rung.
+    assert_eq!(pass(m, 2 * HOUR).await, 1);
+    let street = owner(pb::Tier::Street, "s");
+    assert_eq!(case(m, &id).await.owner, street);
+
+    // The street takes it on and summons the police, who are late to report.
     m.dispatch
         .acknowledge_case(pb::AcknowledgeCaseRequest {
             command_id: uuid(),
             case_id: id.clone(),
-            acting_as: owner(pb::Tier::Community, "c"),
+            acting_as: street.clone(),
         })
         .await
         .expect("ack");
-    pass(m, 6 * HOUR).await;
+    m.dispatch
+        .blow_whistle(pb::BlowWhistleRequest {
+            command_id: uuid(),
+            case_id: id.clone(),
+            acting_as: street.clone(),
+            departments: vec!["police".into()],
+        })
+        .await
+        .expect("whistle");
+    // Nobody acts on site within 8 hours: a warning on the record, the case is
+    // overdue, and the street still holds it (moving it is the dispatcher's call).
+    pass(m, 4 * HOUR).await;
     let late = case(m, &id).await;
     assert!(late.overdue, "respond passed with no action on site");
-    assert_eq!(late.owner, owner(pb::Tier::Street, "s"));
+    assert_eq!((late.owner.clone(), late.status.as_str(), late.supervised), (street.clone(), "acknowledged", false));
     assert_eq!(overdue(m).await, [id.as_str()]);
+    let queue = summonses(m, "police", false).await;
+    assert_eq!(
+        queue.iter().map(|s| (s.case_id.as_str(), s.status)).collect::<Vec<_>>(),
+        [(id.as_str(), pb::SummonsStatus::Summoned as i32)]
+    );
+    m.dispatch
+        .report_for_duty(pb::ReportForDutyRequest {
+            command_id: uuid(),
+            case_id: id.clone(),
+            department: "police".into(),
+        })
+        .await
+        .expect("late, but reporting");
 
-    // Nobody takes it on: street, then the fire brigade (the top rung) miss
-    // their acknowledgements; the district supervises; the resolve clock passes.
-    pass(m, 2 * HOUR + MINUTE).await;
-    pass(m, 2 * HOUR + MINUTE).await;
+    // The resolve clock passes: the district supervises (督办), once; still listed.
     pass(m, 72 * HOUR).await;
     let supervised = case(m, &id).await;
-    assert_eq!(supervised.owner, owner(pb::Tier::Department, "fire-brigade"));
+    assert_eq!(supervised.owner, street);
     assert!(supervised.supervised && supervised.overdue, "{supervised:?}");
     let kinds: Vec<_> = supervised.timeline.iter().map(|t| t.event_type.as_str()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "supervision_opened").count(), 1, "{kinds:?}");
     assert_eq!(overdue(m).await, [id.as_str()], "still listed, supervised");
     assert_eq!(pass(m, 24 * HOUR).await, 0, "nothing more fires");
 
-    // The brigade acknowledges, acts and resolves: no longer overdue.
-    let brigade = owner(pb::Tier::Department, "fire-brigade");
+    // The police complete their part; the street resolves: no longer overdue.
     m.dispatch
-        .acknowledge_case(pb::AcknowledgeCaseRequest {
+        .complete_summons(pb::CompleteSummonsRequest {
             command_id: uuid(),
             case_id: id.clone(),
-            acting_as: brigade.clone(),
+            department: "police".into(),
+            notes: "chargers confiscated".into(),
         })
         .await
-        .expect("ack");
+        .expect("complete");
     m.dispatch
         .resolve_case(pb::ResolveCaseRequest {
             command_id: uuid(),
             case_id: id.clone(),
-            acting_as: brigade,
+            acting_as: street.clone(),
             notes: "charging moved outdoors".into(),
         })
         .await
         .expect("resolve");
     assert!(overdue(m).await.is_empty());
     assert!(!case(m, &id).await.overdue);
+
+    // Rated unsatisfied: a new round with its own clocks, no rating window left
+    // over, not supervised; the police can be summoned again.
+    m.dispatch
+        .verify_case(pb::VerifyCaseRequest {
+            command_id: uuid(),
+            case_id: id.clone(),
+            rating: pb::Rating::Unsatisfied as i32,
+            by: "staff:callback-3".into(),
+            comment: "chargers back in the stairwell".into(),
+            solved: pb::ResolutionAnswer::NotSolved as i32,
+        })
+        .await
+        .expect("rate");
+    let round_two = case(m, &id).await;
+    assert_eq!((round_two.round, round_two.supervised), (2, false));
+    let pending: Vec<_> = round_two.pending_deadlines.iter().map(|d| d.id.split(':').next().unwrap_or("")).collect();
+    assert!(!pending.contains(&"rate") && pending.contains(&"resolve"), "{pending:?}");
+    assert_eq!(round_two.ratings.len(), 1);
+    assert_eq!((round_two.ratings[0].round, round_two.ratings[0].by.as_str()), (1, "staff:callback-3"));
+    m.dispatch
+        .acknowledge_case(pb::AcknowledgeCaseRequest {
+            command_id: uuid(),
+            case_id: id.clone(),
+            acting_as: street.clone(),
+        })
+        .await
+        .expect("ack");
+    m.dispatch
+        .blow_whistle(pb::BlowWhistleRequest {
+            command_id: uuid(),
+            case_id: id.clone(),
+            acting_as: street.clone(),
+            departments: vec!["police".into()],
+        })
+        .await
+        .expect("whistle again");
+    let open: Vec<_> = summonses(m, "police", false).await.iter().map(|s| s.whistle).collect();
+    assert_eq!(open, [2]);
+    assert_eq!(summonses(m, "police", true).await.len(), 2, "the first summons is kept, completed");
+}
+
+async fn summonses(m: &mut Mesh, department: &str, include_finished: bool) -> Vec<pb::Summons> {
+    let settled = settled(m).await;
+    m.dispatch
+        .list_summonses(pb::ListSummonsesRequest {
+            department: department.into(),
+            include_finished,
+            limit: 50,
+            min_position: settled,
+        })
+        .await
+        .expect("summonses")
+        .into_inner()
+        .summonses
 }
 
 #[tokio::test]

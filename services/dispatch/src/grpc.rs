@@ -35,7 +35,7 @@ fn owner(v: &mut Violations, field: &str, o: Option<&pb::Owner>) -> pb::Owner {
         }
         Some(o) => {
             if pb::Tier::try_from(o.tier).unwrap_or(pb::Tier::Unspecified) == pb::Tier::Unspecified {
-                v.add(format!("{field}.tier"), "must be grid, community, street or department");
+                v.add(format!("{field}.tier"), "must be grid, community, street, department or dispatch centre");
             }
             v.id(&format!("{field}.id"), &o.id);
             o.clone()
@@ -254,6 +254,9 @@ impl DispatchService for DispatchGrpc {
         }
         for (i, d) in r.departments.iter().enumerate() {
             v.id(&format!("departments[{i}]"), d);
+            if r.departments[..i].contains(d) {
+                v.add(format!("departments[{i}]"), format!("{d} is named twice"));
+            }
         }
         v.finish()?;
         let departments = r.departments;

@@ -295,6 +295,13 @@ fn scope_of(d: &pb::Deadline) -> &'static str {
     DeadlineId::parse(&d.id).map_or("owner", |id| id.scope().label())
 }
 
+/// The id as this build spells it (events from older builds wrote `1:ack`,
+/// `w1:police`), so a row written from an old event and one matched by a new
+/// event are the same row.
+fn normalised(id: &str) -> String {
+    DeadlineId::parse(id).map_or_else(|| id.to_string(), |d| d.to_string())
+}
+
 /// Statements on one case's rows, inside the commit's transaction.
 struct Rows<'a> {
     tx: &'a mut AnyConnection,
@@ -343,11 +350,12 @@ impl Rows<'_> {
             self.deadlines
         );
         let id = self.id;
+        let deadline_id = normalised(&d.id);
         self.run(
             sql,
             &[
                 Bind::Text(id),
-                Bind::Text(&d.id),
+                Bind::Text(&deadline_id),
                 Bind::Int(i64::from(d.kind)),
                 Bind::Text(scope_of(d)),
                 Bind::Int(d.due_unix_ms),
@@ -386,6 +394,9 @@ impl Rows<'_> {
         )
         .await?;
         let which = "scope = 'summons' AND owner_id = $1";
+        if status == pb::SummonsStatus::Reported {
+            self.deadlines("breached", "met_late", which, &[Bind::Text(department)]).await?;
+        }
         self.deadlines(
             "pending",
             if status == pb::SummonsStatus::Reported { "met" } else { "superseded" },
@@ -493,8 +504,8 @@ impl Projection for Cases {
                 }
                 CaseEvent::SlaBreached(b) => {
                     rows.case("breaches = breaches + 1", &[]).await?;
-                    let d = b.deadline.clone().unwrap_or_default();
-                    rows.deadlines("pending", "breached", "deadline_id = $1", &[Text(&d.id)]).await?;
+                    let d = normalised(&b.deadline.clone().unwrap_or_default().id);
+                    rows.deadlines("pending", "breached", "deadline_id = $1", &[Text(&d)]).await?;
                 }
                 CaseEvent::SupervisionOpened(_) => rows.case("supervised = 1", &[]).await?,
                 CaseEvent::WhistleBlown(w) => {
@@ -546,7 +557,8 @@ impl Projection for Cases {
                 }
                 CaseEvent::Resolved(r) => {
                     rows.case("status = 'resolved'", &[]).await?;
-                    rows.deadlines("pending", "met", "scope IN ('owner', 'case')", &[]).await?;
+                    // As the aggregate: every clock still pending ends here.
+                    rows.deadlines("pending", "met", "1 = 1", &[]).await?;
                     rows.deadlines("breached", "met_late", "scope = 'case'", &[]).await?;
                     if let Some(d) = &r.rate_by {
                         rows.insert_deadline(d, &pb::Owner::default()).await?;
@@ -554,15 +566,22 @@ impl Projection for Cases {
                 }
                 CaseEvent::Verified(v) => {
                     rows.case("rating = $1", &[Int(i64::from(v.rating))]).await?;
+                    rows.deadlines("pending", "met", "scope = 'rating'", &[]).await?;
+                    // Ratings from before rounds were recorded carry round 0: the
+                    // case's current round is the one rated.
+                    let round = if v.round > 0 {
+                        i64::from(v.round).to_string()
+                    } else {
+                        format!("(SELECT round FROM {} WHERE case_id = $1)", rows.cases)
+                    };
                     let sql = format!(
-                        "INSERT INTO {ratings} (case_id, round, rating, solved, rated_by, comment, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                        "INSERT INTO {ratings} (case_id, round, rating, solved, rated_by, comment, at_ms) VALUES ($1, {round}, $2, $3, $4, $5, $6) \
                          ON CONFLICT (case_id, round) DO NOTHING"
                     );
                     rows.run(
                         sql,
                         &[
                             Text(id),
-                            Int(i64::from(v.round.max(1))),
                             Int(i64::from(v.rating)),
                             Int(i64::from(v.solved)),
                             Text(&v.by),
@@ -582,7 +601,7 @@ impl Projection for Cases {
                     rows.deadlines("pending", to, "1 = 1", &[]).await?;
                 }
                 CaseEvent::Reopened(r) => {
-                    rows.case("round = round + 1", &[]).await?;
+                    rows.case("round = round + 1, supervised = 0", &[]).await?;
                     for d in &r.deadlines {
                         rows.insert_deadline(d, &pb::Owner::default()).await?;
                     }

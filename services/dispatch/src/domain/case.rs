@@ -17,9 +17,11 @@
 //! All are state, computed in `decide` from the injected time, the SLA plan and
 //! the working calendar. `FireDeadline` names one; it acts only if that deadline
 //! is still pending and past due, so a scheduler that fires twice (a restart
-//! between firing and recording) acts once. A missed owner or case clock
-//! escalates one rung; with no rung above, the district takes the case under
-//! supervision (督办).
+//! between firing and recording) acts once. A missed acknowledge clock moves the
+//! case one rung up (with no rung above, the district supervises: 督办); a missed
+//! respond clock is a warning on the record; a missed resolve clock puts the case
+//! under district supervision wherever it is. Moving a case that is being worked
+//! is the dispatcher's decision, not the clock's.
 //!
 //! **Summonses.** The owning street summons departments (街道吹哨); each summons
 //! is a work item — summoned, reported for duty, completed or released — and the
@@ -379,16 +381,14 @@ fn is_centre(o: &pb::Owner) -> bool {
 impl Case {
     fn assign(&self, to: pb::Owner, reason: &str, clock: &Clock) -> CaseEvent {
         let assignment = self.assignment + 1;
-        CaseEvent::Assigned(pb::CaseAssigned {
-            assignment,
-            owner: Some(to),
-            reason: reason.into(),
-            deadlines: vec![clock.deadline(
-                DeadlineId::Ack(assignment),
-                pb::DeadlineKind::Acknowledge,
-                clock.plan.acknowledge,
-            )],
-        })
+        // The dispatch centre assigns rather than acknowledges: it has no
+        // acknowledge clock; the case's own clocks keep running while it decides.
+        let deadlines = if is_centre(&to) {
+            vec![]
+        } else {
+            vec![clock.deadline(DeadlineId::Ack(assignment), pb::DeadlineKind::Acknowledge, clock.plan.acknowledge)]
+        };
+        CaseEvent::Assigned(pb::CaseAssigned { assignment, owner: Some(to), reason: reason.into(), deadlines })
     }
 
     fn require_owner(&self, by: &pb::Owner, action: &'static str) -> Result<(), CaseRejection> {
@@ -453,18 +453,15 @@ impl Case {
         })
     }
 
-    /// A missed owner or case clock: one rung up, or district supervision at the top.
-    fn escalate(&self, clock: &Clock, why: &str) -> Vec<CaseEvent> {
-        if let Some(up) = self.next_tier() {
-            return vec![self.assign(up, "escalated", clock)];
-        }
+    /// District supervision (督办), once per round.
+    fn supervise(&self, clock: &Clock, why: String) -> Vec<CaseEvent> {
         if self.supervised {
             return vec![];
         }
         let district = self.opened.as_ref().map(|o| o.district_id.clone()).unwrap_or_default();
         vec![CaseEvent::SupervisionOpened(pb::SupervisionOpened {
             district_id: district,
-            reason: format!("{why} with no rung above {}", self.owner.as_ref().map(label).unwrap_or_default()),
+            reason: why,
             at_unix_ms: clock.now_unix_ms,
         })]
     }
@@ -487,12 +484,30 @@ impl Case {
                 deadline: Some(deadline.clone()),
                 owner: Some(owner(pb::Tier::Department, id.department().unwrap_or_default())),
             })],
-            Scope::Owner | Scope::Case => {
+            scope => {
                 let mut events = vec![CaseEvent::SlaBreached(pb::SlaBreached {
                     deadline: Some(deadline.clone()),
                     owner: self.owner.clone(),
                 })];
-                events.extend(self.escalate(clock, &format!("deadline {id} missed")));
+                let holder = self.owner.as_ref().map(label).unwrap_or_default();
+                match (scope, id) {
+                    // An owner that does not take the case on loses it one rung up;
+                    // with no rung above, the district supervises.
+                    (Scope::Owner, _) => match self.next_tier() {
+                        Some(up) => events.push(self.assign(up, "escalated", clock)),
+                        None => {
+                            events.extend(self.supervise(clock, format!("{holder} did not acknowledge, no rung above")))
+                        }
+                    },
+                    // Past the resolve clock the case is overdue: the district
+                    // supervises (督办) whoever holds it; moving it is the dispatcher's call.
+                    (_, DeadlineId::Resolve(_)) => {
+                        events.extend(self.supervise(clock, format!("not resolved in time, held by {holder}")))
+                    }
+                    // A missed respond clock is a warning (预警) on the record, and
+                    // the case is overdue until someone acts on site.
+                    _ => {}
+                }
                 events
             }
         }
@@ -568,12 +583,13 @@ impl Aggregate for Case {
                 }
                 // A department already at work is not summoned twice; one whose
                 // earlier summons finished (a reopened case) is summoned anew.
-                let mut fresh: Vec<String> = departments
+                let fresh: Vec<String> = departments
                     .iter()
                     .filter(|d| !self.summonses.get(*d).is_some_and(Summons::active))
                     .cloned()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
                     .collect();
-                fresh.dedup();
                 if fresh.is_empty() {
                     return Ok(vec![]);
                 }
@@ -707,9 +723,13 @@ impl Aggregate for Case {
             CaseEvent::ProgressRecorded(_) => {
                 remove(&mut self.pending, &|d| !matches!(d, DeadlineId::Respond(_)));
             }
-            CaseEvent::HandedBack(_) | CaseEvent::Verified(_) | CaseEvent::SummonsProgressRecorded(_) => {}
+            CaseEvent::HandedBack(_) | CaseEvent::SummonsProgressRecorded(_) => {}
+            CaseEvent::Verified(_) => remove(&mut self.pending, &|d| d.scope() != Scope::Rating),
             CaseEvent::SlaBreached(e) => {
-                if let Some(d) = &e.deadline {
+                // By meaning: an old event's "w1:police" is today's "summons:1:police".
+                if let Some(breached) = e.deadline.as_ref().and_then(|d| DeadlineId::parse(&d.id)) {
+                    remove(&mut self.pending, &|d| *d != breached);
+                } else if let Some(d) = &e.deadline {
                     self.pending.remove(&d.id);
                 }
             }
@@ -746,6 +766,8 @@ impl Aggregate for Case {
             }
             CaseEvent::Reopened(e) => {
                 self.round = if e.round > 0 { e.round } else { self.round + 1 };
+                // A new round is supervised only if it, too, runs late.
+                self.supervised = false;
                 for d in &e.deadlines {
                     self.pending.insert(d.id.clone(), d.clone());
                 }
@@ -1044,14 +1066,47 @@ mod tests {
     }
 
     #[test]
-    fn a_missed_resolve_clock_escalates_from_a_lower_rung() {
+    fn a_missed_resolve_clock_brings_supervision_where_the_case_is_and_a_missed_respond_clock_is_a_warning() {
         let acked = state(&[ack(grid())]);
+        // Respond: a breach on the record; the grid keeps working the case.
+        let warned = acked.decide(&fire(DeadlineId::Respond(1), 3 * HOUR)).expect("fires");
+        assert_eq!(warned.len(), 1);
+        assert!(matches!(&warned[0], CaseEvent::SlaBreached(b) if b.owner == Some(grid())));
+        let acked = acked.fold(&warned);
+        assert_eq!((acked.status, acked.owner.clone()), (Status::Acknowledged, Some(grid())));
+        given_state(acked.clone()).when(fire(DeadlineId::Resolve(1), 23 * HOUR)).then_expect_events([]);
+        // Resolve: supervised by the district, still with the grid.
         let events = acked.decide(&fire(DeadlineId::Resolve(1), 25 * HOUR)).expect("fires");
         assert!(matches!(&events[0], CaseEvent::SlaBreached(b) if b.owner == Some(grid())));
-        assert!(
-            matches!(&events[1], CaseEvent::Assigned(a) if a.owner == Some(community()) && a.reason == "escalated")
-        );
-        given::<Case>(history(&[ack(grid())])).when(fire(DeadlineId::Resolve(1), 23 * HOUR)).then_expect_events([]);
+        assert!(matches!(&events[1], CaseEvent::SupervisionOpened(s) if s.reason.contains("grid g")));
+        assert_eq!(events.len(), 2, "nobody is moved by the clock: {events:?}");
+    }
+
+    #[test]
+    fn a_whistle_naming_a_department_twice_summons_it_once() {
+        let owned = state(&[reassign(grid(), street(), 0)]);
+        let events = owned.decide(&whistle(&["police", "housing", "police"], 0)).expect("whistle");
+        assert!(matches!(&events[0], CaseEvent::WhistleBlown(w) if w.departments == ["housing", "police"]));
+    }
+
+    #[test]
+    fn a_reopened_round_has_no_rating_window_and_no_supervision_until_it_too_runs_late() {
+        let late = state(&[ack(grid()), fire(DeadlineId::Resolve(1), 25 * HOUR), resolve(grid(), 26 * HOUR)]);
+        assert!(late.supervised);
+        assert!(due(&late, DeadlineId::Rate(1)).is_some());
+        let round_two = late.clone().fold(&late.decide(&rate(pb::Rating::Unsatisfied, 27 * HOUR)).expect("reopen"));
+        assert_eq!(due(&round_two, DeadlineId::Rate(1)), None, "the rated round's window is over");
+        assert!(!round_two.supervised);
+        given_state(round_two).when(fire(DeadlineId::Rate(1), 30 * 24 * HOUR)).then_expect_events([]);
+    }
+
+    #[test]
+    fn the_dispatch_centre_has_no_acknowledge_clock_of_its_own() {
+        let back =
+            state(&[CaseCommand::HandBack { by: grid(), reason: "not a grid matter".into(), clock: clock(MIN) }]);
+        assert_eq!(back.owner, Some(centre()));
+        let ids: Vec<_> = back.pending.keys().map(String::as_str).collect();
+        assert_eq!(ids, ["resolve:1", "respond:1"]);
     }
 
     #[test]
@@ -1243,8 +1298,9 @@ mod tests {
             whistle(&["police", "housing"], 0),
             report("police"),
             fire(DeadlineId::Ack(2), 31 * MIN),
+            fire(DeadlineId::Ack(3), 62 * MIN),
         ]);
-        assert!(state.supervised || state.owner == Some(department()));
+        assert!(state.supervised && state.owner == Some(department()), "street, then brigade, missed: {state:?}");
         assert_eq!(Case::decode_state(&state.encode_state()).expect("decodes"), state);
     }
 

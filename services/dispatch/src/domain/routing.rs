@@ -140,9 +140,10 @@ pub fn category_counting(category: &str) -> Counting {
 pub fn sla_plan_for(category: &str, priority: i32, emergency: bool, terms: &Terms) -> SlaPlan {
     let mut plan = sla_plan(priority, emergency, terms);
     match category {
+        _ if emergency => {}
         "old-compound-renovation" => plan.resolve = Span::WorkingDays(20),
         "property-conflict" => plan.resolve = Span::WorkingDays(10),
-        "elderly-welfare" if !emergency => {
+        "elderly-welfare" => {
             plan.acknowledge = Span::Wall(Duration::hours(1));
             plan.respond = Span::Wall(Duration::hours(4));
             plan.resolve = Span::CalendarDays(1);
@@ -205,6 +206,8 @@ mod tests {
         let terms = Terms::default();
         assert_eq!(sla_plan_for("old-compound-renovation", 1, false, &terms).resolve, Span::WorkingDays(20));
         assert_eq!(sla_plan_for("parking", 1, false, &terms), sla_plan(1, false, &terms));
+        // An emergency keeps the emergency plan whatever its category.
+        assert_eq!(sla_plan_for("old-compound-renovation", 1, true, &terms), sla_plan(1, true, &terms));
         // A lonely elder's need does not wait for Monday.
         let elder = sla_plan_for("elderly-welfare", 2, false, &terms);
         assert_eq!(elder.resolve, Span::CalendarDays(1));
