@@ -179,23 +179,8 @@ async fn overdue_and_supervision(m: &mut Mesh) {
     assert_eq!(case(m, &id).await.owner, street);
 
     // The street takes it on and summons the police, who are late to report.
-    m.dispatch
-        .acknowledge_case(pb::AcknowledgeCaseRequest {
-            command_id: uuid(),
-            case_id: id.clone(),
-            acting_as: street.clone(),
-        })
-        .await
-        .expect("ack");
-    m.dispatch
-        .blow_whistle(pb::BlowWhistleRequest {
-            command_id: uuid(),
-            case_id: id.clone(),
-            acting_as: street.clone(),
-            departments: vec!["police".into()],
-        })
-        .await
-        .expect("whistle");
+    acknowledge(m, &id, &street).await;
+    summon_police(m, &id, &street).await;
     // Nobody acts on site within 8 hours: a warning on the record, the case is
     // overdue, and the street still holds it (moving it is the dispatcher's call).
     pass(m, 4 * HOUR).await;
@@ -268,26 +253,27 @@ async fn overdue_and_supervision(m: &mut Mesh) {
     assert!(!pending.contains(&"rate") && pending.contains(&"resolve"), "{pending:?}");
     assert_eq!(round_two.ratings.len(), 1);
     assert_eq!((round_two.ratings[0].round, round_two.ratings[0].by.as_str()), (1, "staff:callback-3"));
-    m.dispatch
-        .acknowledge_case(pb::AcknowledgeCaseRequest {
-            command_id: uuid(),
-            case_id: id.clone(),
-            acting_as: street.clone(),
-        })
-        .await
-        .expect("ack");
-    m.dispatch
-        .blow_whistle(pb::BlowWhistleRequest {
-            command_id: uuid(),
-            case_id: id.clone(),
-            acting_as: street.clone(),
-            departments: vec!["police".into()],
-        })
-        .await
-        .expect("whistle again");
+    acknowledge(m, &id, &street).await;
+    summon_police(m, &id, &street).await;
     let open: Vec<_> = summonses(m, "police", false).await.iter().map(|s| s.whistle).collect();
     assert_eq!(open, [2]);
     assert_eq!(summonses(m, "police", true).await.len(), 2, "the first summons is kept, completed");
+}
+
+async fn acknowledge(m: &mut Mesh, id: &str, by: &Option<pb::Owner>) {
+    let request = pb::AcknowledgeCaseRequest { command_id: uuid(), case_id: id.into(), acting_as: by.clone() };
+    m.dispatch.acknowledge_case(request).await.expect("ack");
+}
+
+/// The street summons the police.
+async fn summon_police(m: &mut Mesh, id: &str, street: &Option<pb::Owner>) {
+    let request = pb::BlowWhistleRequest {
+        command_id: uuid(),
+        case_id: id.into(),
+        acting_as: street.clone(),
+        departments: vec!["police".into()],
+    };
+    m.dispatch.blow_whistle(request).await.expect("whistle");
 }
 
 async fn summonses(m: &mut Mesh, department: &str, include_finished: bool) -> Vec<pb::Summons> {
@@ -380,14 +366,7 @@ async fn unrated_closes(m: &mut Mesh) {
     let start = monday_ten();
     let id = accepted(m, "fire-hazard").await;
     let grid = owner(pb::Tier::Grid, "g");
-    m.dispatch
-        .acknowledge_case(pb::AcknowledgeCaseRequest {
-            command_id: uuid(),
-            case_id: id.clone(),
-            acting_as: grid.clone(),
-        })
-        .await
-        .expect("ack");
+    acknowledge(m, &id, &grid).await;
     m.dispatch
         .resolve_case(pb::ResolveCaseRequest {
             command_id: uuid(),
