@@ -1,6 +1,6 @@
 //! proto ⇄ domain for dispatch, with field-named errors.
 
-use gridwork_eventstore::CommitOutcome;
+use gridwork_eventstore::{CommandKey, CommitOutcome};
 use gridwork_proto::gridwork::dispatch::v1 as pb;
 use gridwork_proto::gridwork::dispatch::v1::dispatch_service_server::DispatchService;
 use gridwork_runtime::Violations;
@@ -40,6 +40,34 @@ fn owner(v: &mut Violations, field: &str, o: Option<&pb::Owner>) -> pb::Owner {
             v.id(&format!("{field}.id"), &o.id);
             o.clone()
         }
+    }
+}
+
+/// A summoned department's step on a case (progress, completion), parsed.
+struct SummonsStep {
+    command_id: CommandKey,
+    case_id: String,
+    department: String,
+    notes: String,
+}
+
+impl SummonsStep {
+    fn parse(
+        request: &impl prost::Message,
+        command_id: &str,
+        case_id: &str,
+        department: &str,
+        notes: &str,
+    ) -> Result<Self, Status> {
+        let mut v = Violations::default();
+        let step = Self {
+            command_id: v.command_id(command_id, request),
+            case_id: v.id("case_id", case_id),
+            department: v.id("department", department),
+            notes: v.text("notes", notes, 1, 2000),
+        };
+        v.finish()?;
+        Ok(step)
     }
 }
 
@@ -103,17 +131,12 @@ impl DispatchService for DispatchGrpc {
     ) -> Result<Response<pb::RecordSummonsProgressResponse>, Status> {
         let who = principal(&request);
         let r = request.into_inner();
-        let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id, &r);
-        let id = v.id("case_id", &r.case_id);
-        let department = v.id("department", &r.department);
-        let notes = v.text("notes", &r.notes, 1, 2000);
-        v.finish()?;
+        let step = SummonsStep::parse(&r, &r.command_id, &r.case_id, &r.department, &r.notes)?;
         let outcome = self
             .dispatch
-            .act(&id, command_id, who, |c| CaseCommand::SummonsProgress {
-                department,
-                notes,
+            .act(&step.case_id, step.command_id, who, |c| CaseCommand::SummonsProgress {
+                department: step.department,
+                notes: step.notes,
                 now_unix_ms: c.now_unix_ms,
             })
             .await?;
@@ -126,17 +149,12 @@ impl DispatchService for DispatchGrpc {
     ) -> Result<Response<pb::CompleteSummonsResponse>, Status> {
         let who = principal(&request);
         let r = request.into_inner();
-        let mut v = Violations::default();
-        let command_id = v.command_id(&r.command_id, &r);
-        let id = v.id("case_id", &r.case_id);
-        let department = v.id("department", &r.department);
-        let notes = v.text("notes", &r.notes, 1, 2000);
-        v.finish()?;
+        let step = SummonsStep::parse(&r, &r.command_id, &r.case_id, &r.department, &r.notes)?;
         let outcome = self
             .dispatch
-            .act(&id, command_id, who, |c| CaseCommand::CompleteSummons {
-                department,
-                notes,
+            .act(&step.case_id, step.command_id, who, |c| CaseCommand::CompleteSummons {
+                department: step.department,
+                notes: step.notes,
                 now_unix_ms: c.now_unix_ms,
             })
             .await?;

@@ -21,7 +21,7 @@ use prost::Message as _;
 use sqlx::{AnyConnection, AssertSqlSafe};
 
 use crate::domain::calendar::WorkingCalendar;
-use crate::domain::case::{Case, CaseCommand, CaseEvent, Clock};
+use crate::domain::case::{Case, CaseCommand, CaseEvent, Clock, label};
 use crate::domain::deadline::DeadlineId;
 use crate::domain::routing::{Area, FirstTier, Rule, Terms, route, sla_plan_for};
 
@@ -234,16 +234,7 @@ pub struct Cases;
 
 /// "tier id", for people.
 pub fn owner_label(o: &Option<pb::Owner>) -> String {
-    let o = o.clone().unwrap_or_default();
-    let tier = match pb::Tier::try_from(o.tier).unwrap_or(pb::Tier::Unspecified) {
-        pb::Tier::Grid => "grid",
-        pb::Tier::Community => "community",
-        pb::Tier::Street => "street",
-        pb::Tier::Department => "department",
-        pb::Tier::DispatchCentre => "dispatch centre",
-        pb::Tier::Unspecified => "?",
-    };
-    format!("{tier} {}", o.id)
+    label(&o.clone().unwrap_or_default())
 }
 
 fn summary(event: &CaseEvent) -> (&'static str, String) {

@@ -358,7 +358,8 @@ pub struct Case {
     whistles: u32,
 }
 
-fn label(o: &pb::Owner) -> String {
+/// "tier id", for people: "street s", "dispatch centre d".
+pub fn label(o: &pb::Owner) -> String {
     let tier = match pb::Tier::try_from(o.tier).unwrap_or(pb::Tier::Unspecified) {
         pb::Tier::Grid => "grid",
         pb::Tier::Community => "community",
