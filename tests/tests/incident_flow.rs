@@ -484,6 +484,45 @@ async fn invalid_transitions_and_bad_input_are_refused_and_write_nothing() {
         .await
         .expect_err("already the owner");
     assert_eq!(e.code(), Code::FailedPrecondition);
+    // The summons RPCs name each bad field.
+    let e = m
+        .dispatch
+        .blow_whistle(pb::BlowWhistleRequest {
+            command_id: uuid(),
+            case_id: id.clone(),
+            acting_as: grid.clone(),
+            departments: vec!["police".into(), "police".into()],
+        })
+        .await
+        .expect_err("named twice");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("departments[1]"), "{}", e.message());
+    let e = m
+        .dispatch
+        .complete_summons(pb::CompleteSummonsRequest {
+            command_id: "not-a-uuid".into(),
+            case_id: id.clone(),
+            department: "".into(),
+            notes: "".into(),
+        })
+        .await
+        .expect_err("bad input");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    for field in ["command_id", "department", "notes"] {
+        assert!(e.message().contains(field), "{field}: {}", e.message());
+    }
+    let e = m
+        .dispatch
+        .list_summonses(pb::ListSummonsesRequest {
+            department: "".into(),
+            include_finished: false,
+            limit: 0,
+            min_position: 0,
+        })
+        .await
+        .expect_err("no department");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("department"), "{}", e.message());
     let after = get(&mut m, &id, 0).await;
     assert_eq!(after.timeline.len(), before.timeline.len(), "nothing written");
     drop(m.intake_app);
