@@ -41,7 +41,7 @@ run: deps ## Start a private nats-server under var/ and the services on SQLite
 	$(CARGO) build --workspace
 	@./deploy/dev/run.sh "$(VAR)" "$(NATS_PORT)"
 
-test: deps ## Run every test (SQLite always; PostgreSQL when reachable)
+test: deps ## Run every test (SQLite always; PostgreSQL when reachable), then the README tour twice
 	@if [ -z "$$GRIDWORK_TEST_POSTGRES_URL" ] && command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432; then \
 		export GRIDWORK_TEST_POSTGRES_URL=$(PG_DEFAULT); fi; \
 	if [ -z "$$GRIDWORK_TEST_POSTGRES_URL" ]; then \
@@ -50,6 +50,8 @@ test: deps ## Run every test (SQLite always; PostgreSQL when reachable)
 		$(CARGO) test --workspace -q -- --list 2>/dev/null | grep -i postgres | sed 's/^/!!   /'; \
 	else echo "PostgreSQL tests run against $$GRIDWORK_TEST_POSTGRES_URL"; fi; \
 	$(CARGO) test --workspace
+	$(CARGO) build --workspace --bins
+	./tests/tour.sh
 
 bench: deps ## Print the kernel's figures (append rate, cold load, projection catch-up)
 	@if [ -z "$$GRIDWORK_TEST_POSTGRES_URL" ] && command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432; then \

@@ -3,6 +3,9 @@
 # SQLite read models under var/, and the demo district seeded. Ctrl-C stops it.
 set -euo pipefail
 VAR=$1 NATS_PORT=$2
+# gRPC ports from GRPC_PORT_BASE (sample ledger, registry, intake, dispatch), metrics
+# ports from METRICS_PORT_BASE: the defaults are the README's; the tour test moves them.
+G=${GRPC_PORT_BASE:-50051} M=${METRICS_PORT_BASE:-9464}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
 mkdir -p "$VAR/nats" "$VAR/log"
@@ -31,26 +34,23 @@ start() { # name grpc-port metrics-port
   "$BIN/$1" > "$VAR/log/$1.log" 2>&1 &
   pids+=($!)
 }
-start sample-ledger 50051 9464
-start grid-registry 50052 9465
-start incident-intake 50053 9466
-start dispatch 50054 9467
-wait_port 50051
-wait_port 50052
-wait_port 50053
-wait_port 50054
+start sample-ledger $G $M
+start grid-registry $((G + 1)) $((M + 1))
+start incident-intake $((G + 2)) $((M + 2))
+start dispatch $((G + 3)) $((M + 3))
+for p in $G $((G + 1)) $((G + 2)) $((G + 3)); do wait_port "$p"; done
 
 echo "Seeding the demo district (safe to repeat; about a minute the first time)..."
-"$BIN/gridctl" --registry http://127.0.0.1:50052 seed-demo
+"$BIN/gridctl" --registry "http://127.0.0.1:$((G + 1))" seed-demo
 
 cat <<TXT
 
 Gridwork dev mesh is up (Ctrl-C stops it). Logs in $VAR/log/, read models in $VAR/*.db.
   nats-server     nats://127.0.0.1:$NATS_PORT   (JetStream store $VAR/nats)
-  grid-registry   127.0.0.1:50052   metrics http://127.0.0.1:9465/metrics
-  incident-intake 127.0.0.1:50053   metrics http://127.0.0.1:9466/metrics
-  dispatch        127.0.0.1:50054   metrics http://127.0.0.1:9467/metrics
-  sample-ledger   127.0.0.1:50051   metrics http://127.0.0.1:9464/metrics
+  grid-registry   127.0.0.1:$((G + 1))   metrics http://127.0.0.1:$((M + 1))/metrics
+  incident-intake 127.0.0.1:$((G + 2))   metrics http://127.0.0.1:$((M + 2))/metrics
+  dispatch        127.0.0.1:$((G + 3))   metrics http://127.0.0.1:$((M + 3))/metrics
+  sample-ledger   127.0.0.1:$G   metrics http://127.0.0.1:$M/metrics
 
 Try it (in another terminal, from $ROOT):
   target/debug/gridctl units children                      # the district
@@ -59,8 +59,10 @@ Try it (in another terminal, from $ROOT):
   target/debug/gridctl units get hl-s0-c0-g00              # a grid: households, head, party branch, workers
   target/debug/gridctl locate 35.7232 115.0015             # which micro-grid is this point in?
   target/debug/gridctl units search 专属 --kind special-grid
-  target/debug/gridctl workers dismiss hl-s0-c0-g00 w-hl-s0-c0-g00-1 --reason "ineffective"
+  target/debug/gridctl workers add hl-s0-c0-g00 rider-7 "Wang Changyin" --role rider-informant
+  target/debug/gridctl workers dismiss hl-s0-c0-g00 rider-7 --reason "moved away"
   target/debug/gridctl units get hl-s0-c0-g00              # the dismissal is in the history
+  target/debug/gridctl heads needed hl-s0 --within-days 30 # vacant, expired, expiring within 30 days
 An incident from report to rating (copy the incident id into ID):
   target/debug/gridctl incidents catalogue
   target/debug/gridctl incidents report fire-hazard 35.7232 115.0015 --description "e-bikes charging in the stairwell" --source rider-informant --attr hazard=e-bike-charging-indoors

@@ -40,3 +40,35 @@ impl Clock for ManualClock {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// The city's time zone: Asia/Shanghai, UTC+8 all year (China has kept no
+/// daylight saving since 1991). Dates a person reads or enters — "today", a
+/// certificate's last day, a deadline's day — are dates here, not in UTC.
+pub const CITY_OFFSET: time::UtcOffset = match time::UtcOffset::from_hms(8, 0, 0) {
+    Ok(offset) => offset,
+    Err(_) => time::UtcOffset::UTC,
+};
+
+/// `unix_ms` in the city's time zone.
+pub fn city_time(unix_ms: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(unix_ms.div_euclid(1000))
+        .map_or(time::OffsetDateTime::UNIX_EPOCH, |t| t.to_offset(CITY_OFFSET))
+}
+
+/// The city's date at `unix_ms`.
+pub fn city_today(unix_ms: i64) -> time::Date {
+    city_time(unix_ms).date()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_city_date_turns_at_midnight_in_shanghai_not_in_utc() {
+        // 2026-12-31 16:30 UTC is 2027-01-01 00:30 in the city.
+        let ms = (time::macros::datetime!(2026-12-31 16:30 UTC).unix_timestamp()) * 1000;
+        assert_eq!(city_today(ms), time::macros::date!(2027 - 01 - 01));
+        assert_eq!(city_today(ms - 3_600_000), time::macros::date!(2026 - 12 - 31));
+    }
+}

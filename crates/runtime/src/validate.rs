@@ -61,6 +61,22 @@ impl Violations {
         if v == 0 { default } else { v }
     }
 
+    /// `INVALID_ARGUMENT` naming every violation, if there are any; else the
+    /// parsed `value`. A parse that yielded nothing without recording why is
+    /// still answered as an invalid `field`, never as an internal error.
+    pub fn finish_with<T>(mut self, value: Option<T>, field: &str) -> Result<T, Status> {
+        match value {
+            Some(value) if self.0.is_empty() => Ok(value),
+            Some(_) => Err(ServiceError::InvalidArgument(self.0).into()),
+            None => {
+                if self.0.is_empty() {
+                    self.add(field, "is invalid");
+                }
+                Err(ServiceError::InvalidArgument(self.0).into())
+            }
+        }
+    }
+
     /// `INVALID_ARGUMENT` naming every violation, if there are any.
     pub fn finish(self) -> Result<(), Status> {
         if self.0.is_empty() { Ok(()) } else { Err(ServiceError::InvalidArgument(self.0).into()) }

@@ -5,10 +5,10 @@
 
 use std::time::Instant;
 
+use gridwork_demo::{Lattice, Layout};
 use gridwork_geo::Kind;
 use gridwork_geo::locate::{LocateIndex, UnitShape};
 use gridwork_geo::{Boundary, polygon_geojson};
-use gridwork_grid_registry::demo::{Lattice, Layout};
 use hdrhistogram::Histogram;
 use rand::Rng as _;
 

@@ -13,9 +13,9 @@ use gridwork_runtime::clock::Clock;
 use sqlx::AssertSqlSafe;
 use time::Date;
 
-use crate::domain::unit::{Kind, ParentFacts, ROOT, Unit, UnitCommand, UnitRejection};
+use crate::domain::unit::{Kind, ParentFacts, ROOT, Unit, UnitCommand, UnitRejection, parse_date};
 use crate::events::UnitEvent;
-use crate::projection::{HEAD_ROLE, STAFF, UNITS};
+use crate::projection::{HEAD_TERMS, STAFF, UNITS};
 use gridwork_geo::Boundary;
 use gridwork_geo::LocateIndex;
 
@@ -87,23 +87,58 @@ pub struct StaffRow {
     pub dismissal_reason: Option<String>,
 }
 
-/// Why a unit needs a head, if it does, on `today`.
-pub fn needs_head(row: &UnitRow, today: Date) -> Option<String> {
+/// A head's term row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HeadTermRow {
+    /// Person.
+    pub person_id: String,
+    /// Name.
+    pub name: String,
+    /// Appointed.
+    pub appointed_on: String,
+    /// Left (None while in post).
+    pub left_on: Option<String>,
+    /// Why it ended (proto number; 0 while in post).
+    pub departure: i64,
+    /// In words.
+    pub note: String,
+    /// Last certificate's number.
+    pub cert_number: String,
+    /// Its issuer.
+    pub cert_issuer: String,
+    /// Its last day.
+    pub cert_expires_on: String,
+    /// Renewals in the term.
+    pub renewals: i64,
+}
+
+/// Why a unit needs a head on `today`, counting certificates that run out
+/// within `within_days` as needing one too.
+pub fn head_need(row: &UnitRow, today: Date, within_days: u32) -> Option<(pb::HeadNeed, String)> {
     if !row.kind().has_staff() {
         return None;
     }
-    let Some(expires) = &row.cert_expires_on else {
-        return Some("no head appointed".into());
+    let (Some(_), Some(expires)) = (&row.head_person_id, &row.cert_expires_on) else {
+        return Some((pb::HeadNeed::Vacant, "no head in post".into()));
     };
-    match Date::parse(expires, &time::format_description::well_known::Iso8601::DATE) {
-        Ok(d) if d < today => Some(format!(
-            "certificate {} of head {} expired on {expires}",
-            row.cert_number.as_deref().unwrap_or(""),
-            row.head_name.as_deref().unwrap_or("")
-        )),
-        Ok(_) => None,
-        Err(_) => Some(format!("certificate expiry {expires:?} is unreadable")),
+    let head = format!(
+        "certificate {} of head {}",
+        row.cert_number.as_deref().unwrap_or(""),
+        row.head_name.as_deref().unwrap_or("")
+    );
+    match parse_date(expires) {
+        Some(d) if d < today => Some((pb::HeadNeed::CertificateExpired, format!("{head} expired on {expires}"))),
+        Some(d) if within_days > 0 && d <= today.saturating_add(time::Duration::days(i64::from(within_days))) => {
+            Some((pb::HeadNeed::CertificateExpiring, format!("{head} expires on {expires}")))
+        }
+        Some(_) => None,
+        None => Some((pb::HeadNeed::CertificateExpired, format!("certificate expiry {expires:?} is unreadable"))),
     }
+}
+
+/// Why a unit needs a head today, if it does.
+pub fn needs_head(row: &UnitRow, today: Date) -> Option<String> {
+    head_need(row, today, 0).map(|(_, reason)| reason)
 }
 
 /// The registry application service.
@@ -134,10 +169,9 @@ impl Registry {
         Ok(registry)
     }
 
-    /// Today, from the injected clock (UTC).
+    /// Today in the city's time zone, from the injected clock.
     pub fn today(&self) -> Date {
-        let ms = self.clock.now_unix_ms();
-        time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).map_or(Date::MIN, |t| t.date())
+        gridwork_runtime::clock::city_today(self.clock.now_unix_ms())
     }
 
     /// The projection (rebuilds, positions).
@@ -265,15 +299,59 @@ impl Registry {
             .await?)
     }
 
-    /// A unit's staff, heads included (role 0), oldest first.
+    /// A unit's workers, current and past, oldest first.
     pub async fn staff(&self, unit_id: &str) -> Result<Vec<StaffRow>, ServiceError> {
         let table = Tables::Live.name(STAFF.name);
         Ok(sqlx::query_as(AssertSqlSafe(format!(
             "SELECT person_id, name, role, joined_on, left_on, dismissal_reason FROM {table} \
-             WHERE unit_id = $1 AND role <> $2 ORDER BY joined_position"
+             WHERE unit_id = $1 ORDER BY joined_position"
         )))
         .bind(unit_id)
-        .bind(HEAD_ROLE)
+        .fetch_all(self.store.pool())
+        .await?)
+    }
+
+    /// A unit's heads' terms, newest first.
+    pub async fn head_terms(&self, unit_id: &str) -> Result<Vec<HeadTermRow>, ServiceError> {
+        let table = Tables::Live.name(HEAD_TERMS.name);
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT person_id, name, appointed_on, left_on, departure, note, cert_number, cert_issuer, \
+             cert_expires_on, renewals FROM {table} WHERE unit_id = $1 ORDER BY appointed_position DESC"
+        )))
+        .bind(unit_id)
+        .fetch_all(self.store.pool())
+        .await?)
+    }
+
+    /// Units with staff in the subtree under `root` (itself included) that
+    /// have no head, or whose head's certificate runs out before `cutoff`
+    /// (YYYY-MM-DD, exclusive), by id, after `after`.
+    pub async fn units_without_valid_head(
+        &self,
+        root: &str,
+        cutoff: Date,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<UnitRow>, ServiceError> {
+        let table = Tables::Live.name(UNITS.name);
+        // Ids are [A-Za-z0-9_-]: only '_' is special to LIKE.
+        let pattern = format!("%,{},%", root.replace('_', "\\_"));
+        let staffed: Vec<i64> =
+            [Kind::Grid, Kind::SpecialGrid, Kind::MicroGrid].iter().map(|k| k.to_proto() as i64).collect();
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {UNIT_COLUMNS} FROM {table} \
+             WHERE kind IN ($1, $2, $3) AND (unit_id = $4 OR (',' || ancestors || ',') LIKE $5 ESCAPE '\\') \
+             AND (head_person_id IS NULL OR cert_expires_on IS NULL OR cert_expires_on < $6) \
+             AND unit_id > $7 ORDER BY unit_id LIMIT $8"
+        )))
+        .bind(staffed[0])
+        .bind(staffed[1])
+        .bind(staffed[2])
+        .bind(root)
+        .bind(pattern)
+        .bind(cutoff.to_string())
+        .bind(after)
+        .bind(i64::from(limit))
         .fetch_all(self.store.pool())
         .await?)
     }
@@ -352,6 +430,10 @@ impl From<UnitRejection> for ServiceError {
             }
             UnitRejection::NoStaffAtThisLevel(_) => ("NO_STAFF_AT_THIS_LEVEL", "unit_id".into()),
             UnitRejection::CertificateExpired { .. } => ("CERTIFICATE_EXPIRED", "certificate.expires_on".into()),
+            UnitRejection::AlreadyHead(_) => ("ALREADY_HEAD", "person_id".into()),
+            UnitRejection::NoHead => ("NO_HEAD", "unit_id".into()),
+            UnitRejection::NotTheHead { .. } => ("NOT_THE_HEAD", "person_id".into()),
+            UnitRejection::RenewalNotLater { .. } => ("RENEWAL_NOT_LATER", "certificate.expires_on".into()),
             UnitRejection::AlreadyWorking(id) => ("ALREADY_WORKING", format!("person {id}")),
             UnitRejection::NotAWorker(id) => ("NOT_A_WORKER", format!("person {id}")),
         };

@@ -16,6 +16,10 @@ pub enum UnitEvent {
     HouseholdsCounted(pb::HouseholdsCounted),
     /// `grid.unit.head_appointed`.
     HeadAppointed(pb::HeadAppointed),
+    /// `grid.unit.head_vacated`.
+    HeadVacated(pb::HeadVacated),
+    /// `grid.unit.head_certificate_renewed`.
+    HeadCertificateRenewed(pb::HeadCertificateRenewed),
     /// `grid.unit.worker_added`.
     WorkerAdded(pb::WorkerAdded),
     /// `grid.unit.worker_dismissed`.
@@ -34,6 +38,10 @@ pub mod types {
     pub const HOUSEHOLDS_COUNTED: &str = "grid.unit.households_counted";
     /// A head was appointed.
     pub const HEAD_APPOINTED: &str = "grid.unit.head_appointed";
+    /// The head's term ended.
+    pub const HEAD_VACATED: &str = "grid.unit.head_vacated";
+    /// The head in post renewed the certificate.
+    pub const HEAD_CERTIFICATE_RENEWED: &str = "grid.unit.head_certificate_renewed";
     /// A worker was added.
     pub const WORKER_ADDED: &str = "grid.unit.worker_added";
     /// A worker was dismissed.
@@ -49,6 +57,8 @@ impl DomainEvent for UnitEvent {
             UnitEvent::ChildBoundaryRedrawn(_) => types::CHILD_BOUNDARY_REDRAWN,
             UnitEvent::HouseholdsCounted(_) => types::HOUSEHOLDS_COUNTED,
             UnitEvent::HeadAppointed(_) => types::HEAD_APPOINTED,
+            UnitEvent::HeadVacated(_) => types::HEAD_VACATED,
+            UnitEvent::HeadCertificateRenewed(_) => types::HEAD_CERTIFICATE_RENEWED,
             UnitEvent::WorkerAdded(_) => types::WORKER_ADDED,
             UnitEvent::WorkerDismissed(_) => types::WORKER_DISMISSED,
             UnitEvent::PartyBranchSet(_) => types::PARTY_BRANCH_SET,
@@ -61,6 +71,8 @@ impl DomainEvent for UnitEvent {
             UnitEvent::ChildBoundaryRedrawn(e) => e.encode_to_vec(),
             UnitEvent::HouseholdsCounted(e) => e.encode_to_vec(),
             UnitEvent::HeadAppointed(e) => e.encode_to_vec(),
+            UnitEvent::HeadVacated(e) => e.encode_to_vec(),
+            UnitEvent::HeadCertificateRenewed(e) => e.encode_to_vec(),
             UnitEvent::WorkerAdded(e) => e.encode_to_vec(),
             UnitEvent::WorkerDismissed(e) => e.encode_to_vec(),
             UnitEvent::PartyBranchSet(e) => e.encode_to_vec(),
@@ -84,6 +96,10 @@ impl DomainEvent for UnitEvent {
                 UnitEvent::HouseholdsCounted(pb::HouseholdsCounted::decode(payload).map_err(err)?)
             }
             types::HEAD_APPOINTED => UnitEvent::HeadAppointed(pb::HeadAppointed::decode(payload).map_err(err)?),
+            types::HEAD_VACATED => UnitEvent::HeadVacated(pb::HeadVacated::decode(payload).map_err(err)?),
+            types::HEAD_CERTIFICATE_RENEWED => {
+                UnitEvent::HeadCertificateRenewed(pb::HeadCertificateRenewed::decode(payload).map_err(err)?)
+            }
             types::WORKER_ADDED => UnitEvent::WorkerAdded(pb::WorkerAdded::decode(payload).map_err(err)?),
             types::WORKER_DISMISSED => UnitEvent::WorkerDismissed(pb::WorkerDismissed::decode(payload).map_err(err)?),
             types::PARTY_BRANCH_SET => UnitEvent::PartyBranchSet(pb::PartyBranchSet::decode(payload).map_err(err)?),

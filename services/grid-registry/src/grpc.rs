@@ -9,8 +9,8 @@ use gridwork_runtime::{ServiceError, Violations};
 use time::Date;
 use tonic::{Request, Response, Status};
 
-use crate::app::{Registry, UnitRow, needs_head};
-use crate::domain::unit::{Kind, ROOT, UnitCommand, band};
+use crate::app::{Registry, UnitRow, head_need, needs_head};
+use crate::domain::unit::{Departure, Kind, ROOT, UnitCommand, band};
 use crate::events::UnitEvent;
 use gridwork_geo::Boundary;
 
@@ -45,6 +45,35 @@ fn date(v: &mut Violations, field: &str, value: &str) -> Option<Date> {
     Date::parse(value, &time::format_description::well_known::Iso8601::DATE)
         .map_err(|_| v.add(field, "must be a date YYYY-MM-DD"))
         .ok()
+}
+
+/// A certificate, checked field by field, with its last day parsed.
+fn certificate(v: &mut Violations, c: Option<&pb::Certificate>) -> Option<(pb::Certificate, Date)> {
+    let Some(c) = c else {
+        v.add("certificate", "is required");
+        return None;
+    };
+    let certificate = pb::Certificate {
+        number: v.text("certificate.number", &c.number, 1, 64),
+        issuer: v.text("certificate.issuer", &c.issuer, 1, 200),
+        expires_on: c.expires_on.clone(),
+    };
+    date(v, "certificate.expires_on", &c.expires_on).map(|d| (certificate, d))
+}
+
+/// The head a term row describes.
+fn head_of(row: &UnitRow) -> Option<pb::Head> {
+    let person_id = row.head_person_id.as_ref()?;
+    Some(pb::Head {
+        person_id: person_id.clone(),
+        name: row.head_name.clone().unwrap_or_default(),
+        certificate: Some(pb::Certificate {
+            number: row.cert_number.clone().unwrap_or_default(),
+            issuer: row.cert_issuer.clone().unwrap_or_default(),
+            expires_on: row.cert_expires_on.clone().unwrap_or_default(),
+        }),
+        appointed_on: row.head_appointed_on.clone().unwrap_or_default(),
+    })
 }
 
 fn position(outcome: &CommitOutcome<UnitEvent>) -> Option<pb::CommitPosition> {
@@ -98,8 +127,7 @@ impl GridRegistryService for RegistryGrpc {
             }
             _ => {}
         }
-        v.finish()?;
-        let (Some(kind), Some(boundary)) = (kind, boundary) else { return Err(Status::internal("unreachable")) };
+        let (kind, boundary) = v.finish_with(kind.zip(boundary), "boundary_geojson")?;
         let outcome = self.registry.register(unit_id, parent_id, kind, name, boundary, site, command_id, who).await?;
         Ok(Response::new(pb::RegisterUnitResponse { position: position(&outcome) }))
     }
@@ -114,8 +142,7 @@ impl GridRegistryService for RegistryGrpc {
         let command_id = v.command_id(&r.command_id, &r);
         let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
         let boundary = boundary(&mut v, "boundary_geojson", &r.boundary_geojson);
-        v.finish()?;
-        let Some(boundary) = boundary else { return Err(Status::internal("unreachable")) };
+        let boundary = v.finish_with(boundary, "boundary_geojson")?;
         let outcome = self.registry.redraw(unit_id, boundary, command_id, who).await?;
         Ok(Response::new(pb::RedrawBoundaryResponse { position: position(&outcome) }))
     }
@@ -155,19 +182,8 @@ impl GridRegistryService for RegistryGrpc {
         let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
         let person_id = checked_unit_id(&mut v, "person_id", &r.person_id);
         let name = v.text("name", &r.name, 1, 100);
-        let mut expires_on = None;
-        let mut certificate = pb::Certificate::default();
-        match &r.certificate {
-            None => v.add("certificate", "is required"),
-            Some(c) => {
-                certificate.number = v.text("certificate.number", &c.number, 1, 64);
-                certificate.issuer = v.text("certificate.issuer", &c.issuer, 1, 200);
-                expires_on = date(&mut v, "certificate.expires_on", &c.expires_on);
-                certificate.expires_on = c.expires_on.clone();
-            }
-        }
-        v.finish()?;
-        let Some(expires_on) = expires_on else { return Err(Status::internal("unreachable")) };
+        let certificate = certificate(&mut v, r.certificate.as_ref());
+        let (certificate, expires_on) = v.finish_with(certificate, "certificate")?;
         let (outcome, _) = self
             .registry
             .on_unit(&unit_id, command_id, who, |kind, today| UnitCommand::AppointHead {
@@ -178,6 +194,147 @@ impl GridRegistryService for RegistryGrpc {
             })
             .await?;
         Ok(Response::new(pb::AppointHeadResponse { position: position(&outcome) }))
+    }
+
+    async fn renew_head_certificate(
+        &self,
+        request: Request<pb::RenewHeadCertificateRequest>,
+    ) -> Result<Response<pb::RenewHeadCertificateResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id, &r);
+        let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
+        let person_id = checked_unit_id(&mut v, "person_id", &r.person_id);
+        let certificate = certificate(&mut v, r.certificate.as_ref());
+        let (certificate, expires_on) = v.finish_with(certificate, "certificate")?;
+        let (outcome, _) = self
+            .registry
+            .on_unit(&unit_id, command_id, who, |_, today| UnitCommand::RenewHeadCertificate {
+                person_id,
+                certificate,
+                expires_on,
+                today,
+            })
+            .await?;
+        Ok(Response::new(pb::RenewHeadCertificateResponse { position: position(&outcome) }))
+    }
+
+    async fn vacate_head(
+        &self,
+        request: Request<pb::VacateHeadRequest>,
+    ) -> Result<Response<pb::VacateHeadResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id, &r);
+        let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
+        let person_id = checked_unit_id(&mut v, "person_id", &r.person_id);
+        let note = v.text("note", &r.note, 1, 500);
+        let departure = match pb::HeadDeparture::try_from(r.departure).ok().and_then(Departure::from_proto) {
+            Some(Departure::Replaced) => {
+                v.add("departure", "REPLACED is recorded by appointing the new head");
+                None
+            }
+            Some(d) => Some(d),
+            None => {
+                v.add("departure", "must be dismissed, resigned, transferred or other");
+                None
+            }
+        };
+        let departure = v.finish_with(departure, "departure")?;
+        let (outcome, _) = self
+            .registry
+            .on_unit(&unit_id, command_id, who, |_, today| UnitCommand::VacateHead {
+                person_id,
+                departure,
+                note,
+                today,
+            })
+            .await?;
+        Ok(Response::new(pb::VacateHeadResponse { position: position(&outcome) }))
+    }
+
+    async fn list_head_history(
+        &self,
+        request: Request<pb::ListHeadHistoryRequest>,
+    ) -> Result<Response<pb::ListHeadHistoryResponse>, Status> {
+        let wait = read_wait(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
+        v.finish()?;
+        self.registry.wait(r.min_position, wait).await?;
+        if self.registry.unit(&unit_id).await?.is_none() {
+            return Err(ServiceError::NotFound(format!("unit_id: unit {unit_id} does not exist")).into());
+        }
+        let terms = self
+            .registry
+            .head_terms(&unit_id)
+            .await?
+            .into_iter()
+            .map(|t| pb::HeadTerm {
+                person_id: t.person_id,
+                name: t.name,
+                appointed_on: t.appointed_on,
+                left_on: t.left_on.unwrap_or_default(),
+                departure: t.departure as i32,
+                note: t.note,
+                certificate: Some(pb::Certificate {
+                    number: t.cert_number,
+                    issuer: t.cert_issuer,
+                    expires_on: t.cert_expires_on,
+                }),
+                renewals: t.renewals as u32,
+            })
+            .collect();
+        Ok(Response::new(pb::ListHeadHistoryResponse { terms }))
+    }
+
+    async fn list_units_needing_head(
+        &self,
+        request: Request<pb::ListUnitsNeedingHeadRequest>,
+    ) -> Result<Response<pb::ListUnitsNeedingHeadResponse>, Status> {
+        let wait = read_wait(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let root = checked_unit_id(&mut v, "under_unit_id", &r.under_unit_id);
+        if r.expiring_within_days > 366 {
+            v.add("expiring_within_days", "must be at most 366");
+        }
+        if r.page_size > 500 {
+            v.add("page_size", "must be at most 500");
+        }
+        if !r.page_token.is_empty() {
+            checked_unit_id(&mut v, "page_token", &r.page_token);
+        }
+        v.finish()?;
+        let page_size = if r.page_size == 0 { 100 } else { r.page_size };
+        self.registry.wait(r.min_position, wait).await?;
+        if self.registry.unit(&root).await?.is_none() {
+            return Err(ServiceError::NotFound(format!("under_unit_id: unit {root} does not exist")).into());
+        }
+        let today = self.registry.today();
+        let within = r.expiring_within_days;
+        let cutoff = today.saturating_add(time::Duration::days(i64::from(within) + i64::from(within > 0)));
+        let rows = self.registry.units_without_valid_head(&root, cutoff, &r.page_token, page_size + 1).await?;
+        let more = rows.len() > page_size as usize;
+        let mut units = Vec::with_capacity(rows.len().min(page_size as usize));
+        for row in rows.iter().take(page_size as usize) {
+            // The query's cutoff and this rule agree; a row the rule clears
+            // (an unreadable expiry is kept as a need) is not listed.
+            if let Some((need, reason)) = head_need(row, today, within) {
+                let mut unit = summary(row);
+                unit.head = head_of(row);
+                units.push(pb::UnitNeedingHead { unit: Some(unit), need: need as i32, reason });
+            }
+        }
+        let next_page_token = if more {
+            rows.get(page_size as usize - 1).map(|r| r.unit_id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListUnitsNeedingHeadResponse { units, next_page_token }))
     }
 
     async fn add_worker(
@@ -263,18 +420,7 @@ impl GridRegistryService for RegistryGrpc {
             .ok_or_else(|| ServiceError::NotFound(format!("unit_id: unit {unit_id} does not exist")))?;
         let mut unit = summary(&row);
         unit.boundary_geojson.clone_from(&row.boundary_geojson);
-        if let Some(person_id) = &row.head_person_id {
-            unit.head = Some(pb::Head {
-                person_id: person_id.clone(),
-                name: row.head_name.clone().unwrap_or_default(),
-                certificate: Some(pb::Certificate {
-                    number: row.cert_number.clone().unwrap_or_default(),
-                    issuer: row.cert_issuer.clone().unwrap_or_default(),
-                    expires_on: row.cert_expires_on.clone().unwrap_or_default(),
-                }),
-                appointed_on: row.head_appointed_on.clone().unwrap_or_default(),
-            });
-        }
+        unit.head = head_of(&row);
         if let Some(reason) = needs_head(&row, self.registry.today()) {
             unit.needs_head = true;
             unit.needs_head_reason = reason;

@@ -18,7 +18,6 @@
 //!   context that places things on the tree.
 
 pub mod app;
-pub mod demo;
 pub mod domain;
 pub mod events;
 pub mod grpc;

@@ -1,15 +1,15 @@
-//! The registry's read model: `grid_units` (one row per unit) and `grid_staff`
-//! (every membership, current and past, heads included with role 0).
+//! The registry's read model: `grid_units` (one row per unit), `grid_staff`
+//! (every worker membership, current and past) and `grid_head_terms` (every
+//! head's term of office, current and past, with how it ended).
 
 use gridwork_eventstore::RecordedCommit;
 use gridwork_eventstore::projection::{ApplyError, Projection, TableDef, Tables};
 use sqlx::{AnyConnection, AssertSqlSafe};
 
+use gridwork_proto::gridwork::grid::v1 as pb;
+
 use crate::domain::unit::ROOT;
 use crate::events::UnitEvent;
-
-/// Role stored for grid heads in `grid_staff` (workers use `WorkerRole` 1-5).
-pub const HEAD_ROLE: i64 = 0;
 
 /// Units.
 pub const UNITS: TableDef = TableDef {
@@ -31,6 +31,16 @@ pub const STAFF: TableDef = TableDef {
     indexes: &["unit_id"],
 };
 
+/// Heads' terms of office.
+pub const HEAD_TERMS: TableDef = TableDef {
+    name: "grid_head_terms",
+    columns: "(unit_id TEXT NOT NULL, person_id TEXT NOT NULL, name TEXT NOT NULL, appointed_on TEXT NOT NULL, \
+              left_on TEXT, departure BIGINT NOT NULL, note TEXT NOT NULL, cert_number TEXT NOT NULL, \
+              cert_issuer TEXT NOT NULL, cert_expires_on TEXT NOT NULL, renewals BIGINT NOT NULL, \
+              appointed_position BIGINT NOT NULL, PRIMARY KEY (unit_id, appointed_position))",
+    indexes: &["unit_id"],
+};
+
 /// Projects the `GRID` stream.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Registry;
@@ -48,12 +58,18 @@ impl Projection for Registry {
     }
 
     fn tables(&self) -> &'static [TableDef] {
-        &[UNITS, STAFF]
+        &[UNITS, STAFF, HEAD_TERMS]
+    }
+
+    /// 2: heads' terms moved out of `grid_staff` into `grid_head_terms`.
+    fn version(&self) -> u32 {
+        2
     }
 
     async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
         let units = tables.name(UNITS.name);
         let staff = tables.name(STAFF.name);
+        let terms = tables.name(HEAD_TERMS.name);
         let unit = commit.aggregate_id();
         let position = commit.sequence as i64;
         for event in commit.decode_events::<UnitEvent>()? {
@@ -126,26 +142,82 @@ impl Projection for Registry {
                     .execute(&mut *tx)
                     .await?;
                     must_touch(r, unit)?;
+                    // Streams from before HeadVacated replaced a head silently.
                     sqlx::query(AssertSqlSafe(format!(
-                        "UPDATE {staff} SET left_on = $1, dismissal_reason = $2 \
-                         WHERE unit_id = $3 AND role = $4 AND left_on IS NULL"
+                        "UPDATE {terms} SET left_on = $1, departure = $2, note = $3 \
+                         WHERE unit_id = $4 AND left_on IS NULL"
                     )))
                     .bind(&head.appointed_on)
-                    .bind(format!("replaced as head by {}", head.name))
+                    .bind(pb::HeadDeparture::Replaced as i64)
+                    .bind(format!("replaced by {} ({})", head.name, head.person_id))
                     .bind(unit)
-                    .bind(HEAD_ROLE)
                     .execute(&mut *tx)
                     .await?;
-                    insert_staff(
-                        tx,
-                        &staff,
-                        unit,
-                        &head.person_id,
-                        &head.name,
-                        HEAD_ROLE,
-                        &head.appointed_on,
-                        position,
-                    )
+                    sqlx::query(AssertSqlSafe(format!(
+                        "INSERT INTO {terms} (unit_id, person_id, name, appointed_on, departure, note, cert_number, \
+                         cert_issuer, cert_expires_on, renewals, appointed_position) \
+                         VALUES ($1, $2, $3, $4, 0, '', $5, $6, $7, 0, $8)"
+                    )))
+                    .bind(unit)
+                    .bind(&head.person_id)
+                    .bind(&head.name)
+                    .bind(&head.appointed_on)
+                    .bind(&cert.number)
+                    .bind(&cert.issuer)
+                    .bind(&cert.expires_on)
+                    .bind(position)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                UnitEvent::HeadVacated(e) => {
+                    let r = sqlx::query(AssertSqlSafe(format!(
+                        "UPDATE {units} SET head_person_id = NULL, head_name = NULL, cert_number = NULL, \
+                         cert_issuer = NULL, cert_expires_on = NULL, head_appointed_on = NULL, position = $1 \
+                         WHERE unit_id = $2 AND head_person_id = $3"
+                    )))
+                    .bind(position)
+                    .bind(unit)
+                    .bind(&e.person_id)
+                    .execute(&mut *tx)
+                    .await?;
+                    must_touch(r, &format!("head {} of {unit}", e.person_id))?;
+                    sqlx::query(AssertSqlSafe(format!(
+                        "UPDATE {terms} SET left_on = $1, departure = $2, note = $3 \
+                         WHERE unit_id = $4 AND person_id = $5 AND left_on IS NULL"
+                    )))
+                    .bind(&e.left_on)
+                    .bind(i64::from(e.departure))
+                    .bind(&e.note)
+                    .bind(unit)
+                    .bind(&e.person_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                UnitEvent::HeadCertificateRenewed(e) => {
+                    let cert = e.certificate.unwrap_or_default();
+                    let r = sqlx::query(AssertSqlSafe(format!(
+                        "UPDATE {units} SET cert_number = $1, cert_issuer = $2, cert_expires_on = $3, position = $4 \
+                         WHERE unit_id = $5 AND head_person_id = $6"
+                    )))
+                    .bind(&cert.number)
+                    .bind(&cert.issuer)
+                    .bind(&cert.expires_on)
+                    .bind(position)
+                    .bind(unit)
+                    .bind(&e.person_id)
+                    .execute(&mut *tx)
+                    .await?;
+                    must_touch(r, &format!("head {} of {unit}", e.person_id))?;
+                    sqlx::query(AssertSqlSafe(format!(
+                        "UPDATE {terms} SET cert_number = $1, cert_issuer = $2, cert_expires_on = $3, \
+                         renewals = renewals + 1 WHERE unit_id = $4 AND person_id = $5 AND left_on IS NULL"
+                    )))
+                    .bind(&cert.number)
+                    .bind(&cert.issuer)
+                    .bind(&cert.expires_on)
+                    .bind(unit)
+                    .bind(&e.person_id)
+                    .execute(&mut *tx)
                     .await?;
                 }
                 UnitEvent::WorkerAdded(e) => {
@@ -157,13 +229,12 @@ impl Projection for Registry {
                 UnitEvent::WorkerDismissed(e) => {
                     let r = sqlx::query(AssertSqlSafe(format!(
                         "UPDATE {staff} SET left_on = $1, dismissal_reason = $2 \
-                         WHERE unit_id = $3 AND person_id = $4 AND role <> $5 AND left_on IS NULL"
+                         WHERE unit_id = $3 AND person_id = $4 AND left_on IS NULL"
                     )))
                     .bind(&e.left_on)
                     .bind(&e.reason)
                     .bind(unit)
                     .bind(&e.person_id)
-                    .bind(HEAD_ROLE)
                     .execute(&mut *tx)
                     .await?;
                     must_touch(r, &e.person_id)?;

@@ -336,7 +336,7 @@ async fn dismissing_a_worker_keeps_the_history_and_a_head_with_an_expired_certif
 
     let g = unit(c, "g", 0).await;
     assert!(g.needs_head);
-    assert_eq!(g.needs_head_reason, "no head appointed");
+    assert_eq!(g.needs_head_reason, "no head in post");
     c.appoint_head(pb::AppointHeadRequest {
         command_id: id(),
         unit_id: "g".into(),
@@ -403,6 +403,207 @@ async fn dismissing_a_worker_keeps_the_history_and_a_head_with_an_expired_certif
     assert!(g.needs_head_reason.contains("HL-001 of head Li Hua expired on 2026-03-10"), "{}", g.needs_head_reason);
 }
 
+fn appoint(unit: &str, person: &str, expires: &str) -> pb::AppointHeadRequest {
+    pb::AppointHeadRequest {
+        command_id: id(),
+        unit_id: unit.into(),
+        person_id: person.into(),
+        name: format!("{person} name"),
+        certificate: Some(pb::Certificate {
+            number: format!("HL-{person}"),
+            issuer: "Huolong".into(),
+            expires_on: expires.into(),
+        }),
+    }
+}
+
+fn renew(unit: &str, person: &str, expires: &str) -> pb::RenewHeadCertificateRequest {
+    pb::RenewHeadCertificateRequest {
+        command_id: id(),
+        unit_id: unit.into(),
+        person_id: person.into(),
+        certificate: Some(pb::Certificate {
+            number: format!("HL-{person}-r"),
+            issuer: "Huolong".into(),
+            expires_on: expires.into(),
+        }),
+    }
+}
+
+fn vacate(unit: &str, person: &str, departure: pb::HeadDeparture) -> pb::VacateHeadRequest {
+    pb::VacateHeadRequest {
+        command_id: id(),
+        unit_id: unit.into(),
+        person_id: person.into(),
+        departure: departure as i32,
+        note: "repeated complaints from residents".into(),
+    }
+}
+
+/// The rule a FAILED_PRECONDITION names.
+fn rule(e: &tonic::Status) -> String {
+    e.get_error_details()
+        .precondition_failure()
+        .and_then(|p| p.violations.first().map(|v| v.r#type.clone()))
+        .unwrap_or_else(|| format!("{:?}: {}", e.code(), e.message()))
+}
+
+async fn needing(c: &mut Client, under: &str, within: u32, page_size: u32) -> Vec<(String, pb::HeadNeed)> {
+    let (mut all, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = c
+            .list_units_needing_head(pb::ListUnitsNeedingHeadRequest {
+                under_unit_id: under.into(),
+                expiring_within_days: within,
+                page_size,
+                page_token: token,
+                min_position: 0,
+            })
+            .await
+            .expect("needing")
+            .into_inner();
+        all.extend(
+            page.units.iter().map(|n| {
+                (n.unit.as_ref().expect("unit").unit_id.clone(), pb::HeadNeed::try_from(n.need).expect("need"))
+            }),
+        );
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        token = page.next_page_token;
+    }
+}
+
+async fn history(c: &mut Client, unit: &str, min_position: u64) -> Vec<pb::HeadTerm> {
+    c.list_head_history(pb::ListHeadHistoryRequest { unit_id: unit.into(), min_position })
+        .await
+        .expect("history")
+        .into_inner()
+        .terms
+}
+
+/// The position a head command's answer carries.
+fn at(position: Option<pb::CommitPosition>) -> u64 {
+    position.expect("position").sequence
+}
+
+#[tokio::test]
+async fn a_head_is_renewed_replaced_and_vacated_with_every_term_kept() {
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let mut r = spawn(&nats, &db).await;
+    let c = &mut r.client;
+    seed(c).await;
+
+    c.appoint_head(appoint("g", "p1", "2026-03-10")).await.expect("appoint");
+    // Appointing the head in post again is not how a certificate is renewed.
+    let e = c.appoint_head(appoint("g", "p1", "2027-03-10")).await.expect_err("already head");
+    assert_eq!((e.code(), rule(&e).as_str()), (Code::FailedPrecondition, "ALREADY_HEAD"), "{e:?}");
+
+    // Renewal: the head in post only, running later than the certificate it renews.
+    let e = c.renew_head_certificate(renew("g", "p1", "2026-03-05")).await.expect_err("earlier");
+    assert_eq!(rule(&e), "RENEWAL_NOT_LATER", "{e:?}");
+    let e = c.renew_head_certificate(renew("g", "p9", "2027-03-10")).await.expect_err("not the head");
+    assert_eq!(rule(&e), "NOT_THE_HEAD", "{e:?}");
+    let e = c
+        .renew_head_certificate(pb::RenewHeadCertificateRequest { certificate: None, ..renew("g", "p1", "x") })
+        .await
+        .expect_err("no certificate");
+    assert_eq!(fields(&e), ["certificate"]);
+    r.clock.advance_ms(DAY_MS);
+    let renewed =
+        at(c.renew_head_certificate(renew("g", "p1", "2027-03-10")).await.expect("renew").into_inner().position);
+    let g = unit(c, "g", renewed).await;
+    let head = g.head.expect("head in post");
+    assert_eq!((head.person_id.as_str(), head.appointed_on.as_str()), ("p1", "2026-03-01"), "the term goes on");
+    assert_eq!(head.certificate.expect("cert").expires_on, "2027-03-10");
+    let terms = history(c, "g", renewed).await;
+    assert_eq!(terms.len(), 1, "a renewal is not a new term: {terms:?}");
+    assert_eq!(terms[0].renewals, 1);
+
+    // Replacement: the old term ends as replaced, on the city's date.
+    r.clock.advance_ms(DAY_MS);
+    let replaced = at(c.appoint_head(appoint("g", "p2", "2027-06-01")).await.expect("replace").into_inner().position);
+    let terms = history(c, "g", replaced).await;
+    let summary: Vec<_> = terms.iter().map(|t| (t.person_id.as_str(), t.left_on.as_str(), t.departure)).collect();
+    assert_eq!(summary, [("p2", "", 0), ("p1", "2026-03-03", pb::HeadDeparture::Replaced as i32)]);
+    assert!(terms[1].note.contains("replaced by p2 name"), "{}", terms[1].note);
+
+    // Vacating: the head in post, with a reason; REPLACED is not a reason to give.
+    let e = c.vacate_head(vacate("g", "p1", pb::HeadDeparture::Dismissed)).await.expect_err("p1 left");
+    assert_eq!(rule(&e), "NOT_THE_HEAD", "{e:?}");
+    let e = c.vacate_head(vacate("g", "p2", pb::HeadDeparture::Replaced)).await.expect_err("replaced");
+    assert_eq!(fields(&e), ["departure"]);
+    let e = c
+        .vacate_head(pb::VacateHeadRequest { note: " ".into(), ..vacate("g", "p2", pb::HeadDeparture::Unspecified) })
+        .await
+        .expect_err("no note, no departure");
+    assert_eq!(fields(&e), ["note", "departure"]);
+    let vacated =
+        at(c.vacate_head(vacate("g", "p2", pb::HeadDeparture::Dismissed)).await.expect("vacate").into_inner().position);
+    let g = unit(c, "g", vacated).await;
+    assert!(g.head.is_none() && g.needs_head, "{g:?}");
+    assert_eq!(g.needs_head_reason, "no head in post");
+    let terms = history(c, "g", vacated).await;
+    assert_eq!(terms[0].departure, pb::HeadDeparture::Dismissed as i32);
+    assert_eq!(terms[0].note, "repeated complaints from residents");
+    let e = c.vacate_head(vacate("g", "p2", pb::HeadDeparture::Dismissed)).await.expect_err("vacant");
+    assert_eq!(rule(&e), "NO_HEAD", "{e:?}");
+    let e = c.list_head_history(pb::ListHeadHistoryRequest { unit_id: "nope".into(), min_position: 0 }).await;
+    assert_eq!(e.expect_err("unknown").code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn units_needing_a_head_are_listed_by_subtree_in_pages_on_the_citys_date() {
+    use pb::HeadNeed::{CertificateExpired, CertificateExpiring, Vacant};
+    let nats = NatsServer::start().await.expect("nats");
+    let db = TestDb::sqlite().expect("db");
+    let mut r = spawn(&nats, &db).await;
+    let c = &mut r.client;
+    let seeded = seed(c).await;
+    let _ = unit(c, "m2", seeded).await;
+
+    // Nothing appointed: the grid and both micro-grids (streets and
+    // communities have no heads of this kind).
+    let all_vacant = vec![("g".to_string(), Vacant), ("m1".to_string(), Vacant), ("m2".to_string(), Vacant)];
+    assert_eq!(needing(c, "d", 0, 100).await, all_vacant);
+    assert_eq!(needing(c, "d", 0, 1).await, all_vacant, "one per page, every page followed");
+    assert_eq!(needing(c, "m2", 0, 100).await, [("m2".to_string(), Vacant)], "the root itself is listed");
+
+    c.appoint_head(appoint("g", "p1", "2027-03-01")).await.expect("appoint");
+    c.appoint_head(appoint("m1", "p2", "2026-03-11")).await.expect("appoint");
+    let last = at(c.appoint_head(appoint("m2", "p3", "2026-03-31")).await.expect("appoint").into_inner().position);
+    let _ = unit(c, "m2", last).await;
+    assert_eq!(needing(c, "c", 0, 100).await, []);
+    assert_eq!(needing(c, "c", 10, 100).await, [("m1".to_string(), CertificateExpiring)]);
+    assert_eq!(
+        needing(c, "c", 30, 100).await,
+        [("m1".to_string(), CertificateExpiring), ("m2".to_string(), CertificateExpiring)]
+    );
+
+    // 2026-03-11 16:30 UTC is already 2026-03-12 in the city: p2's
+    // certificate (last day 03-11) has run out there, though not yet in UTC.
+    r.clock.advance_ms(10 * DAY_MS + 16 * 3_600_000 + 30 * 60_000);
+    assert_eq!(needing(c, "d", 0, 100).await, [("m1".to_string(), CertificateExpired)]);
+    assert!(unit(c, "m1", 0).await.needs_head);
+
+    let e = c
+        .list_units_needing_head(pb::ListUnitsNeedingHeadRequest {
+            under_unit_id: "a.b".into(),
+            expiring_within_days: 400,
+            page_size: 501,
+            page_token: "bad token".into(),
+            min_position: 0,
+        })
+        .await
+        .expect_err("bad input");
+    assert_eq!(fields(&e), ["under_unit_id", "expiring_within_days", "page_size", "page_token"]);
+    let e = c
+        .list_units_needing_head(pb::ListUnitsNeedingHeadRequest { under_unit_id: "zz".into(), ..Default::default() })
+        .await;
+    assert_eq!(e.expect_err("unknown").code(), Code::NotFound);
+}
+
 #[tokio::test]
 async fn households_are_flagged_against_their_bands_and_units_can_be_listed_and_searched() {
     let nats = NatsServer::start().await.expect("nats");
@@ -434,11 +635,14 @@ async fn households_are_flagged_against_their_bands_and_units_can_be_listed_and_
     assert_eq!(found.units.iter().map(|u| u.unit_id.as_str()).collect::<Vec<_>>(), ["m1"]);
 }
 
+type HeadTermDump = (String, String, String, Option<String>, i64, String, String, i64);
+
 async fn dump(
     store: &ReadStore,
 ) -> (
     Vec<(String, String, i64, String, String, Option<i64>, Option<String>)>,
     Vec<(String, String, i64, String, Option<String>)>,
+    Vec<HeadTermDump>,
 ) {
     let units = sqlx::query_as(
         "SELECT unit_id, parent_id, kind, boundary_geojson, ancestors, households, head_person_id FROM grid_units ORDER BY unit_id",
@@ -452,7 +656,14 @@ async fn dump(
     .fetch_all(store.pool())
     .await
     .expect("staff");
-    (units, staff)
+    let terms = sqlx::query_as(
+        "SELECT unit_id, person_id, appointed_on, left_on, departure, note, cert_expires_on, renewals \
+         FROM grid_head_terms ORDER BY unit_id, appointed_position",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("terms");
+    (units, staff, terms)
 }
 
 async fn rebuilt_read_model_equals_the_live_one(db: TestDb, fresh: TestDb) {
@@ -477,6 +688,11 @@ async fn rebuilt_read_model_equals_the_live_one(db: TestDb, fresh: TestDb) {
     })
     .await
     .expect("dismiss");
+    c.appoint_head(appoint("m1", "p1", "2027-01-01")).await.expect("appoint");
+    c.renew_head_certificate(renew("m1", "p1", "2028-01-01")).await.expect("renew");
+    c.appoint_head(appoint("m1", "p2", "2027-06-01")).await.expect("replace");
+    c.vacate_head(vacate("m1", "p2", pb::HeadDeparture::Resigned)).await.expect("vacate");
+    c.appoint_head(appoint("m2", "p3", "2027-06-01")).await.expect("appoint");
     let last = c
         .set_households(pb::SetHouseholdsRequest { command_id: id(), unit_id: "m2".into(), households: 66 })
         .await
@@ -506,6 +722,7 @@ async fn rebuilt_read_model_equals_the_live_one(db: TestDb, fresh: TestDb) {
     assert_eq!(dump(&other).await, before, "built from zero elsewhere equals live");
     assert_eq!(before.0.len(), 6);
     assert_eq!(before.1.len(), 1);
+    assert_eq!(before.2.len(), 3, "{:?}", before.2);
     reference.stop().await;
     db.cleanup().await;
     fresh.cleanup().await;

@@ -6,7 +6,7 @@ use gridwork_proto::gridwork::dispatch::v1 as pb;
 use gridwork_proto::gridwork::dispatch::v1::dispatch_service_client::DispatchServiceClient;
 use tonic::transport::Channel;
 
-use crate::{Cases, RatingArg, SolvedArg};
+use crate::{Cases, RatingArg, SolvedArg, out};
 
 /// Dates and times in the city's time zone (Asia/Shanghai, UTC+8 all year).
 fn local(unix_ms: i64) -> String {
@@ -66,30 +66,23 @@ fn summons_label(status: i32) -> &'static str {
 }
 
 fn print_case(c: &pb::Case) {
-    println!(
-        "case {} {} ({}, {}) owner {}",
-        c.case_id,
-        c.category_code,
-        c.status,
-        c.open311_status,
-        owner_label(&c.owner)
-    );
+    out!("case {} {} ({}, {}) owner {}", c.case_id, c.category_code, c.status, c.open311_status, owner_label(&c.owner));
     if let Some(r) = &c.routing {
-        println!("  routed by {}", r.explanation);
+        out!("  routed by {}", r.explanation);
     }
     let flags: Vec<&str> = [(c.overdue, "OVERDUE"), (c.supervised, "SUPERVISED (督办)")]
         .into_iter()
         .filter_map(|(on, label)| on.then_some(label))
         .collect();
-    println!("  round {}, {} breaches {}", c.round, c.breaches, flags.join(" "));
+    out!("  round {}, {} breaches {}", c.round, c.breaches, flags.join(" "));
     for d in &c.pending_deadlines {
-        println!("  due {:<28} {}", d.id, local(d.due_unix_ms));
+        out!("  due {:<28} {}", d.id, local(d.due_unix_ms));
     }
     for s in &c.summonses {
-        println!("  summons {:<24} {}", s.department, summons_label(s.status));
+        out!("  summons {:<24} {}", s.department, summons_label(s.status));
     }
     for r in &c.ratings {
-        println!(
+        out!(
             "  rated round {}: {} ({}) by {} {}",
             r.round,
             match pb::Rating::try_from(r.rating) {
@@ -103,7 +96,7 @@ fn print_case(c: &pb::Case) {
         );
     }
     for t in &c.timeline {
-        println!("  #{:<6} {} {:<20} {} ({})", t.sequence, local(t.at_unix_ms), t.event_type, t.summary, t.principal);
+        out!("  #{:<6} {} {:<20} {} ({})", t.sequence, local(t.at_unix_ms), t.event_type, t.summary, t.principal);
     }
 }
 
@@ -137,9 +130,9 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
                     let cases = r.into_inner().cases;
                     for case in &cases {
                         let next = case.pending_deadlines.first().map(|d| d.id.clone()).unwrap_or_default();
-                        println!("{:<38} {:<20} {:<13} next: {next}", case.case_id, case.category_code, case.status);
+                        out!("{:<38} {:<20} {:<13} next: {next}", case.case_id, case.category_code, case.status);
                     }
-                    println!("({} cases)", cases.len());
+                    out!("({} cases)", cases.len());
                     Ok(())
                 }
                 Err(e) => Err(e),
@@ -170,9 +163,9 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
                 for case in &cases {
                     let owner = owner_label(&case.owner);
                     let mark = if case.supervised { "督办" } else { "" };
-                    println!("{:<38} {:<20} {:<28} {mark}", case.case_id, case.category_code, owner);
+                    out!("{:<38} {:<20} {:<28} {mark}", case.case_id, case.category_code, owner);
                 }
-                println!("({} overdue)", cases.len());
+                out!("({} overdue)", cases.len());
                 Ok(())
             }
             Err(e) => Err(e),
@@ -183,7 +176,7 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
                 Ok(r) => {
                     let summonses = r.into_inner().summonses;
                     for s in &summonses {
-                        println!(
+                        out!(
                             "{:<38} whistle {} {:<18} report by {}",
                             s.case_id,
                             s.whistle,
@@ -191,7 +184,7 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
                             local(s.report_by_unix_ms)
                         );
                     }
-                    println!("({} summonses)", summonses.len());
+                    out!("({} summonses)", summonses.len());
                     Ok(())
                 }
                 Err(e) => Err(e),
@@ -234,6 +227,6 @@ async fn settle(
 ) -> Result<(), tonic::Status> {
     let sequence = result?.unwrap_or_default().sequence;
     c.get_case(pb::GetCaseRequest { case_id: case_id.into(), min_position: sequence }).await?;
-    println!("{done} {case_id} (position {sequence})");
+    out!("{done} {case_id} (position {sequence})");
     Ok(())
 }

@@ -6,7 +6,7 @@ use gridwork_proto::gridwork::intake::v1 as pb;
 use gridwork_proto::gridwork::intake::v1::intake_service_client::IntakeServiceClient;
 use tonic::transport::Channel;
 
-use crate::{Incidents, SourceArg};
+use crate::{Incidents, SourceArg, out};
 
 async fn connect(endpoint: &str) -> anyhow::Result<IntakeServiceClient<Channel>> {
     use anyhow::Context as _;
@@ -76,19 +76,19 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                     })
                     .await
                     .ok();
-                    println!("incident {}", r.incident_id);
+                    out!("incident {}", r.incident_id);
                     if !r.duplicate_of.is_empty() {
-                        println!("  linked as a \"me too\" of {}", r.duplicate_of);
+                        out!("  linked as a \"me too\" of {}", r.duplicate_of);
                     }
                     if !r.possibly_same_as.is_empty() {
                         let who = if r.accepted { "dispatched anyway; a dispatcher" } else { "triage" };
-                        println!("  possibly the same as {} ({who} decides)", r.possibly_same_as);
+                        out!("  possibly the same as {} ({who} decides)", r.possibly_same_as);
                     }
                     if !r.recurrence_of.is_empty() {
-                        println!("  a recurrence of {}, closed earlier", r.recurrence_of);
+                        out!("  a recurrence of {}, closed earlier", r.recurrence_of);
                     }
                     if r.accepted {
-                        println!("  emergency: accepted at once, dispatched");
+                        out!("  emergency: accepted at once, dispatched");
                     }
                     Ok(())
                 }
@@ -100,35 +100,35 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 Ok(r) => {
                     let i = r.into_inner().incident.unwrap_or_default();
                     let p = i.grid_path.clone().unwrap_or_default();
-                    println!(
-                        "{} {} ({}) priority {}",
-                        i.incident_id,
-                        i.category_code,
-                        status_name(i.status),
-                        i.priority
-                    );
-                    println!(
+                    out!("{} {} ({}) priority {}", i.incident_id, i.category_code, status_name(i.status), i.priority);
+                    out!(
                         "  at {:.5}, {:.5}: {} > {} > {} > {} > {}",
-                        i.lat, i.lon, p.district_id, p.street_id, p.community_id, p.grid_id, p.micro_grid_id
+                        i.lat,
+                        i.lon,
+                        p.district_id,
+                        p.street_id,
+                        p.community_id,
+                        p.grid_id,
+                        p.micro_grid_id
                     );
                     if !i.address_text.is_empty() {
-                        println!("  address: {}", i.address_text);
+                        out!("  address: {}", i.address_text);
                     }
-                    println!("  {}", i.description);
+                    out!("  {}", i.description);
                     if !i.duplicate_of.is_empty() {
-                        println!("  duplicate of {}", i.duplicate_of);
+                        out!("  duplicate of {}", i.duplicate_of);
                     }
                     if !i.possibly_same_as.is_empty() {
-                        println!("  possibly the same as {}", i.possibly_same_as);
+                        out!("  possibly the same as {}", i.possibly_same_as);
                     }
                     if !i.recurrence_of.is_empty() {
-                        println!("  a recurrence of {}", i.recurrence_of);
+                        out!("  a recurrence of {}", i.recurrence_of);
                     }
                     for l in &i.linked_reports {
-                        println!("  me too: {l}");
+                        out!("  me too: {l}");
                     }
                     for h in &i.history {
-                        println!("  #{:<6} {:<18} {} ({})", h.sequence, h.event_type, h.summary, h.principal);
+                        out!("  #{:<6} {:<18} {} ({})", h.sequence, h.event_type, h.summary, h.principal);
                     }
                     Ok(())
                 }
@@ -148,7 +148,7 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                     c.get_incident(pb::GetIncidentRequest { incident_id: id.clone(), min_position: sequence })
                         .await
                         .ok();
-                    println!("accepted {id}: dispatch opens its case");
+                    out!("accepted {id}: dispatch opens its case");
                     Ok(())
                 }
                 Err(e) => Err(e),
@@ -157,7 +157,7 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
         Incidents::Catalogue => match c.get_catalogue(pb::GetCatalogueRequest { version: 0 }).await {
             Ok(r) => {
                 let r = r.into_inner();
-                println!("catalogue version {}", r.version);
+                out!("catalogue version {}", r.version);
                 for cat in r.categories {
                     let attrs: Vec<String> = cat
                         .attributes
@@ -171,7 +171,7 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                             format!("{}{}{values}", a.code, if a.required { "*" } else { "" })
                         })
                         .collect();
-                    println!(
+                    out!(
                         "  {:<24} {:<8} {}  {}",
                         cat.code,
                         if cat.emergency { "EMERG" } else { "" },

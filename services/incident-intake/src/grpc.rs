@@ -117,8 +117,7 @@ impl IntakeService for IntakeGrpc {
         if r.reporter_id.len() > 128 {
             v.add("reporter_id", "must be at most 128 characters");
         }
-        v.finish()?;
-        let Some(location) = location else { return Err(Status::internal("unreachable")) };
+        let location = v.finish_with(location, "location")?;
         let input = ReportInput {
             source,
             category_code: r.category_code,

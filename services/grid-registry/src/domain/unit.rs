@@ -114,6 +114,28 @@ pub enum UnitCommand {
         /// Today, from the injected clock.
         today: Date,
     },
+    /// Record the renewed certificate of the head in post.
+    RenewHeadCertificate {
+        /// Who the caller believes is the head.
+        person_id: String,
+        /// The renewed certificate.
+        certificate: pb::Certificate,
+        /// Its last valid day, parsed.
+        expires_on: Date,
+        /// Today, in the city's time zone.
+        today: Date,
+    },
+    /// End the head's term.
+    VacateHead {
+        /// Who the caller believes is the head.
+        person_id: String,
+        /// Why.
+        departure: Departure,
+        /// The reason in words.
+        note: String,
+        /// Today, in the city's time zone.
+        today: Date,
+    },
     /// Enrol a worker.
     AddWorker {
         /// This unit's kind.
@@ -137,6 +159,46 @@ pub enum UnitCommand {
         /// The organisation.
         branch: pb::PartyBranch,
     },
+}
+
+/// Why a head's term ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// Dismissed (免职).
+    Dismissed,
+    /// Resigned.
+    Resigned,
+    /// Transferred to another post.
+    Transferred,
+    /// Another head was appointed.
+    Replaced,
+    /// Another reason, in the note.
+    Other,
+}
+
+impl Departure {
+    /// From the wire; `None` for unspecified.
+    pub fn from_proto(d: pb::HeadDeparture) -> Option<Self> {
+        Some(match d {
+            pb::HeadDeparture::Unspecified => return None,
+            pb::HeadDeparture::Dismissed => Self::Dismissed,
+            pb::HeadDeparture::Resigned => Self::Resigned,
+            pb::HeadDeparture::Transferred => Self::Transferred,
+            pb::HeadDeparture::Replaced => Self::Replaced,
+            pb::HeadDeparture::Other => Self::Other,
+        })
+    }
+
+    /// To the wire.
+    pub fn to_proto(self) -> pb::HeadDeparture {
+        match self {
+            Self::Dismissed => pb::HeadDeparture::Dismissed,
+            Self::Resigned => pb::HeadDeparture::Resigned,
+            Self::Transferred => pb::HeadDeparture::Transferred,
+            Self::Replaced => pb::HeadDeparture::Replaced,
+            Self::Other => pb::HeadDeparture::Other,
+        }
+    }
 }
 
 /// Rules a command can break; each names the unit or field concerned.
@@ -197,6 +259,28 @@ pub enum UnitRejection {
         number: String,
         /// Expiry.
         expires_on: String,
+    },
+    /// The person is already the head in post.
+    #[error("person_id: {0} is already the head here; renew the certificate instead of appointing again")]
+    AlreadyHead(String),
+    /// No head in post.
+    #[error("the unit has no head in post")]
+    NoHead,
+    /// The person named is not the head in post.
+    #[error("person_id: {person_id} is not the head in post (the head is {head})")]
+    NotTheHead {
+        /// Person named.
+        person_id: String,
+        /// The head in post.
+        head: String,
+    },
+    /// A renewal that does not run past the certificate it renews.
+    #[error("certificate.expires_on: the renewal runs to {expires_on}, not past the current certificate's {current}")]
+    RenewalNotLater {
+        /// The renewal's last day.
+        expires_on: String,
+        /// The current certificate's last day.
+        current: String,
     },
     /// Already a current worker.
     #[error("{0} is already a worker here")]
@@ -269,7 +353,50 @@ impl Aggregate for Unit {
                     let c = head.certificate.clone().unwrap_or_default();
                     return Err(UnitRejection::CertificateExpired { number: c.number, expires_on: c.expires_on });
                 }
-                Ok(vec![UnitEvent::HeadAppointed(pb::HeadAppointed { head: Some(head.clone()) })])
+                let mut events = Vec::with_capacity(2);
+                if let Some(current) = &self.head {
+                    if current.person_id == head.person_id {
+                        return Err(UnitRejection::AlreadyHead(head.person_id.clone()));
+                    }
+                    events.push(UnitEvent::HeadVacated(pb::HeadVacated {
+                        person_id: current.person_id.clone(),
+                        left_on: today.to_string(),
+                        departure: pb::HeadDeparture::Replaced as i32,
+                        note: format!("replaced by {} ({})", head.name, head.person_id),
+                    }));
+                }
+                events.push(UnitEvent::HeadAppointed(pb::HeadAppointed { head: Some(head.clone()) }));
+                Ok(events)
+            }
+            UnitCommand::RenewHeadCertificate { person_id, certificate, expires_on, today } => {
+                let current = self.head_in_post(person_id)?;
+                if expires_on < today {
+                    return Err(UnitRejection::CertificateExpired {
+                        number: certificate.number.clone(),
+                        expires_on: certificate.expires_on.clone(),
+                    });
+                }
+                let current_expiry = current.certificate.as_ref().map(|c| c.expires_on.clone()).unwrap_or_default();
+                if parse_date(&current_expiry).is_some_and(|d| *expires_on <= d) {
+                    return Err(UnitRejection::RenewalNotLater {
+                        expires_on: certificate.expires_on.clone(),
+                        current: current_expiry,
+                    });
+                }
+                Ok(vec![UnitEvent::HeadCertificateRenewed(pb::HeadCertificateRenewed {
+                    person_id: person_id.clone(),
+                    certificate: Some(certificate.clone()),
+                    renewed_on: today.to_string(),
+                })])
+            }
+            UnitCommand::VacateHead { person_id, departure, note, today } => {
+                self.head_in_post(person_id)?;
+                Ok(vec![UnitEvent::HeadVacated(pb::HeadVacated {
+                    person_id: person_id.clone(),
+                    left_on: today.to_string(),
+                    departure: departure.to_proto() as i32,
+                    note: note.clone(),
+                })])
             }
             UnitCommand::AddWorker { kind, worker } => {
                 if !kind.has_staff() {
@@ -317,6 +444,16 @@ impl Aggregate for Unit {
             }
             UnitEvent::HouseholdsCounted(e) => self.households = Some(e.households),
             UnitEvent::HeadAppointed(e) => self.head = e.head.clone(),
+            UnitEvent::HeadVacated(e) => {
+                if self.head.as_ref().is_some_and(|h| h.person_id == e.person_id) {
+                    self.head = None;
+                }
+            }
+            UnitEvent::HeadCertificateRenewed(e) => {
+                if let Some(head) = self.head.as_mut().filter(|h| h.person_id == e.person_id) {
+                    head.certificate.clone_from(&e.certificate);
+                }
+            }
             UnitEvent::WorkerAdded(e) => {
                 if let Some(w) = &e.worker {
                     self.workers.insert(w.person_id.clone(), w.clone());
@@ -355,7 +492,21 @@ impl Aggregate for Unit {
     }
 }
 
+/// A date, YYYY-MM-DD.
+pub fn parse_date(s: &str) -> Option<Date> {
+    Date::parse(s, &time::format_description::well_known::Iso8601::DATE).ok()
+}
+
 impl Unit {
+    /// The head in post, if it is `person_id`.
+    fn head_in_post(&self, person_id: &str) -> Result<&pb::Head, UnitRejection> {
+        let head = self.head.as_ref().ok_or(UnitRejection::NoHead)?;
+        if head.person_id != person_id {
+            return Err(UnitRejection::NotTheHead { person_id: person_id.into(), head: head.person_id.clone() });
+        }
+        Ok(head)
+    }
+
     fn check_placement(&self, child_id: &str, boundary: &Boundary, parent: &ParentFacts) -> Result<(), UnitRejection> {
         if let Some(outer) = &parent.boundary
             && !outer.covers(boundary)
@@ -526,6 +677,103 @@ mod tests {
                 today: date!(2026 - 01 - 01),
             })
             .then_expect_events([UnitEvent::HeadAppointed(pb::HeadAppointed { head: Some(head("2026-01-01")) })]);
+    }
+
+    fn appointed(person: &str, expires_on: &str) -> UnitEvent {
+        UnitEvent::HeadAppointed(pb::HeadAppointed {
+            head: Some(pb::Head { person_id: person.into(), ..head(expires_on) }),
+        })
+    }
+
+    fn appoint(person: &str) -> UnitCommand {
+        UnitCommand::AppointHead {
+            kind: Kind::Grid,
+            head: pb::Head { person_id: person.into(), name: format!("{person} name"), ..head("2027-01-01") },
+            expires_on: date!(2027 - 01 - 01),
+            today: date!(2026 - 06 - 01),
+        }
+    }
+
+    fn renew(person: &str, expires_on: Date) -> UnitCommand {
+        UnitCommand::RenewHeadCertificate {
+            person_id: person.into(),
+            certificate: pb::Certificate {
+                number: "C-2".into(),
+                issuer: "Huolong".into(),
+                expires_on: expires_on.to_string(),
+            },
+            expires_on,
+            today: date!(2026 - 06 - 01),
+        }
+    }
+
+    fn vacate(person: &str) -> UnitCommand {
+        UnitCommand::VacateHead {
+            person_id: person.into(),
+            departure: Departure::Dismissed,
+            note: "complaints".into(),
+            today: date!(2026 - 06 - 01),
+        }
+    }
+
+    #[test]
+    fn appointing_the_head_in_post_again_is_refused_and_another_head_ends_the_term_as_replaced() {
+        given::<Unit>([appointed("p1", "2026-12-31")])
+            .when(appoint("p1"))
+            .then_expect_error(UnitRejection::AlreadyHead("p1".into()));
+        given::<Unit>([appointed("p1", "2026-12-31")]).when(appoint("p2")).then_expect_events([
+            UnitEvent::HeadVacated(pb::HeadVacated {
+                person_id: "p1".into(),
+                left_on: "2026-06-01".into(),
+                departure: pb::HeadDeparture::Replaced as i32,
+                note: "replaced by p2 name (p2)".into(),
+            }),
+            UnitEvent::HeadAppointed(pb::HeadAppointed {
+                head: Some(pb::Head { person_id: "p2".into(), name: "p2 name".into(), ..head("2027-01-01") }),
+            }),
+        ]);
+    }
+
+    #[test]
+    fn a_renewal_names_the_head_in_post_runs_later_and_is_valid_today() {
+        given::<Unit>([]).when(renew("p1", date!(2027 - 06 - 01))).then_expect_error(UnitRejection::NoHead);
+        given::<Unit>([appointed("p1", "2026-12-31")])
+            .when(renew("p2", date!(2027 - 06 - 01)))
+            .then_expect_error(UnitRejection::NotTheHead { person_id: "p2".into(), head: "p1".into() });
+        given::<Unit>([appointed("p1", "2026-12-31")]).when(renew("p1", date!(2026 - 12 - 31))).then_expect_error(
+            UnitRejection::RenewalNotLater { expires_on: "2026-12-31".into(), current: "2026-12-31".into() },
+        );
+        given::<Unit>([appointed("p1", "2026-01-31")]).when(renew("p1", date!(2026 - 05 - 31))).then_expect_error(
+            UnitRejection::CertificateExpired { number: "C-2".into(), expires_on: "2026-05-31".into() },
+        );
+        let renewed = given::<Unit>([appointed("p1", "2026-01-31")]).when(renew("p1", date!(2028 - 01 - 31)));
+        renewed.then_expect_events([UnitEvent::HeadCertificateRenewed(pb::HeadCertificateRenewed {
+            person_id: "p1".into(),
+            certificate: Some(pb::Certificate {
+                number: "C-2".into(),
+                issuer: "Huolong".into(),
+                expires_on: "2028-01-31".into(),
+            }),
+            renewed_on: "2026-06-01".into(),
+        })]);
+    }
+
+    #[test]
+    fn vacating_names_the_head_in_post_and_leaves_the_unit_without_one() {
+        given::<Unit>([]).when(vacate("p1")).then_expect_error(UnitRejection::NoHead);
+        given::<Unit>([appointed("p1", "2026-12-31")])
+            .when(vacate("p2"))
+            .then_expect_error(UnitRejection::NotTheHead { person_id: "p2".into(), head: "p1".into() });
+        let vacated = UnitEvent::HeadVacated(pb::HeadVacated {
+            person_id: "p1".into(),
+            left_on: "2026-06-01".into(),
+            departure: pb::HeadDeparture::Dismissed as i32,
+            note: "complaints".into(),
+        });
+        given::<Unit>([appointed("p1", "2026-12-31")]).when(vacate("p1")).then_expect_events([vacated.clone()]);
+        given::<Unit>([appointed("p1", "2026-12-31"), vacated])
+            .when(vacate("p1"))
+            .then_expect_error(UnitRejection::NoHead);
     }
 
     #[test]

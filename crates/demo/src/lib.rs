@@ -9,9 +9,15 @@
 //! touch without overlapping and every child lies exactly inside its parent, and
 //! the shapes look drawn rather than ruled. Pure and deterministic: the same seed
 //! gives the same district.
+//!
+//! Its staff ([`staff`]) are dated relative to the day the demo is seeded, so
+//! the demo never ages out: certificates run one to two years from today, one
+//! head in forty has a certificate running out within three weeks, and one
+//! staffed unit in ninety-seven has no head (the last one left).
 
 use gridwork_geo::Kind;
 use gridwork_geo::polygon_geojson;
+use time::{Date, Duration};
 
 /// Shape of a generated district.
 #[derive(Debug, Clone, Copy)]
@@ -207,10 +213,115 @@ pub fn district(layout: Layout) -> Vec<DemoUnit> {
     units
 }
 
+/// How a demo worker serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoRole {
+    /// Full-time grid worker.
+    FullTime,
+    /// Delivery rider enrolled as an informant.
+    RiderInformant,
+    /// Retired party member.
+    RetiredPartyMember,
+}
+
+/// A demo grid head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DemoHead {
+    /// Person id.
+    pub person_id: String,
+    /// Name.
+    pub name: String,
+    /// Certificate number.
+    pub certificate_number: String,
+    /// Issuer.
+    pub issuer: String,
+    /// Certificate's last valid day.
+    pub expires_on: Date,
+}
+
+/// A demo worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DemoWorker {
+    /// Person id.
+    pub person_id: String,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: DemoRole,
+}
+
+/// A staffed unit's demo staff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DemoStaff {
+    /// The head; none for a vacant unit.
+    pub head: Option<DemoHead>,
+    /// Party branch name and secretary (grids and special grids).
+    pub party_branch: Option<(String, String)>,
+    /// Workers (grids and special grids).
+    pub workers: Vec<DemoWorker>,
+}
+
+/// The staff of `unit` when the demo is seeded on `today` (city time); `None`
+/// for a level without staff.
+pub fn staff(unit: &DemoUnit, today: Date) -> Option<DemoStaff> {
+    if !unit.kind.has_staff() {
+        return None;
+    }
+    let n = unit.id.bytes().fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(b)));
+    let surnames = ["王", "李", "张", "刘", "陈", "杨", "赵", "黄", "周", "吴"];
+    let head_name =
+        format!("{}{}", surnames[(n % 10) as usize], ["建国", "秀英", "伟", "芳", "军", "静"][(n / 10 % 6) as usize]);
+    // One to two years from today; one in forty within three weeks.
+    let days = if n % 40 == 0 { 20 } else { 365 + i64::from(n % 365) };
+    let head = (n % 97 != 0).then(|| DemoHead {
+        person_id: format!("p-{}", unit.id),
+        name: head_name.clone(),
+        certificate_number: format!("HL-{:06}", n % 1_000_000),
+        issuer: "华龙区社会工作部".into(),
+        expires_on: today.saturating_add(Duration::days(days)),
+    });
+    if unit.kind == Kind::MicroGrid {
+        return Some(DemoStaff { head, party_branch: None, workers: vec![] });
+    }
+    let mut workers =
+        vec![DemoWorker {
+            person_id: format!("w-{}-1", unit.id), name: "专职网格员".into(), role: DemoRole::FullTime
+        }];
+    if n % 3 == 0 {
+        workers.push(DemoWorker {
+            person_id: format!("r-{}-1", unit.id),
+            name: "外卖骑手 rider".into(),
+            role: DemoRole::RiderInformant,
+        });
+    }
+    if n % 4 == 0 {
+        workers.push(DemoWorker {
+            person_id: format!("v-{}-1", unit.id),
+            name: "退休党员".into(),
+            role: DemoRole::RetiredPartyMember,
+        });
+    }
+    Some(DemoStaff { head, party_branch: Some((format!("{}党支部", unit.name), head_name)), workers })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use gridwork_geo::Boundary;
+    use time::macros::date;
+
+    #[test]
+    fn demo_staff_is_dated_from_the_seeding_day_and_never_ages_out() {
+        let units = district(Layout::default());
+        for today in [date!(2026 - 11 - 24), date!(2027 - 01 - 01), date!(2031 - 06 - 30)] {
+            let heads: Vec<DemoHead> = units.iter().filter_map(|u| staff(u, today)).filter_map(|s| s.head).collect();
+            assert!(heads.iter().all(|h| h.expires_on > today), "every certificate valid on {today}");
+            let soon = heads.iter().filter(|h| h.expires_on <= today + Duration::days(30)).count();
+            let staffed = units.iter().filter(|u| u.kind.has_staff()).count();
+            assert!(soon > 0 && soon < heads.len() / 10, "a few certificates run out within a month: {soon}");
+            assert!(heads.len() < staffed && heads.len() > staffed * 95 / 100, "a few units are vacant");
+        }
+    }
 
     #[test]
     fn the_demo_district_has_the_articles_proportions() {

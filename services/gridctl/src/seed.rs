@@ -1,0 +1,168 @@
+//! `gridctl seed-demo`: the demo district onto the registry, its staff dated
+//! from today in the city's time zone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use gridwork_demo::{self as demo, DemoHead, DemoRole, DemoUnit, Layout};
+use gridwork_proto::gridwork::grid::v1 as pb;
+use time::Date;
+use tokio::sync::Semaphore;
+
+use crate::units::Registry;
+use crate::{command_id, out};
+
+/// Today in the city's time zone (Asia/Shanghai, UTC+8 all year).
+fn city_today() -> Date {
+    let offset = time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC);
+    time::OffsetDateTime::now_utc().to_offset(offset).date()
+}
+
+pub async fn seed_demo(registry: Registry) -> Result<(), tonic::Status> {
+    let started = Instant::now();
+    let today = city_today();
+    let units = demo::district(Layout::default());
+    let mut by_depth: BTreeMap<u8, BTreeMap<String, Vec<DemoUnit>>> = BTreeMap::new();
+    for u in &units {
+        by_depth.entry(u.kind.depth()).or_default().entry(u.parent_id.clone()).or_default().push(u.clone());
+    }
+    let permits = Arc::new(Semaphore::new(24));
+    let mut registered = 0usize;
+    for (_, groups) in by_depth {
+        let mut tasks = Vec::new();
+        for (_, group) in groups {
+            let (mut client, permits) = (registry.clone(), permits.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await.map_err(|_| tonic::Status::cancelled("stopped"))?;
+                let mut n = 0usize;
+                for u in group {
+                    seed_unit(&mut client, &u, today).await?;
+                    n += 1;
+                }
+                Ok::<usize, tonic::Status>(n)
+            }));
+        }
+        for t in tasks {
+            registered += t.await.map_err(|e| tonic::Status::internal(e.to_string()))??;
+        }
+    }
+    out!(
+        "seeded {registered} units of the demo district (staff dated from {today}) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Already there (a second run): fine.
+fn tolerate_existing(r: Result<(), tonic::Status>) -> Result<(), tonic::Status> {
+    match r {
+        Err(s) if s.code() == tonic::Code::FailedPrecondition && s.message().contains("already") => Ok(()),
+        other => other,
+    }
+}
+
+async fn seed_unit(client: &mut Registry, u: &DemoUnit, today: Date) -> Result<(), tonic::Status> {
+    tolerate_existing(
+        client
+            .register_unit(pb::RegisterUnitRequest {
+                command_id: command_id(&["register", &u.id]),
+                unit_id: u.id.clone(),
+                parent_id: u.parent_id.clone(),
+                kind: u.kind.to_proto() as i32,
+                name: u.name.clone(),
+                boundary_geojson: u.boundary_geojson.clone(),
+                special_site: u.special_site,
+            })
+            .await
+            .map(|_| ()),
+    )?;
+    if let Some(households) = u.households {
+        client
+            .set_households(pb::SetHouseholdsRequest {
+                command_id: command_id(&["households", &u.id]),
+                unit_id: u.id.clone(),
+                households,
+            })
+            .await?;
+    }
+    let Some(staff) = demo::staff(u, today) else { return Ok(()) };
+    if let Some(head) = &staff.head {
+        seed_head(client, u, head, today).await?;
+    }
+    if let Some((name, secretary)) = staff.party_branch {
+        client
+            .set_party_branch(pb::SetPartyBranchRequest {
+                command_id: command_id(&["party", &u.id]),
+                unit_id: u.id.clone(),
+                name,
+                kind: pb::PartyOrgKind::Branch as i32,
+                secretary,
+            })
+            .await?;
+    }
+    for w in staff.workers {
+        let role = match w.role {
+            DemoRole::FullTime => pb::WorkerRole::FullTime,
+            DemoRole::RiderInformant => pb::WorkerRole::RiderInformant,
+            DemoRole::RetiredPartyMember => pb::WorkerRole::RetiredPartyMember,
+        };
+        tolerate_existing(
+            client
+                .add_worker(pb::AddWorkerRequest {
+                    command_id: command_id(&["worker", &u.id, &w.person_id]),
+                    unit_id: u.id.clone(),
+                    person_id: w.person_id,
+                    name: w.name,
+                    role: role as i32,
+                })
+                .await
+                .map(|_| ()),
+        )?;
+    }
+    Ok(())
+}
+
+/// Appoint the demo head; on a later day, when that head is already in post,
+/// renew a certificate that has run out (an earlier seed's), else leave it.
+async fn seed_head(client: &mut Registry, u: &DemoUnit, head: &DemoHead, today: Date) -> Result<(), tonic::Status> {
+    let expires_on = head.expires_on.to_string();
+    let certificate = pb::Certificate {
+        number: head.certificate_number.clone(),
+        issuer: head.issuer.clone(),
+        expires_on: expires_on.clone(),
+    };
+    let appointed = client
+        .appoint_head(pb::AppointHeadRequest {
+            command_id: command_id(&["head", &u.id, &expires_on]),
+            unit_id: u.id.clone(),
+            person_id: head.person_id.clone(),
+            name: head.name.clone(),
+            certificate: Some(certificate.clone()),
+        })
+        .await;
+    match appointed {
+        Err(s) if s.code() == tonic::Code::FailedPrecondition && s.message().contains("already the head") => {
+            let unit = client
+                .get_unit(pb::GetUnitRequest { unit_id: u.id.clone(), min_position: 0 })
+                .await?
+                .into_inner()
+                .unit
+                .unwrap_or_default();
+            let current = unit.head.and_then(|h| h.certificate).map(|c| c.expires_on).unwrap_or_default();
+            if current.as_str() >= today.to_string().as_str() {
+                return Ok(());
+            }
+            client
+                .renew_head_certificate(pb::RenewHeadCertificateRequest {
+                    command_id: command_id(&["renew", &u.id, &expires_on]),
+                    unit_id: u.id.clone(),
+                    person_id: head.person_id.clone(),
+                    certificate: Some(certificate),
+                })
+                .await
+                .map(|_| ())
+        }
+        other => other.map(|_| ()),
+    }
+}
