@@ -69,7 +69,7 @@ async fn main() {
         let give_up = Instant::now() + Duration::from_secs(10);
         loop {
             assert!(Instant::now() < give_up, "case {id} never opened");
-            let mut request = tonic::Request::new(dpb::GetCaseRequest { case_id: id.clone(), min_position: 0 });
+            let mut request = tonic::Request::new(dpb::GetCaseRequest { case_id: id.clone(), ..Default::default() });
             request.set_timeout(Duration::from_secs(5));
             match dispatch.get_case(request).await {
                 Ok(_) => break,

@@ -24,6 +24,11 @@ fn owner(tier: pb::Tier, id: &str) -> Option<pb::Owner> {
 
 /// Report `category` (no attributes needed) in micro-grid m1 and accept it; its case id.
 async fn accepted(m: &mut Mesh, category: &str) -> String {
+    accepted_at(m, category, 0.5, 0.5).await
+}
+
+/// Report `category` at cell coordinates (`x`, `y`) and accept it; its case id.
+async fn accepted_at(m: &mut Mesh, category: &str, x: f64, y: f64) -> String {
     let attributes = if category == "fire-hazard" {
         let v = intake_pb::attribute_value::Value::Selected(intake_pb::SelectedValues {
             values: vec!["e-bike-charging-indoors".into()],
@@ -39,8 +44,8 @@ async fn accepted(m: &mut Mesh, category: &str) -> String {
             source: intake_pb::Source::GridWorker as i32,
             category_code: category.into(),
             location: Some(intake_pb::report_incident_request::Location::Point(intake_pb::GeoPoint {
-                lat: Y0 + 0.5 * STEP,
-                lon: X0 + 0.5 * STEP,
+                lat: Y0 + y * STEP,
+                lon: X0 + x * STEP,
             })),
             description: format!("{category}: seen on the morning round"),
             attributes,
@@ -58,7 +63,7 @@ async fn accepted(m: &mut Mesh, category: &str) -> String {
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        match m.dispatch.get_case(pb::GetCaseRequest { case_id: id.clone(), min_position: 0 }).await {
+        match m.dispatch.get_case(pb::GetCaseRequest { case_id: id.clone(), ..Default::default() }).await {
             Ok(_) => return id,
             Err(s) if s.code() == Code::NotFound && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await
@@ -79,7 +84,7 @@ async fn settled(m: &Mesh) -> u64 {
 async fn case(m: &mut Mesh, id: &str) -> pb::Case {
     let settled = settled(m).await;
     m.dispatch
-        .get_case(pb::GetCaseRequest { case_id: id.into(), min_position: settled })
+        .get_case(pb::GetCaseRequest { case_id: id.into(), min_position: settled, ..Default::default() })
         .await
         .expect("get")
         .into_inner()
@@ -91,7 +96,7 @@ async fn overdue(m: &mut Mesh) -> Vec<String> {
     let settled = settled(m).await;
     let cases = m
         .dispatch
-        .list_overdue(pb::ListOverdueRequest { limit: 50, min_position: settled })
+        .list_overdue(pb::ListOverdueRequest { limit: 50, min_position: settled, ..Default::default() })
         .await
         .expect("overdue")
         .into_inner()
@@ -164,6 +169,22 @@ async fn overdue_and_supervision(m: &mut Mesh) {
     assert_eq!(due(&opened, "resolve:1"), Some(start + 72 * HOUR));
     assert_eq!(due(&opened, "respond:1"), Some(start + 8 * HOUR));
     assert_eq!(due(&opened, "ack:1"), Some(start + 2 * HOUR));
+    // Listed in its street, found by its number (this story runs on both engines).
+    let request = pb::ListCasesRequest {
+        area_id: "s".into(),
+        statuses: vec!["assigned".into()],
+        category_code: "fire-hazard".into(),
+        opened_from_unix_ms: start - HOUR,
+        page_size: 1,
+        ..Default::default()
+    };
+    assert_eq!(numbers(&all_pages(m, request).await), ["D-20260302-0001"]);
+    let by_number = m
+        .dispatch
+        .get_case(pb::GetCaseRequest { case_number: "D-20260302-0001".into(), ..Default::default() })
+        .await
+        .expect("by number");
+    assert_eq!(by_number.into_inner().case.map(|c| c.case_id), Some(id.clone()));
 
     // The grid, then the community, miss their acknowledgements: each loses the
     // case one rung up, each new owner with its own clock; the case's clocks do
@@ -284,6 +305,7 @@ async fn summonses(m: &mut Mesh, department: &str, include_finished: bool) -> Ve
             include_finished,
             limit: 50,
             min_position: settled,
+            ..Default::default()
         })
         .await
         .expect("summonses")
@@ -315,6 +337,7 @@ async fn a_hand_back_goes_to_the_dispatch_centre_and_the_case_clock_keeps_runnin
             owner: owner(pb::Tier::DispatchCentre, "d"),
             limit: 10,
             min_position: back.position,
+            ..Default::default()
         })
         .await
         .expect("the centre's queue")
@@ -416,4 +439,222 @@ async fn unrated_closes(m: &mut Mesh) {
         assert!(Instant::now() < deadline, "intake never showed the case closed: {i:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Every page of `ListCases` for `request`, following the tokens; between the
+/// first and second page, `between` runs (to write while a reader pages).
+async fn all_pages(m: &mut Mesh, mut request: pb::ListCasesRequest) -> Vec<pb::Case> {
+    request.min_position = settled(m).await;
+    let mut all = Vec::new();
+    loop {
+        let page = m.dispatch.list_cases(request.clone()).await.expect("list").into_inner();
+        all.extend(page.cases);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+fn numbers(cases: &[pb::Case]) -> Vec<String> {
+    cases.iter().map(|c| c.case_number.clone()).collect()
+}
+
+async fn listed(m: &mut Mesh, area: &str, statuses: &[&str], category: &str, from: i64, before: i64) -> Vec<String> {
+    let request = pb::ListCasesRequest {
+        area_id: area.into(),
+        statuses: statuses.iter().map(|s| s.to_string()).collect(),
+        category_code: category.into(),
+        opened_from_unix_ms: from,
+        opened_before_unix_ms: before,
+        page_size: 2,
+        ..Default::default()
+    };
+    numbers(&all_pages(m, request).await)
+}
+
+#[tokio::test]
+async fn cases_are_numbered_per_district_and_day_and_listed_by_area_status_category_and_date_in_pages() {
+    let mut m = mesh(monday_ten()).await;
+    // A second grid g2 (cells 2..4 × 0..2) in community c, with micro-grid m3.
+    let mut last = 0;
+    for (unit, parent, kind, boundary) in [
+        ("g2", "c", gridwork_proto::gridwork::grid::v1::UnitKind::Grid, gridwork_e2e::cells(2.0, 0.0, 2.0, 2.0)),
+        ("m3", "g2", gridwork_proto::gridwork::grid::v1::UnitKind::MicroGrid, gridwork_e2e::cells(2.0, 0.0, 1.0, 1.0)),
+    ] {
+        let p = m
+            .registry
+            .register_unit(gridwork_proto::gridwork::grid::v1::RegisterUnitRequest {
+                command_id: uuid(),
+                unit_id: unit.into(),
+                parent_id: parent.into(),
+                kind: kind as i32,
+                name: unit.into(),
+                boundary_geojson: boundary,
+                special_site: 0,
+            })
+            .await
+            .expect("register")
+            .into_inner()
+            .position
+            .expect("position")
+            .sequence;
+        last = p;
+    }
+    m.intake_app.intake().grid().wait_for(last, Duration::from_secs(10)).await.expect("intake's grid copy");
+
+    // Monday: a (g, sanitation), b (g2, elderly), c (g, elderly); Tuesday: d (g2, sanitation).
+    let a = accepted_at(&mut m, "sanitation", 0.5, 0.5).await;
+    m.clock.advance_ms(MINUTE);
+    let b = accepted_at(&mut m, "elderly-welfare", 2.5, 0.5).await;
+    m.clock.advance_ms(MINUTE);
+    let c = accepted_at(&mut m, "elderly-welfare", 0.5, 0.5).await;
+    m.clock.advance_ms(24 * HOUR);
+    let d = accepted_at(&mut m, "sanitation", 2.5, 0.5).await;
+    let number = |case: &pb::Case| case.case_number.clone();
+    let (na, nb, nc, nd) = (
+        number(&case(&mut m, &a).await),
+        number(&case(&mut m, &b).await),
+        number(&case(&mut m, &c).await),
+        number(&case(&mut m, &d).await),
+    );
+    assert_eq!(
+        [na.as_str(), nb.as_str(), nc.as_str(), nd.as_str()],
+        ["D-20260302-0001", "D-20260302-0002", "D-20260302-0003", "D-20260303-0001"],
+        "one count per district and city day"
+    );
+
+    // A case is found by its number, however it is typed.
+    let by_number = m
+        .dispatch
+        .get_case(pb::GetCaseRequest { case_number: "d-20260302-0002".into(), ..Default::default() })
+        .await
+        .expect("by number")
+        .into_inner()
+        .case
+        .expect("case");
+    assert_eq!(by_number.case_id, b);
+    let e = m
+        .dispatch
+        .get_case(pb::GetCaseRequest { case_number: "D-20991231-0001".into(), ..Default::default() })
+        .await
+        .expect_err("no such number");
+    assert_eq!(e.code(), Code::NotFound);
+
+    // By area subtree, newest first: a grid sees its own, the community and up see both grids'.
+    assert_eq!(listed(&mut m, "g", &[], "", 0, 0).await, [nc.as_str(), na.as_str()]);
+    assert_eq!(listed(&mut m, "g2", &[], "", 0, 0).await, [nd.as_str(), nb.as_str()]);
+    for area in ["c", "s", "d", ""] {
+        assert_eq!(
+            listed(&mut m, area, &[], "", 0, 0).await,
+            [nd.as_str(), nc.as_str(), nb.as_str(), na.as_str()],
+            "area {area:?}"
+        );
+    }
+    // By category, and by opening day in the city's time zone.
+    assert_eq!(listed(&mut m, "d", &[], "elderly-welfare", 0, 0).await, [nc.as_str(), nb.as_str()]);
+    let tuesday = at(time::macros::datetime!(2026-03-03 00:00 +8));
+    assert_eq!(listed(&mut m, "d", &[], "", tuesday, 0).await, [nd.as_str()]);
+    assert_eq!(listed(&mut m, "d", &[], "", 0, tuesday).await, [nc.as_str(), nb.as_str(), na.as_str()]);
+
+    // By status: a resolved.
+    acknowledge(&mut m, &a, &owner(pb::Tier::Grid, "g")).await;
+    m.dispatch
+        .resolve_case(pb::ResolveCaseRequest {
+            command_id: uuid(),
+            case_id: a.clone(),
+            acting_as: owner(pb::Tier::Grid, "g"),
+            notes: "swept".into(),
+        })
+        .await
+        .expect("resolve");
+    assert_eq!(listed(&mut m, "d", &["resolved"], "", 0, 0).await, [na.as_str()]);
+    assert_eq!(
+        listed(&mut m, "d", &["assigned", "acknowledged"], "", 0, 0).await,
+        [nd.as_str(), nc.as_str(), nb.as_str()]
+    );
+
+    // Paging one by one while a new case opens between pages: the pages go on
+    // from where they stopped, nothing repeated or skipped.
+    let first = m
+        .dispatch
+        .list_cases(pb::ListCasesRequest {
+            area_id: "d".into(),
+            page_size: 1,
+            min_position: settled(&m).await,
+            ..Default::default()
+        })
+        .await
+        .expect("first page")
+        .into_inner();
+    assert_eq!(numbers(&first.cases), [nd.as_str()]);
+    m.clock.advance_ms(MINUTE);
+    let e_case = accepted_at(&mut m, "elderly-welfare", 2.5, 0.5).await;
+    let rest = all_pages(
+        &mut m,
+        pb::ListCasesRequest {
+            area_id: "d".into(),
+            page_size: 1,
+            page_token: first.next_page_token,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(numbers(&rest), [nc.as_str(), nb.as_str(), na.as_str()]);
+    assert_eq!(case(&mut m, &e_case).await.case_number, "D-20260303-0002");
+
+    // The work queue pages too.
+    let mut queue = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = m
+            .dispatch
+            .list_work_queue(pb::ListWorkQueueRequest {
+                owner: owner(pb::Tier::Grid, "g2"),
+                limit: 1,
+                page_token: token,
+                min_position: settled(&m).await,
+            })
+            .await
+            .expect("queue")
+            .into_inner();
+        queue.extend(page.cases.into_iter().map(|c| c.case_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    queue.sort();
+    let mut expected = vec![b.clone(), d.clone(), e_case.clone()];
+    expected.sort();
+    assert_eq!(queue, expected);
+
+    // Numbers are the same after a rebuild from the stream.
+    m.dispatch_app.dispatch().projection().rebuild().await.expect("rebuild");
+    assert_eq!(listed(&mut m, "d", &[], "", 0, tuesday).await, [nc.as_str(), nb.as_str(), na.as_str()]);
+
+    // Bad input names the field.
+    let e = m
+        .dispatch
+        .list_cases(pb::ListCasesRequest {
+            area_id: "a.b".into(),
+            statuses: vec!["open".into()],
+            opened_from_unix_ms: 10,
+            opened_before_unix_ms: 5,
+            page_size: 501,
+            page_token: "zz".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad input");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    for field in ["area_id", "statuses[0]", "opened_before_unix_ms", "page_size", "page_token"] {
+        assert!(e.message().contains(field) || format!("{:?}", e.details()).contains(field), "{field}: {e:?}");
+    }
+    let e = m
+        .dispatch
+        .get_case(pb::GetCaseRequest { case_id: a.clone(), case_number: na.clone(), ..Default::default() })
+        .await
+        .expect_err("both");
+    assert_eq!(e.code(), Code::InvalidArgument);
 }

@@ -46,7 +46,7 @@ fn report(category: &str) -> intake_pb::ReportIncidentRequest {
 async fn case_when_opened(m: &mut gridwork_e2e::Mesh, id: &str) -> pb::Case {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        match m.dispatch.get_case(pb::GetCaseRequest { case_id: id.into(), min_position: 0 }).await {
+        match m.dispatch.get_case(pb::GetCaseRequest { case_id: id.into(), ..Default::default() }).await {
             Ok(r) => return r.into_inner().case.expect("case"),
             Err(s) if s.code() == Code::NotFound && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await
@@ -58,7 +58,7 @@ async fn case_when_opened(m: &mut gridwork_e2e::Mesh, id: &str) -> pb::Case {
 
 async fn get(m: &mut gridwork_e2e::Mesh, id: &str, min_position: u64) -> pb::Case {
     m.dispatch
-        .get_case(pb::GetCaseRequest { case_id: id.into(), min_position })
+        .get_case(pb::GetCaseRequest { case_id: id.into(), min_position, ..Default::default() })
         .await
         .expect("get")
         .into_inner()
@@ -175,6 +175,7 @@ async fn a_rider_report_of_a_fire_hazard_goes_up_the_ladder_and_closes_only_when
             include_finished: false,
             limit: 10,
             min_position: reported_at,
+            ..Default::default()
         })
         .await
         .expect("the brigade's queue")
@@ -518,6 +519,7 @@ async fn invalid_transitions_and_bad_input_are_refused_and_write_nothing() {
             include_finished: false,
             limit: 0,
             min_position: 0,
+            ..Default::default()
         })
         .await
         .expect_err("no department");

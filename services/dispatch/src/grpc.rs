@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::app::Dispatch;
 use crate::domain::case::{CaseCommand, CaseEvent, Rater};
+use crate::queries::{After, CaseQuery};
 
 /// The gRPC face of [`Dispatch`].
 pub struct DispatchGrpc {
@@ -77,10 +78,73 @@ impl DispatchService for DispatchGrpc {
         let wait = read_wait(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
-        let id = v.id("case_id", &r.case_id);
+        match (r.case_id.is_empty(), r.case_number.is_empty()) {
+            (false, true) => {
+                v.id("case_id", &r.case_id);
+            }
+            (true, false) => {
+                if r.case_number.len() > 40 || !r.case_number.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                    v.add("case_number", "must look like HL-20261123-0042");
+                }
+            }
+            _ => v.add("case_id", "give exactly one of case_id and case_number"),
+        }
         v.finish()?;
         self.dispatch.wait(r.min_position, wait).await?;
-        Ok(Response::new(pb::GetCaseResponse { case: Some(self.dispatch.queries().case(&id).await?) }))
+        let queries = self.dispatch.queries();
+        let id = if r.case_id.is_empty() {
+            queries.case_id_of_number(&r.case_number.to_ascii_uppercase()).await?
+        } else {
+            r.case_id
+        };
+        Ok(Response::new(pb::GetCaseResponse { case: Some(queries.case(&id).await?) }))
+    }
+
+    async fn list_cases(
+        &self,
+        request: Request<pb::ListCasesRequest>,
+    ) -> Result<Response<pb::ListCasesResponse>, Status> {
+        let wait = read_wait(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        if !r.area_id.is_empty() {
+            v.id("area_id", &r.area_id);
+        }
+        for (i, status) in r.statuses.iter().enumerate() {
+            if !["assigned", "acknowledged", "resolved", "closed"].contains(&status.as_str()) {
+                v.add(format!("statuses[{i}]"), "must be assigned, acknowledged, resolved or closed");
+            }
+        }
+        if !r.category_code.is_empty() {
+            v.id("category_code", &r.category_code);
+        }
+        for (field, t) in
+            [("opened_from_unix_ms", r.opened_from_unix_ms), ("opened_before_unix_ms", r.opened_before_unix_ms)]
+        {
+            if t < 0 {
+                v.add(field, "must be a time after 1970 (Unix ms), or 0 for no bound");
+            }
+        }
+        if r.opened_from_unix_ms > 0 && r.opened_before_unix_ms > 0 && r.opened_before_unix_ms <= r.opened_from_unix_ms
+        {
+            v.add("opened_before_unix_ms", "must be later than opened_from_unix_ms");
+        }
+        if r.page_size > 500 {
+            v.add("page_size", "must be at most 500");
+        }
+        let after = After::decode(&mut v, &r.page_token, 1);
+        v.finish()?;
+        let query = CaseQuery {
+            area_id: r.area_id,
+            statuses: r.statuses,
+            category_code: r.category_code,
+            opened_from_ms: (r.opened_from_unix_ms > 0).then_some(r.opened_from_unix_ms),
+            opened_before_ms: (r.opened_before_unix_ms > 0).then_some(r.opened_before_unix_ms),
+        };
+        let page_size = if r.page_size == 0 { 50 } else { r.page_size };
+        self.dispatch.wait(r.min_position, wait).await?;
+        let page = self.dispatch.queries().list(&query, after.as_ref(), page_size).await?;
+        Ok(Response::new(pb::ListCasesResponse { cases: page.items, next_page_token: page.next_page_token }))
     }
 
     async fn list_work_queue(
@@ -92,9 +156,11 @@ impl DispatchService for DispatchGrpc {
         let mut v = Violations::default();
         let owner = owner(&mut v, "owner", r.owner.as_ref());
         let limit = v.limit(r.limit, 50, 500);
+        let after = After::decode(&mut v, &r.page_token, 1);
         v.finish()?;
         self.dispatch.wait(r.min_position, wait).await?;
-        Ok(Response::new(pb::ListWorkQueueResponse { cases: self.dispatch.queries().work_queue(&owner, limit).await? }))
+        let page = self.dispatch.queries().work_queue(&owner, after.as_ref(), limit).await?;
+        Ok(Response::new(pb::ListWorkQueueResponse { cases: page.items, next_page_token: page.next_page_token }))
     }
 
     async fn list_overdue(
@@ -105,9 +171,14 @@ impl DispatchService for DispatchGrpc {
         let r = request.into_inner();
         let mut v = Violations::default();
         let limit = v.limit(r.limit, 50, 500);
+        if !r.area_id.is_empty() {
+            v.id("area_id", &r.area_id);
+        }
+        let after = After::decode(&mut v, &r.page_token, 1);
         v.finish()?;
         self.dispatch.wait(r.min_position, wait).await?;
-        Ok(Response::new(pb::ListOverdueResponse { cases: self.dispatch.queries().overdue(limit).await? }))
+        let page = self.dispatch.queries().overdue(&r.area_id, after.as_ref(), limit).await?;
+        Ok(Response::new(pb::ListOverdueResponse { cases: page.items, next_page_token: page.next_page_token }))
     }
 
     async fn list_summonses(
@@ -119,10 +190,11 @@ impl DispatchService for DispatchGrpc {
         let mut v = Violations::default();
         let department = v.id("department", &r.department);
         let limit = v.limit(r.limit, 50, 500);
+        let after = After::decode(&mut v, &r.page_token, 2);
         v.finish()?;
         self.dispatch.wait(r.min_position, wait).await?;
-        let summonses = self.dispatch.queries().summonses(&department, r.include_finished, limit).await?;
-        Ok(Response::new(pb::ListSummonsesResponse { summonses }))
+        let page = self.dispatch.queries().summonses(&department, r.include_finished, after.as_ref(), limit).await?;
+        Ok(Response::new(pb::ListSummonsesResponse { summonses: page.items, next_page_token: page.next_page_token }))
     }
 
     async fn record_summons_progress(

@@ -189,8 +189,18 @@ pub const CASES: TableDef = TableDef {
               community_id TEXT NOT NULL, street_id TEXT NOT NULL, district_id TEXT NOT NULL, department TEXT NOT NULL, \
               rule_id TEXT NOT NULL, routing TEXT NOT NULL, assignment BIGINT NOT NULL, rating BIGINT NOT NULL, \
               breaches BIGINT NOT NULL, opened_at_ms BIGINT NOT NULL, closed_at_ms BIGINT NOT NULL, position BIGINT NOT NULL, \
-              round BIGINT NOT NULL, supervised BIGINT NOT NULL, close_outcome BIGINT NOT NULL)",
-    indexes: &["owner_tier, owner_id, status", "status"],
+              round BIGINT NOT NULL, supervised BIGINT NOT NULL, close_outcome BIGINT NOT NULL, \
+              opened_day TEXT NOT NULL, case_number TEXT NOT NULL)",
+    indexes: &[
+        "owner_tier, owner_id, status",
+        "status",
+        "case_number",
+        "opened_at_ms, case_id",
+        "district_id, opened_day",
+        "street_id",
+        "community_id",
+        "grid_id",
+    ],
 };
 
 /// Deadlines. `scope`: case, owner, rating or summons. `state`: pending, met,
@@ -293,6 +303,16 @@ fn normalised(id: &str) -> String {
     DeadlineId::parse(id).map_or_else(|| id.to_string(), |d| d.to_string())
 }
 
+/// `HL-20261123-0042`: the district id in capitals (letters and digits, at
+/// most eight), the city date, the day's count in the district (four digits
+/// or more).
+pub fn case_number(district: &str, day: time::Date, n: i64) -> String {
+    let prefix: String =
+        district.chars().filter(char::is_ascii_alphanumeric).take(8).collect::<String>().to_ascii_uppercase();
+    let prefix = if prefix.is_empty() { "C".to_string() } else { prefix };
+    format!("{prefix}-{:04}{:02}{:02}-{n:04}", day.year(), u8::from(day.month()), day.day())
+}
+
 /// Statements on one case's rows, inside the commit's transaction.
 struct Rows<'a> {
     tx: &'a mut AnyConnection,
@@ -313,6 +333,22 @@ impl Rows<'_> {
             };
         }
         Ok(q.execute(&mut *self.tx).await?.rows_affected())
+    }
+
+    /// The short number of the next case opened in `district` on `day` (city
+    /// date): `HL-20261123-0042`. Taken in stream order, inside the commit's
+    /// transaction, so a rebuild gives every case the same number again.
+    async fn next_case_number(&mut self, district: &str, day: time::Date) -> Result<String, ApplyError> {
+        let day_text = day.to_string();
+        let (count,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {} WHERE district_id = $1 AND opened_day = $2",
+            self.cases
+        )))
+        .bind(district)
+        .bind(&day_text)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(case_number(district, day, count + 1))
     }
 
     /// Update the case row; it must exist.
@@ -414,8 +450,9 @@ impl Projection for Cases {
     }
 
     /// 2: case-level clocks (deadline scope), summonses, ratings, supervision.
+    /// 3: case numbers, opening day, indexes for the area lists.
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
@@ -438,11 +475,13 @@ impl Projection for Cases {
             match &event {
                 CaseEvent::Opened(o) => {
                     let routing = o.routing.clone().unwrap_or_default();
+                    let day = gridwork_runtime::clock::city_today(at);
+                    let number = rows.next_case_number(&o.district_id, day).await?;
                     let sql = format!(
                         "INSERT INTO {} (case_id, status, owner_tier, owner_id, category_code, priority, emergency, grid_id, \
                          community_id, street_id, district_id, department, rule_id, routing, assignment, rating, breaches, \
-                         opened_at_ms, closed_at_ms, position, round, supervised, close_outcome) \
-                         VALUES ($1, 'new', 0, '', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, 0, 0, $12, 0, $13, 1, 0, 0)",
+                         opened_at_ms, closed_at_ms, position, round, supervised, close_outcome, opened_day, case_number) \
+                         VALUES ($1, 'new', 0, '', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, 0, 0, $12, 0, $13, 1, 0, 0, $14, $15)",
                         rows.cases
                     );
                     rows.run(
@@ -461,6 +500,8 @@ impl Projection for Cases {
                             Text(&routing.explanation),
                             Int(at),
                             Int(rows.position),
+                            Text(&day.to_string()),
+                            Text(&number),
                         ],
                     )
                     .await?;

@@ -9,6 +9,21 @@ use sqlx::AssertSqlSafe;
 use crate::domain::deadline::{DeadlineId, Scope};
 use crate::projection::{CASES, DEADLINES, RATINGS, SUMMONSES, TIMELINE};
 
+/// What `ListCases` filters on, parsed at the edge.
+#[derive(Debug, Clone, Default)]
+pub struct CaseQuery {
+    /// Area subtree root ("" for all).
+    pub area_id: String,
+    /// Statuses ("" none: every opened case).
+    pub statuses: Vec<String>,
+    /// Category ("" for all).
+    pub category_code: String,
+    /// Opened at or after.
+    pub opened_from_ms: Option<i64>,
+    /// Opened before.
+    pub opened_before_ms: Option<i64>,
+}
+
 /// Queries at one moment (`now_unix_ms` decides what is overdue).
 pub struct Queries<'a> {
     pub(crate) store: &'a ReadStore,
@@ -36,10 +51,95 @@ struct CaseRow {
     round: i64,
     supervised: i64,
     close_outcome: i64,
+    district_id: String,
+    opened_at_ms: i64,
+    case_number: String,
 }
 
 const CASE_COLUMNS: &str = "case_id, status, owner_tier, owner_id, category_code, priority, emergency, grid_id, community_id, \
-    street_id, department, rule_id, routing, rating, breaches, position, round, supervised, close_outcome";
+    street_id, department, rule_id, routing, rating, breaches, position, round, supervised, close_outcome, district_id, \
+    opened_at_ms, case_number";
+
+/// A value bound to a numbered placeholder.
+#[derive(Debug, Clone)]
+enum Value {
+    Int(i64),
+    Text(String),
+}
+
+/// A `WHERE` clause built from conditions, each with its own placeholders.
+#[derive(Debug, Default)]
+struct Filter {
+    conditions: Vec<String>,
+    values: Vec<Value>,
+}
+
+impl Filter {
+    /// Bind `value`; its placeholder (`$n`).
+    fn bind(&mut self, value: Value) -> String {
+        self.values.push(value);
+        format!("${}", self.values.len())
+    }
+    fn text(&mut self, v: &str) -> String {
+        self.bind(Value::Text(v.to_string()))
+    }
+    fn int(&mut self, v: i64) -> String {
+        self.bind(Value::Int(v))
+    }
+    fn and(&mut self, condition: String) {
+        self.conditions.push(condition);
+    }
+    /// Cases placed in `area`'s subtree (a district, street, community or grid).
+    fn area(&mut self, area: &str) {
+        if !area.is_empty() {
+            let a = self.text(area);
+            self.and(format!("(c.district_id = {a} OR c.street_id = {a} OR c.community_id = {a} OR c.grid_id = {a})"));
+        }
+    }
+    fn sql(&self) -> String {
+        if self.conditions.is_empty() { "1 = 1".into() } else { self.conditions.join(" AND ") }
+    }
+}
+
+/// Unresolved statuses.
+const OPEN_STATUSES: &str = "c.status IN ('assigned', 'acknowledged')";
+
+/// Sort key of a case with no clock to sort by: last.
+const NO_DUE: i64 = i64::MAX;
+
+/// One page of a list and the token for the next, if there is one.
+#[derive(Debug)]
+pub struct Page<T> {
+    /// The rows.
+    pub items: Vec<T>,
+    /// Token for the next page; empty on the last.
+    pub next_page_token: String,
+}
+
+/// Where a page starts: strictly after this sort key.
+#[derive(Debug, Clone, Default)]
+pub struct After {
+    /// The key's number part (a time or a due time).
+    pub number: i64,
+    /// The key's text parts (ids), in sort order.
+    pub ids: Vec<String>,
+}
+
+impl After {
+    /// A page token's key, parsed by the gRPC edge.
+    pub fn decode(v: &mut gridwork_runtime::Violations, token: &str, ids: usize) -> Option<After> {
+        let parts = gridwork_runtime::page::decode(v, token, ids + 1)?;
+        let number = gridwork_runtime::page::number(v, &parts[0]);
+        Some(After { number, ids: parts[1..].to_vec() })
+    }
+
+    fn encode(number: i64, ids: &[&str]) -> String {
+        let n = number.to_string();
+        let mut parts = vec![n.as_str()];
+        parts.extend_from_slice(ids);
+        gridwork_runtime::page::encode(&parts)
+    }
+}
 
 /// Case-level clocks not met, for the overdue test: `(scope 'case', pending or breached)`.
 const OPEN_CASE_CLOCK: &str = "d.scope = 'case' AND d.state IN ('pending', 'breached')";
@@ -72,28 +172,53 @@ impl From<SummonsRow> for pb::Summons {
 }
 
 impl Queries<'_> {
-    async fn cases(
+    /// Cases matching `filter`, ordered by `key` (ascending or descending) then
+    /// case id, the page after `after`; `key` is a number-valued SQL
+    /// expression over `c`.
+    async fn case_page(
         &self,
-        filter: &str,
-        order: &str,
-        text: &str,
-        number: i64,
+        mut filter: Filter,
+        key: &str,
+        descending: bool,
+        after: Option<&After>,
         limit: u32,
-    ) -> Result<Vec<pb::Case>, ServiceError> {
+    ) -> Result<Page<pb::Case>, ServiceError> {
         let cases = Tables::Live.name(CASES.name);
-        let rows: Vec<CaseRow> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {CASE_COLUMNS} FROM {cases} c WHERE {filter} ORDER BY {order} LIMIT $3"
-        )))
-        .bind(text)
-        .bind(number)
-        .bind(i64::from(limit))
-        .fetch_all(self.store.pool())
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            out.push(self.case_view(r).await?);
+        let (cmp, dir) = if descending { ("<", "DESC") } else { (">", "ASC") };
+        if let Some(after) = after {
+            let n = filter.int(after.number);
+            let id = filter.text(after.ids.first().map_or("", String::as_str));
+            filter.and(format!("(({key}) {cmp} {n} OR (({key}) = {n} AND c.case_id {cmp} {id}))"));
         }
-        Ok(out)
+        let limit_at = filter.int(i64::from(limit) + 1);
+        let sql = format!(
+            "SELECT {CASE_COLUMNS}, ({key}) AS sort_key FROM {cases} c WHERE {} ORDER BY sort_key {dir}, c.case_id {dir} \
+             LIMIT {limit_at}",
+            filter.sql()
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for value in &filter.values {
+            query = match value {
+                Value::Int(v) => query.bind(*v),
+                Value::Text(v) => query.bind(v.clone()),
+            };
+        }
+        let rows = query.fetch_all(self.store.pool()).await?;
+        let more = rows.len() > limit as usize;
+        let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+        let mut last = None;
+        for row in rows.iter().take(limit as usize) {
+            use sqlx::Row as _;
+            let sort_key: i64 = row.try_get("sort_key")?;
+            let case = <CaseRow as sqlx::FromRow<'_, sqlx::any::AnyRow>>::from_row(row)?;
+            last = Some((sort_key, case.case_id.clone()));
+            items.push(self.case_view(case).await?);
+        }
+        let next_page_token = match (more, last) {
+            (true, Some((n, id))) => After::encode(n, &[&id]),
+            _ => String::new(),
+        };
+        Ok(Page { items, next_page_token })
     }
 
     async fn case_view(&self, r: CaseRow) -> Result<pb::Case, ServiceError> {
@@ -137,14 +262,57 @@ impl Queries<'_> {
             ratings: Vec::new(),
             summonses: Vec::new(),
             overdue,
+            case_number: r.case_number,
+            district_id: r.district_id,
+            opened_at_unix_ms: r.opened_at_ms,
         })
+    }
+
+    /// The case id of a case number, if there is such a case.
+    pub async fn case_id_of_number(&self, number: &str) -> Result<String, ServiceError> {
+        let cases = Tables::Live.name(CASES.name);
+        let row: Option<(String,)> =
+            sqlx::query_as(AssertSqlSafe(format!("SELECT case_id FROM {cases} WHERE case_number = $1")))
+                .bind(number)
+                .fetch_optional(self.store.pool())
+                .await?;
+        row.map(|(id,)| id).ok_or_else(|| ServiceError::NotFound(format!("case_number: no case numbered {number}")))
+    }
+
+    /// Cases by area subtree, status, category and opening time, newest first.
+    pub async fn list(&self, q: &CaseQuery, after: Option<&After>, limit: u32) -> Result<Page<pb::Case>, ServiceError> {
+        let mut f = Filter::default();
+        f.area(&q.area_id);
+        if !q.statuses.is_empty() {
+            let list: Vec<String> = q.statuses.iter().map(|s| f.text(s)).collect();
+            f.and(format!("c.status IN ({})", list.join(", ")));
+        } else {
+            f.and("c.status <> 'new'".into());
+        }
+        if !q.category_code.is_empty() {
+            let c = f.text(&q.category_code);
+            f.and(format!("c.category_code = {c}"));
+        }
+        if let Some(from) = q.opened_from_ms {
+            let t = f.int(from);
+            f.and(format!("c.opened_at_ms >= {t}"));
+        }
+        if let Some(before) = q.opened_before_ms {
+            let t = f.int(before);
+            f.and(format!("c.opened_at_ms < {t}"));
+        }
+        self.case_page(f, "c.opened_at_ms", true, after, limit).await
     }
 
     /// One case with its timeline, ratings and summonses.
     pub async fn case(&self, case_id: &str) -> Result<pb::Case, ServiceError> {
+        let mut f = Filter::default();
+        let id = f.text(case_id);
+        f.and(format!("c.case_id = {id}"));
         let mut case = self
-            .cases("c.case_id = $1 AND $2 = $2", "c.case_id", case_id, 0, 1)
+            .case_page(f, "CAST(0 AS BIGINT)", false, None, 1)
             .await?
+            .items
             .pop()
             .ok_or_else(|| ServiceError::NotFound(format!("case_id: case {case_id} does not exist")))?;
         let pool = self.store.pool();
@@ -195,36 +363,40 @@ impl Queries<'_> {
         Ok(case)
     }
 
-    /// An owner's open cases, soonest pending deadline first.
-    pub async fn work_queue(&self, owner: &pb::Owner, limit: u32) -> Result<Vec<pb::Case>, ServiceError> {
+    /// An owner's open cases, soonest pending deadline first (cases with no
+    /// pending clock last).
+    pub async fn work_queue(
+        &self,
+        owner: &pb::Owner,
+        after: Option<&After>,
+        limit: u32,
+    ) -> Result<Page<pb::Case>, ServiceError> {
         let deadlines = Tables::Live.name(DEADLINES.name);
-        self.cases(
-            "c.owner_id = $1 AND c.owner_tier = $2 AND c.status IN ('assigned', 'acknowledged')",
-            &format!("(SELECT MIN(d.due_ms) FROM {deadlines} d WHERE d.case_id = c.case_id AND d.state = 'pending'), c.case_id"),
-            &owner.id,
-            i64::from(owner.tier),
-            limit,
-        )
-        .await
+        let mut f = Filter::default();
+        let (id, tier) = (f.text(&owner.id), f.int(i64::from(owner.tier)));
+        f.and(format!("c.owner_id = {id} AND c.owner_tier = {tier} AND {OPEN_STATUSES}"));
+        let key = format!(
+            "COALESCE((SELECT MIN(d.due_ms) FROM {deadlines} d WHERE d.case_id = c.case_id AND d.state = 'pending'), {NO_DUE})"
+        );
+        self.case_page(f, &key, false, after, limit).await
     }
 
     /// Unresolved cases past a case-level clock (respond with no action on site
-    /// yet, or resolve), supervised or not, most overdue first.
-    pub async fn overdue(&self, limit: u32) -> Result<Vec<pb::Case>, ServiceError> {
+    /// yet, or resolve), supervised or not, in `area` (empty: city-wide), most
+    /// overdue first.
+    pub async fn overdue(&self, area: &str, after: Option<&After>, limit: u32) -> Result<Page<pb::Case>, ServiceError> {
         let deadlines = Tables::Live.name(DEADLINES.name);
-        self.cases(
-            &format!(
-                "$1 = $1 AND c.status IN ('assigned', 'acknowledged') AND EXISTS (SELECT 1 FROM {deadlines} d \
-                 WHERE d.case_id = c.case_id AND {OPEN_CASE_CLOCK} AND d.due_ms <= $2)"
-            ),
-            &format!(
-                "(SELECT MIN(d.due_ms) FROM {deadlines} d WHERE d.case_id = c.case_id AND {OPEN_CASE_CLOCK}), c.case_id"
-            ),
-            "",
-            self.now_unix_ms,
-            limit,
-        )
-        .await
+        let mut f = Filter::default();
+        f.area(area);
+        let now = f.int(self.now_unix_ms);
+        f.and(format!(
+            "{OPEN_STATUSES} AND EXISTS (SELECT 1 FROM {deadlines} d WHERE d.case_id = c.case_id AND {OPEN_CASE_CLOCK} \
+             AND d.due_ms <= {now})"
+        ));
+        let key = format!(
+            "COALESCE((SELECT MIN(d.due_ms) FROM {deadlines} d WHERE d.case_id = c.case_id AND {OPEN_CASE_CLOCK}), {NO_DUE})"
+        );
+        self.case_page(f, &key, false, after, limit).await
     }
 
     /// A department's summonses: open ones (or all), soonest report-by first.
@@ -232,20 +404,39 @@ impl Queries<'_> {
         &self,
         department: &str,
         include_finished: bool,
+        after: Option<&After>,
         limit: u32,
-    ) -> Result<Vec<pb::Summons>, ServiceError> {
+    ) -> Result<Page<pb::Summons>, ServiceError> {
         let summonses = Tables::Live.name(SUMMONSES.name);
+        let (after_due, after_case, after_whistle) = match after {
+            Some(a) => (
+                a.number,
+                a.ids.first().cloned().unwrap_or_default(),
+                a.ids.get(1).and_then(|w| w.parse::<i64>().ok()).unwrap_or(0),
+            ),
+            None => (i64::MIN, String::new(), 0),
+        };
         let rows: Vec<SummonsRow> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT case_id, department, whistle, status, report_by_ms, summoned_at_ms, updated_at_ms, position FROM {summonses} \
-             WHERE department = $1 AND (status IN ({}, {}) OR $2 = 1) ORDER BY report_by_ms, case_id LIMIT $3",
+             WHERE department = $1 AND (status IN ({}, {}) OR $2 = 1) \
+             AND (report_by_ms > $3 OR (report_by_ms = $3 AND (case_id > $4 OR (case_id = $4 AND whistle > $5)))) \
+             ORDER BY report_by_ms, case_id, whistle LIMIT $6",
             pb::SummonsStatus::Summoned as i32,
             pb::SummonsStatus::Reported as i32
         )))
         .bind(department)
         .bind(i64::from(include_finished))
-        .bind(i64::from(limit))
+        .bind(after_due)
+        .bind(after_case)
+        .bind(after_whistle)
+        .bind(i64::from(limit) + 1)
         .fetch_all(self.store.pool())
         .await?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        let more = rows.len() > limit as usize;
+        let next_page_token = match rows.get((limit as usize).saturating_sub(1)) {
+            Some(last) if more => After::encode(last.report_by_ms, &[&last.case_id, &last.whistle.to_string()]),
+            _ => String::new(),
+        };
+        Ok(Page { items: rows.into_iter().take(limit as usize).map(Into::into).collect(), next_page_token })
     }
 }

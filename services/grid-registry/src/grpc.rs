@@ -305,9 +305,7 @@ impl GridRegistryService for RegistryGrpc {
         if r.page_size > 500 {
             v.add("page_size", "must be at most 500");
         }
-        if !r.page_token.is_empty() {
-            checked_unit_id(&mut v, "page_token", &r.page_token);
-        }
+        let after = gridwork_runtime::page::decode(&mut v, &r.page_token, 1).and_then(|k| k.into_iter().next());
         v.finish()?;
         let page_size = if r.page_size == 0 { 100 } else { r.page_size };
         self.registry.wait(r.min_position, wait).await?;
@@ -317,7 +315,8 @@ impl GridRegistryService for RegistryGrpc {
         let today = self.registry.today();
         let within = r.expiring_within_days;
         let cutoff = today.saturating_add(time::Duration::days(i64::from(within) + i64::from(within > 0)));
-        let rows = self.registry.units_without_valid_head(&root, cutoff, &r.page_token, page_size + 1).await?;
+        let after = after.unwrap_or_default();
+        let rows = self.registry.units_without_valid_head(&root, cutoff, &after, page_size + 1).await?;
         let more = rows.len() > page_size as usize;
         let mut units = Vec::with_capacity(rows.len().min(page_size as usize));
         for row in rows.iter().take(page_size as usize) {
@@ -329,10 +328,9 @@ impl GridRegistryService for RegistryGrpc {
                 units.push(pb::UnitNeedingHead { unit: Some(unit), need: need as i32, reason });
             }
         }
-        let next_page_token = if more {
-            rows.get(page_size as usize - 1).map(|r| r.unit_id.clone()).unwrap_or_default()
-        } else {
-            String::new()
+        let next_page_token = match rows.get(page_size as usize - 1) {
+            Some(last) if more => gridwork_runtime::page::encode(&[&last.unit_id]),
+            _ => String::new(),
         };
         Ok(Response::new(pb::ListUnitsNeedingHeadResponse { units, next_page_token }))
     }

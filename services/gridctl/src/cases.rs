@@ -65,8 +65,34 @@ fn summons_label(status: i32) -> &'static str {
     }
 }
 
+/// `HL-20261123-0042` rather than an id.
+fn is_case_number(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 3
+        && parts[1].len() == 8
+        && parts[1].bytes().all(|b| b.is_ascii_digit())
+        && !parts[2].is_empty()
+        && parts[2].bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Midnight starting `day` (YYYY-MM-DD) in the city, as Unix ms.
+fn city_midnight(day: &str) -> anyhow::Result<i64> {
+    let date = time::Date::parse(day, &time::format_description::well_known::Iso8601::DATE)
+        .map_err(|_| anyhow::anyhow!("{day:?}: write a day as YYYY-MM-DD"))?;
+    let offset = time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC);
+    Ok((date.midnight().assume_offset(offset).unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
 fn print_case(c: &pb::Case) {
-    out!("case {} {} ({}, {}) owner {}", c.case_id, c.category_code, c.status, c.open311_status, owner_label(&c.owner));
+    out!(
+        "case {} ({}) {} ({}, {}) owner {}",
+        c.case_number,
+        c.case_id,
+        c.category_code,
+        c.status,
+        c.open311_status,
+        owner_label(&c.owner)
+    );
     if let Some(r) = &c.routing {
         out!("  routed by {}", r.explanation);
     }
@@ -109,7 +135,12 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
             // A case opens a moment after its incident is accepted: wait briefly.
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
-                match c.get_case(pb::GetCaseRequest { case_id: case_id.clone(), min_position: 0 }).await {
+                let request = if is_case_number(&case_id) {
+                    pb::GetCaseRequest { case_number: case_id.clone(), ..Default::default() }
+                } else {
+                    pb::GetCaseRequest { case_id: case_id.clone(), ..Default::default() }
+                };
+                match c.get_case(request).await {
                     Ok(r) => {
                         print_case(&r.into_inner().case.unwrap_or_default());
                         break Ok(());
@@ -122,21 +153,72 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
             }
         }
         Cases::Queue { owner: o } => {
-            match c
-                .list_work_queue(pb::ListWorkQueueRequest { owner: Some(owner(&o)?), limit: 50, min_position: 0 })
-                .await
-            {
-                Ok(r) => {
-                    let cases = r.into_inner().cases;
-                    for case in &cases {
-                        let next = case.pending_deadlines.first().map(|d| d.id.clone()).unwrap_or_default();
-                        out!("{:<38} {:<20} {:<13} next: {next}", case.case_id, case.category_code, case.status);
-                    }
-                    out!("({} cases)", cases.len());
-                    Ok(())
+            let owner = owner(&o)?;
+            let mut shown = 0;
+            let mut page_token = String::new();
+            loop {
+                let request =
+                    pb::ListWorkQueueRequest { owner: Some(owner.clone()), limit: 200, min_position: 0, page_token };
+                let page = match c.list_work_queue(request).await {
+                    Ok(r) => r.into_inner(),
+                    Err(e) => return Ok(Err(e)),
+                };
+                for case in &page.cases {
+                    let next = case.pending_deadlines.first().map(|d| d.id.clone()).unwrap_or_default();
+                    out!("{:<18} {:<20} {:<13} next: {next}", case.case_number, case.category_code, case.status);
                 }
-                Err(e) => Err(e),
+                shown += page.cases.len();
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
             }
+            out!("({shown} cases)");
+            Ok(())
+        }
+        Cases::List { area, statuses, category, from, until, limit } => {
+            let opened_from_unix_ms = from.as_deref().map(city_midnight).transpose()?.unwrap_or(0);
+            let opened_before_unix_ms = until.as_deref().map(city_midnight).transpose()?.map_or(0, |t| t + 86_400_000);
+            let mut shown = 0;
+            let mut page_token = String::new();
+            loop {
+                let request = pb::ListCasesRequest {
+                    area_id: area.clone(),
+                    statuses: statuses.clone(),
+                    category_code: category.clone(),
+                    opened_from_unix_ms,
+                    opened_before_unix_ms,
+                    page_size: 200,
+                    page_token,
+                    min_position: 0,
+                };
+                let page = match c.list_cases(request).await {
+                    Ok(r) => r.into_inner(),
+                    Err(e) => return Ok(Err(e)),
+                };
+                for case in &page.cases {
+                    if shown == limit {
+                        out!("(first {limit} shown; --limit for more)");
+                        return Ok(Ok(()));
+                    }
+                    out!(
+                        "{:<18} {} {:<20} {:<13} {:<28} {}",
+                        case.case_number,
+                        local(case.opened_at_unix_ms),
+                        case.category_code,
+                        case.status,
+                        owner_label(&case.owner),
+                        if case.overdue { "OVERDUE" } else { "" }
+                    );
+                    shown += 1;
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            out!("({shown} cases)");
+            Ok(())
         }
         Cases::Ack { id: case_id, acting_as } => {
             let request = pb::AcknowledgeCaseRequest {
@@ -157,21 +239,37 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
             let result = c.resolve_case(request).await.map(|r| r.into_inner().position);
             settle(&mut c, &case_id, result, "resolved").await
         }
-        Cases::Overdue => match c.list_overdue(pb::ListOverdueRequest { limit: 500, min_position: 0 }).await {
-            Ok(r) => {
-                let cases = r.into_inner().cases;
-                for case in &cases {
+        Cases::Overdue { area } => {
+            let mut shown = 0;
+            let mut page_token = String::new();
+            loop {
+                let request = pb::ListOverdueRequest { limit: 200, min_position: 0, page_token, area_id: area.clone() };
+                let page = match c.list_overdue(request).await {
+                    Ok(r) => r.into_inner(),
+                    Err(e) => return Ok(Err(e)),
+                };
+                for case in &page.cases {
                     let owner = owner_label(&case.owner);
                     let mark = if case.supervised { "督办" } else { "" };
-                    out!("{:<38} {:<20} {:<28} {mark}", case.case_id, case.category_code, owner);
+                    out!("{:<18} {:<20} {:<28} {mark}", case.case_number, case.category_code, owner);
                 }
-                out!("({} overdue)", cases.len());
-                Ok(())
+                shown += page.cases.len();
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
             }
-            Err(e) => Err(e),
-        },
+            out!("({shown} overdue)");
+            Ok(())
+        }
         Cases::Summonses { department, all } => {
-            let request = pb::ListSummonsesRequest { department, include_finished: all, limit: 500, min_position: 0 };
+            let request = pb::ListSummonsesRequest {
+                department,
+                include_finished: all,
+                limit: 500,
+                min_position: 0,
+                page_token: String::new(),
+            };
             match c.list_summonses(request).await {
                 Ok(r) => {
                     let summonses = r.into_inner().summonses;
@@ -226,7 +324,7 @@ async fn settle(
     done: &str,
 ) -> Result<(), tonic::Status> {
     let sequence = result?.unwrap_or_default().sequence;
-    c.get_case(pb::GetCaseRequest { case_id: case_id.into(), min_position: sequence }).await?;
+    c.get_case(pb::GetCaseRequest { case_id: case_id.into(), min_position: sequence, ..Default::default() }).await?;
     out!("{done} {case_id} (position {sequence})");
     Ok(())
 }

@@ -122,8 +122,29 @@ enum Incidents {
 enum Cases {
     /// One case with its timeline.
     Get {
-        /// Case id (the incident id).
+        /// Case id (the incident id) or case number (HL-20261123-0042).
         id: String,
+    },
+    /// Cases in an area's subtree, newest first.
+    List {
+        /// District, street, community or grid id (default: every case).
+        #[arg(long, default_value = "")]
+        area: String,
+        /// Only this status (repeatable): assigned, acknowledged, resolved, closed.
+        #[arg(long = "status")]
+        statuses: Vec<String>,
+        /// Only this category.
+        #[arg(long, default_value = "")]
+        category: String,
+        /// Opened on or after this day (YYYY-MM-DD, city time).
+        #[arg(long)]
+        from: Option<String>,
+        /// Opened on or before this day (YYYY-MM-DD, city time).
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many (pages are followed up to it).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
     },
     /// An owner's work queue, e.g. `grid:hl-s0-c0-g01`.
     Queue {
@@ -163,8 +184,12 @@ enum Cases {
         #[arg(long, default_value = "")]
         comment: String,
     },
-    /// Unresolved cases past a case-level deadline, city-wide.
-    Overdue,
+    /// Unresolved cases past a case-level deadline, city-wide or in an area.
+    Overdue {
+        /// District, street, community or grid id (default: city-wide).
+        #[arg(long, default_value = "")]
+        area: String,
+    },
     /// A department's summonses (its work items on cases others own).
     Summonses {
         /// Department code, e.g. fire-brigade.
