@@ -658,3 +658,48 @@ async fn cases_are_numbered_per_district_and_day_and_listed_by_area_status_categ
         .expect_err("both");
     assert_eq!(e.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn more_reports_of_an_open_case_raise_its_priority_and_bring_its_clocks_forward() {
+    let mut m = mesh(monday_ten()).await;
+    let id = accepted(&mut m, "sanitation").await;
+    let before = case(&mut m, &id).await;
+    m.clock.advance_ms(HOUR);
+    // Three more reports of the same problem at the same spot: "me too"s, and
+    // intake raises the incident's priority; dispatch brings the open case's
+    // clocks forward to what the new priority allows from now.
+    for _ in 0..3 {
+        accepted_or_linked(&mut m, "sanitation").await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let after = loop {
+        let c = case(&mut m, &id).await;
+        if c.priority > before.priority || Instant::now() > deadline {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(after.priority > before.priority, "priority rose: {} -> {}", before.priority, after.priority);
+    let (was, now) = (due(&before, "resolve:1").expect("resolve"), due(&after, "resolve:1").expect("resolve"));
+    assert!(now < was, "resolve clock brought forward: {was} -> {now}");
+    assert!(now > monday_ten() + HOUR, "counted from the rise, not from the past");
+    assert!(after.timeline.iter().any(|t| t.event_type == "priority_raised"), "{:?}", after.timeline);
+}
+
+/// A report of `category` in micro-grid m1 that may become a "me too".
+async fn accepted_or_linked(m: &mut Mesh, category: &str) {
+    m.intake
+        .report_incident(intake_pb::ReportIncidentRequest {
+            command_id: uuid(),
+            source: intake_pb::Source::Resident as i32,
+            category_code: category.into(),
+            location: Some(intake_pb::report_incident_request::Location::Point(intake_pb::GeoPoint {
+                lat: Y0 + 0.5 * STEP,
+                lon: X0 + 0.5 * STEP,
+            })),
+            description: format!("{category}: still there"),
+            ..Default::default()
+        })
+        .await
+        .expect("report");
+}

@@ -59,4 +59,5 @@ case_events! {
     SummonsProgressRecorded(SummonsProgressRecorded) = "dispatch.case.summons_progress_recorded",
     SummonsCompleted(SummonsCompleted) = "dispatch.case.summons_completed",
     SummonsReleased(SummonsReleased) = "dispatch.case.summons_released",
+    PriorityRaised(CasePriorityRaised) = "dispatch.case.priority_raised",
 }

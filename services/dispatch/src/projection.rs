@@ -97,6 +97,12 @@ impl Reactor for Incoming {
                         .bind(id)
                         .execute(&mut *tx)
                         .await?;
+                    // An accepted incident's case is open: speed it up too. (Before
+                    // acceptance the row above is enough: the case opens at the new
+                    // priority.) An unopened case makes this a no-op.
+                    let command_id = format!("priority-{id}-{}", commit.sequence);
+                    let at = commit.body.decided_at_unix_ms;
+                    self.raise_priority(tx, table, id, r.priority, &r.reason, at, command_id).await?;
                 }
                 "intake.incident.accepted" => {
                     let accepted = intake_pb::IncidentAccepted::decode(e.payload.as_slice()).map_err(decode)?;
@@ -110,6 +116,42 @@ impl Reactor for Incoming {
 }
 
 impl Incoming {
+    #[allow(clippy::too_many_arguments)]
+    async fn raise_priority(
+        &self,
+        tx: &mut AnyConnection,
+        table: &str,
+        id: &str,
+        priority: i32,
+        reason: &str,
+        at: i64,
+        command_id: String,
+    ) -> Result<(), ApplyError> {
+        let row: Option<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT category_code, emergency FROM {table} WHERE incident_id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((category, emergency)) = row else { return Ok(()) };
+        let command = CaseCommand::RaisePriority {
+            priority,
+            reason: reason.to_string(),
+            clock: Clock {
+                now_unix_ms: at,
+                calendar: self.calendar.clone(),
+                plan: sla_plan_for(&category, priority, emergency != 0, &self.terms),
+            },
+        };
+        let meta =
+            CommandMeta { command_id, principal: "service:dispatch".into(), decided_at_unix_ms: at, request_digest: 0 };
+        self.cases.execute(id, &command, &meta).await.map_err(|e| match e {
+            gridwork_eventstore::ExecuteError::Store(s) => ApplyError::from_store(s),
+            gridwork_eventstore::ExecuteError::Rejected(r) => ApplyError::Invalid(r.to_string()),
+        })?;
+        Ok(())
+    }
+
     async fn open_case(
         &self,
         tx: &mut AnyConnection,
@@ -289,6 +331,10 @@ fn summary(event: &CaseEvent) -> (&'static str, String) {
         }
         CaseEvent::Closed(_) => ("closed", "closed".into()),
         CaseEvent::Reopened(r) => ("reopened", format!("reopened: {}", r.reason)),
+        CaseEvent::PriorityRaised(p) => (
+            "priority_raised",
+            format!("priority raised to {}: {} ({} clocks brought forward)", p.priority, p.reason, p.deadlines.len()),
+        ),
     }
 }
 
@@ -507,6 +553,17 @@ impl Projection for Cases {
                     .await?;
                     for d in &o.deadlines {
                         rows.insert_deadline(d, &pb::Owner::default()).await?;
+                    }
+                }
+                CaseEvent::PriorityRaised(p) => {
+                    rows.case("priority = $1", &[Int(i64::from(p.priority))]).await?;
+                    for d in &p.deadlines {
+                        let sql = format!(
+                            "UPDATE {} SET due_ms = $1 WHERE case_id = $2 AND deadline_id = $3 AND state = 'pending'",
+                            rows.deadlines
+                        );
+                        let deadline_id = normalised(&d.id);
+                        rows.run(sql, &[Int(d.due_unix_ms), Text(id), Text(&deadline_id)]).await?;
                     }
                 }
                 CaseEvent::Assigned(a) => {

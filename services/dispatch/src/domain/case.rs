@@ -154,6 +154,15 @@ impl Rater {
 /// Commands on a case.
 #[derive(Debug, Clone)]
 pub enum CaseCommand {
+    /// The incident's priority rose: bring the open clocks forward.
+    RaisePriority {
+        /// The new priority.
+        priority: i32,
+        /// Why.
+        reason: String,
+        /// Now, and the plan for the new priority.
+        clock: Clock,
+    },
     /// Open from an accepted incident (idempotent: an open case ignores it).
     Open {
         /// The case facts and routing.
@@ -538,6 +547,35 @@ impl Aggregate for Case {
                 }
                 Ok(events)
             }
+            CaseCommand::RaisePriority { priority, reason, clock } => {
+                let current = self.opened.as_ref().map_or(0, |o| o.priority);
+                // Only an open case is sped up, and only by a higher priority: a
+                // repeated or lower one changes nothing (the reactor may deliver twice).
+                if !active.contains(&self.status) || *priority <= current {
+                    return Ok(vec![]);
+                }
+                let plan = &clock.plan;
+                let deadlines = self
+                    .pending
+                    .values()
+                    .filter_map(|d| {
+                        let span = match DeadlineId::parse(&d.id)? {
+                            DeadlineId::Ack(_) => plan.acknowledge,
+                            DeadlineId::Respond(_) => plan.respond,
+                            DeadlineId::Resolve(_) => plan.resolve,
+                            _ => return None,
+                        };
+                        let due = clock.calendar.after(clock.now_unix_ms, span);
+                        (due < d.due_unix_ms).then(|| pb::Deadline { due_unix_ms: due, ..d.clone() })
+                    })
+                    .collect();
+                Ok(vec![CaseEvent::PriorityRaised(pb::CasePriorityRaised {
+                    priority: *priority,
+                    reason: reason.clone(),
+                    deadlines,
+                    at_unix_ms: clock.now_unix_ms,
+                })])
+            }
             CaseCommand::Acknowledge { by, now_unix_ms } => {
                 self.require("acknowledge", &[Status::Assigned])?;
                 self.require_handler(by, "acknowledge")?;
@@ -765,6 +803,16 @@ impl Aggregate for Case {
                 self.status = Status::Closed;
                 self.pending.clear();
             }
+            CaseEvent::PriorityRaised(e) => {
+                if let Some(opened) = self.opened.as_mut() {
+                    opened.priority = e.priority;
+                }
+                for d in &e.deadlines {
+                    if let Some(pending) = self.pending.get_mut(&d.id) {
+                        pending.due_unix_ms = d.due_unix_ms;
+                    }
+                }
+            }
             CaseEvent::Reopened(e) => {
                 self.round = if e.round > 0 { e.round } else { self.round + 1 };
                 // A new round is supervised only if it, too, runs late.
@@ -961,6 +1009,43 @@ mod tests {
 
     fn due(case: &Case, id: DeadlineId) -> Option<i64> {
         case.pending.get(&id.to_string()).map(|d| d.due_unix_ms)
+    }
+
+    fn raise(priority: i32, now: i64) -> CaseCommand {
+        // The urgent plan: 10 minutes to acknowledge, 1 hour to respond, 4 to resolve.
+        let plan = SlaPlan {
+            acknowledge: Span::Wall(Duration::minutes(10)),
+            respond: Span::Wall(Duration::hours(1)),
+            resolve: Span::Wall(Duration::hours(4)),
+            ..plan()
+        };
+        CaseCommand::RaisePriority {
+            priority,
+            reason: "3 further reports".into(),
+            clock: Clock { now_unix_ms: now, calendar: Arc::new(WorkingCalendar::default()), plan },
+        }
+    }
+
+    #[test]
+    fn a_priority_rise_brings_the_open_clocks_forward_never_back_and_only_on_an_open_case() {
+        // At 1:30 the respond clock (due 2:00) is nearer than now + 1 h: kept;
+        // acknowledge (0:30) has passed unmet and is nearer: kept; resolve (24:00)
+        // comes forward to 5:30.
+        let raised = Case::default().fold(&history(&[])).decide(&raise(3, 90 * MIN)).expect("raised");
+        let [CaseEvent::PriorityRaised(p)] = raised.as_slice() else { panic!("{raised:?}") };
+        let clocks: Vec<_> = p.deadlines.iter().map(|d| (d.id.as_str(), d.due_unix_ms)).collect();
+        assert_eq!(clocks, [("resolve:1", 90 * MIN + 4 * HOUR)]);
+        assert_eq!(p.priority, 3);
+        let mut history_raised = history(&[]);
+        history_raised.extend(raised.clone());
+        let after = given::<Case>(history_raised.clone()).state().clone();
+        assert_eq!(due(&after, DeadlineId::Resolve(1)), Some(90 * MIN + 4 * HOUR));
+        assert_eq!(after.opened.as_ref().map(|o| o.priority), Some(3));
+        // The same or a lower priority again changes nothing.
+        given::<Case>(history_raised.clone()).when(raise(3, 2 * HOUR)).then_expect_events([]);
+        given::<Case>(history_raised).when(raise(2, 2 * HOUR)).then_expect_events([]);
+        // A resolved case is not sped up.
+        given::<Case>(history(&[ack(grid()), resolve(grid(), HOUR)])).when(raise(3, 2 * HOUR)).then_expect_events([]);
     }
 
     #[test]
