@@ -10,9 +10,12 @@ VAR=$(mktemp -d)
 MESH=
 
 stop() {
+  local status=$?
   # The mesh runs in its own process group: kill all of it, never by name.
   [ -n "$MESH" ] && kill -KILL -- "-$MESH" 2>/dev/null || true
-  wait 2>/dev/null || true
+  if [ "$status" -ne 0 ]; then
+    for log in "$VAR"/log/*.log; do [ -f "$log" ] && { echo "--- tail of $log"; tail -n 20 "$log"; }; done
+  fi
   rm -rf "$VAR"
 }
 trap stop EXIT
@@ -22,7 +25,8 @@ free_block() {
   python3 - "$1" <<'PY'
 import socket, sys
 n = int(sys.argv[1])
-for base in range(21000, 60000, 97):
+import random
+for base in random.sample(range(21000, 60000, 97), 400):
     try:
         socks = []
         for p in range(base, base + n):
@@ -33,12 +37,13 @@ for base in range(21000, 60000, 97):
 PY
 }
 GRPC=$(free_block 9)
+[ -n "$GRPC" ] || { echo "tour: no nine free ports in a row"; exit 1; }
 export GRPC_PORT_BASE=$GRPC METRICS_PORT_BASE=$((GRPC + 4))
 NATS_PORT=$((GRPC + 8))
 export GRIDCTL_REGISTRY=http://127.0.0.1:$((GRPC + 1)) GRIDCTL_INTAKE=http://127.0.0.1:$((GRPC + 2)) \
   GRIDCTL_DISPATCH=http://127.0.0.1:$((GRPC + 3))
 
-setsid "$ROOT/deploy/dev/run.sh" "$VAR" "$NATS_PORT" > "$VAR/run.out" 2>&1 &
+EXIT_WITH_PID=$$ setsid "$ROOT/deploy/dev/run.sh" "$VAR" "$NATS_PORT" > "$VAR/run.out" 2>&1 &
 MESH=$!
 disown "$MESH"
 for _ in $(seq 1 1800); do
@@ -81,7 +86,8 @@ for pass in 1 2; do
 done
 
 # A reader that goes away at once (`gridctl … | head`): gridctl ends quietly, no panic.
-if ! err=$( { "$BIN/gridctl" units children hl | true; } 2>&1 ) || [ -n "$err" ]; then
+# (gridctl starts after the reader has exited, so its first write meets a closed pipe.)
+if ! err=$( { sh -c 'sleep 0.3; exec "$0" units children hl' "$BIN/gridctl" | true; } 2>&1 ) || [ -n "$err" ]; then
   echo "tour: gridctl writing into a closed pipe: ${err:-non-zero exit}"; exit 1
 fi
 echo "tour: gridctl into a closed pipe ends quietly"

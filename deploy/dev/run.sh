@@ -13,6 +13,12 @@ mkdir -p "$VAR/nats" "$VAR/log"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
+# Under a test (tests/tour.sh sets EXIT_WITH_PID): stop when the test is gone,
+# even if it was killed before it could stop us.
+if [ -n "${EXIT_WITH_PID:-}" ]; then
+  ( while kill -0 "$EXIT_WITH_PID" 2>/dev/null; do sleep 1; done; kill -TERM $$ 2>/dev/null ) &
+  pids+=($!)
+fi
 
 wait_port() {
   for _ in $(seq 1 300); do

@@ -588,6 +588,16 @@ async fn cases_are_numbered_per_district_and_day_and_listed_by_area_status_categ
         .expect("first page")
         .into_inner();
     assert_eq!(numbers(&first.cases), [nd.as_str()]);
+    let e = m
+        .dispatch
+        .list_work_queue(pb::ListWorkQueueRequest {
+            owner: owner(pb::Tier::Grid, "g"),
+            page_token: first.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("another list's token");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     m.clock.advance_ms(MINUTE);
     let e_case = accepted_at(&mut m, "elderly-welfare", 2.5, 0.5).await;
     let rest = all_pages(

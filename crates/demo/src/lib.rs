@@ -13,7 +13,7 @@
 //! Its staff ([`staff`]) are dated relative to the day the demo is seeded, so
 //! the demo never ages out: certificates run one to two years from today, one
 //! head in forty has a certificate running out within three weeks, and one
-//! staffed unit in ninety-seven has no head (the last one left).
+//! staffed unit in ninety-seven has never had a head appointed (vacant).
 
 use gridwork_geo::Kind;
 use gridwork_geo::polygon_geojson;

@@ -1,5 +1,6 @@
-//! Page tokens for every list: keyset pagination. A token carries the sort key
-//! of the last row of a page; the next page starts strictly after it, so rows
+//! Page tokens for every list: keyset pagination. A token carries the list's
+//! name and the sort key of the last row of a page; the next page starts
+//! strictly after it, so where the sort key of a row never changes, rows
 //! written between two pages neither shift nor repeat the rows already seen.
 //! Tokens are opaque to clients (hex of the key's parts), checked on the way in:
 //! a token that does not decode is `INVALID_ARGUMENT` on `page_token`.

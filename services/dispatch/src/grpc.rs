@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::app::Dispatch;
 use crate::domain::case::{CaseCommand, CaseEvent, Rater};
-use crate::queries::{After, CaseQuery};
+use crate::queries::{After, CaseQuery, LIST_CASES, LIST_OVERDUE, LIST_QUEUE, LIST_SUMMONSES};
 
 /// The gRPC face of [`Dispatch`].
 pub struct DispatchGrpc {
@@ -132,7 +132,7 @@ impl DispatchService for DispatchGrpc {
         if r.page_size > 500 {
             v.add("page_size", "must be at most 500");
         }
-        let after = After::decode(&mut v, &r.page_token, 1);
+        let after = After::decode(&mut v, &r.page_token, LIST_CASES, 1);
         v.finish()?;
         let query = CaseQuery {
             area_id: r.area_id,
@@ -156,7 +156,7 @@ impl DispatchService for DispatchGrpc {
         let mut v = Violations::default();
         let owner = owner(&mut v, "owner", r.owner.as_ref());
         let limit = v.limit(r.limit, 50, 500);
-        let after = After::decode(&mut v, &r.page_token, 1);
+        let after = After::decode(&mut v, &r.page_token, LIST_QUEUE, 1);
         v.finish()?;
         self.dispatch.wait(r.min_position, wait).await?;
         let page = self.dispatch.queries().work_queue(&owner, after.as_ref(), limit).await?;
@@ -174,7 +174,7 @@ impl DispatchService for DispatchGrpc {
         if !r.area_id.is_empty() {
             v.id("area_id", &r.area_id);
         }
-        let after = After::decode(&mut v, &r.page_token, 1);
+        let after = After::decode(&mut v, &r.page_token, LIST_OVERDUE, 1);
         v.finish()?;
         self.dispatch.wait(r.min_position, wait).await?;
         let page = self.dispatch.queries().overdue(&r.area_id, after.as_ref(), limit).await?;
@@ -190,7 +190,7 @@ impl DispatchService for DispatchGrpc {
         let mut v = Violations::default();
         let department = v.id("department", &r.department);
         let limit = v.limit(r.limit, 50, 500);
-        let after = After::decode(&mut v, &r.page_token, 2);
+        let after = After::decode(&mut v, &r.page_token, LIST_SUMMONSES, 2);
         v.finish()?;
         self.dispatch.wait(r.min_position, wait).await?;
         let page = self.dispatch.queries().summonses(&department, r.include_finished, after.as_ref(), limit).await?;

@@ -238,7 +238,7 @@ pub const CASES: TableDef = TableDef {
         "status",
         "case_number",
         "opened_at_ms, case_id",
-        "district_id, opened_day",
+        "opened_day",
         "street_id",
         "community_id",
         "grid_id",
@@ -353,10 +353,15 @@ fn normalised(id: &str) -> String {
 /// most eight), the city date, the day's count in the district (four digits
 /// or more).
 pub fn case_number(district: &str, day: time::Date, n: i64) -> String {
+    format!("{}{n:04}", case_number_stem(district, day))
+}
+
+/// `HL-20261123-`: every number of that prefix and day starts so.
+fn case_number_stem(district: &str, day: time::Date) -> String {
     let prefix: String =
         district.chars().filter(char::is_ascii_alphanumeric).take(8).collect::<String>().to_ascii_uppercase();
     let prefix = if prefix.is_empty() { "C".to_string() } else { prefix };
-    format!("{prefix}-{:04}{:02}{:02}-{n:04}", day.year(), u8::from(day.month()), day.day())
+    format!("{prefix}-{:04}{:02}{:02}-", day.year(), u8::from(day.month()), day.day())
 }
 
 /// Statements on one case's rows, inside the commit's transaction.
@@ -384,14 +389,16 @@ impl Rows<'_> {
     /// The short number of the next case opened in `district` on `day` (city
     /// date): `HL-20261123-0042`. Taken in stream order, inside the commit's
     /// transaction, so a rebuild gives every case the same number again.
+    /// Counted per number prefix, not per district id: two districts whose
+    /// ids give the same prefix share one count, so no number is given twice.
     async fn next_case_number(&mut self, district: &str, day: time::Date) -> Result<String, ApplyError> {
-        let day_text = day.to_string();
+        let stem = case_number_stem(district, day);
         let (count,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM {} WHERE district_id = $1 AND opened_day = $2",
+            "SELECT COUNT(*) FROM {} WHERE opened_day = $1 AND case_number LIKE $2",
             self.cases
         )))
-        .bind(district)
-        .bind(&day_text)
+        .bind(day.to_string())
+        .bind(format!("{stem}%"))
         .fetch_one(&mut *self.tx)
         .await?;
         Ok(case_number(district, day, count + 1))

@@ -104,6 +104,15 @@ impl Filter {
 /// Unresolved statuses.
 const OPEN_STATUSES: &str = "c.status IN ('assigned', 'acknowledged')";
 
+/// Page-token tags, one per list.
+pub const LIST_CASES: &str = "cases";
+/// The work queue's tag.
+pub const LIST_QUEUE: &str = "queue";
+/// The overdue list's tag.
+pub const LIST_OVERDUE: &str = "overdue";
+/// The summons queue's tag.
+pub const LIST_SUMMONSES: &str = "summonses";
+
 /// Sort key of a case with no clock to sort by: last.
 const NO_DUE: i64 = i64::MAX;
 
@@ -119,6 +128,8 @@ pub struct Page<T> {
 /// Where a page starts: strictly after this sort key.
 #[derive(Debug, Clone, Default)]
 pub struct After {
+    /// Which list gave the token out; a token is taken back only by that list.
+    pub list: &'static str,
     /// The key's number part (a time or a due time).
     pub number: i64,
     /// The key's text parts (ids), in sort order.
@@ -126,16 +137,21 @@ pub struct After {
 }
 
 impl After {
-    /// A page token's key, parsed by the gRPC edge.
-    pub fn decode(v: &mut gridwork_runtime::Violations, token: &str, ids: usize) -> Option<After> {
-        let parts = gridwork_runtime::page::decode(v, token, ids + 1)?;
-        let number = gridwork_runtime::page::number(v, &parts[0]);
-        Some(After { number, ids: parts[1..].to_vec() })
+    /// A page token of `list` with `ids` id parts, parsed by the gRPC edge; a
+    /// token another list gave out is refused.
+    pub fn decode(v: &mut gridwork_runtime::Violations, token: &str, list: &'static str, ids: usize) -> Option<After> {
+        let parts = gridwork_runtime::page::decode(v, token, ids + 2)?;
+        if parts[0] != list {
+            v.add("page_token", format!("was given out by another list, not {list}"));
+            return None;
+        }
+        let number = gridwork_runtime::page::number(v, &parts[1]);
+        Some(After { list, number, ids: parts[2..].to_vec() })
     }
 
-    fn encode(number: i64, ids: &[&str]) -> String {
+    fn encode(list: &str, number: i64, ids: &[&str]) -> String {
         let n = number.to_string();
-        let mut parts = vec![n.as_str()];
+        let mut parts = vec![list, n.as_str()];
         parts.extend_from_slice(ids);
         gridwork_runtime::page::encode(&parts)
     }
@@ -177,6 +193,7 @@ impl Queries<'_> {
     /// expression over `c`.
     async fn case_page(
         &self,
+        list: &str,
         mut filter: Filter,
         key: &str,
         descending: bool,
@@ -215,7 +232,7 @@ impl Queries<'_> {
             items.push(self.case_view(case).await?);
         }
         let next_page_token = match (more, last) {
-            (true, Some((n, id))) => After::encode(n, &[&id]),
+            (true, Some((n, id))) => After::encode(list, n, &[&id]),
             _ => String::new(),
         };
         Ok(Page { items, next_page_token })
@@ -301,7 +318,7 @@ impl Queries<'_> {
             let t = f.int(before);
             f.and(format!("c.opened_at_ms < {t}"));
         }
-        self.case_page(f, "c.opened_at_ms", true, after, limit).await
+        self.case_page(LIST_CASES, f, "c.opened_at_ms", true, after, limit).await
     }
 
     /// One case with its timeline, ratings and summonses.
@@ -310,7 +327,7 @@ impl Queries<'_> {
         let id = f.text(case_id);
         f.and(format!("c.case_id = {id}"));
         let mut case = self
-            .case_page(f, "CAST(0 AS BIGINT)", false, None, 1)
+            .case_page(LIST_CASES, f, "CAST(0 AS BIGINT)", false, None, 1)
             .await?
             .items
             .pop()
@@ -378,7 +395,7 @@ impl Queries<'_> {
         let key = format!(
             "COALESCE((SELECT MIN(d.due_ms) FROM {deadlines} d WHERE d.case_id = c.case_id AND d.state = 'pending'), {NO_DUE})"
         );
-        self.case_page(f, &key, false, after, limit).await
+        self.case_page(LIST_QUEUE, f, &key, false, after, limit).await
     }
 
     /// Unresolved cases past a case-level clock (respond with no action on site
@@ -396,7 +413,7 @@ impl Queries<'_> {
         let key = format!(
             "COALESCE((SELECT MIN(d.due_ms) FROM {deadlines} d WHERE d.case_id = c.case_id AND {OPEN_CASE_CLOCK}), {NO_DUE})"
         );
-        self.case_page(f, &key, false, after, limit).await
+        self.case_page(LIST_OVERDUE, f, &key, false, after, limit).await
     }
 
     /// A department's summonses: open ones (or all), soonest report-by first.
@@ -412,7 +429,7 @@ impl Queries<'_> {
             Some(a) => (
                 a.number,
                 a.ids.first().cloned().unwrap_or_default(),
-                a.ids.get(1).and_then(|w| w.parse::<i64>().ok()).unwrap_or(0),
+                a.ids.get(1).and_then(|w| w.parse::<i64>().ok()).unwrap_or(i64::MAX),
             ),
             None => (i64::MIN, String::new(), 0),
         };
@@ -434,7 +451,9 @@ impl Queries<'_> {
         .await?;
         let more = rows.len() > limit as usize;
         let next_page_token = match rows.get((limit as usize).saturating_sub(1)) {
-            Some(last) if more => After::encode(last.report_by_ms, &[&last.case_id, &last.whistle.to_string()]),
+            Some(last) if more => {
+                After::encode(LIST_SUMMONSES, last.report_by_ms, &[&last.case_id, &last.whistle.to_string()])
+            }
             _ => String::new(),
         };
         Ok(Page { items: rows.into_iter().take(limit as usize).map(Into::into).collect(), next_page_token })

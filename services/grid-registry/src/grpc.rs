@@ -14,6 +14,9 @@ use crate::domain::unit::{Departure, Kind, ROOT, UnitCommand, band};
 use crate::events::UnitEvent;
 use gridwork_geo::Boundary;
 
+/// The page-token tag of `ListUnitsNeedingHead`.
+const NEEDING_HEAD: &str = "units-needing-head";
+
 /// The gRPC face of [`Registry`].
 pub struct RegistryGrpc {
     registry: Registry,
@@ -305,7 +308,13 @@ impl GridRegistryService for RegistryGrpc {
         if r.page_size > 500 {
             v.add("page_size", "must be at most 500");
         }
-        let after = gridwork_runtime::page::decode(&mut v, &r.page_token, 1).and_then(|k| k.into_iter().next());
+        let after = gridwork_runtime::page::decode(&mut v, &r.page_token, 2).and_then(|k| match k.as_slice() {
+            [list, id] if list == NEEDING_HEAD => Some(id.clone()),
+            _ => {
+                v.add("page_token", "was given out by another list");
+                None
+            }
+        });
         v.finish()?;
         let page_size = if r.page_size == 0 { 100 } else { r.page_size };
         self.registry.wait(r.min_position, wait).await?;
@@ -329,7 +338,7 @@ impl GridRegistryService for RegistryGrpc {
             }
         }
         let next_page_token = match rows.get(page_size as usize - 1) {
-            Some(last) if more => gridwork_runtime::page::encode(&[&last.unit_id]),
+            Some(last) if more => gridwork_runtime::page::encode(&[NEEDING_HEAD, &last.unit_id]),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListUnitsNeedingHeadResponse { units, next_page_token }))

@@ -77,18 +77,21 @@ async fn seed_unit(client: &mut Registry, u: &DemoUnit, today: Date) -> Result<(
             .await
             .map(|_| ()),
     )?;
+    // The position of this unit's last write, so the reads below see it.
+    let mut seen = 0;
     if let Some(households) = u.households {
-        client
+        let r = client
             .set_households(pb::SetHouseholdsRequest {
                 command_id: command_id(&["households", &u.id]),
                 unit_id: u.id.clone(),
                 households,
             })
             .await?;
+        seen = r.into_inner().position.unwrap_or_default().sequence;
     }
     let Some(staff) = demo::staff(u, today) else { return Ok(()) };
     if let Some(head) = &staff.head {
-        seed_head(client, u, head, today).await?;
+        seed_head(client, u, head, today, seen).await?;
     }
     if let Some((name, secretary)) = staff.party_branch {
         client
@@ -123,36 +126,43 @@ async fn seed_unit(client: &mut Registry, u: &DemoUnit, today: Date) -> Result<(
     Ok(())
 }
 
-/// Appoint the demo head; on a later day, when that head is already in post,
-/// renew a certificate that has run out (an earlier seed's), else leave it.
-async fn seed_head(client: &mut Registry, u: &DemoUnit, head: &DemoHead, today: Date) -> Result<(), tonic::Status> {
+/// Appoint the demo head only in a unit that has never had one: a later seed
+/// leaves operators' appointments, vacancies and replacements alone, and only
+/// renews the demo head's own certificate if it has run out (an earlier seed's).
+async fn seed_head(
+    client: &mut Registry,
+    u: &DemoUnit,
+    head: &DemoHead,
+    today: Date,
+    seen: u64,
+) -> Result<(), tonic::Status> {
     let expires_on = head.expires_on.to_string();
     let certificate = pb::Certificate {
         number: head.certificate_number.clone(),
         issuer: head.issuer.clone(),
         expires_on: expires_on.clone(),
     };
-    let appointed = client
-        .appoint_head(pb::AppointHeadRequest {
-            command_id: command_id(&["head", &u.id, &expires_on]),
-            unit_id: u.id.clone(),
-            person_id: head.person_id.clone(),
-            name: head.name.clone(),
-            certificate: Some(certificate.clone()),
-        })
-        .await;
-    match appointed {
-        Err(s) if s.code() == tonic::Code::FailedPrecondition && s.message().contains("already the head") => {
-            let unit = client
-                .get_unit(pb::GetUnitRequest { unit_id: u.id.clone(), min_position: 0 })
-                .await?
-                .into_inner()
-                .unit
-                .unwrap_or_default();
-            let current = unit.head.and_then(|h| h.certificate).map(|c| c.expires_on).unwrap_or_default();
-            if current.as_str() >= today.to_string().as_str() {
-                return Ok(());
-            }
+    let terms = client
+        .list_head_history(pb::ListHeadHistoryRequest { unit_id: u.id.clone(), min_position: seen })
+        .await?
+        .into_inner()
+        .terms;
+    match terms.first() {
+        None => client
+            .appoint_head(pb::AppointHeadRequest {
+                command_id: command_id(&["head", &u.id, &expires_on]),
+                unit_id: u.id.clone(),
+                person_id: head.person_id.clone(),
+                name: head.name.clone(),
+                certificate: Some(certificate),
+            })
+            .await
+            .map(|_| ()),
+        Some(t)
+            if t.left_on.is_empty()
+                && t.person_id == head.person_id
+                && t.certificate.as_ref().is_some_and(|c| c.expires_on < today.to_string()) =>
+        {
             client
                 .renew_head_certificate(pb::RenewHeadCertificateRequest {
                     command_id: command_id(&["renew", &u.id, &expires_on]),
@@ -163,6 +173,6 @@ async fn seed_head(client: &mut Registry, u: &DemoUnit, head: &DemoHead, today: 
                 .await
                 .map(|_| ())
         }
-        other => other.map(|_| ()),
+        Some(_) => Ok(()),
     }
 }
