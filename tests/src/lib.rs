@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gridwork_proto::gridwork::dispatch::v1::dispatch_service_client::DispatchServiceClient;
+use gridwork_proto::gridwork::dispatch::v1::rulebook_service_client::RulebookServiceClient;
 use gridwork_proto::gridwork::grid::v1::grid_registry_service_client::GridRegistryServiceClient;
 use gridwork_proto::gridwork::intake::v1::intake_service_client::IntakeServiceClient;
 use gridwork_runtime::clock::ManualClock;
@@ -29,6 +30,8 @@ pub struct Mesh {
     pub intake: IntakeServiceClient<Channel>,
     /// Dispatch client.
     pub dispatch: DispatchServiceClient<Channel>,
+    /// Dispatch's rulebook client.
+    pub rulebook: RulebookServiceClient<Channel>,
     /// The dispatch app (its scheduler is driven by the test).
     pub dispatch_app: gridwork_dispatch::App,
     /// The intake app.
@@ -94,6 +97,7 @@ pub async fn mesh_on(now_unix_ms: i64, dispatch_db: TestDb) -> Mesh {
         registry,
         intake: IntakeServiceClient::new(channel(&intake_server).await),
         dispatch: DispatchServiceClient::new(channel(&dispatch_server).await),
+        rulebook: RulebookServiceClient::new(channel(&dispatch_server).await),
         dispatch_app,
         intake_app,
         dispatch_db,

@@ -713,3 +713,214 @@ async fn accepted_or_linked(m: &mut Mesh, category: &str) {
         .await
         .expect("report");
 }
+
+/// The rulebook in force.
+async fn rulebook(m: &mut Mesh) -> pb::Rulebook {
+    let r = m.rulebook.get_rulebook(pb::GetRulebookRequest { version: 0 }).await.expect("get").into_inner();
+    r.rulebook.expect("rulebook")
+}
+
+/// Publish `book` over `expected_version`.
+async fn publish(m: &mut Mesh, book: pb::Rulebook, expected_version: u32) -> Result<u32, tonic::Status> {
+    m.rulebook
+        .publish_rulebook(pb::PublishRulebookRequest { command_id: uuid(), rulebook: Some(book), expected_version })
+        .await
+        .map(|r| r.into_inner().version)
+}
+
+fn violated(e: &tonic::Status) -> String {
+    format!("{} {:?}", e.message(), e.details())
+}
+
+/// Add `categories` (emergencies, no attributes) to intake's catalogue.
+async fn add_emergency_categories(m: &mut Mesh, codes: &[&str]) {
+    let mut categories = m
+        .intake
+        .get_catalogue(intake_pb::GetCatalogueRequest { version: 0 })
+        .await
+        .expect("catalogue")
+        .into_inner()
+        .categories;
+    for code in codes {
+        categories.push(intake_pb::Category {
+            code: code.to_string(),
+            name: format!("{code} (emergency)"),
+            group: "public safety".into(),
+            default_priority: intake_pb::Priority::Urgent as i32,
+            emergency: true,
+            attributes: vec![],
+            duplicate_policy: intake_pb::DuplicatePolicy::Suggest as i32,
+        });
+    }
+    m.intake
+        .publish_catalogue(intake_pb::PublishCatalogueRequest { command_id: uuid(), categories })
+        .await
+        .expect("publish catalogue");
+}
+
+fn summoned(c: &pb::Case) -> Vec<String> {
+    let mut d: Vec<String> = c.summonses.iter().map(|s| s.department.clone()).collect();
+    d.sort();
+    d
+}
+
+#[tokio::test]
+async fn the_rulebook_is_data_checked_as_a_whole_and_a_new_emergency_category_summons_someone() {
+    let mut m = mesh(monday_ten()).await;
+    // A city starts on the built-in rulebook, version 0.
+    let builtin = rulebook(&mut m).await;
+    assert_eq!((builtin.version, builtin.rules[0].id.as_str()), (0, "default"));
+
+    // A rule naming a department the rulebook does not have is refused, naming
+    // the field, and nothing is published.
+    let mut bad = builtin.clone();
+    bad.rules[2].department = "fire-brigde".into();
+    bad.rules[0].emergency_departments.clear();
+    let e = publish(&mut m, bad, 0).await.expect_err("refused");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    for field in ["rulebook.rules[2].department", "rulebook.rules[0].emergency_departments"] {
+        assert!(violated(&e).contains(field), "{field}: {e:?}");
+    }
+    assert_eq!(rulebook(&mut m).await.version, 0);
+
+    // Version 1: a gas company, and gas leaks to it with the fire brigade.
+    let mut v1 = builtin.clone();
+    v1.departments.push(pb::Department { code: "gas-company".into(), name: "燃气公司 Gas company".into() });
+    v1.rules.push(pb::RoutingRule {
+        id: "gas-leak".into(),
+        category_code: "gas-leak".into(),
+        first_tier: pb::Tier::Street as i32,
+        department: "gas-company".into(),
+        emergency_departments: vec!["fire-brigade".into(), "gas-company".into()],
+        ..Default::default()
+    });
+    v1.note = "gas leaks".into();
+    assert_eq!(publish(&mut m, v1.clone(), 0).await.expect("published"), 1);
+    // Publishing over a version someone else replaced is refused.
+    let e = publish(&mut m, v1.clone(), 0).await.expect_err("stale");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let in_force = rulebook(&mut m).await;
+    assert_eq!((in_force.version, in_force.note.as_str()), (1, "gas leaks"));
+
+    // The catalogue gains two emergency categories; only one has a rule of its own.
+    add_emergency_categories(&mut m, &["gas-leak", "chemical-spill"]).await;
+    let gas = accepted(&mut m, "gas-leak").await;
+    let gas = case(&mut m, &gas).await;
+    let routing = gas.routing.clone().expect("routing");
+    assert_eq!((routing.rule_id.as_str(), routing.rulebook_version), ("gas-leak", 1));
+    assert_eq!(gas.department, "gas-company");
+    assert_eq!(summoned(&gas), ["fire-brigade", "gas-company"]);
+    // An emergency category nobody wrote a rule for still summons the
+    // catch-all's responders (119, 110 and 120), never nobody.
+    let spill = accepted(&mut m, "chemical-spill").await;
+    let spill = case(&mut m, &spill).await;
+    assert_eq!(spill.routing.clone().expect("routing").rule_id, "default");
+    assert_eq!(summoned(&spill), ["emergency-medical", "fire-brigade", "police"]);
+}
+
+#[tokio::test]
+async fn a_case_keeps_the_plan_it_was_routed_under_and_every_target_must_exist() {
+    let mut m = mesh(monday_ten()).await;
+    let old = accepted(&mut m, "sanitation").await;
+    // Version 1 gives normal cases one office hour to acknowledge, not four.
+    let mut v1 = rulebook(&mut m).await;
+    let normal = v1.sla.as_mut().expect("sla").priorities.iter_mut().find(|p| p.priority == 2).expect("normal");
+    normal.plan.as_mut().expect("plan").acknowledge =
+        Some(pb::Span { length: Some(pb::span::Length::OfficeMinutes(60)) });
+    assert_eq!(publish(&mut m, v1, 0).await.expect("published"), 1);
+    let new = accepted_at(&mut m, "sanitation", 1.5, 0.5).await;
+    let grid = owner(pb::Tier::Grid, "g");
+    let community = owner(pb::Tier::Community, "c");
+    for id in [&old, &new] {
+        m.dispatch
+            .assign_case(pb::AssignCaseRequest {
+                command_id: uuid(),
+                case_id: id.clone(),
+                expected_owner: grid.clone(),
+                to: community.clone(),
+            })
+            .await
+            .expect("assign");
+    }
+    let (old, new) = (case(&mut m, &old).await, case(&mut m, &new).await);
+    assert_eq!(old.routing.clone().expect("routing").rulebook_version, 0);
+    assert_eq!(new.routing.clone().expect("routing").rulebook_version, 1);
+    // The community's acknowledge clock: four office hours on the old case
+    // (its version's plan), one on the new.
+    assert_eq!(due(&old, "ack:2"), Some(monday_ten() + 4 * HOUR), "{:?}", old.pending_deadlines);
+    assert_eq!(due(&new, "ack:2"), Some(monday_ten() + HOUR), "{:?}", new.pending_deadlines);
+
+    // Targets must exist: a department the rulebook lacks is INVALID_ARGUMENT.
+    let e = m
+        .dispatch
+        .assign_case(pb::AssignCaseRequest {
+            command_id: uuid(),
+            case_id: new.case_id.clone(),
+            expected_owner: community.clone(),
+            to: owner(pb::Tier::Department, "ministry-of-silly-walks"),
+        })
+        .await
+        .expect_err("no such department");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(violated(&e).contains("to.id"), "{e:?}");
+    let e = m
+        .dispatch
+        .blow_whistle(pb::BlowWhistleRequest {
+            command_id: uuid(),
+            case_id: new.case_id.clone(),
+            acting_as: community.clone(),
+            departments: vec!["police".into(), "ghostbusters".into()],
+        })
+        .await
+        .expect_err("no such department");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(violated(&e).contains("departments[1]"), "{e:?}");
+    assert_eq!(case(&mut m, &new.case_id).await.owner, community, "nothing written");
+}
+
+#[tokio::test]
+async fn a_published_calendar_year_moves_working_day_clocks_set_from_then_on() {
+    // Thursday 2027-02-04 10:00: the 2027 Spring Festival is not in the shipped data.
+    let thursday = at(time::macros::datetime!(2027-02-04 10:00 +8));
+    let mut m = mesh(thursday).await;
+    let shipped = m.rulebook.get_calendar_year(pb::GetCalendarYearRequest { year: 2027 }).await.expect("get");
+    let shipped = shipped.into_inner().year.expect("year");
+    assert_eq!((shipped.revision, shipped.complete), (0, false));
+    let before = accepted(&mut m, "sanitation").await;
+    // A malformed year is refused naming each date; nothing changes.
+    let bad = pb::CalendarYear {
+        year: 2027,
+        holidays: vec!["2027-02-05".into()],
+        make_up_workdays: vec!["2027-02-17".into()],
+        ..Default::default()
+    };
+    let e = m
+        .rulebook
+        .publish_calendar_year(pb::PublishCalendarYearRequest { command_id: uuid(), year: Some(bad) })
+        .await
+        .expect_err("a Wednesday is no make-up day");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(violated(&e).contains("year.make_up_workdays[0]"), "{e:?}");
+    // The festival, 2027-02-05 to 02-11, entered through the API.
+    let mut festival = shipped.clone();
+    festival.holidays.extend((5..=11).map(|d| format!("2027-02-{d:02}")));
+    festival.note = "Spring Festival".into();
+    let r = m
+        .rulebook
+        .publish_calendar_year(pb::PublishCalendarYearRequest { command_id: uuid(), year: Some(festival) })
+        .await
+        .expect("published")
+        .into_inner();
+    assert_eq!(r.revision, 1);
+    let after = accepted_at(&mut m, "sanitation", 1.5, 0.5).await;
+    let (before, after) = (case(&mut m, &before).await, case(&mut m, &after).await);
+    // Two working days to respond: Friday and Monday as shipped; after the
+    // festival is entered, Friday 12th and Monday 15th. The earlier case keeps
+    // the due time it was given.
+    assert_eq!(due(&before, "respond:1"), Some(at(time::macros::datetime!(2027-02-08 17:30 +8))));
+    assert_eq!(due(&after, "respond:1"), Some(at(time::macros::datetime!(2027-02-15 17:30 +8))));
+    let read = m.rulebook.get_calendar_year(pb::GetCalendarYearRequest { year: 2027 }).await.expect("get");
+    let read = read.into_inner().year.expect("year");
+    assert_eq!((read.revision, read.note.as_str()), (1, "Spring Festival"));
+    assert!(read.holidays.contains(&"2027-02-08".to_string()));
+}

@@ -73,6 +73,11 @@ impl ServiceError {
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
     }
+
+    /// Every (field, problem) a check found.
+    pub fn invalid_all(problems: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self::InvalidArgument(problems.into_iter().map(|(f, d)| FieldViolation::new(f, d)).collect())
+    }
 }
 
 impl From<ServiceError> for Status {

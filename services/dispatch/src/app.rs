@@ -11,10 +11,11 @@ use gridwork_runtime::clock::Clock as TimeSource;
 use sqlx::AssertSqlSafe;
 use tracing::{info, warn};
 
-use crate::domain::calendar::WorkingCalendar;
 use crate::domain::case::{Case, CaseCommand, CaseEvent, CaseRejection, Clock};
 use crate::domain::deadline::DeadlineId;
-use crate::domain::routing::{Terms, sla_plan_for};
+use crate::domain::rulebook::{CalendarYear, RulebookCommand, RulebookRejection, Rules, check, check_year};
+use crate::events::RulebookEvent;
+use crate::policy::{InForce, Policy};
 use crate::projection::DEADLINES;
 use crate::queries::Queries;
 
@@ -26,23 +27,106 @@ pub struct Dispatch {
     projection: Arc<RunnerHandle>,
     incoming: Arc<RunnerHandle>,
     time: Arc<dyn TimeSource>,
-    calendar: Arc<WorkingCalendar>,
-    terms: Terms,
+    policy: Policy,
 }
 
 impl Dispatch {
     /// Wire the parts together.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cases: Repository<Case>,
         store: ReadStore,
         projection: Arc<RunnerHandle>,
         incoming: Arc<RunnerHandle>,
         time: Arc<dyn TimeSource>,
-        calendar: Arc<WorkingCalendar>,
-        terms: Terms,
+        policy: Policy,
     ) -> Self {
-        Self { cases, store, projection, incoming, time, calendar, terms }
+        Self { cases, store, projection, incoming, time, policy }
+    }
+
+    /// The rules in force now.
+    pub async fn in_force(&self) -> Result<InForce, ServiceError> {
+        Ok(self.policy.in_force().await?)
+    }
+
+    /// Publish a rulebook version over `expected_version`, checked as a whole.
+    pub async fn publish_rulebook(
+        &self,
+        command_id: CommandKey,
+        principal: String,
+        book: &gridwork_proto::gridwork::dispatch::v1::Rulebook,
+        expected_version: u32,
+    ) -> Result<(u32, CommitOutcome<RulebookEvent>), ServiceError> {
+        let rules = check(book).map_err(ServiceError::invalid_all)?;
+        let now = self.time.now_unix_ms();
+        let command = RulebookCommand::Publish {
+            rules: Box::new(rules),
+            expected_version,
+            at_unix_ms: now,
+            by: principal.clone(),
+            note: book.note.trim().to_string(),
+        };
+        let outcome = self.policy.execute(&command, &CommandMeta::new(command_id, principal, now)).await?;
+        let version = outcome
+            .events
+            .iter()
+            .find_map(|e| match e {
+                RulebookEvent::Published(p) => p.rulebook.as_ref().map(|r| r.version),
+                RulebookEvent::CalendarYearPublished(_) => None,
+            })
+            .unwrap_or_default();
+        Ok((version, outcome))
+    }
+
+    /// Set one year of the working calendar.
+    pub async fn publish_calendar_year(
+        &self,
+        command_id: CommandKey,
+        principal: String,
+        year: &gridwork_proto::gridwork::dispatch::v1::CalendarYear,
+    ) -> Result<(u32, CommitOutcome<RulebookEvent>), ServiceError> {
+        let checked = check_year(year).map_err(ServiceError::invalid_all)?;
+        let now = self.time.now_unix_ms();
+        let command =
+            RulebookCommand::PublishYear { year: checked, note: year.note.trim().to_string(), at_unix_ms: now };
+        let outcome = self.policy.execute(&command, &CommandMeta::new(command_id, principal, now)).await?;
+        let revision = outcome
+            .events
+            .iter()
+            .find_map(|e| match e {
+                RulebookEvent::CalendarYearPublished(p) => p.year.as_ref().map(|y| y.revision),
+                RulebookEvent::Published(_) => None,
+            })
+            .unwrap_or_default();
+        Ok((revision, outcome))
+    }
+
+    /// One year of the calendar in force, with its revision (0: as shipped).
+    pub async fn calendar_year(
+        &self,
+        year: i32,
+    ) -> Result<gridwork_proto::gridwork::dispatch::v1::CalendarYear, ServiceError> {
+        let in_force = self.in_force().await?;
+        Ok(match in_force.book.years.get(&year) {
+            Some((_, published)) => published.clone(),
+            None => CalendarYear::from_calendar(self.policy.base_calendar(), year).to_pb(0, "as shipped"),
+        })
+    }
+
+    /// Check that every owner a command names exists: a department must be one
+    /// of the rulebook in force (an assignment to a department that does not
+    /// exist is INVALID_ARGUMENT naming the field).
+    pub async fn check_departments<'a>(
+        &self,
+        named: impl IntoIterator<Item = (String, &'a str)>,
+    ) -> Result<(), ServiceError> {
+        let in_force = self.in_force().await?;
+        let rules: &Rules = in_force.rules();
+        let problems: Vec<(String, String)> = named
+            .into_iter()
+            .filter(|(_, code)| !rules.has_department(code))
+            .map(|(field, code)| (field, format!("{code:?} is not a department of rulebook version {}", rules.version)))
+            .collect();
+        if problems.is_empty() { Ok(()) } else { Err(ServiceError::invalid_all(problems)) }
     }
 
     /// The cases projection.
@@ -59,10 +143,12 @@ impl Dispatch {
         let state = self.cases.load(case_id).await?.state;
         let opened =
             state.opened.ok_or_else(|| ServiceError::NotFound(format!("case_id: case {case_id} does not exist")))?;
+        let in_force = self.in_force().await?;
+        let version = opened.routing.as_ref().map_or(0, |r| r.rulebook_version);
         Ok(Clock {
             now_unix_ms: self.time.now_unix_ms(),
-            calendar: self.calendar.clone(),
-            plan: sla_plan_for(&opened.category_code, opened.priority, opened.emergency, &self.terms),
+            plan: in_force.plan(version, &opened.category_code, opened.priority, opened.emergency),
+            calendar: in_force.calendar,
         })
     }
 
@@ -147,6 +233,17 @@ impl Dispatch {
     /// The read side.
     pub fn queries(&self) -> Queries<'_> {
         Queries { store: &self.store, now_unix_ms: self.time.now_unix_ms() }
+    }
+}
+
+impl From<RulebookRejection> for ServiceError {
+    fn from(r: RulebookRejection) -> Self {
+        let kind = match &r {
+            RulebookRejection::StaleVersion { .. } => "STALE_VERSION",
+            RulebookRejection::Unchanged(_) => "UNCHANGED",
+            RulebookRejection::YearUnchanged(_) => "YEAR_UNCHANGED",
+        };
+        ServiceError::FailedPrecondition { kind: kind.into(), subject: "rulebook".into(), description: r.to_string() }
     }
 }
 

@@ -5,27 +5,27 @@ use gridwork_eventstore::{DecodeError, DomainEvent};
 use gridwork_proto::gridwork::dispatch::v1 as pb;
 use prost::Message as _;
 
-macro_rules! case_events {
-    ($($variant:ident($message:ident) = $name:literal,)*) => {
-        /// Something that happened to a case.
+macro_rules! events {
+    ($(#[$doc:meta])* $enum:ident { $($variant:ident($message:ident) = $name:literal,)* }) => {
+        $(#[$doc])*
         #[derive(Debug, Clone, PartialEq)]
-        pub enum CaseEvent {
+        pub enum $enum {
             $(
                 #[doc = concat!("`", $name, "`.")]
                 $variant(pb::$message),
             )*
         }
 
-        impl DomainEvent for CaseEvent {
+        impl DomainEvent for $enum {
             fn event_type(&self) -> &'static str {
                 match self {
-                    $(CaseEvent::$variant(_) => $name,)*
+                    $($enum::$variant(_) => $name,)*
                 }
             }
 
             fn encode(&self) -> Vec<u8> {
                 match self {
-                    $(CaseEvent::$variant(e) => e.encode_to_vec(),)*
+                    $($enum::$variant(e) => e.encode_to_vec(),)*
                 }
             }
 
@@ -34,7 +34,7 @@ macro_rules! case_events {
                     return Err(DecodeError::unknown(event_type, format!("schema version {schema_version} is not one this build reads")));
                 }
                 match event_type {
-                    $($name => pb::$message::decode(payload).map(CaseEvent::$variant).map_err(|e| DecodeError::new(event_type, e)),)*
+                    $($name => pb::$message::decode(payload).map($enum::$variant).map_err(|e| DecodeError::new(event_type, e)),)*
                     other => Err(DecodeError::unknown(other, "an event type this build does not know")),
                 }
             }
@@ -42,7 +42,9 @@ macro_rules! case_events {
     };
 }
 
-case_events! {
+events! {
+    /// Something that happened to a case.
+    CaseEvent {
     Opened(CaseOpened) = "dispatch.case.opened",
     Assigned(CaseAssigned) = "dispatch.case.assigned",
     Acknowledged(CaseAcknowledged) = "dispatch.case.acknowledged",
@@ -60,4 +62,13 @@ case_events! {
     SummonsCompleted(SummonsCompleted) = "dispatch.case.summons_completed",
     SummonsReleased(SummonsReleased) = "dispatch.case.summons_released",
     PriorityRaised(CasePriorityRaised) = "dispatch.case.priority_raised",
+    }
+}
+
+events! {
+    /// Something that happened to the city's rulebook.
+    RulebookEvent {
+        Published(RulebookPublished) = "dispatch.rulebook.published",
+        CalendarYearPublished(CalendarYearPublished) = "dispatch.rulebook.calendar_year_published",
+    }
 }

@@ -3,6 +3,7 @@
 use gridwork_eventstore::{CommandKey, CommitOutcome};
 use gridwork_proto::gridwork::dispatch::v1 as pb;
 use gridwork_proto::gridwork::dispatch::v1::dispatch_service_server::DispatchService;
+use gridwork_proto::gridwork::dispatch::v1::rulebook_service_server::RulebookService;
 use gridwork_runtime::Violations;
 use gridwork_runtime::request::{principal, read_wait};
 use tonic::{Request, Response, Status};
@@ -324,6 +325,9 @@ impl DispatchService for DispatchGrpc {
         let expected = owner(&mut v, "expected_owner", r.expected_owner.as_ref());
         let to = owner(&mut v, "to", r.to.as_ref());
         v.finish()?;
+        if to.tier == pb::Tier::Department as i32 {
+            self.dispatch.check_departments([("to.id".to_string(), to.id.as_str())]).await?;
+        }
         let outcome =
             self.dispatch.act(&id, command_id, who, |clock| CaseCommand::Reassign { expected, to, clock }).await?;
         Ok(Response::new(pb::AssignCaseResponse { position: position(&outcome) }))
@@ -349,6 +353,9 @@ impl DispatchService for DispatchGrpc {
             }
         }
         v.finish()?;
+        self.dispatch
+            .check_departments(r.departments.iter().enumerate().map(|(i, d)| (format!("departments[{i}]"), d.as_str())))
+            .await?;
         let departments = r.departments;
         let outcome = self
             .dispatch
@@ -437,5 +444,87 @@ impl DispatchService for DispatchGrpc {
             position: position(&outcome),
             outcome: if reopened { "reopened".into() } else { "closed".into() },
         }))
+    }
+}
+
+/// The gRPC face of the rulebook: the city's rules as data.
+pub struct RulebookGrpc {
+    dispatch: Dispatch,
+}
+
+impl RulebookGrpc {
+    /// Serve `dispatch`'s rulebook.
+    pub fn new(dispatch: Dispatch) -> Self {
+        Self { dispatch }
+    }
+}
+
+#[tonic::async_trait]
+impl RulebookService for RulebookGrpc {
+    async fn publish_rulebook(
+        &self,
+        request: Request<pb::PublishRulebookRequest>,
+    ) -> Result<Response<pb::PublishRulebookResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id, &r);
+        let book = r.rulebook.unwrap_or_default();
+        if book.note.chars().count() > 2000 {
+            v.add("rulebook.note", "must be at most 2000 characters");
+        }
+        v.finish()?;
+        let (version, outcome) = self.dispatch.publish_rulebook(command_id, who, &book, r.expected_version).await?;
+        Ok(Response::new(pb::PublishRulebookResponse {
+            version,
+            position: Some(pb::CommitPosition { sequence: outcome.sequence, replayed: outcome.replayed }),
+        }))
+    }
+
+    async fn get_rulebook(
+        &self,
+        request: Request<pb::GetRulebookRequest>,
+    ) -> Result<Response<pb::GetRulebookResponse>, Status> {
+        let r = request.into_inner();
+        let in_force = self.dispatch.in_force().await?;
+        let current_version = in_force.rules().version;
+        let wanted = if r.version == 0 { current_version } else { r.version };
+        let rules = in_force.version(wanted).ok_or_else(|| {
+            Status::from(gridwork_runtime::ServiceError::NotFound(format!(
+                "version: rulebook version {wanted} does not exist (in force: {current_version})"
+            )))
+        })?;
+        Ok(Response::new(pb::GetRulebookResponse { rulebook: Some(rules.published.clone()), current_version }))
+    }
+
+    async fn publish_calendar_year(
+        &self,
+        request: Request<pb::PublishCalendarYearRequest>,
+    ) -> Result<Response<pb::PublishCalendarYearResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id, &r);
+        let year = r.year.unwrap_or_default();
+        if year.note.chars().count() > 2000 {
+            v.add("year.note", "must be at most 2000 characters");
+        }
+        v.finish()?;
+        let (revision, outcome) = self.dispatch.publish_calendar_year(command_id, who, &year).await?;
+        Ok(Response::new(pb::PublishCalendarYearResponse {
+            revision,
+            position: Some(pb::CommitPosition { sequence: outcome.sequence, replayed: outcome.replayed }),
+        }))
+    }
+
+    async fn get_calendar_year(
+        &self,
+        request: Request<pb::GetCalendarYearRequest>,
+    ) -> Result<Response<pb::GetCalendarYearResponse>, Status> {
+        let r = request.into_inner();
+        if !(2000..=2100).contains(&r.year) {
+            return Err(gridwork_runtime::ServiceError::invalid("year", "must be 2000-2100").into());
+        }
+        Ok(Response::new(pb::GetCalendarYearResponse { year: Some(self.dispatch.calendar_year(r.year).await?) }))
     }
 }

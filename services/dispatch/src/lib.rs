@@ -17,6 +17,7 @@ pub mod app;
 pub mod domain;
 pub mod events;
 pub mod grpc;
+pub mod policy;
 pub mod projection;
 pub mod queries;
 
@@ -26,13 +27,18 @@ use std::time::Duration;
 use gridwork_eventstore::projection::{ProjectionRunner, RunnerConfig};
 use gridwork_eventstore::{Aggregate as _, Repository, RepositoryOptions, StreamSpec, ensure_stream};
 use gridwork_proto::gridwork::dispatch::v1::dispatch_service_server::{DispatchServiceServer, SERVICE_NAME};
+use gridwork_proto::gridwork::dispatch::v1::rulebook_service_server::{
+    RulebookServiceServer, SERVICE_NAME as RULEBOOK_SERVICE_NAME,
+};
 use gridwork_runtime::clock::Clock;
 use gridwork_runtime::{CommonConfig, Runtime, ServerHandle};
 
 use crate::app::Dispatch;
 use crate::domain::calendar::WorkingCalendar;
 use crate::domain::case::Case;
-use crate::domain::routing::{Terms, default_rules};
+use crate::domain::routing::Terms;
+use crate::domain::rulebook::Rulebook;
+use crate::policy::Policy;
 
 /// The service's name.
 pub const SERVICE: &str = "dispatch";
@@ -132,25 +138,29 @@ impl App {
         .await?
         .with_command_index(runtime.command_index(&spec.name).await?);
         let store = runtime.store.clone().ok_or_else(|| anyhow::anyhow!("read store missing"))?;
+        let book = Repository::<Rulebook>::new(
+            runtime.js.clone(),
+            &spec.name,
+            Some(&spec.snapshot_bucket()),
+            RepositoryOptions::default(),
+        )
+        .await?
+        .with_command_index(runtime.command_index(&spec.name).await?);
+        let policy = Policy::new(book, Arc::new(settings.calendar), &settings.terms);
+        let in_force = policy.in_force().await?;
         let year = time::OffsetDateTime::from_unix_timestamp(clock.now_unix_ms() / 1000)
-            .map(|t| t.to_offset(settings.calendar.offset).year())
+            .map(|t| t.to_offset(in_force.calendar.offset).year())
             .unwrap_or_default();
         for y in [year, year + 1] {
-            if !settings.calendar.complete_years.contains(&y) {
+            if !in_force.calendar.complete_years.contains(&y) {
                 tracing::warn!(
                     year = y,
                     "calendar_coverage: the working calendar has not every public holiday and make-up day of this year; \
-                     add them (HOLIDAYS, MAKE_UP_WORKDAYS) or working-day deadlines will count them as working days"
+                     add them (gridctl calendar publish, or HOLIDAYS and MAKE_UP_WORKDAYS) or working-day deadlines will count them as working days"
                 );
             }
         }
-        let calendar = Arc::new(settings.calendar);
-        let incoming = projection::Incoming {
-            cases: cases.clone(),
-            rules: Arc::new(default_rules()),
-            calendar: calendar.clone(),
-            terms: settings.terms,
-        };
+        let incoming = projection::Incoming { cases: cases.clone(), policy: policy.clone() };
         let incoming = ProjectionRunner::start_reactor(
             runtime.js.clone(),
             store.clone(),
@@ -165,7 +175,7 @@ impl App {
             RunnerConfig::new(&spec.name),
         )
         .await?;
-        let dispatch = Dispatch::new(cases, store, Arc::new(view), Arc::new(incoming), clock, calendar, settings.terms);
+        let dispatch = Dispatch::new(cases, store, Arc::new(view), Arc::new(incoming), clock, policy);
         let scheduler = (!tick.is_zero()).then(|| dispatch.spawn_scheduler(tick));
         Ok(Self { runtime, dispatch, _scheduler: scheduler })
     }
@@ -177,17 +187,18 @@ impl App {
 
     fn routes(&self) -> tonic::service::Routes {
         tonic::service::Routes::new(DispatchServiceServer::new(grpc::DispatchGrpc::new(self.dispatch.clone())))
+            .add_service(RulebookServiceServer::new(grpc::RulebookGrpc::new(self.dispatch.clone())))
     }
 
     /// Serve until SIGTERM / Ctrl-C.
     pub async fn run_until_stopped(self, common: &CommonConfig) -> anyhow::Result<()> {
         let routes = self.routes();
-        self.runtime.clone().run_until_stopped(common, routes, &[SERVICE_NAME]).await
+        self.runtime.clone().run_until_stopped(common, routes, &[SERVICE_NAME, RULEBOOK_SERVICE_NAME]).await
     }
 
     /// Serve in the background on `127.0.0.1:0` (tests).
     pub async fn spawn(&self, drain: Duration) -> anyhow::Result<ServerHandle> {
-        self.runtime.clone().spawn_on_loopback(self.routes(), &[SERVICE_NAME], drain).await
+        self.runtime.clone().spawn_on_loopback(self.routes(), &[SERVICE_NAME, RULEBOOK_SERVICE_NAME], drain).await
     }
 }
 

@@ -11,8 +11,6 @@
 //!   scheduler's input and the overdue list's), `dispatch_summonses` (the
 //!   departments' queues), `dispatch_ratings` and `dispatch_timeline`.
 
-use std::sync::Arc;
-
 use gridwork_eventstore::projection::{ApplyError, Projection, TableDef, Tables, UnknownEvents};
 use gridwork_eventstore::{CommandMeta, Reactor, RecordedCommit, Repository};
 use gridwork_proto::gridwork::dispatch::v1 as pb;
@@ -20,10 +18,10 @@ use gridwork_proto::gridwork::intake::v1 as intake_pb;
 use prost::Message as _;
 use sqlx::{AnyConnection, AssertSqlSafe};
 
-use crate::domain::calendar::WorkingCalendar;
 use crate::domain::case::{Case, CaseCommand, CaseEvent, Clock, label};
 use crate::domain::deadline::DeadlineId;
-use crate::domain::routing::{Area, FirstTier, Rule, Terms, route, sla_plan_for};
+use crate::domain::routing::{Area, FirstTier, route};
+use crate::policy::Policy;
 
 /// What routing needs from a report.
 pub const INCOMING: TableDef = TableDef {
@@ -37,12 +35,8 @@ pub const INCOMING: TableDef = TableDef {
 pub struct Incoming {
     /// Cases.
     pub cases: Repository<Case>,
-    /// Routing rules.
-    pub rules: Arc<Vec<Rule>>,
-    /// Calendar.
-    pub calendar: Arc<WorkingCalendar>,
-    /// Summons and rating windows.
-    pub terms: Terms,
+    /// The rules and calendar in force.
+    pub policy: Policy,
 }
 
 impl Reactor for Incoming {
@@ -134,13 +128,18 @@ impl Incoming {
         .fetch_optional(&mut *tx)
         .await?;
         let Some((category, emergency)) = row else { return Ok(()) };
+        // The case keeps the plan of the rulebook version it was routed under.
+        let case = self.cases.load(id).await.map_err(ApplyError::from_store)?.state;
+        let Some(opened) = case.opened else { return Ok(()) };
+        let version = opened.routing.as_ref().map_or(0, |r| r.rulebook_version);
+        let in_force = self.policy.in_force().await.map_err(ApplyError::from_store)?;
         let command = CaseCommand::RaisePriority {
             priority,
             reason: reason.to_string(),
             clock: Clock {
                 now_unix_ms: at,
-                calendar: self.calendar.clone(),
-                plan: sla_plan_for(&category, priority, emergency != 0, &self.terms),
+                plan: in_force.plan(version, &category, priority, emergency != 0),
+                calendar: in_force.calendar.clone(),
             },
         };
         let meta =
@@ -175,7 +174,10 @@ impl Incoming {
             community: community.clone(),
             grid: grid.clone(),
         };
-        let routed = route(&self.rules, &category, &area)
+        let in_force = self.policy.in_force().await.map_err(ApplyError::from_store)?;
+        let rules = in_force.rules();
+        // Every published rulebook has a catch-all rule, so this finds one.
+        let routed = route(&rules.rules, &category, &area)
             .ok_or_else(|| ApplyError::Invalid(format!("no routing rule for {category}")))?;
         let first = match routed.rule.first_tier {
             FirstTier::Grid => pb::Owner { tier: pb::Tier::Grid as i32, id: grid.clone() },
@@ -193,7 +195,9 @@ impl Incoming {
             district_id: district,
             routing: Some(pb::RoutingDecision {
                 rule_id: routed.rule.id.clone(),
-                explanation: routed.explanation.clone(),
+                explanation: format!("{} (rulebook version {})", routed.explanation, rules.version),
+                rulebook_version: rules.version,
+                fallback: String::new(),
             }),
             department: routed.rule.department.clone(),
             // The case's clocks are set by `Open`, from the acceptance time.
@@ -205,8 +209,8 @@ impl Incoming {
             summon: if emergency { routed.rule.emergency_departments.clone() } else { Vec::new() },
             clock: Clock {
                 now_unix_ms: accepted_at,
-                calendar: self.calendar.clone(),
-                plan: sla_plan_for(&category, priority as i32, emergency, &self.terms),
+                calendar: in_force.calendar.clone(),
+                plan: rules.sla.plan_for(&category, priority as i32, emergency),
             },
         };
         let meta = CommandMeta {
@@ -232,7 +236,7 @@ pub const CASES: TableDef = TableDef {
               rule_id TEXT NOT NULL, routing TEXT NOT NULL, assignment BIGINT NOT NULL, rating BIGINT NOT NULL, \
               breaches BIGINT NOT NULL, opened_at_ms BIGINT NOT NULL, closed_at_ms BIGINT NOT NULL, position BIGINT NOT NULL, \
               round BIGINT NOT NULL, supervised BIGINT NOT NULL, close_outcome BIGINT NOT NULL, \
-              opened_day TEXT NOT NULL, case_number TEXT NOT NULL)",
+              opened_day TEXT NOT NULL, case_number TEXT NOT NULL, rulebook_version BIGINT NOT NULL, fallback TEXT NOT NULL)",
     indexes: &[
         "owner_tier, owner_id, status",
         "status",
@@ -504,11 +508,16 @@ impl Projection for Cases {
 
     /// 2: case-level clocks (deadline scope), summonses, ratings, supervision.
     /// 3: case numbers, opening day, indexes for the area lists.
+    /// 4: the rulebook version and the routing fallback.
     fn version(&self) -> u32 {
-        3
+        4
     }
 
     async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
+        // The rulebook shares the stream; these tables are the cases'.
+        if !commit.subject.starts_with("dispatch.case.") {
+            return Ok(());
+        }
         let id = commit.aggregate_id();
         let at = commit.body.decided_at_unix_ms;
         let principal = commit.principal().to_string();
@@ -533,8 +542,10 @@ impl Projection for Cases {
                     let sql = format!(
                         "INSERT INTO {} (case_id, status, owner_tier, owner_id, category_code, priority, emergency, grid_id, \
                          community_id, street_id, district_id, department, rule_id, routing, assignment, rating, breaches, \
-                         opened_at_ms, closed_at_ms, position, round, supervised, close_outcome, opened_day, case_number) \
-                         VALUES ($1, 'new', 0, '', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, 0, 0, $12, 0, $13, 1, 0, 0, $14, $15)",
+                         opened_at_ms, closed_at_ms, position, round, supervised, close_outcome, opened_day, case_number, \
+                         rulebook_version, fallback) \
+                         VALUES ($1, 'new', 0, '', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, 0, 0, $12, 0, $13, 1, 0, 0, $14, $15, \
+                         $16, $17)",
                         rows.cases
                     );
                     rows.run(
@@ -555,6 +566,8 @@ impl Projection for Cases {
                             Int(rows.position),
                             Text(&day.to_string()),
                             Text(&number),
+                            Int(i64::from(routing.rulebook_version)),
+                            Text(&routing.fallback),
                         ],
                     )
                     .await?;

@@ -54,11 +54,13 @@ struct CaseRow {
     district_id: String,
     opened_at_ms: i64,
     case_number: String,
+    rulebook_version: i64,
+    fallback: String,
 }
 
 const CASE_COLUMNS: &str = "case_id, status, owner_tier, owner_id, category_code, priority, emergency, grid_id, community_id, \
     street_id, department, rule_id, routing, rating, breaches, position, round, supervised, close_outcome, district_id, \
-    opened_at_ms, case_number";
+    opened_at_ms, case_number, rulebook_version, fallback";
 
 /// A value bound to a numbered placeholder.
 #[derive(Debug, Clone)]
@@ -263,7 +265,12 @@ impl Queries<'_> {
             community_id: r.community_id,
             street_id: r.street_id,
             department: r.department,
-            routing: Some(pb::RoutingDecision { rule_id: r.rule_id, explanation: r.routing }),
+            routing: Some(pb::RoutingDecision {
+                rule_id: r.rule_id,
+                explanation: r.routing,
+                rulebook_version: r.rulebook_version as u32,
+                fallback: r.fallback,
+            }),
             pending_deadlines: open
                 .into_iter()
                 .filter(|(_, _, _, state)| state == "pending")

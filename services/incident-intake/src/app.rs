@@ -8,8 +8,8 @@ use gridwork_eventstore::projection::{ReadStore, RunnerHandle, Tables};
 use gridwork_eventstore::{CommandKey, CommandMeta, CommitOutcome, Repository};
 use gridwork_geo::{Kind, LocateIndex, UnitRow};
 use gridwork_proto::gridwork::intake::v1 as pb;
+use gridwork_runtime::ServiceError;
 use gridwork_runtime::clock::Clock;
-use gridwork_runtime::{FieldViolation, ServiceError};
 use sqlx::AssertSqlSafe;
 
 use crate::domain::catalogue::{Catalogue, CatalogueCommand, CatalogueRejection, check_definition};
@@ -240,9 +240,7 @@ impl Intake {
         command_id: CommandKey,
         principal: String,
     ) -> Result<(u32, CommitOutcome<crate::events::CatalogueEvent>), ServiceError> {
-        check_definition(&categories).map_err(|v| {
-            ServiceError::InvalidArgument(v.into_iter().map(|(f, d)| FieldViolation::new(f, d)).collect())
-        })?;
+        check_definition(&categories).map_err(ServiceError::invalid_all)?;
         let now = self.clock.now_unix_ms();
         let outcome = self
             .catalogue
@@ -467,9 +465,7 @@ impl Intake {
         let category = catalogue.category(&input.category_code).map_err(|(f, d)| ServiceError::invalid(f, d))?.clone();
         let problems = catalogue.check_attributes(&category, &input.attributes);
         if !problems.is_empty() {
-            return Err(ServiceError::InvalidArgument(
-                problems.into_iter().map(|(f, d)| FieldViolation::new(f, d)).collect(),
-            ));
+            return Err(ServiceError::invalid_all(problems));
         }
         let (lat, lon, grid_path) = self.place(&input.location).await?;
         let now = self.clock.now_unix_ms();

@@ -930,7 +930,11 @@ mod tests {
             street_id: "s".into(),
             district_id: "d".into(),
             department: "fire-brigade".into(),
-            routing: Some(pb::RoutingDecision { rule_id: "r1".into(), explanation: "fire-hazard anywhere".into() }),
+            routing: Some(pb::RoutingDecision {
+                rule_id: "r1".into(),
+                explanation: "fire-hazard anywhere".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }

@@ -3,3 +3,4 @@ pub mod calendar;
 pub mod case;
 pub mod deadline;
 pub mod routing;
+pub mod rulebook;
