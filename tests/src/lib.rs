@@ -91,6 +91,7 @@ pub async fn mesh_on(now_unix_ms: i64, dispatch_db: TestDb) -> Mesh {
     intake_app.intake().grid().wait_for(last, Duration::from_secs(10)).await.expect("intake's grid copy");
     let intake_server = intake_app.spawn(Duration::from_millis(50)).await.expect("serve");
     let dispatch_app = dispatch_app(&nats, &dispatch_db, &clock).await;
+    dispatch_app.dispatch().grid().wait_for(last, Duration::from_secs(10)).await.expect("dispatch's grid copy");
     let dispatch_server = dispatch_app.spawn(Duration::from_millis(50)).await.expect("serve");
     Mesh {
         clock,

@@ -501,7 +501,22 @@ async fn cases_are_numbered_per_district_and_day_and_listed_by_area_status_categ
             .sequence;
         last = p;
     }
+    // g2 has a certified head, so its cases stay in its own queue.
+    let appointed = m
+        .registry
+        .appoint_head(grid_pb::AppointHeadRequest {
+            command_id: uuid(),
+            unit_id: "g2".into(),
+            person_id: "p-head-g2".into(),
+            name: "Head of g2".into(),
+            certificate: certificate("2099-12-31"),
+        })
+        .await
+        .expect("appoint")
+        .into_inner();
+    last = last.max(appointed.position.expect("position").sequence);
     m.intake_app.intake().grid().wait_for(last, Duration::from_secs(10)).await.expect("intake's grid copy");
+    tree_copied(&m, last).await;
 
     // Monday: a (g, sanitation), b (g2, elderly), c (g, elderly); Tuesday: d (g2, sanitation).
     let a = accepted_at(&mut m, "sanitation", 0.5, 0.5).await;
@@ -880,7 +895,8 @@ async fn a_case_keeps_the_plan_it_was_routed_under_and_every_target_must_exist()
 
 #[tokio::test]
 async fn a_published_calendar_year_moves_working_day_clocks_set_from_then_on() {
-    // Thursday 2027-02-04 10:00: the 2027 Spring Festival is not in the shipped data.
+    // Thursday 2027-02-04 10:00: only the statutory days of the 2027 Spring
+    // Festival are in the shipped data, not the State Council's arrangement.
     let thursday = at(time::macros::datetime!(2027-02-04 10:00 +8));
     let mut m = mesh(thursday).await;
     let shipped = m.rulebook.get_calendar_year(pb::GetCalendarYearRequest { year: 2027 }).await.expect("get");
@@ -903,7 +919,7 @@ async fn a_published_calendar_year_moves_working_day_clocks_set_from_then_on() {
     assert!(violated(&e).contains("year.make_up_workdays[0]"), "{e:?}");
     // The festival, 2027-02-05 to 02-11, entered through the API.
     let mut festival = shipped.clone();
-    festival.holidays.extend((5..=11).map(|d| format!("2027-02-{d:02}")));
+    festival.holidays.extend((9..=11).map(|d| format!("2027-02-{d:02}")));
     festival.note = "Spring Festival".into();
     let r = m
         .rulebook
@@ -914,13 +930,134 @@ async fn a_published_calendar_year_moves_working_day_clocks_set_from_then_on() {
     assert_eq!(r.revision, 1);
     let after = accepted_at(&mut m, "sanitation", 1.5, 0.5).await;
     let (before, after) = (case(&mut m, &before).await, case(&mut m, &after).await);
-    // Two working days to respond: Friday and Monday as shipped; after the
-    // festival is entered, Friday 12th and Monday 15th. The earlier case keeps
-    // the due time it was given.
-    assert_eq!(due(&before, "respond:1"), Some(at(time::macros::datetime!(2027-02-08 17:30 +8))));
+    // Two working days to respond: as shipped (the four statutory days, 5th to
+    // 8th, off), Tuesday 9th and Wednesday 10th; with the whole festival
+    // entered, Friday 12th and Monday 15th. The earlier case keeps the due
+    // time it was given.
+    assert_eq!(due(&before, "respond:1"), Some(at(time::macros::datetime!(2027-02-10 17:30 +8))));
     assert_eq!(due(&after, "respond:1"), Some(at(time::macros::datetime!(2027-02-15 17:30 +8))));
     let read = m.rulebook.get_calendar_year(pb::GetCalendarYearRequest { year: 2027 }).await.expect("get");
     let read = read.into_inner().year.expect("year");
     assert_eq!((read.revision, read.note.as_str()), (1, "Spring Festival"));
     assert!(read.holidays.contains(&"2027-02-08".to_string()));
+}
+
+use gridwork_proto::gridwork::grid::v1 as grid_pb;
+
+/// Wait until dispatch's copy of the tree holds `position`.
+async fn tree_copied(m: &Mesh, position: u64) {
+    let grid = m.dispatch_app.dispatch().grid();
+    grid.wait_for(position, Duration::from_secs(10)).await.expect("dispatch's grid copy catches up");
+}
+
+fn certificate(expires_on: &str) -> Option<grid_pb::Certificate> {
+    Some(grid_pb::Certificate { number: "GH-0002".into(), issuer: "district".into(), expires_on: expires_on.into() })
+}
+
+#[tokio::test]
+async fn a_grid_with_no_head_in_post_sends_its_cases_to_the_community_and_says_why() {
+    let mut m = mesh(monday_ten()).await;
+    let held = accepted(&mut m, "sanitation").await;
+    assert_eq!(case(&mut m, &held).await.owner, owner(pb::Tier::Grid, "g"), "a certified head keeps the case");
+    let vacated = m
+        .registry
+        .vacate_head(grid_pb::VacateHeadRequest {
+            command_id: uuid(),
+            unit_id: "g".into(),
+            person_id: "p-head-g".into(),
+            departure: grid_pb::HeadDeparture::Dismissed as i32,
+            note: "dismissed as ineffective".into(),
+        })
+        .await
+        .expect("vacate")
+        .into_inner();
+    tree_copied(&m, vacated.position.expect("position").sequence).await;
+    let vacant = accepted_at(&mut m, "sanitation", 1.5, 0.5).await;
+    let vacant = case(&mut m, &vacant).await;
+    assert_eq!(vacant.owner, owner(pb::Tier::Community, "c"));
+    let routing = vacant.routing.clone().expect("routing");
+    assert_eq!(routing.fallback, "grid g has no head in post (vacant)");
+    assert!(routing.explanation.contains("to its community"), "{routing:?}");
+    assert!(vacant.timeline[0].summary.contains("no head in post"), "{:?}", vacant.timeline);
+
+    // A new head whose certificate runs out tomorrow: after that, the
+    // community takes the grid's cases again.
+    let appointed = m
+        .registry
+        .appoint_head(grid_pb::AppointHeadRequest {
+            command_id: uuid(),
+            unit_id: "g".into(),
+            person_id: "p-new".into(),
+            name: "New head".into(),
+            certificate: certificate("2026-03-03"),
+        })
+        .await
+        .expect("appoint")
+        .into_inner();
+    tree_copied(&m, appointed.position.expect("position").sequence).await;
+    let kept = accepted_at(&mut m, "parking", 0.5, 0.5).await;
+    let kept = case(&mut m, &kept).await;
+    assert_eq!(kept.owner, owner(pb::Tier::Grid, "g"));
+    assert_eq!(kept.routing.expect("routing").fallback, "");
+    m.clock.advance_ms(2 * 24 * HOUR);
+    let expired = accepted_at(&mut m, "parking", 1.5, 0.5).await;
+    let expired = case(&mut m, &expired).await;
+    assert_eq!(expired.owner, owner(pb::Tier::Community, "c"));
+    assert_eq!(
+        expired.routing.expect("routing").fallback,
+        "grid g's head p-new holds a certificate that expired on 2026-03-03"
+    );
+}
+
+#[tokio::test]
+async fn escalation_follows_the_current_owners_parent_and_named_owners_must_exist() {
+    let mut m = mesh(monday_ten()).await;
+    // A second district d2 > s2 > c2 beside the first.
+    let mut last = 0;
+    for (unit, parent, kind) in [
+        ("d2", "", grid_pb::UnitKind::District),
+        ("s2", "d2", grid_pb::UnitKind::Street),
+        ("c2", "s2", grid_pb::UnitKind::Community),
+    ] {
+        let r = m
+            .registry
+            .register_unit(grid_pb::RegisterUnitRequest {
+                command_id: uuid(),
+                unit_id: unit.into(),
+                parent_id: parent.into(),
+                kind: kind as i32,
+                name: unit.into(),
+                boundary_geojson: gridwork_e2e::cells(4.0, 0.0, 4.0, 4.0),
+                special_site: 0,
+            })
+            .await
+            .expect("register")
+            .into_inner();
+        last = r.position.expect("position").sequence;
+    }
+    tree_copied(&m, last).await;
+    let id = accepted(&mut m, "sanitation").await;
+    let assign = |to: Option<pb::Owner>, expected: Option<pb::Owner>| pb::AssignCaseRequest {
+        command_id: uuid(),
+        case_id: id.clone(),
+        expected_owner: expected,
+        to,
+    };
+    // Owners a dispatcher names must exist and be of the tier named.
+    for (to, why) in [
+        (owner(pb::Tier::Community, "nowhere"), "is not in the organisation tree"),
+        (owner(pb::Tier::Community, "g"), "is not a community"),
+        (owner(pb::Tier::Street, "c2"), "is not a street"),
+    ] {
+        let e = m.dispatch.assign_case(assign(to, owner(pb::Tier::Grid, "g"))).await.expect_err("refused");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(violated(&e).contains("to.id") && violated(&e).contains(why), "{why}: {e:?}");
+    }
+    m.dispatch.assign_case(assign(owner(pb::Tier::Community, "c2"), owner(pb::Tier::Grid, "g"))).await.expect("assign");
+    // c2 lets its acknowledge clock lapse: the case goes to c2's street, not
+    // to the street the case was first placed in.
+    assert!(pass(&mut m, 5 * HOUR).await >= 1);
+    let c = case(&mut m, &id).await;
+    assert_eq!(c.owner, owner(pb::Tier::Street, "s2"), "{:?}", c.timeline);
+    assert_eq!(c.street_id, "s", "the placement is unchanged");
 }

@@ -28,7 +28,8 @@ fn serde_ring(ring: &[[f64; 2]]) -> String {
     format!("[{}]", points.join(","))
 }
 
-/// Register the tree; returns the `GRID` position of the last registration.
+/// Register the tree and appoint grid g's head; returns the `GRID` position of
+/// the last write.
 pub async fn register(client: &mut GridRegistryServiceClient<Channel>) -> anyhow::Result<u64> {
     use pb::UnitKind::*;
     let mut last = 0;
@@ -51,5 +52,18 @@ pub async fn register(client: &mut GridRegistryServiceClient<Channel>) -> anyhow
         };
         last = client.register_unit(request).await?.into_inner().position.map_or(0, |p| p.sequence);
     }
+    // Grid g has a certified head, so cases routed to it stay there.
+    let head = pb::AppointHeadRequest {
+        command_id: uuid::Uuid::now_v7().to_string(),
+        unit_id: "g".into(),
+        person_id: "p-head-g".into(),
+        name: "Head of g".into(),
+        certificate: Some(pb::Certificate {
+            number: "GH-0001".into(),
+            issuer: "district".into(),
+            expires_on: "2099-12-31".into(),
+        }),
+    };
+    last = client.appoint_head(head).await?.into_inner().position.map_or(last, |p| p.sequence);
     Ok(last)
 }

@@ -11,7 +11,7 @@ use gridwork_runtime::clock::Clock as TimeSource;
 use sqlx::AssertSqlSafe;
 use tracing::{info, warn};
 
-use crate::domain::case::{Case, CaseCommand, CaseEvent, CaseRejection, Clock};
+use crate::domain::case::{Above, Case, CaseCommand, CaseEvent, CaseRejection, Clock};
 use crate::domain::deadline::DeadlineId;
 use crate::domain::rulebook::{CalendarYear, RulebookCommand, RulebookRejection, Rules, check, check_year};
 use crate::events::RulebookEvent;
@@ -26,8 +26,19 @@ pub struct Dispatch {
     store: ReadStore,
     projection: Arc<RunnerHandle>,
     incoming: Arc<RunnerHandle>,
+    grid: Arc<RunnerHandle>,
     time: Arc<dyn TimeSource>,
     policy: Policy,
+}
+
+/// The consumers a dispatch service runs.
+pub struct Runners {
+    /// The cases read model (`DISPATCH`).
+    pub cases: Arc<RunnerHandle>,
+    /// The process manager (`INTAKE`).
+    pub incoming: Arc<RunnerHandle>,
+    /// The organisation tree copy (`GRID`).
+    pub grid: Arc<RunnerHandle>,
 }
 
 impl Dispatch {
@@ -35,12 +46,54 @@ impl Dispatch {
     pub fn new(
         cases: Repository<Case>,
         store: ReadStore,
-        projection: Arc<RunnerHandle>,
-        incoming: Arc<RunnerHandle>,
+        runners: Runners,
         time: Arc<dyn TimeSource>,
         policy: Policy,
     ) -> Self {
-        Self { cases, store, projection, incoming, time, policy }
+        Self { cases, store, projection: runners.cases, incoming: runners.incoming, grid: runners.grid, time, policy }
+    }
+
+    /// The copy of the organisation tree.
+    pub fn grid(&self) -> &RunnerHandle {
+        &self.grid
+    }
+
+    /// The rung above `owner` in the tree as dispatch's copy has it: a grid's
+    /// community, a community's street. None for other tiers, or a unit the
+    /// copy does not hold.
+    async fn above(
+        &self,
+        owner: Option<&gridwork_proto::gridwork::dispatch::v1::Owner>,
+    ) -> Result<Option<Above>, ServiceError> {
+        use gridwork_proto::gridwork::dispatch::v1 as pb;
+        let Some(owner) = owner else { return Ok(None) };
+        if ![pb::Tier::Grid as i32, pb::Tier::Community as i32].contains(&owner.tier) {
+            return Ok(None);
+        }
+        let mut conn = self.store.pool().acquire().await?;
+        let Some(unit) = crate::grid::unit(&mut conn, &owner.id).await? else { return Ok(None) };
+        let Some(parent) = crate::grid::unit(&mut conn, &unit.parent_id).await? else { return Ok(None) };
+        Ok(parent.tier().map(|t| Above { of: owner.clone(), parent: pb::Owner { tier: t as i32, id: parent.unit_id } }))
+    }
+
+    /// Check that a grid, community or street a dispatcher names exists in
+    /// the tree and is of that tier (`INVALID_ARGUMENT` on `field`).
+    pub async fn check_unit(
+        &self,
+        field: &str,
+        owner: &gridwork_proto::gridwork::dispatch::v1::Owner,
+    ) -> Result<(), ServiceError> {
+        let mut conn = self.store.pool().acquire().await?;
+        let found = crate::grid::unit(&mut conn, &owner.id).await?;
+        let tier = gridwork_proto::gridwork::dispatch::v1::Tier::try_from(owner.tier).unwrap_or_default();
+        match found {
+            None => Err(ServiceError::invalid(field, format!("unit {} is not in the organisation tree", owner.id))),
+            Some(u) if u.tier() != Some(tier) => Err(ServiceError::invalid(
+                field,
+                format!("unit {} is not a {}", owner.id, tier.as_str_name().trim_start_matches("TIER_").to_lowercase()),
+            )),
+            Some(_) => Ok(()),
+        }
     }
 
     /// The rules in force now.
@@ -190,10 +243,15 @@ impl Dispatch {
             };
             // A process manager's command: its id names the deadline; no request digest.
             let command_id = CommandKey { id: format!("escalate-{deadline_id}"), request_digest: 0 };
+            // Escalation goes to the rung above whoever holds the case now, as
+            // the tree stands.
+            let holder = self.cases.load(&case_id).await?.state.owner;
+            let above = self.above(holder.as_ref()).await?;
             match self
                 .act(&case_id, command_id, "service:dispatch-scheduler".into(), |clock| CaseCommand::FireDeadline {
                     deadline,
                     clock,
+                    above,
                 })
                 .await
             {

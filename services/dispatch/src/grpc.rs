@@ -325,8 +325,10 @@ impl DispatchService for DispatchGrpc {
         let expected = owner(&mut v, "expected_owner", r.expected_owner.as_ref());
         let to = owner(&mut v, "to", r.to.as_ref());
         v.finish()?;
-        if to.tier == pb::Tier::Department as i32 {
-            self.dispatch.check_departments([("to.id".to_string(), to.id.as_str())]).await?;
+        match pb::Tier::try_from(to.tier).unwrap_or_default() {
+            pb::Tier::Department => self.dispatch.check_departments([("to.id".to_string(), to.id.as_str())]).await?,
+            pb::Tier::Grid | pb::Tier::Community | pb::Tier::Street => self.dispatch.check_unit("to.id", &to).await?,
+            _ => {}
         }
         let outcome =
             self.dispatch.act(&id, command_id, who, |clock| CaseCommand::Reassign { expected, to, clock }).await?;

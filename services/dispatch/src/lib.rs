@@ -16,6 +16,7 @@
 pub mod app;
 pub mod domain;
 pub mod events;
+pub mod grid;
 pub mod grpc;
 pub mod policy;
 pub mod projection;
@@ -127,8 +128,10 @@ impl App {
         let runtime = Runtime::connect(SERVICE, &common.nats_url, Some(&database_url), Duration::from_secs(30)).await?;
         let spec = StreamSpec::events(Case::CONTEXT, common.stream_replicas);
         let intake = StreamSpec::events("intake", common.stream_replicas);
+        let grid = StreamSpec::events("grid", common.stream_replicas);
         ensure_stream(&runtime.nats, &runtime.js, &spec).await?;
         ensure_stream(&runtime.nats, &runtime.js, &intake).await?;
+        ensure_stream(&runtime.nats, &runtime.js, &grid).await?;
         let cases = Repository::<Case>::new(
             runtime.js.clone(),
             &spec.name,
@@ -160,6 +163,9 @@ impl App {
                 );
             }
         }
+        let grid_copy =
+            ProjectionRunner::start(runtime.js.clone(), store.clone(), grid::GridCopy, RunnerConfig::new(&grid.name))
+                .await?;
         let incoming = projection::Incoming { cases: cases.clone(), policy: policy.clone() };
         let incoming = ProjectionRunner::start_reactor(
             runtime.js.clone(),
@@ -175,7 +181,13 @@ impl App {
             RunnerConfig::new(&spec.name),
         )
         .await?;
-        let dispatch = Dispatch::new(cases, store, Arc::new(view), Arc::new(incoming), clock, policy);
+        let dispatch = Dispatch::new(
+            cases,
+            store,
+            app::Runners { cases: Arc::new(view), incoming: Arc::new(incoming), grid: Arc::new(grid_copy) },
+            clock,
+            policy,
+        );
         let scheduler = (!tick.is_zero()).then(|| dispatch.spawn_scheduler(tick));
         Ok(Self { runtime, dispatch, _scheduler: scheduler })
     }

@@ -179,11 +179,24 @@ impl Incoming {
         // Every published rulebook has a catch-all rule, so this finds one.
         let routed = route(&rules.rules, &category, &area)
             .ok_or_else(|| ApplyError::Invalid(format!("no routing rule for {category}")))?;
-        let first = match routed.rule.first_tier {
+        let mut first = match routed.rule.first_tier {
             FirstTier::Grid => pb::Owner { tier: pb::Tier::Grid as i32, id: grid.clone() },
             FirstTier::Community => pb::Owner { tier: pb::Tier::Community as i32, id: community.clone() },
             FirstTier::Street => pb::Owner { tier: pb::Tier::Street as i32, id: street.clone() },
         };
+        // A grid with no head in post, or whose head's certificate has expired
+        // on the day of acceptance, cannot take the case: its community does
+        // (兜底), and the case says why. A grid the tree copy does not hold yet
+        // keeps the case.
+        let mut fallback = String::new();
+        if first.tier == pb::Tier::Grid as i32
+            && !community.is_empty()
+            && let Some(unit) = crate::grid::unit(tx, &grid).await?
+            && let Some(why) = unit.no_head(&gridwork_runtime::clock::city_today(accepted_at).to_string())
+        {
+            fallback = why;
+            first = pb::Owner { tier: pb::Tier::Community as i32, id: community.clone() };
+        }
         let opened = pb::CaseOpened {
             incident_id: id.to_string(),
             category_code: category.clone(),
@@ -195,9 +208,14 @@ impl Incoming {
             district_id: district,
             routing: Some(pb::RoutingDecision {
                 rule_id: routed.rule.id.clone(),
-                explanation: format!("{} (rulebook version {})", routed.explanation, rules.version),
+                explanation: match fallback.as_str() {
+                    "" => format!("{} (rulebook version {})", routed.explanation, rules.version),
+                    why => {
+                        format!("{} (rulebook version {}); {why}: to its community", routed.explanation, rules.version)
+                    }
+                },
                 rulebook_version: rules.version,
-                fallback: String::new(),
+                fallback,
             }),
             department: routed.rule.department.clone(),
             // The case's clocks are set by `Open`, from the acceptance time.

@@ -8,6 +8,8 @@ use tonic_types::StatusExt as _;
 
 mod cases;
 mod incidents;
+mod json;
+mod rules;
 mod seed;
 mod units;
 
@@ -46,6 +48,10 @@ struct Cli {
     /// Dispatch gRPC endpoint.
     #[arg(long, env = "GRIDCTL_DISPATCH", default_value = "http://127.0.0.1:50054", global = true)]
     dispatch: String,
+    /// Output: lines for people, or the messages as JSON (the proto3 JSON
+    /// mapping; `rules show` and `calendar show` so far).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,6 +86,71 @@ enum Command {
     /// Cases in dispatch: read, act as an owner, rate.
     #[command(subcommand)]
     Cases(Cases),
+    /// Dispatch's rulebook: departments, routing rules, SLA plans.
+    #[command(subcommand)]
+    Rules(Rules),
+    /// Dispatch's working calendar: public holidays and make-up working days.
+    #[command(subcommand)]
+    Calendar(Calendar),
+}
+
+/// How gridctl prints what it reads.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Output {
+    /// Lines for people.
+    Text,
+    /// JSON.
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Rules {
+    /// A rulebook version (default: the one in force). `--output json` prints
+    /// it in the form `rules publish` reads.
+    Show {
+        /// Version; 0 for the one in force.
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+    },
+    /// Publish a new version from a JSON file (edit what `rules show --output
+    /// json` printed), over the version you edited.
+    Publish {
+        /// The rulebook, JSON.
+        file: String,
+        /// The version the file was edited from (0: the built-in one).
+        #[arg(long)]
+        expected_version: u32,
+        /// What changed and why (overrides the file's note).
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Calendar {
+    /// One year's holidays and make-up working days as in force.
+    Show {
+        /// The year.
+        year: i32,
+    },
+    /// Set one year (it replaces the year's shipped days), e.g. from the State
+    /// Council's notice.
+    Publish {
+        /// The year.
+        year: i32,
+        /// A public holiday, YYYY-MM-DD (repeatable).
+        #[arg(long = "holiday")]
+        holidays: Vec<String>,
+        /// A make-up working day (调休), YYYY-MM-DD (repeatable).
+        #[arg(long = "workday")]
+        workdays: Vec<String>,
+        /// Every holiday and make-up day of the year is given.
+        #[arg(long)]
+        complete: bool,
+        /// Why, e.g. the notice's number.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -256,6 +327,8 @@ async fn main() -> anyhow::Result<()> {
     let result = match cli.command {
         Command::Incidents(c) => incidents::run(&cli.intake, c).await?,
         Command::Cases(c) => cases::run(&cli.dispatch, c).await?,
+        Command::Rules(c) => rules::run_rules(&cli.dispatch, cli.output, c).await?,
+        Command::Calendar(c) => rules::run_calendar(&cli.dispatch, cli.output, c).await?,
         other => units::run(&cli.registry, other).await?,
     };
     if let Err(status) = result {

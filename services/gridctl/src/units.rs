@@ -243,7 +243,7 @@ pub async fn run(endpoint: &str, command: Command) -> anyhow::Result<Result<(), 
                 Err(e) => Err(e),
             }
         }
-        Command::Incidents(_) | Command::Cases(_) => Ok(()),
+        Command::Incidents(_) | Command::Cases(_) | Command::Rules(_) | Command::Calendar(_) => Ok(()),
     })
 }
 

@@ -251,7 +251,14 @@ mod tests {
         cal.load(CHINA).expect("the shipped calendar reads");
         assert_eq!(cal, WorkingCalendar::china());
         assert!(cal.complete_years.contains(&2026));
-        assert!(!cal.complete_years.contains(&2027), "2027's lunar holidays are not entered yet");
+        assert!(!cal.complete_years.contains(&2027), "2027's bridging and make-up days are not entered yet");
+        // 2027's statutory lunar holidays are: the Spring Festival's eve and first three days.
+        assert!(
+            (5..=8).all(|d| cal
+                .holidays
+                .contains(&Date::from_calendar_date(2027, time::Month::February, d).expect("date")))
+        );
+        assert!(cal.holidays.contains(&date!(2027 - 09 - 15)) && cal.holidays.contains(&date!(2027 - 06 - 09)));
         assert!(cal.holidays.contains(&date!(2026 - 02 - 17)) && cal.workdays.contains(&date!(2026 - 10 - 10)));
         assert!(!cal.is_working_day(date!(2026 - 10 - 05)) && cal.is_working_day(date!(2026 - 09 - 20)));
         let mut bad = WorkingCalendar::default();

@@ -125,6 +125,15 @@ impl Clock {
     }
 }
 
+/// The rung above an owner, as the organisation tree stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Above {
+    /// The owner looked up.
+    pub of: pb::Owner,
+    /// Its parent's rung.
+    pub parent: pb::Owner,
+}
+
 /// Who rated: the reporter, or staff on the reporter's behalf (a call-back, 回访).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rater {
@@ -214,6 +223,11 @@ pub enum CaseCommand {
         deadline: DeadlineId,
         /// Time.
         clock: Clock,
+        /// The rung above an owner in the organisation tree as it stands (a
+        /// grid's community, a community's street), when the caller knows it;
+        /// used only if that owner still holds the case, else the case's own
+        /// placement decides.
+        above: Option<Above>,
     },
     /// The street summons departments (街道吹哨).
     BlowWhistle {
@@ -426,7 +440,22 @@ impl Case {
         }
     }
 
-    /// The rung above the current owner, if there is one.
+    /// The rung above the current owner: `above` (the owner's parent in the
+    /// tree as it stands) for a grid or a community, so a case reassigned to
+    /// another community escalates to that community's street; else
+    /// [`Case::next_tier`].
+    pub fn next_tier_from(&self, above: Option<&Above>) -> Option<pb::Owner> {
+        let current = self.owner.as_ref()?;
+        let tier = pb::Tier::try_from(current.tier).unwrap_or(pb::Tier::Unspecified);
+        let above = above.filter(|a| &a.of == current).map(|a| &a.parent);
+        match (tier, above) {
+            (pb::Tier::Grid, Some(a)) if a.tier == pb::Tier::Community as i32 => Some(a.clone()),
+            (pb::Tier::Community, Some(a)) if a.tier == pb::Tier::Street as i32 => Some(a.clone()),
+            _ => self.next_tier(),
+        }
+    }
+
+    /// The rung above the current owner by the case's own placement, if there is one.
     pub fn next_tier(&self) -> Option<pb::Owner> {
         let opened = self.opened.as_ref()?;
         let current = self.owner.as_ref()?;
@@ -476,7 +505,7 @@ impl Case {
         })]
     }
 
-    fn fire(&self, id: &DeadlineId, clock: &Clock) -> Vec<CaseEvent> {
+    fn fire(&self, id: &DeadlineId, clock: &Clock, above: Option<&Above>) -> Vec<CaseEvent> {
         // Found by meaning, not spelling: events from older builds spell ids the old way.
         let Some(deadline) = self.pending.values().find(|d| DeadlineId::parse(&d.id).as_ref() == Some(id)) else {
             return vec![];
@@ -503,7 +532,7 @@ impl Case {
                 match (scope, id) {
                     // An owner that does not take the case on loses it one rung up;
                     // with no rung above, the district supervises.
-                    (Scope::Owner, _) => match self.next_tier() {
+                    (Scope::Owner, _) => match self.next_tier_from(above) {
                         Some(up) => events.push(self.assign(up, "escalated", clock)),
                         None => {
                             events.extend(self.supervise(clock, format!("{holder} did not acknowledge, no rung above")))
@@ -614,7 +643,7 @@ impl Aggregate for Case {
                 }
                 Ok(vec![self.assign(to.clone(), "reassigned", clock)])
             }
-            CaseCommand::FireDeadline { deadline, clock } => Ok(self.fire(deadline, clock)),
+            CaseCommand::FireDeadline { deadline, clock, above } => Ok(self.fire(deadline, clock, above.as_ref())),
             CaseCommand::BlowWhistle { by, departments, clock } => {
                 self.require("blow the whistle on", &active)?;
                 if by.tier != pb::Tier::Street as i32 || self.owner.as_ref() != Some(by) {
@@ -960,7 +989,7 @@ mod tests {
     }
 
     fn fire(id: DeadlineId, now: i64) -> CaseCommand {
-        CaseCommand::FireDeadline { deadline: id, clock: clock(now) }
+        CaseCommand::FireDeadline { deadline: id, clock: clock(now), above: None }
     }
 
     fn reassign(from: pb::Owner, to: pb::Owner, now: i64) -> CaseCommand {
@@ -1087,6 +1116,56 @@ mod tests {
         assert_eq!(due(&later, DeadlineId::Resolve(1)), Some(24 * HOUR));
         assert_eq!(due(&later, DeadlineId::Ack(4)), Some(6 * HOUR + 30 * MIN));
         assert_eq!(later.pending.len(), 3, "one owner clock and the two case clocks: {:?}", later.pending);
+    }
+
+    #[test]
+    fn escalation_follows_the_current_owners_parent_not_the_cases_first_placement() {
+        // Reassigned to another community, which lets its clock lapse: the
+        // case goes to that community's street, as the tree stands.
+        let other = pb::Owner { tier: pb::Tier::Community as i32, id: "c2".into() };
+        let its_street = pb::Owner { tier: pb::Tier::Street as i32, id: "s2".into() };
+        let moved = history(&[reassign(grid(), other.clone(), 10 * MIN)]);
+        let lapse = CaseCommand::FireDeadline {
+            deadline: DeadlineId::Ack(2),
+            clock: clock(3 * HOUR),
+            above: Some(Above { of: other.clone(), parent: its_street.clone() }),
+        };
+        given::<Case>(moved.clone()).when(lapse).then_with(|events| {
+            let to = events.iter().find_map(|e| match e {
+                CaseEvent::Assigned(a) => a.owner.clone(),
+                _ => None,
+            });
+            assert_eq!(to, Some(its_street.clone()), "{events:?}");
+        });
+        // Not knowing the tree, the case's own placement decides; so it does
+        // when the lookup was for an owner who no longer holds the case.
+        let blind = state(&[reassign(grid(), other.clone(), 10 * MIN), fire(DeadlineId::Ack(2), 3 * HOUR)]);
+        assert_eq!(blind.owner, Some(street()));
+        let stale = CaseCommand::FireDeadline {
+            deadline: DeadlineId::Ack(2),
+            clock: clock(3 * HOUR),
+            above: Some(Above { of: grid(), parent: its_street.clone() }),
+        };
+        given::<Case>(moved).when(stale).then_with(|events| {
+            let to = events.iter().find_map(|e| match e {
+                CaseEvent::Assigned(a) => a.owner.clone(),
+                _ => None,
+            });
+            assert_eq!(to, Some(street()), "{events:?}");
+        });
+        // A parent of the wrong tier is not taken for the rung above.
+        let wrong = CaseCommand::FireDeadline {
+            deadline: DeadlineId::Ack(1),
+            clock: clock(31 * MIN),
+            above: Some(Above { of: grid(), parent: its_street }),
+        };
+        given::<Case>(history(&[])).when(wrong).then_with(|events| {
+            let to = events.iter().find_map(|e| match e {
+                CaseEvent::Assigned(a) => a.owner.clone(),
+                _ => None,
+            });
+            assert_eq!(to, Some(community()), "{events:?}");
+        });
     }
 
     #[test]
