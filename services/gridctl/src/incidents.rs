@@ -33,7 +33,18 @@ fn status_name(s: i32) -> &'static str {
 pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<(), tonic::Status>> {
     let mut c = connect(endpoint).await?;
     Ok(match command {
-        Incidents::Report { category, lat, lon, description, source, attributes } => {
+        Incidents::Report {
+            category,
+            lat,
+            lon,
+            description,
+            source,
+            attributes,
+            device,
+            confidence,
+            partner,
+            media,
+        } => {
             let source = match source {
                 SourceArg::GridWorker => pb::Source::GridWorker,
                 SourceArg::Resident => pb::Source::Resident,
@@ -63,6 +74,30 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 location: Some(pb::report_incident_request::Location::Point(pb::GeoPoint { lat, lon })),
                 description,
                 attributes,
+                device: device.map(|device_id| pb::Device { device_id, kind: "camera".into(), confidence }),
+                partner_reference: match partner {
+                    None => None,
+                    Some(p) => {
+                        let Some((system, reference)) = p.split_once(':') else {
+                            anyhow::bail!("--partner {p:?}: write SYSTEM:REFERENCE, e.g. 12345:T-20261124-0042");
+                        };
+                        Some(pb::PartnerReference { system: system.into(), reference: reference.into() })
+                    }
+                },
+                media: media
+                    .into_iter()
+                    .map(|url| {
+                        let lower = url.to_lowercase();
+                        let content_type = if lower.ends_with(".mp4") || lower.ends_with(".mov") {
+                            "video/mp4"
+                        } else if lower.ends_with(".png") {
+                            "image/png"
+                        } else {
+                            "image/jpeg"
+                        };
+                        pb::MediaRef { url, content_type: content_type.into() }
+                    })
+                    .collect(),
                 ..Default::default()
             };
             match c.report_incident(request).await {
@@ -77,6 +112,9 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                     .await
                     .ok();
                     out!("incident {}", r.incident_id);
+                    if r.already_reported {
+                        out!("  already reported under this partner reference: nothing new recorded");
+                    }
                     if !r.duplicate_of.is_empty() {
                         out!("  linked as a \"me too\" of {}", r.duplicate_of);
                     }

@@ -174,6 +174,19 @@ enum Incidents {
         /// A list attribute value, CODE=VALUE (repeatable; values of one code are combined).
         #[arg(long = "attr")]
         attributes: Vec<String>,
+        /// The camera that raised it (required with --source camera).
+        #[arg(long)]
+        device: Option<String>,
+        /// The camera's confidence, 0-1.
+        #[arg(long, default_value_t = 1.0)]
+        confidence: f64,
+        /// A partner system's reference, SYSTEM:REFERENCE (a feed's retry of it
+        /// makes no second incident).
+        #[arg(long)]
+        partner: Option<String>,
+        /// A photo or video URL (repeatable).
+        #[arg(long)]
+        media: Vec<String>,
     },
     /// One incident with its history.
     Get {

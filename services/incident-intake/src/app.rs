@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use gridwork_eventstore::projection::{ReadStore, RunnerHandle, Tables};
-use gridwork_eventstore::{CommandKey, CommandMeta, CommitOutcome, Repository};
+use gridwork_eventstore::{CommandKey, CommandMeta, CommitOutcome, ExecuteError, Repository};
 use gridwork_geo::{Kind, LocateIndex, UnitRow};
 use gridwork_proto::gridwork::intake::v1 as pb;
 use gridwork_runtime::ServiceError;
@@ -92,6 +92,12 @@ pub struct ReportInput {
     pub urgency: Option<pb::Priority>,
     /// Reporter id.
     pub reporter_id: String,
+    /// The camera or sensor that raised it.
+    pub device: Option<pb::Device>,
+    /// The partner system's reference.
+    pub partner_reference: Option<pb::PartnerReference>,
+    /// Media.
+    pub media: Vec<pb::MediaRef>,
 }
 
 /// What a report produced.
@@ -109,6 +115,8 @@ pub struct Reported {
     pub recurrence_of: Option<String>,
     /// Accepted at once (emergency).
     pub accepted: bool,
+    /// The partner reference was reported before: nothing new was recorded.
+    pub already_reported: bool,
 }
 
 /// A row of `intake_incidents`.
@@ -166,6 +174,13 @@ fn duplicate_policy(category: &pb::Category) -> Option<Policy> {
         // unasked (a neighbour dispute would be); a person decides.
         Ok(pb::DuplicatePolicy::Unspecified) | Err(_) => Some(Policy::Suggest),
     }
+}
+
+/// The incident id a partner's reference names: a name-based UUID (v5) of the
+/// system and reference, the same on every replica and every retry.
+pub fn partner_incident_id(r: &pb::PartnerReference) -> String {
+    const NAMESPACE: uuid::Uuid = uuid::uuid!("6f1c9a52-3b0e-4d7a-9c55-0b8a7d3e2f10");
+    uuid::Uuid::new_v5(&NAMESPACE, format!("{}\u{0}{}", r.system, r.reference).as_bytes()).to_string()
 }
 
 /// The intake application service.
@@ -374,7 +389,7 @@ impl Intake {
         key: &CommandKey,
         principal: &str,
     ) -> Result<(Option<Nearby>, Option<String>), ServiceError> {
-        // The incident id is the report's command id.
+        // The key names the incident being placed.
         let incident_id = key.id.as_str();
         let reach = Reach { radius_m: self.rules.duplicate_radius_m, window_ms: self.rules.duplicate_window_ms };
         let stripe = gridwork_eventstore::envelope::request_digest(zone_id.as_bytes()) as usize % self.zone_locks.len();
@@ -469,7 +484,16 @@ impl Intake {
         }
         let (lat, lon, grid_path) = self.place(&input.location).await?;
         let now = self.clock.now_unix_ms();
-        let incident_id = command_id.id.clone();
+        // A partner's reference names the incident: its feed's retry, under
+        // whatever command id, lands on the incident the first one made.
+        let incident_id = match &input.partner_reference {
+            Some(r) => partner_incident_id(r),
+            None => command_id.id.clone(),
+        };
+        let partner = input.partner_reference.is_some();
+        if partner && let Some(earlier) = self.reported_before(&incident_id).await? {
+            return Ok(earlier);
+        }
         let address_text = match &input.location {
             Location::Address { text, .. } => text.trim().to_string(),
             Location::Point { .. } => String::new(),
@@ -504,8 +528,16 @@ impl Intake {
             Some(policy) => {
                 let spot = Spot { lat, lon, address_key: zone::address_key(&address_text) };
                 let zone_id = zone::zone_id(&grid_path.grid_id, &category.code);
+                // Two retries of one partner reference racing each other
+                // place it once: the placement's key is the incident's alone.
+                let request_digest = if partner {
+                    gridwork_eventstore::envelope::request_digest(incident_id.as_bytes())
+                } else {
+                    command_id.request_digest
+                };
+                let placing = CommandKey { id: incident_id.clone(), request_digest };
                 let (nearby, closed_near) =
-                    self.place_in_zone(&zone_id, spot, policy, now, &command_id, &principal).await?;
+                    self.place_in_zone(&zone_id, spot, policy, now, &placing, &principal).await?;
                 match (nearby, closed_near) {
                     (Some(n), _) => Some(n),
                     (None, Some(closed)) => Some(Nearby::Closed { incident_id: closed }),
@@ -532,15 +564,28 @@ impl Intake {
             emergency: category.emergency,
             reporter_id: input.reporter_id,
             address_text,
+            device: input.device,
+            partner_reference: input.partner_reference,
+            media: input.media,
         };
-        let outcome = self
+        let outcome = match self
             .incidents
             .execute(
                 &incident_id,
                 &IncidentCommand::Report { report: Box::new(report), nearby },
                 &meta(command_id, principal, now),
             )
-            .await?;
+            .await
+        {
+            // The racing retry of a partner reference that landed first answers.
+            Err(ExecuteError::Rejected(IncidentRejection::AlreadyReported)) if partner => {
+                if let Some(earlier) = self.reported_before(&incident_id).await? {
+                    return Ok(earlier);
+                }
+                return Err(IncidentRejection::AlreadyReported.into());
+            }
+            other => other?,
+        };
         // Linking to the original is the linker's job (projection::Linker), one
         // at a time, so a burst of "me too" reports does not fight over it.
         // From the commit (a retry answers as the original did).
@@ -550,6 +595,7 @@ impl Intake {
             possibly_same_as: None,
             recurrence_of: None,
             accepted: false,
+            already_reported: false,
             outcome: CommitOutcome { sequence: 0, events: Vec::new(), replayed: false },
         };
         for e in &outcome.events {
@@ -565,6 +611,24 @@ impl Intake {
         }
         reported.outcome = outcome;
         Ok(reported)
+    }
+
+    /// The answer for a report already recorded under `incident_id` (a
+    /// partner's reference seen before), if it is.
+    async fn reported_before(&self, incident_id: &str) -> Result<Option<Reported>, ServiceError> {
+        let existing = self.incidents.load_current(incident_id).await?;
+        if existing.state.status == Status::New {
+            return Ok(None);
+        }
+        Ok(Some(Reported {
+            incident_id: incident_id.to_string(),
+            outcome: CommitOutcome { sequence: existing.sequence, events: Vec::new(), replayed: true },
+            duplicate_of: (!existing.state.duplicate_of.is_empty()).then(|| existing.state.duplicate_of.clone()),
+            possibly_same_as: None,
+            recurrence_of: None,
+            accepted: existing.state.status == Status::Accepted,
+            already_reported: true,
+        }))
     }
 
     /// A triage command on an incident.
@@ -676,6 +740,10 @@ impl Intake {
                 recurrence_of: r.recurrence_of,
                 closed_at_unix_ms: r.closed_at_ms,
                 address_text: r.address_text,
+                // Channel data is read from the incident itself (`get`).
+                device: None,
+                partner_reference: None,
+                media: Vec::new(),
             });
         }
         Ok(out)
@@ -688,6 +756,12 @@ impl Intake {
             .await?
             .pop()
             .ok_or_else(|| ServiceError::NotFound(format!("incident_id: incident {incident_id} does not exist")))?;
+        // The channel data as reported: from the incident's own stream.
+        if let Some(report) = self.incidents.load(incident_id).await?.state.report {
+            incident.device = report.device;
+            incident.partner_reference = report.partner_reference;
+            incident.media = report.media;
+        }
         let history = Tables::Live.name(HISTORY.name);
         let rows: Vec<(i64, i64, String, String, String)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT sequence, at_ms, event_type, summary, principal FROM {history} WHERE incident_id = $1 ORDER BY sequence, idx"

@@ -117,6 +117,9 @@ impl IntakeService for IntakeGrpc {
         if r.reporter_id.len() > 128 {
             v.add("reporter_id", "must be at most 128 characters");
         }
+        let device = channel::device(&mut v, source, r.device);
+        let partner_reference = channel::partner_reference(&mut v, r.partner_reference);
+        let media = channel::media(&mut v, r.media);
         let location = v.finish_with(location, "location")?;
         let input = ReportInput {
             source,
@@ -128,12 +131,16 @@ impl IntakeService for IntakeGrpc {
             contact,
             urgency,
             reporter_id: r.reporter_id,
+            device,
+            partner_reference,
+            media,
         };
         let reported = self.intake.report(input, command_id, who).await?;
         Ok(Response::new(pb::ReportIncidentResponse {
             incident_id: reported.incident_id,
             position: position(&reported.outcome),
             duplicate_of: reported.duplicate_of.unwrap_or_default(),
+            already_reported: reported.already_reported,
             accepted: reported.accepted,
             possibly_same_as: reported.possibly_same_as.unwrap_or_default(),
             recurrence_of: reported.recurrence_of.unwrap_or_default(),
@@ -295,5 +302,74 @@ impl IntakeService for IntakeGrpc {
         let id = v.id("incident_id", &r.incident_id);
         v.finish()?;
         Ok(Response::new(pb::EraseReporterContactResponse { erased: self.intake.erase_contact(&id).await? }))
+    }
+}
+
+/// Channel data: the device that raised a report, a partner's reference, media.
+mod channel {
+    use gridwork_proto::gridwork::intake::v1 as pb;
+    use gridwork_runtime::Violations;
+
+    /// A camera report names its device; the confidence is a probability.
+    pub fn device(v: &mut Violations, source: pb::Source, device: Option<pb::Device>) -> Option<pb::Device> {
+        let Some(d) = device else {
+            if source == pb::Source::Camera {
+                v.add("device", "a camera report names the device that raised it");
+            }
+            return None;
+        };
+        let id_ok = |s: &str| {
+            !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+        };
+        if !id_ok(&d.device_id) {
+            v.add("device.device_id", "must be 1-128 of [A-Za-z0-9_.:-]");
+        }
+        if d.kind.len() > 32 || !d.kind.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            v.add("device.kind", "must be at most 32 of [a-z0-9-]");
+        }
+        if !d.confidence.is_finite() || !(0.0..=1.0).contains(&d.confidence) {
+            v.add("device.confidence", "must be between 0 and 1");
+        }
+        Some(d)
+    }
+
+    /// A partner's reference: a system code and its own id.
+    pub fn partner_reference(v: &mut Violations, r: Option<pb::PartnerReference>) -> Option<pb::PartnerReference> {
+        let r = r?;
+        if r.system.is_empty()
+            || r.system.len() > 32
+            || !r.system.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            v.add("partner_reference.system", "must be 1-32 of [a-z0-9-], e.g. 12345");
+        }
+        let reference = r.reference.trim();
+        if reference.is_empty() || reference.chars().count() > 64 || reference.chars().any(char::is_control) {
+            v.add("partner_reference.reference", "must be 1-64 printable characters");
+        }
+        Some(pb::PartnerReference { system: r.system, reference: reference.to_string() })
+    }
+
+    /// At most ten media references, each an https URL or object key with a
+    /// media type.
+    pub fn media(v: &mut Violations, media: Vec<pb::MediaRef>) -> Vec<pb::MediaRef> {
+        if media.len() > 10 {
+            v.add("media", "at most 10 items");
+        }
+        for (i, m) in media.iter().enumerate() {
+            let at = format!("media[{i}]");
+            let scheme_ok = ["https://", "s3://", "oss://", "media:"].iter().any(|p| m.url.starts_with(p));
+            if !scheme_ok || m.url.len() > 2000 || m.url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                v.add(
+                    format!("{at}.url"),
+                    "must be an https URL or an object key (s3://, oss://, media:), at most 2000 characters",
+                );
+            }
+            if !["image/", "video/", "audio/"].iter().any(|p| m.content_type.starts_with(p))
+                || m.content_type.len() > 100
+            {
+                v.add(format!("{at}.content_type"), "must be image/*, video/* or audio/*");
+            }
+        }
+        media
     }
 }

@@ -87,6 +87,7 @@ fn hazard(x: f64, y: f64) -> pb::ReportIncidentRequest {
         contact: Some(pb::Contact { name: "Wang".into(), phone: "+86 138 0000 0000".into() }),
         urgency: 0,
         reporter_id: "rider-7".into(),
+        ..Default::default()
     }
 }
 
@@ -536,4 +537,76 @@ async fn a_retried_report_answers_as_before_and_an_id_reused_elsewhere_places_no
     assert_ne!(e.code(), Code::Ok);
     let next = c.report_incident(report_of("parking", point(1.7, 0.3))).await.expect("report").into_inner();
     assert!(next.duplicate_of.is_empty(), "linked to a report that was refused: {next:?}");
+}
+
+#[tokio::test]
+async fn channel_data_is_checked_kept_and_a_partner_feeds_retries_make_one_incident() {
+    let mut m = mesh().await;
+    let c = &mut m.intake;
+    // A camera report names its device; confidence is a probability; media
+    // are https URLs or object keys with a media type.
+    let mut camera = hazard(0.5, 0.5);
+    camera.source = pb::Source::Camera as i32;
+    camera.media = vec![pb::MediaRef { url: "ftp://x".into(), content_type: "text/plain".into() }];
+    let e = c.report_incident(camera.clone()).await.expect_err("no device");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(fields(&e), ["device", "media[0].url", "media[0].content_type"]);
+    camera.device = Some(pb::Device { device_id: "cam-g-017".into(), kind: "camera".into(), confidence: 1.5 });
+    camera.media =
+        vec![pb::MediaRef { url: "https://media.example/g/017.jpg".into(), content_type: "image/jpeg".into() }];
+    assert_eq!(fields(&c.report_incident(camera.clone()).await.expect_err("confidence")), ["device.confidence"]);
+    camera.device.as_mut().expect("device").confidence = 0.87;
+    let r = c.report_incident(camera).await.expect("camera report").into_inner();
+    let i = incident(c, &r.incident_id, r.position.expect("pos").sequence).await;
+    assert_eq!(i.device.expect("device").device_id, "cam-g-017");
+    assert_eq!(i.media.len(), 1);
+
+    // A 12345 ticket sent three times by its feed, each time under a new
+    // command id, some at once: one incident, and the retries say so.
+    let ticket = |command_id: String| pb::ReportIncidentRequest {
+        command_id,
+        source: pb::Source::Hotline as i32,
+        category_code: "neighbour-dispute".into(),
+        location: Some(pb::report_incident_request::Location::Point(pb::GeoPoint {
+            lat: Y0 + 1.5 * STEP,
+            lon: X0 + 1.5 * STEP,
+        })),
+        description: "noise from flat 302 every night".into(),
+        partner_reference: Some(pb::PartnerReference { system: "12345".into(), reference: "T-20260301-0042".into() }),
+        ..Default::default()
+    };
+    let mut sends = Vec::new();
+    for _ in 0..6 {
+        let mut client = c.clone();
+        sends.push(tokio::spawn(async move { client.report_incident(ticket(uuid())).await }));
+    }
+    let mut answers = Vec::new();
+    for send in sends {
+        answers.push(send.await.expect("task").expect("every send is answered").into_inner());
+    }
+    let first = answers.iter().find(|a| !a.already_reported).expect("one send recorded it").clone();
+    assert_eq!(answers.iter().filter(|a| !a.already_reported).count(), 1, "{answers:?}");
+    assert!(answers.iter().all(|a| a.incident_id == first.incident_id), "{answers:?}");
+    let late = c.report_incident(ticket(uuid())).await.expect("a late retry").into_inner();
+    assert!(late.already_reported && late.incident_id == first.incident_id);
+    let i = incident(c, &first.incident_id, first.position.expect("pos").sequence).await;
+    assert_eq!(i.partner_reference.expect("kept").reference, "T-20260301-0042");
+    let listed = c
+        .list_incidents(pb::ListIncidentsRequest {
+            category_code: "neighbour-dispute".into(),
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .incidents;
+    assert_eq!(listed.len(), 1, "one incident for one ticket: {listed:?}");
+    // A bad reference is named.
+    let mut bad = ticket(uuid());
+    bad.partner_reference = Some(pb::PartnerReference { system: "12 345".into(), reference: String::new() });
+    assert_eq!(
+        fields(&c.report_incident(bad).await.expect_err("bad reference")),
+        ["partner_reference.system", "partner_reference.reference"]
+    );
 }
