@@ -1061,3 +1061,217 @@ async fn escalation_follows_the_current_owners_parent_and_named_owners_must_exis
     assert_eq!(c.owner, owner(pb::Tier::Street, "s2"), "{:?}", c.timeline);
     assert_eq!(c.street_id, "s", "the placement is unchanged");
 }
+
+/// Report `category` at cell (`x`, `y`) as a resident asking for `urgency`; the answer.
+async fn reported_at(
+    m: &mut Mesh,
+    category: &str,
+    x: f64,
+    y: f64,
+    urgency: intake_pb::Priority,
+) -> intake_pb::ReportIncidentResponse {
+    m.intake
+        .report_incident(intake_pb::ReportIncidentRequest {
+            command_id: uuid(),
+            source: intake_pb::Source::Resident as i32,
+            category_code: category.into(),
+            location: Some(intake_pb::report_incident_request::Location::Point(intake_pb::GeoPoint {
+                lat: Y0 + y * STEP,
+                lon: X0 + x * STEP,
+            })),
+            description: format!("{category}: by the gate"),
+            urgency: urgency as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("report")
+        .into_inner()
+}
+
+async fn incident(m: &mut Mesh, id: &str, min_position: u64) -> intake_pb::Incident {
+    m.intake
+        .get_incident(intake_pb::GetIncidentRequest { incident_id: id.into(), min_position })
+        .await
+        .expect("get")
+        .into_inner()
+        .incident
+        .expect("incident")
+}
+
+/// Wait for dispatch's case of `id`.
+async fn case_opened(m: &mut Mesh, id: &str) -> pb::Case {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match m.dispatch.get_case(pb::GetCaseRequest { case_id: id.into(), ..Default::default() }).await {
+            Ok(_) => return case(m, id).await,
+            Err(s) if s.code() == Code::NotFound && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(s) => panic!("case {id} never opened: {s:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn triage_corrects_category_place_and_priority_and_the_case_opens_with_what_triage_settled() {
+    let mut m = mesh(monday_ten()).await;
+    // A resident reports "sanitation", urgent, in m1: it is a parked car
+    // blocking the fire lane by the gate in m2 — normal, not urgent.
+    let r = reported_at(&mut m, "sanitation", 0.5, 0.5, intake_pb::Priority::Urgent).await;
+    let id = r.incident_id.clone();
+    let reclassified = m
+        .intake
+        .reclassify_incident(intake_pb::ReclassifyIncidentRequest {
+            command_id: uuid(),
+            incident_id: id.clone(),
+            category_code: "parking".into(),
+            note: "a car, not rubbish".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("reclassify")
+        .into_inner();
+    assert!(!reclassified.accepted);
+    let relocated = m
+        .intake
+        .relocate_incident(intake_pb::RelocateIncidentRequest {
+            command_id: uuid(),
+            incident_id: id.clone(),
+            location: Some(intake_pb::relocate_incident_request::Location::Point(intake_pb::GeoPoint {
+                lat: Y0 + 0.5 * STEP,
+                lon: X0 + 1.5 * STEP,
+            })),
+            note: "the east gate".into(),
+        })
+        .await
+        .expect("relocate")
+        .into_inner();
+    assert_eq!(relocated.grid_path.expect("path").micro_grid_id, "m2");
+    let e = m
+        .intake
+        .reassess_priority(intake_pb::ReassessPriorityRequest {
+            command_id: uuid(),
+            incident_id: id.clone(),
+            priority: intake_pb::Priority::Low as i32,
+            reason: String::new(),
+        })
+        .await
+        .expect_err("a reason is required");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(violated(&e).contains("reason"), "{e:?}");
+    m.intake
+        .reassess_priority(intake_pb::ReassessPriorityRequest {
+            command_id: uuid(),
+            incident_id: id.clone(),
+            priority: intake_pb::Priority::Normal as i32,
+            reason: "it blocks the fire lane".into(),
+        })
+        .await
+        .expect("reassess");
+    let a = m
+        .intake
+        .accept_incident(intake_pb::AcceptIncidentRequest { command_id: uuid(), incident_id: id.clone() })
+        .await
+        .expect("accept")
+        .into_inner();
+    let i = incident(&mut m, &id, a.position.expect("pos").sequence).await;
+    assert_eq!(i.category_code, "parking");
+    assert_eq!(i.priority, intake_pb::Priority::Normal as i32, "the caller asked urgent; triage decided");
+    assert_eq!(i.grid_path.expect("path").micro_grid_id, "m2");
+    let kinds: Vec<&str> = i.history.iter().map(|h| h.event_type.as_str()).collect();
+    assert!(kinds.contains(&"reclassified") && kinds.contains(&"relocated") && kinds.contains(&"priority_reassessed"));
+    let c = case_opened(&mut m, &id).await;
+    assert_eq!((c.category_code.as_str(), c.priority), ("parking", intake_pb::Priority::Normal as i32));
+    assert_eq!(c.department, "traffic-police", "routed by the corrected category");
+
+    // The old category's zone no longer holds it: a sanitation report at the
+    // first spot is an incident of its own, not a "me too" of a parked car.
+    let again = reported_at(&mut m, "sanitation", 0.5, 0.5, intake_pb::Priority::Normal).await;
+    assert!(again.duplicate_of.is_empty(), "linked to a reclassified incident: {again:?}");
+
+    // A report found in triage to be a fire is dispatched at once.
+    let smoke = reported_at(&mut m, "sanitation", 0.5, 1.5, intake_pb::Priority::Normal).await;
+    let people = intake_pb::AttributeValue {
+        code: "people-trapped".into(),
+        value: Some(intake_pb::attribute_value::Value::Selected(intake_pb::SelectedValues {
+            values: vec!["unknown".into()],
+        })),
+    };
+    let e = m
+        .intake
+        .reclassify_incident(intake_pb::ReclassifyIncidentRequest {
+            command_id: uuid(),
+            incident_id: smoke.incident_id.clone(),
+            category_code: "fire".into(),
+            note: "smoke from the bin store".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a fire needs its attribute");
+    assert!(violated(&e).contains("attributes.people-trapped"), "{e:?}");
+    let fire = m
+        .intake
+        .reclassify_incident(intake_pb::ReclassifyIncidentRequest {
+            command_id: uuid(),
+            incident_id: smoke.incident_id.clone(),
+            category_code: "fire".into(),
+            attributes: vec![people],
+            note: "smoke from the bin store".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("reclassify")
+        .into_inner();
+    assert!(fire.accepted);
+    let c = case_opened(&mut m, &smoke.incident_id).await;
+    assert!(c.emergency && c.owner == owner(pb::Tier::Street, "s"), "{c:?}");
+    assert_eq!(summoned(&c), ["emergency-medical", "fire-brigade", "police"]);
+}
+
+#[tokio::test]
+async fn a_transfer_stays_in_triage_until_the_receiver_accepts_and_a_refusal_brings_it_back() {
+    let mut m = mesh(monday_ten()).await;
+    let r = reported_at(&mut m, "neighbour-dispute", 0.5, 0.5, intake_pb::Priority::Normal).await;
+    let id = r.incident_id.clone();
+    // Out of jurisdiction is no reason to close it.
+    let e = m
+        .intake
+        .reject_incident(intake_pb::RejectIncidentRequest {
+            command_id: uuid(),
+            incident_id: id.clone(),
+            reason: intake_pb::RejectionReason::OutOfJurisdiction as i32,
+            note: String::new(),
+        })
+        .await
+        .expect_err("transfer instead");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let transfer = |to: &str| intake_pb::TransferIncidentRequest {
+        command_id: uuid(),
+        incident_id: id.clone(),
+        to: to.into(),
+        reason: "the flats are across the district line".into(),
+    };
+    let e = m.intake.transfer_incident(transfer("hx")).await.expect_err("KIND:ID");
+    assert!(violated(&e).contains("to"), "{e:?}");
+    m.intake.transfer_incident(transfer("district:hx")).await.expect("transfer");
+    let answer = |accept: bool, note: &str| intake_pb::AnswerTransferRequest {
+        command_id: uuid(),
+        incident_id: id.clone(),
+        as_receiver: "district:hx".into(),
+        accept,
+        note: note.into(),
+    };
+    let declined = m.intake.answer_transfer(answer(false, "not ours either")).await.expect("decline").into_inner();
+    let i = incident(&mut m, &id, declined.position.expect("pos").sequence).await;
+    assert_eq!((i.status, i.transfer_to.as_str()), (intake_pb::IncidentStatus::Reported as i32, ""), "back in triage");
+    m.intake.transfer_incident(transfer("district:hx")).await.expect("transfer again");
+    let pending = incident(&mut m, &id, 0).await;
+    assert_eq!(pending.status, intake_pb::IncidentStatus::Reported as i32, "the first receiver stays responsible");
+    let accepted = m.intake.answer_transfer(answer(true, "HX-20260302-7")).await.expect("accept").into_inner();
+    let i = incident(&mut m, &id, accepted.position.expect("pos").sequence).await;
+    assert_eq!((i.status, i.transfer_to.as_str()), (intake_pb::IncidentStatus::Transferred as i32, "district:hx"));
+    assert!(i.history.iter().any(|h| h.summary.contains("HX-20260302-7")), "{:?}", i.history);
+    // Nothing for dispatch here.
+    let e = m.dispatch.get_case(pb::GetCaseRequest { case_id: id.clone(), ..Default::default() }).await;
+    assert_eq!(e.expect_err("no case").code(), Code::NotFound);
+}

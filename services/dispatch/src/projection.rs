@@ -98,6 +98,42 @@ impl Reactor for Incoming {
                     let at = commit.body.decided_at_unix_ms;
                     self.raise_priority(tx, table, id, r.priority, &r.reason, at, command_id).await?;
                 }
+                // Triage's corrections come before acceptance: the case opens
+                // with what triage settled on.
+                "intake.incident.reclassified" => {
+                    let r = intake_pb::IncidentReclassified::decode(e.payload.as_slice()).map_err(decode)?;
+                    sqlx::query(AssertSqlSafe(format!(
+                        "UPDATE {table} SET category_code = $1, emergency = $2, priority = $3 WHERE incident_id = $4"
+                    )))
+                    .bind(&r.category_code)
+                    .bind(i64::from(r.emergency))
+                    .bind(i64::from(r.priority))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                "intake.incident.relocated" => {
+                    let r = intake_pb::IncidentRelocated::decode(e.payload.as_slice()).map_err(decode)?;
+                    let p = r.grid_path.unwrap_or_default();
+                    sqlx::query(AssertSqlSafe(format!(
+                        "UPDATE {table} SET district_id = $1, street_id = $2, community_id = $3, grid_id = $4 WHERE incident_id = $5"
+                    )))
+                    .bind(&p.district_id)
+                    .bind(&p.street_id)
+                    .bind(&p.community_id)
+                    .bind(&p.grid_id)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                "intake.incident.priority_reassessed" => {
+                    let r = intake_pb::PriorityReassessed::decode(e.payload.as_slice()).map_err(decode)?;
+                    sqlx::query(AssertSqlSafe(format!("UPDATE {table} SET priority = $1 WHERE incident_id = $2")))
+                        .bind(i64::from(r.priority))
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 "intake.incident.accepted" => {
                     let accepted = intake_pb::IncidentAccepted::decode(e.payload.as_slice()).map_err(decode)?;
                     self.open_case(tx, table, id, accepted.at_unix_ms).await?;

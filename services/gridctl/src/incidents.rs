@@ -25,6 +25,7 @@ fn status_name(s: i32) -> &'static str {
         pb::IncidentStatus::Duplicate => "duplicate",
         pb::IncidentStatus::Resolved => "resolved",
         pb::IncidentStatus::Closed => "closed",
+        pb::IncidentStatus::Transferred => "transferred",
         pb::IncidentStatus::Unspecified => "?",
     }
 }
@@ -53,20 +54,7 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 SourceArg::Camera => pb::Source::Camera,
                 SourceArg::PartnerBureau => pb::Source::PartnerBureau,
             };
-            let mut grouped: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for a in attributes {
-                let Some((code, value)) = a.split_once('=') else {
-                    anyhow::bail!("--attr {a:?}: write CODE=VALUE");
-                };
-                grouped.entry(code.to_string()).or_default().push(value.to_string());
-            }
-            let attributes = grouped
-                .into_iter()
-                .map(|(code, values)| pb::AttributeValue {
-                    code,
-                    value: Some(pb::attribute_value::Value::Selected(pb::SelectedValues { values })),
-                })
-                .collect();
+            let attributes = list_attributes(attributes)?;
             let request = pb::ReportIncidentRequest {
                 command_id: uuid::Uuid::now_v7().to_string(),
                 source: source as i32,
@@ -192,6 +180,85 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 Err(e) => Err(e),
             }
         }
+        Incidents::Reclassify { id, category, attributes, priority, note } => {
+            let request = pb::ReclassifyIncidentRequest {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                incident_id: id.clone(),
+                category_code: category.clone(),
+                attributes: list_attributes(attributes)?,
+                priority: priority.map_or(0, |p| p.proto() as i32),
+                note,
+            };
+            c.reclassify_incident(request).await.map(|r| {
+                let r = r.into_inner();
+                out!("{id} is now {category}{}", if r.accepted { ": an emergency, dispatched" } else { "" });
+            })
+        }
+        Incidents::Relocate { id, lat, lon, note } => {
+            let request = pb::RelocateIncidentRequest {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                incident_id: id.clone(),
+                location: Some(pb::relocate_incident_request::Location::Point(pb::GeoPoint { lat, lon })),
+                note,
+            };
+            c.relocate_incident(request).await.map(|r| {
+                let path = r.into_inner().grid_path.unwrap_or_default();
+                out!("{id} is now in {} (grid {})", path.micro_grid_id, path.grid_id);
+            })
+        }
+        Incidents::Prioritise { id, priority, reason } => {
+            let request = pb::ReassessPriorityRequest {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                incident_id: id.clone(),
+                priority: priority.proto() as i32,
+                reason,
+            };
+            c.reassess_priority(request).await.map(|_| out!("{id}: priority set"))
+        }
+        Incidents::Transfer { id, to, reason } => {
+            let request = pb::TransferIncidentRequest {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                incident_id: id.clone(),
+                to: to.clone(),
+                reason,
+            };
+            c.transfer_incident(request)
+                .await
+                .map(|_| out!("{id}: transfer to {to} requested; it stays in triage here until {to} accepts"))
+        }
+        Incidents::AnswerTransfer { id, as_receiver, decline, note } => {
+            let request = pb::AnswerTransferRequest {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                incident_id: id.clone(),
+                as_receiver: as_receiver.clone(),
+                accept: !decline,
+                note,
+            };
+            c.answer_transfer(request).await.map(|_| {
+                out!("{id}: {as_receiver} {}", if decline { "declined; back in triage" } else { "accepted it" })
+            })
+        }
+        Incidents::Reject { id, reason, note } => {
+            let request = pb::RejectIncidentRequest {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                incident_id: id.clone(),
+                reason: match reason.as_str() {
+                    "spam" => pb::RejectionReason::Spam,
+                    "not-governance" => pb::RejectionReason::NotGovernance,
+                    _ => pb::RejectionReason::OutOfJurisdiction,
+                } as i32,
+                note,
+            };
+            c.reject_incident(request).await.map(|_| out!("{id}: rejected"))
+        }
+        Incidents::Duplicate { id, of } => {
+            let request = pb::MarkDuplicateRequest {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                incident_id: id.clone(),
+                of_incident_id: of.clone(),
+            };
+            c.mark_duplicate(request).await.map(|_| out!("{id}: a duplicate of {of}"))
+        }
         Incidents::Catalogue => match c.get_catalogue(pb::GetCatalogueRequest { version: 0 }).await {
             Ok(r) => {
                 let r = r.into_inner();
@@ -222,4 +289,22 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
             Err(e) => Err(e),
         },
     })
+}
+
+/// `--attr CODE=VALUE` list values, combined per code.
+fn list_attributes(attributes: Vec<String>) -> anyhow::Result<Vec<pb::AttributeValue>> {
+    let mut grouped: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for a in attributes {
+        let Some((code, value)) = a.split_once('=') else {
+            anyhow::bail!("--attr {a:?}: write CODE=VALUE");
+        };
+        grouped.entry(code.to_string()).or_default().push(value.to_string());
+    }
+    Ok(grouped
+        .into_iter()
+        .map(|(code, values)| pb::AttributeValue {
+            code,
+            value: Some(pb::attribute_value::Value::Selected(pb::SelectedValues { values })),
+        })
+        .collect())
 }

@@ -198,8 +198,116 @@ enum Incidents {
         /// Incident id.
         id: String,
     },
+    /// Triage: correct the category (attributes for the new one with --attr).
+    Reclassify {
+        /// Incident id.
+        id: String,
+        /// The new category code.
+        category: String,
+        /// A list attribute value, CODE=VALUE (repeatable).
+        #[arg(long = "attr")]
+        attributes: Vec<String>,
+        /// Priority to give it (default: the category's).
+        #[arg(long, value_enum)]
+        priority: Option<PriorityArg>,
+        /// Why.
+        #[arg(long)]
+        note: String,
+    },
+    /// Triage: correct where the problem is.
+    Relocate {
+        /// Incident id.
+        id: String,
+        /// Latitude.
+        #[arg(allow_negative_numbers = true)]
+        lat: f64,
+        /// Longitude.
+        #[arg(allow_negative_numbers = true)]
+        lon: f64,
+        /// Why.
+        #[arg(long)]
+        note: String,
+    },
+    /// Triage: set the priority, up or down.
+    Prioritise {
+        /// Incident id.
+        id: String,
+        /// Priority.
+        #[arg(value_enum)]
+        priority: PriorityArg,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Triage: send it to the body it belongs to (转办), e.g. district:hx.
+    Transfer {
+        /// Incident id.
+        id: String,
+        /// The receiving body, KIND:ID.
+        to: String,
+        /// Why it belongs there.
+        #[arg(long)]
+        reason: String,
+    },
+    /// The receiver's answer to a transfer (accepts unless --decline).
+    AnswerTransfer {
+        /// Incident id.
+        id: String,
+        /// Answering as this body, KIND:ID.
+        #[arg(long = "as")]
+        as_receiver: String,
+        /// Decline it (give the reason in --note).
+        #[arg(long)]
+        decline: bool,
+        /// The receiver's reference, or why it declines.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Triage: reject (spam, not-governance; out of jurisdiction is a transfer).
+    Reject {
+        /// Incident id.
+        id: String,
+        /// spam or not-governance.
+        reason: String,
+        /// Note.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Triage: mark as a duplicate of an open incident.
+    Duplicate {
+        /// Incident id.
+        id: String,
+        /// The original.
+        of: String,
+    },
     /// The service catalogue.
     Catalogue,
+}
+
+/// A priority on the command line.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PriorityArg {
+    /// Low.
+    Low,
+    /// Normal.
+    Normal,
+    /// High.
+    High,
+    /// Urgent.
+    Urgent,
+}
+
+impl PriorityArg {
+    /// The protobuf value.
+    pub fn proto(self) -> gridwork_proto::gridwork::intake::v1::Priority {
+        use gridwork_proto::gridwork::intake::v1::Priority as P;
+        match self {
+            PriorityArg::Low => P::Low,
+            PriorityArg::Normal => P::Normal,
+            PriorityArg::High => P::High,
+            PriorityArg::Urgent => P::Urgent,
+        }
+    }
 }
 
 #[derive(Subcommand)]

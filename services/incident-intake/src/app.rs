@@ -100,6 +100,19 @@ pub struct ReportInput {
     pub media: Vec<pb::MediaRef>,
 }
 
+/// A category correction, parsed.
+#[derive(Debug, Clone)]
+pub struct Reclassification {
+    /// The new category.
+    pub category_code: String,
+    /// Attributes for it.
+    pub attributes: Vec<pb::AttributeValue>,
+    /// The priority to give it (None: the category's default).
+    pub priority: Option<pb::Priority>,
+    /// Why.
+    pub note: String,
+}
+
 /// What a report produced.
 #[derive(Debug, Clone)]
 pub struct Reported {
@@ -147,6 +160,7 @@ struct IncidentRow {
     recurrence_of: String,
     closed_at_ms: i64,
     address_text: String,
+    transfer_to: String,
 }
 
 /// How long a zone entry whose incident is not (yet) written counts as a
@@ -407,13 +421,21 @@ impl Intake {
             }
             let candidate = self.incidents.load_current(&entry.incident_id).await?;
             unchecked.remove(&entry.incident_id);
+            // Triage moved it to another category or place since it was
+            // placed here: it is no longer this zone's.
+            if let Some(r) = &candidate.state.report
+                && zone::zone_id(&r.grid_path.clone().unwrap_or_default().grid_id, &r.category_code) != zone_id
+            {
+                finished.insert(entry.incident_id.clone());
+                continue;
+            }
             match candidate.state.status {
                 Status::Reported | Status::Accepted => break,
                 // Placed, and its incident not written yet: being recorded
                 // right now (it counts as open), or never (a crash between
                 // the two commits).
                 Status::New if now - entry.placed_at_unix_ms < PENDING_GRACE_MS => break,
-                Status::New | Status::Rejected | Status::Duplicate => {}
+                Status::New | Status::Rejected | Status::Duplicate | Status::Transferred => {}
                 Status::Resolved | Status::Closed => {
                     closed_near.get_or_insert_with(|| entry.incident_id.clone());
                 }
@@ -644,6 +666,66 @@ impl Intake {
         Ok(self.incidents.execute(incident_id, &command, &meta(command_id, principal, now)).await?)
     }
 
+    /// Triage corrects the category: the new category and its attributes are
+    /// checked against the catalogue (latest version); the priority is the one
+    /// given, else the new category's default.
+    pub async fn reclassify(
+        &self,
+        incident_id: &str,
+        command_id: CommandKey,
+        principal: String,
+        change: Reclassification,
+    ) -> Result<CommitOutcome<IncidentEvent>, ServiceError> {
+        let Reclassification { category_code, attributes, priority, note } = change;
+        let catalogue = self.catalogue(0).await?;
+        let category = catalogue.category(&category_code).map_err(|(f, d)| ServiceError::invalid(f, d))?.clone();
+        let problems = catalogue.check_attributes(&category, &attributes);
+        if !problems.is_empty() {
+            return Err(ServiceError::invalid_all(problems));
+        }
+        let priority = priority.unwrap_or(pb::Priority::try_from(category.default_priority).unwrap_or_default());
+        self.triage(incident_id, command_id, principal.clone(), |now| IncidentCommand::Reclassify {
+            category_code: category.code.clone(),
+            catalogue_version: catalogue.version,
+            attributes,
+            emergency: category.emergency,
+            priority,
+            by: principal,
+            note,
+            now_unix_ms: now,
+        })
+        .await
+    }
+
+    /// Triage corrects where the problem is: placed again in the tree.
+    pub async fn relocate(
+        &self,
+        incident_id: &str,
+        command_id: CommandKey,
+        principal: String,
+        location: Location,
+        note: String,
+    ) -> Result<(pb::GridPath, CommitOutcome<IncidentEvent>), ServiceError> {
+        let (lat, lon, grid_path) = self.place(&location).await?;
+        let address_text = match &location {
+            Location::Address { text, .. } => text.trim().to_string(),
+            Location::Point { .. } => String::new(),
+        };
+        let path = grid_path.clone();
+        let outcome = self
+            .triage(incident_id, command_id, principal.clone(), |now| IncidentCommand::Relocate {
+                lat,
+                lon,
+                grid_path,
+                address_text,
+                by: principal,
+                note,
+                now_unix_ms: now,
+            })
+            .await?;
+        Ok((path, outcome))
+    }
+
     /// An incident's status and, for a duplicate, its original: read from the
     /// stream's leader, not a read model.
     pub async fn status_of(&self, incident_id: &str) -> Result<(Status, String), ServiceError> {
@@ -678,7 +760,7 @@ impl Intake {
             "SELECT incident_id, status, source, category_code, catalogue_version, lat, lon, district_id, street_id, \
              community_id, grid_id, micro_grid_id, description, priority, emergency, claimed_by, claim_until_ms, \
              duplicate_of, reported_at_ms, contact_ref, position, possibly_same_as, recurrence_of, closed_at_ms, \
-             address_text FROM {table} \
+             address_text, transfer_to FROM {table} \
              WHERE ($1 = '' OR district_id = $1 OR street_id = $1 OR community_id = $1 OR grid_id = $1 OR micro_grid_id = $1) \
              AND ($2 = 0 OR status = $2) AND ($3 = '' OR category_code = $3) AND ($4 = '' OR incident_id = $4) \
              ORDER BY reported_at_ms DESC, incident_id LIMIT $5"
@@ -740,6 +822,7 @@ impl Intake {
                 recurrence_of: r.recurrence_of,
                 closed_at_unix_ms: r.closed_at_ms,
                 address_text: r.address_text,
+                transfer_to: r.transfer_to,
                 // Channel data is read from the incident itself (`get`).
                 device: None,
                 partner_reference: None,
@@ -813,6 +896,11 @@ impl From<IncidentRejection> for ServiceError {
             IncidentRejection::TargetIsDuplicate { .. } => "TARGET_IS_DUPLICATE",
             IncidentRejection::TargetNotReported => return ServiceError::NotFound(r.to_string()),
             IncidentRejection::NotReported => return ServiceError::NotFound(format!("incident_id: {r}")),
+            IncidentRejection::Unchanged(_) => "UNCHANGED",
+            IncidentRejection::TransferPending(_) => "TRANSFER_PENDING",
+            IncidentRejection::NoTransfer => "NO_TRANSFER",
+            IncidentRejection::NotTheReceiver { .. } => "NOT_THE_RECEIVER",
+            IncidentRejection::TransferInstead => "TRANSFER_INSTEAD",
         };
         ServiceError::FailedPrecondition { kind: kind.into(), subject: "incident".into(), description: r.to_string() }
     }

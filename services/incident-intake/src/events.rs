@@ -32,6 +32,18 @@ pub enum IncidentEvent {
     RecurrenceNoted(pb::RecurrenceNoted),
     /// `intake.incident.duplicate_unlinked`: its original could not take it.
     DuplicateUnlinked(pb::DuplicateUnlinked),
+    /// `intake.incident.reclassified`: triage corrected the category.
+    Reclassified(pb::IncidentReclassified),
+    /// `intake.incident.relocated`: triage corrected the place.
+    Relocated(pb::IncidentRelocated),
+    /// `intake.incident.priority_reassessed`: triage set the priority.
+    PriorityReassessed(pb::PriorityReassessed),
+    /// `intake.incident.transfer_requested`: sent to the body it belongs to (转办).
+    TransferRequested(pb::TransferRequested),
+    /// `intake.incident.transfer_accepted`: the receiver took it on.
+    TransferAccepted(pb::TransferAccepted),
+    /// `intake.incident.transfer_declined`: the receiver refused it.
+    TransferDeclined(pb::TransferDeclined),
 }
 
 /// Event type names.
@@ -60,6 +72,18 @@ pub mod types {
     pub const RECURRENCE_NOTED: &str = "intake.incident.recurrence_noted";
     /// A "me too" back in triage: its original could not take it.
     pub const DUPLICATE_UNLINKED: &str = "intake.incident.duplicate_unlinked";
+    /// Triage corrected the category.
+    pub const RECLASSIFIED: &str = "intake.incident.reclassified";
+    /// Triage corrected the place.
+    pub const RELOCATED: &str = "intake.incident.relocated";
+    /// Triage set the priority.
+    pub const PRIORITY_REASSESSED: &str = "intake.incident.priority_reassessed";
+    /// Sent to the body it belongs to.
+    pub const TRANSFER_REQUESTED: &str = "intake.incident.transfer_requested";
+    /// The receiver took it on.
+    pub const TRANSFER_ACCEPTED: &str = "intake.incident.transfer_accepted";
+    /// The receiver refused it.
+    pub const TRANSFER_DECLINED: &str = "intake.incident.transfer_declined";
 }
 
 impl DomainEvent for IncidentEvent {
@@ -77,6 +101,12 @@ impl DomainEvent for IncidentEvent {
             IncidentEvent::PossibleDuplicateFlagged(_) => types::POSSIBLE_DUPLICATE_FLAGGED,
             IncidentEvent::RecurrenceNoted(_) => types::RECURRENCE_NOTED,
             IncidentEvent::DuplicateUnlinked(_) => types::DUPLICATE_UNLINKED,
+            IncidentEvent::Reclassified(_) => types::RECLASSIFIED,
+            IncidentEvent::Relocated(_) => types::RELOCATED,
+            IncidentEvent::PriorityReassessed(_) => types::PRIORITY_REASSESSED,
+            IncidentEvent::TransferRequested(_) => types::TRANSFER_REQUESTED,
+            IncidentEvent::TransferAccepted(_) => types::TRANSFER_ACCEPTED,
+            IncidentEvent::TransferDeclined(_) => types::TRANSFER_DECLINED,
         }
     }
 
@@ -94,6 +124,12 @@ impl DomainEvent for IncidentEvent {
             IncidentEvent::PossibleDuplicateFlagged(e) => e.encode_to_vec(),
             IncidentEvent::RecurrenceNoted(e) => e.encode_to_vec(),
             IncidentEvent::DuplicateUnlinked(e) => e.encode_to_vec(),
+            IncidentEvent::Reclassified(e) => e.encode_to_vec(),
+            IncidentEvent::Relocated(e) => e.encode_to_vec(),
+            IncidentEvent::PriorityReassessed(e) => e.encode_to_vec(),
+            IncidentEvent::TransferRequested(e) => e.encode_to_vec(),
+            IncidentEvent::TransferAccepted(e) => e.encode_to_vec(),
+            IncidentEvent::TransferDeclined(e) => e.encode_to_vec(),
         }
     }
 
@@ -127,6 +163,20 @@ impl DomainEvent for IncidentEvent {
             }
             types::DUPLICATE_UNLINKED => {
                 IncidentEvent::DuplicateUnlinked(pb::DuplicateUnlinked::decode(payload).map_err(err)?)
+            }
+            types::RECLASSIFIED => IncidentEvent::Reclassified(pb::IncidentReclassified::decode(payload).map_err(err)?),
+            types::RELOCATED => IncidentEvent::Relocated(pb::IncidentRelocated::decode(payload).map_err(err)?),
+            types::PRIORITY_REASSESSED => {
+                IncidentEvent::PriorityReassessed(pb::PriorityReassessed::decode(payload).map_err(err)?)
+            }
+            types::TRANSFER_REQUESTED => {
+                IncidentEvent::TransferRequested(pb::TransferRequested::decode(payload).map_err(err)?)
+            }
+            types::TRANSFER_ACCEPTED => {
+                IncidentEvent::TransferAccepted(pb::TransferAccepted::decode(payload).map_err(err)?)
+            }
+            types::TRANSFER_DECLINED => {
+                IncidentEvent::TransferDeclined(pb::TransferDeclined::decode(payload).map_err(err)?)
             }
             other => return Err(DecodeError::unknown(other, "an event type this build does not know")),
         })

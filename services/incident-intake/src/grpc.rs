@@ -8,7 +8,7 @@ use gridwork_runtime::Violations;
 use gridwork_runtime::request::{principal, read_wait};
 use tonic::{Request, Response, Status};
 
-use crate::app::{Intake, Location, ReportInput};
+use crate::app::{Intake, Location, Reclassification, ReportInput};
 use crate::domain::incident::IncidentCommand;
 
 /// The gRPC face of [`Intake`].
@@ -80,12 +80,7 @@ impl IntakeService for IntakeGrpc {
                 None
             }
             Some(pb::report_incident_request::Location::Point(p)) => {
-                if !p.lat.is_finite() || !(-90.0..=90.0).contains(&p.lat) {
-                    v.add("point.lat", "must be between -90 and 90");
-                }
-                if !p.lon.is_finite() || !(-180.0..=180.0).contains(&p.lon) {
-                    v.add("point.lon", "must be between -180 and 180");
-                }
+                point(&mut v, &p);
                 Some(Location::Point { lat: p.lat, lon: p.lon })
             }
             Some(pb::report_incident_request::Location::Address(a)) => {
@@ -106,14 +101,7 @@ impl IntakeService for IntakeGrpc {
             }
             _ => None,
         };
-        let urgency = match pb::Priority::try_from(r.urgency) {
-            Ok(pb::Priority::Unspecified) => None,
-            Ok(p) => Some(p),
-            Err(_) => {
-                v.add("urgency", "unknown priority");
-                None
-            }
-        };
+        let urgency = optional_priority(&mut v, "urgency", r.urgency);
         if r.reporter_id.len() > 128 {
             v.add("reporter_id", "must be at most 128 characters");
         }
@@ -224,6 +212,134 @@ impl IntakeService for IntakeGrpc {
             })
             .await?;
         Ok(Response::new(pb::RejectIncidentResponse { position: position(&outcome) }))
+    }
+
+    async fn reclassify_incident(
+        &self,
+        request: Request<pb::ReclassifyIncidentRequest>,
+    ) -> Result<Response<pb::ReclassifyIncidentResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id, &r);
+        let id = v.id("incident_id", &r.incident_id);
+        if r.category_code.is_empty() {
+            v.add("category_code", "is required");
+        }
+        let priority = optional_priority(&mut v, "priority", r.priority);
+        let note = v.text("note", &r.note, 1, 500);
+        v.finish()?;
+        let change = Reclassification { category_code: r.category_code, attributes: r.attributes, priority, note };
+        let outcome = self.intake.reclassify(&id, command_id, who, change).await?;
+        let accepted = outcome.events.iter().any(|e| matches!(e, crate::events::IncidentEvent::Accepted(_)));
+        Ok(Response::new(pb::ReclassifyIncidentResponse { position: position(&outcome), accepted }))
+    }
+
+    async fn relocate_incident(
+        &self,
+        request: Request<pb::RelocateIncidentRequest>,
+    ) -> Result<Response<pb::RelocateIncidentResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id, &r);
+        let id = v.id("incident_id", &r.incident_id);
+        let location = match r.location {
+            None => {
+                v.add("location", "exactly one of point or address is required");
+                None
+            }
+            Some(pb::relocate_incident_request::Location::Point(p)) => {
+                point(&mut v, &p);
+                Some(Location::Point { lat: p.lat, lon: p.lon })
+            }
+            Some(pb::relocate_incident_request::Location::Address(a)) => {
+                let text = v.text("address.text", &a.text, 1, 500);
+                let unit_id = v.id("address.unit_id", &a.unit_id);
+                Some(Location::Address { text, unit_id })
+            }
+        };
+        let note = v.text("note", &r.note, 1, 500);
+        let location = v.finish_with(location, "location")?;
+        let (path, outcome) = self.intake.relocate(&id, command_id, who, location, note).await?;
+        Ok(Response::new(pb::RelocateIncidentResponse { position: position(&outcome), grid_path: Some(path) }))
+    }
+
+    async fn reassess_priority(
+        &self,
+        request: Request<pb::ReassessPriorityRequest>,
+    ) -> Result<Response<pb::ReassessPriorityResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id, &r);
+        let id = v.id("incident_id", &r.incident_id);
+        let priority = optional_priority(&mut v, "priority", r.priority);
+        if priority.is_none() {
+            v.add("priority", "is required");
+        }
+        let reason = v.text("reason", &r.reason, 1, 500);
+        let priority = v.finish_with(priority, "priority")?;
+        let outcome = self
+            .intake
+            .triage(&id, command_id, who.clone(), |now| IncidentCommand::ReassessPriority {
+                priority,
+                by: who,
+                reason,
+                now_unix_ms: now,
+            })
+            .await?;
+        Ok(Response::new(pb::ReassessPriorityResponse { position: position(&outcome) }))
+    }
+
+    async fn transfer_incident(
+        &self,
+        request: Request<pb::TransferIncidentRequest>,
+    ) -> Result<Response<pb::TransferIncidentResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id, &r);
+        let id = v.id("incident_id", &r.incident_id);
+        let to = receiver(&mut v, "to", &r.to);
+        let reason = v.text("reason", &r.reason, 1, 500);
+        v.finish()?;
+        let outcome = self
+            .intake
+            .triage(&id, command_id, who.clone(), |now| IncidentCommand::Transfer {
+                to,
+                reason,
+                by: who,
+                now_unix_ms: now,
+            })
+            .await?;
+        Ok(Response::new(pb::TransferIncidentResponse { position: position(&outcome) }))
+    }
+
+    async fn answer_transfer(
+        &self,
+        request: Request<pb::AnswerTransferRequest>,
+    ) -> Result<Response<pb::AnswerTransferResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id, &r);
+        let id = v.id("incident_id", &r.incident_id);
+        let as_receiver = receiver(&mut v, "as_receiver", &r.as_receiver);
+        // A refusal says why; an acceptance may give the receiver's reference.
+        let note = v.text("note", &r.note, if r.accept { 0 } else { 1 }, 500);
+        v.finish()?;
+        let outcome = self
+            .intake
+            .triage(&id, command_id, who.clone(), |now| IncidentCommand::AnswerTransfer {
+                as_receiver,
+                accept: r.accept,
+                note,
+                by: who,
+                now_unix_ms: now,
+            })
+            .await?;
+        Ok(Response::new(pb::AnswerTransferResponse { position: position(&outcome) }))
     }
 
     async fn mark_duplicate(
@@ -372,4 +488,38 @@ mod channel {
         }
         media
     }
+}
+
+/// A priority, or none for "unspecified".
+fn optional_priority(v: &mut Violations, field: &str, p: i32) -> Option<pb::Priority> {
+    match pb::Priority::try_from(p) {
+        Ok(pb::Priority::Unspecified) => None,
+        Ok(p) => Some(p),
+        Err(_) => {
+            v.add(field, "unknown priority");
+            None
+        }
+    }
+}
+
+/// A point's coordinates.
+fn point(v: &mut Violations, p: &pb::GeoPoint) {
+    if !p.lat.is_finite() || !(-90.0..=90.0).contains(&p.lat) {
+        v.add("point.lat", "must be between -90 and 90");
+    }
+    if !p.lon.is_finite() || !(-180.0..=180.0).contains(&p.lon) {
+        v.add("point.lon", "must be between -180 and 180");
+    }
+}
+
+/// A receiving body: KIND:ID, each of [a-z0-9-].
+fn receiver(v: &mut Violations, field: &str, s: &str) -> String {
+    let ok = |t: &str| {
+        !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    match s.split_once(':') {
+        Some((kind, id)) if ok(kind) && ok(id) => {}
+        _ => v.add(field, "must be KIND:ID of [a-z0-9-], e.g. district:hx or utility:state-grid"),
+    }
+    s.to_string()
 }

@@ -198,7 +198,7 @@ pub const INCIDENTS: TableDef = TableDef {
               claimed_by TEXT NOT NULL, claim_until_ms BIGINT NOT NULL, duplicate_of TEXT NOT NULL, \
               reported_at_ms BIGINT NOT NULL, contact_ref TEXT NOT NULL, position BIGINT NOT NULL, \
               possibly_same_as TEXT NOT NULL, recurrence_of TEXT NOT NULL, closed_at_ms BIGINT NOT NULL, \
-              address_text TEXT NOT NULL)",
+              address_text TEXT NOT NULL, transfer_to TEXT NOT NULL)",
     indexes: &["grid_id, status", "category_code, status", "reported_at_ms", "duplicate_of"],
 };
 
@@ -231,9 +231,9 @@ impl Projection for Incidents {
 
     /// 2: the case's outcome (resolved, closed), possible duplicates and
     /// recurrences. 3: the address text; "me too" reports given back to
-    /// triage.
+    /// triage. 4: triage's corrections and transfers (`transfer_to`).
     fn version(&self) -> u32 {
-        3
+        4
     }
 
     async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
@@ -276,6 +276,32 @@ impl Projection for Incidents {
                     "duplicate_unlinked",
                     format!("back to triage: {} could not take it ({})", u.of_incident_id, u.reason),
                 ),
+                IncidentEvent::Reclassified(r) => (
+                    "reclassified",
+                    format!("reclassified by {}: {} → {} ({})", r.by, r.from_category_code, r.category_code, r.note),
+                ),
+                IncidentEvent::Relocated(r) => {
+                    let path = r.grid_path.clone().unwrap_or_default();
+                    ("relocated", format!("relocated by {} to {} ({})", r.by, path.micro_grid_id, r.note))
+                }
+                IncidentEvent::PriorityReassessed(p) => (
+                    "priority_reassessed",
+                    format!("priority set by {}: {} → {} ({})", p.by, p.from, p.priority, p.reason),
+                ),
+                IncidentEvent::TransferRequested(t) => {
+                    ("transfer_requested", format!("transfer to {} requested by {}: {}", t.to, t.by, t.reason))
+                }
+                IncidentEvent::TransferAccepted(t) => (
+                    "transfer_accepted",
+                    format!(
+                        "{} accepted the transfer{}",
+                        t.to,
+                        if t.reference.is_empty() { String::new() } else { format!(" as {}", t.reference) }
+                    ),
+                ),
+                IncidentEvent::TransferDeclined(t) => {
+                    ("transfer_declined", format!("{} declined the transfer: {}; back in triage", t.to, t.reason))
+                }
             };
             match event {
                 IncidentEvent::Reported(r) => {
@@ -284,9 +310,9 @@ impl Projection for Incidents {
                         "INSERT INTO {incidents} (incident_id, status, source, category_code, catalogue_version, lat, lon, \
                          district_id, street_id, community_id, grid_id, micro_grid_id, description, priority, emergency, \
                          claimed_by, claim_until_ms, duplicate_of, reported_at_ms, contact_ref, position, \
-                         possibly_same_as, recurrence_of, closed_at_ms, address_text) \
+                         possibly_same_as, recurrence_of, closed_at_ms, address_text, transfer_to) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, '', 0, '', $16, $17, $18, \
-                         '', '', 0, $19)"
+                         '', '', 0, $19, '')"
                     )))
                     .bind(id)
                     .bind(status_number(pb::IncidentStatus::Reported))
@@ -359,6 +385,47 @@ impl Projection for Incidents {
                     })
                     .await?
                 }
+                IncidentEvent::Reclassified(r) => {
+                    let set = "category_code = $3, catalogue_version = $4, emergency = $5, priority = $6";
+                    update(tx, &incidents, id, position, set, |q| {
+                        q.bind(r.category_code.clone())
+                            .bind(i64::from(r.catalogue_version))
+                            .bind(i64::from(r.emergency))
+                            .bind(i64::from(r.priority))
+                    })
+                    .await?
+                }
+                IncidentEvent::Relocated(r) => {
+                    let path = r.grid_path.clone().unwrap_or_default();
+                    let set = "lat = $3, lon = $4, district_id = $5, street_id = $6, community_id = $7, grid_id = $8, \
+                               micro_grid_id = $9, address_text = $10";
+                    update(tx, &incidents, id, position, set, |q| {
+                        q.bind(r.lat)
+                            .bind(r.lon)
+                            .bind(path.district_id)
+                            .bind(path.street_id)
+                            .bind(path.community_id)
+                            .bind(path.grid_id)
+                            .bind(path.micro_grid_id)
+                            .bind(r.address_text.clone())
+                    })
+                    .await?
+                }
+                IncidentEvent::PriorityReassessed(p) => {
+                    update(tx, &incidents, id, position, "priority = $3", |q| q.bind(i64::from(p.priority))).await?
+                }
+                IncidentEvent::TransferRequested(t) => {
+                    update(tx, &incidents, id, position, "transfer_to = $3", |q| q.bind(t.to.clone())).await?
+                }
+                IncidentEvent::TransferAccepted(_) => {
+                    update(tx, &incidents, id, position, "status = $3, claimed_by = '', claim_until_ms = 0", |q| {
+                        q.bind(status_number(pb::IncidentStatus::Transferred))
+                    })
+                    .await?
+                }
+                IncidentEvent::TransferDeclined(_) => {
+                    update(tx, &incidents, id, position, "transfer_to = ''", |q| q).await?
+                }
             }
             sqlx::query(AssertSqlSafe(format!(
                 "INSERT INTO {history} (incident_id, sequence, idx, at_ms, event_type, summary, principal) \
@@ -409,7 +476,7 @@ async fn set_status(
     position: i64,
     status: pb::IncidentStatus,
 ) -> Result<(), ApplyError> {
-    update(tx, table, id, position, "status = $3, claimed_by = '', claim_until_ms = 0", |q| {
+    update(tx, table, id, position, "status = $3, claimed_by = '', claim_until_ms = 0, transfer_to = ''", |q| {
         q.bind(status_number(status))
     })
     .await

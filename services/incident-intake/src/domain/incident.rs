@@ -39,6 +39,8 @@ pub enum Status {
     Resolved,
     /// Accepted, and dispatch's case has closed.
     Closed,
+    /// Transferred to the body it belongs to, which accepted it (转办).
+    Transferred,
 }
 
 impl Status {
@@ -52,6 +54,7 @@ impl Status {
             Status::Duplicate => "duplicate",
             Status::Resolved => "resolved",
             Status::Closed => "closed",
+            Status::Transferred => "transferred",
         }
     }
 }
@@ -82,6 +85,8 @@ pub struct Incident {
     pub duplicate_of: String,
     /// `dispatch_sequence` of the last case outcome followed (0 if none).
     pub case_sequence: u64,
+    /// Where a transfer is pending to, or went ("" if none).
+    pub transfer_to: String,
 }
 
 /// The incident of the same category that a new report lies near, as the
@@ -195,6 +200,78 @@ pub enum IncidentCommand {
         /// Why the link failed.
         reason: String,
     },
+    /// Triage corrects the category (the new category and attributes already
+    /// checked against the catalogue).
+    Reclassify {
+        /// The new category.
+        category_code: String,
+        /// The catalogue version checked against.
+        catalogue_version: u32,
+        /// Attributes for it.
+        attributes: Vec<pb::AttributeValue>,
+        /// Whether it is an emergency.
+        emergency: bool,
+        /// The priority from now.
+        priority: pb::Priority,
+        /// Who.
+        by: String,
+        /// Why.
+        note: String,
+        /// Now.
+        now_unix_ms: i64,
+    },
+    /// Triage corrects where the problem is (already placed).
+    Relocate {
+        /// Latitude.
+        lat: f64,
+        /// Longitude.
+        lon: f64,
+        /// The new placement.
+        grid_path: pb::GridPath,
+        /// Address text ("" for a point).
+        address_text: String,
+        /// Who.
+        by: String,
+        /// Why.
+        note: String,
+        /// Now.
+        now_unix_ms: i64,
+    },
+    /// Triage sets the priority, up or down.
+    ReassessPriority {
+        /// The priority.
+        priority: pb::Priority,
+        /// Who.
+        by: String,
+        /// Why.
+        reason: String,
+        /// Now.
+        now_unix_ms: i64,
+    },
+    /// Triage sends the report to the body it belongs to (转办).
+    Transfer {
+        /// The receiving body.
+        to: String,
+        /// Why.
+        reason: String,
+        /// Who.
+        by: String,
+        /// Now.
+        now_unix_ms: i64,
+    },
+    /// The receiver answers a transfer.
+    AnswerTransfer {
+        /// The body answering.
+        as_receiver: String,
+        /// Accept or decline.
+        accept: bool,
+        /// The receiver's reference, or why it declines.
+        note: String,
+        /// Who.
+        by: String,
+        /// Now.
+        now_unix_ms: i64,
+    },
     /// Link a "me too" report to this open incident.
     LinkReport {
         /// The other report's incident id.
@@ -247,6 +324,26 @@ pub enum IncidentRejection {
     /// A case outcome for an incident that was never accepted.
     #[error("incident is {}, and was never accepted for dispatch", .0.label())]
     NotAccepted(Status),
+    /// A correction that changes nothing.
+    #[error("nothing to change: the {0} is already that")]
+    Unchanged(String),
+    /// A second transfer while one is pending.
+    #[error("a transfer to {0} is pending: wait for its answer")]
+    TransferPending(String),
+    /// An answer with no transfer pending.
+    #[error("no transfer is pending")]
+    NoTransfer,
+    /// An answer from a body the transfer does not name.
+    #[error("the transfer is to {to}, not to this body")]
+    NotTheReceiver {
+        /// The body named.
+        to: String,
+    },
+    /// Out of jurisdiction is no reason to close a report: transfer it.
+    #[error(
+        "a report for another body is transferred (TransferIncident), not rejected: the first receiver stays responsible until it is accepted"
+    )]
+    TransferInstead,
 }
 
 fn next_priority(p: i32) -> i32 {
@@ -370,6 +467,9 @@ impl Aggregate for Incident {
             }
             IncidentCommand::Reject { by, reason, note, now_unix_ms } => {
                 self.triage_guard(by, *now_unix_ms)?;
+                if *reason == pb::RejectionReason::OutOfJurisdiction {
+                    return Err(IncidentRejection::TransferInstead);
+                }
                 Ok(vec![IncidentEvent::Rejected(pb::IncidentRejected {
                     by: by.clone(),
                     reason: *reason as i32,
@@ -408,6 +508,107 @@ impl Aggregate for Incident {
                     reason: reason.clone(),
                 })])
             }
+            IncidentCommand::Reclassify {
+                category_code,
+                catalogue_version,
+                attributes,
+                emergency,
+                priority,
+                by,
+                note,
+                now_unix_ms,
+            } => {
+                self.triage_guard(by, *now_unix_ms)?;
+                let report = self.report.as_ref().ok_or(IncidentRejection::NotReported)?;
+                if report.category_code == *category_code && report.attributes == *attributes {
+                    return Err(IncidentRejection::Unchanged("category".into()));
+                }
+                let mut events = vec![IncidentEvent::Reclassified(pb::IncidentReclassified {
+                    from_category_code: report.category_code.clone(),
+                    category_code: category_code.clone(),
+                    catalogue_version: *catalogue_version,
+                    attributes: attributes.clone(),
+                    emergency: *emergency,
+                    priority: *priority as i32,
+                    by: by.clone(),
+                    note: note.clone(),
+                })];
+                // An emergency found in triage is dispatched at once, as if
+                // reported as one.
+                if *emergency {
+                    events.push(IncidentEvent::Accepted(pb::IncidentAccepted {
+                        by: by.clone(),
+                        at_unix_ms: *now_unix_ms,
+                        automatic: true,
+                    }));
+                }
+                Ok(events)
+            }
+            IncidentCommand::Relocate { lat, lon, grid_path, address_text, by, note, now_unix_ms } => {
+                self.triage_guard(by, *now_unix_ms)?;
+                let report = self.report.as_ref().ok_or(IncidentRejection::NotReported)?;
+                if report.lat == *lat && report.lon == *lon && report.address_text == *address_text {
+                    return Err(IncidentRejection::Unchanged("location".into()));
+                }
+                Ok(vec![IncidentEvent::Relocated(pb::IncidentRelocated {
+                    lat: *lat,
+                    lon: *lon,
+                    grid_path: Some(grid_path.clone()),
+                    address_text: address_text.clone(),
+                    by: by.clone(),
+                    note: note.clone(),
+                })])
+            }
+            IncidentCommand::ReassessPriority { priority, by, reason, now_unix_ms } => {
+                self.triage_guard(by, *now_unix_ms)?;
+                if self.priority == *priority as i32 {
+                    return Err(IncidentRejection::Unchanged("priority".into()));
+                }
+                Ok(vec![IncidentEvent::PriorityReassessed(pb::PriorityReassessed {
+                    from: self.priority,
+                    priority: *priority as i32,
+                    by: by.clone(),
+                    reason: reason.clone(),
+                })])
+            }
+            IncidentCommand::Transfer { to, reason, by, now_unix_ms } => {
+                self.triage_guard(by, *now_unix_ms)?;
+                if !self.transfer_to.is_empty() {
+                    return Err(IncidentRejection::TransferPending(self.transfer_to.clone()));
+                }
+                Ok(vec![IncidentEvent::TransferRequested(pb::TransferRequested {
+                    to: to.clone(),
+                    reason: reason.clone(),
+                    by: by.clone(),
+                    at_unix_ms: *now_unix_ms,
+                })])
+            }
+            IncidentCommand::AnswerTransfer { as_receiver, accept, note, by, now_unix_ms } => {
+                // Pending only while the first receiver still holds it in
+                // triage: once it accepted or closed the report itself, there
+                // is nothing to answer.
+                if self.status != Status::Reported || self.transfer_to.is_empty() {
+                    return Err(IncidentRejection::NoTransfer);
+                }
+                if self.transfer_to != *as_receiver {
+                    return Err(IncidentRejection::NotTheReceiver { to: self.transfer_to.clone() });
+                }
+                Ok(vec![if *accept {
+                    IncidentEvent::TransferAccepted(pb::TransferAccepted {
+                        to: as_receiver.clone(),
+                        by: by.clone(),
+                        reference: note.clone(),
+                        at_unix_ms: *now_unix_ms,
+                    })
+                } else {
+                    IncidentEvent::TransferDeclined(pb::TransferDeclined {
+                        to: as_receiver.clone(),
+                        by: by.clone(),
+                        reason: note.clone(),
+                        at_unix_ms: *now_unix_ms,
+                    })
+                }])
+            }
             IncidentCommand::LinkReport { report_id, now_unix_ms, escalate_after } => {
                 // A resolved case awaits its rating: a report now says the fix
                 // did not hold, a recurrence, not a "me too" closed unseen.
@@ -445,19 +646,47 @@ impl Aggregate for Incident {
                 self.claim = Some(Claim { by: e.by.clone(), until_unix_ms: e.until_unix_ms });
             }
             IncidentEvent::ClaimBroken(_) => self.claim = None,
+            // The first receiver decided itself: a pending transfer lapses.
             IncidentEvent::Accepted(_) => {
                 self.status = Status::Accepted;
                 self.claim = None;
+                self.transfer_to.clear();
             }
             IncidentEvent::Rejected(_) => {
                 self.status = Status::Rejected;
                 self.claim = None;
+                self.transfer_to.clear();
             }
             IncidentEvent::MarkedDuplicate(e) => {
                 self.status = Status::Duplicate;
                 self.duplicate_of.clone_from(&e.of_incident_id);
                 self.claim = None;
+                self.transfer_to.clear();
             }
+            IncidentEvent::Reclassified(e) => {
+                if let Some(r) = self.report.as_mut() {
+                    r.category_code.clone_from(&e.category_code);
+                    r.catalogue_version = e.catalogue_version;
+                    r.attributes.clone_from(&e.attributes);
+                    r.emergency = e.emergency;
+                }
+                self.priority = e.priority;
+            }
+            IncidentEvent::Relocated(e) => {
+                if let Some(r) = self.report.as_mut() {
+                    r.lat = e.lat;
+                    r.lon = e.lon;
+                    r.grid_path.clone_from(&e.grid_path);
+                    r.address_text.clone_from(&e.address_text);
+                }
+            }
+            IncidentEvent::PriorityReassessed(e) => self.priority = e.priority,
+            IncidentEvent::TransferRequested(e) => self.transfer_to.clone_from(&e.to),
+            IncidentEvent::TransferAccepted(_) => {
+                self.status = Status::Transferred;
+                self.claim = None;
+            }
+            IncidentEvent::TransferDeclined(_) => self.transfer_to.clear(),
             IncidentEvent::DuplicateUnlinked(_) => {
                 self.status = Status::Reported;
                 self.duplicate_of.clear();
@@ -488,6 +717,7 @@ impl Aggregate for Incident {
             Status::Duplicate => 4,
             Status::Resolved => 5,
             Status::Closed => 6,
+            Status::Transferred => 7,
         };
         pb::IncidentState {
             report: self.report.clone(),
@@ -498,6 +728,7 @@ impl Aggregate for Incident {
             linked: self.linked.clone(),
             case_sequence: self.case_sequence,
             duplicate_of: self.duplicate_of.clone(),
+            transfer_to: self.transfer_to.clone(),
         }
         .encode_to_vec()
     }
@@ -512,6 +743,7 @@ impl Aggregate for Incident {
             4 => Status::Duplicate,
             5 => Status::Resolved,
             6 => Status::Closed,
+            7 => Status::Transferred,
             other => return Err(DecodeError::new("incident state", format!("unknown status {other}"))),
         };
         let claim = (!s.claim_by.is_empty()).then_some(Claim { by: s.claim_by, until_unix_ms: s.claim_until_unix_ms });
@@ -523,6 +755,7 @@ impl Aggregate for Incident {
             linked: s.linked,
             case_sequence: s.case_sequence,
             duplicate_of: s.duplicate_of,
+            transfer_to: s.transfer_to,
         })
     }
 }
@@ -555,6 +788,142 @@ mod tests {
 
     fn claimed(by: &str, until: i64) -> IncidentEvent {
         IncidentEvent::Claimed(pb::IncidentClaimed { by: by.into(), until_unix_ms: until })
+    }
+
+    fn reclassify(category: &str, emergency: bool) -> IncidentCommand {
+        IncidentCommand::Reclassify {
+            category_code: category.into(),
+            catalogue_version: 1,
+            attributes: vec![],
+            emergency,
+            priority: pb::Priority::Urgent,
+            by: "triage-1".into(),
+            note: "the caller smelled smoke".into(),
+            now_unix_ms: 5_000,
+        }
+    }
+
+    fn transfer(to: &str) -> IncidentCommand {
+        IncidentCommand::Transfer {
+            to: to.into(),
+            reason: "the address is in the next district".into(),
+            by: "triage-1".into(),
+            now_unix_ms: 5_000,
+        }
+    }
+
+    fn answer(as_receiver: &str, accept: bool) -> IncidentCommand {
+        IncidentCommand::AnswerTransfer {
+            as_receiver: as_receiver.into(),
+            accept,
+            note: "HX-88".into(),
+            by: "hx-triage".into(),
+            now_unix_ms: 6_000,
+        }
+    }
+
+    fn transferred(to: &str) -> IncidentEvent {
+        IncidentEvent::TransferRequested(pb::TransferRequested {
+            to: to.into(),
+            reason: "the address is in the next district".into(),
+            by: "triage-1".into(),
+            at_unix_ms: 5_000,
+        })
+    }
+
+    fn accepted() -> IncidentEvent {
+        IncidentEvent::Accepted(pb::IncidentAccepted { by: "triage-1".into(), at_unix_ms: 5_000, automatic: false })
+    }
+
+    #[test]
+    fn triage_corrects_the_category_and_an_emergency_found_so_is_dispatched_at_once() {
+        given::<Incident>([reported()]).when(reclassify("fire", true)).then_with(|events| {
+            assert!(matches!(&events[0], IncidentEvent::Reclassified(r) if r.from_category_code == "fire-hazard"));
+            assert!(matches!(&events[1], IncidentEvent::Accepted(a) if a.automatic));
+        });
+        let state = given::<Incident>([reported()]).state().clone().evolve(&IncidentEvent::Reclassified(
+            pb::IncidentReclassified { category_code: "sanitation".into(), priority: 2, ..Default::default() },
+        ));
+        assert_eq!(state.report.expect("report").category_code, "sanitation");
+        assert_eq!(state.priority, 2);
+        given::<Incident>([reported()])
+            .when(reclassify("fire-hazard", false))
+            .then_expect_error(IncidentRejection::Unchanged("category".into()));
+        // Dispatch owns it once accepted: triage corrects nothing more.
+        given::<Incident>([reported(), accepted()])
+            .when(reclassify("sanitation", false))
+            .then_expect_error(IncidentRejection::NotAwaitingTriage(Status::Accepted));
+        // Another's live claim is respected.
+        given::<Incident>([reported(), claimed("triage-2", 9_000)])
+            .when(reclassify("sanitation", false))
+            .then_expect_error(IncidentRejection::ClaimedByOther { by: "triage-2".into(), until_unix_ms: 9_000 });
+    }
+
+    #[test]
+    fn triage_sets_the_priority_up_or_down_but_not_to_what_it_is() {
+        let lower = |p| IncidentCommand::ReassessPriority {
+            priority: p,
+            by: "triage-1".into(),
+            reason: "no one at risk".into(),
+            now_unix_ms: 5_000,
+        };
+        given::<Incident>([reported()]).when(lower(pb::Priority::Low)).then_expect_events([
+            IncidentEvent::PriorityReassessed(pb::PriorityReassessed {
+                from: pb::Priority::High as i32,
+                priority: pb::Priority::Low as i32,
+                by: "triage-1".into(),
+                reason: "no one at risk".into(),
+            }),
+        ]);
+        given::<Incident>([reported()])
+            .when(lower(pb::Priority::High))
+            .then_expect_error(IncidentRejection::Unchanged("priority".into()));
+    }
+
+    #[test]
+    fn a_transfer_stays_with_the_first_receiver_until_the_receiver_accepts() {
+        given::<Incident>([reported()]).when(transfer("district:hx")).then_expect_events([transferred("district:hx")]);
+        let pending = [reported(), transferred("district:hx")];
+        given::<Incident>(pending.clone())
+            .when(transfer("utility:gas"))
+            .then_expect_error(IncidentRejection::TransferPending("district:hx".into()));
+        given::<Incident>(pending.clone())
+            .when(answer("district:zz", true))
+            .then_expect_error(IncidentRejection::NotTheReceiver { to: "district:hx".into() });
+        given::<Incident>([reported()])
+            .when(answer("district:hx", true))
+            .then_expect_error(IncidentRejection::NoTransfer);
+        let accepted_there = given::<Incident>(pending.clone()).state().clone().evolve(
+            &IncidentEvent::TransferAccepted(pb::TransferAccepted { to: "district:hx".into(), ..Default::default() }),
+        );
+        assert_eq!(accepted_there.status, Status::Transferred);
+        given::<Incident>(pending.clone()).when(answer("district:hx", false)).then_with(|events| {
+            assert!(matches!(&events[0], IncidentEvent::TransferDeclined(d) if d.reason == "HX-88"));
+        });
+        let declined = given::<Incident>(pending.clone()).state().clone().evolve(&IncidentEvent::TransferDeclined(
+            pb::TransferDeclined { to: "district:hx".into(), ..Default::default() },
+        ));
+        assert_eq!((declined.status, declined.transfer_to.as_str()), (Status::Reported, ""));
+        // Still responsible, the first receiver may decide itself; the
+        // transfer then has nothing to answer.
+        let mut decided = pending.to_vec();
+        decided.push(accepted());
+        given::<Incident>(decided).when(answer("district:hx", true)).then_expect_error(IncidentRejection::NoTransfer);
+        // And the state survives a snapshot.
+        let state = given::<Incident>(pending).state().clone();
+        assert_eq!(Incident::decode_state(&state.encode_state()).expect("decodes"), state);
+    }
+
+    #[test]
+    fn a_report_for_another_body_is_transferred_not_rejected() {
+        given::<Incident>([reported()])
+            .when(IncidentCommand::Reject {
+                by: "triage-1".into(),
+                reason: pb::RejectionReason::OutOfJurisdiction,
+                note: String::new(),
+                now_unix_ms: 5_000,
+            })
+            .then_expect_error(IncidentRejection::TransferInstead);
     }
 
     #[test]
