@@ -811,11 +811,17 @@ async fn the_rulebook_is_data_checked_as_a_whole_and_a_new_emergency_category_su
     });
     v1.note = "gas leaks".into();
     assert_eq!(publish(&mut m, v1.clone(), 0).await.expect("published"), 1);
-    // Publishing over a version someone else replaced is refused.
-    let e = publish(&mut m, v1.clone(), 0).await.expect_err("stale");
+    // Publishing over a version someone else replaced is refused, even a
+    // change of its own; the same content read back is no new version.
+    let mut edited = v1.clone();
+    edited.sla.as_mut().expect("sla").rating_window_days = 10;
+    let e = publish(&mut m, edited, 0).await.expect_err("stale");
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     let in_force = rulebook(&mut m).await;
     assert_eq!((in_force.version, in_force.note.as_str()), (1, "gas leaks"));
+    let e = publish(&mut m, in_force.clone(), 1).await.expect_err("unchanged");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("unchanged"), "{e:?}");
 
     // The catalogue gains two emergency categories; only one has a rule of its own.
     add_emergency_categories(&mut m, &["gas-leak", "chemical-spill"]).await;
@@ -1271,7 +1277,53 @@ async fn a_transfer_stays_in_triage_until_the_receiver_accepts_and_a_refusal_bri
     let i = incident(&mut m, &id, accepted.position.expect("pos").sequence).await;
     assert_eq!((i.status, i.transfer_to.as_str()), (intake_pb::IncidentStatus::Transferred as i32, "district:hx"));
     assert!(i.history.iter().any(|h| h.summary.contains("HX-20260302-7")), "{:?}", i.history);
-    // Nothing for dispatch here.
+    // The receiver's queue lists it.
+    let queue = m
+        .intake
+        .list_incidents(intake_pb::ListIncidentsRequest {
+            transfer_to: "district:hx".into(),
+            min_position: accepted.position.expect("pos").sequence,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .incidents;
+    assert_eq!(queue.iter().map(|i| i.incident_id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
+
+    // A transfer the first receiver then decides itself lapses, visibly.
+    let other = reported_at(&mut m, "neighbour-dispute", 1.5, 0.5, intake_pb::Priority::Normal).await;
+    m.intake
+        .transfer_incident(intake_pb::TransferIncidentRequest {
+            command_id: uuid(),
+            incident_id: other.incident_id.clone(),
+            to: "district:hx".into(),
+            reason: "maybe theirs".into(),
+        })
+        .await
+        .expect("transfer");
+    let a = m
+        .intake
+        .accept_incident(intake_pb::AcceptIncidentRequest {
+            command_id: uuid(),
+            incident_id: other.incident_id.clone(),
+        })
+        .await
+        .expect("accepted here after all")
+        .into_inner();
+    let i = incident(&mut m, &other.incident_id, a.position.expect("pos").sequence).await;
+    assert_eq!(i.transfer_to, "");
+    assert!(i.history.iter().any(|h| h.event_type == "transfer_withdrawn"), "{:?}", i.history);
+    let late = intake_pb::AnswerTransferRequest {
+        command_id: uuid(),
+        incident_id: other.incident_id.clone(),
+        as_receiver: "district:hx".into(),
+        accept: true,
+        note: String::new(),
+    };
+    assert_eq!(m.intake.answer_transfer(late).await.expect_err("lapsed").code(), Code::FailedPrecondition);
+    // Its case opens here; the transferred one has none.
+    case_opened(&mut m, &other.incident_id).await;
     let e = m.dispatch.get_case(pb::GetCaseRequest { case_id: id.clone(), ..Default::default() }).await;
     assert_eq!(e.expect_err("no case").code(), Code::NotFound);
 }

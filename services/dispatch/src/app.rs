@@ -84,7 +84,13 @@ impl Dispatch {
         owner: &gridwork_proto::gridwork::dispatch::v1::Owner,
     ) -> Result<(), ServiceError> {
         let mut conn = self.store.pool().acquire().await?;
-        let found = crate::grid::unit(&mut conn, &owner.id).await?;
+        let mut found = crate::grid::unit(&mut conn, &owner.id).await?;
+        if found.is_none() {
+            // Registered a moment ago, perhaps: let the copy reach the head of
+            // GRID (bounded) before calling it unknown.
+            self.grid.wait_for_stream_head(Duration::from_secs(2)).await?;
+            found = crate::grid::unit(&mut conn, &owner.id).await?;
+        }
         let tier = gridwork_proto::gridwork::dispatch::v1::Tier::try_from(owner.tier).unwrap_or_default();
         match found {
             None => Err(ServiceError::invalid(field, format!("unit {} is not in the organisation tree", owner.id))),
@@ -245,7 +251,9 @@ impl Dispatch {
             let command_id = CommandKey { id: format!("escalate-{deadline_id}"), request_digest: 0 };
             // Escalation goes to the rung above whoever holds the case now, as
             // the tree stands.
-            let holder = self.cases.load(&case_id).await?.state.owner;
+            // From the leader: another replica may have moved the case since
+            // this one's cached copy (an `above` for a former holder is ignored).
+            let holder = self.cases.load_current(&case_id).await?.state.owner;
             let above = self.above(holder.as_ref()).await?;
             match self
                 .act(&case_id, command_id, "service:dispatch-scheduler".into(), |clock| CaseCommand::FireDeadline {

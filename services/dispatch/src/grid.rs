@@ -34,6 +34,11 @@ impl Projection for GridCopy {
         &[UNITS]
     }
 
+    /// 2: certificate days normalised to YYYY-MM-DD.
+    fn version(&self) -> u32 {
+        2
+    }
+
     /// Another context's stream: an event type added there is not this
     /// service's business until it is taught to read it.
     fn unknown_events(&self) -> UnknownEvents {
@@ -66,12 +71,12 @@ impl Projection for GridCopy {
                 "grid.unit.head_appointed" => {
                     let h =
                         grid_pb::HeadAppointed::decode(e.payload.as_slice()).map_err(decode)?.head.unwrap_or_default();
-                    let expires = h.certificate.unwrap_or_default().expires_on;
+                    let expires = iso_day(&h.certificate.unwrap_or_default().expires_on);
                     ("head_person = $1, head_expires_on = $2".into(), vec![h.person_id, expires])
                 }
                 "grid.unit.head_certificate_renewed" => {
                     let r = grid_pb::HeadCertificateRenewed::decode(e.payload.as_slice()).map_err(decode)?;
-                    ("head_expires_on = $1".into(), vec![r.certificate.unwrap_or_default().expires_on])
+                    ("head_expires_on = $1".into(), vec![iso_day(&r.certificate.unwrap_or_default().expires_on)])
                 }
                 "grid.unit.head_vacated" => {
                     grid_pb::HeadVacated::decode(e.payload.as_slice()).map_err(decode)?;
@@ -92,6 +97,16 @@ impl Projection for GridCopy {
             q.bind(commit.sequence as i64).bind(unit).execute(&mut *tx).await?;
         }
         Ok(())
+    }
+}
+
+/// A day as YYYY-MM-DD, whatever ISO 8601 form the registry kept it in
+/// (`20260303` and `2026-062` read as 2026-03-03), so days compare as text;
+/// left as given if it is no date at all.
+fn iso_day(s: &str) -> String {
+    match time::Date::parse(s.trim(), &time::format_description::well_known::Iso8601::DATE) {
+        Ok(d) => format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day()),
+        Err(_) => s.to_string(),
     }
 }
 
@@ -148,4 +163,23 @@ pub async fn unit(conn: &mut AnyConnection, id: &str) -> Result<Option<UnitRow>,
     .bind(id)
     .fetch_optional(conn)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn certificate_days_in_any_iso_form_compare_as_days() {
+        assert_eq!(super::iso_day("20260303"), "2026-03-03");
+        assert_eq!(super::iso_day("2026-062"), "2026-03-03");
+        assert_eq!(super::iso_day("2026-03-03"), "2026-03-03");
+        let unit = super::UnitRow {
+            unit_id: "g".into(),
+            parent_id: "c".into(),
+            kind: 4,
+            head_person: "p".into(),
+            head_expires_on: super::iso_day("20260303"),
+        };
+        assert!(unit.no_head("2026-03-03").is_none(), "valid on its last day");
+        assert!(unit.no_head("2026-03-04").is_some());
+    }
 }

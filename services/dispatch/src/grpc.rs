@@ -489,8 +489,10 @@ impl RulebookService for RulebookGrpc {
     ) -> Result<Response<pb::GetRulebookResponse>, Status> {
         let r = request.into_inner();
         let in_force = self.dispatch.in_force().await?;
-        let current_version = in_force.rules().version;
-        let wanted = if r.version == 0 { current_version } else { r.version };
+        // The number to publish over: the last published, even one this
+        // build cannot read (the version in force is then the latest it can).
+        let current_version = in_force.book.current_version();
+        let wanted = if r.version == 0 { in_force.rules().version } else { r.version };
         let rules = in_force.version(wanted).ok_or_else(|| {
             Status::from(gridwork_runtime::ServiceError::NotFound(format!(
                 "version: rulebook version {wanted} does not exist (in force: {current_version})"

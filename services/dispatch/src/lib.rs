@@ -1,10 +1,12 @@
 //! Dispatch — in progress (issue 4): cases up and down the ladder against their
 //! deadlines.
 //!
-//! Owns the `DISPATCH` stream (subjects `dispatch.case.<incident id>`); reads
-//! `INTAKE` through its process manager ([`projection::Incoming`]), which opens a
-//! case for every accepted incident, routed by rule. A scheduler escalates missed
-//! deadlines. See ARCHITECTURE.md for what is built and what is not.
+//! Owns the `DISPATCH` stream (subjects `dispatch.case.<incident id>` and the
+//! rulebook's `dispatch.rulebook.city`); reads `INTAKE` through its process
+//! manager ([`projection::Incoming`]), which opens a case for every accepted
+//! incident, routed by the rulebook in force, and `GRID` into its own copy of
+//! the tree ([`grid::GridCopy`]). A scheduler escalates missed deadlines. See
+//! ARCHITECTURE.md for what is built and what is not.
 //!
 //! - `domain/`: the case aggregate, the working calendar, routing and SLA plans.
 //! - `events.rs`: event types and encoding.
@@ -120,8 +122,9 @@ pub struct App {
 }
 
 impl App {
-    /// Connect, provision `DISPATCH` (and `INTAKE`, which it reads), start the
-    /// process manager, the read model and (unless `tick` is zero) the scheduler.
+    /// Connect, provision `DISPATCH` (and `INTAKE` and `GRID`, which it reads),
+    /// bring the copy of the tree up to `GRID`'s head, then start the process
+    /// manager, the read model and (unless `tick` is zero) the scheduler.
     pub async fn build(common: &CommonConfig, clock: Arc<dyn Clock>, settings: Settings) -> anyhow::Result<Self> {
         let tick = settings.tick;
         let database_url = common.database_url(SERVICE);
@@ -166,6 +169,13 @@ impl App {
         let grid_copy =
             ProjectionRunner::start(runtime.js.clone(), store.clone(), grid::GridCopy, RunnerConfig::new(&grid.name))
                 .await?;
+        // Routing, escalation and the check of named owners read the copy: no
+        // case is opened or command taken before it holds the tree as it
+        // stands (a first start replays all of GRID).
+        grid_copy
+            .wait_for_stream_head(Duration::from_secs(600))
+            .await
+            .map_err(|e| anyhow::anyhow!("dispatch's copy of the organisation tree did not catch up: {e}"))?;
         let incoming = projection::Incoming { cases: cases.clone(), policy: policy.clone() };
         let incoming = ProjectionRunner::start_reactor(
             runtime.js.clone(),

@@ -136,7 +136,7 @@ impl Reactor for Incoming {
                 }
                 "intake.incident.accepted" => {
                     let accepted = intake_pb::IncidentAccepted::decode(e.payload.as_slice()).map_err(decode)?;
-                    self.open_case(tx, table, id, accepted.at_unix_ms).await?;
+                    self.open_case(tx, table, id, accepted.at_unix_ms, accepted.settled).await?;
                 }
                 _ => {}
             }
@@ -193,14 +193,33 @@ impl Incoming {
         table: &str,
         id: &str,
         accepted_at: i64,
+        settled: Option<intake_pb::AcceptedIncident>,
     ) -> Result<(), ApplyError> {
         type Row = (String, i64, i64, String, String, String, String);
-        let row: Option<Row> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT category_code, priority, emergency, district_id, street_id, community_id, grid_id FROM {table} WHERE incident_id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        // What triage settled travels with the acceptance: the case never
+        // depends on this reactor having understood every correction before it.
+        // Acceptances written before that read the reactor's own row.
+        let row: Option<Row> = match settled.filter(|s| !s.category_code.is_empty()) {
+            Some(s) => {
+                let p = s.grid_path.unwrap_or_default();
+                Some((
+                    s.category_code,
+                    i64::from(s.priority),
+                    i64::from(s.emergency),
+                    p.district_id,
+                    p.street_id,
+                    p.community_id,
+                    p.grid_id,
+                ))
+            }
+            None => sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT category_code, priority, emergency, district_id, street_id, community_id, grid_id FROM {table} \
+                     WHERE incident_id = $1"
+            )))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?,
+        };
         let (category, priority, emergency, district, street, community, grid) =
             row.ok_or_else(|| ApplyError::Invalid(format!("accepted incident {id} was never reported")))?;
         let emergency = emergency != 0;

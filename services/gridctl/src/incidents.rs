@@ -238,6 +238,14 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 out!("{id}: {as_receiver} {}", if decline { "declined; back in triage" } else { "accepted it" })
             })
         }
+        Incidents::WithdrawTransfer { id, reason } => {
+            let request = pb::WithdrawTransferRequest {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                incident_id: id.clone(),
+                reason,
+            };
+            c.withdraw_transfer(request).await.map(|_| out!("{id}: transfer withdrawn; back in triage here"))
+        }
         Incidents::Reject { id, reason, note } => {
             let request = pb::RejectIncidentRequest {
                 command_id: uuid::Uuid::now_v7().to_string(),

@@ -263,6 +263,14 @@ enum Incidents {
         #[arg(long, default_value = "")]
         note: String,
     },
+    /// Triage: take back a transfer nobody has answered.
+    WithdrawTransfer {
+        /// Incident id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
     /// Triage: reject (spam, not-governance; out of jurisdiction is a transfer).
     Reject {
         /// Incident id.

@@ -100,6 +100,23 @@ pub struct ReportInput {
     pub media: Vec<pb::MediaRef>,
 }
 
+/// Which incidents to list.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IncidentFilter<'a> {
+    /// In this unit's subtree ("" for anywhere).
+    pub unit_id: &'a str,
+    /// With this status.
+    pub status: Option<pb::IncidentStatus>,
+    /// Of this category ("" for any).
+    pub category: &'a str,
+    /// Transferred, or pending transfer, to this body ("" for any).
+    pub transfer_to: &'a str,
+    /// At most this many.
+    pub limit: u32,
+    /// Only this incident.
+    pub only_id: Option<&'a str>,
+}
+
 /// A category correction, parsed.
 #[derive(Debug, Clone)]
 pub struct Reclassification {
@@ -491,6 +508,18 @@ impl Intake {
         command_id: CommandKey,
         principal: String,
     ) -> Result<Reported, ServiceError> {
+        // A partner's reference names the incident: its feed's retry, under
+        // whatever command id, lands on the incident the first one made —
+        // answered before anything is checked again (the catalogue may have
+        // changed since).
+        let incident_id = match &input.partner_reference {
+            Some(r) => partner_incident_id(r),
+            None => command_id.id.clone(),
+        };
+        let partner = input.partner_reference.is_some();
+        if partner && let Some(earlier) = self.reported_before(&incident_id, &input).await? {
+            return Ok(earlier);
+        }
         let catalogue = self.catalogue(input.catalogue_version).await.map_err(|e| match e {
             ServiceError::NotFound(m) => ServiceError::FailedPrecondition {
                 kind: "NO_CATALOGUE".into(),
@@ -506,16 +535,6 @@ impl Intake {
         }
         let (lat, lon, grid_path) = self.place(&input.location).await?;
         let now = self.clock.now_unix_ms();
-        // A partner's reference names the incident: its feed's retry, under
-        // whatever command id, lands on the incident the first one made.
-        let incident_id = match &input.partner_reference {
-            Some(r) => partner_incident_id(r),
-            None => command_id.id.clone(),
-        };
-        let partner = input.partner_reference.is_some();
-        if partner && let Some(earlier) = self.reported_before(&incident_id).await? {
-            return Ok(earlier);
-        }
         let address_text = match &input.location {
             Location::Address { text, .. } => text.trim().to_string(),
             Location::Point { .. } => String::new(),
@@ -571,6 +590,7 @@ impl Intake {
                 }
             }
         };
+        let retry = partner.then(|| input.clone());
         let report = pb::IncidentReported {
             source: input.source as i32,
             category_code: category.code.clone(),
@@ -601,7 +621,9 @@ impl Intake {
         {
             // The racing retry of a partner reference that landed first answers.
             Err(ExecuteError::Rejected(IncidentRejection::AlreadyReported)) if partner => {
-                if let Some(earlier) = self.reported_before(&incident_id).await? {
+                if let Some(retry) = &retry
+                    && let Some(earlier) = self.reported_before(&incident_id, retry).await?
+                {
                     return Ok(earlier);
                 }
                 return Err(IncidentRejection::AlreadyReported.into());
@@ -636,11 +658,25 @@ impl Intake {
     }
 
     /// The answer for a report already recorded under `incident_id` (a
-    /// partner's reference seen before), if it is.
-    async fn reported_before(&self, incident_id: &str) -> Result<Option<Reported>, ServiceError> {
+    /// partner's reference seen before), if it is: the same report again is a
+    /// retry, answered with the incident it made; different content under the
+    /// same reference (an urging call, a re-sent ticket) is refused so the
+    /// partner knows, never taken as a retry and dropped.
+    async fn reported_before(&self, incident_id: &str, input: &ReportInput) -> Result<Option<Reported>, ServiceError> {
         let existing = self.incidents.load_current(incident_id).await?;
         if existing.state.status == Status::New {
             return Ok(None);
+        }
+        let first = existing.state.report.clone().unwrap_or_default();
+        if first.description != input.description.trim() || first.source != input.source as i32 {
+            return Err(ServiceError::FailedPrecondition {
+                kind: "PARTNER_REFERENCE_REUSED".into(),
+                subject: "partner_reference".into(),
+                description: format!(
+                    "partner_reference: reported before with other content, as incident {incident_id}: send what is new \
+                     about it to that incident, not as a new report"
+                ),
+            });
         }
         Ok(Some(Reported {
             incident_id: incident_id.to_string(),
@@ -683,7 +719,14 @@ impl Intake {
         if !problems.is_empty() {
             return Err(ServiceError::invalid_all(problems));
         }
-        let priority = priority.unwrap_or(pb::Priority::try_from(category.default_priority).unwrap_or_default());
+        // Unless triage gives one, the priority never drops by a change of
+        // category (a me-too rise or an earlier reassessment stands): the
+        // higher of the current one and the new category's default.
+        let current = self.incidents.load_current(incident_id).await?.state.priority;
+        let priority = match priority {
+            Some(p) => p,
+            None => pb::Priority::try_from(current.max(category.default_priority)).unwrap_or_default(),
+        };
         self.triage(incident_id, command_id, principal.clone(), |now| IncidentCommand::Reclassify {
             category_code: category.code.clone(),
             catalogue_version: catalogue.version,
@@ -747,14 +790,8 @@ impl Intake {
     }
 
     /// Incidents matching the filters, newest first, without history.
-    pub async fn list(
-        &self,
-        unit_id: &str,
-        status: Option<pb::IncidentStatus>,
-        category: &str,
-        limit: u32,
-        only_id: Option<&str>,
-    ) -> Result<Vec<pb::Incident>, ServiceError> {
+    pub async fn list(&self, filter: IncidentFilter<'_>) -> Result<Vec<pb::Incident>, ServiceError> {
+        let IncidentFilter { unit_id, status, category, transfer_to, limit, only_id } = filter;
         let table = Tables::Live.name(INCIDENTS.name);
         let rows: Vec<IncidentRow> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT incident_id, status, source, category_code, catalogue_version, lat, lon, district_id, street_id, \
@@ -763,6 +800,7 @@ impl Intake {
              address_text, transfer_to FROM {table} \
              WHERE ($1 = '' OR district_id = $1 OR street_id = $1 OR community_id = $1 OR grid_id = $1 OR micro_grid_id = $1) \
              AND ($2 = 0 OR status = $2) AND ($3 = '' OR category_code = $3) AND ($4 = '' OR incident_id = $4) \
+             AND ($6 = '' OR transfer_to = $6) \
              ORDER BY reported_at_ms DESC, incident_id LIMIT $5"
         )))
         .bind(unit_id)
@@ -770,6 +808,7 @@ impl Intake {
         .bind(category)
         .bind(only_id.unwrap_or(""))
         .bind(i64::from(limit))
+        .bind(transfer_to)
         .fetch_all(self.store.pool())
         .await?;
         let now = self.clock.now_unix_ms();
@@ -835,7 +874,7 @@ impl Intake {
     /// One incident with its history and linked reports.
     pub async fn get(&self, incident_id: &str) -> Result<pb::Incident, ServiceError> {
         let mut incident = self
-            .list("", None, "", 1, Some(incident_id))
+            .list(IncidentFilter { limit: 1, only_id: Some(incident_id), ..IncidentFilter::default() })
             .await?
             .pop()
             .ok_or_else(|| ServiceError::NotFound(format!("incident_id: incident {incident_id} does not exist")))?;

@@ -44,6 +44,8 @@ pub enum IncidentEvent {
     TransferAccepted(pb::TransferAccepted),
     /// `intake.incident.transfer_declined`: the receiver refused it.
     TransferDeclined(pb::TransferDeclined),
+    /// `intake.incident.transfer_withdrawn`: it lapsed unanswered.
+    TransferWithdrawn(pb::TransferWithdrawn),
 }
 
 /// Event type names.
@@ -84,6 +86,8 @@ pub mod types {
     pub const TRANSFER_ACCEPTED: &str = "intake.incident.transfer_accepted";
     /// The receiver refused it.
     pub const TRANSFER_DECLINED: &str = "intake.incident.transfer_declined";
+    /// It lapsed unanswered.
+    pub const TRANSFER_WITHDRAWN: &str = "intake.incident.transfer_withdrawn";
 }
 
 impl DomainEvent for IncidentEvent {
@@ -107,6 +111,7 @@ impl DomainEvent for IncidentEvent {
             IncidentEvent::TransferRequested(_) => types::TRANSFER_REQUESTED,
             IncidentEvent::TransferAccepted(_) => types::TRANSFER_ACCEPTED,
             IncidentEvent::TransferDeclined(_) => types::TRANSFER_DECLINED,
+            IncidentEvent::TransferWithdrawn(_) => types::TRANSFER_WITHDRAWN,
         }
     }
 
@@ -130,6 +135,7 @@ impl DomainEvent for IncidentEvent {
             IncidentEvent::TransferRequested(e) => e.encode_to_vec(),
             IncidentEvent::TransferAccepted(e) => e.encode_to_vec(),
             IncidentEvent::TransferDeclined(e) => e.encode_to_vec(),
+            IncidentEvent::TransferWithdrawn(e) => e.encode_to_vec(),
         }
     }
 
@@ -177,6 +183,9 @@ impl DomainEvent for IncidentEvent {
             }
             types::TRANSFER_DECLINED => {
                 IncidentEvent::TransferDeclined(pb::TransferDeclined::decode(payload).map_err(err)?)
+            }
+            types::TRANSFER_WITHDRAWN => {
+                IncidentEvent::TransferWithdrawn(pb::TransferWithdrawn::decode(payload).map_err(err)?)
             }
             other => return Err(DecodeError::unknown(other, "an event type this build does not know")),
         })

@@ -8,7 +8,7 @@ use gridwork_runtime::Violations;
 use gridwork_runtime::request::{principal, read_wait};
 use tonic::{Request, Response, Status};
 
-use crate::app::{Intake, Location, Reclassification, ReportInput};
+use crate::app::{IncidentFilter, Intake, Location, Reclassification, ReportInput};
 use crate::domain::incident::IncidentCommand;
 
 /// The gRPC face of [`Intake`].
@@ -316,6 +316,28 @@ impl IntakeService for IntakeGrpc {
         Ok(Response::new(pb::TransferIncidentResponse { position: position(&outcome) }))
     }
 
+    async fn withdraw_transfer(
+        &self,
+        request: Request<pb::WithdrawTransferRequest>,
+    ) -> Result<Response<pb::WithdrawTransferResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id, &r);
+        let id = v.id("incident_id", &r.incident_id);
+        let reason = v.text("reason", &r.reason, 1, 500);
+        v.finish()?;
+        let outcome = self
+            .intake
+            .triage(&id, command_id, who.clone(), |now| IncidentCommand::WithdrawTransfer {
+                by: who,
+                reason,
+                now_unix_ms: now,
+            })
+            .await?;
+        Ok(Response::new(pb::WithdrawTransferResponse { position: position(&outcome) }))
+    }
+
     async fn answer_transfer(
         &self,
         request: Request<pb::AnswerTransferRequest>,
@@ -405,7 +427,15 @@ impl IntakeService for IntakeGrpc {
         v.finish()?;
         self.intake.wait(r.min_position, wait).await?;
         let limit = if r.limit == 0 { 50 } else { r.limit };
-        let incidents = self.intake.list(&r.unit_id, status, &r.category_code, limit, None).await?;
+        let filter = IncidentFilter {
+            unit_id: &r.unit_id,
+            status,
+            category: &r.category_code,
+            transfer_to: &r.transfer_to,
+            limit,
+            only_id: None,
+        };
+        let incidents = self.intake.list(filter).await?;
         Ok(Response::new(pb::ListIncidentsResponse { incidents }))
     }
 

@@ -152,6 +152,16 @@ impl Reactor for Linker {
                         self.unlink(report_id, &id, reason.clone(), commit).await?;
                     }
                 }
+                // Taken on by another body: the reports linked to it go back to
+                // triage here, to be sent after it (or dealt with) — not left
+                // as duplicates of a report this city no longer holds.
+                IncidentEvent::TransferAccepted(t) => {
+                    let original = self.incidents.load_current(&id).await.map_err(ApplyError::from_store)?;
+                    let reason = format!("{id} was transferred to {}", t.to);
+                    for report_id in &original.state.linked {
+                        self.unlink(report_id, &id, reason.clone(), commit).await?;
+                    }
+                }
                 _ => {}
             }
         }
@@ -302,6 +312,9 @@ impl Projection for Incidents {
                 IncidentEvent::TransferDeclined(t) => {
                     ("transfer_declined", format!("{} declined the transfer: {}; back in triage", t.to, t.reason))
                 }
+                IncidentEvent::TransferWithdrawn(t) => {
+                    ("transfer_withdrawn", format!("transfer to {} withdrawn by {}: {}", t.to, t.by, t.reason))
+                }
             };
             match event {
                 IncidentEvent::Reported(r) => {
@@ -423,7 +436,7 @@ impl Projection for Incidents {
                     })
                     .await?
                 }
-                IncidentEvent::TransferDeclined(_) => {
+                IncidentEvent::TransferDeclined(_) | IncidentEvent::TransferWithdrawn(_) => {
                     update(tx, &incidents, id, position, "transfer_to = ''", |q| q).await?
                 }
             }

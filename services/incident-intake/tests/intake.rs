@@ -561,17 +561,19 @@ async fn channel_data_is_checked_kept_and_a_partner_feeds_retries_make_one_incid
     assert_eq!(i.device.expect("device").device_id, "cam-g-017");
     assert_eq!(i.media.len(), 1);
 
-    // A 12345 ticket sent three times by its feed, each time under a new
-    // command id, some at once: one incident, and the retries say so.
+    // A 12345 ticket sent six times at once by its feed, each time under a
+    // new command id (a category compared with reports nearby, so the
+    // placement races too), then once late: one incident, and the retries
+    // say so.
     let ticket = |command_id: String| pb::ReportIncidentRequest {
         command_id,
         source: pb::Source::Hotline as i32,
-        category_code: "neighbour-dispute".into(),
+        category_code: "sanitation".into(),
         location: Some(pb::report_incident_request::Location::Point(pb::GeoPoint {
             lat: Y0 + 1.5 * STEP,
             lon: X0 + 1.5 * STEP,
         })),
-        description: "noise from flat 302 every night".into(),
+        description: "rubbish piled at the gate of building 3".into(),
         partner_reference: Some(pb::PartnerReference { system: "12345".into(), reference: "T-20260301-0042".into() }),
         ..Default::default()
     };
@@ -593,8 +595,9 @@ async fn channel_data_is_checked_kept_and_a_partner_feeds_retries_make_one_incid
     assert_eq!(i.partner_reference.expect("kept").reference, "T-20260301-0042");
     let listed = c
         .list_incidents(pb::ListIncidentsRequest {
-            category_code: "neighbour-dispute".into(),
+            category_code: "sanitation".into(),
             limit: 50,
+            min_position: late.position.expect("pos").sequence,
             ..Default::default()
         })
         .await
@@ -602,6 +605,13 @@ async fn channel_data_is_checked_kept_and_a_partner_feeds_retries_make_one_incid
         .into_inner()
         .incidents;
     assert_eq!(listed.len(), 1, "one incident for one ticket: {listed:?}");
+    // The same reference with other content is not a retry: refused, so the
+    // feed knows, not answered as if it were the first.
+    let mut urging = ticket(uuid());
+    urging.description = "still there after three days".into();
+    let e = c.report_incident(urging).await.expect_err("reused reference");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("partner_reference"), "{e:?}");
     // A bad reference is named.
     let mut bad = ticket(uuid());
     bad.partner_reference = Some(pb::PartnerReference { system: "12 345".into(), reference: String::new() });

@@ -520,6 +520,11 @@ pub fn check_year(y: &pb::CalendarYear) -> Result<CalendarYear, Vec<Violation>> 
     for d in holidays.intersection(&workdays) {
         problems.push(("year.make_up_workdays".into(), format!("{d} is also a holiday")));
     }
+    // A year replaces the shipped one whole: one said to be complete with no
+    // holiday would make every statutory holiday a working day.
+    if y.complete && holidays.is_empty() {
+        problems.push(("year.holidays".into(), "a complete year lists its public holidays".into()));
+    }
     if problems.is_empty() {
         Ok(CalendarYear { year: y.year, holidays, workdays, complete: y.complete })
     } else {
@@ -578,6 +583,9 @@ pub fn calendar_with(
 pub struct Rulebook {
     /// Published versions by number (shared: a load copies pointers).
     pub versions: BTreeMap<u32, Arc<Rules>>,
+    /// The highest number ever published, readable by this build or not: the
+    /// next version is one more, so no number is given twice.
+    pub highest: u32,
     /// Published calendar years, checked and as published.
     pub years: BTreeMap<i32, (CalendarYear, pb::CalendarYear)>,
 }
@@ -634,9 +642,10 @@ impl Rulebook {
         self.versions.values().next_back()
     }
 
-    /// The number of the version in force (0: the built-in one).
+    /// The number of the last version published (0: none, the built-in one
+    /// is in force).
     pub fn current_version(&self) -> u32 {
-        self.latest().map_or(0, |r| r.version)
+        self.highest
     }
 }
 
@@ -659,7 +668,7 @@ impl Aggregate for Rulebook {
                 if *expected_version != current {
                     return Err(RulebookRejection::StaleVersion { expected: *expected_version, current });
                 }
-                let mut published = rules.to_pb();
+                let mut published = content(&rules.to_pb());
                 if self.latest().is_some_and(|l| content(&l.published) == published) {
                     return Err(RulebookRejection::Unchanged(current));
                 }
@@ -687,6 +696,7 @@ impl Aggregate for Rulebook {
         match event {
             RulebookEvent::Published(e) => {
                 let published = e.rulebook.clone().unwrap_or_default();
+                self.highest = self.highest.max(published.version);
                 // Checked before it was published; a version a later build reads
                 // differently keeps its place in the numbering but is not used.
                 if let Ok(rules) = check(&published) {
@@ -707,13 +717,14 @@ impl Aggregate for Rulebook {
         pb::RulebookState {
             versions: self.versions.values().map(|r| r.published.clone()).collect(),
             years: self.years.values().map(|(_, p)| p.clone()).collect(),
+            highest: self.highest,
         }
         .encode_to_vec()
     }
 
     fn decode_state(bytes: &[u8]) -> Result<Self, DecodeError> {
         let state = pb::RulebookState::decode(bytes).map_err(|e| DecodeError::new("rulebook state", e))?;
-        let mut book = Rulebook::default();
+        let mut book = Rulebook { highest: state.highest, ..Rulebook::default() };
         for v in state.versions {
             book = book.evolve(&RulebookEvent::Published(pb::RulebookPublished { rulebook: Some(v) }));
         }
@@ -871,7 +882,38 @@ mod tests {
     #[test]
     fn an_unchanged_rulebook_is_not_republished() {
         let b = builtin();
-        given::<Rulebook>([published(&b, 1)]).when(publish(b, 1)).then_expect_error(RulebookRejection::Unchanged(1));
+        given::<Rulebook>([published(&b, 1)])
+            .when(publish(b.clone(), 1))
+            .then_expect_error(RulebookRejection::Unchanged(1));
+        // As read back (`rules show --output json`): version, note and
+        // publisher are not content.
+        let mut read_back = check(&{
+            let mut p = b.to_pb();
+            p.version = 1;
+            p.note = "n".into();
+            p
+        })
+        .expect("well formed");
+        read_back.version = 1;
+        given::<Rulebook>([published(&b, 1)])
+            .when(publish(read_back, 1))
+            .then_expect_error(RulebookRejection::Unchanged(1));
+    }
+
+    #[test]
+    fn a_version_this_build_cannot_read_keeps_its_number() {
+        let b = builtin();
+        let mut unreadable = b.to_pb();
+        unreadable.version = 2;
+        unreadable.rules.clear();
+        let history =
+            [published(&b, 1), RulebookEvent::Published(pb::RulebookPublished { rulebook: Some(unreadable) })];
+        let state = given::<Rulebook>(history.clone()).state().clone();
+        assert_eq!((state.current_version(), state.versions.len()), (2, 1));
+        let mut next = b.clone();
+        next.sla.rating_window_days = 9;
+        given::<Rulebook>(history).when(publish(next.clone(), 2)).then_expect_events([published(&next, 3)]);
+        assert_eq!(Rulebook::decode_state(&state.encode_state()).expect("decodes").highest, 2);
     }
 
     #[test]

@@ -259,6 +259,15 @@ pub enum IncidentCommand {
         /// Now.
         now_unix_ms: i64,
     },
+    /// Triage takes back a transfer nobody has answered.
+    WithdrawTransfer {
+        /// Who.
+        by: String,
+        /// Why.
+        reason: String,
+        /// Now.
+        now_unix_ms: i64,
+    },
     /// The receiver answers a transfer.
     AnswerTransfer {
         /// The body answering.
@@ -346,11 +355,35 @@ pub enum IncidentRejection {
     TransferInstead,
 }
 
+/// What dispatch needs of the incident as accepted.
+fn settled(report: &pb::IncidentReported, priority: i32) -> pb::AcceptedIncident {
+    pb::AcceptedIncident {
+        category_code: report.category_code.clone(),
+        priority,
+        emergency: report.emergency,
+        grid_path: report.grid_path.clone(),
+    }
+}
+
 fn next_priority(p: i32) -> i32 {
     (p + 1).min(pb::Priority::Urgent as i32)
 }
 
 impl Incident {
+    /// A pending transfer ends when the first receiver decides the report
+    /// itself: said in the stream, so the receiver sees it lapse.
+    fn lapse(&self, by: &str, why: &str, now_unix_ms: i64) -> Vec<IncidentEvent> {
+        if self.transfer_to.is_empty() {
+            return vec![];
+        }
+        vec![IncidentEvent::TransferWithdrawn(pb::TransferWithdrawn {
+            to: self.transfer_to.clone(),
+            by: by.to_string(),
+            reason: why.to_string(),
+            at_unix_ms: now_unix_ms,
+        })]
+    }
+
     fn triage_guard(&self, by: &str, now: i64) -> Result<(), IncidentRejection> {
         match self.status {
             Status::Reported => {}
@@ -369,7 +402,8 @@ impl Incident {
 impl Aggregate for Incident {
     const CONTEXT: &'static str = "intake";
     const TYPE: &'static str = "incident";
-    const STATE_VERSION: u32 = 2;
+    /// 3: status 7 (transferred) and `transfer_to`.
+    const STATE_VERSION: u32 = 3;
     type Command = IncidentCommand;
     type Event = IncidentEvent;
     type Rejection = IncidentRejection;
@@ -414,6 +448,7 @@ impl Aggregate for Incident {
                         by: "system".into(),
                         at_unix_ms: report.reported_at_unix_ms,
                         automatic: true,
+                        settled: Some(settled(report, report.priority)),
                     }));
                 }
                 Ok(events)
@@ -459,22 +494,27 @@ impl Aggregate for Incident {
             }
             IncidentCommand::Accept { by, now_unix_ms } => {
                 self.triage_guard(by, *now_unix_ms)?;
-                Ok(vec![IncidentEvent::Accepted(pb::IncidentAccepted {
+                let mut events = self.lapse(by, "accepted here", *now_unix_ms);
+                events.push(IncidentEvent::Accepted(pb::IncidentAccepted {
                     by: by.clone(),
                     at_unix_ms: *now_unix_ms,
                     automatic: false,
-                })])
+                    settled: self.report.as_ref().map(|r| settled(r, self.priority)),
+                }));
+                Ok(events)
             }
             IncidentCommand::Reject { by, reason, note, now_unix_ms } => {
                 self.triage_guard(by, *now_unix_ms)?;
                 if *reason == pb::RejectionReason::OutOfJurisdiction {
                     return Err(IncidentRejection::TransferInstead);
                 }
-                Ok(vec![IncidentEvent::Rejected(pb::IncidentRejected {
+                let mut events = self.lapse(by, "rejected here", *now_unix_ms);
+                events.push(IncidentEvent::Rejected(pb::IncidentRejected {
                     by: by.clone(),
                     reason: *reason as i32,
                     note: note.clone(),
-                })])
+                }));
+                Ok(events)
             }
             IncidentCommand::MarkDuplicate { of_incident_id, target, own_id, by, now_unix_ms } => {
                 if of_incident_id == own_id {
@@ -492,10 +532,12 @@ impl Aggregate for Incident {
                     (other, _) => return Err(IncidentRejection::TargetNotOpen(*other)),
                 }
                 self.triage_guard(by, *now_unix_ms)?;
-                Ok(vec![IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate {
+                let mut events = self.lapse(by, "merged here", *now_unix_ms);
+                events.push(IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate {
                     of_incident_id: of_incident_id.clone(),
                     by: by.clone(),
-                })])
+                }));
+                Ok(events)
             }
             IncidentCommand::Unlink { of_incident_id, reason } => {
                 // Only the link it names: a redelivered failure after triage
@@ -536,10 +578,17 @@ impl Aggregate for Incident {
                 // An emergency found in triage is dispatched at once, as if
                 // reported as one.
                 if *emergency {
+                    events.extend(self.lapse(by, "an emergency, dispatched here", *now_unix_ms));
+                    let corrected = pb::IncidentReported {
+                        category_code: category_code.clone(),
+                        emergency: true,
+                        ..report.clone()
+                    };
                     events.push(IncidentEvent::Accepted(pb::IncidentAccepted {
                         by: by.clone(),
                         at_unix_ms: *now_unix_ms,
                         automatic: true,
+                        settled: Some(settled(&corrected, *priority as i32)),
                     }));
                 }
                 Ok(events)
@@ -582,6 +631,13 @@ impl Aggregate for Incident {
                     by: by.clone(),
                     at_unix_ms: *now_unix_ms,
                 })])
+            }
+            IncidentCommand::WithdrawTransfer { by, reason, now_unix_ms } => {
+                self.triage_guard(by, *now_unix_ms)?;
+                if self.transfer_to.is_empty() {
+                    return Err(IncidentRejection::NoTransfer);
+                }
+                Ok(self.lapse(by, reason, *now_unix_ms))
             }
             IncidentCommand::AnswerTransfer { as_receiver, accept, note, by, now_unix_ms } => {
                 // Pending only while the first receiver still holds it in
@@ -686,7 +742,7 @@ impl Aggregate for Incident {
                 self.status = Status::Transferred;
                 self.claim = None;
             }
-            IncidentEvent::TransferDeclined(_) => self.transfer_to.clear(),
+            IncidentEvent::TransferDeclined(_) | IncidentEvent::TransferWithdrawn(_) => self.transfer_to.clear(),
             IncidentEvent::DuplicateUnlinked(_) => {
                 self.status = Status::Reported;
                 self.duplicate_of.clear();
@@ -832,14 +888,22 @@ mod tests {
     }
 
     fn accepted() -> IncidentEvent {
-        IncidentEvent::Accepted(pb::IncidentAccepted { by: "triage-1".into(), at_unix_ms: 5_000, automatic: false })
+        IncidentEvent::Accepted(pb::IncidentAccepted {
+            by: "triage-1".into(),
+            at_unix_ms: 5_000,
+            automatic: false,
+            settled: Some(settled(&report(false), pb::Priority::High as i32)),
+        })
     }
 
     #[test]
     fn triage_corrects_the_category_and_an_emergency_found_so_is_dispatched_at_once() {
         given::<Incident>([reported()]).when(reclassify("fire", true)).then_with(|events| {
             assert!(matches!(&events[0], IncidentEvent::Reclassified(r) if r.from_category_code == "fire-hazard"));
-            assert!(matches!(&events[1], IncidentEvent::Accepted(a) if a.automatic));
+            // Dispatch opens the case from what triage settled, not the report.
+            assert!(matches!(&events[1], IncidentEvent::Accepted(a) if a.automatic
+                && a.settled.as_ref().is_some_and(|s| s.category_code == "fire" && s.emergency
+                    && s.priority == pb::Priority::Urgent as i32)));
         });
         let state = given::<Incident>([reported()]).state().clone().evolve(&IncidentEvent::Reclassified(
             pb::IncidentReclassified { category_code: "sanitation".into(), priority: 2, ..Default::default() },
@@ -906,9 +970,31 @@ mod tests {
         assert_eq!((declined.status, declined.transfer_to.as_str()), (Status::Reported, ""));
         // Still responsible, the first receiver may decide itself; the
         // transfer then has nothing to answer.
+        given::<Incident>(pending.clone())
+            .when(IncidentCommand::Accept { by: "triage-1".into(), now_unix_ms: 5_500 })
+            .then_with(|events| {
+                assert!(
+                    matches!(&events[0], IncidentEvent::TransferWithdrawn(w) if w.to == "district:hx"),
+                    "the receiver sees it lapse: {events:?}"
+                );
+                assert!(matches!(&events[1], IncidentEvent::Accepted(_)));
+            });
+        let withdrawn =
+            IncidentEvent::TransferWithdrawn(pb::TransferWithdrawn { to: "district:hx".into(), ..Default::default() });
         let mut decided = pending.to_vec();
-        decided.push(accepted());
+        decided.extend([withdrawn, accepted()]);
         given::<Incident>(decided).when(answer("district:hx", true)).then_expect_error(IncidentRejection::NoTransfer);
+        let withdraw = |now| IncidentCommand::WithdrawTransfer {
+            by: "triage-1".into(),
+            reason: "sent to the wrong district".into(),
+            now_unix_ms: now,
+        };
+        given::<Incident>(pending.clone()).when(withdraw(5_500)).then_with(|events| {
+            assert!(
+                matches!(&events[0], IncidentEvent::TransferWithdrawn(w) if w.reason == "sent to the wrong district")
+            );
+        });
+        given::<Incident>([reported()]).when(withdraw(5_500)).then_expect_error(IncidentRejection::NoTransfer);
         // And the state survives a snapshot.
         let state = given::<Incident>(pending).state().clone();
         assert_eq!(Incident::decode_state(&state.encode_state()).expect("decodes"), state);
@@ -937,14 +1023,7 @@ mod tests {
     fn an_emergency_skips_triage_in_the_same_commit() {
         given::<Incident>([])
             .when(IncidentCommand::Report { report: Box::new(report(true)), nearby: None })
-            .then_expect_events([
-                IncidentEvent::Reported(Box::new(report(true))),
-                IncidentEvent::Accepted(pb::IncidentAccepted {
-                    by: "system".into(),
-                    at_unix_ms: 1_000,
-                    automatic: true,
-                }),
-            ]);
+            .then_expect_events([IncidentEvent::Reported(Box::new(report(true))), auto_accepted()]);
     }
 
     #[test]
@@ -965,7 +1044,12 @@ mod tests {
     }
 
     fn auto_accepted() -> IncidentEvent {
-        IncidentEvent::Accepted(pb::IncidentAccepted { by: "system".into(), at_unix_ms: 1_000, automatic: true })
+        IncidentEvent::Accepted(pb::IncidentAccepted {
+            by: "system".into(),
+            at_unix_ms: 1_000,
+            automatic: true,
+            settled: Some(settled(&report(true), pb::Priority::High as i32)),
+        })
     }
 
     #[test]
