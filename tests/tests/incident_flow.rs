@@ -708,3 +708,69 @@ async fn a_second_fire_nearby_is_dispatched_and_flagged_and_intake_follows_each_
     assert!(back.duplicate_of.is_empty(), "not merged into a resolved case: {back:?}");
     assert_eq!(back.recurrence_of, blocked.incident_id);
 }
+
+/// Issue 9, item 1 (the other half): the flagged fire is the same fire. A
+/// dispatcher merges its case into the first: it closes as merged, the
+/// departments summoned to it are released (they work the first case), and
+/// intake shows the report closed with the case it went to. A case is merged
+/// only into an open case that was not merged itself.
+#[tokio::test]
+async fn a_dispatcher_merges_a_flagged_fire_into_the_first_and_its_summonses_are_released() {
+    let mut m = mesh(monday_ten()).await;
+    let (lat, lon) = (Y0 + 0.5 * STEP, X0 + 0.5 * STEP);
+    let first = m.intake.report_incident(fire_at(lat, lon)).await.expect("first fire").into_inner();
+    case_when_opened(&mut m, &first.incident_id).await;
+    m.clock.advance_ms(5 * MINUTE);
+    let second = m.intake.report_incident(fire_at(lat + 30.0 / 111_000.0, lon)).await.expect("second").into_inner();
+    let case = case_when_opened(&mut m, &second.incident_id).await;
+    assert_eq!(case.possibly_same_as, first.incident_id, "dispatch shows the flag: {case:?}");
+    assert!(
+        case.summonses.iter().any(|s| s.status == pb::SummonsStatus::Summoned as i32),
+        "an emergency summons its departments: {case:?}"
+    );
+
+    let merge = |case_id: &str, into: &str| pb::MergeCaseRequest {
+        command_id: uuid(),
+        case_id: case_id.into(),
+        into_case_id: into.into(),
+        reason: "the same fire, seen from the next building".into(),
+    };
+    let bad = m.dispatch.merge_case(merge(&second.incident_id, &second.incident_id)).await.expect_err("self");
+    assert_eq!(bad.code(), Code::FailedPrecondition, "{bad:?}");
+    let bad = m.dispatch.merge_case(merge(&second.incident_id, &uuid())).await.expect_err("unknown");
+    assert_eq!(bad.code(), Code::NotFound, "{bad:?}");
+    let bad = m.dispatch.merge_case(merge(&second.incident_id, "")).await.expect_err("blank");
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().contains("into_case_id"), "{bad:?}");
+
+    let merged = m.dispatch.merge_case(merge(&second.incident_id, &first.incident_id)).await.expect("merge");
+    let merged = get(&mut m, &second.incident_id, pos(merged.into_inner().position)).await;
+    assert_eq!(merged.status, "closed", "{merged:?}");
+    assert_eq!(merged.merged_into, first.incident_id);
+    assert!(
+        merged.summonses.iter().all(|s| s.status == pb::SummonsStatus::Released as i32),
+        "nobody owes the merged case anything: {merged:?}"
+    );
+    let shown = intake_status(&mut m, &second.incident_id, intake_pb::IncidentStatus::Closed).await;
+    assert!(
+        shown.history.iter().any(|h| h.summary.contains(&format!("merged into the case of {}", first.incident_id))),
+        "intake says where it went: {shown:?}"
+    );
+    // Merged once; the first case is untouched and still open.
+    let again = m.dispatch.merge_case(merge(&second.incident_id, &first.incident_id)).await.expect_err("closed");
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    let target = get(&mut m, &first.incident_id, 0).await;
+    assert_ne!(target.status, "closed");
+
+    // A third report, merged into a case that has since closed, is refused.
+    m.clock.advance_ms(5 * MINUTE);
+    let third = m.intake.report_incident(fire_at(lat, lon + 30.0 / 95_000.0)).await.expect("third").into_inner();
+    case_when_opened(&mut m, &third.incident_id).await;
+    let bad = m.dispatch.merge_case(merge(&third.incident_id, &second.incident_id)).await.expect_err("merged target");
+    assert_eq!(bad.code(), Code::FailedPrecondition, "{bad:?}");
+    assert!(bad.message().contains(&first.incident_id), "points at the case it went to: {bad:?}");
+    resolve_and_close(&mut m, &first.incident_id).await;
+    let bad = m.dispatch.merge_case(merge(&third.incident_id, &first.incident_id)).await.expect_err("closed target");
+    assert_eq!(bad.code(), Code::FailedPrecondition, "{bad:?}");
+    assert!(bad.message().contains("closed"), "{bad:?}");
+}

@@ -226,6 +226,31 @@ impl Dispatch {
         Ok(self.cases.execute(case_id, &command, &meta).await?)
     }
 
+    /// Merge `case_id` into `into`: the target's state is read from its
+    /// stream's leader just before, and the rule (open, not merged itself) is
+    /// the case's to apply.
+    pub async fn merge(
+        &self,
+        case_id: &str,
+        into: &str,
+        command_id: CommandKey,
+        principal: String,
+        reason: String,
+    ) -> Result<CommitOutcome<CaseEvent>, ServiceError> {
+        let target = self.cases.load_current(into).await?.state;
+        let target = target.opened.is_some().then(|| (target.status, target.merged_into.clone()));
+        let by = principal.clone();
+        let into = into.to_string();
+        self.act(case_id, command_id, principal, |clock| CaseCommand::Merge {
+            into,
+            target,
+            by,
+            reason,
+            now_unix_ms: clock.now_unix_ms,
+        })
+        .await
+    }
+
     /// Fire every pending deadline that has fallen due (escalate, record a
     /// breach, or close an unrated case). Idempotent: each command id names its
     /// deadline, and `FireDeadline` ignores a deadline that is no longer pending,
@@ -325,6 +350,10 @@ impl From<CaseRejection> for ServiceError {
             CaseRejection::NotSummoned(_) => "NOT_SUMMONED",
             CaseRejection::SummonsNotReported(_) => "SUMMONS_NOT_REPORTED",
             CaseRejection::SummonsOutstanding(_) => "SUMMONS_OUTSTANDING",
+            CaseRejection::SelfMerge => "SELF_MERGE",
+            CaseRejection::TargetUnknown => return ServiceError::NotFound(r.to_string()),
+            CaseRejection::TargetNotOpen(_) => "TARGET_NOT_OPEN",
+            CaseRejection::TargetMerged(_) => "TARGET_MERGED",
         };
         ServiceError::FailedPrecondition { kind: kind.into(), subject: "case".into(), description: r.to_string() }
     }

@@ -62,6 +62,7 @@ events! {
     SummonsCompleted(SummonsCompleted) = "dispatch.case.summons_completed",
     SummonsReleased(SummonsReleased) = "dispatch.case.summons_released",
     PriorityRaised(CasePriorityRaised) = "dispatch.case.priority_raised",
+    Merged(CaseMerged) = "dispatch.case.merged",
     }
 }
 

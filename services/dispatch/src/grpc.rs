@@ -335,6 +335,22 @@ impl DispatchService for DispatchGrpc {
         Ok(Response::new(pb::AssignCaseResponse { position: position(&outcome) }))
     }
 
+    async fn merge_case(
+        &self,
+        request: Request<pb::MergeCaseRequest>,
+    ) -> Result<Response<pb::MergeCaseResponse>, Status> {
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id, &r);
+        let id = v.id("case_id", &r.case_id);
+        let into = v.id("into_case_id", &r.into_case_id);
+        let reason = v.text("reason", &r.reason, 1, 500);
+        v.finish()?;
+        let outcome = self.dispatch.merge(&id, &into, command_id, who, reason).await?;
+        Ok(Response::new(pb::MergeCaseResponse { position: position(&outcome) }))
+    }
+
     async fn blow_whistle(
         &self,
         request: Request<pb::BlowWhistleRequest>,

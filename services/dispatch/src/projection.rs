@@ -195,6 +195,7 @@ impl Incoming {
         accepted_at: i64,
         settled: Option<intake_pb::AcceptedIncident>,
     ) -> Result<(), ApplyError> {
+        let possibly_same_as = settled.as_ref().map(|s| s.possibly_same_as.clone()).unwrap_or_default();
         type Row = (String, i64, i64, String, String, String, String);
         // What triage settled travels with the acceptance: the case never
         // depends on this reactor having understood every correction before it.
@@ -275,6 +276,7 @@ impl Incoming {
             department: routed.rule.department.clone(),
             // The case's clocks are set by `Open`, from the acceptance time.
             deadlines: Vec::new(),
+            possibly_same_as,
         };
         let command = CaseCommand::Open {
             opened: Box::new(opened),
@@ -309,7 +311,8 @@ pub const CASES: TableDef = TableDef {
               rule_id TEXT NOT NULL, routing TEXT NOT NULL, assignment BIGINT NOT NULL, rating BIGINT NOT NULL, \
               breaches BIGINT NOT NULL, opened_at_ms BIGINT NOT NULL, closed_at_ms BIGINT NOT NULL, position BIGINT NOT NULL, \
               round BIGINT NOT NULL, supervised BIGINT NOT NULL, close_outcome BIGINT NOT NULL, \
-              opened_day TEXT NOT NULL, case_number TEXT NOT NULL, rulebook_version BIGINT NOT NULL, fallback TEXT NOT NULL)",
+              opened_day TEXT NOT NULL, case_number TEXT NOT NULL, rulebook_version BIGINT NOT NULL, fallback TEXT NOT NULL, \
+              possibly_same_as TEXT NOT NULL, merged_into TEXT NOT NULL)",
     indexes: &[
         "owner_tier, owner_id, status",
         "status",
@@ -406,7 +409,9 @@ fn summary(event: &CaseEvent) -> (&'static str, String) {
         CaseEvent::Closed(c) if c.outcome == pb::CloseOutcome::NotRated as i32 => {
             ("closed", "closed, not rated: the rating window passed".into())
         }
+        CaseEvent::Closed(c) if c.outcome == pb::CloseOutcome::Merged as i32 => ("closed", "closed, merged".into()),
         CaseEvent::Closed(_) => ("closed", "closed".into()),
+        CaseEvent::Merged(m) => ("merged", format!("merged into {} by {}: {}", m.into_case_id, m.by, m.reason)),
         CaseEvent::Reopened(r) => ("reopened", format!("reopened: {}", r.reason)),
         CaseEvent::PriorityRaised(p) => (
             "priority_raised",
@@ -582,8 +587,9 @@ impl Projection for Cases {
     /// 2: case-level clocks (deadline scope), summonses, ratings, supervision.
     /// 3: case numbers, opening day, indexes for the area lists.
     /// 4: the rulebook version and the routing fallback.
+    /// 5: possibly the same as, merged into.
     fn version(&self) -> u32 {
-        4
+        5
     }
 
     async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
@@ -616,9 +622,9 @@ impl Projection for Cases {
                         "INSERT INTO {} (case_id, status, owner_tier, owner_id, category_code, priority, emergency, grid_id, \
                          community_id, street_id, district_id, department, rule_id, routing, assignment, rating, breaches, \
                          opened_at_ms, closed_at_ms, position, round, supervised, close_outcome, opened_day, case_number, \
-                         rulebook_version, fallback) \
+                         rulebook_version, fallback, possibly_same_as, merged_into) \
                          VALUES ($1, 'new', 0, '', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, 0, 0, $12, 0, $13, 1, 0, 0, $14, $15, \
-                         $16, $17)",
+                         $16, $17, $18, '')",
                         rows.cases
                     );
                     rows.run(
@@ -641,6 +647,7 @@ impl Projection for Cases {
                             Text(&number),
                             Int(i64::from(routing.rulebook_version)),
                             Text(&routing.fallback),
+                            Text(&o.possibly_same_as),
                         ],
                     )
                     .await?;
@@ -779,9 +786,15 @@ impl Projection for Cases {
                         &[Int(c.at_unix_ms), Int(i64::from(c.outcome))],
                     )
                     .await?;
-                    let to = if c.outcome == pb::CloseOutcome::NotRated as i32 { "expired" } else { "met" };
+                    // A merged case met nothing: its clocks are the other case's now.
+                    let to = match pb::CloseOutcome::try_from(c.outcome) {
+                        Ok(pb::CloseOutcome::NotRated) => "expired",
+                        Ok(pb::CloseOutcome::Merged) => "superseded",
+                        _ => "met",
+                    };
                     rows.deadlines("pending", to, "1 = 1", &[]).await?;
                 }
+                CaseEvent::Merged(m) => rows.case("merged_into = $1", &[Text(&m.into_case_id)]).await?,
                 CaseEvent::Reopened(r) => {
                     rows.case("round = round + 1, supervised = 0", &[]).await?;
                     for d in &r.deadlines {

@@ -56,11 +56,13 @@ struct CaseRow {
     case_number: String,
     rulebook_version: i64,
     fallback: String,
+    possibly_same_as: String,
+    merged_into: String,
 }
 
 const CASE_COLUMNS: &str = "case_id, status, owner_tier, owner_id, category_code, priority, emergency, grid_id, community_id, \
     street_id, department, rule_id, routing, rating, breaches, position, round, supervised, close_outcome, district_id, \
-    opened_at_ms, case_number, rulebook_version, fallback";
+    opened_at_ms, case_number, rulebook_version, fallback, possibly_same_as, merged_into";
 
 /// A value bound to a numbered placeholder.
 #[derive(Debug, Clone)]
@@ -255,6 +257,8 @@ impl Queries<'_> {
             });
         Ok(pb::Case {
             open311_status: if r.status == "closed" { "closed".into() } else { "open".into() },
+            possibly_same_as: r.possibly_same_as,
+            merged_into: r.merged_into,
             case_id: r.case_id,
             status: r.status,
             owner: Some(pb::Owner { tier: r.owner_tier as i32, id: r.owner_id }),

@@ -96,6 +96,12 @@ fn print_case(c: &pb::Case) {
     if let Some(r) = &c.routing {
         out!("  routed by {}", r.explanation);
     }
+    if !c.possibly_same_as.is_empty() {
+        out!("  possibly the same as {} (a dispatcher merges it or not: cases merge)", c.possibly_same_as);
+    }
+    if !c.merged_into.is_empty() {
+        out!("  merged into {}", c.merged_into);
+    }
     let flags: Vec<&str> = [(c.overdue, "OVERDUE"), (c.supervised, "SUPERVISED (督办)")]
         .into_iter()
         .filter_map(|(on, label)| on.then_some(label))
@@ -287,6 +293,11 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
                 }
                 Err(e) => Err(e),
             }
+        }
+        Cases::Merge { id: case_id, into, reason } => {
+            let request =
+                pb::MergeCaseRequest { command_id: id(), case_id: case_id.clone(), into_case_id: into.clone(), reason };
+            c.merge_case(request).await.map(|_| out!("{case_id} merged into {into}: closed"))
         }
         Cases::Rate { id: case_id, rating, solved, comment } => {
             let rating = match rating {

@@ -384,6 +384,17 @@ enum Cases {
         #[arg(long, default_value = "")]
         comment: String,
     },
+    /// As a dispatcher: merge a case into another open one about the same problem.
+    Merge {
+        /// The case to merge (it closes).
+        id: String,
+        /// The case it is the same problem as.
+        #[arg(long)]
+        into: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
     /// Unresolved cases past a case-level deadline, city-wide or in an area.
     Overdue {
         /// District, street, community or grid id (default: city-wide).

@@ -25,14 +25,15 @@ pub struct CaseFollower {
 /// What one dispatch commit means for its incident: the last stage it reached.
 fn outcome(commit: &RecordedCommit) -> Result<Option<(CaseStage, i64, String)>, ApplyError> {
     let mut outcome = None;
-    // Only the three types it follows must be a version this build reads: a
-    // newer version of any other dispatch event is none of intake's business
-    // and must not stall it.
+    let mut merged_into = String::new();
+    // Only the types it follows must be a version this build reads: a newer
+    // version of any other dispatch event is none of intake's business and
+    // must not stall it.
     for e in &commit.body.events {
         let decode = |err: prost::DecodeError| gridwork_eventstore::DecodeError::new(e.event_type.clone(), err);
         let followed = matches!(
             e.event_type.as_str(),
-            "dispatch.case.resolved" | "dispatch.case.closed" | "dispatch.case.reopened"
+            "dispatch.case.resolved" | "dispatch.case.closed" | "dispatch.case.reopened" | "dispatch.case.merged"
         );
         if followed && e.schema_version != 1 {
             return Err(gridwork_eventstore::DecodeError::unknown(
@@ -48,12 +49,16 @@ fn outcome(commit: &RecordedCommit) -> Result<Option<(CaseStage, i64, String)>, 
             }
             "dispatch.case.closed" => {
                 let c = dispatch_pb::CaseClosed::decode(e.payload.as_slice()).map_err(decode)?;
-                let note = if c.outcome == dispatch_pb::CloseOutcome::NotRated as i32 {
-                    "not rated: the rating window passed".to_string()
-                } else {
-                    String::new()
+                let note = match dispatch_pb::CloseOutcome::try_from(c.outcome) {
+                    Ok(dispatch_pb::CloseOutcome::NotRated) => "not rated: the rating window passed".to_string(),
+                    Ok(dispatch_pb::CloseOutcome::Merged) => format!("merged into the case of {merged_into}"),
+                    _ => String::new(),
                 };
                 outcome = Some((CaseStage::Closed, c.at_unix_ms, note));
+            }
+            // Comes before its CaseClosed in the same commit.
+            "dispatch.case.merged" => {
+                merged_into = dispatch_pb::CaseMerged::decode(e.payload.as_slice()).map_err(decode)?.into_case_id;
             }
             "dispatch.case.reopened" => {
                 let r = dispatch_pb::CaseReopened::decode(e.payload.as_slice()).map_err(decode)?;

@@ -283,6 +283,20 @@ pub enum CaseCommand {
         /// Time (the rating window starts).
         clock: Clock,
     },
+    /// A dispatcher merges this case into another open one about the same problem.
+    Merge {
+        /// The case it is merged into.
+        into: String,
+        /// That case's status and what it was merged into itself, read from
+        /// its stream just before (`None`: it does not exist).
+        target: Option<(Status, String)>,
+        /// Who.
+        by: String,
+        /// Why.
+        reason: String,
+        /// Now.
+        now_unix_ms: i64,
+    },
     /// The reporter (or staff for them) rates the resolution.
     Verify {
         /// Satisfaction (never unspecified: the gRPC edge refuses it).
@@ -343,6 +357,18 @@ pub enum CaseRejection {
     /// Resolving while summoned departments are still at work.
     #[error("summoned departments have not completed or been released: {}", .0.join(", "))]
     SummonsOutstanding(Vec<String>),
+    /// Merging a case into itself.
+    #[error("into_case_id: a case cannot be merged into itself")]
+    SelfMerge,
+    /// Merging into a case that does not exist.
+    #[error("into_case_id: no such case")]
+    TargetUnknown,
+    /// Merging into a case that is no longer being worked.
+    #[error("into_case_id: the case is {}: a case is merged only into an open one", .0.label())]
+    TargetNotOpen(Status),
+    /// Merging into a case merged itself.
+    #[error("into_case_id: the case was merged into {0}: merge into {0} instead")]
+    TargetMerged(String),
 }
 
 /// A department's summons.
@@ -379,6 +405,8 @@ pub struct Case {
     summonses: BTreeMap<String, Summons>,
     /// Whistles blown so far.
     whistles: u32,
+    /// The case it was merged into ("" if none).
+    pub merged_into: String,
 }
 
 /// "tier id", for people: "street s", "dispatch centre d".
@@ -721,6 +749,48 @@ impl Aggregate for Case {
                     )),
                 })])
             }
+            CaseCommand::Merge { into, target, by, reason, now_unix_ms } => {
+                self.require("merge", &active)?;
+                let own = self.opened.as_ref().map(|o| o.incident_id.as_str()).unwrap_or_default();
+                if into == own {
+                    return Err(CaseRejection::SelfMerge);
+                }
+                match target {
+                    None | Some((Status::New, _)) => return Err(CaseRejection::TargetUnknown),
+                    Some((_, merged)) if !merged.is_empty() => {
+                        return Err(CaseRejection::TargetMerged(merged.clone()));
+                    }
+                    Some((status @ (Status::Resolved | Status::Closed), _)) => {
+                        return Err(CaseRejection::TargetNotOpen(*status));
+                    }
+                    Some(_) => {}
+                }
+                // The departments still at work here are released: the case
+                // they were summoned to is the other one now.
+                let mut events: Vec<CaseEvent> = self
+                    .outstanding_summonses()
+                    .into_iter()
+                    .map(|department| {
+                        CaseEvent::SummonsReleased(pb::SummonsReleased {
+                            department,
+                            by: self.owner.clone(),
+                            reason: format!("merged into {into}"),
+                            at_unix_ms: *now_unix_ms,
+                        })
+                    })
+                    .collect();
+                events.push(CaseEvent::Merged(pb::CaseMerged {
+                    into_case_id: into.clone(),
+                    by: by.clone(),
+                    reason: reason.clone(),
+                    at_unix_ms: *now_unix_ms,
+                }));
+                events.push(CaseEvent::Closed(pb::CaseClosed {
+                    at_unix_ms: *now_unix_ms,
+                    outcome: pb::CloseOutcome::Merged as i32,
+                }));
+                Ok(events)
+            }
             CaseCommand::Verify { rating, solved, by, comment, clock } => {
                 self.require("rate", &[Status::Resolved])?;
                 let verified = CaseEvent::Verified(pb::CaseVerified {
@@ -821,6 +891,7 @@ impl Aggregate for Case {
             CaseEvent::DepartmentReported(e) => self.summons_moved(&e.department, pb::SummonsStatus::Reported),
             CaseEvent::SummonsCompleted(e) => self.summons_moved(&e.department, pb::SummonsStatus::Completed),
             CaseEvent::SummonsReleased(e) => self.summons_moved(&e.department, pb::SummonsStatus::Released),
+            CaseEvent::Merged(e) => self.merged_into.clone_from(&e.into_case_id),
             CaseEvent::Resolved(e) => {
                 self.status = Status::Resolved;
                 self.pending.clear();
@@ -879,6 +950,7 @@ impl Aggregate for Case {
                 .collect(),
             round: self.round,
             supervised: self.supervised,
+            merged_into: self.merged_into.clone(),
         }
         .encode_to_vec()
     }
@@ -913,6 +985,7 @@ impl Aggregate for Case {
             supervised: s.supervised,
             summonses,
             whistles: s.whistles,
+            merged_into: s.merged_into,
         })
     }
 }
@@ -1166,6 +1239,49 @@ mod tests {
             });
             assert_eq!(to, Some(community()), "{events:?}");
         });
+    }
+
+    fn merge(into: &str, target: Option<(Status, &str)>) -> CaseCommand {
+        CaseCommand::Merge {
+            into: into.into(),
+            target: target.map(|(s, m)| (s, m.to_string())),
+            by: "dispatcher-1".into(),
+            reason: "the same fire".into(),
+            now_unix_ms: HOUR,
+        }
+    }
+
+    #[test]
+    fn a_case_merges_only_into_another_open_case_and_closes_releasing_its_summonses() {
+        // Departments summoned by the street: merging releases them,
+        // records the merge and closes the case as merged.
+        let whistled = history(&[reassign(grid(), street(), MIN), whistle(&["police"], 10 * MIN)]);
+        given::<Case>(whistled).when(merge("other", Some((Status::Assigned, "")))).then_with(|events| {
+            assert_eq!(events.len(), 3, "{events:?}");
+            assert!(matches!(&events[0], CaseEvent::SummonsReleased(r) if r.department == "police"), "{events:?}");
+            assert!(matches!(&events[1], CaseEvent::Merged(m) if m.into_case_id == "other"));
+            assert!(matches!(&events[2], CaseEvent::Closed(c) if c.outcome == pb::CloseOutcome::Merged as i32));
+        });
+        let opened = history(&[]);
+        given::<Case>(opened.clone())
+            .when(merge("i1", Some((Status::Assigned, ""))))
+            .then_expect_error(CaseRejection::SelfMerge);
+        given::<Case>(opened.clone()).when(merge("other", None)).then_expect_error(CaseRejection::TargetUnknown);
+        given::<Case>(opened.clone())
+            .when(merge("other", Some((Status::Closed, ""))))
+            .then_expect_error(CaseRejection::TargetNotOpen(Status::Closed));
+        given::<Case>(opened.clone())
+            .when(merge("other", Some((Status::Closed, "third"))))
+            .then_expect_error(CaseRejection::TargetMerged("third".into()));
+        // A resolved case awaits its rating: it is not merged away.
+        let resolved = history(&[ack(grid()), resolve(grid(), HOUR)]);
+        given::<Case>(resolved)
+            .when(merge("other", Some((Status::Assigned, ""))))
+            .then_expect_error(CaseRejection::InvalidTransition { action: "merge".into(), state: Status::Resolved });
+        let merged = state(&[merge("other", Some((Status::Acknowledged, "")))]);
+        assert_eq!((merged.status, merged.merged_into.as_str()), (Status::Closed, "other"));
+        assert!(merged.pending.is_empty());
+        assert_eq!(Case::decode_state(&merged.encode_state()).expect("decodes"), merged);
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct Incident {
     pub case_sequence: u64,
     /// Where a transfer is pending to, or went ("" if none).
     pub transfer_to: String,
+    /// The open incident it was flagged as possibly the same as ("" if none).
+    pub possibly_same_as: String,
 }
 
 /// The incident of the same category that a new report lies near, as the
@@ -356,12 +358,13 @@ pub enum IncidentRejection {
 }
 
 /// What dispatch needs of the incident as accepted.
-fn settled(report: &pb::IncidentReported, priority: i32) -> pb::AcceptedIncident {
+fn settled(report: &pb::IncidentReported, priority: i32, possibly_same_as: &str) -> pb::AcceptedIncident {
     pb::AcceptedIncident {
         category_code: report.category_code.clone(),
         priority,
         emergency: report.emergency,
         grid_path: report.grid_path.clone(),
+        possibly_same_as: possibly_same_as.to_string(),
     }
 }
 
@@ -415,6 +418,7 @@ impl Aggregate for Incident {
                     return Err(IncidentRejection::AlreadyReported);
                 }
                 let mut events = vec![IncidentEvent::Reported(report.clone())];
+                let mut possibly_same_as = String::new();
                 match nearby {
                     // An emergency is never merged: a second fire 30 m away
                     // may be a second fire. It is dispatched, and a dispatcher
@@ -426,6 +430,7 @@ impl Aggregate for Incident {
                             of_incident_id: incident_id.clone(),
                             distance_m: *distance_m,
                         }));
+                        possibly_same_as.clone_from(incident_id);
                     }
                     Some(Nearby::Same { incident_id, .. } | Nearby::Possibly { incident_id, .. }) => {
                         events.push(IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate {
@@ -448,7 +453,7 @@ impl Aggregate for Incident {
                         by: "system".into(),
                         at_unix_ms: report.reported_at_unix_ms,
                         automatic: true,
-                        settled: Some(settled(report, report.priority)),
+                        settled: Some(settled(report, report.priority, &possibly_same_as)),
                     }));
                 }
                 Ok(events)
@@ -499,7 +504,7 @@ impl Aggregate for Incident {
                     by: by.clone(),
                     at_unix_ms: *now_unix_ms,
                     automatic: false,
-                    settled: self.report.as_ref().map(|r| settled(r, self.priority)),
+                    settled: self.report.as_ref().map(|r| settled(r, self.priority, &self.possibly_same_as)),
                 }));
                 Ok(events)
             }
@@ -588,7 +593,7 @@ impl Aggregate for Incident {
                         by: by.clone(),
                         at_unix_ms: *now_unix_ms,
                         automatic: true,
-                        settled: Some(settled(&corrected, *priority as i32)),
+                        settled: Some(settled(&corrected, *priority as i32, &self.possibly_same_as)),
                     }));
                 }
                 Ok(events)
@@ -758,8 +763,9 @@ impl Aggregate for Incident {
                 };
                 self.case_sequence = e.dispatch_sequence;
             }
-            // Links for people to follow; nothing the incident decides on.
-            IncidentEvent::PossibleDuplicateFlagged(_) | IncidentEvent::RecurrenceNoted(_) => {}
+            IncidentEvent::PossibleDuplicateFlagged(e) => self.possibly_same_as.clone_from(&e.of_incident_id),
+            // A link for people to follow; nothing the incident decides on.
+            IncidentEvent::RecurrenceNoted(_) => {}
         }
         self
     }
@@ -785,6 +791,7 @@ impl Aggregate for Incident {
             case_sequence: self.case_sequence,
             duplicate_of: self.duplicate_of.clone(),
             transfer_to: self.transfer_to.clone(),
+            possibly_same_as: self.possibly_same_as.clone(),
         }
         .encode_to_vec()
     }
@@ -812,6 +819,7 @@ impl Aggregate for Incident {
             case_sequence: s.case_sequence,
             duplicate_of: s.duplicate_of,
             transfer_to: s.transfer_to,
+            possibly_same_as: s.possibly_same_as,
         })
     }
 }
@@ -892,7 +900,7 @@ mod tests {
             by: "triage-1".into(),
             at_unix_ms: 5_000,
             automatic: false,
-            settled: Some(settled(&report(false), pb::Priority::High as i32)),
+            settled: Some(settled(&report(false), pb::Priority::High as i32, "")),
         })
     }
 
@@ -1048,7 +1056,7 @@ mod tests {
             by: "system".into(),
             at_unix_ms: 1_000,
             automatic: true,
-            settled: Some(settled(&report(true), pb::Priority::High as i32)),
+            settled: Some(settled(&report(true), pb::Priority::High as i32, "")),
         })
     }
 
@@ -1062,7 +1070,13 @@ mod tests {
                     of_incident_id: "first-fire".into(),
                     distance_m: 30.0,
                 }),
-                auto_accepted(),
+                // Dispatch is told, so a dispatcher can merge the cases.
+                IncidentEvent::Accepted(pb::IncidentAccepted {
+                    by: "system".into(),
+                    at_unix_ms: 1_000,
+                    automatic: true,
+                    settled: Some(settled(&report(true), pb::Priority::High as i32, "first-fire")),
+                }),
             ]);
     }
 
