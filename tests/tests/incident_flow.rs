@@ -774,3 +774,100 @@ async fn a_dispatcher_merges_a_flagged_fire_into_the_first_and_its_summonses_are
     assert_eq!(bad.code(), Code::FailedPrecondition, "{bad:?}");
     assert!(bad.message().contains("closed"), "{bad:?}");
 }
+
+/// Issue 9, item 2: a "me too" is more than a counter. Its reporter's own
+/// account (description, attributes, address) reaches the handler — linked
+/// before acceptance or after — and that reporter follows the original's
+/// outcome and may rate it: recorded and counted, deciding nothing.
+#[tokio::test]
+async fn me_too_accounts_reach_the_handler_and_their_reporters_follow_and_rate_the_outcome() {
+    let mut m = mesh(monday_ten()).await;
+    let original = m.intake.report_incident(report("fire-hazard")).await.expect("original").into_inner();
+    let me_too = |description: &str| intake_pb::ReportIncidentRequest {
+        command_id: uuid(),
+        description: description.into(),
+        ..report("fire-hazard")
+    };
+    let early = m.intake.report_incident(me_too("three e-bikes on the second floor landing")).await.expect("early");
+    let early = early.into_inner();
+    assert_eq!(early.duplicate_of, original.incident_id, "{early:?}");
+    // The link lands on the original before triage accepts it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while incident(&mut m, &original.incident_id).await.linked_accounts.is_empty() {
+        assert!(Instant::now() < deadline, "the me-too was never linked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    m.intake
+        .accept_incident(intake_pb::AcceptIncidentRequest {
+            command_id: uuid(),
+            incident_id: original.incident_id.clone(),
+        })
+        .await
+        .expect("accept");
+    let case = case_when_opened(&mut m, &original.incident_id).await;
+    assert_eq!(case.linked_reports.len(), 1, "linked before acceptance, the case opens with it: {case:?}");
+    assert_eq!(case.linked_reports[0].description, "three e-bikes on the second floor landing");
+    assert_eq!(case.linked_reports[0].attributes, ["hazard: e-bike-charging-indoors"]);
+
+    let late = m.intake.report_incident(me_too("now a cable runs from a window too")).await.expect("late").into_inner();
+    assert_eq!(late.duplicate_of, original.incident_id, "{late:?}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let case = loop {
+        let case = get(&mut m, &original.incident_id, 0).await;
+        if case.linked_reports.len() == 2 || Instant::now() > deadline {
+            break case;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(case.linked_reports[1].description, "now a cable runs from a window too", "{case:?}");
+    assert!(case.timeline.iter().any(|t| t.summary.contains("now a cable runs")), "{case:?}");
+    let shown = incident(&mut m, &original.incident_id).await;
+    let accounts: Vec<&str> = shown.linked_accounts.iter().map(|a| a.description.as_str()).collect();
+    assert_eq!(accounts, ["three e-bikes on the second floor landing", "now a cable runs from a window too"]);
+    let follower = incident(&mut m, &early.incident_id).await;
+    assert_eq!(follower.original_status, intake_pb::IncidentStatus::Accepted as i32);
+    assert_eq!(follower.open311_status, "open", "a me-too is as open as its original");
+
+    // Resolved: the me-too reporters rate, recorded; the reporter decides.
+    resolve(&mut m, &original.incident_id).await;
+    let rate = |by: String, rating: pb::Rating| pb::VerifyCaseRequest {
+        command_id: uuid(),
+        case_id: original.incident_id.clone(),
+        rating: rating as i32,
+        by,
+        comment: String::new(),
+        solved: pb::ResolutionAnswer::NotSolved as i32,
+    };
+    let linked_rating = m
+        .dispatch
+        .verify_case(rate(format!("reporter:{}", early.incident_id), pb::Rating::Unsatisfied))
+        .await
+        .expect("linked rating")
+        .into_inner();
+    assert_eq!(linked_rating.outcome, "recorded", "a me-too's rating decides nothing");
+    let stranger = m.dispatch.verify_case(rate(format!("reporter:{}", uuid()), pb::Rating::Unsatisfied)).await;
+    assert_eq!(stranger.expect_err("not linked").code(), Code::FailedPrecondition);
+    let twice = m.dispatch.verify_case(rate(format!("reporter:{}", early.incident_id), pb::Rating::Satisfied)).await;
+    assert_eq!(twice.expect_err("rated").code(), Code::FailedPrecondition);
+    let case = get(&mut m, &original.incident_id, pos(linked_rating.position)).await;
+    assert_eq!(case.status, "resolved", "still awaiting the reporter: {case:?}");
+    let verdict =
+        m.dispatch.verify_case(rate("reporter".into(), pb::Rating::Satisfied)).await.expect("verify").into_inner();
+    assert_eq!(verdict.outcome, "closed");
+    // After closing, within the rating window, the late reporter rates too.
+    let after = m
+        .dispatch
+        .verify_case(rate(format!("reporter:{}", late.incident_id), pb::Rating::Satisfied))
+        .await
+        .expect("late rating")
+        .into_inner();
+    assert_eq!(after.outcome, "recorded");
+    let case = get(&mut m, &original.incident_id, pos(after.position)).await;
+    assert_eq!(case.ratings.len(), 3, "every caller counted: {case:?}");
+    assert_eq!(case.rating, pb::Rating::Satisfied as i32, "the reporter's rating is the case's");
+    let follower = intake_status(&mut m, &original.incident_id, intake_pb::IncidentStatus::Closed).await;
+    assert!(follower.closed_at_unix_ms > 0);
+    let follower = incident(&mut m, &early.incident_id).await;
+    assert_eq!(follower.original_status, intake_pb::IncidentStatus::Closed as i32);
+    assert_eq!(follower.open311_status, "closed");
+}

@@ -63,6 +63,7 @@ events! {
     SummonsReleased(SummonsReleased) = "dispatch.case.summons_released",
     PriorityRaised(CasePriorityRaised) = "dispatch.case.priority_raised",
     Merged(CaseMerged) = "dispatch.case.merged",
+    ReportLinked(CaseReportLinked) = "dispatch.case.report_linked",
     }
 }
 

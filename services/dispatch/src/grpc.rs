@@ -448,7 +448,10 @@ impl DispatchService for DispatchGrpc {
         };
         let by = Rater::parse(&r.by);
         if by.is_none() {
-            v.add("by", "must be \"reporter\" or \"staff:<id>\": only they may rate or reopen");
+            v.add(
+                "by",
+                "must be \"reporter\", \"staff:<id>\" or a linked report's reporter \"reporter:<report id>\": only they may rate",
+            );
         }
         let comment = v.text("comment", &r.comment, 0, 1000);
         v.finish()?;
@@ -458,9 +461,15 @@ impl DispatchService for DispatchGrpc {
             .act(&id, command_id, who, |clock| CaseCommand::Verify { rating, solved, by, comment, clock })
             .await?;
         let reopened = outcome.events.iter().any(|e| matches!(e, CaseEvent::Reopened(_)));
+        let closed = outcome.events.iter().any(|e| matches!(e, CaseEvent::Closed(_)));
         Ok(Response::new(pb::VerifyCaseResponse {
             position: position(&outcome),
-            outcome: if reopened { "reopened".into() } else { "closed".into() },
+            outcome: match (reopened, closed) {
+                (true, _) => "reopened",
+                (_, true) => "closed",
+                _ => "recorded",
+            }
+            .into(),
         }))
     }
 }

@@ -18,7 +18,7 @@ use gridwork_proto::gridwork::intake::v1 as intake_pb;
 use prost::Message as _;
 use sqlx::{AnyConnection, AssertSqlSafe};
 
-use crate::domain::case::{Case, CaseCommand, CaseEvent, Clock, label};
+use crate::domain::case::{Case, CaseCommand, CaseEvent, CaseRejection, Clock, Rater, label};
 use crate::domain::deadline::DeadlineId;
 use crate::domain::routing::{Area, FirstTier, route};
 use crate::policy::Policy;
@@ -138,6 +138,21 @@ impl Reactor for Incoming {
                     let accepted = intake_pb::IncidentAccepted::decode(e.payload.as_slice()).map_err(decode)?;
                     self.open_case(tx, table, id, accepted.at_unix_ms, accepted.settled).await?;
                 }
+                // A "me too" linked after acceptance (those before travel with
+                // it): its account reaches the handler, and its reporter may
+                // rate. Before acceptance there is no case yet: a no-op.
+                "intake.incident.report_linked" => {
+                    let linked = intake_pb::ReportLinked::decode(e.payload.as_slice()).map_err(decode)?;
+                    let report = match linked.report {
+                        Some(r) => case_report(r),
+                        None => pb::CaseReportLinked {
+                            report_id: linked.report_id.clone(),
+                            reported_at_unix_ms: linked.at_unix_ms,
+                            ..Default::default()
+                        },
+                    };
+                    self.link_report(id, report, commit).await?;
+                }
                 _ => {}
             }
         }
@@ -145,7 +160,62 @@ impl Reactor for Incoming {
     }
 }
 
+/// A linked report's account as the case keeps it: the source named, each
+/// attribute as "code: value", media as their URLs.
+fn case_report(r: intake_pb::LinkedReport) -> pb::CaseReportLinked {
+    use intake_pb::attribute_value::Value;
+    let attributes = r
+        .attributes
+        .into_iter()
+        .map(|a| {
+            let value = match a.value {
+                Some(Value::Text(t)) => t,
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::DatetimeUnixMs(ms)) => {
+                    let t = gridwork_runtime::clock::city_time(ms);
+                    format!("{} {:02}:{:02}", t.date(), t.hour(), t.minute())
+                }
+                Some(Value::Selected(s)) => s.values.join(", "),
+                None => String::new(),
+            };
+            format!("{}: {value}", a.code)
+        })
+        .collect();
+    let source = intake_pb::Source::try_from(r.source).unwrap_or(intake_pb::Source::Unspecified);
+    pb::CaseReportLinked {
+        report_id: r.report_id,
+        source: source.as_str_name().trim_start_matches("SOURCE_").to_lowercase().replace('_', " "),
+        description: r.description,
+        attributes,
+        address_text: r.address_text,
+        media: r.media.into_iter().map(|m| m.url).collect(),
+        reported_at_unix_ms: r.reported_at_unix_ms,
+    }
+}
+
 impl Incoming {
+    /// Link `report` to `id`'s case, if it is open (idempotent by report).
+    async fn link_report(
+        &self,
+        id: &str,
+        report: pb::CaseReportLinked,
+        commit: &RecordedCommit,
+    ) -> Result<(), ApplyError> {
+        let meta = CommandMeta {
+            command_id: format!("link-{id}-{}", report.report_id),
+            principal: "service:dispatch".into(),
+            decided_at_unix_ms: commit.body.decided_at_unix_ms,
+            request_digest: 0,
+        };
+        match self.cases.execute(id, &CaseCommand::LinkReport { report }, &meta).await {
+            Ok(_) => Ok(()),
+            // No case: the incident is not accepted (yet, or ever).
+            Err(gridwork_eventstore::ExecuteError::Rejected(CaseRejection::InvalidTransition { .. })) => Ok(()),
+            Err(gridwork_eventstore::ExecuteError::Rejected(r)) => Err(ApplyError::Invalid(r.to_string())),
+            Err(gridwork_eventstore::ExecuteError::Store(s)) => Err(ApplyError::from_store(s)),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn raise_priority(
         &self,
@@ -196,6 +266,8 @@ impl Incoming {
         settled: Option<intake_pb::AcceptedIncident>,
     ) -> Result<(), ApplyError> {
         let possibly_same_as = settled.as_ref().map(|s| s.possibly_same_as.clone()).unwrap_or_default();
+        let reports: Vec<pb::CaseReportLinked> =
+            settled.as_ref().map(|s| s.linked.iter().cloned().map(case_report).collect()).unwrap_or_default();
         type Row = (String, i64, i64, String, String, String, String);
         // What triage settled travels with the acceptance: the case never
         // depends on this reactor having understood every correction before it.
@@ -282,6 +354,7 @@ impl Incoming {
             opened: Box::new(opened),
             owner: first,
             summon: if emergency { routed.rule.emergency_departments.clone() } else { Vec::new() },
+            reports,
             clock: Clock {
                 now_unix_ms: accepted_at,
                 calendar: in_force.calendar.clone(),
@@ -344,11 +417,22 @@ pub const SUMMONSES: TableDef = TableDef {
     indexes: &["department, status, report_by_ms"],
 };
 
-/// Ratings, one per round rated.
+/// Ratings: per round, the deciding one (the reporter's, or staff's for
+/// them) and each linked reporter's.
 pub const RATINGS: TableDef = TableDef {
     name: "dispatch_ratings",
     columns: "(case_id TEXT NOT NULL, round BIGINT NOT NULL, rating BIGINT NOT NULL, solved BIGINT NOT NULL, rated_by TEXT NOT NULL, \
-              comment TEXT NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (case_id, round))",
+              comment TEXT NOT NULL, at_ms BIGINT NOT NULL, decides BIGINT NOT NULL, PRIMARY KEY (case_id, round, rated_by))",
+    indexes: &[],
+};
+
+/// The "me too" reports linked to a case, each reporter's own account.
+/// `attributes` and `media` are newline-separated.
+pub const REPORTS: TableDef = TableDef {
+    name: "dispatch_case_reports",
+    columns: "(case_id TEXT NOT NULL, report_id TEXT NOT NULL, source TEXT NOT NULL, description TEXT NOT NULL, \
+              attributes TEXT NOT NULL, address_text TEXT NOT NULL, media TEXT NOT NULL, reported_at_ms BIGINT NOT NULL, \
+              position BIGINT NOT NULL, PRIMARY KEY (case_id, report_id))",
     indexes: &[],
 };
 
@@ -412,6 +496,13 @@ fn summary(event: &CaseEvent) -> (&'static str, String) {
         CaseEvent::Closed(c) if c.outcome == pb::CloseOutcome::Merged as i32 => ("closed", "closed, merged".into()),
         CaseEvent::Closed(_) => ("closed", "closed".into()),
         CaseEvent::Merged(m) => ("merged", format!("merged into {} by {}: {}", m.into_case_id, m.by, m.reason)),
+        CaseEvent::ReportLinked(r) => (
+            "report_linked",
+            match r.source.as_str() {
+                "" => format!("another report: {}", r.report_id),
+                source => format!("another report ({source}): {}", r.description),
+            },
+        ),
         CaseEvent::Reopened(r) => ("reopened", format!("reopened: {}", r.reason)),
         CaseEvent::PriorityRaised(p) => (
             "priority_raised",
@@ -581,15 +672,16 @@ impl Projection for Cases {
     }
 
     fn tables(&self) -> &'static [TableDef] {
-        &[CASES, DEADLINES, SUMMONSES, RATINGS, TIMELINE]
+        &[CASES, DEADLINES, SUMMONSES, RATINGS, REPORTS, TIMELINE]
     }
 
     /// 2: case-level clocks (deadline scope), summonses, ratings, supervision.
     /// 3: case numbers, opening day, indexes for the area lists.
     /// 4: the rulebook version and the routing fallback.
     /// 5: possibly the same as, merged into.
+    /// 6: linked reports; linked reporters' ratings.
     fn version(&self) -> u32 {
-        5
+        6
     }
 
     async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
@@ -602,6 +694,7 @@ impl Projection for Cases {
         let principal = commit.principal().to_string();
         let timeline = tables.name(TIMELINE.name);
         let ratings = tables.name(RATINGS.name);
+        let reports = tables.name(REPORTS.name);
         let mut rows = Rows {
             tx,
             cases: tables.name(CASES.name),
@@ -754,8 +847,12 @@ impl Projection for Cases {
                     }
                 }
                 CaseEvent::Verified(v) => {
-                    rows.case("rating = $1", &[Int(i64::from(v.rating))]).await?;
-                    rows.deadlines("pending", "met", "scope = 'rating'", &[]).await?;
+                    // A linked reporter's rating is counted, and decides nothing.
+                    let decides = !matches!(Rater::parse(&v.by), Some(Rater::LinkedReporter(_)));
+                    if decides {
+                        rows.case("rating = $1", &[Int(i64::from(v.rating))]).await?;
+                        rows.deadlines("pending", "met", "scope = 'rating'", &[]).await?;
+                    }
                     // Ratings from before rounds were recorded carry round 0: the
                     // case's current round is the one rated.
                     let round = if v.round > 0 {
@@ -764,8 +861,8 @@ impl Projection for Cases {
                         format!("(SELECT round FROM {} WHERE case_id = $1)", rows.cases)
                     };
                     let sql = format!(
-                        "INSERT INTO {ratings} (case_id, round, rating, solved, rated_by, comment, at_ms) VALUES ($1, {round}, $2, $3, $4, $5, $6) \
-                         ON CONFLICT (case_id, round) DO NOTHING"
+                        "INSERT INTO {ratings} (case_id, round, rating, solved, rated_by, comment, at_ms, decides) \
+                         VALUES ($1, {round}, $2, $3, $4, $5, $6, $7) ON CONFLICT (case_id, round, rated_by) DO NOTHING"
                     );
                     rows.run(
                         sql,
@@ -776,6 +873,7 @@ impl Projection for Cases {
                             Text(&v.by),
                             Text(&v.comment),
                             Int(if v.at_unix_ms > 0 { v.at_unix_ms } else { at }),
+                            Int(i64::from(decides)),
                         ],
                     )
                     .await?;
@@ -795,6 +893,31 @@ impl Projection for Cases {
                     rows.deadlines("pending", to, "1 = 1", &[]).await?;
                 }
                 CaseEvent::Merged(m) => rows.case("merged_into = $1", &[Text(&m.into_case_id)]).await?,
+                CaseEvent::ReportLinked(r) => {
+                    let sql = format!(
+                        "INSERT INTO {reports} (case_id, report_id, source, description, attributes, address_text, media, \
+                         reported_at_ms, position) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                         ON CONFLICT (case_id, report_id) DO NOTHING"
+                    );
+                    let (attributes, media) = (r.attributes.join("\n"), r.media.join("\n"));
+                    let position = rows.position;
+                    rows.run(
+                        sql,
+                        &[
+                            Text(id),
+                            Text(&r.report_id),
+                            Text(&r.source),
+                            Text(&r.description),
+                            Text(&attributes),
+                            Text(&r.address_text),
+                            Text(&media),
+                            Int(r.reported_at_unix_ms),
+                            Int(position),
+                        ],
+                    )
+                    .await?;
+                    rows.case("", &[]).await?;
+                }
                 CaseEvent::Reopened(r) => {
                     rows.case("round = round + 1, supervised = 0", &[]).await?;
                     for d in &r.deadlines {

@@ -7,7 +7,7 @@ use gridwork_runtime::ServiceError;
 use sqlx::AssertSqlSafe;
 
 use crate::domain::deadline::{DeadlineId, Scope};
-use crate::projection::{CASES, DEADLINES, RATINGS, SUMMONSES, TIMELINE};
+use crate::projection::{CASES, DEADLINES, RATINGS, REPORTS, SUMMONSES, TIMELINE};
 
 /// What `ListCases` filters on, parsed at the edge.
 #[derive(Debug, Clone, Default)]
@@ -288,6 +288,7 @@ impl Queries<'_> {
             round: r.round as u32,
             close_outcome: r.close_outcome as i32,
             ratings: Vec::new(),
+            linked_reports: Vec::new(),
             summonses: Vec::new(),
             overdue,
             case_number: r.case_number,
@@ -332,7 +333,7 @@ impl Queries<'_> {
         self.case_page(LIST_CASES, f, "c.opened_at_ms", true, after, limit).await
     }
 
-    /// One case with its timeline, ratings and summonses.
+    /// One case with its timeline, ratings, summonses and linked reports.
     pub async fn case(&self, case_id: &str) -> Result<pb::Case, ServiceError> {
         let mut f = Filter::default();
         let id = f.text(case_id);
@@ -363,7 +364,7 @@ impl Queries<'_> {
             .collect();
         let ratings = Tables::Live.name(RATINGS.name);
         let rows: Vec<(i64, i64, i64, String, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT round, rating, solved, rated_by, comment, at_ms FROM {ratings} WHERE case_id = $1 ORDER BY round"
+            "SELECT round, rating, solved, rated_by, comment, at_ms FROM {ratings} WHERE case_id = $1 ORDER BY round, at_ms, rated_by"
         )))
         .bind(case_id)
         .fetch_all(pool)
@@ -388,6 +389,30 @@ impl Queries<'_> {
         .fetch_all(pool)
         .await?;
         case.summonses = rows.into_iter().map(Into::into).collect();
+        let reports = Tables::Live.name(REPORTS.name);
+        type ReportRow = (String, String, String, String, String, String, i64);
+        let rows: Vec<ReportRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT report_id, source, description, attributes, address_text, media, reported_at_ms FROM {reports} \
+             WHERE case_id = $1 ORDER BY position, report_id"
+        )))
+        .bind(case_id)
+        .fetch_all(pool)
+        .await?;
+        let lines = |s: String| if s.is_empty() { Vec::new() } else { s.split('\n').map(String::from).collect() };
+        case.linked_reports = rows
+            .into_iter()
+            .map(|(report_id, source, description, attributes, address_text, media, reported_at)| {
+                pb::CaseReportLinked {
+                    report_id,
+                    source,
+                    description,
+                    attributes: lines(attributes),
+                    address_text,
+                    media: lines(media),
+                    reported_at_unix_ms: reported_at,
+                }
+            })
+            .collect();
         Ok(case)
     }
 

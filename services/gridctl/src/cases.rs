@@ -113,6 +113,12 @@ fn print_case(c: &pb::Case) {
     for s in &c.summonses {
         out!("  summons {:<24} {}", s.department, summons_label(s.status));
     }
+    for r in &c.linked_reports {
+        out!("  another report {} ({}): {}", r.report_id, r.source, r.description);
+        for a in &r.attributes {
+            out!("    {a}");
+        }
+    }
     for r in &c.ratings {
         out!(
             "  rated round {}: {} ({}) by {} {}",
@@ -299,7 +305,7 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
                 pb::MergeCaseRequest { command_id: id(), case_id: case_id.clone(), into_case_id: into.clone(), reason };
             c.merge_case(request).await.map(|_| out!("{case_id} merged into {into}: closed"))
         }
-        Cases::Rate { id: case_id, rating, solved, comment } => {
+        Cases::Rate { id: case_id, rating, solved, comment, by } => {
             let rating = match rating {
                 RatingArg::Satisfied => pb::Rating::Satisfied,
                 RatingArg::BasicallySatisfied => pb::Rating::BasicallySatisfied,
@@ -309,7 +315,7 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
                 command_id: id(),
                 case_id: case_id.clone(),
                 rating: rating as i32,
-                by: "reporter".into(),
+                by,
                 comment,
                 solved: match solved {
                     SolvedArg::Yes => pb::ResolutionAnswer::Solved,

@@ -142,7 +142,9 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                     }
                     out!("  {}", i.description);
                     if !i.duplicate_of.is_empty() {
-                        out!("  duplicate of {}", i.duplicate_of);
+                        let original = pb::IncidentStatus::try_from(i.original_status)
+                            .map_or("unknown", |s| s.as_str_name().trim_start_matches("INCIDENT_STATUS_"));
+                        out!("  duplicate of {} (which is {})", i.duplicate_of, original.to_lowercase());
                     }
                     if !i.possibly_same_as.is_empty() {
                         out!("  possibly the same as {}", i.possibly_same_as);
@@ -151,7 +153,10 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                         out!("  a recurrence of {}", i.recurrence_of);
                     }
                     for l in &i.linked_reports {
-                        out!("  me too: {l}");
+                        match i.linked_accounts.iter().find(|a| &a.report_id == l) {
+                            Some(a) if !a.description.is_empty() => out!("  me too: {l}: {}", a.description),
+                            _ => out!("  me too: {l}"),
+                        }
                     }
                     for h in &i.history {
                         out!("  #{:<6} {:<18} {} ({})", h.sequence, h.event_type, h.summary, h.principal);

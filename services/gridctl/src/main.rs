@@ -383,6 +383,10 @@ enum Cases {
         /// Comment.
         #[arg(long, default_value = "")]
         comment: String,
+        /// Who rates: "reporter" (decides), "staff:<id>" for them, or
+        /// "reporter:<report id>" for a linked "me too" (recorded).
+        #[arg(long, default_value = "reporter")]
+        by: String,
     },
     /// As a dispatcher: merge a case into another open one about the same problem.
     Merge {

@@ -178,6 +178,8 @@ struct IncidentRow {
     closed_at_ms: i64,
     address_text: String,
     transfer_to: String,
+    /// A duplicate's original's status (0 if none).
+    original_status: i64,
 }
 
 /// How long a zone entry whose incident is not (yet) written counts as a
@@ -797,7 +799,9 @@ impl Intake {
             "SELECT incident_id, status, source, category_code, catalogue_version, lat, lon, district_id, street_id, \
              community_id, grid_id, micro_grid_id, description, priority, emergency, claimed_by, claim_until_ms, \
              duplicate_of, reported_at_ms, contact_ref, position, possibly_same_as, recurrence_of, closed_at_ms, \
-             address_text, transfer_to FROM {table} \
+             address_text, transfer_to, \
+             COALESCE((SELECT o.status FROM {table} o WHERE o.incident_id = t.duplicate_of), 0) AS original_status \
+             FROM {table} t \
              WHERE ($1 = '' OR district_id = $1 OR street_id = $1 OR community_id = $1 OR grid_id = $1 OR micro_grid_id = $1) \
              AND ($2 = 0 OR status = $2) AND ($3 = '' OR category_code = $3) AND ($4 = '' OR incident_id = $4) \
              AND ($6 = '' OR transfer_to = $6) \
@@ -816,9 +820,11 @@ impl Intake {
         for r in rows {
             let status = r.status as i32;
             // Open until its case closes (or triage ends it): a resolved
-            // case awaits the reporter's rating, still open to Open311.
+            // case awaits the reporter's rating, still open to Open311. A
+            // "me too" is as open as its original: its reporter follows that.
+            let followed = if r.original_status != 0 { r.original_status as i32 } else { status };
             let open = matches!(
-                pb::IncidentStatus::try_from(status),
+                pb::IncidentStatus::try_from(followed),
                 Ok(pb::IncidentStatus::Reported | pb::IncidentStatus::Accepted | pb::IncidentStatus::Resolved)
             );
             let has_contact = if r.contact_ref.is_empty() {
@@ -862,6 +868,8 @@ impl Intake {
                 closed_at_unix_ms: r.closed_at_ms,
                 address_text: r.address_text,
                 transfer_to: r.transfer_to,
+                original_status: r.original_status as i32,
+                linked_accounts: Vec::new(),
                 // Channel data is read from the incident itself (`get`).
                 device: None,
                 partner_reference: None,
@@ -879,11 +887,15 @@ impl Intake {
             .pop()
             .ok_or_else(|| ServiceError::NotFound(format!("incident_id: incident {incident_id} does not exist")))?;
         // The channel data as reported: from the incident's own stream.
-        if let Some(report) = self.incidents.load(incident_id).await?.state.report {
+        // The channel data as reported and the me-toos' accounts: from the
+        // incident's own stream.
+        let state = self.incidents.load(incident_id).await?.state;
+        if let Some(report) = state.report {
             incident.device = report.device;
             incident.partner_reference = report.partner_reference;
             incident.media = report.media;
         }
+        incident.linked_accounts = state.linked_accounts;
         let history = Tables::Live.name(HISTORY.name);
         let rows: Vec<(i64, i64, String, String, String)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT sequence, at_ms, event_type, summary, principal FROM {history} WHERE incident_id = $1 ORDER BY sequence, idx"

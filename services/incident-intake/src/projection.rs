@@ -114,8 +114,13 @@ impl Reactor for Linker {
         for event in commit.decode_events::<IncidentEvent>()? {
             match event {
                 IncidentEvent::MarkedDuplicate(d) => {
+                    // The me-too's own account travels with the link, for the
+                    // handler of the original (its contact stays behind).
+                    let me_too = self.incidents.load_current(&id).await.map_err(ApplyError::from_store)?.state;
+                    let account = me_too.report.as_ref().map(|r| crate::domain::incident::linked_account(&id, r));
                     let command = IncidentCommand::LinkReport {
                         report_id: id.clone(),
+                        account,
                         now_unix_ms: commit.body.decided_at_unix_ms,
                         escalate_after: self.escalate_after,
                     };
@@ -269,7 +274,13 @@ impl Projection for Incidents {
                     ("rejected", format!("rejected by {}: {} {}", r.by, reason_label(r.reason), r.note))
                 }
                 IncidentEvent::MarkedDuplicate(d) => ("marked_duplicate", format!("duplicate of {}", d.of_incident_id)),
-                IncidentEvent::ReportLinked(l) => ("report_linked", format!("me too: {}", l.report_id)),
+                IncidentEvent::ReportLinked(l) => (
+                    "report_linked",
+                    match &l.report {
+                        Some(r) if !r.description.is_empty() => format!("me too: {} ({})", l.report_id, r.description),
+                        _ => format!("me too: {}", l.report_id),
+                    },
+                ),
                 IncidentEvent::PriorityRaised(p) => ("priority_raised", format!("priority raised: {}", p.reason)),
                 IncidentEvent::CaseOutcomeRecorded(o) => ("case_outcome_recorded", outcome_summary(o)),
                 IncidentEvent::PossibleDuplicateFlagged(f) => (

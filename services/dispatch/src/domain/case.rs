@@ -27,7 +27,7 @@
 //! is a work item — summoned, reported for duty, completed or released — and the
 //! case resolves only when none is outstanding.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use gridwork_eventstore::{Aggregate, DecodeError};
@@ -141,14 +141,19 @@ pub enum Rater {
     Reporter,
     /// A member of staff, by id.
     Staff(String),
+    /// The reporter of a "me too" linked to the case, by its report id: the
+    /// rating is recorded and counted, and decides nothing.
+    LinkedReporter(String),
 }
 
 impl Rater {
-    /// `reporter` or `staff:<id>` (id 1-64 characters); anyone else may not rate.
+    /// `reporter`, `staff:<id>` or `reporter:<report id>` (ids 1-64
+    /// characters); anyone else may not rate.
     pub fn parse(by: &str) -> Option<Self> {
+        let id = |prefix: &str| by.strip_prefix(prefix).filter(|s| !s.is_empty() && s.len() <= 64).map(String::from);
         match by {
             "reporter" => Some(Rater::Reporter),
-            _ => by.strip_prefix("staff:").filter(|s| !s.is_empty() && s.len() <= 64).map(|s| Rater::Staff(s.into())),
+            _ => id("staff:").map(Rater::Staff).or_else(|| id("reporter:").map(Rater::LinkedReporter)),
         }
     }
 
@@ -156,6 +161,7 @@ impl Rater {
         match self {
             Rater::Reporter => "reporter".into(),
             Rater::Staff(id) => format!("staff:{id}"),
+            Rater::LinkedReporter(id) => format!("reporter:{id}"),
         }
     }
 }
@@ -180,8 +186,15 @@ pub enum CaseCommand {
         owner: pb::Owner,
         /// For emergencies: departments summoned at once.
         summon: Vec<String>,
+        /// "Me too" reports linked before acceptance.
+        reports: Vec<pb::CaseReportLinked>,
         /// Time, from the acceptance.
         clock: Clock,
+    },
+    /// Intake linked another report of the same problem to the incident.
+    LinkReport {
+        /// Its account.
+        report: pb::CaseReportLinked,
     },
     /// The owner acknowledges.
     Acknowledge {
@@ -366,6 +379,15 @@ pub enum CaseRejection {
     /// Merging into a case that is no longer being worked.
     #[error("into_case_id: the case is {}: a case is merged only into an open one", .0.label())]
     TargetNotOpen(Status),
+    /// A linked reporter's rating for a report not linked to the case.
+    #[error("by: report {0} is not linked to this case")]
+    NotLinked(String),
+    /// A linked reporter's second rating of a round.
+    #[error("by: {0} has already rated this round")]
+    AlreadyRated(String),
+    /// A linked reporter's rating after the rating window.
+    #[error("the rating window of this case's resolution has passed")]
+    RatingWindowPassed,
     /// Merging into a case merged itself.
     #[error("into_case_id: the case was merged into {0}: merge into {0} instead")]
     TargetMerged(String),
@@ -407,6 +429,13 @@ pub struct Case {
     whistles: u32,
     /// The case it was merged into ("" if none).
     pub merged_into: String,
+    /// The me-too reports linked to it.
+    pub linked_reports: BTreeSet<String>,
+    /// Who has rated the current round.
+    rated_this_round: BTreeSet<String>,
+    /// Since the current round's resolution: linked reporters may rate until
+    /// then (`None` while the round is unresolved).
+    rate_until_unix_ms: Option<i64>,
 }
 
 /// "tier id", for people: "street s", "dispatch centre d".
@@ -584,7 +613,7 @@ impl Case {
 impl Aggregate for Case {
     const CONTEXT: &'static str = "dispatch";
     const TYPE: &'static str = "case";
-    const STATE_VERSION: u32 = 2;
+    const STATE_VERSION: u32 = 3;
     type Command = CaseCommand;
     type Event = CaseEvent;
     type Rejection = CaseRejection;
@@ -592,7 +621,7 @@ impl Aggregate for Case {
     fn decide(&self, command: &CaseCommand) -> Result<Vec<CaseEvent>, CaseRejection> {
         let active = [Status::Assigned, Status::Acknowledged];
         match command {
-            CaseCommand::Open { opened, owner: first, summon, clock } => {
+            CaseCommand::Open { opened, owner: first, summon, reports, clock } => {
                 if self.status != Status::New {
                     // Idempotent by incident: the process manager may deliver twice.
                     return Ok(vec![]);
@@ -602,7 +631,29 @@ impl Aggregate for Case {
                 if !summon.is_empty() {
                     events.push(self.whistle(summon.clone(), clock));
                 }
+                let mut seen = BTreeSet::new();
+                events.extend(
+                    reports
+                        .iter()
+                        .filter(|r| seen.insert(r.report_id.clone()))
+                        .map(|r| CaseEvent::ReportLinked(r.clone())),
+                );
                 Ok(events)
+            }
+            CaseCommand::LinkReport { report } => {
+                // In any state: a report after the resolution is the handler's
+                // to read too (the fix may not have held). Once per report:
+                // the reactor may deliver twice.
+                if self.status == Status::New {
+                    return Err(CaseRejection::InvalidTransition {
+                        action: "link a report".into(),
+                        state: self.status,
+                    });
+                }
+                if self.linked_reports.contains(&report.report_id) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![CaseEvent::ReportLinked(report.clone())])
             }
             CaseCommand::RaisePriority { priority, reason, clock } => {
                 let current = self.opened.as_ref().map_or(0, |o| o.priority);
@@ -792,6 +843,9 @@ impl Aggregate for Case {
                 Ok(events)
             }
             CaseCommand::Verify { rating, solved, by, comment, clock } => {
+                if let Rater::LinkedReporter(report) = by {
+                    return self.linked_rating(report, *rating, *solved, comment, clock.now_unix_ms);
+                }
                 self.require("rate", &[Status::Resolved])?;
                 let verified = CaseEvent::Verified(pb::CaseVerified {
                     rating: *rating as i32,
@@ -862,7 +916,13 @@ impl Aggregate for Case {
                 remove(&mut self.pending, &|d| !matches!(d, DeadlineId::Respond(_)));
             }
             CaseEvent::HandedBack(_) | CaseEvent::SummonsProgressRecorded(_) => {}
-            CaseEvent::Verified(_) => remove(&mut self.pending, &|d| d.scope() != Scope::Rating),
+            CaseEvent::Verified(e) => {
+                // A linked reporter's rating decides nothing: the window stays.
+                if !matches!(Rater::parse(&e.by), Some(Rater::LinkedReporter(_))) {
+                    remove(&mut self.pending, &|d| d.scope() != Scope::Rating);
+                }
+                self.rated_this_round.insert(e.by.clone());
+            }
             CaseEvent::SlaBreached(e) => {
                 // By meaning: an old event's "w1:police" is today's "summons:1:police".
                 if let Some(breached) = e.deadline.as_ref().and_then(|d| DeadlineId::parse(&d.id)) {
@@ -892,9 +952,13 @@ impl Aggregate for Case {
             CaseEvent::SummonsCompleted(e) => self.summons_moved(&e.department, pb::SummonsStatus::Completed),
             CaseEvent::SummonsReleased(e) => self.summons_moved(&e.department, pb::SummonsStatus::Released),
             CaseEvent::Merged(e) => self.merged_into.clone_from(&e.into_case_id),
+            CaseEvent::ReportLinked(e) => {
+                self.linked_reports.insert(e.report_id.clone());
+            }
             CaseEvent::Resolved(e) => {
                 self.status = Status::Resolved;
                 self.pending.clear();
+                self.rate_until_unix_ms = Some(e.rate_by.as_ref().map_or(i64::MAX, |d| d.due_unix_ms));
                 if let Some(d) = &e.rate_by {
                     self.pending.insert(d.id.clone(), d.clone());
                 }
@@ -915,6 +979,8 @@ impl Aggregate for Case {
             }
             CaseEvent::Reopened(e) => {
                 self.round = if e.round > 0 { e.round } else { self.round + 1 };
+                self.rated_this_round.clear();
+                self.rate_until_unix_ms = None;
                 // A new round is supervised only if it, too, runs late.
                 self.supervised = false;
                 for d in &e.deadlines {
@@ -951,6 +1017,9 @@ impl Aggregate for Case {
             round: self.round,
             supervised: self.supervised,
             merged_into: self.merged_into.clone(),
+            linked_reports: self.linked_reports.iter().cloned().collect(),
+            rated_this_round: self.rated_this_round.iter().cloned().collect(),
+            rate_until_unix_ms: self.rate_until_unix_ms.unwrap_or(0),
         }
         .encode_to_vec()
     }
@@ -986,11 +1055,51 @@ impl Aggregate for Case {
             summonses,
             whistles: s.whistles,
             merged_into: s.merged_into,
+            linked_reports: s.linked_reports.into_iter().collect(),
+            rated_this_round: s.rated_this_round.into_iter().collect(),
+            rate_until_unix_ms: (s.rate_until_unix_ms != 0).then_some(s.rate_until_unix_ms),
         })
     }
 }
 
 impl Case {
+    /// A linked "me too" reporter rates: recorded and counted (the 12345
+    /// rates count every caller), deciding nothing — the case's own reporter
+    /// (or staff for them) closes or reopens it. Allowed from the round's
+    /// resolution to the end of its rating window, even once the case has
+    /// closed; once per reporter and round.
+    fn linked_rating(
+        &self,
+        report: &str,
+        rating: pb::Rating,
+        solved: bool,
+        comment: &str,
+        now_unix_ms: i64,
+    ) -> Result<Vec<CaseEvent>, CaseRejection> {
+        if !self.linked_reports.contains(report) {
+            return Err(CaseRejection::NotLinked(report.to_string()));
+        }
+        let Some(until) = self.rate_until_unix_ms.filter(|_| matches!(self.status, Status::Resolved | Status::Closed))
+        else {
+            return Err(CaseRejection::InvalidTransition { action: "rate".into(), state: self.status });
+        };
+        if self.status == Status::Closed && now_unix_ms > until {
+            return Err(CaseRejection::RatingWindowPassed);
+        }
+        let by = Rater::LinkedReporter(report.to_string()).label();
+        if self.rated_this_round.contains(&by) {
+            return Err(CaseRejection::AlreadyRated(by));
+        }
+        Ok(vec![CaseEvent::Verified(pb::CaseVerified {
+            rating: rating as i32,
+            by,
+            comment: comment.to_string(),
+            solved: if solved { pb::ResolutionAnswer::Solved } else { pb::ResolutionAnswer::NotSolved } as i32,
+            round: self.round,
+            at_unix_ms: now_unix_ms,
+        })])
+    }
+
     fn summons_moved(&mut self, department: &str, to: pb::SummonsStatus) {
         if let Some(s) = self.summonses.get_mut(department) {
             s.status = to;
@@ -1058,7 +1167,13 @@ mod tests {
     }
 
     fn open_cmd() -> CaseCommand {
-        CaseCommand::Open { opened: Box::new(opened()), owner: grid(), summon: vec![], clock: clock(0) }
+        CaseCommand::Open {
+            opened: Box::new(opened()),
+            owner: grid(),
+            summon: vec![],
+            reports: vec![],
+            clock: clock(0),
+        }
     }
 
     fn fire(id: DeadlineId, now: i64) -> CaseCommand {
@@ -1282,6 +1397,83 @@ mod tests {
         assert_eq!((merged.status, merged.merged_into.as_str()), (Status::Closed, "other"));
         assert!(merged.pending.is_empty());
         assert_eq!(Case::decode_state(&merged.encode_state()).expect("decodes"), merged);
+    }
+
+    fn linked(id: &str) -> pb::CaseReportLinked {
+        pb::CaseReportLinked {
+            report_id: id.into(),
+            source: "hotline".into(),
+            description: format!("{id}: smoke in the stairwell"),
+            ..Default::default()
+        }
+    }
+
+    fn linked_rate(report: &str, rating: pb::Rating, now: i64) -> CaseCommand {
+        CaseCommand::Verify {
+            rating,
+            solved: false,
+            by: Rater::LinkedReporter(report.into()),
+            comment: "still smells of smoke".into(),
+            clock: clock(now),
+        }
+    }
+
+    #[test]
+    fn me_too_reports_reach_the_case_once_and_their_reporters_rate_without_deciding() {
+        // Linked before acceptance: the case opens with them, each once.
+        let open = CaseCommand::Open {
+            opened: Box::new(opened()),
+            owner: grid(),
+            summon: vec![],
+            reports: vec![linked("r1"), linked("r1")],
+            clock: clock(0),
+        };
+        let events = Case::default().decide(&open).expect("open");
+        assert_eq!(events.iter().filter(|e| matches!(e, CaseEvent::ReportLinked(_))).count(), 1, "{events:?}");
+        let with_r1 = given::<Case>(events).state().clone();
+        // Linked later: once (the reactor may deliver twice); never before a case.
+        given_state(with_r1.clone())
+            .when(CaseCommand::LinkReport { report: linked("r2") })
+            .then_expect_events([CaseEvent::ReportLinked(linked("r2"))]);
+        given_state(with_r1.clone()).when(CaseCommand::LinkReport { report: linked("r1") }).then_expect_events([]);
+        given::<Case>([])
+            .when(CaseCommand::LinkReport { report: linked("r1") })
+            .then_expect_error(CaseRejection::InvalidTransition { action: "link a report".into(), state: Status::New });
+
+        // Rating: only a linked report's reporter, only once resolved.
+        given_state(with_r1.clone())
+            .when(linked_rate("r1", pb::Rating::Satisfied, MIN))
+            .then_expect_error(CaseRejection::InvalidTransition { action: "rate".into(), state: Status::Assigned });
+        let resolved = [ack(grid()), resolve(grid(), HOUR)].iter().fold(with_r1.clone(), |state, c| {
+            let new = state.decide(c).expect("step");
+            state.fold(&new)
+        });
+        given_state(resolved.clone())
+            .when(linked_rate("r9", pb::Rating::Satisfied, 2 * HOUR))
+            .then_expect_error(CaseRejection::NotLinked("r9".into()));
+        // Unsatisfied, not solved: recorded, and the case stays resolved,
+        // its rating window still running — the reporter decides.
+        let rated = resolved.decide(&linked_rate("r1", pb::Rating::Unsatisfied, 2 * HOUR)).expect("linked rating");
+        assert!(matches!(&rated[..], [CaseEvent::Verified(v)] if v.by == "reporter:r1"), "{rated:?}");
+        let after = resolved.clone().fold(&rated);
+        assert_eq!(after.status, Status::Resolved);
+        assert_eq!(after.pending, resolved.pending, "the rating window stays");
+        given_state(after.clone())
+            .when(linked_rate("r1", pb::Rating::Satisfied, 3 * HOUR))
+            .then_expect_error(CaseRejection::AlreadyRated("reporter:r1".into()));
+        assert_eq!(Case::decode_state(&after.encode_state()).expect("decodes"), after);
+        // The reporter closes it; a linked reporter may still rate within the
+        // window of the resolution, and not after.
+        let closed = after.clone().fold(&after.decide(&rate(pb::Rating::Satisfied, 3 * HOUR)).expect("rate"));
+        assert_eq!(closed.status, Status::Closed);
+        let late = closed.decide(&CaseCommand::LinkReport { report: linked("r3") }).expect("link after closing");
+        let closed = closed.fold(&late);
+        given_state(closed.clone())
+            .when(linked_rate("r3", pb::Rating::Satisfied, 4 * HOUR))
+            .then_with(|e| assert!(matches!(e, [CaseEvent::Verified(_)]), "{e:?}"));
+        given_state(closed)
+            .when(linked_rate("r3", pb::Rating::Satisfied, 30 * 24 * HOUR))
+            .then_expect_error(CaseRejection::RatingWindowPassed);
     }
 
     #[test]
@@ -1595,6 +1787,7 @@ mod tests {
             opened: Box::new(pb::CaseOpened { emergency: true, ..opened() }),
             owner: street(),
             summon: vec!["fire-brigade".into(), "police".into()],
+            reports: vec![],
             clock: clock(0),
         };
         let events = Case::default().decide(&command).expect("open");

@@ -89,6 +89,8 @@ pub struct Incident {
     pub transfer_to: String,
     /// The open incident it was flagged as possibly the same as ("" if none).
     pub possibly_same_as: String,
+    /// The linked reports' own accounts, in link order.
+    pub linked_accounts: Vec<pb::LinkedReport>,
 }
 
 /// The incident of the same category that a new report lies near, as the
@@ -287,6 +289,8 @@ pub enum IncidentCommand {
     LinkReport {
         /// The other report's incident id.
         report_id: String,
+        /// Its reporter's account, as reported (never the contact).
+        account: Option<pb::LinkedReport>,
         /// Now.
         now_unix_ms: i64,
         /// Raise priority once this many reports are linked.
@@ -358,13 +362,36 @@ pub enum IncidentRejection {
 }
 
 /// What dispatch needs of the incident as accepted.
-fn settled(report: &pb::IncidentReported, priority: i32, possibly_same_as: &str) -> pb::AcceptedIncident {
+fn settled(
+    report: &pb::IncidentReported,
+    priority: i32,
+    possibly_same_as: &str,
+    linked: &[pb::LinkedReport],
+) -> pb::AcceptedIncident {
     pb::AcceptedIncident {
         category_code: report.category_code.clone(),
         priority,
         emergency: report.emergency,
         grid_path: report.grid_path.clone(),
         possibly_same_as: possibly_same_as.to_string(),
+        linked: linked.to_vec(),
+    }
+}
+
+/// A report's own account, as a "me too" linked to another carries it (never
+/// the reporter's contact).
+pub fn linked_account(report_id: &str, report: &pb::IncidentReported) -> pb::LinkedReport {
+    pb::LinkedReport {
+        report_id: report_id.to_string(),
+        source: report.source,
+        category_code: report.category_code.clone(),
+        description: report.description.clone(),
+        attributes: report.attributes.clone(),
+        address_text: report.address_text.clone(),
+        media: report.media.clone(),
+        reported_at_unix_ms: report.reported_at_unix_ms,
+        lat: report.lat,
+        lon: report.lon,
     }
 }
 
@@ -406,7 +433,7 @@ impl Aggregate for Incident {
     const CONTEXT: &'static str = "intake";
     const TYPE: &'static str = "incident";
     /// 3: status 7 (transferred) and `transfer_to`.
-    const STATE_VERSION: u32 = 3;
+    const STATE_VERSION: u32 = 4;
     type Command = IncidentCommand;
     type Event = IncidentEvent;
     type Rejection = IncidentRejection;
@@ -453,7 +480,7 @@ impl Aggregate for Incident {
                         by: "system".into(),
                         at_unix_ms: report.reported_at_unix_ms,
                         automatic: true,
-                        settled: Some(settled(report, report.priority, &possibly_same_as)),
+                        settled: Some(settled(report, report.priority, &possibly_same_as, &[])),
                     }));
                 }
                 Ok(events)
@@ -504,7 +531,10 @@ impl Aggregate for Incident {
                     by: by.clone(),
                     at_unix_ms: *now_unix_ms,
                     automatic: false,
-                    settled: self.report.as_ref().map(|r| settled(r, self.priority, &self.possibly_same_as)),
+                    settled: self
+                        .report
+                        .as_ref()
+                        .map(|r| settled(r, self.priority, &self.possibly_same_as, &self.linked_accounts)),
                 }));
                 Ok(events)
             }
@@ -593,7 +623,12 @@ impl Aggregate for Incident {
                         by: by.clone(),
                         at_unix_ms: *now_unix_ms,
                         automatic: true,
-                        settled: Some(settled(&corrected, *priority as i32, &self.possibly_same_as)),
+                        settled: Some(settled(
+                            &corrected,
+                            *priority as i32,
+                            &self.possibly_same_as,
+                            &self.linked_accounts,
+                        )),
                     }));
                 }
                 Ok(events)
@@ -670,7 +705,7 @@ impl Aggregate for Incident {
                     })
                 }])
             }
-            IncidentCommand::LinkReport { report_id, now_unix_ms, escalate_after } => {
+            IncidentCommand::LinkReport { report_id, account, now_unix_ms, escalate_after } => {
                 // A resolved case awaits its rating: a report now says the fix
                 // did not hold, a recurrence, not a "me too" closed unseen.
                 match self.status {
@@ -684,6 +719,7 @@ impl Aggregate for Incident {
                 let mut events = vec![IncidentEvent::ReportLinked(pb::ReportLinked {
                     report_id: report_id.clone(),
                     at_unix_ms: *now_unix_ms,
+                    report: account.clone(),
                 })];
                 if self.linked.len() + 1 == *escalate_after && self.priority < pb::Priority::Urgent as i32 {
                     events.push(IncidentEvent::PriorityRaised(pb::PriorityRaised {
@@ -752,7 +788,10 @@ impl Aggregate for Incident {
                 self.status = Status::Reported;
                 self.duplicate_of.clear();
             }
-            IncidentEvent::ReportLinked(e) => self.linked.push(e.report_id.clone()),
+            IncidentEvent::ReportLinked(e) => {
+                self.linked.push(e.report_id.clone());
+                self.linked_accounts.extend(e.report.clone());
+            }
             IncidentEvent::PriorityRaised(e) => self.priority = e.priority,
             IncidentEvent::CaseOutcomeRecorded(e) => {
                 self.status = match pb::CaseStage::try_from(e.stage) {
@@ -792,6 +831,7 @@ impl Aggregate for Incident {
             duplicate_of: self.duplicate_of.clone(),
             transfer_to: self.transfer_to.clone(),
             possibly_same_as: self.possibly_same_as.clone(),
+            linked_accounts: self.linked_accounts.clone(),
         }
         .encode_to_vec()
     }
@@ -820,6 +860,7 @@ impl Aggregate for Incident {
             duplicate_of: s.duplicate_of,
             transfer_to: s.transfer_to,
             possibly_same_as: s.possibly_same_as,
+            linked_accounts: s.linked_accounts,
         })
     }
 }
@@ -844,6 +885,13 @@ mod tests {
 
     fn reported() -> IncidentEvent {
         IncidentEvent::Reported(Box::new(report(false)))
+    }
+
+    fn account(id: &str) -> pb::LinkedReport {
+        pb::LinkedReport {
+            description: format!("{id}: water through the ceiling"),
+            ..linked_account(id, &report(false))
+        }
     }
 
     fn claim(by: &str, now: i64, admin: bool) -> IncidentCommand {
@@ -900,7 +948,7 @@ mod tests {
             by: "triage-1".into(),
             at_unix_ms: 5_000,
             automatic: false,
-            settled: Some(settled(&report(false), pb::Priority::High as i32, "")),
+            settled: Some(settled(&report(false), pb::Priority::High as i32, "", &[])),
         })
     }
 
@@ -1056,7 +1104,7 @@ mod tests {
             by: "system".into(),
             at_unix_ms: 1_000,
             automatic: true,
-            settled: Some(settled(&report(true), pb::Priority::High as i32, "")),
+            settled: Some(settled(&report(true), pb::Priority::High as i32, "", &[])),
         })
     }
 
@@ -1075,7 +1123,7 @@ mod tests {
                     by: "system".into(),
                     at_unix_ms: 1_000,
                     automatic: true,
-                    settled: Some(settled(&report(true), pb::Priority::High as i32, "first-fire")),
+                    settled: Some(settled(&report(true), pb::Priority::High as i32, "first-fire", &[])),
                 }),
             ]);
     }
@@ -1181,7 +1229,8 @@ mod tests {
     #[test]
     fn neither_a_closed_nor_a_resolved_incident_takes_more_me_too_reports() {
         let accepted = || IncidentEvent::Accepted(pb::IncidentAccepted::default());
-        let link = IncidentCommand::LinkReport { report_id: "r".into(), now_unix_ms: 9, escalate_after: 5 };
+        let link =
+            IncidentCommand::LinkReport { report_id: "r".into(), account: None, now_unix_ms: 9, escalate_after: 5 };
         given::<Incident>([reported(), accepted(), outcome(pb::CaseStage::Closed, 41)])
             .when(link.clone())
             .then_expect_error(IncidentRejection::NotOpen(Status::Closed));
@@ -1274,8 +1323,19 @@ mod tests {
 
     #[test]
     fn enough_me_too_reports_raise_the_priority_once() {
-        let link = |id: &str| IncidentCommand::LinkReport { report_id: id.into(), now_unix_ms: 9, escalate_after: 2 };
-        let linked = |id: &str| IncidentEvent::ReportLinked(pb::ReportLinked { report_id: id.into(), at_unix_ms: 9 });
+        let link = |id: &str| IncidentCommand::LinkReport {
+            report_id: id.into(),
+            account: Some(account(id)),
+            now_unix_ms: 9,
+            escalate_after: 2,
+        };
+        let linked = |id: &str| {
+            IncidentEvent::ReportLinked(pb::ReportLinked {
+                report_id: id.into(),
+                at_unix_ms: 9,
+                report: Some(account(id)),
+            })
+        };
         given::<Incident>([reported()]).when(link("r1")).then_expect_events([linked("r1")]);
         given::<Incident>([reported(), linked("r1")]).when(link("r2")).then_expect_events([
             linked("r2"),
@@ -1285,6 +1345,14 @@ mod tests {
             }),
         ]);
         given::<Incident>([reported(), linked("r1")]).when(link("r1")).then_expect_events([]);
+        // The accounts travel with the acceptance: the case opens with them.
+        given::<Incident>([reported(), linked("r1"), linked("r2")])
+            .when(IncidentCommand::Accept { by: "ann".into(), now_unix_ms: 10 })
+            .then_with(|e| {
+                let [IncidentEvent::Accepted(a)] = e else { panic!("{e:?}") };
+                let linked = &a.settled.as_ref().expect("settled").linked;
+                assert_eq!(linked, &[account("r1"), account("r2")]);
+            });
         let rejected = IncidentEvent::Rejected(pb::IncidentRejected::default());
         given::<Incident>([reported(), rejected])
             .when(link("r3"))
