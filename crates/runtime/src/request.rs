@@ -18,6 +18,28 @@ pub fn principal<T>(request: &tonic::Request<T>) -> String {
         .to_string()
 }
 
+/// The caller's roles. Like the principal, until authentication is built
+/// these are an unauthenticated claim: the `x-gridwork-roles` metadata,
+/// comma-separated (`callback,triage`).
+pub fn roles<T>(request: &tonic::Request<T>) -> Vec<String> {
+    request
+        .metadata()
+        .get("x-gridwork-roles")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(',').map(str::trim).filter(|r| !r.is_empty()).map(String::from).collect())
+        .unwrap_or_default()
+}
+
+/// `PERMISSION_DENIED` naming the role, unless the caller holds it.
+#[allow(clippy::result_large_err)]
+pub fn require_role<T>(request: &tonic::Request<T>, role: &str, to: &str) -> Result<(), tonic::Status> {
+    if roles(request).iter().any(|r| r == role) {
+        Ok(())
+    } else {
+        Err(tonic::Status::permission_denied(format!("{to} needs the role {role:?} (x-gridwork-roles)")))
+    }
+}
+
 /// The caller's deadline (`grpc-timeout`), if it sent one.
 pub fn deadline<T>(request: &tonic::Request<T>) -> Option<Duration> {
     let v = request.metadata().get("grpc-timeout")?.to_str().ok()?;
@@ -52,6 +74,19 @@ mod tests {
         assert_eq!(deadline(&r), Some(Duration::from_millis(300)));
         assert_eq!(read_wait(&r), Duration::from_millis(270));
         assert_eq!(read_wait(&tonic::Request::new(())), DEFAULT_READ_WAIT);
+    }
+
+    #[test]
+    fn a_role_is_held_only_when_claimed() {
+        let mut r = tonic::Request::new(());
+        assert_eq!(
+            require_role(&r, "callback", "reading a contact").expect_err("none").code(),
+            tonic::Code::PermissionDenied
+        );
+        r.metadata_mut().insert("x-gridwork-roles", "triage, callback".parse().expect("ascii"));
+        assert_eq!(roles(&r), ["triage", "callback"]);
+        assert!(require_role(&r, "callback", "reading a contact").is_ok());
+        assert!(require_role(&r, "call", "reading a contact").is_err());
     }
 
     #[test]

@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::caller::Conn;
 use gridwork_proto::gridwork::dispatch::v1 as pb;
 use gridwork_proto::gridwork::dispatch::v1::dispatch_service_client::DispatchServiceClient;
-use tonic::transport::Channel;
 
 use crate::{Cases, RatingArg, SolvedArg, out};
 
@@ -18,13 +18,8 @@ fn local(unix_ms: i64) -> String {
         .unwrap_or_default()
 }
 
-async fn connect(endpoint: &str) -> anyhow::Result<DispatchServiceClient<Channel>> {
-    use anyhow::Context as _;
-    let channel = Channel::from_shared(endpoint.to_string())?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to dispatch at {endpoint}"))?;
-    Ok(DispatchServiceClient::new(channel))
+async fn connect(endpoint: &str) -> anyhow::Result<DispatchServiceClient<Conn>> {
+    Ok(DispatchServiceClient::new(crate::caller::connect(endpoint, "dispatch").await?))
 }
 
 /// `grid:hl-s0-c0-g01` → an owner.
@@ -335,7 +330,7 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
 
 /// Wait until the read model shows a write, then say what happened.
 async fn settle(
-    c: &mut DispatchServiceClient<Channel>,
+    c: &mut DispatchServiceClient<Conn>,
     case_id: &str,
     result: Result<Option<pb::CommitPosition>, tonic::Status>,
     done: &str,

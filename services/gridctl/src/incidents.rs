@@ -2,19 +2,14 @@
 
 use std::collections::BTreeMap;
 
+use crate::caller::Conn;
 use gridwork_proto::gridwork::intake::v1 as pb;
 use gridwork_proto::gridwork::intake::v1::intake_service_client::IntakeServiceClient;
-use tonic::transport::Channel;
 
 use crate::{Incidents, SourceArg, out};
 
-async fn connect(endpoint: &str) -> anyhow::Result<IntakeServiceClient<Channel>> {
-    use anyhow::Context as _;
-    let channel = Channel::from_shared(endpoint.to_string())?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to incident intake at {endpoint}"))?;
-    Ok(IntakeServiceClient::new(channel))
+async fn connect(endpoint: &str) -> anyhow::Result<IntakeServiceClient<Conn>> {
+    Ok(IntakeServiceClient::new(crate::caller::connect(endpoint, "incident intake").await?))
 }
 
 fn status_name(s: i32) -> &'static str {
@@ -45,6 +40,8 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
             confidence,
             partner,
             media,
+            contact_name,
+            phone,
         } => {
             let source = match source {
                 SourceArg::GridWorker => pb::Source::GridWorker,
@@ -63,6 +60,7 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 description,
                 attributes,
                 device: device.map(|device_id| pb::Device { device_id, kind: "camera".into(), confidence }),
+                contact: phone.map(|phone| pb::Contact { name: contact_name.unwrap_or_default(), phone }),
                 partner_reference: match partner {
                     None => None,
                     Some(p) => {
@@ -165,6 +163,31 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 }
                 Err(e) => Err(e),
             }
+        }
+        Incidents::Contact { id, purpose } => {
+            let request = pb::ReadReporterContactRequest {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                incident_id: id,
+                purpose,
+            };
+            c.read_reporter_contact(request).await.map(|r| {
+                let contact = r.into_inner().contact.unwrap_or_default();
+                out!("{} {} (this read is recorded)", contact.name, contact.phone);
+            })
+        }
+        Incidents::EraseContact { id, reason } => {
+            let request = pb::EraseReporterContactRequest {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                incident_id: id.clone(),
+                reason,
+            };
+            c.erase_reporter_contact(request).await.map(|r| {
+                if r.into_inner().erased {
+                    out!("erased the contact of {id}: its key is destroyed");
+                } else {
+                    out!("{id} holds no contact: nothing erased");
+                }
+            })
         }
         Incidents::Accept { id } => {
             match c

@@ -6,6 +6,7 @@ use std::io::Write as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tonic_types::StatusExt as _;
 
+mod caller;
 mod cases;
 mod incidents;
 mod json;
@@ -52,6 +53,14 @@ struct Cli {
     /// mapping; `rules show` and `calendar show` so far).
     #[arg(long, value_enum, default_value = "text", global = true)]
     output: Output,
+    /// Act as this principal (x-gridwork-principal; until the identity
+    /// issue, an unauthenticated claim).
+    #[arg(long, env = "GRIDCTL_PRINCIPAL", default_value = "", global = true)]
+    principal: String,
+    /// Roles claimed, comma-separated (x-gridwork-roles): e.g. callback
+    /// (read a reporter's contact), privacy (erase it), admin.
+    #[arg(long, env = "GRIDCTL_ROLES", default_value = "", global = true)]
+    roles: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -187,6 +196,12 @@ enum Incidents {
         /// A photo or video URL (repeatable).
         #[arg(long)]
         media: Vec<String>,
+        /// The reporter's name, to call back (kept sealed, erasable).
+        #[arg(long, requires = "phone")]
+        contact_name: Option<String>,
+        /// The reporter's phone.
+        #[arg(long)]
+        phone: Option<String>,
     },
     /// One incident with its history.
     Get {
@@ -197,6 +212,23 @@ enum Incidents {
     Accept {
         /// Incident id.
         id: String,
+    },
+    /// Read the reporter's contact to call back (回访; needs --roles callback).
+    /// Each read is recorded on the incident with who and why.
+    Contact {
+        /// Incident id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        purpose: String,
+    },
+    /// Erase the reporter's contact for good (needs --roles privacy).
+    EraseContact {
+        /// Incident id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
     },
     /// Triage: correct the category (attributes for the new one with --attr).
     Reclassify {
@@ -468,6 +500,7 @@ pub fn command_id(parts: &[&str]) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    caller::set(&cli.principal, &cli.roles)?;
     let result = match cli.command {
         Command::Incidents(c) => incidents::run(&cli.intake, c).await?,
         Command::Cases(c) => cases::run(&cli.dispatch, c).await?,

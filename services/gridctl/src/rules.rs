@@ -1,9 +1,9 @@
 //! `gridctl rules …` and `gridctl calendar …`: dispatch's rulebook and working
 //! calendar.
 
+use crate::caller::Conn;
 use gridwork_proto::gridwork::dispatch::v1 as pb;
 use gridwork_proto::gridwork::dispatch::v1::rulebook_service_client::RulebookServiceClient;
-use tonic::transport::Channel;
 
 use crate::json::{from_json, to_json};
 use crate::{Calendar, Output, Rules, out};
@@ -11,13 +11,8 @@ use crate::{Calendar, Output, Rules, out};
 const RULEBOOK: &str = "gridwork.dispatch.v1.Rulebook";
 const YEAR: &str = "gridwork.dispatch.v1.CalendarYear";
 
-async fn connect(endpoint: &str) -> anyhow::Result<RulebookServiceClient<Channel>> {
-    use anyhow::Context as _;
-    let channel = Channel::from_shared(endpoint.to_string())?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to dispatch at {endpoint}"))?;
-    Ok(RulebookServiceClient::new(channel))
+async fn connect(endpoint: &str) -> anyhow::Result<RulebookServiceClient<Conn>> {
+    Ok(RulebookServiceClient::new(crate::caller::connect(endpoint, "dispatch").await?))
 }
 
 fn span(s: &Option<pb::Span>) -> String {

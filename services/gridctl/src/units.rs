@@ -1,15 +1,13 @@
 //! `gridctl units …`, `workers …`, `heads …` and `locate`: the grid registry.
 
-use anyhow::Context as _;
 use clap::{Subcommand, ValueEnum};
 use gridwork_proto::gridwork::grid::v1 as pb;
 use gridwork_proto::gridwork::grid::v1::grid_registry_service_client::GridRegistryServiceClient;
-use tonic::transport::Channel;
 
 use crate::{Command, out};
 
 /// A client of the registry.
-pub type Registry = GridRegistryServiceClient<Channel>;
+pub type Registry = GridRegistryServiceClient<crate::caller::Conn>;
 
 #[derive(Subcommand)]
 pub enum Units {
@@ -186,11 +184,7 @@ fn band_name(b: i32) -> &'static str {
 }
 
 pub async fn connect(endpoint: &str) -> anyhow::Result<Registry> {
-    let channel = Channel::from_shared(endpoint.to_string())?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the grid registry at {endpoint}"))?;
-    Ok(GridRegistryServiceClient::new(channel))
+    Ok(GridRegistryServiceClient::new(crate::caller::connect(endpoint, "the grid registry").await?))
 }
 
 pub async fn run(endpoint: &str, command: Command) -> anyhow::Result<Result<(), tonic::Status>> {

@@ -12,6 +12,7 @@ use gridwork_runtime::ServiceError;
 use gridwork_runtime::clock::Clock;
 use sqlx::AssertSqlSafe;
 
+use crate::contacts::Vault;
 use crate::domain::catalogue::{Catalogue, CatalogueCommand, CatalogueRejection, check_definition};
 use crate::domain::incident::{Incident, IncidentCommand, IncidentRejection, Nearby, Status};
 use crate::domain::zone::{self, Policy, Reach, Spot, Zone, ZoneCommand, ZoneEvent};
@@ -20,9 +21,6 @@ use crate::projection::{GRID_UNITS, HISTORY, INCIDENTS};
 
 /// The one catalogue aggregate's id.
 pub const CITY: &str = "city";
-
-/// Erasable personal data, kept out of every event.
-pub const CONTACTS: &str = "intake_contacts";
 
 /// Tunable intake rules.
 #[derive(Debug, Clone)]
@@ -229,6 +227,7 @@ pub struct Intake {
     index: Arc<RwLock<LocateIndex>>,
     clock: Arc<dyn Clock>,
     rules: Rules,
+    vault: Vault,
 }
 
 fn meta(command_id: CommandKey, principal: String, now: i64) -> CommandMeta {
@@ -238,7 +237,7 @@ fn meta(command_id: CommandKey, principal: String, now: i64) -> CommandMeta {
 pub use crate::domain::zone::haversine_m;
 
 impl Intake {
-    /// Wire the parts together; creates the contact table.
+    /// Wire the parts together.
     #[allow(clippy::too_many_arguments)]
     pub async fn new(
         incidents: Repository<Incident>,
@@ -249,13 +248,8 @@ impl Intake {
         projection: Arc<RunnerHandle>,
         clock: Arc<dyn Clock>,
         rules: Rules,
+        vault: Vault,
     ) -> Result<Self, ServiceError> {
-        sqlx::query(AssertSqlSafe(format!(
-            "CREATE TABLE IF NOT EXISTS {CONTACTS} (contact_ref TEXT PRIMARY KEY, incident_id TEXT NOT NULL, \
-             name TEXT NOT NULL, phone TEXT NOT NULL, created_at_ms BIGINT NOT NULL)"
-        )))
-        .execute(store.pool())
-        .await?;
         let zone_locks = (0..ZONE_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
         Ok(Self {
             incidents,
@@ -268,6 +262,7 @@ impl Intake {
             index: Arc::default(),
             clock,
             rules,
+            vault,
         })
     }
 
@@ -541,25 +536,16 @@ impl Intake {
             Location::Address { text, .. } => text.trim().to_string(),
             Location::Point { .. } => String::new(),
         };
-        // The contact first: a store that cannot take it fails the report
-        // before anything is placed.
-        let contact_ref = match &input.contact {
+        // The contact is sealed into the report's own commit, under a key
+        // the vault makes first: a vault that cannot take it fails the report
+        // before anything is placed, and a commit that fails leaves a key
+        // that opens nothing.
+        let sealed_contact = match &input.contact {
             Some((name, phone)) => {
-                let contact_ref = format!("c-{incident_id}");
-                sqlx::query(AssertSqlSafe(format!(
-                    "INSERT INTO {CONTACTS} (contact_ref, incident_id, name, phone, created_at_ms) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (contact_ref) DO NOTHING"
-                )))
-                .bind(&contact_ref)
-                .bind(&incident_id)
-                .bind(name)
-                .bind(phone)
-                .bind(now)
-                .execute(self.store.pool())
-                .await?;
-                contact_ref
+                let contact = pb::Contact { name: name.clone(), phone: phone.clone() };
+                self.vault.seal(&incident_id, &contact, now).await?
             }
-            None => String::new(),
+            None => None,
         };
         // A report already recorded under this id (a retry, or the id reused
         // for another report) is not placed again: the incident's own commit
@@ -603,7 +589,8 @@ impl Intake {
             description: input.description,
             attributes: input.attributes,
             priority: input.urgency.map_or(category.default_priority, |p| p as i32),
-            contact_ref,
+            contact_ref: String::new(),
+            sealed_contact,
             reported_at_unix_ms: now,
             emergency: category.emergency,
             reporter_id: input.reporter_id,
@@ -778,6 +765,16 @@ impl Intake {
         Ok((loaded.state.status, loaded.state.duplicate_of.clone()))
     }
 
+    /// The incidents' repository (tests drive commands through it).
+    pub fn incidents(&self) -> &Repository<Incident> {
+        &self.incidents
+    }
+
+    /// The contact vault.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
     /// The claim length.
     pub fn claim_ttl_ms(&self) -> i64 {
         self.rules.claim_ttl_ms
@@ -827,16 +824,7 @@ impl Intake {
                 pb::IncidentStatus::try_from(followed),
                 Ok(pb::IncidentStatus::Reported | pb::IncidentStatus::Accepted | pb::IncidentStatus::Resolved)
             );
-            let has_contact = if r.contact_ref.is_empty() {
-                false
-            } else {
-                let held: Option<(String,)> =
-                    sqlx::query_as(AssertSqlSafe(format!("SELECT contact_ref FROM {CONTACTS} WHERE contact_ref = $1")))
-                        .bind(&r.contact_ref)
-                        .fetch_optional(self.store.pool())
-                        .await?;
-                held.is_some()
-            };
+            let has_contact = self.vault.holds_ref(&r.incident_id, &r.contact_ref).await?;
             out.push(pb::Incident {
                 incident_id: r.incident_id,
                 status,
@@ -924,13 +912,46 @@ impl Intake {
         Ok(incident)
     }
 
-    /// Erase a reporter's contact data.
-    pub async fn erase_contact(&self, incident_id: &str) -> Result<bool, ServiceError> {
-        let r = sqlx::query(AssertSqlSafe(format!("DELETE FROM {CONTACTS} WHERE incident_id = $1")))
-            .bind(incident_id)
-            .execute(self.store.pool())
-            .await?;
-        Ok(r.rows_affected() > 0)
+    /// Give staff the reporter's contact to call back: the read is recorded
+    /// on the incident (who, why) before the contact leaves the vault.
+    pub async fn read_contact(
+        &self,
+        incident_id: &str,
+        command_id: CommandKey,
+        principal: String,
+        purpose: String,
+    ) -> Result<(pb::Contact, CommitOutcome<IncidentEvent>), ServiceError> {
+        let now = self.clock.now_unix_ms();
+        let command = IncidentCommand::ReadContact { by: principal.clone(), purpose, now_unix_ms: now };
+        let outcome = self.incidents.execute(incident_id, &command, &meta(command_id, principal, now)).await?;
+        let report = self.incidents.load_current(incident_id).await?.state.report.unwrap_or_default();
+        // Erased between the record and this read: nothing to give.
+        let contact = self
+            .vault
+            .open_contact(incident_id, &report)
+            .await?
+            .ok_or_else(|| ServiceError::from(IncidentRejection::ContactErased))?;
+        Ok((contact, outcome))
+    }
+
+    /// Erase a reporter's contact for good: recorded on the incident, then
+    /// its key destroyed (the eraser reactor destroys it too, should this
+    /// process stop in between). `true` if a contact was held and is gone.
+    pub async fn erase_contact(
+        &self,
+        incident_id: &str,
+        command_id: CommandKey,
+        principal: String,
+        reason: String,
+    ) -> Result<(bool, CommitOutcome<IncidentEvent>), ServiceError> {
+        let now = self.clock.now_unix_ms();
+        let command = IncidentCommand::EraseContact { by: principal.clone(), reason, now_unix_ms: now };
+        let outcome = self.incidents.execute(incident_id, &command, &meta(command_id, principal, now)).await?;
+        let erased = outcome.events.iter().any(|e| matches!(e, IncidentEvent::ContactErased(_)));
+        if erased {
+            self.vault.shred(incident_id, now).await?;
+        }
+        Ok((erased, outcome))
     }
 }
 
@@ -950,6 +971,8 @@ impl From<IncidentRejection> for ServiceError {
             IncidentRejection::Unchanged(_) => "UNCHANGED",
             IncidentRejection::TransferPending(_) => "TRANSFER_PENDING",
             IncidentRejection::NoTransfer => "NO_TRANSFER",
+            IncidentRejection::NoContact => "NO_CONTACT",
+            IncidentRejection::ContactErased => "CONTACT_ERASED",
             IncidentRejection::NotTheReceiver { .. } => "NOT_THE_RECEIVER",
             IncidentRejection::TransferInstead => "TRANSFER_INSTEAD",
         };

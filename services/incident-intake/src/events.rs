@@ -46,6 +46,10 @@ pub enum IncidentEvent {
     TransferDeclined(pb::TransferDeclined),
     /// `intake.incident.transfer_withdrawn`: it lapsed unanswered.
     TransferWithdrawn(pb::TransferWithdrawn),
+    /// `intake.incident.contact_read`: staff read the contact (回访).
+    ContactRead(pb::ContactRead),
+    /// `intake.incident.contact_erased`: the contact's key was destroyed.
+    ContactErased(pb::ContactErased),
 }
 
 /// Event type names.
@@ -88,6 +92,10 @@ pub mod types {
     pub const TRANSFER_DECLINED: &str = "intake.incident.transfer_declined";
     /// It lapsed unanswered.
     pub const TRANSFER_WITHDRAWN: &str = "intake.incident.transfer_withdrawn";
+    /// Contact read.
+    pub const CONTACT_READ: &str = "intake.incident.contact_read";
+    /// Contact erased.
+    pub const CONTACT_ERASED: &str = "intake.incident.contact_erased";
 }
 
 impl DomainEvent for IncidentEvent {
@@ -112,6 +120,8 @@ impl DomainEvent for IncidentEvent {
             IncidentEvent::TransferAccepted(_) => types::TRANSFER_ACCEPTED,
             IncidentEvent::TransferDeclined(_) => types::TRANSFER_DECLINED,
             IncidentEvent::TransferWithdrawn(_) => types::TRANSFER_WITHDRAWN,
+            IncidentEvent::ContactRead(_) => types::CONTACT_READ,
+            IncidentEvent::ContactErased(_) => types::CONTACT_ERASED,
         }
     }
 
@@ -136,6 +146,8 @@ impl DomainEvent for IncidentEvent {
             IncidentEvent::TransferAccepted(e) => e.encode_to_vec(),
             IncidentEvent::TransferDeclined(e) => e.encode_to_vec(),
             IncidentEvent::TransferWithdrawn(e) => e.encode_to_vec(),
+            IncidentEvent::ContactRead(e) => e.encode_to_vec(),
+            IncidentEvent::ContactErased(e) => e.encode_to_vec(),
         }
     }
 
@@ -184,6 +196,8 @@ impl DomainEvent for IncidentEvent {
             types::TRANSFER_DECLINED => {
                 IncidentEvent::TransferDeclined(pb::TransferDeclined::decode(payload).map_err(err)?)
             }
+            types::CONTACT_READ => IncidentEvent::ContactRead(pb::ContactRead::decode(payload).map_err(err)?),
+            types::CONTACT_ERASED => IncidentEvent::ContactErased(pb::ContactErased::decode(payload).map_err(err)?),
             types::TRANSFER_WITHDRAWN => {
                 IncidentEvent::TransferWithdrawn(pb::TransferWithdrawn::decode(payload).map_err(err)?)
             }

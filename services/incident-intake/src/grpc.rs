@@ -30,7 +30,7 @@ fn position<E>(outcome: &CommitOutcome<E>) -> Option<pb::CommitPosition> {
 /// Whether the caller may break another's triage lock. Authentication is not
 /// built yet (ARCHITECTURE.md, "Security"): the role is unauthenticated metadata.
 fn is_admin<T>(request: &Request<T>) -> bool {
-    request.metadata().get("x-gridwork-role").and_then(|v| v.to_str().ok()) == Some("admin")
+    gridwork_runtime::request::roles(request).iter().any(|r| r == "admin")
 }
 
 #[tonic::async_trait]
@@ -443,11 +443,35 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<pb::EraseReporterContactRequest>,
     ) -> Result<Response<pb::EraseReporterContactResponse>, Status> {
+        gridwork_runtime::request::require_role(&request, "privacy", "erasing a reporter's contact")?;
+        let who = principal(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("incident_id", &r.incident_id);
+        let reason = v.text("reason", &r.reason, 1, 500);
         v.finish()?;
-        Ok(Response::new(pb::EraseReporterContactResponse { erased: self.intake.erase_contact(&id).await? }))
+        let (erased, outcome) = self.intake.erase_contact(&id, command_id, who, reason).await?;
+        Ok(Response::new(pb::EraseReporterContactResponse {
+            erased,
+            position: if erased { position(&outcome) } else { None },
+        }))
+    }
+
+    async fn read_reporter_contact(
+        &self,
+        request: Request<pb::ReadReporterContactRequest>,
+    ) -> Result<Response<pb::ReadReporterContactResponse>, Status> {
+        gridwork_runtime::request::require_role(&request, "callback", "reading a reporter's contact")?;
+        let who = principal(&request);
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        let command_id = v.command_id(&r.command_id, &r);
+        let id = v.id("incident_id", &r.incident_id);
+        let purpose = v.text("purpose", &r.purpose, 1, 500);
+        v.finish()?;
+        let (contact, outcome) = self.intake.read_contact(&id, command_id, who, purpose).await?;
+        Ok(Response::new(pb::ReadReporterContactResponse { contact: Some(contact), position: position(&outcome) }))
     }
 }
 

@@ -17,6 +17,7 @@
 //! - `follow.rs`: the reactor following dispatch's cases.
 
 pub mod app;
+pub mod contacts;
 pub mod domain;
 pub mod events;
 pub mod follow;
@@ -63,6 +64,21 @@ pub struct Config {
     /// How long a triage claim lasts, in minutes.
     #[arg(long, env = "CLAIM_TTL_MINUTES", default_value_t = 10)]
     pub claim_ttl_minutes: i64,
+    /// The contact vault (the keys of reporters' sealed contacts): its own
+    /// database, never a read model. Default: beside a SQLite read store,
+    /// `…-contacts.db`; with PostgreSQL, the read store's database (give it
+    /// a database of its own in production).
+    #[arg(long, env = "CONTACTS_DATABASE_URL")]
+    pub contacts_database_url: Option<String>,
+}
+
+/// The contact vault's database by default: a SQLite file of its own beside
+/// the read store's, or (PostgreSQL) the read store's database.
+pub fn default_vault_url(database_url: &str) -> String {
+    match database_url.rsplit_once(".db") {
+        Some((file, rest)) if database_url.starts_with("sqlite:") => format!("{file}-contacts.db{rest}"),
+        _ => database_url.to_string(),
+    }
 }
 
 impl Config {
@@ -84,12 +100,24 @@ pub struct App {
     intake: Intake,
     linker: gridwork_eventstore::projection::RunnerHandle,
     follower: gridwork_eventstore::projection::RunnerHandle,
+    eraser: gridwork_eventstore::projection::RunnerHandle,
 }
 
 impl App {
     /// Connect, provision `INTAKE` (and `GRID`, which it reads), start both
     /// projections, and publish the default catalogue if none exists.
     pub async fn build(common: &CommonConfig, clock: Arc<dyn Clock>, rules: Rules) -> anyhow::Result<Self> {
+        Self::build_with_vault(common, clock, rules, None).await
+    }
+
+    /// [`App::build`], with the contact vault at `vault_url` (default:
+    /// [`default_vault_url`] of the read store's).
+    pub async fn build_with_vault(
+        common: &CommonConfig,
+        clock: Arc<dyn Clock>,
+        rules: Rules,
+        vault_url: Option<String>,
+    ) -> anyhow::Result<Self> {
         let database_url = common.database_url(SERVICE);
         let runtime = Runtime::connect(SERVICE, &common.nats_url, Some(&database_url), Duration::from_secs(30)).await?;
         let spec = StreamSpec::events(Incident::CONTEXT, common.stream_replicas);
@@ -111,6 +139,22 @@ impl App {
             .await?
             .with_command_index(index);
         let store = runtime.store.clone().ok_or_else(|| anyhow::anyhow!("read store missing"))?;
+        let vault_url = vault_url.unwrap_or_else(|| default_vault_url(&database_url));
+        let shared = vault_url == database_url;
+        let vault_store = if shared {
+            store.clone()
+        } else {
+            gridwork_eventstore::projection::ReadStore::connect(&vault_url).await?
+        };
+        let vault =
+            contacts::Vault::open(vault_store, store.clone(), shared).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let eraser = ProjectionRunner::start_reactor(
+            runtime.js.clone(),
+            store.clone(),
+            contacts::Eraser { vault: vault.clone() },
+            RunnerConfig::new(&spec.name),
+        )
+        .await?;
         let grid_copy = ProjectionRunner::start(
             runtime.js.clone(),
             store.clone(),
@@ -158,10 +202,11 @@ impl App {
             Arc::new(incidents_view),
             clock,
             rules,
+            vault,
         )
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Self { runtime, intake, linker, follower })
+        Ok(Self { runtime, intake, linker, follower, eraser })
     }
 
     /// The process manager linking duplicates to their originals.
@@ -172,6 +217,11 @@ impl App {
     /// The process manager following dispatch's cases.
     pub fn case_follower(&self) -> &gridwork_eventstore::projection::RunnerHandle {
         &self.follower
+    }
+
+    /// The process manager destroying erased contacts' keys.
+    pub fn contact_eraser(&self) -> &gridwork_eventstore::projection::RunnerHandle {
+        &self.eraser
     }
 
     /// The application service.

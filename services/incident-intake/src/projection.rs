@@ -247,8 +247,10 @@ impl Projection for Incidents {
     /// 2: the case's outcome (resolved, closed), possible duplicates and
     /// recurrences. 3: the address text; "me too" reports given back to
     /// triage. 4: triage's corrections and transfers (`transfer_to`).
+    /// 5: sealed contacts (`contact_ref` = "sealed"), contact reads and
+    /// erasures in the history.
     fn version(&self) -> u32 {
-        4
+        5
     }
 
     async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
@@ -326,6 +328,10 @@ impl Projection for Incidents {
                 IncidentEvent::TransferWithdrawn(t) => {
                     ("transfer_withdrawn", format!("transfer to {} withdrawn by {}: {}", t.to, t.by, t.reason))
                 }
+                IncidentEvent::ContactRead(c) => ("contact_read", format!("contact read by {}: {}", c.by, c.purpose)),
+                IncidentEvent::ContactErased(c) => {
+                    ("contact_erased", format!("contact erased by {}: {}", c.by, c.reason))
+                }
             };
             match event {
                 IncidentEvent::Reported(r) => {
@@ -354,7 +360,8 @@ impl Projection for Incidents {
                     .bind(i64::from(r.priority))
                     .bind(i64::from(r.emergency))
                     .bind(r.reported_at_unix_ms)
-                    .bind(&r.contact_ref)
+                    // Sealed: the vault knows whether its key is live.
+                    .bind(if r.sealed_contact.is_some() { crate::contacts::SEALED } else { r.contact_ref.as_str() })
                     .bind(position)
                     .bind(&r.address_text)
                     .execute(&mut *tx)
@@ -449,6 +456,10 @@ impl Projection for Incidents {
                 }
                 IncidentEvent::TransferDeclined(_) | IncidentEvent::TransferWithdrawn(_) => {
                     update(tx, &incidents, id, position, "transfer_to = ''", |q| q).await?
+                }
+                IncidentEvent::ContactRead(_) => update(tx, &incidents, id, position, "", |q| q).await?,
+                IncidentEvent::ContactErased(_) => {
+                    update(tx, &incidents, id, position, "contact_ref = ''", |q| q).await?
                 }
             }
             sqlx::query(AssertSqlSafe(format!(

@@ -95,7 +95,7 @@ fn as_user<T>(user: &str, role: Option<&str>, msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert("x-gridwork-principal", user.parse().expect("ascii"));
     if let Some(role) = role {
-        req.metadata_mut().insert("x-gridwork-role", role.parse().expect("ascii"));
+        req.metadata_mut().insert("x-gridwork-roles", role.parse().expect("ascii"));
     }
     req
 }
@@ -161,16 +161,98 @@ async fn a_rider_report_is_validated_placed_in_its_micro_grid_and_kept_free_of_p
         .expect("commit");
     let text = String::from_utf8_lossy(&stored.payload);
     assert!(!text.contains("138 0000") && !text.contains("Wang"), "personal data leaked into the event");
+}
 
-    // Erasure.
+/// Issue 9, item 6: a contact is sealed into the report's own commit under a
+/// key only the vault holds; staff with the callback role read it, each read
+/// recorded before the contact is given; erasure is a command with an id, a
+/// principal and a record, destroys the key (so the sealed copy in the log
+/// is unreadable), and is finished from the log if the process stopped
+/// between the record and the key.
+#[tokio::test]
+async fn contacts_are_read_by_role_with_each_read_recorded_and_erased_for_good() {
+    let mut m = mesh().await;
+    let c = &mut m.intake;
+    let r = c.report_incident(hazard(0.5, 0.5)).await.expect("report").into_inner();
+    let read = |id: &str, purpose: &str| pb::ReadReporterContactRequest {
+        command_id: uuid(),
+        incident_id: id.into(),
+        purpose: purpose.into(),
+    };
+    let denied = c.read_reporter_contact(as_user("w7", None, read(&r.incident_id, "回访"))).await.expect_err("no role");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("callback"), "{denied:?}");
+    let bad =
+        c.read_reporter_contact(as_user("w7", Some("callback"), read(&r.incident_id, ""))).await.expect_err("why");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("purpose"), "{bad:?}");
+    let got = c
+        .read_reporter_contact(as_user("w7", Some("triage,callback"), read(&r.incident_id, "回访: did the fix hold?")))
+        .await
+        .expect("read")
+        .into_inner();
+    assert_eq!(got.contact, Some(pb::Contact { name: "Wang".into(), phone: "+86 138 0000 0000".into() }));
+    let i = incident(c, &r.incident_id, got.position.expect("recorded").sequence).await;
     assert!(
-        c.erase_reporter_contact(pb::EraseReporterContactRequest { incident_id: r.incident_id.clone() })
-            .await
-            .expect("erase")
-            .into_inner()
-            .erased
+        i.history
+            .iter()
+            .any(|h| h.event_type == "contact_read" && h.principal == "w7" && h.summary.contains("did the fix hold")),
+        "each read is on the record: {:?}",
+        i.history
     );
-    assert!(!incident(c, &r.incident_id, 0).await.has_contact);
+    let anonymous =
+        c.report_incident(pb::ReportIncidentRequest { contact: None, ..hazard(1.5, 0.5) }).await.expect("r");
+    let none = c
+        .read_reporter_contact(as_user("w7", Some("callback"), read(&anonymous.into_inner().incident_id, "回访")))
+        .await
+        .expect_err("none left");
+    assert_eq!(none.code(), Code::FailedPrecondition, "{none:?}");
+
+    // Erasure: by role, with an id and a reason, recorded; a retry answers the same.
+    let erase = pb::EraseReporterContactRequest {
+        command_id: uuid(),
+        incident_id: r.incident_id.clone(),
+        reason: "the reporter asked (个人信息保护法 art. 47)".into(),
+    };
+    let denied = c.erase_reporter_contact(as_user("w7", Some("callback"), erase.clone())).await.expect_err("role");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let erased = c.erase_reporter_contact(as_user("dpo-1", Some("privacy"), erase.clone())).await.expect("erase");
+    assert!(erased.get_ref().erased);
+    let again = c.erase_reporter_contact(as_user("dpo-1", Some("privacy"), erase)).await.expect("retry").into_inner();
+    assert!(again.erased && again.position.is_some_and(|p| p.replayed), "{again:?}");
+    let i = incident(c, &r.incident_id, erased.into_inner().position.expect("pos").sequence).await;
+    assert!(!i.has_contact);
+    assert!(i.history.iter().any(|h| h.event_type == "contact_erased" && h.principal == "dpo-1"), "{:?}", i.history);
+    let gone = c
+        .read_reporter_contact(as_user("w7", Some("callback"), read(&r.incident_id, "回访")))
+        .await
+        .expect_err("erased");
+    assert_eq!(gone.code(), Code::FailedPrecondition, "{gone:?}");
+    assert!(gone.message().contains("erased"), "{gone:?}");
+
+    // The crash window: the erasure is recorded and the process stops before
+    // destroying the key. The eraser finishes it from the log.
+    let second = c.report_incident(hazard(1.5, 0.9)).await.expect("report").into_inner();
+    let incidents = m.intake_app.intake().incidents().clone();
+    let meta = gridwork_eventstore::CommandMeta {
+        command_id: uuid(),
+        principal: "dpo-1".into(),
+        decided_at_unix_ms: T0,
+        request_digest: 0,
+    };
+    let command = gridwork_incident_intake::domain::incident::IncidentCommand::EraseContact {
+        by: "dpo-1".into(),
+        reason: "retention ended".into(),
+        now_unix_ms: T0,
+    };
+    let vault = m.intake_app.intake().vault().clone();
+    let report = incidents.load_current(&second.incident_id).await.expect("load").state.report.expect("report");
+    let sealed = vault.open_contact(&second.incident_id, &report).await.expect("vault");
+    assert_eq!(sealed.map(|c| c.name), Some("Wang".to_string()), "the sealed copy opens under its key");
+    let recorded = incidents.execute(&second.incident_id, &command, &meta).await.expect("recorded");
+    m.intake_app.contact_eraser().wait_for(recorded.sequence, Duration::from_secs(10)).await.expect("eraser");
+    let opened = vault.open_contact(&second.incident_id, &report).await.expect("vault");
+    assert_eq!(opened, None, "the key is destroyed: the copy in the log opens no more");
 }
 
 #[tokio::test]

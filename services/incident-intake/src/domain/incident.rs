@@ -91,6 +91,17 @@ pub struct Incident {
     pub possibly_same_as: String,
     /// The linked reports' own accounts, in link order.
     pub linked_accounts: Vec<pb::LinkedReport>,
+    /// The reporter's contact was erased.
+    pub contact_erased: bool,
+}
+
+impl Incident {
+    /// The reporter left a contact (sealed in the report, or, before
+    /// sealing, in the legacy table) and it has not been erased.
+    pub fn holds_contact(&self) -> bool {
+        !self.contact_erased
+            && self.report.as_ref().is_some_and(|r| r.sealed_contact.is_some() || !r.contact_ref.is_empty())
+    }
 }
 
 /// The incident of the same category that a new report lies near, as the
@@ -285,6 +296,24 @@ pub enum IncidentCommand {
         /// Now.
         now_unix_ms: i64,
     },
+    /// Staff read the reporter's contact to call back (回访): recorded.
+    ReadContact {
+        /// Who.
+        by: String,
+        /// Why.
+        purpose: String,
+        /// Now.
+        now_unix_ms: i64,
+    },
+    /// Erase the reporter's contact for good: recorded.
+    EraseContact {
+        /// Who.
+        by: String,
+        /// Why.
+        reason: String,
+        /// Now.
+        now_unix_ms: i64,
+    },
     /// Link a "me too" report to this open incident.
     LinkReport {
         /// The other report's incident id.
@@ -359,6 +388,12 @@ pub enum IncidentRejection {
         "a report for another body is transferred (TransferIncident), not rejected: the first receiver stays responsible until it is accepted"
     )]
     TransferInstead,
+    /// Reading a contact the reporter never left.
+    #[error("incident_id: the reporter left no contact")]
+    NoContact,
+    /// Reading a contact that was erased.
+    #[error("incident_id: the reporter's contact was erased")]
+    ContactErased,
 }
 
 /// What dispatch needs of the incident as accepted.
@@ -433,7 +468,7 @@ impl Aggregate for Incident {
     const CONTEXT: &'static str = "intake";
     const TYPE: &'static str = "incident";
     /// 3: status 7 (transferred) and `transfer_to`.
-    const STATE_VERSION: u32 = 4;
+    const STATE_VERSION: u32 = 5;
     type Command = IncidentCommand;
     type Event = IncidentEvent;
     type Rejection = IncidentRejection;
@@ -705,6 +740,36 @@ impl Aggregate for Incident {
                     })
                 }])
             }
+            IncidentCommand::ReadContact { by, purpose, now_unix_ms } => {
+                if self.status == Status::New {
+                    return Err(IncidentRejection::NotReported);
+                }
+                if self.contact_erased {
+                    return Err(IncidentRejection::ContactErased);
+                }
+                if !self.holds_contact() {
+                    return Err(IncidentRejection::NoContact);
+                }
+                Ok(vec![IncidentEvent::ContactRead(pb::ContactRead {
+                    by: by.clone(),
+                    purpose: purpose.clone(),
+                    at_unix_ms: *now_unix_ms,
+                })])
+            }
+            IncidentCommand::EraseContact { by, reason, now_unix_ms } => {
+                if self.status == Status::New {
+                    return Err(IncidentRejection::NotReported);
+                }
+                // Nothing held (none left, or erased already): nothing to do.
+                if !self.holds_contact() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![IncidentEvent::ContactErased(pb::ContactErased {
+                    by: by.clone(),
+                    reason: reason.clone(),
+                    at_unix_ms: *now_unix_ms,
+                })])
+            }
             IncidentCommand::LinkReport { report_id, account, now_unix_ms, escalate_after } => {
                 // A resolved case awaits its rating: a report now says the fix
                 // did not hold, a recurrence, not a "me too" closed unseen.
@@ -793,6 +858,8 @@ impl Aggregate for Incident {
                 self.linked_accounts.extend(e.report.clone());
             }
             IncidentEvent::PriorityRaised(e) => self.priority = e.priority,
+            IncidentEvent::ContactRead(_) => {}
+            IncidentEvent::ContactErased(_) => self.contact_erased = true,
             IncidentEvent::CaseOutcomeRecorded(e) => {
                 self.status = match pb::CaseStage::try_from(e.stage) {
                     Ok(pb::CaseStage::Resolved) => Status::Resolved,
@@ -832,6 +899,7 @@ impl Aggregate for Incident {
             transfer_to: self.transfer_to.clone(),
             possibly_same_as: self.possibly_same_as.clone(),
             linked_accounts: self.linked_accounts.clone(),
+            contact_erased: self.contact_erased,
         }
         .encode_to_vec()
     }
@@ -861,6 +929,7 @@ impl Aggregate for Incident {
             transfer_to: s.transfer_to,
             possibly_same_as: s.possibly_same_as,
             linked_accounts: s.linked_accounts,
+            contact_erased: s.contact_erased,
         })
     }
 }
@@ -1319,6 +1388,37 @@ mod tests {
         given::<Incident>([reported()])
             .when(mark_duplicate("b", (Status::New, "")))
             .then_expect_error(IncidentRejection::TargetNotReported);
+    }
+
+    #[test]
+    fn a_contact_is_read_only_while_held_and_each_read_and_erasure_is_recorded() {
+        let sealed = pb::SealedContact { nonce: vec![1; 12], ciphertext: vec![2; 40] };
+        let with_contact =
+            IncidentEvent::Reported(Box::new(pb::IncidentReported { sealed_contact: Some(sealed), ..report(false) }));
+        let read = |by: &str| IncidentCommand::ReadContact {
+            by: by.into(),
+            purpose: "回访: did the repair hold?".into(),
+            now_unix_ms: 7,
+        };
+        let erase =
+            IncidentCommand::EraseContact { by: "dpo-1".into(), reason: "the reporter asked".into(), now_unix_ms: 8 };
+        let erased = IncidentEvent::ContactErased(pb::ContactErased {
+            by: "dpo-1".into(),
+            reason: "the reporter asked".into(),
+            at_unix_ms: 8,
+        });
+        given::<Incident>([with_contact.clone()]).when(read("w7")).then_expect_events([IncidentEvent::ContactRead(
+            pb::ContactRead { by: "w7".into(), purpose: "回访: did the repair hold?".into(), at_unix_ms: 7 },
+        )]);
+        given::<Incident>([reported()]).when(read("w7")).then_expect_error(IncidentRejection::NoContact);
+        given::<Incident>([]).when(read("w7")).then_expect_error(IncidentRejection::NotReported);
+        given::<Incident>([with_contact.clone()]).when(erase.clone()).then_expect_events([erased.clone()]);
+        given::<Incident>([with_contact.clone(), erased.clone()])
+            .when(read("w7"))
+            .then_expect_error(IncidentRejection::ContactErased);
+        // Erasing what is not held records nothing.
+        given::<Incident>([with_contact, erased]).when(erase.clone()).then_expect_events([]);
+        given::<Incident>([reported()]).when(erase).then_expect_events([]);
     }
 
     #[test]
