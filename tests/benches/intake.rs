@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gridwork_e2e::{STEP, X0, Y0, cells, mesh, uuid};
-use gridwork_proto::gridwork::grid::v1 as gpb;
 use gridwork_proto::gridwork::dispatch::v1 as dpb;
+use gridwork_proto::gridwork::grid::v1 as gpb;
 use gridwork_proto::gridwork::intake::v1 as pb;
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
@@ -105,7 +105,8 @@ async fn report_to_case(
     let (x, y) = (0.05 + (i % 8) as f64 * 0.25, 0.05 + (i / 8 % 8) as f64 * 0.25);
     let mut request = tonic::Request::new(report_at(i, "fire", x, y));
     request.set_timeout(Duration::from_secs(15));
-    let reported = intake.report_incident(request).await.unwrap_or_else(|e| panic!("emergency {i}: {e:?}")).into_inner();
+    let reported =
+        intake.report_incident(request).await.unwrap_or_else(|e| panic!("emergency {i}: {e:?}")).into_inner();
     assert!(reported.accepted, "emergency {i} was not dispatched at once");
     let id = reported.incident_id;
     let give_up = Instant::now() + Duration::from_secs(10);

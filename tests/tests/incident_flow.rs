@@ -558,6 +558,19 @@ async fn intake_status(m: &mut gridwork_e2e::Mesh, id: &str, status: intake_pb::
     }
 }
 
+/// Wait until `report` is among the reports linked to `case`.
+async fn linked_to_case(m: &mut gridwork_e2e::Mesh, case: &str, report: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let shown = get(m, case, 0).await;
+        if shown.linked_reports.iter().any(|r| r.report_id == report) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{report}'s account never reached the case of {case}: {shown:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Resolve an open case as its owner and rate it satisfied: it closes.
 async fn resolve_and_close(m: &mut gridwork_e2e::Mesh, id: &str) {
     resolve(m, id).await;
@@ -729,14 +742,51 @@ async fn a_dispatcher_merges_a_flagged_fire_into_the_first_and_its_summonses_are
         "an emergency summons its departments: {case:?}"
     );
 
-    let merge = |case_id: &str, into: &str| pb::MergeCaseRequest {
+    // A call about the same fire from across the street, which triage
+    // linked to the second: it goes with the second wherever that goes.
+    let call = intake_pb::ReportIncidentRequest {
         command_id: uuid(),
-        case_id: case_id.into(),
-        into_case_id: into.into(),
-        reason: "the same fire, seen from the next building".into(),
+        location: Some(intake_pb::report_incident_request::Location::Point(intake_pb::GeoPoint {
+            lat: Y0 + 0.1 * STEP,
+            lon: X0 + 0.1 * STEP,
+        })),
+        description: "flames seen from across the street".into(),
+        ..report("fire-hazard")
     };
+    let call = m.intake.report_incident(call).await.expect("call").into_inner();
+    m.intake
+        .mark_duplicate(intake_pb::MarkDuplicateRequest {
+            command_id: uuid(),
+            incident_id: call.incident_id.clone(),
+            of_incident_id: second.incident_id.clone(),
+        })
+        .await
+        .expect("triage links the call to the second fire");
+    linked_to_case(&mut m, &second.incident_id, &call.incident_id).await;
+
+    let merge_as = |roles: &str, case_id: &str, into: &str| {
+        let mut request = tonic::Request::new(pb::MergeCaseRequest {
+            command_id: uuid(),
+            case_id: case_id.into(),
+            into_case_id: into.into(),
+            reason: "the same fire, seen from the next building".into(),
+        });
+        request.metadata_mut().insert("x-gridwork-roles", roles.parse().expect("ascii"));
+        request
+    };
+    let merge = |case_id: &str, into: &str| merge_as("dispatcher", case_id, into);
+    let refused = m.dispatch.merge_case(merge_as("triage", &second.incident_id, &first.incident_id)).await;
+    let refused = refused.expect_err("not a dispatcher");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("dispatcher"), "{refused:?}");
     let bad = m.dispatch.merge_case(merge(&second.incident_id, &second.incident_id)).await.expect_err("self");
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().contains("into_case_id"), "{bad:?}");
+    // Into the case opened first only: two dispatchers merging the two
+    // into each other at once cannot close both.
+    let bad = m.dispatch.merge_case(merge(&first.incident_id, &second.incident_id)).await.expect_err("newer");
     assert_eq!(bad.code(), Code::FailedPrecondition, "{bad:?}");
+    assert!(bad.message().contains("opened after"), "{bad:?}");
     let bad = m.dispatch.merge_case(merge(&second.incident_id, &uuid())).await.expect_err("unknown");
     assert_eq!(bad.code(), Code::NotFound, "{bad:?}");
     let bad = m.dispatch.merge_case(merge(&second.incident_id, "")).await.expect_err("blank");
@@ -751,11 +801,20 @@ async fn a_dispatcher_merges_a_flagged_fire_into_the_first_and_its_summonses_are
         merged.summonses.iter().all(|s| s.status == pb::SummonsStatus::Released as i32),
         "nobody owes the merged case anything: {merged:?}"
     );
-    let shown = intake_status(&mut m, &second.incident_id, intake_pb::IncidentStatus::Closed).await;
+    // Intake says where it went, and the report is a "me too" of the first
+    // from now: its account reaches the first case's handler, and its
+    // reporter follows that case (not a closed one nobody works).
+    let shown = intake_status(&mut m, &second.incident_id, intake_pb::IncidentStatus::Duplicate).await;
+    assert_eq!(shown.duplicate_of, first.incident_id, "{shown:?}");
     assert!(
         shown.history.iter().any(|h| h.summary.contains(&format!("merged into the case of {}", first.incident_id))),
         "intake says where it went: {shown:?}"
     );
+    assert_eq!(shown.original_status, intake_pb::IncidentStatus::Accepted as i32, "it follows the first: {shown:?}");
+    linked_to_case(&mut m, &first.incident_id, &second.incident_id).await;
+    // Its own me-too went with it: linked on to the first, account and all.
+    linked_to_case(&mut m, &first.incident_id, &call.incident_id).await;
+    assert_eq!(incident(&mut m, &call.incident_id).await.duplicate_of, first.incident_id);
     // Merged once; the first case is untouched and still open.
     let again = m.dispatch.merge_case(merge(&second.incident_id, &first.incident_id)).await.expect_err("closed");
     assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");

@@ -238,7 +238,11 @@ impl Dispatch {
         reason: String,
     ) -> Result<CommitOutcome<CaseEvent>, ServiceError> {
         let target = self.cases.load_current(into).await?.state;
-        let target = target.opened.is_some().then(|| (target.status, target.merged_into.clone()));
+        let target = target.opened.as_ref().map(|opened| crate::domain::case::MergeTarget {
+            status: target.status,
+            merged_into: target.merged_into.clone(),
+            opened_at_unix_ms: opened.opened_at_unix_ms,
+        });
         let by = principal.clone();
         let into = into.to_string();
         self.act(case_id, command_id, principal, |clock| CaseCommand::Merge {
@@ -350,13 +354,19 @@ impl From<CaseRejection> for ServiceError {
             CaseRejection::NotSummoned(_) => "NOT_SUMMONED",
             CaseRejection::SummonsNotReported(_) => "SUMMONS_NOT_REPORTED",
             CaseRejection::SummonsOutstanding(_) => "SUMMONS_OUTSTANDING",
-            CaseRejection::SelfMerge => "SELF_MERGE",
+            CaseRejection::SelfMerge => {
+                return ServiceError::InvalidArgument(vec![gridwork_runtime::status::FieldViolation::new(
+                    "into_case_id",
+                    "a case cannot be merged into itself",
+                )]);
+            }
             CaseRejection::NotLinked(_) => "NOT_LINKED",
             CaseRejection::AlreadyRated(_) => "ALREADY_RATED",
             CaseRejection::RatingWindowPassed => "RATING_WINDOW_PASSED",
             CaseRejection::TargetUnknown => return ServiceError::NotFound(r.to_string()),
             CaseRejection::TargetNotOpen(_) => "TARGET_NOT_OPEN",
             CaseRejection::TargetMerged(_) => "TARGET_MERGED",
+            CaseRejection::TargetNewer(_) => "TARGET_NEWER",
         };
         ServiceError::FailedPrecondition { kind: kind.into(), subject: "case".into(), description: r.to_string() }
     }

@@ -346,9 +346,11 @@ impl Incoming {
                 fallback,
             }),
             department: routed.rule.department.clone(),
-            // The case's clocks are set by `Open`, from the acceptance time.
+            // The case's clocks and opening time are set by `Open`, from the
+            // acceptance time.
             deadlines: Vec::new(),
             possibly_same_as,
+            opened_at_unix_ms: 0,
         };
         let command = CaseCommand::Open {
             opened: Box::new(opened),

@@ -363,21 +363,23 @@ impl Queries<'_> {
             })
             .collect();
         let ratings = Tables::Live.name(RATINGS.name);
-        let rows: Vec<(i64, i64, i64, String, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT round, rating, solved, rated_by, comment, at_ms FROM {ratings} WHERE case_id = $1 ORDER BY round, at_ms, rated_by"
+        let rows: Vec<(i64, i64, i64, String, String, i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT round, rating, solved, rated_by, comment, at_ms, decides FROM {ratings} WHERE case_id = $1 \
+             ORDER BY round, at_ms, rated_by"
         )))
         .bind(case_id)
         .fetch_all(pool)
         .await?;
         case.ratings = rows
             .into_iter()
-            .map(|(round, rating, solved, by, comment, at)| pb::RatingEntry {
+            .map(|(round, rating, solved, by, comment, at, decides)| pb::RatingEntry {
                 round: round as u32,
                 rating: rating as i32,
                 solved: solved as i32,
                 by,
                 comment,
                 at_unix_ms: at,
+                decides: decides != 0,
             })
             .collect();
         let summonses = Tables::Live.name(SUMMONSES.name);

@@ -819,7 +819,19 @@ impl Intake {
             // Open until its case closes (or triage ends it): a resolved
             // case awaits the reporter's rating, still open to Open311. A
             // "me too" is as open as its original: its reporter follows that.
-            let followed = if r.original_status != 0 { r.original_status as i32 } else { status };
+            // Only an original at work or finished is followed: one in a
+            // state that gives its me-toos back (rejected, transferred,
+            // merged itself) says nothing of this report's outcome.
+            let original = pb::IncidentStatus::try_from(r.original_status as i32).ok().filter(|s| {
+                matches!(
+                    s,
+                    pb::IncidentStatus::Reported
+                        | pb::IncidentStatus::Accepted
+                        | pb::IncidentStatus::Resolved
+                        | pb::IncidentStatus::Closed
+                )
+            });
+            let followed = original.map_or(status, |s| s as i32);
             let open = matches!(
                 pb::IncidentStatus::try_from(followed),
                 Ok(pb::IncidentStatus::Reported | pb::IncidentStatus::Accepted | pb::IncidentStatus::Resolved)
@@ -856,7 +868,7 @@ impl Intake {
                 closed_at_unix_ms: r.closed_at_ms,
                 address_text: r.address_text,
                 transfer_to: r.transfer_to,
-                original_status: r.original_status as i32,
+                original_status: original.map_or(0, |s| s as i32),
                 linked_accounts: Vec::new(),
                 // Channel data is read from the incident itself (`get`).
                 device: None,

@@ -2,7 +2,9 @@
 //! `DISPATCH` that records the case's resolution, closure and reopening on the
 //! incident itself (`CaseOutcomeRecorded`). So the incident shows its outcome,
 //! its Open311 status closes when the case does, and a closed incident stops
-//! drawing "me too" reports — a second fire next week is a new incident.
+//! drawing "me too" reports — a second fire next week is a new incident. A
+//! case a dispatcher merged into another makes its incident a "me too" of the
+//! other's, for the linker to carry there.
 //!
 //! It reads dispatch's published event messages (`gridwork.dispatch.v1`), not
 //! dispatch's code. The case id is the incident id.
@@ -22,8 +24,9 @@ pub struct CaseFollower {
     pub incidents: Repository<Incident>,
 }
 
-/// What one dispatch commit means for its incident: the last stage it reached.
-fn outcome(commit: &RecordedCommit) -> Result<Option<(CaseStage, i64, String)>, ApplyError> {
+/// What one dispatch commit means for its incident: the last stage it
+/// reached, and the case it was merged into ("" if none).
+fn outcome(commit: &RecordedCommit) -> Result<Option<(CaseStage, i64, String, String)>, ApplyError> {
     let mut outcome = None;
     let mut merged_into = String::new();
     // Only the types it follows must be a version this build reads: a newer
@@ -68,7 +71,7 @@ fn outcome(commit: &RecordedCommit) -> Result<Option<(CaseStage, i64, String)>, 
             _ => {}
         }
     }
-    Ok(outcome)
+    Ok(outcome.map(|(stage, at, note)| (stage, at, note, merged_into)))
 }
 
 impl Reactor for CaseFollower {
@@ -87,9 +90,10 @@ impl Reactor for CaseFollower {
         if !commit.subject.starts_with("dispatch.case.") {
             return Ok(());
         }
-        let Some((stage, at_unix_ms, note)) = outcome(commit)? else { return Ok(()) };
+        let Some((stage, at_unix_ms, note, merged_into)) = outcome(commit)? else { return Ok(()) };
         let incident = commit.aggregate_id();
-        let command = IncidentCommand::FollowCase { stage, at_unix_ms, note, dispatch_sequence: commit.sequence };
+        let command =
+            IncidentCommand::FollowCase { stage, at_unix_ms, note, dispatch_sequence: commit.sequence, merged_into };
         let meta = CommandMeta {
             // One outcome per dispatch commit: a redelivery is answered by the first.
             command_id: format!("case-outcome-{}", commit.sequence),

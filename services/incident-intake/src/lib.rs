@@ -139,7 +139,19 @@ impl App {
             .await?
             .with_command_index(index);
         let store = runtime.store.clone().ok_or_else(|| anyhow::anyhow!("read store missing"))?;
-        let vault_url = vault_url.unwrap_or_else(|| default_vault_url(&database_url));
+        let vault_url = vault_url.unwrap_or_else(|| {
+            let url = default_vault_url(&database_url);
+            if url == database_url {
+                // A rebuild drops only the read model's own tables, so the keys
+                // survive it; but whoever may read the read model's database
+                // may read the keys too. Production gives the vault its own.
+                tracing::warn!(
+                    "CONTACTS_DATABASE_URL is not set: the contact vault shares the read model's database; \
+                     give it a database of its own (and its own credentials) in production"
+                );
+            }
+            url
+        });
         let shared = vault_url == database_url;
         let vault_store = if shared {
             store.clone()

@@ -138,7 +138,19 @@ impl Reactor for Linker {
                         outcome = self.incidents.execute(&d.of_incident_id, &command, &meta).await;
                     }
                     match outcome {
-                        Ok(_) => {}
+                        // Its own me-toos follow it to the incident it went to
+                        // (a dispatcher merged its case, or triage merged it).
+                        Ok(_) => {
+                            for report_id in &me_too.linked {
+                                let command =
+                                    IncidentCommand::Relink { from: id.clone(), to: d.of_incident_id.clone() };
+                                let meta = self.meta(format!("relink-{}", commit.sequence), commit);
+                                match self.incidents.execute(report_id, &command, &meta).await {
+                                    Ok(_) | Err(ExecuteError::Rejected(_)) => {}
+                                    Err(ExecuteError::Store(e)) => return Err(ApplyError::from_store(e)),
+                                }
+                            }
+                        }
                         // The original was rejected, closed or merged before
                         // the link, or never written: the report goes back
                         // to triage as an incident of its own, never dropped.
@@ -146,6 +158,34 @@ impl Reactor for Linker {
                             self.unlink(&id, &d.of_incident_id, refusal.to_string(), commit).await?
                         }
                         Err(ExecuteError::Store(e)) => return Err(ApplyError::from_store(e)),
+                    }
+                }
+                // Resolved or closed at T: a me-too reported after T was
+                // linked in the moments before intake learnt of it (dispatch's
+                // outcome lags). It says the fix did not hold — triage's to
+                // judge as a new incident, not a report closed unseen.
+                IncidentEvent::CaseOutcomeRecorded(o)
+                    if matches!(
+                        pb::CaseStage::try_from(o.stage),
+                        Ok(pb::CaseStage::Resolved | pb::CaseStage::Closed)
+                    ) =>
+                {
+                    let original = self.incidents.load_current(&id).await.map_err(ApplyError::from_store)?.state;
+                    let reason =
+                        format!("reported after {id}'s case was resolved or closed: the fix may not have held");
+                    for report_id in &original.linked {
+                        let carried = original.linked_accounts.iter().find(|a| a.report_id == *report_id);
+                        let reported_at = match carried {
+                            Some(account) => account.reported_at_unix_ms,
+                            None => {
+                                let me_too =
+                                    self.incidents.load_current(report_id).await.map_err(ApplyError::from_store)?;
+                                me_too.state.report.map_or(0, |r| r.reported_at_unix_ms)
+                            }
+                        };
+                        if reported_at > o.at_unix_ms {
+                            self.unlink(report_id, &id, reason.clone(), commit).await?;
+                        }
                     }
                 }
                 // Rejecting an original (as spam, say) says nothing about the
@@ -248,9 +288,10 @@ impl Projection for Incidents {
     /// recurrences. 3: the address text; "me too" reports given back to
     /// triage. 4: triage's corrections and transfers (`transfer_to`).
     /// 5: sealed contacts (`contact_ref` = "sealed"), contact reads and
-    /// erasures in the history.
+    /// erasures in the history. 6: a correction clears `possibly_same_as`; a
+    /// report given back after its case was merged away stays closed.
     fn version(&self) -> u32 {
-        5
+        6
     }
 
     async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
@@ -410,14 +451,18 @@ impl Projection for Incidents {
                     update(tx, &incidents, id, position, "recurrence_of = $3", |q| q.bind(r.of_incident_id.clone()))
                         .await?
                 }
+                // Back to triage, or closed if its own case was merged away
+                // (as the aggregate decides: it had a case outcome).
                 IncidentEvent::DuplicateUnlinked(_) => {
-                    update(tx, &incidents, id, position, "status = $3, duplicate_of = ''", |q| {
-                        q.bind(status_number(pb::IncidentStatus::Reported))
+                    let set = "status = CASE WHEN closed_at_ms > 0 THEN $3 ELSE $4 END, duplicate_of = ''";
+                    update(tx, &incidents, id, position, set, |q| {
+                        q.bind(status_number(pb::IncidentStatus::Closed))
+                            .bind(status_number(pb::IncidentStatus::Reported))
                     })
                     .await?
                 }
                 IncidentEvent::Reclassified(r) => {
-                    let set = "category_code = $3, catalogue_version = $4, emergency = $5, priority = $6";
+                    let set = "category_code = $3, catalogue_version = $4, emergency = $5, priority = $6, possibly_same_as = ''";
                     update(tx, &incidents, id, position, set, |q| {
                         q.bind(r.category_code.clone())
                             .bind(i64::from(r.catalogue_version))
@@ -429,7 +474,7 @@ impl Projection for Incidents {
                 IncidentEvent::Relocated(r) => {
                     let path = r.grid_path.clone().unwrap_or_default();
                     let set = "lat = $3, lon = $4, district_id = $5, street_id = $6, community_id = $7, grid_id = $8, \
-                               micro_grid_id = $9, address_text = $10";
+                               micro_grid_id = $9, address_text = $10, possibly_same_as = ''";
                     update(tx, &incidents, id, position, set, |q| {
                         q.bind(r.lat)
                             .bind(r.lon)

@@ -702,3 +702,61 @@ async fn channel_data_is_checked_kept_and_a_partner_feeds_retries_make_one_incid
         ["partner_reference.system", "partner_reference.reference"]
     );
 }
+
+/// Issue 9 review: dispatch's outcome reaches intake moments after it is
+/// decided. A "me too" reported after the case was resolved, linked in those
+/// moments, says the fix did not hold: when intake learns of the resolution
+/// it gives that report back to triage, and keeps those reported before.
+#[tokio::test]
+async fn a_me_too_reported_after_the_resolution_intake_had_not_yet_heard_of_goes_back_to_triage() {
+    use gridwork_incident_intake::domain::incident::{CaseStage, IncidentCommand};
+    let mut m = mesh().await;
+    let c = &mut m.intake;
+    let incidents = m.intake_app.intake().incidents().clone();
+    let mut pairs = Vec::new();
+    for x in [0.4, 1.6] {
+        let original = c.report_incident(report_of("sanitation", point(x, 0.4))).await.expect("report").into_inner();
+        c.accept_incident(as_user(
+            "triage-1",
+            None,
+            pb::AcceptIncidentRequest { command_id: uuid(), incident_id: original.incident_id.clone() },
+        ))
+        .await
+        .expect("accept");
+        let me_too = c.report_incident(report_of("sanitation", point(x, 0.4))).await.expect("report").into_inner();
+        assert_eq!(me_too.duplicate_of, original.incident_id);
+        pairs.push((original, me_too));
+    }
+    // Both linked (the linker's work) before dispatch's outcome arrives.
+    let linked_by = pairs.iter().map(|(_, me_too)| me_too.position.expect("pos").sequence).max().expect("two");
+    m.intake_app.linker().wait_for(linked_by, Duration::from_secs(10)).await.expect("linker");
+    // Both me-toos were reported at T0. The first original's case was
+    // resolved a moment before that, the second's at that very moment.
+    let mut last = 0;
+    for ((original, _), resolved_at) in pairs.iter().zip([T0 - 1, T0]) {
+        let follow = IncidentCommand::FollowCase {
+            stage: CaseStage::Resolved,
+            at_unix_ms: resolved_at,
+            note: "cleared".into(),
+            dispatch_sequence: 1,
+            merged_into: String::new(),
+        };
+        let meta = gridwork_eventstore::CommandMeta {
+            command_id: uuid(),
+            principal: "service:intake-case-follower".into(),
+            decided_at_unix_ms: T0,
+            request_digest: 0,
+        };
+        last = incidents.execute(&original.incident_id, &follow, &meta).await.expect("follow").sequence;
+    }
+    m.intake_app.linker().wait_for(last, Duration::from_secs(10)).await.expect("linker");
+    let (after, before) = (&pairs[0].1, &pairs[1].1);
+    let back = incidents.load_current(&after.incident_id).await.expect("load").state;
+    assert_eq!(
+        (back.status, back.duplicate_of.as_str()),
+        (gridwork_incident_intake::domain::incident::Status::Reported, ""),
+        "reported after the resolution: back in triage"
+    );
+    let kept = incidents.load_current(&before.incident_id).await.expect("load").state;
+    assert_eq!(kept.duplicate_of, pairs[1].0.incident_id, "reported by the resolution: still a me-too: {kept:?}");
+}

@@ -300,9 +300,9 @@ pub enum CaseCommand {
     Merge {
         /// The case it is merged into.
         into: String,
-        /// That case's status and what it was merged into itself, read from
-        /// its stream just before (`None`: it does not exist).
-        target: Option<(Status, String)>,
+        /// That case as read from its stream just before (`None`: it does
+        /// not exist).
+        target: Option<MergeTarget>,
         /// Who.
         by: String,
         /// Why.
@@ -323,6 +323,17 @@ pub enum CaseCommand {
         /// Time (a reopening starts a new round's clocks).
         clock: Clock,
     },
+}
+
+/// The case another is to be merged into, as read from its stream just before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeTarget {
+    /// Its status.
+    pub status: Status,
+    /// What it was merged into itself ("" if nothing).
+    pub merged_into: String,
+    /// When it opened (0 before 2026-11-24).
+    pub opened_at_unix_ms: i64,
 }
 
 /// Rules a case command can break.
@@ -391,6 +402,10 @@ pub enum CaseRejection {
     /// Merging into a case merged itself.
     #[error("into_case_id: the case was merged into {0}: merge into {0} instead")]
     TargetMerged(String),
+    /// Merging into a case opened after this one: cases merge into the first,
+    /// so two dispatchers merging two cases into each other cannot close both.
+    #[error("into_case_id: {0} was opened after this case: merge it into this one instead")]
+    TargetNewer(String),
 }
 
 /// A department's summons.
@@ -436,6 +451,8 @@ pub struct Case {
     /// Since the current round's resolution: linked reporters may rate until
     /// then (`None` while the round is unresolved).
     rate_until_unix_ms: Option<i64>,
+    /// When the current round was resolved (`None` while it is not).
+    resolved_at_unix_ms: Option<i64>,
 }
 
 /// "tier id", for people: "street s", "dispatch centre d".
@@ -613,7 +630,8 @@ impl Case {
 impl Aggregate for Case {
     const CONTEXT: &'static str = "dispatch";
     const TYPE: &'static str = "case";
-    const STATE_VERSION: u32 = 3;
+    /// 4: when the round was resolved (`resolved_at_unix_ms`).
+    const STATE_VERSION: u32 = 4;
     type Command = CaseCommand;
     type Event = CaseEvent;
     type Rejection = CaseRejection;
@@ -626,7 +644,11 @@ impl Aggregate for Case {
                     // Idempotent by incident: the process manager may deliver twice.
                     return Ok(vec![]);
                 }
-                let opened = pb::CaseOpened { deadlines: clock.case_clocks(1), ..(**opened).clone() };
+                let opened = pb::CaseOpened {
+                    deadlines: clock.case_clocks(1),
+                    opened_at_unix_ms: clock.now_unix_ms,
+                    ..(**opened).clone()
+                };
                 let mut events = vec![CaseEvent::Opened(opened), self.assign(first.clone(), "routed", clock)];
                 if !summon.is_empty() {
                     events.push(self.whistle(summon.clone(), clock));
@@ -641,12 +663,21 @@ impl Aggregate for Case {
                 Ok(events)
             }
             CaseCommand::LinkReport { report } => {
-                // In any state: a report after the resolution is the handler's
-                // to read too (the fix may not have held). Once per report:
-                // the reactor may deliver twice.
-                if self.status == Status::New {
+                // A report made before the resolution is the handler's to read
+                // and its reporter's to rate, even if its link lands after it.
+                // One made after it says the fix did not hold, and a closed
+                // case takes none: intake gives those back to triage when it
+                // learns of the resolution (the reactor ignores this refusal).
+                // Once per report: the reactor may deliver twice.
+                let after_resolution =
+                    self.resolved_at_unix_ms.is_some_and(|resolved| report.reported_at_unix_ms > resolved);
+                if matches!(self.status, Status::New | Status::Closed) || after_resolution {
                     return Err(CaseRejection::InvalidTransition {
-                        action: "link a report".into(),
+                        action: if after_resolution {
+                            "link a report made after the resolution to".into()
+                        } else {
+                            "link a report to".into()
+                        },
                         state: self.status,
                     });
                 }
@@ -806,15 +837,20 @@ impl Aggregate for Case {
                 if into == own {
                     return Err(CaseRejection::SelfMerge);
                 }
-                match target {
-                    None | Some((Status::New, _)) => return Err(CaseRejection::TargetUnknown),
-                    Some((_, merged)) if !merged.is_empty() => {
-                        return Err(CaseRejection::TargetMerged(merged.clone()));
-                    }
-                    Some((status @ (Status::Resolved | Status::Closed), _)) => {
-                        return Err(CaseRejection::TargetNotOpen(*status));
-                    }
-                    Some(_) => {}
+                let Some(target) = target.as_ref().filter(|t| t.status != Status::New) else {
+                    return Err(CaseRejection::TargetUnknown);
+                };
+                if !target.merged_into.is_empty() {
+                    return Err(CaseRejection::TargetMerged(target.merged_into.clone()));
+                }
+                if matches!(target.status, Status::Resolved | Status::Closed) {
+                    return Err(CaseRejection::TargetNotOpen(target.status));
+                }
+                // Into the earlier case only (ties by id): each merge goes one
+                // way in one order, so no two merges close a pair or a ring.
+                let own_opened = self.opened.as_ref().map(|o| o.opened_at_unix_ms).unwrap_or_default();
+                if (target.opened_at_unix_ms, into.as_str()) > (own_opened, own) {
+                    return Err(CaseRejection::TargetNewer(into.clone()));
                 }
                 // The departments still at work here are released: the case
                 // they were summoned to is the other one now.
@@ -958,7 +994,9 @@ impl Aggregate for Case {
             CaseEvent::Resolved(e) => {
                 self.status = Status::Resolved;
                 self.pending.clear();
-                self.rate_until_unix_ms = Some(e.rate_by.as_ref().map_or(i64::MAX, |d| d.due_unix_ms));
+                // A resolution from before the rating window had none to give.
+                self.rate_until_unix_ms = Some(e.rate_by.as_ref().map_or(e.at_unix_ms, |d| d.due_unix_ms));
+                self.resolved_at_unix_ms = Some(e.at_unix_ms);
                 if let Some(d) = &e.rate_by {
                     self.pending.insert(d.id.clone(), d.clone());
                 }
@@ -981,6 +1019,7 @@ impl Aggregate for Case {
                 self.round = if e.round > 0 { e.round } else { self.round + 1 };
                 self.rated_this_round.clear();
                 self.rate_until_unix_ms = None;
+                self.resolved_at_unix_ms = None;
                 // A new round is supervised only if it, too, runs late.
                 self.supervised = false;
                 for d in &e.deadlines {
@@ -1020,6 +1059,7 @@ impl Aggregate for Case {
             linked_reports: self.linked_reports.iter().cloned().collect(),
             rated_this_round: self.rated_this_round.iter().cloned().collect(),
             rate_until_unix_ms: self.rate_until_unix_ms.unwrap_or(0),
+            resolved_at_unix_ms: self.resolved_at_unix_ms.unwrap_or(0),
         }
         .encode_to_vec()
     }
@@ -1058,6 +1098,7 @@ impl Aggregate for Case {
             linked_reports: s.linked_reports.into_iter().collect(),
             rated_this_round: s.rated_this_round.into_iter().collect(),
             rate_until_unix_ms: (s.rate_until_unix_ms != 0).then_some(s.rate_until_unix_ms),
+            resolved_at_unix_ms: (s.resolved_at_unix_ms != 0).then_some(s.resolved_at_unix_ms),
         })
     }
 }
@@ -1356,10 +1397,15 @@ mod tests {
         });
     }
 
+    /// Merge into `into`, opened an hour before this one (at 0) unless said.
     fn merge(into: &str, target: Option<(Status, &str)>) -> CaseCommand {
+        merge_opened(into, target, -HOUR)
+    }
+
+    fn merge_opened(into: &str, target: Option<(Status, &str)>, opened_at_unix_ms: i64) -> CaseCommand {
         CaseCommand::Merge {
             into: into.into(),
-            target: target.map(|(s, m)| (s, m.to_string())),
+            target: target.map(|(status, m)| MergeTarget { status, merged_into: m.to_string(), opened_at_unix_ms }),
             by: "dispatcher-1".into(),
             reason: "the same fire".into(),
             now_unix_ms: HOUR,
@@ -1388,6 +1434,20 @@ mod tests {
         given::<Case>(opened.clone())
             .when(merge("other", Some((Status::Closed, "third"))))
             .then_expect_error(CaseRejection::TargetMerged("third".into()));
+        given::<Case>(opened.clone())
+            .when(merge("other", Some((Status::New, ""))))
+            .then_expect_error(CaseRejection::TargetUnknown);
+        // Only into the case opened first, ties broken by id: of two
+        // dispatchers merging i1 and other into each other, one is refused.
+        given::<Case>(opened.clone())
+            .when(merge_opened("other", Some((Status::Assigned, "")), MIN))
+            .then_expect_error(CaseRejection::TargetNewer("other".into()));
+        given::<Case>(opened.clone())
+            .when(merge_opened("other", Some((Status::Assigned, "")), 0))
+            .then_expect_error(CaseRejection::TargetNewer("other".into()));
+        given::<Case>(opened.clone())
+            .when(merge_opened("a-first", Some((Status::Assigned, "")), 0))
+            .then_with(|events| assert!(matches!(events.last(), Some(CaseEvent::Closed(_))), "{events:?}"));
         // A resolved case awaits its rating: it is not merged away.
         let resolved = history(&[ack(grid()), resolve(grid(), HOUR)]);
         given::<Case>(resolved)
@@ -1436,9 +1496,9 @@ mod tests {
             .when(CaseCommand::LinkReport { report: linked("r2") })
             .then_expect_events([CaseEvent::ReportLinked(linked("r2"))]);
         given_state(with_r1.clone()).when(CaseCommand::LinkReport { report: linked("r1") }).then_expect_events([]);
-        given::<Case>([])
-            .when(CaseCommand::LinkReport { report: linked("r1") })
-            .then_expect_error(CaseRejection::InvalidTransition { action: "link a report".into(), state: Status::New });
+        given::<Case>([]).when(CaseCommand::LinkReport { report: linked("r1") }).then_expect_error(
+            CaseRejection::InvalidTransition { action: "link a report to".into(), state: Status::New },
+        );
 
         // Rating: only a linked report's reporter, only once resolved.
         given_state(with_r1.clone())
@@ -1451,6 +1511,18 @@ mod tests {
         given_state(resolved.clone())
             .when(linked_rate("r9", pb::Rating::Satisfied, 2 * HOUR))
             .then_expect_error(CaseRejection::NotLinked("r9".into()));
+        // A report made before the resolution links after it; one made
+        // after it (the fix did not hold) is intake's to give back to triage.
+        let r3 = resolved.decide(&CaseCommand::LinkReport { report: linked("r3") }).expect("made before");
+        let resolved = resolved.fold(&r3);
+        given_state(resolved.clone())
+            .when(CaseCommand::LinkReport {
+                report: pb::CaseReportLinked { reported_at_unix_ms: 2 * HOUR, ..linked("r4") },
+            })
+            .then_expect_error(CaseRejection::InvalidTransition {
+                action: "link a report made after the resolution to".into(),
+                state: Status::Resolved,
+            });
         // Unsatisfied, not solved: recorded, and the case stays resolved,
         // its rating window still running — the reporter decides.
         let rated = resolved.decide(&linked_rate("r1", pb::Rating::Unsatisfied, 2 * HOUR)).expect("linked rating");
@@ -1466,8 +1538,9 @@ mod tests {
         // window of the resolution, and not after.
         let closed = after.clone().fold(&after.decide(&rate(pb::Rating::Satisfied, 3 * HOUR)).expect("rate"));
         assert_eq!(closed.status, Status::Closed);
-        let late = closed.decide(&CaseCommand::LinkReport { report: linked("r3") }).expect("link after closing");
-        let closed = closed.fold(&late);
+        given_state(closed.clone()).when(CaseCommand::LinkReport { report: linked("r5") }).then_expect_error(
+            CaseRejection::InvalidTransition { action: "link a report to".into(), state: Status::Closed },
+        );
         given_state(closed.clone())
             .when(linked_rate("r3", pb::Rating::Satisfied, 4 * HOUR))
             .then_with(|e| assert!(matches!(e, [CaseEvent::Verified(_)]), "{e:?}"));

@@ -164,6 +164,17 @@ pub enum IncidentCommand {
         note: String,
         /// Sequence of dispatch's commit: outcomes apply in this order.
         dispatch_sequence: u64,
+        /// The case was merged into this one's case ("" if not): the report
+        /// becomes a "me too" of that incident, its reporter following it.
+        merged_into: String,
+    },
+    /// A "me too" of an original that has itself become a duplicate of
+    /// another (triage's merge or a dispatcher's): linked on to that one.
+    Relink {
+        /// The original it is linked to now.
+        from: String,
+        /// The one that original went to.
+        to: String,
     },
     /// Take the triage lock.
     Claim {
@@ -413,6 +424,15 @@ fn settled(
     }
 }
 
+/// How many linked reports' accounts an incident keeps and carries to its
+/// case (every link is still counted and listed by id).
+pub const MAX_LINKED_ACCOUNTS: usize = 100;
+/// A linked account's description is carried up to this many characters (the
+/// whole of it stays on the me-too's own incident).
+pub const LINKED_DESCRIPTION_CHARS: usize = 500;
+/// A linked account carries this many media references at most.
+pub const LINKED_MEDIA: usize = 10;
+
 /// A report's own account, as a "me too" linked to another carries it (never
 /// the reporter's contact).
 pub fn linked_account(report_id: &str, report: &pb::IncidentReported) -> pb::LinkedReport {
@@ -420,10 +440,10 @@ pub fn linked_account(report_id: &str, report: &pb::IncidentReported) -> pb::Lin
         report_id: report_id.to_string(),
         source: report.source,
         category_code: report.category_code.clone(),
-        description: report.description.clone(),
+        description: report.description.chars().take(LINKED_DESCRIPTION_CHARS).collect(),
         attributes: report.attributes.clone(),
         address_text: report.address_text.clone(),
-        media: report.media.clone(),
+        media: report.media.iter().take(LINKED_MEDIA).cloned().collect(),
         reported_at_unix_ms: report.reported_at_unix_ms,
         lat: report.lat,
         lon: report.lon,
@@ -468,7 +488,10 @@ impl Aggregate for Incident {
     const CONTEXT: &'static str = "intake";
     const TYPE: &'static str = "incident";
     /// 3: status 7 (transferred) and `transfer_to`.
-    const STATE_VERSION: u32 = 5;
+    /// 6: a correction clears `possibly_same_as`; accounts kept up to
+    /// [`MAX_LINKED_ACCOUNTS`]; a report given back after its case was merged
+    /// is closed.
+    const STATE_VERSION: u32 = 6;
     type Command = IncidentCommand;
     type Event = IncidentEvent;
     type Rejection = IncidentRejection;
@@ -520,27 +543,49 @@ impl Aggregate for Incident {
                 }
                 Ok(events)
             }
-            IncidentCommand::FollowCase { stage, at_unix_ms, note, dispatch_sequence } => {
+            IncidentCommand::FollowCase { stage, at_unix_ms, note, dispatch_sequence, merged_into } => {
+                // Outcomes arrive in dispatch's stream order; one already
+                // followed (a redelivery) changes nothing.
+                if *dispatch_sequence <= self.case_sequence && self.status != Status::New {
+                    return Ok(vec![]);
+                }
                 match self.status {
                     Status::Accepted | Status::Resolved | Status::Closed => {}
                     Status::New => return Err(IncidentRejection::NotReported),
                     other => return Err(IncidentRejection::NotAccepted(other)),
-                }
-                // Outcomes arrive in dispatch's stream order; one already
-                // followed (a redelivery) changes nothing.
-                if *dispatch_sequence <= self.case_sequence {
-                    return Ok(vec![]);
                 }
                 let stage = match stage {
                     CaseStage::Resolved => pb::CaseStage::Resolved,
                     CaseStage::Closed => pb::CaseStage::Closed,
                     CaseStage::Reopened => pb::CaseStage::Reopened,
                 };
-                Ok(vec![IncidentEvent::CaseOutcomeRecorded(pb::CaseOutcomeRecorded {
+                let mut events = vec![IncidentEvent::CaseOutcomeRecorded(pb::CaseOutcomeRecorded {
                     stage: stage as i32,
                     at_unix_ms: *at_unix_ms,
                     note: note.clone(),
                     dispatch_sequence: *dispatch_sequence,
+                })];
+                // Merged by a dispatcher: the report is a "me too" of the
+                // other incident from now, so the linker carries its account
+                // (and its own me-toos) there, and its reporter follows and
+                // may rate that case, not a closed one nobody works.
+                if !merged_into.is_empty() {
+                    events.push(IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate {
+                        of_incident_id: merged_into.clone(),
+                        by: "dispatch (case merged)".into(),
+                    }));
+                }
+                Ok(events)
+            }
+            IncidentCommand::Relink { from, to } => {
+                // Only the link it names: one given back or linked elsewhere
+                // since changes nothing.
+                if self.status != Status::Duplicate || self.duplicate_of != *from || from == to {
+                    return Ok(vec![]);
+                }
+                Ok(vec![IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate {
+                    of_incident_id: to.clone(),
+                    by: format!("linker ({from} went to {to})"),
                 })])
             }
             IncidentCommand::Claim { by, now_unix_ms, ttl_ms, admin } => {
@@ -825,7 +870,10 @@ impl Aggregate for Incident {
                 self.claim = None;
                 self.transfer_to.clear();
             }
+            // Corrected: what it was flagged as possibly the same as was a
+            // report of the old category or place (so, too, on relocation).
             IncidentEvent::Reclassified(e) => {
+                self.possibly_same_as.clear();
                 if let Some(r) = self.report.as_mut() {
                     r.category_code.clone_from(&e.category_code);
                     r.catalogue_version = e.catalogue_version;
@@ -835,6 +883,7 @@ impl Aggregate for Incident {
                 self.priority = e.priority;
             }
             IncidentEvent::Relocated(e) => {
+                self.possibly_same_as.clear();
                 if let Some(r) = self.report.as_mut() {
                     r.lat = e.lat;
                     r.lon = e.lon;
@@ -849,13 +898,21 @@ impl Aggregate for Incident {
                 self.claim = None;
             }
             IncidentEvent::TransferDeclined(_) | IncidentEvent::TransferWithdrawn(_) => self.transfer_to.clear(),
+            // Back to triage — unless it had a case of its own, merged into
+            // the original's (only a dispatcher's merge makes a duplicate of
+            // an incident with a case): that case is closed, and so is it.
             IncidentEvent::DuplicateUnlinked(_) => {
-                self.status = Status::Reported;
+                self.status = if self.case_sequence > 0 { Status::Closed } else { Status::Reported };
                 self.duplicate_of.clear();
             }
             IncidentEvent::ReportLinked(e) => {
                 self.linked.push(e.report_id.clone());
-                self.linked_accounts.extend(e.report.clone());
+                // The first accounts travel with the incident to dispatch; a
+                // burst of hundreds more adds nothing a handler reads, and
+                // every later command would carry them.
+                if self.linked_accounts.len() < MAX_LINKED_ACCOUNTS {
+                    self.linked_accounts.extend(e.report.clone());
+                }
             }
             IncidentEvent::PriorityRaised(e) => self.priority = e.priority,
             IncidentEvent::ContactRead(_) => {}
@@ -1261,7 +1318,60 @@ mod tests {
     }
 
     fn follow(stage: CaseStage, sequence: u64) -> IncidentCommand {
-        IncidentCommand::FollowCase { stage, at_unix_ms: 7, note: String::new(), dispatch_sequence: sequence }
+        IncidentCommand::FollowCase {
+            stage,
+            at_unix_ms: 7,
+            note: String::new(),
+            dispatch_sequence: sequence,
+            merged_into: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_case_merged_by_a_dispatcher_makes_its_report_a_me_too_of_the_other() {
+        let accepted = || IncidentEvent::Accepted(pb::IncidentAccepted::default());
+        let merged = IncidentCommand::FollowCase {
+            stage: CaseStage::Closed,
+            at_unix_ms: 7,
+            note: String::new(),
+            dispatch_sequence: 50,
+            merged_into: "first".into(),
+        };
+        let to_first = IncidentEvent::MarkedDuplicate(pb::IncidentMarkedDuplicate {
+            of_incident_id: "first".into(),
+            by: "dispatch (case merged)".into(),
+        });
+        given::<Incident>([reported(), accepted()])
+            .when(merged.clone())
+            .then_expect_events([outcome(pb::CaseStage::Closed, 50), to_first.clone()]);
+        let history = [reported(), accepted(), outcome(pb::CaseStage::Closed, 50), to_first];
+        let state = given::<Incident>(history.clone()).state().clone();
+        assert_eq!((state.status, state.duplicate_of.as_str()), (Status::Duplicate, "first"));
+        // Redelivered: nothing more.
+        given::<Incident>(history.clone()).when(merged).then_expect_events([]);
+        // The other closed before the link: given back, it is closed with its
+        // case — not put back in triage with a case that cannot reopen.
+        let unlinked = IncidentEvent::DuplicateUnlinked(pb::DuplicateUnlinked {
+            of_incident_id: "first".into(),
+            reason: "first is closed".into(),
+        });
+        given::<Incident>(history.clone())
+            .when(IncidentCommand::Unlink { of_incident_id: "first".into(), reason: "first is closed".into() })
+            .then_expect_events([unlinked.clone()]);
+        let back = given::<Incident>(history.into_iter().chain([unlinked]).collect::<Vec<_>>());
+        assert_eq!(back.state().status, Status::Closed);
+    }
+
+    #[test]
+    fn a_me_too_of_an_original_gone_elsewhere_is_linked_on_to_where_it_went() {
+        let relink = |from: &str| IncidentCommand::Relink { from: from.into(), to: "first".into() };
+        given::<Incident>([reported(), marked_duplicate_of("second")]).when(relink("second")).then_with(|e| {
+            assert!(matches!(e, [IncidentEvent::MarkedDuplicate(d)] if d.of_incident_id == "first"), "{e:?}")
+        });
+        // Linked elsewhere since, given back, or already there: nothing.
+        given::<Incident>([reported(), marked_duplicate_of("third")]).when(relink("second")).then_expect_events([]);
+        given::<Incident>([reported()]).when(relink("second")).then_expect_events([]);
+        given::<Incident>([reported(), marked_duplicate_of("first")]).when(relink("first")).then_expect_events([]);
     }
 
     #[test]
