@@ -20,7 +20,6 @@ use opentelemetry::propagation::Extractor;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -138,7 +137,15 @@ impl Runtime {
         let result = tonic::transport::Server::builder()
             .trace_fn(request_span)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain_signal)
+            // Our own listener (bound before serving, so a test or the
+            // readiness check knows the port): tonic's `tcp_nodelay` applies
+            // only to listeners it binds, so set it here. Without it a reply
+            // written in two frames waits for the client's delayed ACK (40 ms
+            // on Linux): GetCase took 44 ms where its queries took 1.
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                drain_signal,
+            )
             .await;
         readiness.abort();
         result.context("gRPC server failed")

@@ -422,18 +422,39 @@ impl Intake {
         let reach = Reach { radius_m: self.rules.duplicate_radius_m, window_ms: self.rules.duplicate_window_ms };
         let stripe = gridwork_eventstore::envelope::request_digest(zone_id.as_bytes()) as usize % self.zone_locks.len();
         let _turn = self.zone_locks[stripe].lock().await;
-        // From the leader: another replica may have placed reports since
-        // this one's cached copy.
-        let zone = self.zones.load_current(zone_id).await?;
+        // The warm copy (no round trip): another replica may have placed
+        // reports since, but the placement is decided again on the leader's
+        // head if so (its commit names the sequence it was decided on), and
+        // an entry placed since this read is offered, not judged unseen.
+        let zone = self.zones.load(zone_id).await?;
         let mut finished = std::collections::BTreeSet::new();
         let mut closed_near = None;
         let mut unchecked: std::collections::BTreeSet<String> =
             zone.state.entries.iter().map(|e| e.incident_id.clone()).collect();
-        for (entry, _) in zone.state.candidates(&spot, now, reach).into_iter().take(MAX_CANDIDATES) {
-            if entry.incident_id == incident_id {
-                continue;
-            }
-            let candidate = self.incidents.load_current(&entry.incident_id).await?;
+        // The candidates' states, read at once: this replica's warm copies
+        // (it wrote them, and follows their cases), or cold. A copy another
+        // replica has since moved on errs safely: a "me too" of an incident
+        // closed meanwhile is refused by it and given back to triage; one
+        // thought closed that was reopened makes a new incident, noted as a
+        // recurrence.
+        let candidates: Vec<_> = zone
+            .state
+            .candidates(&spot, now, reach)
+            .into_iter()
+            .take(MAX_CANDIDATES)
+            .filter(|(entry, _)| entry.incident_id != incident_id)
+            .map(|(entry, _)| entry)
+            .collect();
+        let states =
+            futures::future::try_join_all(candidates.iter().map(|entry| self.incidents.load(&entry.incident_id)))
+                .await?;
+        for (entry, cached) in candidates.into_iter().zip(states) {
+            // A verdict that takes the entry out of the zone for good (never
+            // written, finished) is confirmed on the leader's head: a warm
+            // copy may be one this replica never saw written.
+            let open = matches!(cached.state.status, Status::Reported | Status::Accepted)
+                || (cached.state.status == Status::New && now - entry.placed_at_unix_ms < PENDING_GRACE_MS);
+            let candidate = if open { cached } else { self.incidents.load_current(&entry.incident_id).await? };
             unchecked.remove(&entry.incident_id);
             // Triage moved it to another category or place since it was
             // placed here: it is no longer this zone's.
@@ -550,7 +571,10 @@ impl Intake {
         // A report already recorded under this id (a retry, or the id reused
         // for another report) is not placed again: the incident's own commit
         // answers it, as it did or with the reuse refused.
-        let recorded = self.incidents.load_current(&incident_id).await?.state.status != Status::New;
+        // The warm copy or one cold read (a new id is in no cache): a retry
+        // racing its own first attempt past a lagging replica is placed
+        // again under the same key, and its commit answers as the first did.
+        let recorded = self.incidents.load(&incident_id).await?.state.status != Status::New;
         let nearby = match duplicate_policy(&category).filter(|_| !recorded) {
             // Never compared: each report is about its own people.
             None => None,
