@@ -143,6 +143,13 @@ impl Reactor for Incoming {
                 // rate. Before acceptance there is no case yet: a no-op.
                 "intake.incident.report_linked" => {
                     let linked = intake_pb::ReportLinked::decode(e.payload.as_slice()).map_err(decode)?;
+                    // Linked while the original awaited triage: no case to
+                    // send it to (its acceptance, later on the same subject,
+                    // carries the account). Asking would cost round trips per
+                    // me-too and hold this reactor back under a busy day.
+                    if linked.original_in_triage {
+                        continue;
+                    }
                     let report = match linked.report {
                         Some(r) => case_report(r),
                         None => pb::CaseReportLinked {

@@ -187,6 +187,36 @@ pub(crate) const PENDING_GRACE_MS: i64 = 30_000;
 /// At most this many nearby incidents are looked at for one report.
 const MAX_CANDIDATES: usize = 8;
 
+/// What an incident found near a new report is to it.
+enum Verdict {
+    /// Open (or being written right now): the report may be the same problem.
+    Open,
+    /// Out of the zone for good: never written, rejected, merged, transferred,
+    /// or corrected to another category or place.
+    Gone,
+    /// Its case was resolved or closed: the report may be a recurrence.
+    Closed,
+}
+
+/// Judge `incident`, placed in `zone_id` at `placed_at_unix_ms`, as of `now`.
+fn judge(incident: &Incident, placed_at_unix_ms: i64, now: i64, zone_id: &str) -> Verdict {
+    // Triage moved it to another category or place since it was placed
+    // here: it is no longer this zone's.
+    if let Some(r) = &incident.report
+        && zone::zone_id(&r.grid_path.clone().unwrap_or_default().grid_id, &r.category_code) != zone_id
+    {
+        return Verdict::Gone;
+    }
+    match incident.status {
+        Status::Reported | Status::Accepted => Verdict::Open,
+        // Placed, and its incident not written yet: being recorded right now
+        // (it counts as open), or never (a crash between the two commits).
+        Status::New if now - placed_at_unix_ms < PENDING_GRACE_MS => Verdict::Open,
+        Status::New | Status::Rejected | Status::Duplicate | Status::Transferred => Verdict::Gone,
+        Status::Resolved | Status::Closed => Verdict::Closed,
+    }
+}
+
 /// Locks striping the zones: placements in one zone take turns inside a
 /// replica, so a burst of calls about one fire waits its turn instead of
 /// conflicting at the server and running out of retries (replicas still
@@ -431,69 +461,77 @@ impl Intake {
         let mut closed_near = None;
         let mut unchecked: std::collections::BTreeSet<String> =
             zone.state.entries.iter().map(|e| e.incident_id.clone()).collect();
-        // The candidates' states, read at once: this replica's warm copies
-        // (it wrote them, and follows their cases), or cold. A copy another
-        // replica has since moved on errs safely: a "me too" of an incident
-        // closed meanwhile is refused by it and given back to triage; one
-        // thought closed that was reopened makes a new incident, noted as a
-        // recurrence.
-        let candidates: Vec<_> = zone
-            .state
-            .candidates(&spot, now, reach)
-            .into_iter()
-            .take(MAX_CANDIDATES)
-            .filter(|(entry, _)| entry.incident_id != incident_id)
-            .map(|(entry, _)| entry)
-            .collect();
-        let states =
-            futures::future::try_join_all(candidates.iter().map(|entry| self.incidents.load(&entry.incident_id)))
-                .await?;
-        for (entry, cached) in candidates.into_iter().zip(states) {
-            // A verdict that takes the entry out of the zone for good (never
-            // written, finished) is confirmed on the leader's head: a warm
-            // copy may be one this replica never saw written.
-            let open = matches!(cached.state.status, Status::Reported | Status::Accepted)
-                || (cached.state.status == Status::New && now - entry.placed_at_unix_ms < PENDING_GRACE_MS);
-            let candidate = if open { cached } else { self.incidents.load_current(&entry.incident_id).await? };
-            unchecked.remove(&entry.incident_id);
-            // Triage moved it to another category or place since it was
-            // placed here: it is no longer this zone's.
-            if let Some(r) = &candidate.state.report
-                && zone::zone_id(&r.grid_path.clone().unwrap_or_default().grid_id, &r.category_code) != zone_id
-            {
-                finished.insert(entry.incident_id.clone());
+        // Each candidate's own state, from the leader, nearest first until
+        // one is open: a warm copy could be one another replica has since
+        // relocated, reclassified or closed, and a report linked to it would
+        // follow another problem.
+        let mut judged_open = None;
+        for (entry, _) in zone.state.candidates(&spot, now, reach).into_iter().take(MAX_CANDIDATES) {
+            if entry.incident_id == incident_id {
                 continue;
             }
-            match candidate.state.status {
-                Status::Reported | Status::Accepted => break,
-                // Placed, and its incident not written yet: being recorded
-                // right now (it counts as open), or never (a crash between
-                // the two commits).
-                Status::New if now - entry.placed_at_unix_ms < PENDING_GRACE_MS => break,
-                Status::New | Status::Rejected | Status::Duplicate | Status::Transferred => {}
-                Status::Resolved | Status::Closed => {
+            let candidate = self.incidents.load_current(&entry.incident_id).await?;
+            unchecked.remove(&entry.incident_id);
+            match judge(&candidate.state, entry.placed_at_unix_ms, now, zone_id) {
+                Verdict::Open => {
+                    judged_open = Some(entry.incident_id.clone());
+                    break;
+                }
+                Verdict::Gone => {}
+                Verdict::Closed => {
                     closed_near.get_or_insert_with(|| entry.incident_id.clone());
                 }
             }
             finished.insert(entry.incident_id.clone());
         }
-        let command = ZoneCommand::Place {
-            incident_id: incident_id.to_string(),
-            spot,
-            at_unix_ms: now,
-            policy,
-            reach,
-            finished,
-            unchecked,
-        };
         // Issued with the report, it carries the report's age: a young
         // placement is not looked up in the command index (a busy zone forgets
         // ids quickly, and the index may lag under load).
-        let id = gridwork_eventstore::command_index::derived_in_call("place", incident_id);
-        let key = CommandKey { id, request_digest: key.request_digest };
-        let outcome = self.zones.execute(zone_id, &command, &meta(key, principal.to_string(), now)).await?;
-        let Some(ZoneEvent::ReportPlaced(placed)) = outcome.events.first() else {
-            return Err(ServiceError::Internal("zone placement decided nothing".into()));
+        let mut step = "place";
+        let placed = loop {
+            let command = ZoneCommand::Place {
+                incident_id: incident_id.to_string(),
+                spot: spot.clone(),
+                at_unix_ms: now,
+                policy,
+                reach,
+                finished: finished.clone(),
+                unchecked: unchecked.clone(),
+            };
+            let id = gridwork_eventstore::command_index::derived_in_call(step, incident_id);
+            let key = CommandKey { id, request_digest: key.request_digest };
+            let outcome = self.zones.execute(zone_id, &command, &meta(key, principal.to_string(), now)).await?;
+            let Some(ZoneEvent::ReportPlaced(placed)) = outcome.events.into_iter().next() else {
+                return Err(ServiceError::Internal("zone placement decided nothing".into()));
+            };
+            // The zone offers an entry placed since its copy here was read (by
+            // another replica): that copy may be minutes old, so the entry is
+            // judged on the leader too before a report is linked to it. One
+            // found gone is forgotten and the report placed again, once, as
+            // an original (never linked to what it judged unseen).
+            let near = placed.near_incident_id.clone();
+            if near.is_empty() || judged_open.as_deref() == Some(near.as_str()) || step != "place" {
+                break placed;
+            }
+            let candidate = self.incidents.load_current(&near).await?;
+            let placed_at =
+                zone.state.entries.iter().find(|e| e.incident_id == near).map_or(now, |e| e.placed_at_unix_ms);
+            match judge(&candidate.state, placed_at, now, zone_id) {
+                Verdict::Open => break placed,
+                Verdict::Gone => {}
+                Verdict::Closed => {
+                    closed_near.get_or_insert_with(|| near.clone());
+                }
+            }
+            unchecked.remove(&near);
+            finished.insert(near);
+            // Every entry it now holds is unchecked (the warm copy is the
+            // placement's own state: it was brought to the head if it
+            // conflicted), so the second placement offers none.
+            let fresh = self.zones.load(zone_id).await?;
+            unchecked
+                .extend(fresh.state.entries.iter().map(|e| e.incident_id.clone()).filter(|id| !finished.contains(id)));
+            step = "place-again";
         };
         let nearby = match (placed.near_incident_id.as_str(), placed.linked) {
             ("", _) => None,

@@ -151,6 +151,12 @@ impl Reactor for Linker {
                                 }
                             }
                         }
+                        // The original went on to another incident itself
+                        // (merged): linked on to that one, one hop, if it is
+                        // open — never round a ring of duplicates.
+                        Err(ExecuteError::Rejected(IncidentRejection::NotOpen(
+                            crate::domain::incident::Status::Duplicate,
+                        ))) if self.relink_on(&id, &d.of_incident_id, commit).await? => {}
                         // The original was rejected, closed or merged before
                         // the link, or never written: the report goes back
                         // to triage as an incident of its own, never dropped.
@@ -171,6 +177,14 @@ impl Reactor for Linker {
                     ) =>
                 {
                     let original = self.incidents.load_current(&id).await.map_err(ApplyError::from_store)?.state;
+                    // Judged on the state this outcome left, not a later one
+                    // (a replayed batch: reopened since, linked anew), and
+                    // not for a merge — its me-toos are linked on with it.
+                    if original.case_sequence != o.dispatch_sequence
+                        || original.status == crate::domain::incident::Status::Duplicate
+                    {
+                        continue;
+                    }
                     let reason =
                         format!("reported after {id}'s case was resolved or closed: the fix may not have held");
                     for report_id in &original.linked {
@@ -221,6 +235,28 @@ impl Linker {
             principal: "service:intake-linker".into(),
             decided_at_unix_ms: commit.body.decided_at_unix_ms,
             request_digest: 0,
+        }
+    }
+
+    /// `report_id`'s original went on to another incident: link it on there
+    /// if that one is open. False if it is not (the caller gives the report
+    /// back).
+    async fn relink_on(&self, report_id: &str, original: &str, commit: &RecordedCommit) -> Result<bool, ApplyError> {
+        use crate::domain::incident::Status;
+        let went_to = self.incidents.load_current(original).await.map_err(ApplyError::from_store)?.state.duplicate_of;
+        if went_to.is_empty() || went_to == report_id {
+            return Ok(false);
+        }
+        let target = self.incidents.load_current(&went_to).await.map_err(ApplyError::from_store)?.state;
+        if !matches!(target.status, Status::Reported | Status::Accepted) {
+            return Ok(false);
+        }
+        let command = IncidentCommand::Relink { from: original.to_string(), to: went_to };
+        let meta = self.meta(format!("relink-{}", commit.sequence), commit);
+        match self.incidents.execute(report_id, &command, &meta).await {
+            Ok(_) => Ok(true),
+            Err(ExecuteError::Rejected(_)) => Ok(false),
+            Err(ExecuteError::Store(e)) => Err(ApplyError::from_store(e)),
         }
     }
 

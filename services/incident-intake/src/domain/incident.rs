@@ -830,6 +830,7 @@ impl Aggregate for Incident {
                     report_id: report_id.clone(),
                     at_unix_ms: *now_unix_ms,
                     report: account.clone(),
+                    original_in_triage: self.status == Status::Reported,
                 })];
                 if self.linked.len() + 1 == *escalate_after && self.priority < pb::Priority::Urgent as i32 {
                     events.push(IncidentEvent::PriorityRaised(pb::PriorityRaised {
@@ -1544,6 +1545,7 @@ mod tests {
                 report_id: id.into(),
                 at_unix_ms: 9,
                 report: Some(account(id)),
+                original_in_triage: true,
             })
         };
         given::<Incident>([reported()]).when(link("r1")).then_expect_events([linked("r1")]);
@@ -1563,6 +1565,11 @@ mod tests {
                 let linked = &a.settled.as_ref().expect("settled").linked;
                 assert_eq!(linked, &[account("r1"), account("r2")]);
             });
+        // Linked to an accepted original: dispatch's to carry to its case.
+        let accepted = IncidentEvent::Accepted(pb::IncidentAccepted::default());
+        given::<Incident>([reported(), accepted])
+            .when(link("r3"))
+            .then_with(|e| assert!(matches!(e, [IncidentEvent::ReportLinked(l)] if !l.original_in_triage), "{e:?}"));
         let rejected = IncidentEvent::Rejected(pb::IncidentRejected::default());
         given::<Incident>([reported(), rejected])
             .when(link("r3"))
