@@ -187,6 +187,9 @@ pub(crate) const PENDING_GRACE_MS: i64 = 30_000;
 /// At most this many nearby incidents are looked at for one report.
 const MAX_CANDIDATES: usize = 8;
 
+/// How long a report waits for the read model's recurrence lookup.
+const RECURRENCE_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What an incident found near a new report is to it.
 enum Verdict {
     /// Open (or being written right now): the report may be the same problem.
@@ -632,11 +635,30 @@ impl Intake {
                 match (nearby, closed_near) {
                     (Some(n), _) => Some(n),
                     (None, Some(closed)) => Some(Nearby::Closed { incident_id: closed }),
-                    (None, None) => self
-                        .find_recurrence(&category.code, lat, lon, now)
-                        .await?
-                        .filter(|id| *id != incident_id)
-                        .map(|incident_id| Nearby::Closed { incident_id }),
+                    // From the read model, and only a note: a read store
+                    // that cannot answer now (its pool taken by runners
+                    // waiting on a write lock, a database restarting) costs
+                    // the note, never the report.
+                    (None, None) => {
+                        let recurrence = tokio::time::timeout(
+                            RECURRENCE_LOOKUP_TIMEOUT,
+                            self.find_recurrence(&category.code, lat, lon, now),
+                        )
+                        .await;
+                        match recurrence {
+                            Ok(Ok(found)) => {
+                                found.filter(|id| *id != incident_id).map(|incident_id| Nearby::Closed { incident_id })
+                            }
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "no recurrence lookup: the report is recorded without the note");
+                                None
+                            }
+                            Err(_) => {
+                                tracing::warn!("recurrence lookup timed out: the report is recorded without the note");
+                                None
+                            }
+                        }
+                    }
                 }
             }
         };

@@ -67,6 +67,23 @@ async fn mesh() -> Mesh {
     }
 }
 
+/// A second intake replica on the mesh's stream, with its own read store,
+/// serving once its copy of GRID has caught up.
+async fn replica(m: &Mesh) -> (gridwork_incident_intake::App, ServerHandle, TestDb) {
+    let db = TestDb::sqlite().expect("db");
+    let replica = gridwork_incident_intake::App::build(
+        &service_config(&m.nats.url(), &db.url),
+        Arc::new(ManualClock::at(T0)),
+        Rules { escalate_after: 2, ..Rules::default() },
+    )
+    .await
+    .expect("replica");
+    let grid_head = m.intake_app.intake().grid().position();
+    replica.intake().grid().wait_for(grid_head, Duration::from_secs(10)).await.expect("grid copy");
+    let server = replica.spawn(Duration::from_millis(50)).await.expect("serve");
+    (replica, server, db)
+}
+
 fn hazard(x: f64, y: f64) -> pb::ReportIncidentRequest {
     pb::ReportIncidentRequest {
         command_id: uuid(),
@@ -419,18 +436,7 @@ fn address(text: &str) -> pb::report_incident_request::Location {
 #[tokio::test]
 async fn simultaneous_reports_at_one_spot_on_two_replicas_make_exactly_one_original() {
     let mut m = mesh().await;
-    // A second intake replica on the same stream, with its own read store.
-    let db = TestDb::sqlite().expect("db");
-    let replica = gridwork_incident_intake::App::build(
-        &service_config(&m.nats.url(), &db.url),
-        Arc::new(ManualClock::at(T0)),
-        Rules { escalate_after: 2, ..Rules::default() },
-    )
-    .await
-    .expect("replica");
-    let grid_head = m.intake_app.intake().grid().position();
-    replica.intake().grid().wait_for(grid_head, Duration::from_secs(10)).await.expect("grid copy");
-    let replica_server = replica.spawn(Duration::from_millis(50)).await.expect("serve");
+    let (_replica, replica_server, db) = replica(&m).await;
 
     // Each on its own connection, released together.
     let n = 32;
@@ -759,4 +765,99 @@ async fn a_me_too_reported_after_the_resolution_intake_had_not_yet_heard_of_goes
     );
     let kept = incidents.load_current(&before.incident_id).await.expect("load").state;
     assert_eq!(kept.duplicate_of, pairs[1].0.incident_id, "reported by the resolution: still a me-too: {kept:?}");
+}
+
+/// Issue 9 review: a replica's warm copy of an incident can be one another
+/// replica has since corrected. A report near it is judged against the
+/// incident as it stands on the stream's leader, never the stale copy: here
+/// the incident was reclassified elsewhere, so a new report of the old
+/// category at its spot is an incident of its own, not a "me too" of it.
+#[tokio::test]
+async fn a_report_is_never_linked_to_an_incident_another_replica_has_since_corrected() {
+    let mut m = mesh().await;
+    let (_replica, replica_server, db) = replica(&m).await;
+    let mut other = IntakeServiceClient::new(channel(&replica_server).await);
+
+    // Reported here: this replica holds a warm copy of it, and of its zone.
+    let c = &mut m.intake;
+    let first = c.report_incident(report_of("sanitation", point(1.1, 0.6))).await.expect("report").into_inner();
+    let again = c.report_incident(report_of("sanitation", point(1.1, 0.6))).await.expect("report").into_inner();
+    assert_eq!(again.duplicate_of, first.incident_id, "a me-too while it is what it was");
+    // The other replica's triage finds it is a parked car, not rubbish.
+    other
+        .reclassify_incident(as_user(
+            "triage-2",
+            None,
+            pb::ReclassifyIncidentRequest {
+                command_id: uuid(),
+                incident_id: first.incident_id.clone(),
+                category_code: "parking".into(),
+                note: "a car, not rubbish".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("reclassify");
+    // Rubbish reported at that spot now is not about the parked car.
+    let next = c.report_incident(report_of("sanitation", point(1.1, 0.6))).await.expect("report").into_inner();
+    assert!(next.duplicate_of.is_empty(), "linked to an incident that is no longer sanitation: {next:?}");
+    drop(replica_server);
+    drop(db);
+}
+
+/// Issue 9 review: triage links a report to an original in the moment that
+/// original is itself merged into another (each decided on what it read just
+/// before). The link it cannot take is carried on to where the original
+/// went, one hop — the report follows the live incident, not a duplicate.
+#[tokio::test]
+async fn a_me_too_of_an_original_merged_meanwhile_is_linked_on_to_where_it_went() {
+    use gridwork_incident_intake::domain::incident::{IncidentCommand, Status};
+    let mut m = mesh().await;
+    let c = &mut m.intake;
+    let first = c.report_incident(report_of("sanitation", point(0.4, 1.6))).await.expect("report").into_inner();
+    let second = c.report_incident(report_of("sanitation", point(1.6, 1.6))).await.expect("report").into_inner();
+    let call = c.report_incident(report_of("parking", point(0.9, 0.9))).await.expect("report").into_inner();
+    assert!(second.duplicate_of.is_empty() && call.duplicate_of.is_empty());
+    let merged = c
+        .mark_duplicate(as_user(
+            "triage-1",
+            None,
+            pb::MarkDuplicateRequest {
+                command_id: uuid(),
+                incident_id: second.incident_id.clone(),
+                of_incident_id: first.incident_id.clone(),
+            },
+        ))
+        .await
+        .expect("second merged into first")
+        .into_inner();
+    // Decided on a read of `second` from just before that merge.
+    let incidents = m.intake_app.intake().incidents().clone();
+    let stale = IncidentCommand::MarkDuplicate {
+        of_incident_id: second.incident_id.clone(),
+        target: (Status::Reported, String::new()),
+        own_id: call.incident_id.clone(),
+        by: "triage-2".into(),
+        now_unix_ms: T0,
+    };
+    let meta = gridwork_eventstore::CommandMeta {
+        command_id: uuid(),
+        principal: "triage-2".into(),
+        decided_at_unix_ms: T0,
+        request_digest: 0,
+    };
+    let marked = incidents.execute(&call.incident_id, &stale, &meta).await.expect("marked");
+    let head = marked.sequence.max(merged.position.expect("pos").sequence);
+    m.intake_app.linker().wait_for(head, Duration::from_secs(10)).await.expect("linker");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let original = incidents.load_current(&first.incident_id).await.expect("load").state;
+        let me_too = incidents.load_current(&call.incident_id).await.expect("load").state;
+        if original.linked.contains(&call.incident_id) {
+            assert_eq!((me_too.status, me_too.duplicate_of.as_str()), (Status::Duplicate, first.incident_id.as_str()));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never linked on to {}: {me_too:?}", first.incident_id);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
