@@ -187,18 +187,35 @@ impl Reactor for Linker {
                     }
                     let reason =
                         format!("reported after {id}'s case was resolved or closed: the fix may not have held");
-                    for report_id in &original.linked {
-                        let carried = original.linked_accounts.iter().find(|a| a.report_id == *report_id);
-                        let reported_at = match carried {
-                            Some(account) => account.reported_at_unix_ms,
-                            None => {
-                                let me_too =
-                                    self.incidents.load_current(report_id).await.map_err(ApplyError::from_store)?;
-                                me_too.state.report.map_or(0, |r| r.reported_at_unix_ms)
+                    // When each was reported: carried with the first accounts,
+                    // read from the me-too itself beyond them (a few at a time:
+                    // a city-wide outage draws thousands, and the linker
+                    // waits for them).
+                    use futures::{StreamExt as _, TryStreamExt as _};
+                    let carried: std::collections::HashMap<String, i64> =
+                        original.linked_accounts.iter().map(|a| (a.report_id.clone(), a.reported_at_unix_ms)).collect();
+                    let incidents = self.incidents.clone();
+                    let times: Vec<(String, i64)> = futures::stream::iter(original.linked.clone())
+                        .map(|report_id: String| {
+                            let (carried, incidents) = (carried.get(&report_id).copied(), incidents.clone());
+                            async move {
+                                let reported_at = match carried {
+                                    Some(at) => at,
+                                    None => {
+                                        let me_too =
+                                            incidents.load_current(&report_id).await.map_err(ApplyError::from_store)?;
+                                        me_too.state.report.map_or(0, |r| r.reported_at_unix_ms)
+                                    }
+                                };
+                                Ok::<_, ApplyError>((report_id, reported_at))
                             }
-                        };
+                        })
+                        .buffered(16)
+                        .try_collect()
+                        .await?;
+                    for (report_id, reported_at) in times {
                         if reported_at > o.at_unix_ms {
-                            self.unlink(report_id, &id, reason.clone(), commit).await?;
+                            self.unlink(&report_id, &id, reason.clone(), commit).await?;
                         }
                     }
                 }
