@@ -558,6 +558,22 @@ async fn intake_status(m: &mut gridwork_e2e::Mesh, id: &str, status: intake_pb::
     }
 }
 
+/// Wait until `count` me-toos are linked on `original` (the linker's work,
+/// on the aggregate itself), then accept it in triage; its case once opened.
+async fn accept_once_linked(m: &mut gridwork_e2e::Mesh, original: &str, count: usize) -> pb::Case {
+    let incidents = m.intake_app.intake().incidents().clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while incidents.load_current(original).await.expect("load").state.linked.len() < count {
+        assert!(Instant::now() < deadline, "{count} me-toos were never all linked on {original}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    m.intake
+        .accept_incident(intake_pb::AcceptIncidentRequest { command_id: uuid(), incident_id: original.into() })
+        .await
+        .expect("accept");
+    case_when_opened(m, original).await
+}
+
 /// Wait until `report` is among the reports linked to `case`.
 async fn linked_to_case(m: &mut gridwork_e2e::Mesh, case: &str, report: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -851,19 +867,7 @@ async fn me_too_accounts_reach_the_handler_and_their_reporters_follow_and_rate_t
     let early = early.into_inner();
     assert_eq!(early.duplicate_of, original.incident_id, "{early:?}");
     // The link lands on the original before triage accepts it.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while incident(&mut m, &original.incident_id).await.linked_accounts.is_empty() {
-        assert!(Instant::now() < deadline, "the me-too was never linked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    m.intake
-        .accept_incident(intake_pb::AcceptIncidentRequest {
-            command_id: uuid(),
-            incident_id: original.incident_id.clone(),
-        })
-        .await
-        .expect("accept");
-    let case = case_when_opened(&mut m, &original.incident_id).await;
+    let case = accept_once_linked(&mut m, &original.incident_id, 1).await;
     assert_eq!(case.linked_reports.len(), 1, "linked before acceptance, the case opens with it: {case:?}");
     assert_eq!(case.linked_reports[0].description, "three e-bikes on the second floor landing");
     assert_eq!(case.linked_reports[0].attributes, ["hazard: e-bike-charging-indoors"]);
@@ -929,4 +933,34 @@ async fn me_too_accounts_reach_the_handler_and_their_reporters_follow_and_rate_t
     let follower = incident(&mut m, &early.incident_id).await;
     assert_eq!(follower.original_status, intake_pb::IncidentStatus::Closed as i32);
     assert_eq!(follower.open311_status, "closed");
+}
+
+/// Issue 9 review: an incident carries the first 100 accounts to its case; a
+/// reporter linked before acceptance beyond those still follows the case and
+/// may rate it — the acceptance carries every linked id.
+#[tokio::test]
+async fn every_reporter_linked_before_acceptance_may_rate_even_beyond_the_carried_accounts() {
+    let mut m = mesh(monday_ten()).await;
+    let original = m.intake.report_incident(report("fire-hazard")).await.expect("original").into_inner();
+    let mut last = String::new();
+    for _ in 0..101 {
+        let me_too = m.intake.report_incident(report("fire-hazard")).await.expect("me too").into_inner();
+        assert_eq!(me_too.duplicate_of, original.incident_id);
+        last = me_too.incident_id;
+    }
+    let case = accept_once_linked(&mut m, &original.incident_id, 101).await;
+    assert_eq!(case.linked_reports.len(), 101, "every linked report, 100 with their accounts");
+    resolve(&mut m, &original.incident_id).await;
+    let rated = m
+        .dispatch
+        .verify_case(pb::VerifyCaseRequest {
+            command_id: uuid(),
+            case_id: original.incident_id.clone(),
+            rating: pb::Rating::Satisfied as i32,
+            by: format!("reporter:{last}"),
+            comment: String::new(),
+            solved: pb::ResolutionAnswer::Solved as i32,
+        })
+        .await;
+    assert!(rated.is_ok(), "the 101st reporter rates: {rated:?}");
 }

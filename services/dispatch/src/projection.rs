@@ -273,8 +273,17 @@ impl Incoming {
         settled: Option<intake_pb::AcceptedIncident>,
     ) -> Result<(), ApplyError> {
         let possibly_same_as = settled.as_ref().map(|s| s.possibly_same_as.clone()).unwrap_or_default();
-        let reports: Vec<pb::CaseReportLinked> =
-            settled.as_ref().map(|s| s.linked.iter().cloned().map(case_report).collect()).unwrap_or_default();
+        // Each linked report's account (the first ones), and the ids of the
+        // rest: every linked reporter may rate the case.
+        let reports: Vec<pb::CaseReportLinked> = settled
+            .as_ref()
+            .map(|s| {
+                let accounts = s.linked.iter().cloned().map(case_report);
+                let more =
+                    s.more_linked.iter().map(|id| pb::CaseReportLinked { report_id: id.clone(), ..Default::default() });
+                accounts.chain(more).collect()
+            })
+            .unwrap_or_default();
         type Row = (String, i64, i64, String, String, String, String);
         // What triage settled travels with the acceptance: the case never
         // depends on this reactor having understood every correction before it.

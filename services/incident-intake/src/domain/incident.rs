@@ -413,7 +413,9 @@ fn settled(
     priority: i32,
     possibly_same_as: &str,
     linked: &[pb::LinkedReport],
+    linked_ids: &[String],
 ) -> pb::AcceptedIncident {
+    let carried: std::collections::BTreeSet<&str> = linked.iter().map(|a| a.report_id.as_str()).collect();
     pb::AcceptedIncident {
         category_code: report.category_code.clone(),
         priority,
@@ -421,6 +423,7 @@ fn settled(
         grid_path: report.grid_path.clone(),
         possibly_same_as: possibly_same_as.to_string(),
         linked: linked.to_vec(),
+        more_linked: linked_ids.iter().filter(|id| !carried.contains(id.as_str())).cloned().collect(),
     }
 }
 
@@ -538,7 +541,7 @@ impl Aggregate for Incident {
                         by: "system".into(),
                         at_unix_ms: report.reported_at_unix_ms,
                         automatic: true,
-                        settled: Some(settled(report, report.priority, &possibly_same_as, &[])),
+                        settled: Some(settled(report, report.priority, &possibly_same_as, &[], &[])),
                     }));
                 }
                 Ok(events)
@@ -611,10 +614,9 @@ impl Aggregate for Incident {
                     by: by.clone(),
                     at_unix_ms: *now_unix_ms,
                     automatic: false,
-                    settled: self
-                        .report
-                        .as_ref()
-                        .map(|r| settled(r, self.priority, &self.possibly_same_as, &self.linked_accounts)),
+                    settled: self.report.as_ref().map(|r| {
+                        settled(r, self.priority, &self.possibly_same_as, &self.linked_accounts, &self.linked)
+                    }),
                 }));
                 Ok(events)
             }
@@ -708,6 +710,7 @@ impl Aggregate for Incident {
                             *priority as i32,
                             &self.possibly_same_as,
                             &self.linked_accounts,
+                            &self.linked,
                         )),
                     }));
                 }
@@ -1075,7 +1078,7 @@ mod tests {
             by: "triage-1".into(),
             at_unix_ms: 5_000,
             automatic: false,
-            settled: Some(settled(&report(false), pb::Priority::High as i32, "", &[])),
+            settled: Some(settled(&report(false), pb::Priority::High as i32, "", &[], &[])),
         })
     }
 
@@ -1231,7 +1234,7 @@ mod tests {
             by: "system".into(),
             at_unix_ms: 1_000,
             automatic: true,
-            settled: Some(settled(&report(true), pb::Priority::High as i32, "", &[])),
+            settled: Some(settled(&report(true), pb::Priority::High as i32, "", &[], &[])),
         })
     }
 
@@ -1250,7 +1253,7 @@ mod tests {
                     by: "system".into(),
                     at_unix_ms: 1_000,
                     automatic: true,
-                    settled: Some(settled(&report(true), pb::Priority::High as i32, "first-fire", &[])),
+                    settled: Some(settled(&report(true), pb::Priority::High as i32, "first-fire", &[], &[])),
                 }),
             ]);
     }
@@ -1574,6 +1577,31 @@ mod tests {
         given::<Incident>([reported(), rejected])
             .when(link("r3"))
             .then_expect_error(IncidentRejection::NotOpen(Status::Rejected));
+    }
+
+    #[test]
+    fn an_incident_carries_the_first_accounts_and_every_linked_id_to_its_case() {
+        let linked = |i: usize| {
+            IncidentEvent::ReportLinked(pb::ReportLinked {
+                report_id: format!("r{i}"),
+                at_unix_ms: 9,
+                report: Some(account(&format!("r{i}"))),
+                original_in_triage: true,
+            })
+        };
+        let history: Vec<_> = std::iter::once(reported()).chain((0..MAX_LINKED_ACCOUNTS + 2).map(linked)).collect();
+        let state = given::<Incident>(history.clone()).state().clone();
+        assert_eq!((state.linked.len(), state.linked_accounts.len()), (MAX_LINKED_ACCOUNTS + 2, MAX_LINKED_ACCOUNTS));
+        given::<Incident>(history).when(IncidentCommand::Accept { by: "ann".into(), now_unix_ms: 10 }).then_with(|e| {
+            let [IncidentEvent::Accepted(a)] = e else { panic!("{e:?}") };
+            let settled = a.settled.as_ref().expect("settled");
+            assert_eq!(settled.linked.len(), MAX_LINKED_ACCOUNTS);
+            // The rest by id: their reporters may rate the case too.
+            assert_eq!(
+                settled.more_linked,
+                [format!("r{MAX_LINKED_ACCOUNTS}"), format!("r{}", MAX_LINKED_ACCOUNTS + 1)]
+            );
+        });
     }
 
     #[test]
