@@ -93,6 +93,8 @@ pub struct Incident {
     pub linked_accounts: Vec<pb::LinkedReport>,
     /// The reporter's contact was erased.
     pub contact_erased: bool,
+    /// When its case's current round was resolved (0 while it is not).
+    pub resolved_at_unix_ms: i64,
 }
 
 impl Incident {
@@ -493,8 +495,8 @@ impl Aggregate for Incident {
     /// 3: status 7 (transferred) and `transfer_to`.
     /// 6: a correction clears `possibly_same_as`; accounts kept up to
     /// [`MAX_LINKED_ACCOUNTS`]; a report given back after its case was merged
-    /// is closed.
-    const STATE_VERSION: u32 = 6;
+    /// is closed. 7: when the case was resolved.
+    const STATE_VERSION: u32 = 7;
     type Command = IncidentCommand;
     type Event = IncidentEvent;
     type Rejection = IncidentRejection;
@@ -819,10 +821,17 @@ impl Aggregate for Incident {
                 })])
             }
             IncidentCommand::LinkReport { report_id, account, now_unix_ms, escalate_after } => {
-                // A resolved case awaits its rating: a report now says the fix
-                // did not hold, a recurrence, not a "me too" closed unseen.
+                // A resolved case awaits its rating: a report made since says
+                // the fix did not hold, a recurrence, not a "me too" closed
+                // unseen. One made before it whose link lands after (the
+                // linker lags, or a dispatcher merged its case meanwhile) is
+                // that problem's: linked, its reporter may rate the fix.
+                let before_resolution = account
+                    .as_ref()
+                    .is_some_and(|a| a.reported_at_unix_ms > 0 && a.reported_at_unix_ms <= self.resolved_at_unix_ms);
                 match self.status {
                     Status::Reported | Status::Accepted => {}
+                    Status::Resolved if before_resolution => {}
                     Status::New => return Err(IncidentRejection::NotReported),
                     other => return Err(IncidentRejection::NotOpen(other)),
                 }
@@ -923,10 +932,16 @@ impl Aggregate for Incident {
             IncidentEvent::ContactErased(_) => self.contact_erased = true,
             IncidentEvent::CaseOutcomeRecorded(e) => {
                 self.status = match pb::CaseStage::try_from(e.stage) {
-                    Ok(pb::CaseStage::Resolved) => Status::Resolved,
+                    Ok(pb::CaseStage::Resolved) => {
+                        self.resolved_at_unix_ms = e.at_unix_ms;
+                        Status::Resolved
+                    }
                     Ok(pb::CaseStage::Closed) => Status::Closed,
                     // Reopened; an unknown stage leaves the case at work.
-                    _ => Status::Accepted,
+                    _ => {
+                        self.resolved_at_unix_ms = 0;
+                        Status::Accepted
+                    }
                 };
                 self.case_sequence = e.dispatch_sequence;
             }
@@ -961,6 +976,7 @@ impl Aggregate for Incident {
             possibly_same_as: self.possibly_same_as.clone(),
             linked_accounts: self.linked_accounts.clone(),
             contact_erased: self.contact_erased,
+            resolved_at_unix_ms: self.resolved_at_unix_ms,
         }
         .encode_to_vec()
     }
@@ -991,6 +1007,7 @@ impl Aggregate for Incident {
             possibly_same_as: s.possibly_same_as,
             linked_accounts: s.linked_accounts,
             contact_erased: s.contact_erased,
+            resolved_at_unix_ms: s.resolved_at_unix_ms,
         })
     }
 }
@@ -1602,6 +1619,32 @@ mod tests {
                 [format!("r{MAX_LINKED_ACCOUNTS}"), format!("r{}", MAX_LINKED_ACCOUNTS + 1)]
             );
         });
+    }
+
+    #[test]
+    fn a_resolved_incident_takes_a_late_link_only_for_a_report_made_before_the_resolution() {
+        let accepted = || IncidentEvent::Accepted(pb::IncidentAccepted::default());
+        // Resolved at 7 (the `outcome` helper's time).
+        let resolved = [reported(), accepted(), outcome(pb::CaseStage::Resolved, 40)];
+        let link = |id: &str, reported_at: i64| IncidentCommand::LinkReport {
+            report_id: id.into(),
+            account: Some(pb::LinkedReport { reported_at_unix_ms: reported_at, ..account(id) }),
+            now_unix_ms: 9,
+            escalate_after: 5,
+        };
+        given::<Incident>(resolved.clone())
+            .when(link("before", 5))
+            .then_with(|e| assert!(matches!(e, [IncidentEvent::ReportLinked(l)] if l.report_id == "before"), "{e:?}"));
+        given::<Incident>(resolved.clone())
+            .when(link("after", 8))
+            .then_expect_error(IncidentRejection::NotOpen(Status::Resolved));
+        // Reopened and resolved again: the new resolution's time counts.
+        let again =
+            [reported(), accepted(), outcome(pb::CaseStage::Resolved, 40), outcome(pb::CaseStage::Reopened, 41)];
+        let state = given::<Incident>(again).state().clone();
+        assert_eq!(state.resolved_at_unix_ms, 0);
+        let state = given::<Incident>(resolved).state().clone();
+        assert_eq!(Incident::decode_state(&state.encode_state()).expect("decodes"), state);
     }
 
     #[test]
