@@ -562,7 +562,9 @@ async fn intake_status(m: &mut gridwork_e2e::Mesh, id: &str, status: intake_pb::
 /// on the aggregate itself), then accept it in triage; its case once opened.
 async fn accept_once_linked(m: &mut gridwork_e2e::Mesh, original: &str, count: usize) -> pb::Case {
     let incidents = m.intake_app.intake().incidents().clone();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // The linker links one at a time: a hundred take a while on a busy,
+    // unoptimised build.
+    let deadline = Instant::now() + Duration::from_secs(120);
     while incidents.load_current(original).await.expect("load").state.linked.len() < count {
         assert!(Instant::now() < deadline, "{count} me-toos were never all linked on {original}");
         tokio::time::sleep(Duration::from_millis(20)).await;

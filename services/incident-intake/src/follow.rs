@@ -24,9 +24,9 @@ pub struct CaseFollower {
     pub incidents: Repository<Incident>,
 }
 
-/// What one dispatch commit means for its incident: the last stage it
-/// reached, and the case it was merged into ("" if none).
-fn outcome(commit: &RecordedCommit) -> Result<Option<(CaseStage, i64, String, String)>, ApplyError> {
+/// What one dispatch commit means for its incident, as the command that
+/// follows it: the last stage it reached, and the case it was merged into.
+fn outcome(commit: &RecordedCommit) -> Result<Option<IncidentCommand>, ApplyError> {
     let mut outcome = None;
     let mut merged_into = String::new();
     // Only the types it follows must be a version this build reads: a newer
@@ -71,7 +71,13 @@ fn outcome(commit: &RecordedCommit) -> Result<Option<(CaseStage, i64, String, St
             _ => {}
         }
     }
-    Ok(outcome.map(|(stage, at, note)| (stage, at, note, merged_into)))
+    Ok(outcome.map(|(stage, at_unix_ms, note)| IncidentCommand::FollowCase {
+        stage,
+        at_unix_ms,
+        note,
+        dispatch_sequence: commit.sequence,
+        merged_into,
+    }))
 }
 
 impl Reactor for CaseFollower {
@@ -90,10 +96,8 @@ impl Reactor for CaseFollower {
         if !commit.subject.starts_with("dispatch.case.") {
             return Ok(());
         }
-        let Some((stage, at_unix_ms, note, merged_into)) = outcome(commit)? else { return Ok(()) };
+        let Some(command) = outcome(commit)? else { return Ok(()) };
         let incident = commit.aggregate_id();
-        let command =
-            IncidentCommand::FollowCase { stage, at_unix_ms, note, dispatch_sequence: commit.sequence, merged_into };
         let meta = CommandMeta {
             // One outcome per dispatch commit: a redelivery is answered by the first.
             command_id: format!("case-outcome-{}", commit.sequence),
