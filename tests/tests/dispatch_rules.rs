@@ -204,10 +204,18 @@ async fn overdue_and_supervision(m: &mut Mesh) {
     summon_police(m, &id, &street).await;
     // Nobody acts on site within 8 hours: a warning on the record, the case is
     // overdue, and the street still holds it (moving it is the dispatcher's call).
+    // The police let the summons window pass: the district supervises (督办).
     pass(m, 4 * HOUR).await;
     let late = case(m, &id).await;
     assert!(late.overdue, "respond passed with no action on site");
-    assert_eq!((late.owner.clone(), late.status.as_str(), late.supervised), (street.clone(), "acknowledged", false));
+    assert_eq!((late.owner.clone(), late.status.as_str(), late.supervised), (street.clone(), "acknowledged", true));
+    assert!(
+        late.timeline
+            .iter()
+            .any(|t| t.event_type == "supervision_opened" && t.summary.contains("police did not report for duty")),
+        "{:?}",
+        late.timeline
+    );
     assert_eq!(overdue(m).await, [id.as_str()]);
     let queue = summonses(m, "police", false).await;
     assert_eq!(
@@ -223,7 +231,7 @@ async fn overdue_and_supervision(m: &mut Mesh) {
         .await
         .expect("late, but reporting");
 
-    // The resolve clock passes: the district supervises (督办), once; still listed.
+    // The resolve clock passes: supervised already, so once; still listed.
     pass(m, 72 * HOUR).await;
     let supervised = case(m, &id).await;
     assert_eq!(supervised.owner, street);
@@ -510,6 +518,7 @@ async fn cases_are_numbered_per_district_and_day_and_listed_by_area_status_categ
             person_id: "p-head-g2".into(),
             name: "Head of g2".into(),
             certificate: certificate("2099-12-31"),
+            replacing_reason: String::new(),
         })
         .await
         .expect("appoint")
@@ -613,6 +622,21 @@ async fn cases_are_numbered_per_district_and_day_and_listed_by_area_status_categ
         .await
         .expect_err("another list's token");
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // The same list under other filters: its key would start the page
+    // somewhere in another list.
+    let e = m
+        .dispatch
+        .list_cases(pb::ListCasesRequest {
+            area_id: "d".into(),
+            category_code: "fire-hazard".into(),
+            page_size: 1,
+            page_token: first.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a token of other filters");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("page_token") || format!("{e:?}").contains("other filters"), "{e:?}");
     m.clock.advance_ms(MINUTE);
     let e_case = accepted_at(&mut m, "elderly-welfare", 2.5, 0.5).await;
     let rest = all_pages(
@@ -996,6 +1020,7 @@ async fn a_grid_with_no_head_in_post_sends_its_cases_to_the_community_and_says_w
             person_id: "p-new".into(),
             name: "New head".into(),
             certificate: certificate("2026-03-03"),
+            replacing_reason: String::new(),
         })
         .await
         .expect("appoint")
@@ -1018,13 +1043,18 @@ async fn a_grid_with_no_head_in_post_sends_its_cases_to_the_community_and_says_w
 #[tokio::test]
 async fn escalation_follows_the_current_owners_parent_and_named_owners_must_exist() {
     let mut m = mesh(monday_ten()).await;
-    // A second district d2 > s2 > c2 beside the first.
+    // A second street s2 > c2 beside the first, in the same district (a case
+    // stays in its district): the district is drawn wider to hold it.
+    m.registry
+        .redraw_boundary(grid_pb::RedrawBoundaryRequest {
+            command_id: uuid(),
+            unit_id: "d".into(),
+            boundary_geojson: gridwork_e2e::cells(0.0, 0.0, 8.0, 4.0),
+        })
+        .await
+        .expect("redraw the district");
     let mut last = 0;
-    for (unit, parent, kind) in [
-        ("d2", "", grid_pb::UnitKind::District),
-        ("s2", "d2", grid_pb::UnitKind::Street),
-        ("c2", "s2", grid_pb::UnitKind::Community),
-    ] {
+    for (unit, parent, kind) in [("s2", "d", grid_pb::UnitKind::Street), ("c2", "s2", grid_pb::UnitKind::Community)] {
         let r = m
             .registry
             .register_unit(grid_pb::RegisterUnitRequest {

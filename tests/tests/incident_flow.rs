@@ -56,6 +56,18 @@ async fn case_when_opened(m: &mut gridwork_e2e::Mesh, id: &str) -> pb::Case {
     }
 }
 
+/// A fire hazard reported in grid g, accepted by triage: its id and the case
+/// dispatch opened for it.
+async fn accepted_fire_hazard(m: &mut gridwork_e2e::Mesh) -> (String, pb::Case) {
+    let id = m.intake.report_incident(report("fire-hazard")).await.expect("report").into_inner().incident_id;
+    m.intake
+        .accept_incident(intake_pb::AcceptIncidentRequest { command_id: uuid(), incident_id: id.clone() })
+        .await
+        .expect("accept");
+    let case = case_when_opened(m, &id).await;
+    (id, case)
+}
+
 async fn get(m: &mut gridwork_e2e::Mesh, id: &str, min_position: u64) -> pb::Case {
     m.dispatch
         .get_case(pb::GetCaseRequest { case_id: id.into(), min_position, ..Default::default() })
@@ -315,13 +327,7 @@ async fn a_rider_report_of_a_fire_hazard_goes_up_the_ladder_and_closes_only_when
 #[tokio::test]
 async fn an_escalation_happens_exactly_once_across_a_dispatch_restart_and_concurrent_schedulers() {
     let mut m = mesh(monday_ten()).await;
-    let reported = m.intake.report_incident(report("fire-hazard")).await.expect("report").into_inner();
-    let id = reported.incident_id.clone();
-    m.intake
-        .accept_incident(intake_pb::AcceptIncidentRequest { command_id: uuid(), incident_id: id.clone() })
-        .await
-        .expect("accept");
-    case_when_opened(&mut m, &id).await;
+    let (id, _) = accepted_fire_hazard(&mut m).await;
 
     // The deadline passes while dispatch is down: it is killed before its scheduler runs.
     m.clock.advance_ms(121 * MINUTE);
@@ -344,13 +350,7 @@ async fn dispatch_app_on(m: &gridwork_e2e::Mesh) -> gridwork_dispatch::App {
 #[tokio::test]
 async fn two_dispatchers_assigning_at_once_leave_exactly_one_owner() {
     let mut m = mesh(monday_ten()).await;
-    let reported = m.intake.report_incident(report("fire-hazard")).await.expect("report").into_inner();
-    let id = reported.incident_id.clone();
-    m.intake
-        .accept_incident(intake_pb::AcceptIncidentRequest { command_id: uuid(), incident_id: id.clone() })
-        .await
-        .expect("accept");
-    case_when_opened(&mut m, &id).await;
+    let (id, _) = accepted_fire_hazard(&mut m).await;
     let assign = |to: &str| pb::AssignCaseRequest {
         command_id: uuid(),
         case_id: id.clone(),
@@ -390,18 +390,43 @@ async fn a_fire_skips_triage_and_summons_several_departments_at_once() {
     let departments: Vec<_> = case.summonses.iter().map(|s| (s.department.as_str(), s.status)).collect();
     let summoned = pb::SummonsStatus::Summoned as i32;
     assert_eq!(departments, [("emergency-medical", summoned), ("fire-brigade", summoned), ("police", summoned)]);
+    // The fire brigade reports for duty; the others let the window pass: each
+    // has a breach on its record and the district supervises the case (督办).
+    m.dispatch
+        .report_for_duty(pb::ReportForDutyRequest {
+            command_id: uuid(),
+            case_id: reported.incident_id.clone(),
+            department: "fire-brigade".into(),
+        })
+        .await
+        .expect("report for duty");
+    m.clock.advance_ms(31 * 60_000);
+    let fired = m.dispatch_app.dispatch().fire_due_deadlines().await.expect("tick");
+    assert!(fired >= 2, "the two summons windows fired: {fired}");
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let case = loop {
+        let case = get(&mut m, &reported.incident_id, 0).await;
+        let summons_breaches = case.timeline.iter().filter(|t| t.summary.contains("deadline summons:")).count();
+        if case.supervised && summons_breaches == 2 {
+            break case;
+        }
+        assert!(Instant::now() < give_up, "not supervised with two breaches: {:?}", case.timeline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let missed: Vec<_> =
+        case.timeline.iter().filter(|t| t.summary.contains("deadline summons:")).map(|t| t.summary.as_str()).collect();
+    assert!(missed.iter().all(|s| !s.contains("fire-brigade")), "the brigade reported: {missed:?}");
+    assert!(
+        case.timeline
+            .iter()
+            .any(|t| t.event_type == "supervision_opened" && t.summary.contains("did not report for duty"))
+    );
 }
 
 #[tokio::test]
 async fn invalid_transitions_and_bad_input_are_refused_and_write_nothing() {
     let mut m = mesh(monday_ten()).await;
-    let reported = m.intake.report_incident(report("fire-hazard")).await.expect("report").into_inner();
-    let id = reported.incident_id.clone();
-    m.intake
-        .accept_incident(intake_pb::AcceptIncidentRequest { command_id: uuid(), incident_id: id.clone() })
-        .await
-        .expect("accept");
-    let before = case_when_opened(&mut m, &id).await;
+    let (id, before) = accepted_fire_hazard(&mut m).await;
     let grid = owner(pb::Tier::Grid, "g");
     let e = m
         .dispatch
@@ -832,7 +857,16 @@ async fn a_dispatcher_merges_a_flagged_fire_into_the_first_and_its_summonses_are
     linked_to_case(&mut m, &first.incident_id, &second.incident_id).await;
     // Its own me-too went with it: linked on to the first, account and all.
     linked_to_case(&mut m, &first.incident_id, &call.incident_id).await;
-    assert_eq!(incident(&mut m, &call.incident_id).await.duplicate_of, first.incident_id);
+    // Dispatch may show the link before intake's own read model does.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let shown = incident(&mut m, &call.incident_id).await;
+        if shown.duplicate_of == first.incident_id {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the call never followed the merge: {shown:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Merged once; the first case is untouched and still open.
     let again = m.dispatch.merge_case(merge(&second.incident_id, &first.incident_id)).await.expect_err("closed");
     assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
@@ -965,4 +999,42 @@ async fn every_reporter_linked_before_acceptance_may_rate_even_beyond_the_carrie
         })
         .await;
     assert!(rated.is_ok(), "the 101st reporter rates: {rated:?}");
+}
+
+/// A case stays in its district: a dispatcher cannot give it to a street, or
+/// the dispatch centre, of another district; nothing is written, and a unit of
+/// its own district still takes it.
+#[tokio::test]
+async fn a_case_is_not_assigned_to_a_unit_of_another_district() {
+    use gridwork_proto::gridwork::grid::v1 as gpb;
+    let mut m = mesh(monday_ten()).await;
+    for (unit_id, parent_id, kind) in [("d2", "", gpb::UnitKind::District), ("s2", "d2", gpb::UnitKind::Street)] {
+        m.registry
+            .register_unit(gpb::RegisterUnitRequest {
+                command_id: uuid(),
+                unit_id: unit_id.into(),
+                parent_id: parent_id.into(),
+                kind: kind as i32,
+                name: unit_id.into(),
+                boundary_geojson: gridwork_testkit::tree::cells(10.0, 0.0, 4.0, 4.0),
+                special_site: 0,
+            })
+            .await
+            .expect("register");
+    }
+    let (id, before) = accepted_fire_hazard(&mut m).await;
+    let assign = |to: Option<pb::Owner>| pb::AssignCaseRequest {
+        command_id: uuid(),
+        case_id: id.clone(),
+        expected_owner: owner(pb::Tier::Grid, "g"),
+        to,
+    };
+    for to in [owner(pb::Tier::Street, "s2"), owner(pb::Tier::DispatchCentre, "d2")] {
+        let e = m.dispatch.assign_case(assign(to.clone())).await.expect_err("another district");
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("not in this case's district d"), "{}", e.message());
+    }
+    let after = get(&mut m, &id, 0).await;
+    assert_eq!((after.owner, after.timeline.len()), (before.owner, before.timeline.len()), "nothing written");
+    m.dispatch.assign_case(assign(owner(pb::Tier::Street, "s"))).await.expect("its own district's street");
 }

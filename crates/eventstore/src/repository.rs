@@ -405,13 +405,15 @@ impl<A: Aggregate> Repository<A> {
     /// The aggregate's current state, from the cache or cold.
     #[instrument(skip(self), fields(aggregate = A::TYPE))]
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, StoreError> {
-        check_id(id)?;
         Ok(Arc::unwrap_or_clone(self.load_shared(id).await?))
     }
 
     /// The cached state itself, shared: what a command decides on (it is
-    /// copied only when the command's commit lands and its events are folded).
-    async fn load_shared(&self, id: &str) -> Result<Arc<Loaded<A>>, StoreError> {
+    /// copied only when the command's commit lands and its events are folded),
+    /// and what a read that only looks takes instead of [`Repository::load`]'s
+    /// copy (a busy zone's or the catalogue's state is large).
+    pub async fn load_shared(&self, id: &str) -> Result<Arc<Loaded<A>>, StoreError> {
+        check_id(id)?;
         if let Some(warm) = self.shared.cache.get(id) {
             return Ok(warm);
         }
@@ -428,24 +430,34 @@ impl<A: Aggregate> Repository<A> {
     /// that must not answer from a stale replica's cache.
     #[instrument(skip(self), fields(aggregate = A::TYPE))]
     pub async fn load_current(&self, id: &str) -> Result<Loaded<A>, StoreError> {
+        Ok(Arc::unwrap_or_clone(self.load_current_shared(id).await?))
+    }
+
+    /// [`Repository::load_current`] without the copy, for a read that only
+    /// looks (a popular original's state, with its me-toos' accounts, is large).
+    pub async fn load_current_shared(&self, id: &str) -> Result<Arc<Loaded<A>>, StoreError> {
         check_id(id)?;
         let stale = match self.shared.cache.get(id) {
-            Some(warm) => Arc::unwrap_or_clone(warm),
+            Some(warm) => warm,
             // A cold load reads any replica; make sure it is the leader's head.
-            None => self.load_cold(id).await?,
+            None => {
+                let cold = self.load_cold(id).await?.shared();
+                self.shared.cache.offer(id, cold)
+            }
         };
-        Ok(Arc::unwrap_or_clone(self.refresh(id, stale).await?))
+        self.refresh(id, stale).await
     }
 
     /// Read the aggregate from NATS without the cache: snapshot + back-pointer walk.
     pub async fn load_cold(&self, id: &str) -> Result<Loaded<A>, StoreError> {
         check_id(id)?;
         let subject = envelope::subject::<A>(id);
-        let (last, snapshot) = tokio::join!(self.last_commit(&subject, Read::Any), self.read_snapshot(id));
-        let Some(last) = last? else {
+        // The head first: most cold loads are of a new id (a report's, a
+        // command's), which has no snapshot to read either.
+        let Some(last) = self.last_commit(&subject, Read::Any).await? else {
             return Ok(Loaded::default());
         };
-        let base = snapshot.unwrap_or_default();
+        let base = self.read_snapshot(id).await.unwrap_or_default();
         // A snapshot past the head we read: that replica may lag the one the
         // snapshot was written from. Ask the leader before doubting it.
         let last = match base.sequence > last.sequence {
@@ -589,14 +601,18 @@ impl<A: Aggregate> Repository<A> {
 
     /// Bring a possibly stale state up to the subject's head, read from the
     /// leader (a follower's head may be the very state the server just refused).
-    async fn refresh(&self, id: &str, stale: Loaded<A>) -> Result<Arc<Loaded<A>>, StoreError> {
+    async fn refresh(&self, id: &str, stale: Arc<Loaded<A>>) -> Result<Arc<Loaded<A>>, StoreError> {
         let subject = envelope::subject::<A>(id);
         let stale_sequence = stale.sequence;
         let head = self.last_commit(&subject, Read::Leader).await?;
         let head_sequence = head.as_ref().map_or(0, |h| h.sequence);
+        if head_sequence == stale_sequence {
+            // Still the head: the copy in hand is current, and is not copied.
+            return Ok(stale);
+        }
         let mut loaded = match head {
             None => Loaded::default(),
-            Some(head) => self.catch_up(id, stale, head).await?,
+            Some(head) => self.catch_up(id, Arc::unwrap_or_clone(stale), head).await?,
         };
         self.maybe_snapshot(id, &mut loaded);
         let loaded = loaded.shared();
@@ -673,7 +689,7 @@ impl<A: Aggregate> Repository<A> {
                 let settled = matches!(&decided, Ok(events) if !events.is_empty());
                 if !settled && !checked_with_leader {
                     checked_with_leader = true;
-                    loaded = self.refresh(id, Arc::unwrap_or_clone(loaded)).await?;
+                    loaded = self.refresh(id, loaded).await?;
                     attempt -= 1;
                     continue;
                 }
@@ -737,7 +753,7 @@ impl<A: Aggregate> Repository<A> {
                     if attempt < self.shared.options.max_attempts {
                         self.backoff(attempt).await;
                     }
-                    loaded = self.refresh(id, Arc::unwrap_or_clone(loaded)).await?;
+                    loaded = self.refresh(id, loaded).await?;
                 }
                 Err(e)
                     if e.kind() == PublishErrorKind::StreamNotFound

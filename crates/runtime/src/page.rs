@@ -39,6 +39,46 @@ pub fn decode(v: &mut Violations, token: &str, arity: usize) -> Option<Vec<Strin
     parts
 }
 
+/// The scope a token is good for: the list's name and a digest of the
+/// filters the page was asked with. A token is taken back only with the same
+/// filters: under others its key would start a page in another list, silently
+/// skipping or repeating rows.
+pub fn scope(list: &str, filters: &[&str]) -> String {
+    // FNV-1a over the filters, each closed by a byte no text holds.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for f in filters {
+        for b in f.bytes().chain([0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{list}/{h:016x}")
+}
+
+/// The sort key in `token`, if it was given out for `scope` (see [`scope`]);
+/// a token of another list or of other filters is a violation naming
+/// `page_token`.
+pub fn decode_scoped(v: &mut Violations, token: &str, scope: &str, arity: usize) -> Option<Vec<String>> {
+    let mut parts = decode(v, token, arity + 1)?;
+    if parts[0] != scope {
+        let list = scope.split('/').next().unwrap_or(scope);
+        match parts[0].split('/').next() == Some(list) {
+            true => v.add("page_token", "was given out for other filters: ask the first page again with these"),
+            false => v.add("page_token", format!("was given out by another list, not {list}")),
+        }
+        return None;
+    }
+    parts.remove(0);
+    Some(parts)
+}
+
+/// The token for a page of `scope` that ended at sort key `parts`.
+pub fn encode_scoped(scope: &str, parts: &[&str]) -> String {
+    let mut all = vec![scope];
+    all.extend_from_slice(parts);
+    encode(&all)
+}
+
 /// A part of a decoded key that must be a number.
 pub fn number(v: &mut Violations, part: &str) -> i64 {
     part.parse().unwrap_or_else(|_| {
@@ -50,6 +90,27 @@ pub fn number(v: &mut Violations, part: &str) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scoped_token_is_taken_back_only_with_its_filters() {
+        let scope = scope("incidents", &["hl-s0", "1", ""]);
+        let t = encode_scoped(&scope, &["1764000000000", "01jx"]);
+        let mut v = Violations::default();
+        assert_eq!(decode_scoped(&mut v, &t, &scope, 2), Some(vec!["1764000000000".into(), "01jx".into()]));
+        assert!(v.finish().is_ok());
+        // Other filters (the same texts split differently, too), another list.
+        for other in [
+            super::scope("incidents", &["hl-s1", "1", ""]),
+            super::scope("incidents", &["hl-s0", "", "1"]),
+            super::scope("incidents", &["hl-s01", "", ""]),
+            super::scope("cases", &["hl-s0", "1", ""]),
+        ] {
+            let mut v = Violations::default();
+            assert_eq!(decode_scoped(&mut v, &t, &other, 2), None, "{other}");
+            let e = v.finish().expect_err("refused");
+            assert!(format!("{e:?}").contains("page_token"), "{e:?}");
+        }
+    }
 
     #[test]
     fn a_token_round_trips_and_a_foreign_one_is_refused() {

@@ -63,6 +63,7 @@ pub async fn register(client: &mut GridRegistryServiceClient<Channel>) -> anyhow
             issuer: "district".into(),
             expires_on: "2099-12-31".into(),
         }),
+        replacing_reason: String::new(),
     };
     last = client.appoint_head(head).await?.into_inner().position.map_or(last, |p| p.sequence);
     Ok(last)

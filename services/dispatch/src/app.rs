@@ -78,11 +78,12 @@ impl Dispatch {
 
     /// Check that a grid, community or street a dispatcher names exists in
     /// the tree and is of that tier (`INVALID_ARGUMENT` on `field`).
+    /// Check that `owner` is a unit of the tree of its tier; its district.
     pub async fn check_unit(
         &self,
         field: &str,
         owner: &gridwork_proto::gridwork::dispatch::v1::Owner,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<String, ServiceError> {
         let mut conn = self.store.pool().acquire().await?;
         let mut found = crate::grid::unit(&mut conn, &owner.id).await?;
         if found.is_none() {
@@ -98,7 +99,9 @@ impl Dispatch {
                 field,
                 format!("unit {} is not a {}", owner.id, tier.as_str_name().trim_start_matches("TIER_").to_lowercase()),
             )),
-            Some(_) => Ok(()),
+            Some(_) => crate::grid::district_of(&mut conn, &owner.id).await?.ok_or_else(|| {
+                ServiceError::invalid(field, format!("unit {} is in no district of the tree", owner.id))
+            }),
         }
     }
 
@@ -349,6 +352,7 @@ impl From<CaseRejection> for ServiceError {
             CaseRejection::NotOwner { .. } => "NOT_OWNER",
             CaseRejection::OwnerChanged { .. } => "OWNER_CHANGED",
             CaseRejection::AlreadyOwner(_) => "ALREADY_OWNER",
+            CaseRejection::OtherDistrict { .. } => "OTHER_DISTRICT",
             CaseRejection::CentreAssigns(_) => "CENTRE_ASSIGNS",
             CaseRejection::NotTheStreet => "NOT_THE_STREET",
             CaseRejection::NotSummoned(_) => "NOT_SUMMONED",

@@ -165,6 +165,27 @@ pub async fn unit(conn: &mut AnyConnection, id: &str) -> Result<Option<UnitRow>,
     .await
 }
 
+/// The district unit `id` lies in (itself, for a district), by its parents in
+/// the copy of the tree; none if the chain breaks off.
+pub async fn district_of(conn: &mut AnyConnection, id: &str) -> Result<Option<String>, sqlx::Error> {
+    let mut at = id.to_string();
+    // District > street > community > grid > micro-grid: a few hops; a
+    // chain longer than any tree is one that loops.
+    for _ in 0..16 {
+        let Some(u) = unit(&mut *conn, &at).await? else {
+            return Ok(None);
+        };
+        if u.kind == i64::from(gridwork_proto::gridwork::grid::v1::UnitKind::District as i32) {
+            return Ok(Some(u.unit_id));
+        }
+        if u.parent_id.is_empty() {
+            return Ok(None);
+        }
+        at = u.parent_id;
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

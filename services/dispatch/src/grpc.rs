@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::app::Dispatch;
 use crate::domain::case::{CaseCommand, CaseEvent, Rater};
-use crate::queries::{After, CaseQuery, LIST_CASES, LIST_OVERDUE, LIST_QUEUE, LIST_SUMMONSES};
+use crate::queries::{After, CaseQuery, overdue_scope, queue_scope, summonses_scope};
 
 /// The gRPC face of [`Dispatch`].
 pub struct DispatchGrpc {
@@ -133,8 +133,6 @@ impl DispatchService for DispatchGrpc {
         if r.page_size > 500 {
             v.add("page_size", "must be at most 500");
         }
-        let after = After::decode(&mut v, &r.page_token, LIST_CASES, 1);
-        v.finish()?;
         let query = CaseQuery {
             area_id: r.area_id,
             statuses: r.statuses,
@@ -142,6 +140,8 @@ impl DispatchService for DispatchGrpc {
             opened_from_ms: (r.opened_from_unix_ms > 0).then_some(r.opened_from_unix_ms),
             opened_before_ms: (r.opened_before_unix_ms > 0).then_some(r.opened_before_unix_ms),
         };
+        let after = After::decode(&mut v, &r.page_token, &query.scope(), 1);
+        v.finish()?;
         let page_size = if r.page_size == 0 { 50 } else { r.page_size };
         self.dispatch.wait(r.min_position, wait).await?;
         let page = self.dispatch.queries().list(&query, after.as_ref(), page_size).await?;
@@ -157,7 +157,7 @@ impl DispatchService for DispatchGrpc {
         let mut v = Violations::default();
         let owner = owner(&mut v, "owner", r.owner.as_ref());
         let limit = v.limit(r.limit, 50, 500);
-        let after = After::decode(&mut v, &r.page_token, LIST_QUEUE, 1);
+        let after = After::decode(&mut v, &r.page_token, &queue_scope(&owner), 1);
         v.finish()?;
         self.dispatch.wait(r.min_position, wait).await?;
         let page = self.dispatch.queries().work_queue(&owner, after.as_ref(), limit).await?;
@@ -175,7 +175,7 @@ impl DispatchService for DispatchGrpc {
         if !r.area_id.is_empty() {
             v.id("area_id", &r.area_id);
         }
-        let after = After::decode(&mut v, &r.page_token, LIST_OVERDUE, 1);
+        let after = After::decode(&mut v, &r.page_token, &overdue_scope(&r.area_id), 1);
         v.finish()?;
         self.dispatch.wait(r.min_position, wait).await?;
         let page = self.dispatch.queries().overdue(&r.area_id, after.as_ref(), limit).await?;
@@ -191,7 +191,7 @@ impl DispatchService for DispatchGrpc {
         let mut v = Violations::default();
         let department = v.id("department", &r.department);
         let limit = v.limit(r.limit, 50, 500);
-        let after = After::decode(&mut v, &r.page_token, LIST_SUMMONSES, 2);
+        let after = After::decode(&mut v, &r.page_token, &summonses_scope(&department, r.include_finished), 2);
         v.finish()?;
         self.dispatch.wait(r.min_position, wait).await?;
         let page = self.dispatch.queries().summonses(&department, r.include_finished, after.as_ref(), limit).await?;
@@ -325,13 +325,21 @@ impl DispatchService for DispatchGrpc {
         let expected = owner(&mut v, "expected_owner", r.expected_owner.as_ref());
         let to = owner(&mut v, "to", r.to.as_ref());
         v.finish()?;
-        match pb::Tier::try_from(to.tier).unwrap_or_default() {
-            pb::Tier::Department => self.dispatch.check_departments([("to.id".to_string(), to.id.as_str())]).await?,
-            pb::Tier::Grid | pb::Tier::Community | pb::Tier::Street => self.dispatch.check_unit("to.id", &to).await?,
-            _ => {}
-        }
-        let outcome =
-            self.dispatch.act(&id, command_id, who, |clock| CaseCommand::Reassign { expected, to, clock }).await?;
+        let to_district = match pb::Tier::try_from(to.tier).unwrap_or_default() {
+            pb::Tier::Department => {
+                self.dispatch.check_departments([("to.id".to_string(), to.id.as_str())]).await?;
+                None
+            }
+            pb::Tier::Grid | pb::Tier::Community | pb::Tier::Street => {
+                Some(self.dispatch.check_unit("to.id", &to).await?)
+            }
+            // A district's own dispatch centre: its id is the district's.
+            _ => Some(to.id.clone()),
+        };
+        let outcome = self
+            .dispatch
+            .act(&id, command_id, who, |clock| CaseCommand::Reassign { expected, to, to_district, clock })
+            .await?;
         Ok(Response::new(pb::AssignCaseResponse { position: position(&outcome) }))
     }
 

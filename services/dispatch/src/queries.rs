@@ -24,6 +24,31 @@ pub struct CaseQuery {
     pub opened_before_ms: Option<i64>,
 }
 
+impl CaseQuery {
+    /// The page-token scope of these filters (a token is taken back only with them).
+    pub fn scope(&self) -> String {
+        let bound = |t: Option<i64>| t.map_or_else(String::new, |t| t.to_string());
+        let (from, before, statuses) =
+            (bound(self.opened_from_ms), bound(self.opened_before_ms), self.statuses.join(","));
+        gridwork_runtime::page::scope(LIST_CASES, &[&self.area_id, &statuses, &self.category_code, &from, &before])
+    }
+}
+
+/// The page-token scope of an owner's work queue.
+pub fn queue_scope(owner: &pb::Owner) -> String {
+    gridwork_runtime::page::scope(LIST_QUEUE, &[&owner.tier.to_string(), &owner.id])
+}
+
+/// The page-token scope of the overdue list of `area`.
+pub fn overdue_scope(area: &str) -> String {
+    gridwork_runtime::page::scope(LIST_OVERDUE, &[area])
+}
+
+/// The page-token scope of a department's summons queue.
+pub fn summonses_scope(department: &str, include_finished: bool) -> String {
+    gridwork_runtime::page::scope(LIST_SUMMONSES, &[department, if include_finished { "all" } else { "open" }])
+}
+
 /// Queries at one moment (`now_unix_ms` decides what is overdue).
 pub struct Queries<'a> {
     pub(crate) store: &'a ReadStore,
@@ -132,8 +157,6 @@ pub struct Page<T> {
 /// Where a page starts: strictly after this sort key.
 #[derive(Debug, Clone, Default)]
 pub struct After {
-    /// Which list gave the token out; a token is taken back only by that list.
-    pub list: &'static str,
     /// The key's number part (a time or a due time).
     pub number: i64,
     /// The key's text parts (ids), in sort order.
@@ -141,23 +164,20 @@ pub struct After {
 }
 
 impl After {
-    /// A page token of `list` with `ids` id parts, parsed by the gRPC edge; a
-    /// token another list gave out is refused.
-    pub fn decode(v: &mut gridwork_runtime::Violations, token: &str, list: &'static str, ids: usize) -> Option<After> {
-        let parts = gridwork_runtime::page::decode(v, token, ids + 2)?;
-        if parts[0] != list {
-            v.add("page_token", format!("was given out by another list, not {list}"));
-            return None;
-        }
-        let number = gridwork_runtime::page::number(v, &parts[1]);
-        Some(After { list, number, ids: parts[2..].to_vec() })
+    /// A page token given out for `scope` (a list and its filters) with `ids`
+    /// id parts, parsed by the gRPC edge; a token of another list, or of the
+    /// same list under other filters, is refused naming `page_token`.
+    pub fn decode(v: &mut gridwork_runtime::Violations, token: &str, scope: &str, ids: usize) -> Option<After> {
+        let parts = gridwork_runtime::page::decode_scoped(v, token, scope, ids + 1)?;
+        let number = gridwork_runtime::page::number(v, &parts[0]);
+        Some(After { number, ids: parts[1..].to_vec() })
     }
 
-    fn encode(list: &str, number: i64, ids: &[&str]) -> String {
+    fn encode(scope: &str, number: i64, ids: &[&str]) -> String {
         let n = number.to_string();
-        let mut parts = vec![list, n.as_str()];
+        let mut parts = vec![n.as_str()];
         parts.extend_from_slice(ids);
-        gridwork_runtime::page::encode(&parts)
+        gridwork_runtime::page::encode_scoped(scope, &parts)
     }
 }
 
@@ -197,7 +217,7 @@ impl Queries<'_> {
     /// expression over `c`.
     async fn case_page(
         &self,
-        list: &str,
+        scope: &str,
         mut filter: Filter,
         key: &str,
         descending: bool,
@@ -236,7 +256,7 @@ impl Queries<'_> {
             items.push(self.case_view(case).await?);
         }
         let next_page_token = match (more, last) {
-            (true, Some((n, id))) => After::encode(list, n, &[&id]),
+            (true, Some((n, id))) => After::encode(scope, n, &[&id]),
             _ => String::new(),
         };
         Ok(Page { items, next_page_token })
@@ -330,7 +350,7 @@ impl Queries<'_> {
             let t = f.int(before);
             f.and(format!("c.opened_at_ms < {t}"));
         }
-        self.case_page(LIST_CASES, f, "c.opened_at_ms", true, after, limit).await
+        self.case_page(&q.scope(), f, "c.opened_at_ms", true, after, limit).await
     }
 
     /// One case with its timeline, ratings, summonses and linked reports.
@@ -433,7 +453,7 @@ impl Queries<'_> {
         let key = format!(
             "COALESCE((SELECT MIN(d.due_ms) FROM {deadlines} d WHERE d.case_id = c.case_id AND d.state = 'pending'), {NO_DUE})"
         );
-        self.case_page(LIST_QUEUE, f, &key, false, after, limit).await
+        self.case_page(&queue_scope(owner), f, &key, false, after, limit).await
     }
 
     /// Unresolved cases past a case-level clock (respond with no action on site
@@ -451,7 +471,7 @@ impl Queries<'_> {
         let key = format!(
             "COALESCE((SELECT MIN(d.due_ms) FROM {deadlines} d WHERE d.case_id = c.case_id AND {OPEN_CASE_CLOCK}), {NO_DUE})"
         );
-        self.case_page(LIST_OVERDUE, f, &key, false, after, limit).await
+        self.case_page(&overdue_scope(area), f, &key, false, after, limit).await
     }
 
     /// A department's summonses: open ones (or all), soonest report-by first.
@@ -489,9 +509,11 @@ impl Queries<'_> {
         .await?;
         let more = rows.len() > limit as usize;
         let next_page_token = match rows.get((limit as usize).saturating_sub(1)) {
-            Some(last) if more => {
-                After::encode(LIST_SUMMONSES, last.report_by_ms, &[&last.case_id, &last.whistle.to_string()])
-            }
+            Some(last) if more => After::encode(
+                &summonses_scope(department, include_finished),
+                last.report_by_ms,
+                &[&last.case_id, &last.whistle.to_string()],
+            ),
             _ => String::new(),
         };
         Ok(Page { items: rows.into_iter().take(limit as usize).map(Into::into).collect(), next_page_token })

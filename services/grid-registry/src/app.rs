@@ -368,18 +368,30 @@ impl Registry {
     }
 
     /// Units whose name contains `query` (case-insensitive for ASCII).
-    pub async fn search(&self, query: &str, kind: Option<Kind>, limit: u32) -> Result<Vec<UnitRow>, ServiceError> {
+    pub async fn search(
+        &self,
+        query: &str,
+        kind: Option<Kind>,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<UnitRow>, ServiceError> {
         let table = Tables::Live.name(UNITS.name);
         let escaped = query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
         let pattern = format!("%{}%", escaped.to_lowercase());
         let kind_number = kind.map_or(0, |k| k.to_proto() as i64);
+        // Keyset: strictly after the last (name, id) of the page before.
+        let (after_name, after_id) = after.unwrap_or(("", ""));
         Ok(sqlx::query_as(AssertSqlSafe(format!(
             "SELECT {UNIT_COLUMNS} FROM {table} WHERE LOWER(name) LIKE $1 ESCAPE '\\' AND ($2 = 0 OR kind = $2) \
+             AND ($4 = 0 OR name > $5 OR (name = $5 AND unit_id > $6)) \
              ORDER BY name, unit_id LIMIT $3"
         )))
         .bind(pattern)
         .bind(kind_number)
         .bind(i64::from(limit))
+        .bind(i64::from(after.is_some()))
+        .bind(after_name)
+        .bind(after_id)
         .fetch_all(self.store.pool())
         .await?)
     }
@@ -431,6 +443,7 @@ impl From<UnitRejection> for ServiceError {
             UnitRejection::NoStaffAtThisLevel(_) => ("NO_STAFF_AT_THIS_LEVEL", "unit_id".into()),
             UnitRejection::CertificateExpired { .. } => ("CERTIFICATE_EXPIRED", "certificate.expires_on".into()),
             UnitRejection::AlreadyHead(_) => ("ALREADY_HEAD", "person_id".into()),
+            UnitRejection::HeadInPost(_) => ("HEAD_IN_POST", "replacing_reason".into()),
             UnitRejection::NoHead => ("NO_HEAD", "unit_id".into()),
             UnitRejection::NotTheHead { .. } => ("NOT_THE_HEAD", "person_id".into()),
             UnitRejection::RenewalNotLater { .. } => ("RENEWAL_NOT_LATER", "certificate.expires_on".into()),

@@ -17,6 +17,9 @@ use gridwork_geo::Boundary;
 /// The page-token tag of `ListUnitsNeedingHead`.
 const NEEDING_HEAD: &str = "units-needing-head";
 
+/// The name `SearchUnits` gives its page tokens.
+const SEARCH: &str = "search";
+
 /// The gRPC face of [`Registry`].
 pub struct RegistryGrpc {
     registry: Registry,
@@ -185,6 +188,8 @@ impl GridRegistryService for RegistryGrpc {
         let unit_id = checked_unit_id(&mut v, "unit_id", &r.unit_id);
         let person_id = checked_unit_id(&mut v, "person_id", &r.person_id);
         let name = v.text("name", &r.name, 1, 100);
+        let replacing_reason =
+            (!r.replacing_reason.is_empty()).then(|| v.text("replacing_reason", &r.replacing_reason, 1, 500));
         let certificate = certificate(&mut v, r.certificate.as_ref());
         let (certificate, expires_on) = v.finish_with(certificate, "certificate")?;
         let (outcome, _) = self
@@ -194,6 +199,7 @@ impl GridRegistryService for RegistryGrpc {
                 head: pb::Head { person_id, name, certificate: Some(certificate), appointed_on: today.to_string() },
                 expires_on,
                 today,
+                replacing_reason,
             })
             .await?;
         Ok(Response::new(pb::AppointHeadResponse { position: position(&outcome) }))
@@ -308,13 +314,10 @@ impl GridRegistryService for RegistryGrpc {
         if r.page_size > 500 {
             v.add("page_size", "must be at most 500");
         }
-        let after = gridwork_runtime::page::decode(&mut v, &r.page_token, 2).and_then(|k| match k.as_slice() {
-            [list, id] if list == NEEDING_HEAD => Some(id.clone()),
-            _ => {
-                v.add("page_token", "was given out by another list");
-                None
-            }
-        });
+        let scope =
+            gridwork_runtime::page::scope(NEEDING_HEAD, &[&r.under_unit_id, &r.expiring_within_days.to_string()]);
+        let after =
+            gridwork_runtime::page::decode_scoped(&mut v, &r.page_token, &scope, 1).and_then(|k| k.into_iter().next());
         v.finish()?;
         let page_size = if r.page_size == 0 { 100 } else { r.page_size };
         self.registry.wait(r.min_position, wait).await?;
@@ -338,7 +341,7 @@ impl GridRegistryService for RegistryGrpc {
             }
         }
         let next_page_token = match rows.get(page_size as usize - 1) {
-            Some(last) if more => gridwork_runtime::page::encode(&[NEEDING_HEAD, &last.unit_id]),
+            Some(last) if more => gridwork_runtime::page::encode_scoped(&scope, &[&last.unit_id]),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListUnitsNeedingHeadResponse { units, next_page_token }))
@@ -473,6 +476,7 @@ impl GridRegistryService for RegistryGrpc {
         &self,
         request: Request<pb::SearchUnitsRequest>,
     ) -> Result<Response<pb::SearchUnitsResponse>, Status> {
+        let wait = read_wait(&request);
         let r = request.into_inner();
         let mut v = Violations::default();
         let query = v.text("query", &r.query, 1, 100);
@@ -486,10 +490,23 @@ impl GridRegistryService for RegistryGrpc {
                 None
             }
         };
+        let scope = gridwork_runtime::page::scope(SEARCH, &[&query, &r.kind.to_string()]);
+        let after = gridwork_runtime::page::decode_scoped(&mut v, &r.page_token, &scope, 2);
         v.finish()?;
         let limit = if r.limit == 0 { 50 } else { r.limit };
-        let units = self.registry.search(&query, kind, limit).await?.iter().map(summary).collect();
-        Ok(Response::new(pb::SearchUnitsResponse { units }))
+        self.registry.wait(r.min_position, wait).await?;
+        let after = after.as_ref().map(|k| (k[0].as_str(), k[1].as_str()));
+        let mut rows = self.registry.search(&query, kind, after, limit + 1).await?;
+        let next_page_token = match rows.len() > limit as usize {
+            true => {
+                rows.truncate(limit as usize);
+                rows.last()
+                    .map_or_else(String::new, |u| gridwork_runtime::page::encode_scoped(&scope, &[&u.name, &u.unit_id]))
+            }
+            false => String::new(),
+        };
+        let units = rows.iter().map(summary).collect();
+        Ok(Response::new(pb::SearchUnitsResponse { units, next_page_token }))
     }
 
     async fn locate(&self, request: Request<pb::LocateRequest>) -> Result<Response<pb::LocateResponse>, Status> {

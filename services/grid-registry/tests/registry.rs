@@ -192,6 +192,7 @@ async fn bad_input_on_every_grid_rpc_is_refused_naming_the_field_or_unit_and_wri
             issuer: "Huolong".into(),
             expires_on: expires.into(),
         }),
+        replacing_reason: String::new(),
     };
     let e = c.appoint_head(head("2026-02-28")).await.expect_err("expired");
     assert_eq!(e.code(), Code::FailedPrecondition);
@@ -268,8 +269,10 @@ async fn bad_input_on_every_grid_rpc_is_refused_naming_the_field_or_unit_and_wri
     assert_eq!(fields(&e), ["kind"]);
     let e = c.locate(pb::LocateRequest { lat: 91.0, lon: f64::NAN, min_position: 0 }).await.expect_err("locate");
     assert_eq!(fields(&e), ["lat", "lon"]);
-    let e =
-        c.search_units(pb::SearchUnitsRequest { query: "".into(), kind: 99, limit: 9999 }).await.expect_err("search");
+    let e = c
+        .search_units(pb::SearchUnitsRequest { query: "".into(), kind: 99, limit: 9999, ..Default::default() })
+        .await
+        .expect_err("search");
     assert_eq!(fields(&e), ["query", "limit", "kind"]);
 
     assert_eq!(stream_messages(&nats).await, before, "no events written");
@@ -347,6 +350,7 @@ async fn dismissing_a_worker_keeps_the_history_and_a_head_with_an_expired_certif
             issuer: "Huolong".into(),
             expires_on: "2026-03-10".into(),
         }),
+        replacing_reason: String::new(),
     })
     .await
     .expect("appoint");
@@ -414,6 +418,7 @@ fn appoint(unit: &str, person: &str, expires: &str) -> pb::AppointHeadRequest {
             issuer: "Huolong".into(),
             expires_on: expires.into(),
         }),
+        replacing_reason: String::new(),
     }
 }
 
@@ -521,13 +526,27 @@ async fn a_head_is_renewed_replaced_and_vacated_with_every_term_kept() {
     assert_eq!(terms.len(), 1, "a renewal is not a new term: {terms:?}");
     assert_eq!(terms[0].renewals, 1);
 
-    // Replacement: the old term ends as replaced, on the city's date.
+    // Replacement: only with a reason (an appointment decided on a vacancy
+    // someone has since filled is refused, not a silent replacement); the old
+    // term ends as replaced, on the city's date, with the reason.
     r.clock.advance_ms(DAY_MS);
-    let replaced = at(c.appoint_head(appoint("g", "p2", "2027-06-01")).await.expect("replace").into_inner().position);
+    let e = c.appoint_head(appoint("g", "p2", "2027-06-01")).await.expect_err("a head is in post");
+    assert_eq!(rule(&e), "HEAD_IN_POST", "{e:?}");
+    assert_eq!(history(c, "g", 0).await.len(), 1, "nothing written");
+    let e = c
+        .appoint_head(pb::AppointHeadRequest { replacing_reason: "x".repeat(501), ..appoint("g", "p2", "2027-06-01") })
+        .await
+        .expect_err("too long");
+    assert_eq!(fields(&e), ["replacing_reason"]);
+    let request = pb::AppointHeadRequest {
+        replacing_reason: "moved to the street office".into(),
+        ..appoint("g", "p2", "2027-06-01")
+    };
+    let replaced = at(c.appoint_head(request).await.expect("replace").into_inner().position);
     let terms = history(c, "g", replaced).await;
     let summary: Vec<_> = terms.iter().map(|t| (t.person_id.as_str(), t.left_on.as_str(), t.departure)).collect();
     assert_eq!(summary, [("p2", "", 0), ("p1", "2026-03-03", pb::HeadDeparture::Replaced as i32)]);
-    assert!(terms[1].note.contains("replaced by p2 name"), "{}", terms[1].note);
+    assert!(terms[1].note.contains("replaced by p2 name") && terms[1].note.contains("moved to the street office"));
 
     // Vacating: the head in post, with a reason; REPLACED is not a reason to give.
     let e = c.vacate_head(vacate("g", "p1", pb::HeadDeparture::Dismissed)).await.expect_err("p1 left");
@@ -628,11 +647,53 @@ async fn households_are_flagged_against_their_bands_and_units_can_be_listed_and_
     let districts = c.list_children(pb::ListChildrenRequest::default()).await.expect("list").into_inner();
     assert_eq!(districts.units.len(), 1);
     let found = c
-        .search_units(pb::SearchUnitsRequest { query: "M1 NA".into(), kind: pb::UnitKind::MicroGrid as i32, limit: 0 })
+        .search_units(pb::SearchUnitsRequest {
+            query: "M1 NA".into(),
+            kind: pb::UnitKind::MicroGrid as i32,
+            ..Default::default()
+        })
         .await
         .expect("search")
         .into_inner();
     assert_eq!(found.units.iter().map(|u| u.unit_id.as_str()).collect::<Vec<_>>(), ["m1"]);
+    // Paged one at a time: every unit named like "m…", in order, none twice;
+    // a token asked back with another query is refused.
+    let all = c
+        .search_units(pb::SearchUnitsRequest { query: "m".into(), limit: 500, ..Default::default() })
+        .await
+        .expect("search")
+        .into_inner();
+    assert!(all.units.len() >= 2 && all.next_page_token.is_empty(), "{:?}", all.units);
+    let (mut seen, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = c
+            .search_units(pb::SearchUnitsRequest {
+                query: "m".into(),
+                limit: 1,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        seen.extend(page.units.into_iter().map(|u| u.unit_id));
+        assert!(seen.len() <= all.units.len(), "pages repeat units: {seen:?}");
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        let e = c
+            .search_units(pb::SearchUnitsRequest {
+                query: "g".into(),
+                limit: 1,
+                page_token: page.next_page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("another query's token");
+        assert_eq!(fields(&e), ["page_token"]);
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, all.units.iter().map(|u| u.unit_id.clone()).collect::<Vec<_>>());
 }
 
 type HeadTermDump = (String, String, String, Option<String>, i64, String, String, i64);
@@ -690,7 +751,8 @@ async fn rebuilt_read_model_equals_the_live_one(db: TestDb, fresh: TestDb) {
     .expect("dismiss");
     c.appoint_head(appoint("m1", "p1", "2027-01-01")).await.expect("appoint");
     c.renew_head_certificate(renew("m1", "p1", "2028-01-01")).await.expect("renew");
-    c.appoint_head(appoint("m1", "p2", "2027-06-01")).await.expect("replace");
+    let replace = pb::AppointHeadRequest { replacing_reason: "p1 retired".into(), ..appoint("m1", "p2", "2027-06-01") };
+    c.appoint_head(replace).await.expect("replace");
     c.vacate_head(vacate("m1", "p2", pb::HeadDeparture::Resigned)).await.expect("vacate");
     c.appoint_head(appoint("m2", "p3", "2027-06-01")).await.expect("appoint");
     let last = c

@@ -9,7 +9,7 @@ use gridwork_proto::gridwork::dispatch::v1::dispatch_service_client::DispatchSer
 use crate::{Cases, RatingArg, SolvedArg, out};
 
 /// Dates and times in the city's time zone (Asia/Shanghai, UTC+8 all year).
-fn local(unix_ms: i64) -> String {
+pub(crate) fn local(unix_ms: i64) -> String {
     let offset = time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC);
     let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] +08");
     time::OffsetDateTime::from_unix_timestamp(unix_ms.div_euclid(1000))
@@ -149,7 +149,9 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
                 };
                 match c.get_case(request).await {
                     Ok(r) => {
-                        print_case(&r.into_inner().case.unwrap_or_default());
+                        let case = r.into_inner().case.unwrap_or_default();
+                        crate::emit(&case, CASE);
+                        print_case(&case);
                         break Ok(());
                     }
                     Err(s) if s.code() == tonic::Code::NotFound && Instant::now() < deadline => {
@@ -171,6 +173,7 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
                     Err(e) => return Ok(Err(e)),
                 };
                 for case in &page.cases {
+                    crate::emit(case, CASE);
                     let next = case.pending_deadlines.first().map(|d| d.id.clone()).unwrap_or_default();
                     out!("{:<18} {:<20} {:<13} next: {next}", case.case_number, case.category_code, case.status);
                 }
@@ -208,6 +211,7 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
                         out!("(first {limit} shown; --limit for more)");
                         return Ok(Ok(()));
                     }
+                    crate::emit(case, CASE);
                     out!(
                         "{:<18} {} {:<20} {:<13} {:<28} {}",
                         case.case_number,
@@ -233,8 +237,16 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
                 case_id: case_id.clone(),
                 acting_as: Some(owner(&acting_as)?),
             };
-            let result = c.acknowledge_case(request).await.map(|r| r.into_inner().position);
-            settle(&mut c, &case_id, result, "acknowledged").await
+            let result = c.acknowledge_case(request).await.map(|r| r.into_inner());
+            answered(
+                &mut c,
+                &case_id,
+                result,
+                "gridwork.dispatch.v1.AcknowledgeCaseResponse",
+                |r| r.position,
+                "acknowledged",
+            )
+            .await
         }
         Cases::Resolve { id: case_id, acting_as, notes } => {
             let request = pb::ResolveCaseRequest {
@@ -243,8 +255,9 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
                 acting_as: Some(owner(&acting_as)?),
                 notes,
             };
-            let result = c.resolve_case(request).await.map(|r| r.into_inner().position);
-            settle(&mut c, &case_id, result, "resolved").await
+            let result = c.resolve_case(request).await.map(|r| r.into_inner());
+            answered(&mut c, &case_id, result, "gridwork.dispatch.v1.ResolveCaseResponse", |r| r.position, "resolved")
+                .await
         }
         Cases::Overdue { area } => {
             let mut shown = 0;
@@ -256,6 +269,7 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
                     Err(e) => return Ok(Err(e)),
                 };
                 for case in &page.cases {
+                    crate::emit(case, CASE);
                     let owner = owner_label(&case.owner);
                     let mark = if case.supervised { "督办" } else { "" };
                     out!("{:<18} {:<20} {:<28} {mark}", case.case_number, case.category_code, owner);
@@ -270,35 +284,168 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
             Ok(())
         }
         Cases::Summonses { department, all } => {
-            let request = pb::ListSummonsesRequest {
-                department,
-                include_finished: all,
-                limit: 500,
-                min_position: 0,
-                page_token: String::new(),
-            };
-            match c.list_summonses(request).await {
-                Ok(r) => {
-                    let summonses = r.into_inner().summonses;
-                    for s in &summonses {
-                        out!(
-                            "{:<38} whistle {} {:<18} report by {}",
-                            s.case_id,
-                            s.whistle,
-                            summons_label(s.status),
-                            local(s.report_by_unix_ms)
-                        );
-                    }
-                    out!("({} summonses)", summonses.len());
-                    Ok(())
+            let (mut shown, mut page_token) = (0usize, String::new());
+            loop {
+                let request = pb::ListSummonsesRequest {
+                    department: department.clone(),
+                    include_finished: all,
+                    limit: 500,
+                    min_position: 0,
+                    page_token,
+                };
+                let page = match c.list_summonses(request).await {
+                    Ok(r) => r.into_inner(),
+                    Err(e) => return Ok(Err(e)),
+                };
+                for s in &page.summonses {
+                    crate::emit(s, "gridwork.dispatch.v1.Summons");
+                    out!(
+                        "{:<38} whistle {} {:<18} report by {}",
+                        s.case_id,
+                        s.whistle,
+                        summons_label(s.status),
+                        local(s.report_by_unix_ms)
+                    );
                 }
-                Err(e) => Err(e),
+                shown += page.summonses.len();
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
             }
+            out!("({shown} summonses)");
+            Ok(())
+        }
+        Cases::Progress { id: case_id, acting_as, notes } => {
+            let request = pb::RecordProgressRequest {
+                command_id: id(),
+                case_id: case_id.clone(),
+                acting_as: Some(owner(&acting_as)?),
+                notes,
+            };
+            let result = c.record_progress(request).await.map(|r| r.into_inner());
+            answered(
+                &mut c,
+                &case_id,
+                result,
+                "gridwork.dispatch.v1.RecordProgressResponse",
+                |r| r.position,
+                "progress recorded on",
+            )
+            .await
+        }
+        Cases::HandBack { id: case_id, acting_as, reason } => {
+            let request = pb::HandBackCaseRequest {
+                command_id: id(),
+                case_id: case_id.clone(),
+                acting_as: Some(owner(&acting_as)?),
+                reason,
+            };
+            let result = c.hand_back_case(request).await.map(|r| r.into_inner());
+            answered(
+                &mut c,
+                &case_id,
+                result,
+                "gridwork.dispatch.v1.HandBackCaseResponse",
+                |r| r.position,
+                "handed back to the dispatch centre",
+            )
+            .await
+        }
+        Cases::Assign { id: case_id, from, to } => {
+            let request = pb::AssignCaseRequest {
+                command_id: id(),
+                case_id: case_id.clone(),
+                expected_owner: Some(owner(&from)?),
+                to: Some(owner(&to)?),
+            };
+            let result = c.assign_case(request).await.map(|r| r.into_inner());
+            answered(
+                &mut c,
+                &case_id,
+                result,
+                "gridwork.dispatch.v1.AssignCaseResponse",
+                |r| r.position,
+                &format!("assigned to {to}:"),
+            )
+            .await
+        }
+        Cases::Whistle { id: case_id, acting_as, departments } => {
+            let request = pb::BlowWhistleRequest {
+                command_id: id(),
+                case_id: case_id.clone(),
+                acting_as: Some(owner(&acting_as)?),
+                departments: departments.clone(),
+            };
+            let result = c.blow_whistle(request).await.map(|r| r.into_inner());
+            let done = format!("summoned {} to", departments.join(", "));
+            answered(&mut c, &case_id, result, "gridwork.dispatch.v1.BlowWhistleResponse", |r| r.position, &done).await
+        }
+        Cases::ReportForDuty { id: case_id, department } => {
+            let request =
+                pb::ReportForDutyRequest { command_id: id(), case_id: case_id.clone(), department: department.clone() };
+            let result = c.report_for_duty(request).await.map(|r| r.into_inner());
+            let done = format!("{department} reported for duty on");
+            answered(&mut c, &case_id, result, "gridwork.dispatch.v1.ReportForDutyResponse", |r| r.position, &done)
+                .await
+        }
+        Cases::SummonsProgress { id: case_id, department, notes } => {
+            let request = pb::RecordSummonsProgressRequest {
+                command_id: id(),
+                case_id: case_id.clone(),
+                department: department.clone(),
+                notes,
+            };
+            let result = c.record_summons_progress(request).await.map(|r| r.into_inner());
+            let done = format!("{department} recorded progress on");
+            answered(
+                &mut c,
+                &case_id,
+                result,
+                "gridwork.dispatch.v1.RecordSummonsProgressResponse",
+                |r| r.position,
+                &done,
+            )
+            .await
+        }
+        Cases::CompleteSummons { id: case_id, department, notes } => {
+            let request = pb::CompleteSummonsRequest {
+                command_id: id(),
+                case_id: case_id.clone(),
+                department: department.clone(),
+                notes,
+            };
+            let result = c.complete_summons(request).await.map(|r| r.into_inner());
+            let done = format!("{department} completed its part of");
+            answered(&mut c, &case_id, result, "gridwork.dispatch.v1.CompleteSummonsResponse", |r| r.position, &done)
+                .await
+        }
+        Cases::ReleaseSummons { id: case_id, acting_as, department, reason } => {
+            let request = pb::ReleaseSummonsRequest {
+                command_id: id(),
+                case_id: case_id.clone(),
+                acting_as: Some(owner(&acting_as)?),
+                department: department.clone(),
+                reason,
+            };
+            let result = c.release_summons(request).await.map(|r| r.into_inner());
+            answered(
+                &mut c,
+                &case_id,
+                result,
+                "gridwork.dispatch.v1.ReleaseSummonsResponse",
+                |r| r.position,
+                &format!("released {department} from"),
+            )
+            .await
         }
         Cases::Merge { id: case_id, into, reason } => {
             let request =
                 pb::MergeCaseRequest { command_id: id(), case_id: case_id.clone(), into_case_id: into.clone(), reason };
-            c.merge_case(request).await.map(|_| out!("{case_id} merged into {into}: closed"))
+            c.merge_case(request).await.map(|r| {
+                crate::emit(r.get_ref(), "gridwork.dispatch.v1.MergeCaseResponse");
+                out!("{case_id} merged into {into}: closed")
+            })
         }
         Cases::Rate { id: case_id, rating, solved, comment, by } => {
             let rating = match rating {
@@ -320,12 +467,31 @@ pub async fn run(endpoint: &str, command: Cases) -> anyhow::Result<Result<(), to
             match c.verify_case(request).await {
                 Ok(r) => {
                     let r = r.into_inner();
+                    crate::emit(&r, "gridwork.dispatch.v1.VerifyCaseResponse");
                     settle(&mut c, &case_id, Ok(r.position), &r.outcome).await
                 }
                 Err(e) => Err(e),
             }
         }
     })
+}
+
+/// The full name of a case message.
+const CASE: &str = "gridwork.dispatch.v1.Case";
+
+/// A command's answer (of message type `response`): printed
+/// under `--output json`, then [`settle`]d.
+async fn answered<R: prost::Message>(
+    c: &mut DispatchServiceClient<Conn>,
+    case_id: &str,
+    result: Result<R, tonic::Status>,
+    response: &str,
+    position: impl FnOnce(&R) -> Option<pb::CommitPosition>,
+    done: &str,
+) -> Result<(), tonic::Status> {
+    let r = result?;
+    crate::emit(&r, response);
+    settle(c, case_id, Ok(position(&r)), done).await
 }
 
 /// Wait until the read model shows a write, then say what happened.

@@ -89,6 +89,7 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
             match c.report_incident(request).await {
                 Ok(r) => {
                     let r = r.into_inner();
+                    crate::emit(&r, "gridwork.intake.v1.ReportIncidentResponse");
                     let sequence = r.position.unwrap_or_default().sequence;
                     // Visible before returning, so the next command sees it.
                     c.get_incident(pb::GetIncidentRequest {
@@ -123,6 +124,7 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
             match c.get_incident(pb::GetIncidentRequest { incident_id: id, min_position: 0 }).await {
                 Ok(r) => {
                     let i = r.into_inner().incident.unwrap_or_default();
+                    crate::emit(&i, "gridwork.intake.v1.Incident");
                     let p = i.grid_path.clone().unwrap_or_default();
                     out!("{} {} ({}) priority {}", i.incident_id, i.category_code, status_name(i.status), i.priority);
                     out!(
@@ -164,6 +166,85 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 Err(e) => Err(e),
             }
         }
+        Incidents::List { area, status, category, transfer_to, limit } => {
+            let status = match status.as_deref() {
+                None => pb::IncidentStatus::Unspecified,
+                Some(name) => pb::IncidentStatus::from_str_name(&format!(
+                    "INCIDENT_STATUS_{}",
+                    name.to_ascii_uppercase()
+                ))
+                .filter(|s| *s != pb::IncidentStatus::Unspecified)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--status {name:?}: reported, accepted, rejected, duplicate, resolved, closed or transferred"
+                    )
+                })?,
+            };
+            let (mut shown, mut page_token) = (0u32, String::new());
+            loop {
+                let request = pb::ListIncidentsRequest {
+                    unit_id: area.clone(),
+                    status: status as i32,
+                    category_code: category.clone(),
+                    limit: (limit - shown).min(500),
+                    min_position: 0,
+                    transfer_to: transfer_to.clone(),
+                    page_token,
+                };
+                let page = match c.list_incidents(request).await {
+                    Ok(r) => r.into_inner(),
+                    Err(e) => return Ok(Err(e)),
+                };
+                for i in &page.incidents {
+                    crate::emit(i, "gridwork.intake.v1.Incident");
+                    out!(
+                        "{:<38} {:<20} {:<11} priority {} {}",
+                        i.incident_id,
+                        i.category_code,
+                        status_name(i.status),
+                        i.priority,
+                        i.grid_path.as_ref().map_or("", |p| p.grid_id.as_str())
+                    );
+                }
+                shown += u32::try_from(page.incidents.len()).unwrap_or(u32::MAX);
+                if page.next_page_token.is_empty() || shown >= limit {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            out!("({shown} incidents)");
+            Ok(())
+        }
+        Incidents::PublishCatalogue { file } => {
+            use anyhow::Context as _;
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
+            // What `incidents catalogue --output json` printed (its version
+            // is the one edited; the service numbers the new one).
+            let edited: pb::GetCatalogueResponse =
+                crate::json::from_json(&text, "gridwork.intake.v1.GetCatalogueResponse")
+                    .with_context(|| format!("{file} is not a catalogue in JSON"))?;
+            let request = pb::PublishCatalogueRequest {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                categories: edited.categories,
+            };
+            c.publish_catalogue(request).await.map(|r| {
+                let r = r.into_inner();
+                crate::emit(&r, "gridwork.intake.v1.PublishCatalogueResponse");
+                out!("published catalogue version {}", r.version);
+            })
+        }
+        Incidents::Claim { id, break_lock } => {
+            let request = pb::ClaimIncidentRequest {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                incident_id: id.clone(),
+                break_lock,
+            };
+            c.claim_incident(request).await.map(|r| {
+                let r = r.into_inner();
+                crate::emit(&r, "gridwork.intake.v1.ClaimIncidentResponse");
+                out!("claimed {id} until {}", crate::cases::local(r.until_unix_ms));
+            })
+        }
         Incidents::Contact { id, purpose } => {
             let request = pb::ReadReporterContactRequest {
                 command_id: uuid::Uuid::now_v7().to_string(),
@@ -171,7 +252,9 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 purpose,
             };
             c.read_reporter_contact(request).await.map(|r| {
-                let contact = r.into_inner().contact.unwrap_or_default();
+                let r = r.into_inner();
+                crate::emit(&r, "gridwork.intake.v1.ReadReporterContactResponse");
+                let contact = r.contact.unwrap_or_default();
                 out!("{} {} (this read is recorded)", contact.name, contact.phone);
             })
         }
@@ -182,7 +265,9 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 reason,
             };
             c.erase_reporter_contact(request).await.map(|r| {
-                if r.into_inner().erased {
+                let r = r.into_inner();
+                crate::emit(&r, "gridwork.intake.v1.EraseReporterContactResponse");
+                if r.erased {
                     out!("erased the contact of {id}: its key is destroyed");
                 } else {
                     out!("{id} holds no contact: nothing erased");
@@ -198,7 +283,9 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 .await
             {
                 Ok(r) => {
-                    let sequence = r.into_inner().position.unwrap_or_default().sequence;
+                    let r = r.into_inner();
+                    crate::emit(&r, "gridwork.intake.v1.AcceptIncidentResponse");
+                    let sequence = r.position.unwrap_or_default().sequence;
                     c.get_incident(pb::GetIncidentRequest { incident_id: id.clone(), min_position: sequence })
                         .await
                         .ok();
@@ -219,6 +306,7 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
             };
             c.reclassify_incident(request).await.map(|r| {
                 let r = r.into_inner();
+                crate::emit(&r, "gridwork.intake.v1.ReclassifyIncidentResponse");
                 out!("{id} is now {category}{}", if r.accepted { ": an emergency, dispatched" } else { "" });
             })
         }
@@ -230,7 +318,9 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 note,
             };
             c.relocate_incident(request).await.map(|r| {
-                let path = r.into_inner().grid_path.unwrap_or_default();
+                let r = r.into_inner();
+                crate::emit(&r, "gridwork.intake.v1.RelocateIncidentResponse");
+                let path = r.grid_path.unwrap_or_default();
                 out!("{id} is now in {} (grid {})", path.micro_grid_id, path.grid_id);
             })
         }
@@ -241,7 +331,10 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 priority: priority.proto() as i32,
                 reason,
             };
-            c.reassess_priority(request).await.map(|_| out!("{id}: priority set"))
+            c.reassess_priority(request).await.map(|r| {
+                crate::emit(r.get_ref(), "gridwork.intake.v1.ReassessPriorityResponse");
+                out!("{id}: priority set")
+            })
         }
         Incidents::Transfer { id, to, reason } => {
             let request = pb::TransferIncidentRequest {
@@ -250,9 +343,10 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 to: to.clone(),
                 reason,
             };
-            c.transfer_incident(request)
-                .await
-                .map(|_| out!("{id}: transfer to {to} requested; it stays in triage here until {to} accepts"))
+            c.transfer_incident(request).await.map(|r| {
+                crate::emit(r.get_ref(), "gridwork.intake.v1.TransferIncidentResponse");
+                out!("{id}: transfer to {to} requested; it stays in triage here until {to} accepts")
+            })
         }
         Incidents::AnswerTransfer { id, as_receiver, decline, note } => {
             let request = pb::AnswerTransferRequest {
@@ -262,7 +356,8 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 accept: !decline,
                 note,
             };
-            c.answer_transfer(request).await.map(|_| {
+            c.answer_transfer(request).await.map(|r| {
+                crate::emit(r.get_ref(), "gridwork.intake.v1.AnswerTransferResponse");
                 out!("{id}: {as_receiver} {}", if decline { "declined; back in triage" } else { "accepted it" })
             })
         }
@@ -272,7 +367,10 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 incident_id: id.clone(),
                 reason,
             };
-            c.withdraw_transfer(request).await.map(|_| out!("{id}: transfer withdrawn; back in triage here"))
+            c.withdraw_transfer(request).await.map(|r| {
+                crate::emit(r.get_ref(), "gridwork.intake.v1.WithdrawTransferResponse");
+                out!("{id}: transfer withdrawn; back in triage here")
+            })
         }
         Incidents::Reject { id, reason, note } => {
             let request = pb::RejectIncidentRequest {
@@ -285,7 +383,10 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 } as i32,
                 note,
             };
-            c.reject_incident(request).await.map(|_| out!("{id}: rejected"))
+            c.reject_incident(request).await.map(|r| {
+                crate::emit(r.get_ref(), "gridwork.intake.v1.RejectIncidentResponse");
+                out!("{id}: rejected")
+            })
         }
         Incidents::Duplicate { id, of } => {
             let request = pb::MarkDuplicateRequest {
@@ -293,11 +394,15 @@ pub async fn run(endpoint: &str, command: Incidents) -> anyhow::Result<Result<()
                 incident_id: id.clone(),
                 of_incident_id: of.clone(),
             };
-            c.mark_duplicate(request).await.map(|_| out!("{id}: a duplicate of {of}"))
+            c.mark_duplicate(request).await.map(|r| {
+                crate::emit(r.get_ref(), "gridwork.intake.v1.MarkDuplicateResponse");
+                out!("{id}: a duplicate of {of}")
+            })
         }
         Incidents::Catalogue => match c.get_catalogue(pb::GetCatalogueRequest { version: 0 }).await {
             Ok(r) => {
                 let r = r.into_inner();
+                crate::emit(&r, "gridwork.intake.v1.GetCatalogueResponse");
                 out!("catalogue version {}", r.version);
                 for cat in r.categories {
                     let attrs: Vec<String> = cat

@@ -16,6 +16,12 @@ pub fn to_json(message: &impl prost::Message, full_name: &str) -> anyhow::Result
     Ok(serde_json::to_string_pretty(&dynamic)?)
 }
 
+/// `message` as one line of JSON (JSON Lines).
+pub fn to_json_line(message: &impl prost::Message, full_name: &str) -> anyhow::Result<String> {
+    let dynamic = DynamicMessage::decode(descriptor(full_name)?, message.encode_to_vec().as_slice())?;
+    Ok(serde_json::to_string(&dynamic)?)
+}
+
 /// A message of type `full_name` from JSON; an unknown field or a wrong type
 /// is an error naming it.
 pub fn from_json<M: prost::Message + Default>(text: &str, full_name: &str) -> anyhow::Result<M> {
@@ -30,6 +36,30 @@ mod tests {
     use gridwork_proto::gridwork::dispatch::v1 as pb;
 
     use super::*;
+
+    /// Every message name gridctl prints under `--output json` is one the
+    /// services publish: a misspelt name would end a command that succeeded
+    /// with an error.
+    #[test]
+    fn every_emitted_message_name_is_known() {
+        let sources = [
+            include_str!("cases.rs"),
+            include_str!("incidents.rs"),
+            include_str!("units.rs"),
+            include_str!("rules.rs"),
+        ];
+        let mut names = Vec::new();
+        for source in sources {
+            for (i, _) in source.match_indices("\"gridwork.") {
+                let rest = &source[i + 1..];
+                names.push(rest[..rest.find('"').expect("closing quote")].to_string());
+            }
+        }
+        assert!(names.len() > 30, "found only {names:?}");
+        for name in names {
+            descriptor(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
 
     #[test]
     fn a_rulebook_round_trips_through_json_and_a_misspelt_field_is_named() {

@@ -30,11 +30,35 @@ pub fn write_line(args: std::fmt::Arguments<'_>) {
     }
 }
 
-/// `println!` for gridctl's output: see [`write_line`].
+/// `println!` for gridctl's lines for people (see [`write_line`]); silent
+/// under `--output json`, where [`emit`] prints the messages instead.
 #[macro_export]
 macro_rules! out {
-    () => { $crate::write_line(format_args!("")) };
-    ($($arg:tt)*) => { $crate::write_line(format_args!($($arg)*)) };
+    () => { if !$crate::json_output() { $crate::write_line(format_args!("")) } };
+    ($($arg:tt)*) => { if !$crate::json_output() { $crate::write_line(format_args!($($arg)*)) } };
+}
+
+static OUTPUT: std::sync::OnceLock<Output> = std::sync::OnceLock::new();
+
+/// Whether `--output json` was asked for.
+pub fn json_output() -> bool {
+    matches!(OUTPUT.get(), Some(Output::Json))
+}
+
+/// Under `--output json`, `message` (of type `full_name`) as one line of
+/// JSON (the proto3 JSON mapping): what a command answered, or one item of a
+/// list. Nothing in text output.
+pub fn emit(message: &impl prost::Message, full_name: &str) {
+    if !json_output() {
+        return;
+    }
+    match json::to_json_line(message, full_name) {
+        Ok(line) => write_line(format_args!("{line}")),
+        Err(e) => {
+            eprintln!("gridctl: {full_name} as JSON: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 #[derive(Parser)]
@@ -49,8 +73,9 @@ struct Cli {
     /// Dispatch gRPC endpoint.
     #[arg(long, env = "GRIDCTL_DISPATCH", default_value = "http://127.0.0.1:50054", global = true)]
     dispatch: String,
-    /// Output: lines for people, or the messages as JSON (the proto3 JSON
-    /// mapping; `rules show` and `calendar show` so far).
+    /// Output: lines for people, or JSON Lines: each answer, or each item of
+    /// a list, as one line in the proto3 JSON mapping (`rules show` and
+    /// `calendar show` print one indented document, to edit and publish).
     #[arg(long, value_enum, default_value = "text", global = true)]
     output: Output,
     /// Act as this principal (x-gridwork-principal; until the identity
@@ -203,10 +228,45 @@ enum Incidents {
         #[arg(long)]
         phone: Option<String>,
     },
+    /// Publish a new catalogue version from a JSON file: what `incidents
+    /// catalogue --output json` printed, edited (every category of the new
+    /// version, with its attributes and duplicate policy).
+    PublishCatalogue {
+        /// The file.
+        file: String,
+    },
     /// One incident with its history.
     Get {
         /// Incident id.
         id: String,
+    },
+    /// Incidents in an area, newest first: a triage desk's list, or with
+    /// --transfer-to a receiving body's queue.
+    List {
+        /// District, street, community, grid or micro-grid id (default: all).
+        #[arg(long, default_value = "")]
+        area: String,
+        /// Only this status: reported, accepted, rejected, duplicate,
+        /// resolved, closed or transferred.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this category.
+        #[arg(long, default_value = "")]
+        category: String,
+        /// Only those transferred, or waiting to be, to this body (KIND:ID).
+        #[arg(long, default_value = "")]
+        transfer_to: String,
+        /// At most this many (pages are followed up to it).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+    },
+    /// Claim an incident for triage: others see it is being handled.
+    Claim {
+        /// Incident id.
+        id: String,
+        /// Take over someone else's live claim (admins only).
+        #[arg(long)]
+        break_lock: bool,
     },
     /// Accept an incident for dispatch.
     Accept {
@@ -391,6 +451,95 @@ enum Cases {
         #[arg(long = "as")]
         acting_as: String,
     },
+    /// Record progress as the owner (it stops no clock).
+    Progress {
+        /// Case id.
+        id: String,
+        /// Acting as TIER:ID.
+        #[arg(long = "as")]
+        acting_as: String,
+        /// Notes.
+        #[arg(long)]
+        notes: String,
+    },
+    /// Hand the case back as its owner: it goes to the dispatch centre, never
+    /// down to the tier that missed its deadline.
+    HandBack {
+        /// Case id.
+        id: String,
+        /// Acting as TIER:ID.
+        #[arg(long = "as")]
+        acting_as: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// As a dispatcher: give the case to another owner.
+    Assign {
+        /// Case id.
+        id: String,
+        /// The owner you saw (TIER:ID): refused if it has changed since.
+        #[arg(long)]
+        from: String,
+        /// The new owner, TIER:ID.
+        #[arg(long)]
+        to: String,
+    },
+    /// As the street: blow the whistle, summoning departments (吹哨).
+    Whistle {
+        /// Case id.
+        id: String,
+        /// Acting as street:ID.
+        #[arg(long = "as")]
+        acting_as: String,
+        /// A department code to summon (repeatable).
+        #[arg(long = "department", required = true)]
+        departments: Vec<String>,
+    },
+    /// As a summoned department: report for duty (报到).
+    ReportForDuty {
+        /// Case id.
+        id: String,
+        /// Department code.
+        #[arg(long)]
+        department: String,
+    },
+    /// As a summoned department: record progress on the summons.
+    SummonsProgress {
+        /// Case id.
+        id: String,
+        /// Department code.
+        #[arg(long)]
+        department: String,
+        /// Notes.
+        #[arg(long)]
+        notes: String,
+    },
+    /// As a summoned department: complete its part.
+    CompleteSummons {
+        /// Case id.
+        id: String,
+        /// Department code.
+        #[arg(long)]
+        department: String,
+        /// Notes.
+        #[arg(long)]
+        notes: String,
+    },
+    /// As the case's owner: release a summoned department it no longer needs.
+    ReleaseSummons {
+        /// Case id.
+        id: String,
+        /// Acting as TIER:ID.
+        #[arg(long = "as")]
+        acting_as: String,
+        /// Department code.
+        #[arg(long)]
+        department: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
     /// Resolve as the owner.
     Resolve {
         /// Case id.
@@ -500,6 +649,7 @@ pub fn command_id(parts: &[&str]) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let _ = OUTPUT.set(cli.output);
     caller::set(&cli.principal, &cli.roles)?;
     let result = match cli.command {
         Command::Incidents(c) => incidents::run(&cli.intake, c).await?,

@@ -84,7 +84,7 @@ pub async fn run_rules(endpoint: &str, output: Output, command: Rules) -> anyhow
                 let r = r.into_inner();
                 let book = r.rulebook.unwrap_or_default();
                 match output {
-                    Output::Json => out!("{}", to_json(&book, RULEBOOK)?),
+                    Output::Json => crate::write_line(format_args!("{}", to_json(&book, RULEBOOK)?)),
                     Output::Text => print_rulebook(&book, r.current_version),
                 }
                 Ok(())
@@ -106,6 +106,7 @@ pub async fn run_rules(endpoint: &str, output: Output, command: Rules) -> anyhow
             };
             c.publish_rulebook(request).await.map(|r| {
                 let r = r.into_inner();
+                crate::emit(&r, "gridwork.dispatch.v1.PublishRulebookResponse");
                 out!("published rulebook version {} (position {})", r.version, r.position.unwrap_or_default().sequence);
             })
         }
@@ -124,7 +125,7 @@ pub async fn run_calendar(
             Ok(r) => {
                 let y = r.into_inner().year.unwrap_or_default();
                 match output {
-                    Output::Json => out!("{}", to_json(&y, YEAR)?),
+                    Output::Json => crate::write_line(format_args!("{}", to_json(&y, YEAR)?)),
                     Output::Text => {
                         out!(
                             "{} revision {} ({}){}",
@@ -155,6 +156,7 @@ pub async fn run_calendar(
             };
             c.publish_calendar_year(request).await.map(|r| {
                 let r = r.into_inner();
+                crate::emit(&r, "gridwork.dispatch.v1.PublishCalendarYearResponse");
                 out!("published {year} revision {} (position {})", r.revision, r.position.unwrap_or_default().sequence);
             })
         }

@@ -155,6 +155,8 @@ async fn seed_head(
                 person_id: head.person_id.clone(),
                 name: head.name.clone(),
                 certificate: Some(certificate),
+                // Only where no head has ever been: nobody is replaced.
+                replacing_reason: String::new(),
             })
             .await
             .map(|_| ()),

@@ -28,6 +28,58 @@ pub enum Units {
         /// Only this kind.
         #[arg(long, value_enum)]
         kind: Option<KindArg>,
+        /// At most this many (pages are followed up to it).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+    },
+    /// Register a unit under its parent, with its boundary.
+    Register {
+        /// Unit id.
+        unit: String,
+        /// Kind.
+        #[arg(long, value_enum)]
+        kind: KindArg,
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Parent id (none for a district).
+        #[arg(long, default_value = "")]
+        parent: String,
+        /// File holding the boundary as a GeoJSON Polygon or MultiPolygon.
+        #[arg(long)]
+        boundary: String,
+        /// For a special grid: mall, school, hospital or enterprise.
+        #[arg(long)]
+        site: Option<String>,
+    },
+    /// Redraw a unit's boundary (it must stay inside its parent and off its siblings).
+    Redraw {
+        /// Unit id.
+        unit: String,
+        /// File holding the new GeoJSON boundary.
+        #[arg(long)]
+        boundary: String,
+    },
+    /// Record a unit's number of households (bands: grid 300-500, micro-grid 50-70).
+    Households {
+        /// Unit id.
+        unit: String,
+        /// Households.
+        households: u32,
+    },
+    /// Record the party branch or group of a unit.
+    PartyBranch {
+        /// Unit id.
+        unit: String,
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// A party group (党小组) rather than a branch (党支部).
+        #[arg(long)]
+        group: bool,
+        /// Secretary.
+        #[arg(long)]
+        secretary: String,
     },
 }
 
@@ -76,6 +128,9 @@ pub enum Heads {
         /// Last valid day, YYYY-MM-DD.
         #[arg(long)]
         expires_on: String,
+        /// Why the head in post, if any, is replaced (required then).
+        #[arg(long, default_value = "")]
+        replacing_reason: String,
     },
     /// Record the head's renewed certificate (the term goes on).
     Renew {
@@ -194,8 +249,78 @@ pub async fn run(endpoint: &str, command: Command) -> anyhow::Result<Result<(), 
         Command::Heads(h) => heads(&mut registry, h).await,
         Command::Units(Units::Get { unit }) => get(&mut registry, unit).await,
         Command::Units(Units::Children { parent }) => children(&mut registry, parent.unwrap_or_default()).await,
-        Command::Units(Units::Search { query, kind }) => search(&mut registry, query, kind).await,
+        Command::Units(Units::Search { query, kind, limit }) => search(&mut registry, query, kind, limit).await,
         Command::Locate { lat, lon } => locate(&mut registry, lat, lon).await,
+        Command::Units(Units::Register { unit, kind, name, parent, boundary, site }) => {
+            let special_site = match site.as_deref() {
+                None => pb::SpecialSite::Unspecified,
+                Some(s) => pb::SpecialSite::from_str_name(&format!("SPECIAL_SITE_{}", s.to_ascii_uppercase()))
+                    .filter(|s| *s != pb::SpecialSite::Unspecified)
+                    .ok_or_else(|| anyhow::anyhow!("--site {s:?}: mall, school, hospital or enterprise"))?,
+            };
+            let request = pb::RegisterUnitRequest {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                unit_id: unit.clone(),
+                parent_id: parent,
+                kind: kind_proto(kind) as i32,
+                name,
+                boundary_geojson: read_boundary(&boundary)?,
+                special_site: special_site as i32,
+            };
+            match registry.register_unit(request).await {
+                Ok(r) => {
+                    crate::emit(r.get_ref(), "gridwork.grid.v1.RegisterUnitResponse");
+                    visible(&mut registry, &unit, r.into_inner().position, &format!("registered {unit}")).await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Command::Units(Units::Redraw { unit, boundary }) => {
+            let request = pb::RedrawBoundaryRequest {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                unit_id: unit.clone(),
+                boundary_geojson: read_boundary(&boundary)?,
+            };
+            match registry.redraw_boundary(request).await {
+                Ok(r) => {
+                    crate::emit(r.get_ref(), "gridwork.grid.v1.RedrawBoundaryResponse");
+                    visible(&mut registry, &unit, r.into_inner().position, &format!("redrew {unit}")).await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Command::Units(Units::Households { unit, households }) => {
+            let request = pb::SetHouseholdsRequest {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                unit_id: unit.clone(),
+                households,
+            };
+            match registry.set_households(request).await {
+                Ok(r) => {
+                    crate::emit(r.get_ref(), "gridwork.grid.v1.SetHouseholdsResponse");
+                    let done = format!("{unit} has {households} households");
+                    visible(&mut registry, &unit, r.into_inner().position, &done).await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Command::Units(Units::PartyBranch { unit, name, group, secretary }) => {
+            let kind = if group { pb::PartyOrgKind::Group } else { pb::PartyOrgKind::Branch };
+            let request = pb::SetPartyBranchRequest {
+                command_id: uuid::Uuid::now_v7().to_string(),
+                unit_id: unit.clone(),
+                name: name.clone(),
+                kind: kind as i32,
+                secretary,
+            };
+            match registry.set_party_branch(request).await {
+                Ok(r) => {
+                    crate::emit(r.get_ref(), "gridwork.grid.v1.SetPartyBranchResponse");
+                    visible(&mut registry, &unit, r.into_inner().position, &format!("{name} recorded for {unit}")).await
+                }
+                Err(e) => Err(e),
+            }
+        }
         Command::Workers(Workers::Add { unit, person, name, role }) => {
             let role = match role {
                 RoleArg::FullTime => pb::WorkerRole::FullTime,
@@ -215,6 +340,7 @@ pub async fn run(endpoint: &str, command: Command) -> anyhow::Result<Result<(), 
                 .await;
             match r {
                 Ok(r) => {
+                    crate::emit(r.get_ref(), "gridwork.grid.v1.AddWorkerResponse");
                     visible(&mut registry, &unit, r.into_inner().position, &format!("added {person} to {unit}")).await
                 }
                 Err(e) => Err(e),
@@ -231,6 +357,7 @@ pub async fn run(endpoint: &str, command: Command) -> anyhow::Result<Result<(), 
                 .await;
             match r {
                 Ok(r) => {
+                    crate::emit(r.get_ref(), "gridwork.grid.v1.DismissWorkerResponse");
                     visible(&mut registry, &unit, r.into_inner().position, &format!("dismissed {person} from {unit}"))
                         .await
                 }
@@ -239,6 +366,23 @@ pub async fn run(endpoint: &str, command: Command) -> anyhow::Result<Result<(), 
         }
         Command::Incidents(_) | Command::Cases(_) | Command::Rules(_) | Command::Calendar(_) => Ok(()),
     })
+}
+
+/// A boundary file's GeoJSON (the registry checks it and names what is wrong).
+fn read_boundary(path: &str) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    std::fs::read_to_string(path).with_context(|| format!("--boundary: reading {path}"))
+}
+
+fn kind_proto(kind: KindArg) -> pb::UnitKind {
+    match kind {
+        KindArg::District => pb::UnitKind::District,
+        KindArg::Street => pb::UnitKind::Street,
+        KindArg::Community => pb::UnitKind::Community,
+        KindArg::Grid => pb::UnitKind::Grid,
+        KindArg::SpecialGrid => pb::UnitKind::SpecialGrid,
+        KindArg::MicroGrid => pb::UnitKind::MicroGrid,
+    }
 }
 
 /// Wait until the read model shows a write, so the next command sees it.
@@ -261,6 +405,7 @@ async fn get(registry: &mut Registry, unit: String) -> Result<(), tonic::Status>
         .into_inner()
         .unit
         .unwrap_or_default();
+    crate::emit(&u, "gridwork.grid.v1.Unit");
     out!("{} ({}) {}", u.unit_id, kind_name(u.kind), u.name);
     out!("  path: {}", if u.ancestor_ids.is_empty() { "(top)".to_string() } else { u.ancestor_ids.join(" > ") });
     if u.households > 0 {
@@ -309,6 +454,7 @@ async fn children(registry: &mut Registry, parent: String) -> Result<(), tonic::
         .into_inner()
         .units;
     for u in &units {
+        crate::emit(u, "gridwork.grid.v1.Unit");
         let households = if u.households > 0 {
             format!("  {} households {}", u.households, band_name(u.household_band))
         } else {
@@ -320,26 +466,44 @@ async fn children(registry: &mut Registry, parent: String) -> Result<(), tonic::
     Ok(())
 }
 
-async fn search(registry: &mut Registry, query: String, kind: Option<KindArg>) -> Result<(), tonic::Status> {
-    let kind = kind.map_or(pb::UnitKind::Unspecified, |k| match k {
-        KindArg::District => pb::UnitKind::District,
-        KindArg::Street => pb::UnitKind::Street,
-        KindArg::Community => pb::UnitKind::Community,
-        KindArg::Grid => pb::UnitKind::Grid,
-        KindArg::SpecialGrid => pb::UnitKind::SpecialGrid,
-        KindArg::MicroGrid => pb::UnitKind::MicroGrid,
-    });
-    let units =
-        registry.search_units(pb::SearchUnitsRequest { query, kind: kind as i32, limit: 20 }).await?.into_inner().units;
-    for u in &units {
-        out!("{:<24} {:<13} {}", u.unit_id, kind_name(u.kind), u.name);
+async fn search(
+    registry: &mut Registry,
+    query: String,
+    kind: Option<KindArg>,
+    limit: u32,
+) -> Result<(), tonic::Status> {
+    let kind = kind.map_or(pb::UnitKind::Unspecified, kind_proto);
+    let (mut shown, mut page_token) = (0u32, String::new());
+    loop {
+        let request = pb::SearchUnitsRequest {
+            query: query.clone(),
+            kind: kind as i32,
+            limit: (limit - shown).min(500),
+            min_position: 0,
+            page_token,
+        };
+        let page = registry.search_units(request).await?.into_inner();
+        for u in &page.units {
+            crate::emit(u, "gridwork.grid.v1.Unit");
+            out!("{:<24} {:<13} {}", u.unit_id, kind_name(u.kind), u.name);
+        }
+        shown += u32::try_from(page.units.len()).unwrap_or(u32::MAX);
+        if page.next_page_token.is_empty() || shown >= limit {
+            if !page.next_page_token.is_empty() {
+                out!("(first {limit} shown; --limit for more)");
+            }
+            break;
+        }
+        page_token = page.next_page_token;
     }
-    out!("({} shown)", units.len());
+    out!("({shown} shown)");
     Ok(())
 }
 
 async fn locate(registry: &mut Registry, lat: f64, lon: f64) -> Result<(), tonic::Status> {
-    let path = registry.locate(pb::LocateRequest { lat, lon, min_position: 0 }).await?.into_inner().path;
+    let located = registry.locate(pb::LocateRequest { lat, lon, min_position: 0 }).await?.into_inner();
+    crate::emit(&located, "gridwork.grid.v1.LocateResponse");
+    let path = located.path;
     if path.is_empty() {
         out!("({lat}, {lon}) is in no registered district");
     }
@@ -372,7 +536,7 @@ fn need_name(n: i32) -> &'static str {
 async fn heads(registry: &mut Registry, command: Heads) -> Result<(), tonic::Status> {
     let new_id = || uuid::Uuid::now_v7().to_string();
     match command {
-        Heads::Appoint { unit, person, name, certificate, issuer, expires_on } => {
+        Heads::Appoint { unit, person, name, certificate, issuer, expires_on, replacing_reason } => {
             let r = registry
                 .appoint_head(pb::AppointHeadRequest {
                     command_id: new_id(),
@@ -380,8 +544,10 @@ async fn heads(registry: &mut Registry, command: Heads) -> Result<(), tonic::Sta
                     person_id: person.clone(),
                     name,
                     certificate: Some(pb::Certificate { number: certificate, issuer, expires_on }),
+                    replacing_reason,
                 })
                 .await?;
+            crate::emit(r.get_ref(), "gridwork.grid.v1.AppointHeadResponse");
             visible(registry, &unit, r.into_inner().position, &format!("appointed {person} head of {unit}")).await
         }
         Heads::Renew { unit, person, certificate, issuer, expires_on } => {
@@ -393,6 +559,7 @@ async fn heads(registry: &mut Registry, command: Heads) -> Result<(), tonic::Sta
                     certificate: Some(pb::Certificate { number: certificate, issuer, expires_on }),
                 })
                 .await?;
+            crate::emit(r.get_ref(), "gridwork.grid.v1.RenewHeadCertificateResponse");
             visible(registry, &unit, r.into_inner().position, &format!("renewed the certificate of {person}")).await
         }
         Heads::Vacate { unit, person, departure, note } => {
@@ -411,6 +578,7 @@ async fn heads(registry: &mut Registry, command: Heads) -> Result<(), tonic::Sta
                     note,
                 })
                 .await?;
+            crate::emit(r.get_ref(), "gridwork.grid.v1.VacateHeadResponse");
             visible(registry, &unit, r.into_inner().position, &format!("{unit} has no head: {person} left")).await
         }
         Heads::History { unit } => {
@@ -420,6 +588,7 @@ async fn heads(registry: &mut Registry, command: Heads) -> Result<(), tonic::Sta
                 .into_inner()
                 .terms;
             for t in &terms {
+                crate::emit(t, "gridwork.grid.v1.HeadTerm");
                 let c = t.certificate.clone().unwrap_or_default();
                 let until = if t.left_on.is_empty() { "in post".to_string() } else { t.left_on.clone() };
                 out!(
@@ -457,6 +626,7 @@ async fn heads(registry: &mut Registry, command: Heads) -> Result<(), tonic::Sta
                         out!("(first {limit} shown; --limit for more)");
                         return Ok(());
                     }
+                    crate::emit(n, "gridwork.grid.v1.UnitNeedingHead");
                     let u = n.unit.clone().unwrap_or_default();
                     out!("{:<24} {:<13} {:<8} {}", u.unit_id, kind_name(u.kind), need_name(n.need), n.reason);
                     shown += 1;

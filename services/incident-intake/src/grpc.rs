@@ -16,6 +16,9 @@ pub struct IntakeGrpc {
     intake: Intake,
 }
 
+/// The name [`ListIncidents`](pb::intake_service_server::IntakeService::list_incidents) gives its page tokens.
+const LIST_INCIDENTS: &str = "incidents";
+
 impl IntakeGrpc {
     /// Serve `intake`.
     pub fn new(intake: Intake) -> Self {
@@ -55,7 +58,7 @@ impl IntakeService for IntakeGrpc {
         let c = self.intake.catalogue(request.into_inner().version).await?;
         Ok(Response::new(pb::GetCatalogueResponse {
             version: c.version,
-            categories: c.categories.into_values().collect(),
+            categories: c.categories.values().cloned().collect(),
         }))
     }
 
@@ -424,6 +427,13 @@ impl IntakeService for IntakeGrpc {
         if r.limit > 500 {
             v.add("limit", "must be at most 500");
         }
+        let status_filter = r.status.to_string();
+        let scope = gridwork_runtime::page::scope(
+            LIST_INCIDENTS,
+            &[&r.unit_id, &status_filter, &r.category_code, &r.transfer_to],
+        );
+        let after_key = gridwork_runtime::page::decode_scoped(&mut v, &r.page_token, &scope, 2)
+            .map(|k| (gridwork_runtime::page::number(&mut v, &k[0]), k[1].clone()));
         v.finish()?;
         self.intake.wait(r.min_position, wait).await?;
         let limit = if r.limit == 0 { 50 } else { r.limit };
@@ -432,11 +442,20 @@ impl IntakeService for IntakeGrpc {
             status,
             category: &r.category_code,
             transfer_to: &r.transfer_to,
-            limit,
+            limit: limit + 1,
             only_id: None,
+            after: after_key.as_ref().map(|(at, id)| (*at, id.as_str())),
         };
-        let incidents = self.intake.list(filter).await?;
-        Ok(Response::new(pb::ListIncidentsResponse { incidents }))
+        let mut incidents = self.intake.list(filter).await?;
+        let next_page_token = match incidents.len() > limit as usize {
+            true => {
+                incidents.truncate(limit as usize);
+                let last = incidents.last().map(|i| (i.reported_at_unix_ms.to_string(), i.incident_id.as_str()));
+                last.map_or_else(String::new, |(at, id)| gridwork_runtime::page::encode_scoped(&scope, &[&at, id]))
+            }
+            false => String::new(),
+        };
+        Ok(Response::new(pb::ListIncidentsResponse { incidents, next_page_token }))
     }
 
     async fn erase_reporter_contact(

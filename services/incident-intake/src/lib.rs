@@ -11,7 +11,9 @@
 //!
 //! - `domain/`: the catalogue and incident aggregates (pure).
 //! - `events.rs`: event types and encoding.
-//! - `app.rs`: placement, duplicate detection, triage, queries.
+//! - `app/`: the application service, one file per role — `report.rs` (taking a
+//!   report), `placement.rs` (tree, zone, candidates, recurrence), `triage.rs`,
+//!   `catalogue.rs`, `reporter_contacts.rs`, `queries.rs`.
 //! - `grpc.rs`: proto ⇄ domain with field-named errors.
 //! - `projection.rs`: the local tree copy and the incidents read model.
 //! - `follow.rs`: the reactor following dispatch's cases.

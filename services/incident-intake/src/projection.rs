@@ -187,13 +187,19 @@ impl Reactor for Linker {
                     }
                     let reason =
                         format!("reported after {id}'s case was resolved or closed: the fix may not have held");
-                    // When each was reported: carried with the first accounts,
-                    // read from the me-too itself beyond them (a few at a time:
-                    // a city-wide outage draws thousands, and the linker
-                    // waits for them).
+                    // When each was reported: kept with every link (state 8),
+                    // else carried with the first accounts, else — links
+                    // written before either — read from the me-too itself (a
+                    // few at a time: a city-wide outage draws thousands, and
+                    // the linker waits for them).
                     use futures::{StreamExt as _, TryStreamExt as _};
-                    let carried: std::collections::HashMap<String, i64> =
+                    let mut carried: std::collections::HashMap<String, i64> =
                         original.linked_accounts.iter().map(|a| (a.report_id.clone(), a.reported_at_unix_ms)).collect();
+                    for (report_id, at) in original.linked.iter().zip(&original.linked_reported_at) {
+                        if *at > 0 {
+                            carried.insert(report_id.clone(), *at);
+                        }
+                    }
                     let incidents = self.incidents.clone();
                     let times: Vec<(String, i64)> = futures::stream::iter(original.linked.clone())
                         .map(|report_id: String| {

@@ -861,3 +861,148 @@ async fn a_me_too_of_an_original_merged_meanwhile_is_linked_on_to_where_it_went(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// ListIncidents pages by keyset (newest first, ties by id): the pages
+/// together are the list, with no row twice even when reports land between
+/// pages; a token asked back with other filters is refused, naming it.
+#[tokio::test]
+async fn incidents_list_in_pages_that_neither_repeat_nor_skip_and_tokens_keep_their_filters() {
+    let mut m = mesh().await;
+    let c = &mut m.intake;
+    let mut last = 0;
+    for i in 0..7 {
+        let r = c.report_incident(hazard(0.05 + 0.12 * f64::from(i), 0.5)).await.expect("report").into_inner();
+        last = r.position.expect("position").sequence;
+    }
+    let all = c
+        .list_incidents(pb::ListIncidentsRequest { limit: 500, min_position: last, ..Default::default() })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(all.next_page_token.is_empty(), "one page holds them all");
+    let all: Vec<String> = all.incidents.into_iter().map(|i| i.incident_id).collect();
+    assert_eq!(all.len(), 7);
+
+    let (mut seen, mut token, mut pages) = (Vec::<String>::new(), String::new(), 0);
+    loop {
+        let page = c
+            .list_incidents(pb::ListIncidentsRequest { limit: 3, page_token: token, ..Default::default() })
+            .await
+            .expect("page")
+            .into_inner();
+        pages += 1;
+        seen.extend(page.incidents.into_iter().map(|i| i.incident_id));
+        if pages == 1 {
+            // A report lands between the first and second page.
+            let r = c.report_incident(hazard(0.9, 0.9)).await.expect("report").into_inner();
+            c.get_incident(pb::GetIncidentRequest {
+                incident_id: r.incident_id,
+                min_position: r.position.expect("position").sequence,
+            })
+            .await
+            .expect("visible");
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "no incident on two pages: {seen:?}");
+    assert!(all.iter().all(|id| seen.contains(id)), "every incident listed before is on a page");
+    assert_eq!(seen[..3], all[..3], "the first page is the list's head");
+    assert!(pages >= 3);
+
+    let first = c
+        .list_incidents(pb::ListIncidentsRequest {
+            limit: 3,
+            category_code: "fire-hazard".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    assert!(!first.next_page_token.is_empty());
+    let refused = c
+        .list_incidents(pb::ListIncidentsRequest {
+            limit: 3,
+            category_code: "parking".into(),
+            page_token: first.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a token of other filters");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(fields(&refused), ["page_token"]);
+    drop(m.intake_app);
+}
+
+/// Issue 9 review: two triage staff merge A into B and B into A at the same
+/// moment, each decided on a read from before the other's merge. Both land;
+/// the linker, taking them in stream order, leaves one original with the
+/// other linked to it — never a ring of two duplicates with nobody handling
+/// the problem.
+#[tokio::test]
+async fn two_triage_merges_of_a_pair_into_each_other_leave_one_original() {
+    use gridwork_incident_intake::domain::incident::{IncidentCommand, Status};
+    let m = mesh().await;
+    let mut c = m.intake.clone();
+    let a = c.report_incident(report_of("parking", point(0.3, 1.7))).await.expect("report").into_inner();
+    let b = c.report_incident(report_of("parking", point(1.7, 0.3))).await.expect("report").into_inner();
+    assert!(a.duplicate_of.is_empty() && b.duplicate_of.is_empty());
+    let incidents = m.intake_app.intake().incidents().clone();
+    let merge = |own: &str, into: &str, by: &str| {
+        let command = IncidentCommand::MarkDuplicate {
+            of_incident_id: into.to_string(),
+            // Each decided on the other as it was before either merge.
+            target: (Status::Reported, String::new()),
+            own_id: own.to_string(),
+            by: by.into(),
+            now_unix_ms: T0,
+        };
+        let meta = gridwork_eventstore::CommandMeta {
+            command_id: uuid(),
+            principal: by.into(),
+            decided_at_unix_ms: T0,
+            request_digest: 0,
+        };
+        (own.to_string(), command, meta)
+    };
+    let (first, second) =
+        (merge(&a.incident_id, &b.incident_id, "triage-1"), merge(&b.incident_id, &a.incident_id, "triage-2"));
+    let one = incidents.execute(&first.0, &first.1, &first.2).await.expect("A into B");
+    let two = incidents.execute(&second.0, &second.1, &second.2).await.expect("B into A");
+    m.intake_app.linker().wait_for(one.sequence.max(two.sequence), Duration::from_secs(10)).await.expect("linker");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let sa = incidents.load_current(&a.incident_id).await.expect("load").state;
+        let sb = incidents.load_current(&b.incident_id).await.expect("load").state;
+        let settled = |dup: &gridwork_incident_intake::domain::incident::Incident,
+                       orig: &gridwork_incident_intake::domain::incident::Incident,
+                       dup_id: &str,
+                       orig_id: &str| {
+            dup.status == Status::Duplicate
+                && dup.duplicate_of == orig_id
+                && orig.status == Status::Reported
+                && orig.duplicate_of.is_empty()
+                && orig.linked.iter().any(|l| l == dup_id)
+        };
+        if settled(&sb, &sa, &b.incident_id, &a.incident_id) || settled(&sa, &sb, &a.incident_id, &b.incident_id) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not settled into one original: A {:?} of {:?} linked {:?}; B {:?} of {:?} linked {:?}",
+            sa.status,
+            sa.duplicate_of,
+            sa.linked,
+            sb.status,
+            sb.duplicate_of,
+            sb.linked
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(m.intake_app);
+}

@@ -113,6 +113,8 @@ pub enum UnitCommand {
         expires_on: Date,
         /// Today, from the injected clock.
         today: Date,
+        /// Why the head in post, if any, is replaced.
+        replacing_reason: Option<String>,
     },
     /// Record the renewed certificate of the head in post.
     RenewHeadCertificate {
@@ -266,6 +268,9 @@ pub enum UnitRejection {
     /// No head in post.
     #[error("the unit has no head in post")]
     NoHead,
+    /// Appointing over a head in post without saying why they go.
+    #[error("replacing_reason: {0} is the head in post; say why they are replaced (or vacate the post first)")]
+    HeadInPost(String),
     /// The person named is not the head in post.
     #[error("person_id: {person_id} is not the head in post (the head is {head})")]
     NotTheHead {
@@ -345,7 +350,7 @@ impl Aggregate for Unit {
                 }
                 Ok(vec![UnitEvent::HouseholdsCounted(pb::HouseholdsCounted { households: *households })])
             }
-            UnitCommand::AppointHead { kind, head, expires_on, today } => {
+            UnitCommand::AppointHead { kind, head, expires_on, today, replacing_reason } => {
                 if !kind.has_staff() {
                     return Err(UnitRejection::NoStaffAtThisLevel(*kind));
                 }
@@ -358,11 +363,14 @@ impl Aggregate for Unit {
                     if current.person_id == head.person_id {
                         return Err(UnitRejection::AlreadyHead(head.person_id.clone()));
                     }
+                    let Some(reason) = replacing_reason else {
+                        return Err(UnitRejection::HeadInPost(current.person_id.clone()));
+                    };
                     events.push(UnitEvent::HeadVacated(pb::HeadVacated {
                         person_id: current.person_id.clone(),
                         left_on: today.to_string(),
                         departure: pb::HeadDeparture::Replaced as i32,
-                        note: format!("replaced by {} ({})", head.name, head.person_id),
+                        note: format!("replaced by {} ({}): {reason}", head.name, head.person_id),
                     }));
                 }
                 events.push(UnitEvent::HeadAppointed(pb::HeadAppointed { head: Some(head.clone()) }));
@@ -664,6 +672,7 @@ mod tests {
                 head: head("2025-12-31"),
                 expires_on: date!(2025 - 12 - 31),
                 today: date!(2026 - 01 - 01),
+                replacing_reason: None,
             })
             .then_expect_error(UnitRejection::CertificateExpired {
                 number: "C-1".into(),
@@ -675,6 +684,7 @@ mod tests {
                 head: head("2026-01-01"),
                 expires_on: date!(2026 - 01 - 01),
                 today: date!(2026 - 01 - 01),
+                replacing_reason: None,
             })
             .then_expect_events([UnitEvent::HeadAppointed(pb::HeadAppointed { head: Some(head("2026-01-01")) })]);
     }
@@ -685,12 +695,30 @@ mod tests {
         })
     }
 
+    #[test]
+    fn a_head_in_post_is_replaced_only_with_a_reason() {
+        let UnitCommand::AppointHead { kind, head, expires_on, today, .. } = appoint("p2") else {
+            unreachable!("appoint builds an appointment")
+        };
+        let silent = UnitCommand::AppointHead { kind, head, expires_on, today, replacing_reason: None };
+        given::<Unit>([appointed("p1", "2027-01-01")])
+            .when(silent)
+            .then_expect_error(UnitRejection::HeadInPost("p1".into()));
+        given::<Unit>([appointed("p1", "2027-01-01")]).when(appoint("p2")).then_with(|events| {
+            assert!(
+                matches!(&events[0], UnitEvent::HeadVacated(v) if v.note.contains("moved to another district")),
+                "{events:?}"
+            );
+        });
+    }
+
     fn appoint(person: &str) -> UnitCommand {
         UnitCommand::AppointHead {
             kind: Kind::Grid,
             head: pb::Head { person_id: person.into(), name: format!("{person} name"), ..head("2027-01-01") },
             expires_on: date!(2027 - 01 - 01),
             today: date!(2026 - 06 - 01),
+            replacing_reason: Some("moved to another district".into()),
         }
     }
 
@@ -726,7 +754,7 @@ mod tests {
                 person_id: "p1".into(),
                 left_on: "2026-06-01".into(),
                 departure: pb::HeadDeparture::Replaced as i32,
-                note: "replaced by p2 name (p2)".into(),
+                note: "replaced by p2 name (p2): moved to another district".into(),
             }),
             UnitEvent::HeadAppointed(pb::HeadAppointed {
                 head: Some(pb::Head { person_id: "p2".into(), name: "p2 name".into(), ..head("2027-01-01") }),

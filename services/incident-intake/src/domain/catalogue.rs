@@ -362,8 +362,8 @@ mod tests {
 /// ever published, so reports can name the version they were checked against.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Catalogue {
-    /// Versions by number.
-    pub versions: BTreeMap<u32, CatalogueVersion>,
+    /// Versions by number, each shared: every report reads one, none copies it.
+    pub versions: BTreeMap<u32, std::sync::Arc<CatalogueVersion>>,
 }
 
 /// Commands on the catalogue.
@@ -386,12 +386,12 @@ pub enum CatalogueRejection {
 
 impl Catalogue {
     /// The latest version, if any.
-    pub fn latest(&self) -> Option<&CatalogueVersion> {
+    pub fn latest(&self) -> Option<&std::sync::Arc<CatalogueVersion>> {
         self.versions.values().next_back()
     }
 
     /// Version `v`, or the latest for 0.
-    pub fn version(&self, v: u32) -> Option<&CatalogueVersion> {
+    pub fn version(&self, v: u32) -> Option<&std::sync::Arc<CatalogueVersion>> {
         if v == 0 { self.latest() } else { self.versions.get(&v) }
     }
 }
@@ -423,10 +423,10 @@ impl gridwork_eventstore::Aggregate for Catalogue {
         let crate::events::CatalogueEvent::VersionPublished(e) = event;
         self.versions.insert(
             e.version,
-            CatalogueVersion {
+            std::sync::Arc::new(CatalogueVersion {
                 version: e.version,
                 categories: e.categories.iter().map(|c| (c.code.clone(), c.clone())).collect(),
-            },
+            }),
         );
         self
     }

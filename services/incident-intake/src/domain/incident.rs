@@ -81,6 +81,10 @@ pub struct Incident {
     pub claim: Option<Claim>,
     /// Linked "me too" reports.
     pub linked: Vec<String>,
+    /// When each was made (ms since the epoch; 0 if its link did not say), in
+    /// the order of `linked`: kept for every link, beyond the accounts' cap,
+    /// so a resolution's late-unlink needs no read of thousands of me-toos.
+    pub linked_reported_at: Vec<i64>,
     /// The original this report was linked to ("" if none).
     pub duplicate_of: String,
     /// `dispatch_sequence` of the last case outcome followed (0 if none).
@@ -495,8 +499,9 @@ impl Aggregate for Incident {
     /// 3: status 7 (transferred) and `transfer_to`.
     /// 6: a correction clears `possibly_same_as`; accounts kept up to
     /// [`MAX_LINKED_ACCOUNTS`]; a report given back after its case was merged
-    /// is closed. 7: when the case was resolved.
-    const STATE_VERSION: u32 = 7;
+    /// is closed. 7: when the case was resolved. 8: when each linked report
+    /// was made.
+    const STATE_VERSION: u32 = 8;
     type Command = IncidentCommand;
     type Event = IncidentEvent;
     type Rejection = IncidentRejection;
@@ -920,6 +925,7 @@ impl Aggregate for Incident {
             }
             IncidentEvent::ReportLinked(e) => {
                 self.linked.push(e.report_id.clone());
+                self.linked_reported_at.push(e.report.as_ref().map_or(0, |r| r.reported_at_unix_ms));
                 // The first accounts travel with the incident to dispatch; a
                 // burst of hundreds more adds nothing a handler reads, and
                 // every later command would carry them.
@@ -977,6 +983,7 @@ impl Aggregate for Incident {
             linked_accounts: self.linked_accounts.clone(),
             contact_erased: self.contact_erased,
             resolved_at_unix_ms: self.resolved_at_unix_ms,
+            linked_reported_at: self.linked_reported_at.clone(),
         }
         .encode_to_vec()
     }
@@ -1008,6 +1015,7 @@ impl Aggregate for Incident {
             linked_accounts: s.linked_accounts,
             contact_erased: s.contact_erased,
             resolved_at_unix_ms: s.resolved_at_unix_ms,
+            linked_reported_at: s.linked_reported_at,
         })
     }
 }
@@ -1602,13 +1610,18 @@ mod tests {
             IncidentEvent::ReportLinked(pb::ReportLinked {
                 report_id: format!("r{i}"),
                 at_unix_ms: 9,
-                report: Some(account(&format!("r{i}"))),
+                report: Some(pb::LinkedReport { reported_at_unix_ms: 1_000 + i as i64, ..account(&format!("r{i}")) }),
                 original_in_triage: true,
             })
         };
         let history: Vec<_> = std::iter::once(reported()).chain((0..MAX_LINKED_ACCOUNTS + 2).map(linked)).collect();
         let state = given::<Incident>(history.clone()).state().clone();
         assert_eq!((state.linked.len(), state.linked_accounts.len()), (MAX_LINKED_ACCOUNTS + 2, MAX_LINKED_ACCOUNTS));
+        // When each was made, beyond the accounts' cap too, through a snapshot.
+        let expected: Vec<i64> = (0..MAX_LINKED_ACCOUNTS + 2).map(|i| 1_000 + i as i64).collect();
+        assert_eq!(state.linked_reported_at, expected);
+        let restored = Incident::decode_state(&state.encode_state()).expect("decode");
+        assert_eq!(restored.linked_reported_at, expected);
         given::<Incident>(history).when(IncidentCommand::Accept { by: "ann".into(), now_unix_ms: 10 }).then_with(|e| {
             let [IncidentEvent::Accepted(a)] = e else { panic!("{e:?}") };
             let settled = a.settled.as_ref().expect("settled");
