@@ -40,6 +40,8 @@ GRPC=$(free_block 9)
 [ -n "$GRPC" ] || { echo "tour: no nine free ports in a row"; exit 1; }
 export GRPC_PORT_BASE=$GRPC METRICS_PORT_BASE=$((GRPC + 4))
 NATS_PORT=$((GRPC + 8))
+# gridctl login keeps the development key and the token in the mesh's var/.
+export GRIDWORK_VAR=$VAR
 export GRIDCTL_REGISTRY=http://127.0.0.1:$((GRPC + 1)) GRIDCTL_INTAKE=http://127.0.0.1:$((GRPC + 2)) \
   GRIDCTL_DISPATCH=http://127.0.0.1:$((GRPC + 3))
 
@@ -84,6 +86,21 @@ for pass in 1 2; do
   done < "$VAR/tour.txt"
   echo "tour pass $pass: $lines gridctl lines ran"
 done
+
+# Nothing of the tour works without a token: no token, a forged one, or one for
+# another audience is UNAUTHENTICATED, and writes nothing.
+mv "$VAR/dev-token" "$VAR/dev-token.kept"
+for token in "" "not-a-jwt" "$("$BIN/gridctl" login --as registry-admin --print | cut -d. -f1,2).forged"; do
+  if out=$(GRIDWORK_TOKEN=$token "$BIN/gridctl" workers add hl-s0-c0-g00 rider-9 "Nobody" --role rider-informant 2>&1); then
+    echo "tour: a call with token '${token:0:20}' was accepted: $out"; exit 1
+  fi
+  grep -q "Unauthenticated" <<< "$out" || { echo "tour: expected UNAUTHENTICATED, got: $out"; exit 1; }
+done
+mv "$VAR/dev-token.kept" "$VAR/dev-token"
+if "$BIN/gridctl" units get hl-s0-c0-g00 | grep -q rider-9; then
+  echo "tour: a refused call wrote something"; exit 1
+fi
+echo "tour: calls without a valid token are refused"
 
 # --output json: every line of an answer or a list is one JSON document, the
 # proto3 mapping's field names; an error stays on stderr with a non-zero exit.

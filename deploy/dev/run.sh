@@ -34,8 +34,11 @@ pids+=($!)
 wait_port "$NATS_PORT"
 
 cd "$ROOT"
+# The development signing key (made on first use) and its JWKS, which the services
+# verify callers' tokens against; the seed calls with a token of its own.
+SEED_TOKEN=$("$BIN/gridctl" --var "$VAR" login --subject demo-seed --as registry-admin --hours 1 --print)
 start() { # name grpc-port metrics-port
-  NATS_URL=nats://127.0.0.1:$NATS_PORT DATABASE_URL="sqlite://$VAR/$1.db?mode=rwc" \
+  NATS_URL=nats://127.0.0.1:$NATS_PORT DATABASE_URL="sqlite://$VAR/$1.db?mode=rwc" JWKS_FILE="$VAR/dev-jwks.json" \
   GRPC_ADDR=127.0.0.1:$2 METRICS_ADDR=127.0.0.1:$3 \
   "$BIN/$1" > "$VAR/log/$1.log" 2>&1 &
   pids+=($!)
@@ -47,7 +50,7 @@ start dispatch $((G + 3)) $((M + 3))
 for p in $G $((G + 1)) $((G + 2)) $((G + 3)); do wait_port "$p"; done
 
 echo "Seeding the demo district (safe to repeat; about a minute the first time)..."
-"$BIN/gridctl" --registry "http://127.0.0.1:$((G + 1))" seed-demo
+GRIDWORK_TOKEN=$SEED_TOKEN "$BIN/gridctl" --registry "http://127.0.0.1:$((G + 1))" seed-demo
 
 cat <<TXT
 
@@ -58,7 +61,9 @@ Gridwork dev mesh is up (Ctrl-C stops it). Logs in $VAR/log/, read models in $VA
   dispatch        127.0.0.1:$((G + 3))   metrics http://127.0.0.1:$((M + 3))/metrics
   sample-ledger   127.0.0.1:$G   metrics http://127.0.0.1:$M/metrics
 
-Try it (in another terminal, from $ROOT):
+Try it (in another terminal, from $ROOT; every call needs a token, and gridctl
+sends the one login saves in $VAR/dev-token — set GRIDWORK_VAR=$VAR if that is not ./var):
+  target/debug/gridctl login --subject duty-officer --as registry-admin --as triage --as dispatcher --as grid-head:hl-s0-c0-g01
   target/debug/gridctl units children                      # the district
   target/debug/gridctl units children hl                   # its 7 streets
   target/debug/gridctl units children hl-s0-c0             # grids of a community

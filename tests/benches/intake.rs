@@ -98,8 +98,8 @@ fn hot(i: u64) -> (f64, f64) {
 /// An emergency in the test tree's grid `g` (which has a head): its case
 /// opens at once.
 async fn report_to_case(
-    intake: &mut pb::intake_service_client::IntakeServiceClient<tonic::transport::Channel>,
-    dispatch: &mut dpb::dispatch_service_client::DispatchServiceClient<tonic::transport::Channel>,
+    intake: &mut pb::intake_service_client::IntakeServiceClient<gridwork_testkit::auth::Authed>,
+    dispatch: &mut dpb::dispatch_service_client::DispatchServiceClient<gridwork_testkit::auth::Authed>,
     i: u64,
 ) -> Duration {
     let t = Instant::now();

@@ -11,6 +11,7 @@ use gridwork_proto::gridwork::grid::v1::grid_registry_service_client::GridRegist
 use gridwork_proto::gridwork::intake::v1::intake_service_client::IntakeServiceClient;
 use gridwork_runtime::clock::ManualClock;
 use gridwork_runtime::server::ServerHandle;
+use gridwork_testkit::auth::{Authed, authed};
 use gridwork_testkit::db::TestDb;
 use gridwork_testkit::nats::NatsServer;
 use gridwork_testkit::service_config;
@@ -25,13 +26,13 @@ pub struct Mesh {
     /// The shared clock.
     pub clock: ManualClock,
     /// Registry client.
-    pub registry: GridRegistryServiceClient<Channel>,
+    pub registry: GridRegistryServiceClient<Authed>,
     /// Intake client.
-    pub intake: IntakeServiceClient<Channel>,
+    pub intake: IntakeServiceClient<Authed>,
     /// Dispatch client.
-    pub dispatch: DispatchServiceClient<Channel>,
+    pub dispatch: DispatchServiceClient<Authed>,
     /// Dispatch's rulebook client.
-    pub rulebook: RulebookServiceClient<Channel>,
+    pub rulebook: RulebookServiceClient<Authed>,
     /// The dispatch app (its scheduler is driven by the test).
     pub dispatch_app: gridwork_dispatch::App,
     /// The intake app.
@@ -47,8 +48,8 @@ pub fn uuid() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-async fn channel(server: &ServerHandle) -> Channel {
-    Channel::from_shared(server.endpoint()).expect("endpoint").connect().await.expect("connect")
+async fn channel(server: &ServerHandle) -> Authed {
+    authed(Channel::from_shared(server.endpoint()).expect("endpoint").connect().await.expect("connect"))
 }
 
 /// Build a dispatch app on `nats` and `db` whose scheduler the test drives.

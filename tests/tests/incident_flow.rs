@@ -808,14 +808,13 @@ async fn a_dispatcher_merges_a_flagged_fire_into_the_first_and_its_summonses_are
     linked_to_case(&mut m, &second.incident_id, &call.incident_id).await;
 
     let merge_as = |roles: &str, case_id: &str, into: &str| {
-        let mut request = tonic::Request::new(pb::MergeCaseRequest {
+        let request = tonic::Request::new(pb::MergeCaseRequest {
             command_id: uuid(),
             case_id: case_id.into(),
             into_case_id: into.into(),
             reason: "the same fire, seen from the next building".into(),
         });
-        request.metadata_mut().insert("x-gridwork-roles", roles.parse().expect("ascii"));
-        request
+        gridwork_testkit::auth::as_caller(request, "dispatcher-1", &[roles])
     };
     let merge = |case_id: &str, into: &str| merge_as("dispatcher", case_id, into);
     let refused = m.dispatch.merge_case(merge_as("triage", &second.incident_id, &first.incident_id)).await;

@@ -38,6 +38,9 @@ pub struct CommonConfig {
     /// load balancers stop routing first.
     #[arg(long, env = "DRAIN_SECONDS", default_value_t = 5)]
     pub drain_seconds: u64,
+    /// Who may call: the keys that sign callers' tokens and what a token must say.
+    #[command(flatten)]
+    pub auth: gridwork_auth::AuthConfig,
 }
 
 impl CommonConfig {

@@ -1,42 +1,39 @@
 //! What every RPC reads from its request's metadata, in one place.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use gridwork_auth::Principal;
 
 /// Longest a read waits for `min_position` when the caller set no deadline.
 pub const DEFAULT_READ_WAIT: Duration = Duration::from_secs(5);
 
-/// The acting principal. Authentication is not built yet (see ARCHITECTURE.md,
-/// "Security"): this is the unauthenticated `x-gridwork-principal` metadata, or
-/// `anonymous`.
+/// The verified caller: the [`Principal`] the authentication layer
+/// (`gridwork_auth::AuthLayer`, in front of every service) made from the
+/// call's bearer token. `None` only for a request that never passed it (a
+/// handler called directly in a unit test).
+pub fn caller<T>(request: &tonic::Request<T>) -> Option<&Principal> {
+    request.extensions().get::<Arc<Principal>>().map(AsRef::as_ref)
+}
+
+/// The acting principal recorded in event headers: the verified token's
+/// subject, never client metadata.
 pub fn principal<T>(request: &tonic::Request<T>) -> String {
-    request
-        .metadata()
-        .get("x-gridwork-principal")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .unwrap_or("anonymous")
-        .to_string()
+    caller(request).map_or_else(|| "unauthenticated".to_string(), |p| p.subject.clone())
 }
 
-/// The caller's roles. Like the principal, until authentication is built
-/// these are an unauthenticated claim: the `x-gridwork-roles` metadata,
-/// comma-separated (`callback,triage`).
+/// The caller's roles, from its verified token's grants.
 pub fn roles<T>(request: &tonic::Request<T>) -> Vec<String> {
-    request
-        .metadata()
-        .get("x-gridwork-roles")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(',').map(str::trim).filter(|r| !r.is_empty()).map(String::from).collect())
-        .unwrap_or_default()
+    caller(request).map(|p| p.roles().into_iter().map(String::from).collect()).unwrap_or_default()
 }
 
-/// `PERMISSION_DENIED` naming the role, unless the caller holds it.
+/// `PERMISSION_DENIED` naming the role, unless the caller's token grants it.
 #[allow(clippy::result_large_err)]
 pub fn require_role<T>(request: &tonic::Request<T>, role: &str, to: &str) -> Result<(), tonic::Status> {
-    if roles(request).iter().any(|r| r == role) {
+    if caller(request).is_some_and(|p| p.has_role(role)) {
         Ok(())
     } else {
-        Err(tonic::Status::permission_denied(format!("{to} needs the role {role:?} (x-gridwork-roles)")))
+        Err(tonic::Status::permission_denied(format!("{to} needs the role {role:?} (a grant in the caller's token)")))
     }
 }
 
@@ -76,24 +73,39 @@ mod tests {
         assert_eq!(read_wait(&tonic::Request::new(())), DEFAULT_READ_WAIT);
     }
 
-    #[test]
-    fn a_role_is_held_only_when_claimed() {
+    fn with_grants(grants: &[&str]) -> tonic::Request<()> {
         let mut r = tonic::Request::new(());
+        r.extensions_mut().insert(Arc::new(Principal {
+            subject: "user:7".into(),
+            grants: grants.iter().map(|g| g.parse().expect("grant")).collect(),
+            token_id: String::new(),
+            expires_at_unix: 0,
+        }));
+        r
+    }
+
+    #[test]
+    fn a_role_is_held_only_when_the_verified_token_grants_it() {
+        let r = tonic::Request::new(());
         assert_eq!(
             require_role(&r, "callback", "reading a contact").expect_err("none").code(),
             tonic::Code::PermissionDenied
         );
-        r.metadata_mut().insert("x-gridwork-roles", "triage, callback".parse().expect("ascii"));
+        // Client metadata claims nothing.
+        let mut claimed = tonic::Request::new(());
+        claimed.metadata_mut().insert("x-gridwork-roles", "callback".parse().expect("ascii"));
+        assert!(require_role(&claimed, "callback", "reading a contact").is_err());
+        let r = with_grants(&["triage", "callback:hl"]);
         assert_eq!(roles(&r), ["triage", "callback"]);
         assert!(require_role(&r, "callback", "reading a contact").is_ok());
         assert!(require_role(&r, "call", "reading a contact").is_err());
     }
 
     #[test]
-    fn the_principal_defaults_to_anonymous() {
+    fn the_principal_is_the_verified_subject() {
         let mut r = tonic::Request::new(());
-        assert_eq!(principal(&r), "anonymous");
-        r.metadata_mut().insert("x-gridwork-principal", "user:7".parse().expect("ascii"));
-        assert_eq!(principal(&r), "user:7");
+        r.metadata_mut().insert("x-gridwork-principal", "user:9".parse().expect("ascii"));
+        assert_eq!(principal(&r), "unauthenticated");
+        assert_eq!(principal(&with_grants(&[])), "user:7");
     }
 }

@@ -8,12 +8,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::connection::State;
 use async_nats::jetstream;
+use gridwork_auth::{AuthConfig, AuthLayer, Verifier};
 use gridwork_eventstore::projection::ReadStore;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::propagation::Extractor;
@@ -37,6 +38,8 @@ pub struct Runtime {
     pub js: jetstream::Context,
     /// The read-model database, when the service has one.
     pub store: Option<ReadStore>,
+    /// Verifies callers' tokens; a runtime without one does not serve.
+    pub verifier: Option<Arc<Verifier>>,
 }
 
 impl Runtime {
@@ -79,7 +82,31 @@ impl Runtime {
             Some(url) => Some(ReadStore::connect(url).await.with_context(|| format!("opening read store {url}"))?),
             None => None,
         };
-        Ok(Self { service, nats, js, store })
+        Ok(Self { service, nats, js, store, verifier: None })
+    }
+
+    /// Require a verified bearer token on every call this runtime serves
+    /// (health and reflection stay open), with the keys of `config`'s JWKS
+    /// file, watched for rotation.
+    pub fn authenticated(mut self, config: &AuthConfig) -> anyhow::Result<Self> {
+        self.verifier = Some(start_verifier(config)?);
+        Ok(self)
+    }
+
+    /// Connect as `service` with `common`'s settings and its authentication:
+    /// what every service does first.
+    pub async fn start(
+        service: &'static str,
+        common: &crate::CommonConfig,
+        database_url: Option<&str>,
+        connect_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        // The keys first: a service that could not verify a caller must not
+        // start provisioning streams.
+        let verifier = start_verifier(&common.auth)?;
+        let mut runtime = Self::connect(service, &common.nats_url, database_url, connect_timeout).await?;
+        runtime.verifier = Some(verifier);
+        Ok(runtime)
     }
 
     /// Serve `routes` (plus health and reflection) on `listener`, and `/metrics`
@@ -93,6 +120,9 @@ impl Runtime {
         drain: Duration,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let verifier = self.verifier.clone().context(
+            "no authentication configured: every RPC needs a verified caller (Runtime::start or Runtime::authenticated)",
+        )?;
         let (health, health_service) = tonic_health::server::health_reporter();
         // Both reflection versions: many stock clients (Python grpcio-reflection,
         // Postman, grpcui, older grpcurl, Evans) speak only v1alpha.
@@ -136,6 +166,7 @@ impl Runtime {
         };
         let result = tonic::transport::Server::builder()
             .trace_fn(request_span)
+            .layer(AuthLayer::new(verifier))
             .add_routes(routes)
             // Our own listener (bound before serving, so a test or the
             // readiness check knows the port): tonic's `tcp_nodelay` applies
@@ -195,6 +226,16 @@ impl Runtime {
         }));
         Ok(ServerHandle { addr, metrics_addr, shutdown: Some(tx), task })
     }
+}
+
+fn start_verifier(config: &AuthConfig) -> anyhow::Result<Arc<Verifier>> {
+    Verifier::start(config).with_context(|| {
+        format!(
+            "authentication: the keys that sign callers' tokens ({}, JWKS_FILE); in development `gridctl login` \
+             or `make run` makes them",
+            config.jwks_file.display()
+        )
+    })
 }
 
 /// A server running in the background.

@@ -5,12 +5,15 @@
 //! - [`db`]: a fresh SQLite file or a fresh PostgreSQL database per test.
 //!   PostgreSQL comes from `GRIDWORK_TEST_POSTGRES_URL`; when it is unset the
 //!   test says it skipped, loudly, and returns.
+//! - [`auth`]: a per-process signing key the test services trust, tokens, and
+//!   clients that send one on every call.
 //! - [`tree`]: a small organisation tree registered through the registry's API.
 //! - [`init_tracing`]: test logging plus a W3C propagator and an in-process
 //!   OpenTelemetry tracer, so trace-continuity tests see real trace ids.
 //!
 //! Owns no production code path; services depend on it only as a dev-dependency.
 
+pub mod auth;
 pub mod db;
 pub mod nats;
 pub mod tree;
@@ -36,6 +39,7 @@ pub fn service_config(nats_url: &str, database_url: &str) -> gridwork_runtime::C
         log_format: gridwork_runtime::config::LogFormat::Pretty,
         stream_replicas: 1,
         drain_seconds: 0,
+        auth: auth::config(),
     }
 }
 

@@ -7,7 +7,6 @@
 
 use gridwork_proto::gridwork::grid::v1 as pb;
 use gridwork_proto::gridwork::grid::v1::grid_registry_service_client::GridRegistryServiceClient;
-use tonic::transport::Channel;
 
 /// West edge of the test district.
 pub const X0: f64 = 115.03;
@@ -30,7 +29,7 @@ fn serde_ring(ring: &[[f64; 2]]) -> String {
 
 /// Register the tree and appoint grid g's head; returns the `GRID` position of
 /// the last write.
-pub async fn register(client: &mut GridRegistryServiceClient<Channel>) -> anyhow::Result<u64> {
+pub async fn register(client: &mut GridRegistryServiceClient<crate::auth::Authed>) -> anyhow::Result<u64> {
     use pb::UnitKind::*;
     let mut last = 0;
     for (id, parent, kind, boundary) in [

@@ -128,7 +128,7 @@ impl App {
     pub async fn build(common: &CommonConfig, clock: Arc<dyn Clock>, settings: Settings) -> anyhow::Result<Self> {
         let tick = settings.tick;
         let database_url = common.database_url(SERVICE);
-        let runtime = Runtime::connect(SERVICE, &common.nats_url, Some(&database_url), Duration::from_secs(30)).await?;
+        let runtime = Runtime::start(SERVICE, common, Some(&database_url), Duration::from_secs(30)).await?;
         let spec = StreamSpec::events(Case::CONTEXT, common.stream_replicas);
         let intake = StreamSpec::events("intake", common.stream_replicas);
         let grid = StreamSpec::events("grid", common.stream_replicas);

@@ -17,7 +17,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
 
-type Client = GridRegistryServiceClient<Channel>;
+type Client = GridRegistryServiceClient<gridwork_testkit::auth::Authed>;
 
 /// 2026-03-01T00:00:00Z.
 const MARCH_1: i64 = 1_772_323_200_000;
@@ -41,7 +41,12 @@ async fn spawn(nats: &NatsServer, db: &TestDb) -> Registry {
         .expect("registry builds");
     let server = app.spawn(Duration::from_millis(100)).await.expect("serves");
     let channel = Channel::from_shared(server.endpoint()).expect("endpoint").connect().await.expect("connect");
-    Registry { _app: app, _server: server, client: GridRegistryServiceClient::new(channel), clock }
+    Registry {
+        _app: app,
+        _server: server,
+        client: GridRegistryServiceClient::new(gridwork_testkit::auth::authed(channel)),
+        clock,
+    }
 }
 
 fn id() -> String {

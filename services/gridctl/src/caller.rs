@@ -1,7 +1,7 @@
-//! Who gridctl acts as: `--principal` and `--roles`, sent as metadata
-//! on every call. Until the identity issue replaces it, this is the services'
-//! unauthenticated `x-gridwork-principal` / `x-gridwork-roles` claim.
+//! Who gridctl calls as: a bearer token on every call — `--token` /
+//! `GRIDWORK_TOKEN`, or the one `gridctl login` saved under `var/`.
 
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::Context as _;
@@ -13,36 +13,43 @@ use tonic::transport::Channel;
 /// A connection that says who is calling.
 pub type Conn = InterceptedService<Channel, Caller>;
 
-/// The caller's metadata, set once from the command line.
+/// The `authorization` value, set once from the command line.
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
-    principal: Option<AsciiMetadataValue>,
-    roles: Option<AsciiMetadataValue>,
+    authorization: Option<AsciiMetadataValue>,
 }
 
 static CALLER: OnceLock<Caller> = OnceLock::new();
 
-/// Set who gridctl acts as (empty: not sent). Refuses what cannot be a
-/// header value.
-pub fn set(principal: &str, roles: &str) -> anyhow::Result<()> {
-    let value = |flag: &str, v: &str| -> anyhow::Result<Option<AsciiMetadataValue>> {
-        if v.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(v.parse().with_context(|| format!("{flag}: {v:?} is not plain ASCII"))?))
+/// Where `gridctl login` saves the token it makes.
+pub fn token_file(var: &Path) -> PathBuf {
+    var.join("dev-token")
+}
+
+/// Call with `token`, or (when empty) the token saved under `var` by
+/// `gridctl login`, if there is one; with none, the services answer
+/// UNAUTHENTICATED.
+pub fn set(token: &str, var: &Path) -> anyhow::Result<()> {
+    let token = match token.trim() {
+        "" => match std::fs::read_to_string(token_file(var)) {
+            Ok(saved) => saved.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", token_file(var).display())),
+        },
+        given => given.to_string(),
     };
-    let caller = Caller { principal: value("--principal", principal)?, roles: value("--roles", roles)? };
-    let _ = CALLER.set(caller);
+    let authorization = match token.as_str() {
+        "" => None,
+        t => Some(format!("Bearer {t}").parse().context("the token is not plain ASCII")?),
+    };
+    let _ = CALLER.set(Caller { authorization });
     Ok(())
 }
 
 impl Interceptor for Caller {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(p) = &self.principal {
-            request.metadata_mut().insert("x-gridwork-principal", p.clone());
-        }
-        if let Some(r) = &self.roles {
-            request.metadata_mut().insert("x-gridwork-roles", r.clone());
+        if let Some(a) = &self.authorization {
+            request.metadata_mut().insert("authorization", a.clone());
         }
         Ok(request)
     }

@@ -10,6 +10,7 @@ mod caller;
 mod cases;
 mod incidents;
 mod json;
+mod login;
 mod rules;
 mod seed;
 mod units;
@@ -78,20 +79,38 @@ struct Cli {
     /// `calendar show` print one indented document, to edit and publish).
     #[arg(long, value_enum, default_value = "text", global = true)]
     output: Output,
-    /// Act as this principal (x-gridwork-principal; until the identity
-    /// issue, an unauthenticated claim).
-    #[arg(long, env = "GRIDCTL_PRINCIPAL", default_value = "", global = true)]
-    principal: String,
-    /// Roles claimed, comma-separated (x-gridwork-roles): e.g. callback
-    /// (read a reporter's contact), privacy (erase it), admin.
-    #[arg(long, env = "GRIDCTL_ROLES", default_value = "", global = true)]
-    roles: String,
+    /// The bearer token to call with (default: the one `gridctl login` saved
+    /// under --var).
+    #[arg(long, env = "GRIDWORK_TOKEN", default_value = "", hide_env_values = true, global = true)]
+    token: String,
+    /// The development state directory: `make run`'s signing key and the
+    /// token `gridctl login` saves.
+    #[arg(long, env = "GRIDWORK_VAR", default_value = "var", global = true)]
+    var: std::path::PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Development: sign a token with the mesh's development key (made under
+    /// --var on first use) and save it for the next commands. A production
+    /// mesh refuses it: there, tokens come from the city's identity provider.
+    Login {
+        /// A grant: `role` or `role:scope` (`street:hl-s0`,
+        /// `department:fire`, `dispatcher`); repeat for several.
+        #[arg(long = "as", value_name = "ROLE[:SCOPE]")]
+        grants: Vec<String>,
+        /// Who: recorded as the principal of every command sent with it.
+        #[arg(long, default_value = "dev")]
+        subject: String,
+        /// How long the token lasts.
+        #[arg(long, default_value_t = 8)]
+        hours: u64,
+        /// Print the token instead of saving it (`GRIDWORK_TOKEN=$(…)`).
+        #[arg(long)]
+        print: bool,
+    },
     /// Register the demo district (7 streets, 35 communities, 700 grids, 4,200
     /// micro-grids) with households, certified heads, workers and party branches.
     /// Safe to run twice.
@@ -273,7 +292,7 @@ enum Incidents {
         /// Incident id.
         id: String,
     },
-    /// Read the reporter's contact to call back (回访; needs --roles callback).
+    /// Read the reporter's contact to call back (回访; needs the grant callback: gridctl login --as callback).
     /// Each read is recorded on the incident with who and why.
     Contact {
         /// Incident id.
@@ -282,7 +301,7 @@ enum Incidents {
         #[arg(long)]
         purpose: String,
     },
-    /// Erase the reporter's contact for good (needs --roles privacy).
+    /// Erase the reporter's contact for good (needs the grant privacy: gridctl login --as privacy).
     EraseContact {
         /// Incident id.
         id: String,
@@ -650,7 +669,10 @@ pub fn command_id(parts: &[&str]) -> String {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _ = OUTPUT.set(cli.output);
-    caller::set(&cli.principal, &cli.roles)?;
+    if let Command::Login { grants, subject, hours, print } = &cli.command {
+        return login::run(&cli.var, subject, grants, *hours, *print);
+    }
+    caller::set(&cli.token, &cli.var)?;
     let result = match cli.command {
         Command::Incidents(c) => incidents::run(&cli.intake, c).await?,
         Command::Cases(c) => cases::run(&cli.dispatch, c).await?,

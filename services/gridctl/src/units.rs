@@ -364,7 +364,11 @@ pub async fn run(endpoint: &str, command: Command) -> anyhow::Result<Result<(), 
                 Err(e) => Err(e),
             }
         }
-        Command::Incidents(_) | Command::Cases(_) | Command::Rules(_) | Command::Calendar(_) => Ok(()),
+        Command::Login { .. }
+        | Command::Incidents(_)
+        | Command::Cases(_)
+        | Command::Rules(_)
+        | Command::Calendar(_) => Ok(()),
     })
 }
 

@@ -121,7 +121,7 @@ impl App {
         vault_url: Option<String>,
     ) -> anyhow::Result<Self> {
         let database_url = common.database_url(SERVICE);
-        let runtime = Runtime::connect(SERVICE, &common.nats_url, Some(&database_url), Duration::from_secs(30)).await?;
+        let runtime = Runtime::start(SERVICE, common, Some(&database_url), Duration::from_secs(30)).await?;
         let spec = StreamSpec::events(Incident::CONTEXT, common.stream_replicas);
         let grid = StreamSpec::events("grid", common.stream_replicas);
         let dispatch = StreamSpec::events("dispatch", common.stream_replicas);

@@ -9,6 +9,7 @@ use gridwork_proto::gridwork::intake::v1 as pb;
 use gridwork_proto::gridwork::intake::v1::intake_service_client::IntakeServiceClient;
 use gridwork_runtime::clock::ManualClock;
 use gridwork_runtime::server::ServerHandle;
+use gridwork_testkit::auth::{Authed, authed};
 use gridwork_testkit::db::TestDb;
 use gridwork_testkit::nats::NatsServer;
 use gridwork_testkit::service_config;
@@ -25,15 +26,15 @@ struct Mesh {
     _registry: (gridwork_grid_registry::App, ServerHandle),
     intake_app: gridwork_incident_intake::App,
     _intake_server: ServerHandle,
-    intake: IntakeServiceClient<Channel>,
+    intake: IntakeServiceClient<Authed>,
 }
 
 fn uuid() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-async fn channel(server: &ServerHandle) -> Channel {
-    Channel::from_shared(server.endpoint()).expect("endpoint").connect().await.expect("connect")
+async fn channel(server: &ServerHandle) -> Authed {
+    authed(Channel::from_shared(server.endpoint()).expect("endpoint").connect().await.expect("connect"))
 }
 
 async fn mesh() -> Mesh {
@@ -109,12 +110,8 @@ fn hazard(x: f64, y: f64) -> pb::ReportIncidentRequest {
 }
 
 fn as_user<T>(user: &str, role: Option<&str>, msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert("x-gridwork-principal", user.parse().expect("ascii"));
-    if let Some(role) = role {
-        req.metadata_mut().insert("x-gridwork-roles", role.parse().expect("ascii"));
-    }
-    req
+    let grants: Vec<&str> = role.map(|r| r.split(',').collect()).unwrap_or_default();
+    gridwork_testkit::auth::as_caller(tonic::Request::new(msg), user, &grants)
 }
 
 fn fields(s: &tonic::Status) -> Vec<String> {
@@ -124,7 +121,7 @@ fn fields(s: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn incident(c: &mut IntakeServiceClient<Channel>, id: &str, min_position: u64) -> pb::Incident {
+async fn incident(c: &mut IntakeServiceClient<Authed>, id: &str, min_position: u64) -> pb::Incident {
     c.get_incident(pb::GetIncidentRequest { incident_id: id.into(), min_position })
         .await
         .expect("get")
@@ -393,7 +390,7 @@ async fn an_emergency_skips_triage_and_triage_honours_claims() {
     assert_eq!(
         timeline,
         [
-            ("reported", "anonymous"),
+            ("reported", "tester"),
             ("claimed", "ann"),
             ("claim_broken", "root"),
             ("claimed", "root"),

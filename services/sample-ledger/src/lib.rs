@@ -54,7 +54,7 @@ impl App {
     /// Connect, provision the stream, start the projection.
     pub async fn build(common: &CommonConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let database_url = common.database_url(SERVICE);
-        let runtime = Runtime::connect(SERVICE, &common.nats_url, Some(&database_url), Duration::from_secs(30)).await?;
+        let runtime = Runtime::start(SERVICE, common, Some(&database_url), Duration::from_secs(30)).await?;
         let spec = StreamSpec::events(<Ledger as gridwork_eventstore::Aggregate>::CONTEXT, common.stream_replicas);
         ensure_stream(&runtime.nats, &runtime.js, &spec).await?;
         let repository = Repository::<Ledger>::new(

@@ -202,7 +202,7 @@ async fn a_multi_event_command_lands_as_one_commit() {
     assert_eq!(commit.body.events.len(), 3);
     assert_eq!(commit.header(headers::CE_TYPE), Some(headers::COMMIT_TYPE));
     assert_eq!(commit.header(headers::CE_SPECVERSION), Some("1.0"));
-    assert_eq!(commit.principal(), "anonymous");
+    assert_eq!(commit.principal(), "tester", "the verified token's subject");
     // Nothing the body holds is repeated in a header: each costs every reader.
     // (The direct get that read it adds Nats-Sequence, -Stream, -Subject and
     // -Time-Stamp to its reply; they are not stored.)

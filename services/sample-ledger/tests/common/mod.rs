@@ -13,7 +13,7 @@ use gridwork_testkit::db::TestDb;
 use gridwork_testkit::nats::NatsServer;
 use tonic::transport::Channel;
 
-pub type Client = LedgerServiceClient<Channel>;
+pub type Client = LedgerServiceClient<gridwork_testkit::auth::Authed>;
 
 pub struct TestLedger {
     pub app: App,
@@ -36,7 +36,7 @@ pub async fn spawn_ledger(nats: &NatsServer, db: &TestDb) -> TestLedger {
 
 pub async fn connect(server: &ServerHandle) -> Client {
     let channel = Channel::from_shared(server.endpoint()).expect("endpoint").connect().await.expect("connects");
-    LedgerServiceClient::new(channel)
+    LedgerServiceClient::new(gridwork_testkit::auth::authed(channel))
 }
 
 pub fn command_id() -> String {

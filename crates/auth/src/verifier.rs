@@ -1,0 +1,236 @@
+//! Verifying bearer tokens against the JWKS file, which is watched for changes.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+
+use crate::keys::{self, KeyError, KeySet};
+use crate::{AuthConfig, Grant, Principal};
+
+/// How often the file is looked at for a new version.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Clock skew allowed on `exp` and `nbf`, in seconds.
+const LEEWAY_SECONDS: u64 = 30;
+
+/// Longest token taken, in bytes.
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Why a call is not authenticated (`UNAUTHENTICATED`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unauthenticated(pub String);
+
+impl From<Unauthenticated> for tonic::Status {
+    fn from(e: Unauthenticated) -> Self {
+        tonic::Status::unauthenticated(e.0)
+    }
+}
+
+/// The claims Gridwork reads (issuer, audience, expiry and not-before are
+/// checked by the validation).
+#[derive(serde::Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: String,
+    #[serde(default)]
+    exp: i64,
+    #[serde(default)]
+    jti: String,
+    #[serde(default)]
+    grants: Vec<String>,
+}
+
+/// What identifies one version of the file without reading it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path)?;
+    Ok(Stamp { modified: m.modified().ok(), len: m.len(), inode: m.ino() })
+}
+
+struct Cached {
+    generation: u64,
+    principal: Arc<Principal>,
+}
+
+/// Verifies tokens; shared by every connection of a service.
+pub struct Verifier {
+    config: AuthConfig,
+    keys: RwLock<Arc<KeySet>>,
+    /// The file's stamp and bytes as last loaded.
+    loaded: Mutex<(Stamp, Vec<u8>)>,
+    cache: moka::sync::Cache<String, Arc<Cached>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Verifier {
+    /// Load the key set once. Refuses a file that cannot be used and, in
+    /// production, the development key or issuer.
+    pub fn load(config: &AuthConfig) -> Result<Arc<Self>, KeyError> {
+        if config.production && config.jwt_issuer == keys::DEV_ISSUER {
+            return Err(KeyError::Production(format!(
+                "JWT_ISSUER is the development issuer {:?}; a production deployment names its identity provider",
+                keys::DEV_ISSUER
+            )));
+        }
+        let path = config.jwks_file.display().to_string();
+        let read = |source| KeyError::Read { path: path.clone(), source };
+        let stamp = stamp(&config.jwks_file).map_err(read)?;
+        let bytes = std::fs::read(&config.jwks_file).map_err(read)?;
+        let keys = keys::parse(&bytes, &path, config.production)?;
+        Ok(Arc::new(Self {
+            config: config.clone(),
+            keys: RwLock::new(Arc::new(KeySet { keys, generation: 1 })),
+            loaded: Mutex::new((stamp, bytes)),
+            cache: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(600)).build(),
+        }))
+    }
+
+    /// [`Verifier::load`], then watch the file: a new version is taken within
+    /// a second; one that cannot be used is logged and the keys in use stay.
+    pub fn start(config: &AuthConfig) -> Result<Arc<Self>, KeyError> {
+        let verifier = Self::load(config)?;
+        let weak: Weak<Self> = Arc::downgrade(&verifier);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(WATCH_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(v) = weak.upgrade() else { return };
+                if let Err(e) = v.reload_if_changed() {
+                    tracing::error!(error = %e, "JWKS file not reloaded; the keys loaded before stay in use");
+                }
+            }
+        });
+        Ok(verifier)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
+    }
+
+    /// Take a new version of the file, if there is one. `Ok(true)` when the
+    /// keys changed.
+    pub fn reload_if_changed(&self) -> Result<bool, KeyError> {
+        let path = self.config.jwks_file.display().to_string();
+        let read = |source| KeyError::Read { path: path.clone(), source };
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let now = stamp(&self.config.jwks_file).map_err(read)?;
+        if now == loaded.0 {
+            return Ok(false);
+        }
+        let bytes = std::fs::read(&self.config.jwks_file).map_err(read)?;
+        if bytes == loaded.1 {
+            loaded.0 = now;
+            return Ok(false);
+        }
+        let keys = keys::parse(&bytes, &path, self.config.production)?;
+        let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let generation = current.generation + 1;
+        tracing::info!(path, kids = ?keys.keys().collect::<Vec<_>>(), generation, "JWKS reloaded");
+        *current = Arc::new(KeySet { keys, generation });
+        *loaded = (now, bytes);
+        Ok(true)
+    }
+
+    fn key_set(&self) -> Arc<KeySet> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Verify `token` (the part after `Bearer `).
+    pub fn verify(&self, token: &str) -> Result<Arc<Principal>, Unauthenticated> {
+        let now = now_unix();
+        let keys = self.key_set();
+        if let Some(hit) = self.cache.get(token)
+            && hit.generation == keys.generation
+            && hit.principal.expires_at_unix + LEEWAY_SECONDS as i64 > now
+        {
+            return Ok(hit.principal.clone());
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Unauthenticated(format!("bearer token longer than {MAX_TOKEN_BYTES} bytes")));
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| Unauthenticated(format!("bearer token is not a JWT: {e}")))?;
+        let kid = header.kid.ok_or_else(|| Unauthenticated("bearer token names no signing key (kid)".into()))?;
+        // A key published since the last look (the file is looked at every
+        // second; a token of the new key may arrive first).
+        let keys = if keys.keys.contains_key(&kid) {
+            keys
+        } else {
+            if let Err(e) = self.reload_if_changed() {
+                tracing::error!(error = %e, "JWKS file not reloaded");
+            }
+            self.key_set()
+        };
+        let Some(key) = keys.keys.get(&kid) else {
+            return Err(Unauthenticated(format!("bearer token signed by an unknown key (kid {kid:?})")));
+        };
+        if header.alg != key.algorithm {
+            return Err(Unauthenticated(format!(
+                "bearer token algorithm {:?} is not its key's ({:?})",
+                header.alg, key.algorithm
+            )));
+        }
+        let mut validation = Validation::new(key.algorithm);
+        validation.algorithms = vec![key.algorithm];
+        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.config.jwt_issuer]);
+        validation.set_audience(&[&self.config.jwt_audience]);
+        validation.required_spec_claims =
+            ["exp", "iss", "aud", "sub"].iter().map(|c| c.to_string()).collect::<HashSet<_>>();
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation).map_err(|e| {
+            Unauthenticated(match e.kind() {
+                ErrorKind::ExpiredSignature => "bearer token expired".into(),
+                ErrorKind::ImmatureSignature => "bearer token not valid yet (nbf)".into(),
+                ErrorKind::InvalidIssuer => format!("bearer token not issued by {:?}", self.config.jwt_issuer),
+                ErrorKind::InvalidAudience => format!("bearer token not meant for {:?}", self.config.jwt_audience),
+                ErrorKind::InvalidSignature => "bearer token signature does not verify".into(),
+                ErrorKind::MissingRequiredClaim(c) => format!("bearer token has no {c:?} claim"),
+                _ => format!("bearer token refused: {e}"),
+            })
+        })?;
+        let claims = data.claims;
+        if claims.sub.is_empty() || claims.sub.len() > 128 || claims.sub.chars().any(char::is_control) {
+            return Err(Unauthenticated("bearer token subject (sub) must be 1 to 128 printable characters".into()));
+        }
+        let grants = claims
+            .grants
+            .iter()
+            .map(|g| g.parse::<Grant>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Unauthenticated(format!("bearer token {e}")))?;
+        let principal =
+            Arc::new(Principal { subject: claims.sub, grants, token_id: claims.jti, expires_at_unix: claims.exp });
+        self.cache
+            .insert(token.to_string(), Arc::new(Cached { generation: keys.generation, principal: principal.clone() }));
+        Ok(principal)
+    }
+
+    /// The algorithms tokens may use.
+    pub fn algorithms() -> [Algorithm; 2] {
+        [Algorithm::RS256, Algorithm::EdDSA]
+    }
+}

@@ -1,0 +1,180 @@
+//! The verifier against real keys: Ed25519 made here and an RS256 test key;
+//! every way a token can be wrong is refused with a message saying which.
+
+use std::path::Path;
+
+use gridwork_auth::{AuthConfig, KeyError, Signer, TokenSpec, Verifier, write_jwks};
+
+const RSA_PEM: &[u8] = include_bytes!("fixtures/rsa-test-key.pem");
+const RSA_JWK: &str = include_str!("fixtures/rsa-test-key.jwk.json");
+
+fn rsa() -> (Signer, serde_json::Value) {
+    (Signer::from_rsa_pem(RSA_PEM, "test-rsa-1").expect("rsa"), serde_json::from_str(RSA_JWK).expect("jwk"))
+}
+
+fn ed(kid: &str) -> (Signer, serde_json::Value) {
+    let s = Signer::generate_ed25519(kid).expect("ed25519");
+    let jwk = s.jwk().cloned().expect("jwk");
+    (s, jwk)
+}
+
+fn spec(grants: &[&str]) -> TokenSpec {
+    TokenSpec::new("user:w7", grants).expect("spec")
+}
+
+fn verifier(dir: &Path, keys: &[serde_json::Value]) -> std::sync::Arc<Verifier> {
+    let file = dir.join("jwks.json");
+    write_jwks(&file, keys).expect("jwks");
+    Verifier::load(&AuthConfig::with_jwks(file)).expect("verifier")
+}
+
+#[test]
+fn eddsa_and_rs256_tokens_verify_and_carry_their_subject_and_grants() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ((e, ejwk), (r, rjwk)) = (ed("e1"), rsa());
+    let v = verifier(dir.path(), &[ejwk, rjwk]);
+    for signer in [&e, &r] {
+        let token = signer.mint(&spec(&["street:s1", "dispatcher"])).expect("mint");
+        let p = v.verify(&token).expect("verifies");
+        assert_eq!(p.subject, "user:w7");
+        assert_eq!(p.grants.iter().map(ToString::to_string).collect::<Vec<_>>(), ["street:s1", "dispatcher"]);
+        assert!(!p.token_id.is_empty());
+        // Again: the same answer (from the cache).
+        assert_eq!(v.verify(&token).expect("again"), p);
+    }
+}
+
+#[test]
+fn every_wrong_token_is_refused_saying_why() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ((e, ejwk), (_, rjwk)) = (ed("e1"), rsa());
+    let v = verifier(dir.path(), &[ejwk, rjwk]);
+    let refused = |token: &str, says: &str| {
+        let err = v.verify(token).expect_err("refused");
+        assert!(err.0.contains(says), "{says:?} not in {err}");
+    };
+    refused("not-a-jwt", "not a JWT");
+    // Ended an hour ago (well past the 30 s leeway).
+    let old = mint_with(&e, serde_json::json!({"exp": now() - 3600, "nbf": now() - 7200}));
+    refused(&old, "expired");
+    let early = e.mint(&TokenSpec { not_before_offset: 3600, ..spec(&[]) }).expect("early");
+    refused(&early, "not valid yet");
+    refused(&e.mint(&TokenSpec { issuer: "someone-else".into(), ..spec(&[]) }).expect("iss"), "not issued by");
+    refused(&e.mint(&TokenSpec { audience: "another-app".into(), ..spec(&[]) }).expect("aud"), "not meant for");
+    // Signed by another key that claims the kid of a known one.
+    let (impostor, _) = ed("e1");
+    refused(&impostor.mint(&spec(&[])).expect("impostor"), "signature");
+    let (stranger, _) = ed("e9");
+    refused(&stranger.mint(&spec(&[])).expect("stranger"), "unknown key");
+    // Algorithm confusion: HS256 keyed with the RSA key's public modulus.
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("test-rsa-1".into());
+    let claims = serde_json::json!({"sub": "x", "iss": "gridwork-dev", "aud": "gridwork", "exp": now() + 600});
+    let hs = jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(RSA_JWK.as_bytes()));
+    refused(&hs.expect("hs256"), "algorithm");
+    refused(&mint_with(&e, serde_json::json!({"sub": ""})), "subject");
+    refused(&mint_with(&e, serde_json::json!({"grants": ["Street:s1"]})), "grant");
+    refused(&mint_without(&e, "sub"), "\"sub\"");
+    refused(&mint_without(&e, "exp"), "\"exp\"");
+    // A payload changed after signing: grants raised with another token's signature.
+    let (mine, raised) = (e.mint(&spec(&[])).expect("m"), e.mint(&spec(&["registry-admin"])).expect("m"));
+    let (signed, _) = mine.rsplit_once('.').expect("jws");
+    let (_, other_signature) = raised.rsplit_once('.').expect("jws");
+    refused(&format!("{signed}.{other_signature}"), "signature");
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64
+}
+
+/// A token from `signer` with claims overridden by `over` (raw JSON, so it
+/// can say what `TokenSpec` never would).
+fn mint_with(signer: &Signer, over: serde_json::Value) -> String {
+    let mut claims = serde_json::json!({
+        "sub": "user:w7", "iss": "gridwork-dev", "aud": "gridwork", "iat": now(), "nbf": now(), "exp": now() + 600
+    });
+    for (k, v) in over.as_object().expect("object") {
+        claims[k] = v.clone();
+    }
+    sign_raw(signer, &claims)
+}
+
+fn mint_without(signer: &Signer, claim: &str) -> String {
+    let mut claims = serde_json::json!({
+        "sub": "user:w7", "iss": "gridwork-dev", "aud": "gridwork", "iat": now(), "nbf": now(), "exp": now() + 600
+    });
+    claims.as_object_mut().expect("object").remove(claim);
+    sign_raw(signer, &claims)
+}
+
+fn sign_raw(signer: &Signer, claims: &serde_json::Value) -> String {
+    signer.mint_raw(claims).expect("sign")
+}
+
+#[test]
+fn keys_rotate_without_a_restart_and_a_removed_key_stops_working() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ((old, oldjwk), (new, newjwk)) = (ed("k-old"), ed("k-new"));
+    let v = verifier(dir.path(), std::slice::from_ref(&oldjwk));
+    let file = dir.path().join("jwks.json");
+    let old_token = old.mint(&spec(&[])).expect("old");
+    v.verify(&old_token).expect("old key works");
+    let new_token = new.mint(&spec(&[])).expect("new");
+    assert!(v.verify(&new_token).is_err(), "not published yet");
+    // Publish the new key beside the old: its tokens work at once (an
+    // unknown kid makes the verifier look at the file).
+    write_jwks(&file, &[oldjwk.clone(), newjwk.clone()]).expect("both");
+    v.verify(&new_token).expect("new key works without a restart");
+    v.verify(&old_token).expect("old key still works");
+    // A broken file is not taken: the keys in use stay.
+    std::fs::write(&file, b"{ not json").expect("broken");
+    assert!(v.reload_if_changed().is_err());
+    v.verify(&new_token).expect("still the keys loaded before");
+    // Retire the old key: its token, verified and remembered before, is refused.
+    write_jwks(&file, &[newjwk]).expect("new only");
+    assert!(v.reload_if_changed().expect("reload"), "the keys changed");
+    let err = v.verify(&old_token).expect_err("retired");
+    assert!(err.0.contains("unknown key"), "{err}");
+    v.verify(&new_token).expect("new key works");
+}
+
+#[test]
+fn a_production_deployment_refuses_the_development_key_and_issuer() {
+    let dir = tempfile::tempdir().expect("dir");
+    let signer = gridwork_auth::dev_signer(dir.path()).expect("dev key");
+    assert!(signer.kid().starts_with(gridwork_auth::DEV_KID_PREFIX));
+    let jwks = dir.path().join("dev-jwks.json");
+    // Development: the dev key's tokens verify.
+    let v = Verifier::load(&AuthConfig::with_jwks(&jwks)).expect("development");
+    v.verify(&signer.mint(&spec(&["dispatcher"])).expect("mint")).expect("verifies");
+    // The same key again on a second login: one key, one kid.
+    assert_eq!(gridwork_auth::dev_signer(dir.path()).expect("again").kid(), signer.kid());
+    let production =
+        AuthConfig { production: true, jwt_issuer: "https://idp.city.example".into(), ..AuthConfig::with_jwks(&jwks) };
+    assert!(matches!(Verifier::load(&production), Err(KeyError::Production(_))), "dev key in production");
+    let (_, rjwk) = rsa();
+    let idp = dir.path().join("idp.json");
+    write_jwks(&idp, &[rjwk]).expect("idp");
+    let dev_issuer = AuthConfig { production: true, ..AuthConfig::with_jwks(&idp) };
+    assert!(matches!(Verifier::load(&dev_issuer), Err(KeyError::Production(_))), "dev issuer in production");
+    let ok = AuthConfig { jwks_file: idp, ..production };
+    Verifier::load(&ok).expect("a production key set");
+}
+
+#[test]
+fn a_key_set_with_nothing_usable_is_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("jwks.json");
+    for (doc, says) in [
+        (serde_json::json!({}), "keys"),
+        (serde_json::json!({"keys": []}), "no RS256 or EdDSA"),
+        (serde_json::json!({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "h"}]}), "no RS256 or EdDSA"),
+        (serde_json::json!({"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB", "kid": "small"}]}), "no RS256 or EdDSA"),
+    ] {
+        std::fs::write(&file, doc.to_string()).expect("write");
+        let err = Verifier::load(&AuthConfig::with_jwks(&file)).expect_err("refused");
+        assert!(err.to_string().contains(says), "{says:?} not in {err}");
+    }
+    let missing = Verifier::load(&AuthConfig::with_jwks(dir.path().join("none.json"))).expect_err("missing");
+    assert!(matches!(missing, KeyError::Read { .. }));
+}
