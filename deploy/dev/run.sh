@@ -63,7 +63,7 @@ Gridwork dev mesh is up (Ctrl-C stops it). Logs in $VAR/log/, read models in $VA
 
 Try it (in another terminal, from $ROOT; every call needs a token, and gridctl
 sends the one login saves in $VAR/dev-token — set GRIDWORK_VAR=$VAR if that is not ./var):
-  target/debug/gridctl login --subject duty-officer --as registry-admin --as triage --as dispatcher --as grid-head:hl-s0-c0-g01
+  target/debug/gridctl login --subject duty-officer --as registry-admin --as triage --as dispatcher --as hotline --as grid-head:hl-s0-c0-g01
   target/debug/gridctl units children                      # the district
   target/debug/gridctl units children hl                   # its 7 streets
   target/debug/gridctl units children hl-s0-c0             # grids of a community

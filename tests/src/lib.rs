@@ -43,6 +43,23 @@ pub struct Mesh {
     _dbs: (TestDb, TestDb),
 }
 
+impl Mesh {
+    /// The registry's gRPC endpoint.
+    pub fn registry_endpoint(&self) -> String {
+        self._apps.1[0].endpoint()
+    }
+
+    /// Intake's gRPC endpoint.
+    pub fn intake_endpoint(&self) -> String {
+        self._apps.1[1].endpoint()
+    }
+
+    /// Dispatch's gRPC endpoint.
+    pub fn dispatch_endpoint(&self) -> String {
+        self._apps.1[2].endpoint()
+    }
+}
+
 /// A fresh v7 UUID string.
 pub fn uuid() -> String {
     uuid::Uuid::now_v7().to_string()

@@ -9,10 +9,12 @@ use crate::Verifier;
 pub const OPEN_SERVICES: [&str; 3] =
     ["/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"];
 
-/// Requires a verified bearer token on every call but [`OPEN_SERVICES`], and
-/// hands the handler its [`crate::Principal`] (an `Arc`) as a request
-/// extension. A call without one is answered `UNAUTHENTICATED` here: it never
-/// reaches a handler.
+/// Requires a verified bearer token on every call but [`OPEN_SERVICES`] and
+/// the permission [`crate::policy::RPCS`] names for the RPC, and hands the
+/// handler its [`crate::Principal`] (an `Arc`) as a request extension. A call
+/// without a token is answered `UNAUTHENTICATED`, one without the permission
+/// (or to an RPC the table lacks) `PERMISSION_DENIED`, here: it never reaches
+/// a handler, so it writes nothing.
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
     verifier: Arc<Verifier>,
@@ -70,7 +72,14 @@ where
                 "no bearer token: send `authorization: Bearer <JWT>` (gridctl login makes one in development)",
             )),
             Some(token) => self.verifier.verify(token).map_err(tonic::Status::from),
-        };
+        }
+        .and_then(|principal| match crate::policy::permission_for(path) {
+            None => Err(tonic::Status::permission_denied(format!(
+                "{path}: no permission is defined for this RPC (crates/auth/src/policy.rs), so nobody may call it"
+            ))),
+            Some(permission) if !permission.held_by(&principal) => Err(permission.denied()),
+            Some(_) => Ok(principal),
+        });
         match verified {
             Ok(principal) => {
                 request.extensions_mut().insert(principal);

@@ -9,6 +9,9 @@
 //!   `UNAUTHENTICATED` itself and handing the handlers the [`Principal`] as a
 //!   request extension. The principal recorded in event headers comes from it,
 //!   never from client metadata.
+//! - [`policy`]: the one table of permissions, the roles that hold them and
+//!   the RPCs that need them; the layer refuses a caller without the
+//!   permission (`PERMISSION_DENIED` naming it) and any RPC the table lacks.
 //! - [`Signer`]: mints tokens — the development key `make run` creates under
 //!   `var/` (`gridctl login`), and the tests' keys. A production deployment
 //!   (`GRIDWORK_PRODUCTION`) refuses the development key and issuer.
@@ -18,6 +21,7 @@
 mod config;
 mod keys;
 mod layer;
+pub mod policy;
 mod principal;
 mod signer;
 mod verifier;

@@ -27,16 +27,6 @@ pub fn roles<T>(request: &tonic::Request<T>) -> Vec<String> {
     caller(request).map(|p| p.roles().into_iter().map(String::from).collect()).unwrap_or_default()
 }
 
-/// `PERMISSION_DENIED` naming the role, unless the caller's token grants it.
-#[allow(clippy::result_large_err)]
-pub fn require_role<T>(request: &tonic::Request<T>, role: &str, to: &str) -> Result<(), tonic::Status> {
-    if caller(request).is_some_and(|p| p.has_role(role)) {
-        Ok(())
-    } else {
-        Err(tonic::Status::permission_denied(format!("{to} needs the role {role:?} (a grant in the caller's token)")))
-    }
-}
-
 /// The caller's deadline (`grpc-timeout`), if it sent one.
 pub fn deadline<T>(request: &tonic::Request<T>) -> Option<Duration> {
     let v = request.metadata().get("grpc-timeout")?.to_str().ok()?;
@@ -85,20 +75,11 @@ mod tests {
     }
 
     #[test]
-    fn a_role_is_held_only_when_the_verified_token_grants_it() {
-        let r = tonic::Request::new(());
-        assert_eq!(
-            require_role(&r, "callback", "reading a contact").expect_err("none").code(),
-            tonic::Code::PermissionDenied
-        );
-        // Client metadata claims nothing.
+    fn roles_come_from_the_verified_token_never_from_metadata() {
         let mut claimed = tonic::Request::new(());
         claimed.metadata_mut().insert("x-gridwork-roles", "callback".parse().expect("ascii"));
-        assert!(require_role(&claimed, "callback", "reading a contact").is_err());
-        let r = with_grants(&["triage", "callback:hl"]);
-        assert_eq!(roles(&r), ["triage", "callback"]);
-        assert!(require_role(&r, "callback", "reading a contact").is_ok());
-        assert!(require_role(&r, "call", "reading a contact").is_err());
+        assert!(roles(&claimed).is_empty());
+        assert_eq!(roles(&with_grants(&["triage", "callback:hl", "triage:hl-s0"])), ["triage", "callback"]);
     }
 
     #[test]

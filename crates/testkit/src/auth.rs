@@ -73,10 +73,29 @@ impl Interceptor for Bearer {
 /// A channel whose calls carry a token.
 pub type Authed = InterceptedService<Channel, Bearer>;
 
-/// `channel`, calling as `tester` with no grants (an authenticated caller
-/// that holds no role); a call may carry its own token ([`as_caller`]).
+/// What the tests' default caller holds: every role but those whose absence
+/// tests check (reading and erasing contacts, breaking a triage claim).
+pub const DEFAULT_GRANTS: &[&str] = &[
+    "registry-admin",
+    "catalogue-admin",
+    "routing-admin",
+    "triage",
+    "dispatcher",
+    "hotline",
+    "grid-worker",
+    "grid-head",
+    "community",
+    "street",
+    "department",
+    "rider",
+    "auditor",
+    "ledger-operator",
+];
+
+/// `channel`, calling as `tester` with [`DEFAULT_GRANTS`]; a call may carry
+/// its own token ([`as_caller`]).
 pub fn authed(channel: Channel) -> Authed {
-    authed_as(channel, "tester", &[])
+    authed_as(channel, "tester", DEFAULT_GRANTS)
 }
 
 /// `channel`, calling as `subject` with `grants`.

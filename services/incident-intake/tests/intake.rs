@@ -110,7 +110,8 @@ fn hazard(x: f64, y: f64) -> pb::ReportIncidentRequest {
 }
 
 fn as_user<T>(user: &str, role: Option<&str>, msg: T) -> tonic::Request<T> {
-    let grants: Vec<&str> = role.map(|r| r.split(',').collect()).unwrap_or_default();
+    // No role named: the tests' default caller's.
+    let grants: Vec<&str> = role.map_or(gridwork_testkit::auth::DEFAULT_GRANTS.to_vec(), |r| r.split(',').collect());
     gridwork_testkit::auth::as_caller(tonic::Request::new(msg), user, &grants)
 }
 
@@ -346,7 +347,7 @@ async fn an_emergency_skips_triage_and_triage_honours_claims() {
     assert_eq!(fields(&e), ["break_lock"]);
     c.claim_incident(as_user(
         "root",
-        Some("admin"),
+        Some("triage-lead"),
         pb::ClaimIncidentRequest { command_id: uuid(), incident_id: id.clone(), break_lock: true },
     ))
     .await
