@@ -90,8 +90,8 @@ done
 # The checks below act as an administrator of the tree and the catalogue.
 "$BIN/gridctl" login --subject tour --as registry-admin --as catalogue-admin --as triage --as dispatcher > /dev/null
 
-# Nothing of the tour works without a token: no token, a forged one, or one for
-# another audience is UNAUTHENTICATED, and writes nothing.
+# Nothing of the tour works without a token: no token, a malformed one or a
+# forged one (a signature that is not the key's) is UNAUTHENTICATED, and writes nothing.
 mv "$VAR/dev-token" "$VAR/dev-token.kept"
 for token in "" "not-a-jwt" "$("$BIN/gridctl" login --as registry-admin --print | cut -d. -f1,2).forged"; do
   if out=$(GRIDWORK_TOKEN=$token "$BIN/gridctl" workers add hl-s0-c0-g00 rider-9 "Nobody" --role rider-informant 2>&1); then

@@ -54,22 +54,40 @@ pub(crate) struct KeySet {
 }
 
 /// Parse `bytes` as a JWKS. Keys this service does not verify with (another
-/// algorithm, `use: enc`, no `kid`) are skipped with a warning; a file with
-/// none left, or, in production, any development key, is refused whole.
-pub(crate) fn parse(bytes: &[u8], path: &str, production: bool) -> Result<HashMap<String, Key>, KeyError> {
+/// algorithm, `use: enc`, no `kid`) are skipped with a warning. `strict` (at
+/// start): a file with no usable key, a `kid` twice or, in production, a
+/// development key is refused whole, so the service does not start. Not
+/// strict (a reload of a file that is a JWKS): the operator's edit is applied
+/// as far as it can be — a development key in production and both keys of a
+/// repeated `kid` are left out, and a file with no usable key left means no
+/// key, every token refused (fail closed), never the old keys kept, which
+/// would keep trusting a key just removed. Only a file that is not a JWKS at
+/// all (half written, not JSON) is refused whole.
+pub(crate) fn parse(
+    bytes: &[u8],
+    path: &str,
+    production: bool,
+    strict: bool,
+) -> Result<HashMap<String, Key>, KeyError> {
     let invalid = |reason: String| KeyError::Invalid { path: path.to_string(), reason };
     let doc: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
     let Some(entries) = doc.get("keys").and_then(|k| k.as_array()) else {
         return Err(invalid("no \"keys\" array".into()));
     };
     let mut keys = HashMap::new();
+    let mut repeated = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         let kid = entry.get("kid").and_then(|k| k.as_str()).unwrap_or_default().to_string();
         if production && kid.starts_with(DEV_KID_PREFIX) {
-            return Err(KeyError::Production(format!(
+            let refusal = format!(
                 "JWKS file {path}: key {kid:?} is a development key (made by `make run`); a production deployment \
                  refuses it — publish the identity provider's keys instead"
-            )));
+            );
+            if strict {
+                return Err(KeyError::Production(refusal));
+            }
+            tracing::error!("{refusal}");
+            continue;
         }
         match key(entry) {
             Ok(k) if kid.is_empty() => {
@@ -77,14 +95,24 @@ pub(crate) fn parse(bytes: &[u8], path: &str, production: bool) -> Result<HashMa
             }
             Ok(k) => {
                 if keys.insert(kid.clone(), k).is_some() {
-                    return Err(invalid(format!("kid {kid:?} appears twice")));
+                    if strict {
+                        return Err(invalid(format!("kid {kid:?} appears twice")));
+                    }
+                    repeated.push(kid);
                 }
             }
             Err(reason) => tracing::warn!(path, index = i, kid, reason, "JWKS key skipped"),
         }
     }
+    for kid in repeated {
+        tracing::error!(path, kid, "JWKS kid appears twice: neither key is used");
+        keys.remove(&kid);
+    }
     if keys.is_empty() {
-        return Err(invalid("no RS256 or EdDSA signing key with a kid".into()));
+        if strict {
+            return Err(invalid("no RS256 or EdDSA signing key with a kid".into()));
+        }
+        tracing::error!(path, "JWKS file holds no usable key: every token is refused until one is published");
     }
     Ok(keys)
 }

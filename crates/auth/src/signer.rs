@@ -171,13 +171,22 @@ pub fn dev_signer(dir: &Path) -> anyhow::Result<Signer> {
             let rng = ring::rand::SystemRandom::new();
             let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
                 .map_err(|_| anyhow::anyhow!("generating the development key"))?;
-            // create_new: two logins at once make one key, the other reads it.
-            match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key_file) {
-                Ok(mut f) => {
-                    f.write_all(doc.as_ref())?;
-                    f.sync_all()?;
-                    doc.as_ref().to_vec()
-                }
+            // Written whole under a name of its own, then linked into place:
+            // two logins at once make one key (the second link fails and
+            // reads the first's), and a crash never leaves an empty key.
+            let tmp = key_file.with_extension(format!("p8.{}.{}", std::process::id(), uuid::Uuid::now_v7().simple()));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            f.write_all(doc.as_ref())?;
+            f.sync_all()?;
+            let linked = std::fs::hard_link(&tmp, &key_file);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => doc.as_ref().to_vec(),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(&key_file)?,
                 Err(e) => return Err(e).with_context(|| format!("creating {}", key_file.display())),
             }

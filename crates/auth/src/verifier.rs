@@ -53,6 +53,9 @@ struct Stamp {
     inode: u64,
 }
 
+/// The stamp of a file that could not be looked at.
+const MISSING: Stamp = Stamp { modified: None, len: u64::MAX, inode: u64::MAX };
+
 fn stamp(path: &Path) -> std::io::Result<Stamp> {
     use std::os::unix::fs::MetadataExt as _;
     let m = std::fs::metadata(path)?;
@@ -70,13 +73,20 @@ pub struct Verifier {
     keys: RwLock<Arc<KeySet>>,
     /// The file's stamp and bytes as last loaded.
     loaded: Mutex<(Stamp, Vec<u8>)>,
-    cache: moka::sync::Cache<String, Arc<Cached>>,
+    /// Verified tokens by their SHA-256 (a token may be 8 KiB; its digest is 32 bytes).
+    cache: moka::sync::Cache<[u8; 32], Arc<Cached>>,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier").field("config", &self.config).finish_non_exhaustive()
     }
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
+    digest
 }
 
 fn now_unix() -> i64 {
@@ -97,7 +107,7 @@ impl Verifier {
         let read = |source| KeyError::Read { path: path.clone(), source };
         let stamp = stamp(&config.jwks_file).map_err(read)?;
         let bytes = std::fs::read(&config.jwks_file).map_err(read)?;
-        let keys = keys::parse(&bytes, &path, config.production)?;
+        let keys = keys::parse(&bytes, &path, config.production, true)?;
         Ok(Arc::new(Self {
             config: config.clone(),
             keys: RwLock::new(Arc::new(KeySet { keys, generation: 1 })),
@@ -133,25 +143,51 @@ impl Verifier {
     /// Take a new version of the file, if there is one. `Ok(true)` when the
     /// keys changed.
     pub fn reload_if_changed(&self) -> Result<bool, KeyError> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        self.reload_locked(&mut loaded)
+    }
+
+    /// A version is looked at once: its stamp is recorded before it is read,
+    /// so a file that cannot be used is reported once, not re-read and
+    /// re-parsed for every token that names an unknown key.
+    fn reload_locked(&self, loaded: &mut (Stamp, Vec<u8>)) -> Result<bool, KeyError> {
         let path = self.config.jwks_file.display().to_string();
         let read = |source| KeyError::Read { path: path.clone(), source };
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        let now = stamp(&self.config.jwks_file).map_err(read)?;
+        let now = match stamp(&self.config.jwks_file) {
+            Ok(now) => now,
+            // Gone (mid-rotation, or a mistake): the keys in use stay;
+            // reported once until the file is back.
+            Err(_) if loaded.0 == MISSING => return Ok(false),
+            Err(e) => {
+                loaded.0 = MISSING;
+                return Err(read(e));
+            }
+        };
         if now == loaded.0 {
             return Ok(false);
         }
+        loaded.0 = now;
         let bytes = std::fs::read(&self.config.jwks_file).map_err(read)?;
         if bytes == loaded.1 {
-            loaded.0 = now;
             return Ok(false);
         }
-        let keys = keys::parse(&bytes, &path, self.config.production)?;
+        let keys = keys::parse(&bytes, &path, self.config.production, false)?;
         let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
         let generation = current.generation + 1;
         tracing::info!(path, kids = ?keys.keys().collect::<Vec<_>>(), generation, "JWKS reloaded");
         *current = Arc::new(KeySet { keys, generation });
-        *loaded = (now, bytes);
+        loaded.1 = bytes;
         Ok(true)
+    }
+
+    /// A token names a key not loaded: look at the file now (it may have been
+    /// published since the last tick) — one stat, unless it changed; never
+    /// waiting on a reload another call is doing.
+    fn reload_on_demand(&self) {
+        let Ok(mut loaded) = self.loaded.try_lock() else { return };
+        if let Err(e) = self.reload_locked(&mut loaded) {
+            tracing::error!(error = %e, "JWKS file not reloaded; the keys loaded before stay in use");
+        }
     }
 
     fn key_set(&self) -> Arc<KeySet> {
@@ -162,9 +198,10 @@ impl Verifier {
     pub fn verify(&self, token: &str) -> Result<Arc<Principal>, Unauthenticated> {
         let now = now_unix();
         let keys = self.key_set();
-        if let Some(hit) = self.cache.get(token)
+        let digest = token_digest(token);
+        if let Some(hit) = self.cache.get(&digest)
             && hit.generation == keys.generation
-            && hit.principal.expires_at_unix + LEEWAY_SECONDS as i64 > now
+            && hit.principal.expires_at_unix.saturating_add(LEEWAY_SECONDS as i64) > now
         {
             return Ok(hit.principal.clone());
         }
@@ -179,9 +216,7 @@ impl Verifier {
         let keys = if keys.keys.contains_key(&kid) {
             keys
         } else {
-            if let Err(e) = self.reload_if_changed() {
-                tracing::error!(error = %e, "JWKS file not reloaded");
-            }
+            self.reload_on_demand();
             self.key_set()
         };
         let Some(key) = keys.keys.get(&kid) else {
@@ -224,8 +259,7 @@ impl Verifier {
             .map_err(|e| Unauthenticated(format!("bearer token {e}")))?;
         let principal =
             Arc::new(Principal { subject: claims.sub, grants, token_id: claims.jti, expires_at_unix: claims.exp });
-        self.cache
-            .insert(token.to_string(), Arc::new(Cached { generation: keys.generation, principal: principal.clone() }));
+        self.cache.insert(digest, Arc::new(Cached { generation: keys.generation, principal: principal.clone() }));
         Ok(principal)
     }
 

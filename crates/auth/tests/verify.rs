@@ -178,3 +178,67 @@ fn a_key_set_with_nothing_usable_is_refused() {
     let missing = Verifier::load(&AuthConfig::with_jwks(dir.path().join("none.json"))).expect_err("missing");
     assert!(matches!(missing, KeyError::Read { .. }));
 }
+
+#[test]
+fn a_reload_applies_removals_even_from_a_flawed_file_and_fails_closed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ((a, ajwk), (b, bjwk)) = (ed("k-a"), ed("k-b"));
+    let v = verifier(dir.path(), &[ajwk.clone(), bjwk.clone()]);
+    let file = dir.path().join("jwks.json");
+    let (ta, tb) = (a.mint(&spec(&[])).expect("a"), b.mint(&spec(&[])).expect("b"));
+    v.verify(&ta).expect("a");
+    v.verify(&tb).expect("b");
+    // A half-written file is reported once and changes nothing.
+    std::fs::write(&file, b"{\"keys\": [").expect("half");
+    assert!(v.reload_if_changed().is_err(), "reported");
+    assert!(!v.reload_if_changed().expect("the same version again"), "reported once, not re-read");
+    v.verify(&ta).expect("keys kept");
+    // The operator removes a compromised key, and the file also holds a key
+    // this service cannot use: the removal still takes effect.
+    let unusable = serde_json::json!({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "kid": "k-ec"});
+    write_jwks(&file, &[bjwk.clone(), unusable]).expect("flawed");
+    assert!(v.reload_if_changed().expect("applied"));
+    assert!(v.verify(&ta).expect_err("removed").0.contains("unknown key"));
+    v.verify(&tb).expect("b stays");
+    // A kid twice: neither key is trusted.
+    write_jwks(&file, &[bjwk.clone(), ajwk.clone()]).expect("both");
+    v.reload_if_changed().expect("both back");
+    let mut clash = ajwk.clone();
+    clash["kid"] = "k-b".into();
+    write_jwks(&file, &[bjwk.clone(), clash]).expect("clash");
+    v.reload_if_changed().expect("applied");
+    assert!(v.verify(&tb).is_err(), "an ambiguous kid verifies nothing");
+    // No usable key left: every token refused, never the old keys kept.
+    write_jwks(&file, &[]).expect("empty");
+    assert!(v.reload_if_changed().expect("applied"));
+    assert!(v.verify(&tb).is_err() && v.verify(&ta).is_err(), "fail closed");
+}
+
+#[test]
+fn a_production_reload_leaves_out_a_development_key_and_takes_the_rest() {
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = gridwork_auth::dev_signer(dir.path()).expect("dev key");
+    let (idp, idpjwk) = ed("idp-1");
+    let file = dir.path().join("idp.json");
+    write_jwks(&file, std::slice::from_ref(&idpjwk)).expect("idp");
+    let config =
+        AuthConfig { production: true, jwt_issuer: "https://idp.city.example".into(), ..AuthConfig::with_jwks(&file) };
+    let v = Verifier::load(&config).expect("production");
+    let issued = |s: &Signer| s.mint(&TokenSpec { issuer: "https://idp.city.example".into(), ..spec(&[]) }).expect("m");
+    write_jwks(&file, &[idpjwk, dev.jwk().cloned().expect("jwk")]).expect("dev key slipped in");
+    v.reload_if_changed().expect("reload");
+    assert!(v.verify(&issued(&dev)).expect_err("dev key").0.contains("unknown key"));
+    v.verify(&issued(&idp)).expect("the identity provider's key");
+}
+
+#[test]
+fn a_token_that_never_expires_is_verified_twice_without_overflow() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (e, ejwk) = ed("e1");
+    let v = verifier(dir.path(), &[ejwk]);
+    let forever = mint_with(&e, serde_json::json!({"exp": i64::MAX}));
+    // The first verify fills the cache; the second reads it (exp + leeway).
+    let first = v.verify(&forever);
+    let second = v.verify(&forever);
+    assert_eq!(first.is_ok(), second.is_ok(), "{first:?} {second:?}");
+}

@@ -29,11 +29,13 @@ pub fn run(var: &Path, subject: &str, grants: &[String], hours: u64, print: bool
         return Ok(());
     }
     let file = crate::caller::token_file(var);
-    let tmp = file.with_extension("tmp");
+    // A fresh file of our own (never an existing one, never through a
+    // symlink), owner-only, renamed over the old token.
+    let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;

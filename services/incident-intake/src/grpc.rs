@@ -30,11 +30,6 @@ fn position<E>(outcome: &CommitOutcome<E>) -> Option<pb::CommitPosition> {
     Some(pb::CommitPosition { sequence: outcome.sequence, replayed: outcome.replayed })
 }
 
-/// Whether the caller may break another's triage claim: the shift lead.
-fn is_admin<T>(request: &Request<T>) -> bool {
-    gridwork_runtime::request::caller(request).is_some_and(|p| p.has_role(gridwork_auth::policy::roles::TRIAGE_LEAD))
-}
-
 #[tonic::async_trait]
 impl IntakeService for IntakeGrpc {
     async fn publish_catalogue(
@@ -142,14 +137,15 @@ impl IntakeService for IntakeGrpc {
         request: Request<pb::ClaimIncidentRequest>,
     ) -> Result<Response<pb::ClaimIncidentResponse>, Status> {
         let who = principal(&request);
-        let admin = is_admin(&request);
+        let may_break = gridwork_runtime::request::caller(&request)
+            .is_some_and(|p| gridwork_auth::policy::INTAKE_BREAK_CLAIM.held_by(p));
         let r = request.into_inner();
+        if r.break_lock && !may_break {
+            return Err(gridwork_auth::policy::INTAKE_BREAK_CLAIM.denied());
+        }
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("incident_id", &r.incident_id);
-        if r.break_lock && !admin {
-            v.add("break_lock", "only an admin may break another's claim");
-        }
         v.finish()?;
         let ttl_ms = self.intake.claim_ttl_ms();
         let outcome = self

@@ -343,8 +343,9 @@ async fn an_emergency_skips_triage_and_triage_honours_claims() {
             pb::ClaimIncidentRequest { command_id: uuid(), incident_id: id.clone(), break_lock: true },
         ))
         .await
-        .expect_err("not admin");
-    assert_eq!(fields(&e), ["break_lock"]);
+        .expect_err("not the shift lead");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("intake.triage.break-claim") && e.message().contains("triage-lead"), "{e:?}");
     c.claim_incident(as_user(
         "root",
         Some("triage-lead"),
