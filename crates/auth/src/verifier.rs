@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use jsonwebtoken::Validation;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Validation};
 
 use crate::keys::{self, KeyError, KeySet};
 use crate::{AuthConfig, Grant, Principal};
@@ -261,10 +261,5 @@ impl Verifier {
             Arc::new(Principal { subject: claims.sub, grants, token_id: claims.jti, expires_at_unix: claims.exp });
         self.cache.insert(digest, Arc::new(Cached { generation: keys.generation, principal: principal.clone() }));
         Ok(principal)
-    }
-
-    /// The algorithms tokens may use.
-    pub fn algorithms() -> [Algorithm; 2] {
-        [Algorithm::RS256, Algorithm::EdDSA]
     }
 }

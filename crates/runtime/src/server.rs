@@ -85,14 +85,6 @@ impl Runtime {
         Ok(Self { service, nats, js, store, verifier: None })
     }
 
-    /// Require a verified bearer token on every call this runtime serves
-    /// (health and reflection stay open), with the keys of `config`'s JWKS
-    /// file, watched for rotation.
-    pub fn authenticated(mut self, config: &AuthConfig) -> anyhow::Result<Self> {
-        self.verifier = Some(start_verifier(config)?);
-        Ok(self)
-    }
-
     /// Connect as `service` with `common`'s settings and its authentication:
     /// what every service does first.
     pub async fn start(
@@ -120,9 +112,10 @@ impl Runtime {
         drain: Duration,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let verifier = self.verifier.clone().context(
-            "no authentication configured: every RPC needs a verified caller (Runtime::start or Runtime::authenticated)",
-        )?;
+        let verifier = self
+            .verifier
+            .clone()
+            .context("no authentication configured: every RPC needs a verified caller (Runtime::start)")?;
         let (health, health_service) = tonic_health::server::health_reporter();
         // Both reflection versions: many stock clients (Python grpcio-reflection,
         // Postman, grpcui, older grpcurl, Evans) speak only v1alpha.
