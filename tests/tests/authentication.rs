@@ -229,8 +229,8 @@ async fn a_production_service_refuses_the_development_key_and_issuer() {
     let nats = NatsServer::start().await.expect("nats");
     let db = TestDb::sqlite().expect("db");
     let dev = AuthConfig::with_jwks(dir.path().join("dev-jwks.json"));
-    let production = AuthConfig { production: true, jwt_issuer: "https://idp.city.example".into(), ..dev.clone() };
-    for auth in [production, AuthConfig { production: true, ..dev }] {
+    let production = AuthConfig { development: false, jwt_issuer: "https://idp.city.example".into(), ..dev.clone() };
+    for auth in [production, AuthConfig { development: false, ..dev }] {
         let config = gridwork_runtime::CommonConfig { auth, ..gridwork_testkit::service_config(&nats.url(), &db.url) };
         let err = gridwork_grid_registry::App::build(&config, Arc::new(ManualClock::at(MONDAY_TEN)))
             .await

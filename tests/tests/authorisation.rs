@@ -5,7 +5,6 @@
 //! just one of them gets past the check. The table and the services' RPCs are
 //! the same set.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use gridwork_auth::policy::{self, roles};
@@ -51,46 +50,20 @@ async fn call(channel: &Channel, path: &'static str, token: &str) -> Result<(), 
     grpc.unary(request, http::uri::PathAndQuery::from_static(path), codec).await.map(|_| ())
 }
 
-async fn stream_messages(js: &async_nats::jetstream::Context) -> u64 {
-    let mut total = 0;
-    for name in ["GRID", "INTAKE", "DISPATCH", "SAMPLE"] {
-        if let Ok(mut stream) = js.get_stream(name).await {
-            total += stream.info().await.expect("info").state.messages;
-        }
-    }
-    total
-}
-
 #[tokio::test]
 async fn every_rpc_refuses_a_caller_without_its_permission_and_admits_one_with_it() {
     let m = gridwork_e2e::mesh(1_795_312_800_000).await;
-    let ledger_db = gridwork_testkit::db::TestDb::sqlite().expect("db");
-    let ledger = gridwork_sample_ledger::App::build(
-        &gridwork_testkit::service_config(&m.nats.url(), &ledger_db.url),
-        Arc::new(m.clock.clone()),
-    )
-    .await
-    .expect("ledger");
-    let ledger_server = ledger.spawn(Duration::from_millis(50)).await.expect("serve");
-    let connect = |endpoint: String| async move {
-        Channel::from_shared(endpoint).expect("endpoint").connect().await.expect("connect")
-    };
-    let (registry, intake, dispatch, sample) = (
-        connect(m.registry_endpoint()).await,
-        connect(m.intake_endpoint()).await,
-        connect(m.dispatch_endpoint()).await,
-        connect(ledger_server.endpoint()).await,
-    );
-    let channel_for = |path: &str| match path.split('/').nth(1).unwrap_or_default() {
-        s if s.starts_with("gridwork.grid.") => &registry,
-        s if s.starts_with("gridwork.intake.") => &intake,
-        s if s.starts_with("gridwork.dispatch.") => &dispatch,
-        _ => &sample,
-    };
+    let services = gridwork_e2e::EveryService::start(&m).await;
+    let channel_for = |path: &str| services.channel_for(path);
     let js = async_nats::jetstream::new(async_nats::connect(m.nats.url()).await.expect("nats"));
-    let before = stream_messages(&js).await;
+    let before = gridwork_e2e::stream_messages(&js).await;
     for (path, permission) in policy::RPCS {
-        let others: Vec<&str> = roles::ALL.iter().copied().filter(|r| !permission.roles.contains(r)).collect();
+        let others: Vec<String> = roles::ALL
+            .iter()
+            .filter(|r| !permission.roles.contains(r))
+            .map(|r| gridwork_testkit::auth::grant_for(r))
+            .collect();
+        let others: Vec<&str> = others.iter().map(String::as_str).collect();
         let refused = call(channel_for(path), path, &gridwork_testkit::auth::token("outsider", &others)).await;
         let status = refused.expect_err(path);
         assert_eq!(status.code(), Code::PermissionDenied, "{path}: {status:?}");
@@ -99,10 +72,10 @@ async fn every_rpc_refuses_a_caller_without_its_permission_and_admits_one_with_i
             assert!(status.message().contains(role), "{path} refusal names {role}: {status:?}");
         }
     }
-    assert_eq!(stream_messages(&js).await, before, "a refused call wrote something");
+    assert_eq!(gridwork_e2e::stream_messages(&js).await, before, "a refused call wrote something");
     for (path, permission) in policy::RPCS {
         for role in permission.roles.iter() {
-            let token = gridwork_testkit::auth::token("insider", &[role]);
+            let token = gridwork_testkit::auth::token("insider", &[&gridwork_testkit::auth::grant_for(role)]);
             if let Err(status) = call(channel_for(path), path, &token).await {
                 assert!(
                     !matches!(status.code(), Code::PermissionDenied | Code::Unauthenticated | Code::Unimplemented),

@@ -44,16 +44,7 @@ fn report(category: &str) -> intake_pb::ReportIncidentRequest {
 }
 
 async fn case_when_opened(m: &mut gridwork_e2e::Mesh, id: &str) -> pb::Case {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match m.dispatch.get_case(pb::GetCaseRequest { case_id: id.into(), ..Default::default() }).await {
-            Ok(r) => return r.into_inner().case.expect("case"),
-            Err(s) if s.code() == Code::NotFound && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(s) => panic!("case {id} never opened: {s:?}"),
-        }
-    }
+    gridwork_e2e::case_when_opened(&mut m.dispatch, id).await
 }
 
 /// A fire hazard reported in grid g, accepted by triage: its id and the case

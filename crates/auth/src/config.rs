@@ -17,10 +17,23 @@ pub struct AuthConfig {
     /// The `aud` every token must carry (one of them, if several).
     #[arg(long, env = "JWT_AUDIENCE", default_value = crate::AUDIENCE)]
     pub jwt_audience: String,
-    /// A production deployment: the development signing key and issuer that
-    /// `make run` uses are refused at start and on every reload.
-    #[arg(long, env = "GRIDWORK_PRODUCTION", default_value_t = false)]
-    pub production: bool,
+    /// The longest a token may be valid for (its `exp` from its `iat`, or from
+    /// now without one), in hours; longer ones are refused.
+    #[arg(long, env = "JWT_MAX_LIFETIME_HOURS", default_value_t = 24)]
+    pub max_token_lifetime_hours: u64,
+    /// A development mesh (`make run` sets it): the development signing key
+    /// and issuer are accepted. Without it a service is in production and
+    /// refuses them at start and on every reload, so a deployment that forgot
+    /// `JWKS_FILE` or `JWT_ISSUER` does not start on the defaults.
+    #[arg(
+        long,
+        env = "GRIDWORK_DEVELOPMENT",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub development: bool,
 }
 
 impl AuthConfig {
@@ -30,12 +43,39 @@ impl AuthConfig {
             jwks_file: crate::DEV_JWKS_FILE.into(),
             jwt_issuer: crate::DEV_ISSUER.into(),
             jwt_audience: crate::AUDIENCE.into(),
-            production: false,
+            max_token_lifetime_hours: 24,
+            development: true,
         }
+    }
+
+    /// Whether this is a production deployment (not `GRIDWORK_DEVELOPMENT`).
+    pub fn production(&self) -> bool {
+        !self.development
     }
 
     /// Verify against `jwks_file` with the development issuer and audience.
     pub fn with_jwks(jwks_file: impl Into<PathBuf>) -> Self {
         Self { jwks_file: jwks_file.into(), ..Self::development() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Service {
+        #[command(flatten)]
+        auth: super::AuthConfig,
+    }
+
+    #[test]
+    fn a_service_is_in_production_unless_told_it_is_a_development_mesh() {
+        // The variable would change the answer; the tests' environment has none.
+        assert!(std::env::var_os("GRIDWORK_DEVELOPMENT").is_none());
+        assert!(Service::parse_from(["svc"]).auth.production());
+        assert!(!Service::parse_from(["svc", "--development"]).auth.production());
+        assert!(!Service::parse_from(["svc", "--development=1"]).auth.production(), "as make run sets it");
+        assert!(Service::parse_from(["svc", "--development=no"]).auth.production());
     }
 }

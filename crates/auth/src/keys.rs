@@ -81,7 +81,8 @@ pub(crate) fn parse(
         if production && kid.starts_with(DEV_KID_PREFIX) {
             let refusal = format!(
                 "JWKS file {path}: key {kid:?} is a development key (made by `make run`); a production deployment \
-                 refuses it — publish the identity provider's keys instead"
+                 refuses it — publish the identity provider's keys instead (or set GRIDWORK_DEVELOPMENT=1 in a \
+                 development mesh)"
             );
             if strict {
                 return Err(KeyError::Production(refusal));

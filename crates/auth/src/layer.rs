@@ -11,7 +11,8 @@ pub const OPEN_SERVICES: [&str; 3] =
 
 /// Requires a verified bearer token on every call but [`OPEN_SERVICES`] and
 /// the permission [`crate::policy::RPCS`] names for the RPC, and hands the
-/// handler its [`crate::Principal`] (an `Arc`) as a request extension. A call
+/// handler an `Arc<`[`crate::Access`]`>` (the caller and that permission) as a
+/// request extension, for the scope checks that need the request's target. A call
 /// without a token is answered `UNAUTHENTICATED`, one without the permission
 /// (or to an RPC the table lacks) `PERMISSION_DENIED`, here: it never reaches
 /// a handler, so it writes nothing.
@@ -78,11 +79,11 @@ where
                 "{path}: no permission is defined for this RPC (crates/auth/src/policy.rs), so nobody may call it"
             ))),
             Some(permission) if !permission.held_by(&principal) => Err(permission.denied()),
-            Some(_) => Ok(principal),
+            Some(permission) => Ok(crate::Access { principal, permission }),
         });
         match verified {
-            Ok(principal) => {
-                request.extensions_mut().insert(principal);
+            Ok(access) => {
+                request.extensions_mut().insert(Arc::new(access));
                 Either::Left(self.inner.call(request))
             }
             Err(status) => Either::Right(std::future::ready(Ok(status.into_http()))),

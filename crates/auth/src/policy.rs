@@ -86,6 +86,12 @@ impl Permission {
         self.roles.iter().any(|r| principal.has_role(r))
     }
 
+    /// Whether calls needing it write (an event, or a read that is itself
+    /// recorded, as a contact read is): the per-principal write rate applies.
+    pub fn writes(&self) -> bool {
+        !READS.contains(&self)
+    }
+
     /// The `PERMISSION_DENIED` for a caller without it: names the permission
     /// and the roles that hold it.
     pub fn denied(&self) -> tonic::Status {
@@ -145,12 +151,16 @@ permissions! {
     DISPATCH_ASSIGN = "dispatch.assign", "assigning and merging cases", &[DISPATCHER];
     DISPATCH_WHISTLE = "dispatch.whistle", "blowing the whistle and releasing summonses", &[STREET, DISPATCHER];
     DISPATCH_SUMMONS = "dispatch.summons", "answering a summons (report for duty, progress, complete)", &[DEPARTMENT];
-    DISPATCH_RATE = "dispatch.rate", "recording the reporter's rating of a fix", &[CALLBACK, HOTLINE, RIDER, GRID_WORKER];
+    DISPATCH_RATE = "dispatch.rate", "recording the reporter's rating of a fix (回访: by the call-back or the hotline, never by those who handled it)", &[CALLBACK, HOTLINE];
     DISPATCH_RULES_READ = "dispatch.rules.read", "reading the rulebook and the working calendar", STAFF;
     DISPATCH_RULES_PUBLISH = "dispatch.rules.publish", "publishing the rulebook or a calendar year", &[ROUTING_ADMIN];
     LEDGER_READ = "ledger.read", "reading sample-ledger accounts", &[LEDGER_OPERATOR, AUDITOR];
     LEDGER_WRITE = "ledger.write", "changing sample-ledger accounts", &[LEDGER_OPERATOR];
 }
+
+/// The permissions that only read; every other one writes.
+pub const READS: &[&Permission] =
+    &[&REGISTRY_READ, &INTAKE_READ, &INTAKE_CATALOGUE_READ, &DISPATCH_READ, &DISPATCH_RULES_READ, &LEDGER_READ];
 
 /// Every RPC and the permission it needs (full gRPC path).
 pub const RPCS: &[(&str, &Permission)] = &[

@@ -40,6 +40,10 @@ struct Claims {
     #[serde(default)]
     exp: i64,
     #[serde(default)]
+    iat: Option<i64>,
+    #[serde(default)]
+    nbf: Option<i64>,
+    #[serde(default)]
     jti: String,
     #[serde(default)]
     grants: Vec<String>,
@@ -97,9 +101,11 @@ impl Verifier {
     /// Load the key set once. Refuses a file that cannot be used and, in
     /// production, the development key or issuer.
     pub fn load(config: &AuthConfig) -> Result<Arc<Self>, KeyError> {
-        if config.production && config.jwt_issuer == keys::DEV_ISSUER {
+        if config.production() && config.jwt_issuer == keys::DEV_ISSUER {
             return Err(KeyError::Production(format!(
-                "JWT_ISSUER is the development issuer {:?}; a production deployment names its identity provider",
+                "JWT_ISSUER is the development issuer {:?} (the default): a production deployment sets JWT_ISSUER \
+                 and JWKS_FILE to its identity provider's; a development mesh sets GRIDWORK_DEVELOPMENT=1 (make run \
+                 does)",
                 keys::DEV_ISSUER
             )));
         }
@@ -107,7 +113,7 @@ impl Verifier {
         let read = |source| KeyError::Read { path: path.clone(), source };
         let stamp = stamp(&config.jwks_file).map_err(read)?;
         let bytes = std::fs::read(&config.jwks_file).map_err(read)?;
-        let keys = keys::parse(&bytes, &path, config.production, true)?;
+        let keys = keys::parse(&bytes, &path, config.production(), true)?;
         Ok(Arc::new(Self {
             config: config.clone(),
             keys: RwLock::new(Arc::new(KeySet { keys, generation: 1 })),
@@ -171,7 +177,7 @@ impl Verifier {
         if bytes == loaded.1 {
             return Ok(false);
         }
-        let keys = keys::parse(&bytes, &path, self.config.production, false)?;
+        let keys = keys::parse(&bytes, &path, self.config.production(), false)?;
         let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
         let generation = current.generation + 1;
         tracing::info!(path, kids = ?keys.keys().collect::<Vec<_>>(), generation, "JWKS reloaded");
@@ -196,7 +202,13 @@ impl Verifier {
 
     /// Verify `token` (the part after `Bearer `).
     pub fn verify(&self, token: &str) -> Result<Arc<Principal>, Unauthenticated> {
-        let now = now_unix();
+        self.verify_at(token, now_unix())
+    }
+
+    /// [`Verifier::verify`] as of `now` (Unix seconds): every time check —
+    /// expiry, not-before, lifetime, a remembered token's expiry — reads
+    /// this clock, so a test can move it.
+    pub fn verify_at(&self, token: &str, now: i64) -> Result<Arc<Principal>, Unauthenticated> {
         let keys = self.key_set();
         let digest = token_digest(token);
         if let Some(hit) = self.cache.get(&digest)
@@ -231,7 +243,9 @@ impl Verifier {
         let mut validation = Validation::new(key.algorithm);
         validation.algorithms = vec![key.algorithm];
         validation.leeway = LEEWAY_SECONDS;
-        validation.validate_nbf = true;
+        // Expiry and not-before are checked below, against `now`.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.set_issuer(&[&self.config.jwt_issuer]);
         validation.set_audience(&[&self.config.jwt_audience]);
         validation.required_spec_claims =
@@ -240,21 +254,44 @@ impl Verifier {
             Unauthenticated(match e.kind() {
                 ErrorKind::ExpiredSignature => "bearer token expired".into(),
                 ErrorKind::ImmatureSignature => "bearer token not valid yet (nbf)".into(),
-                ErrorKind::InvalidIssuer => format!("bearer token not issued by {:?}", self.config.jwt_issuer),
-                ErrorKind::InvalidAudience => format!("bearer token not meant for {:?}", self.config.jwt_audience),
+                // Which issuer and audience the service trusts is not the
+                // caller's to learn from a refusal.
+                ErrorKind::InvalidIssuer => "bearer token not issued by the issuer this service trusts".into(),
+                ErrorKind::InvalidAudience => "bearer token not meant for this service (audience)".into(),
                 ErrorKind::InvalidSignature => "bearer token signature does not verify".into(),
                 ErrorKind::MissingRequiredClaim(c) => format!("bearer token has no {c:?} claim"),
                 _ => format!("bearer token refused: {e}"),
             })
         })?;
         let claims = data.claims;
+        let leeway = LEEWAY_SECONDS as i64;
+        if claims.exp.saturating_add(leeway) <= now {
+            return Err(Unauthenticated("bearer token expired".into()));
+        }
+        if claims.nbf.is_some_and(|nbf| nbf.saturating_sub(leeway) > now) {
+            return Err(Unauthenticated("bearer token not valid yet (nbf)".into()));
+        }
+        // A token valid for longer than the deployment allows is refused: a
+        // stolen long-lived token would outlive every revocation by expiry.
+        let max = self.config.max_token_lifetime_hours.saturating_mul(3600) as i64;
+        if claims.iat.is_some_and(|iat| iat > now.saturating_add(LEEWAY_SECONDS as i64)) {
+            return Err(Unauthenticated("bearer token issued in the future (iat)".into()));
+        }
+        let lifetime = claims.exp.saturating_sub(claims.iat.map_or(now, |iat| iat.min(now)));
+        if lifetime > max.saturating_add(LEEWAY_SECONDS as i64) {
+            return Err(Unauthenticated(format!(
+                "bearer token valid for {} h, more than the {} h this service accepts (JWT_MAX_LIFETIME_HOURS)",
+                lifetime / 3600,
+                self.config.max_token_lifetime_hours
+            )));
+        }
         if claims.sub.is_empty() || claims.sub.len() > 128 || claims.sub.chars().any(char::is_control) {
             return Err(Unauthenticated("bearer token subject (sub) must be 1 to 128 printable characters".into()));
         }
         let grants = claims
             .grants
             .iter()
-            .map(|g| g.parse::<Grant>())
+            .map(|g| g.parse::<Grant>().and_then(|g| crate::scope::check_grant(&g).map(|()| g)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Unauthenticated(format!("bearer token {e}")))?;
         let principal =

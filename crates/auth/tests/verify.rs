@@ -45,6 +45,22 @@ fn eddsa_and_rs256_tokens_verify_and_carry_their_subject_and_grants() {
 }
 
 #[test]
+fn a_remembered_token_is_refused_once_it_expires() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (e, ejwk) = ed("e1");
+    let v = verifier(dir.path(), &[ejwk]);
+    let token = mint_with(&e, serde_json::json!({"exp": now() + 60}));
+    v.verify_at(&token, now()).expect("valid now, and remembered");
+    v.verify_at(&token, now() + 60 + 29).expect("within the leeway");
+    let err = v.verify_at(&token, now() + 60 + 31).expect_err("expired, though remembered");
+    assert!(err.0.contains("expired"), "{err}");
+    // Not before its nbf (less the leeway).
+    let later = mint_with(&e, serde_json::json!({"nbf": now() + 120, "exp": now() + 600}));
+    assert!(v.verify_at(&later, now()).is_err());
+    v.verify_at(&later, now() + 100).expect("within the leeway of nbf");
+}
+
+#[test]
 fn every_wrong_token_is_refused_saying_why() {
     let dir = tempfile::tempdir().expect("dir");
     let ((e, ejwk), (_, rjwk)) = (ed("e1"), rsa());
@@ -61,6 +77,19 @@ fn every_wrong_token_is_refused_saying_why() {
     refused(&early, "not valid yet");
     refused(&e.mint(&TokenSpec { issuer: "someone-else".into(), ..spec(&[]) }).expect("iss"), "not issued by");
     refused(&e.mint(&TokenSpec { audience: "another-app".into(), ..spec(&[]) }).expect("aud"), "not meant for");
+    // The refusal does not tell a stranger which issuer or audience to forge.
+    let err =
+        v.verify(&e.mint(&TokenSpec { issuer: "someone-else".into(), ..spec(&[]) }).expect("iss")).expect_err("iss");
+    assert!(!err.0.contains("gridwork-dev"), "{err}");
+    // Valid for two days: past the 24 h a service accepts; a day's token is fine.
+    let long = TokenSpec { valid_for: std::time::Duration::from_secs(48 * 3600), ..spec(&[]) };
+    refused(&e.mint(&long).expect("long"), "JWT_MAX_LIFETIME_HOURS");
+    let day = TokenSpec { valid_for: std::time::Duration::from_secs(23 * 3600), ..spec(&[]) };
+    v.verify(&e.mint(&day).expect("day")).expect("a day's token");
+    // An iat in the future does not stretch the cap; it is refused.
+    refused(&mint_with(&e, serde_json::json!({"iat": now() + 40 * 3600, "exp": now() + 48 * 3600})), "future");
+    // Without iat, the lifetime counts from now.
+    refused(&mint_with(&e, serde_json::json!({"exp": now() + 72 * 3600, "iat": null})), "JWT_MAX_LIFETIME_HOURS");
     // Signed by another key that claims the kid of a known one.
     let (impostor, _) = ed("e1");
     refused(&impostor.mint(&spec(&[])).expect("impostor"), "signature");
@@ -149,13 +178,16 @@ fn a_production_deployment_refuses_the_development_key_and_issuer() {
     v.verify(&signer.mint(&spec(&["dispatcher"])).expect("mint")).expect("verifies");
     // The same key again on a second login: one key, one kid.
     assert_eq!(gridwork_auth::dev_signer(dir.path()).expect("again").kid(), signer.kid());
-    let production =
-        AuthConfig { production: true, jwt_issuer: "https://idp.city.example".into(), ..AuthConfig::with_jwks(&jwks) };
+    let production = AuthConfig {
+        development: false,
+        jwt_issuer: "https://idp.city.example".into(),
+        ..AuthConfig::with_jwks(&jwks)
+    };
     assert!(matches!(Verifier::load(&production), Err(KeyError::Production(_))), "dev key in production");
     let (_, rjwk) = rsa();
     let idp = dir.path().join("idp.json");
     write_jwks(&idp, &[rjwk]).expect("idp");
-    let dev_issuer = AuthConfig { production: true, ..AuthConfig::with_jwks(&idp) };
+    let dev_issuer = AuthConfig { development: false, ..AuthConfig::with_jwks(&idp) };
     assert!(matches!(Verifier::load(&dev_issuer), Err(KeyError::Production(_))), "dev issuer in production");
     let ok = AuthConfig { jwks_file: idp, ..production };
     Verifier::load(&ok).expect("a production key set");
@@ -221,8 +253,11 @@ fn a_production_reload_leaves_out_a_development_key_and_takes_the_rest() {
     let (idp, idpjwk) = ed("idp-1");
     let file = dir.path().join("idp.json");
     write_jwks(&file, std::slice::from_ref(&idpjwk)).expect("idp");
-    let config =
-        AuthConfig { production: true, jwt_issuer: "https://idp.city.example".into(), ..AuthConfig::with_jwks(&file) };
+    let config = AuthConfig {
+        development: false,
+        jwt_issuer: "https://idp.city.example".into(),
+        ..AuthConfig::with_jwks(&file)
+    };
     let v = Verifier::load(&config).expect("production");
     let issued = |s: &Signer| s.mint(&TokenSpec { issuer: "https://idp.city.example".into(), ..spec(&[]) }).expect("m");
     write_jwks(&file, &[idpjwk, dev.jwk().cloned().expect("jwk")]).expect("dev key slipped in");

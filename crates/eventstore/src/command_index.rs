@@ -156,7 +156,11 @@ impl CommandIndex {
             js.clone(),
             store.clone(),
             projection,
-            crate::projection::RunnerConfig::new(stream),
+            // Its dead letters are its stream's service's.
+            crate::projection::RunnerConfig {
+                dead_letter_owner: Some(stream.to_ascii_lowercase()),
+                ..crate::projection::RunnerConfig::new(stream)
+            },
         )
         .await?;
         Ok(Self { stream: stream.to_string(), store, table, runner: Arc::new(runner) })

@@ -39,6 +39,6 @@ pub use aggregate::{Aggregate, DecodeError, DomainEvent, Upcaster, decode_stored
 pub use command_index::{CommandIndex, CommandTag};
 pub use envelope::{CommandKey, CommandMeta, RecordedCommit};
 pub use error::{ExecuteError, StoreError};
-pub use provision::{StreamSpec, check_server_version, ensure_stream};
+pub use provision::{StreamSpec, check_server_version, ensure_read_stream, ensure_stream};
 pub use reactor::Reactor;
 pub use repository::{CommitOutcome, Loaded, Repository, RepositoryOptions};

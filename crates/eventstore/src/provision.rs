@@ -127,6 +127,7 @@ pub async fn ensure_stream(
         Ok(mut existing) => {
             let info = existing.info().await.map_err(unavailable)?;
             let current = &info.config;
+            refuse_lossy(current, &wanted)?;
             if current.subjects != wanted.subjects
                 || current.num_replicas != wanted.num_replicas
                 || current.duplicate_window != wanted.duplicate_window
@@ -164,6 +165,76 @@ pub async fn ensure_stream(
     Ok(())
 }
 
+/// An event stream keeps every event for ever: one that exists with a limit
+/// that deletes (an age, a count, a size, a per-subject cap) or another
+/// retention was not made by its owner's settings — perhaps by a principal
+/// allowed only to create it — and may already have lost events. The service
+/// refuses to start on it rather than write into it.
+fn refuse_lossy(current: &stream::Config, wanted: &stream::Config) -> Result<(), StoreError> {
+    let mut found = Vec::new();
+    if current.storage != wanted.storage {
+        found.push(format!("{:?} storage", current.storage));
+    }
+    if current.mirror.is_some() || current.sources.as_ref().is_some_and(|s| !s.is_empty()) {
+        found.push("a mirror or sources".into());
+    }
+    if current.retention != stream::RetentionPolicy::Limits {
+        found.push(format!("retention {:?}", current.retention));
+    }
+    if current.max_age != Duration::ZERO {
+        found.push(format!("max_age {:?}", current.max_age));
+    }
+    if current.max_messages > 0 {
+        found.push(format!("max_msgs {}", current.max_messages));
+    }
+    if current.max_bytes > 0 {
+        found.push(format!("max_bytes {}", current.max_bytes));
+    }
+    if current.max_messages_per_subject > 0 {
+        found.push(format!("max_msgs_per_subject {}", current.max_messages_per_subject));
+    }
+    if current.sealed {
+        found.push("sealed".into());
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::Unsafe(format!(
+        "stream {} exists with settings that delete or refuse events ({}): an event stream keeps everything; \
+         check how it was made before serving on it",
+        current.name,
+        found.join(", ")
+    )))
+}
+
+/// The stream of another context that this service projects: there as it
+/// is, or created as its owner would create it if it is not there yet (so
+/// services start in any order). Never updated and no snapshot bucket: both
+/// are the owner's, and a service's NATS user may change only its own stream.
+pub async fn ensure_read_stream(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    spec: &StreamSpec,
+) -> Result<(), StoreError> {
+    if let Ok(mut existing) = js.get_stream(&spec.name).await {
+        let info = existing.info().await.map_err(unavailable)?;
+        return refuse_lossy(&info.config, &spec.config());
+    }
+    check_server_version(&client.server_info().version, spec.replicas)?;
+    info!(stream = %spec.name, "creating a projected stream its owner has not created yet");
+    match js.create_stream(spec.config()).await {
+        Ok(_) => Ok(()),
+        // Its owner (or another reader) created it meanwhile: as it should?
+        Err(e) => match js.get_stream(&spec.name).await {
+            Ok(mut existing) => {
+                let info = existing.info().await.map_err(unavailable)?;
+                refuse_lossy(&info.config, &spec.config())
+            }
+            Err(_) => Err(unavailable(e)),
+        },
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -171,6 +242,28 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::check_server_version;
+
+    #[test]
+    fn an_event_stream_with_a_deleting_limit_is_refused() {
+        let spec = super::StreamSpec::events("grid", 1);
+        assert!(super::refuse_lossy(&spec.config(), &spec.config()).is_ok(), "as its owner makes it");
+        for lossy in [
+            async_nats::jetstream::stream::Config { max_age: std::time::Duration::from_secs(60), ..spec.config() },
+            async_nats::jetstream::stream::Config { max_messages_per_subject: 1, ..spec.config() },
+            async_nats::jetstream::stream::Config {
+                retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+                ..spec.config()
+            },
+            async_nats::jetstream::stream::Config { max_bytes: 1 << 20, ..spec.config() },
+            async_nats::jetstream::stream::Config {
+                storage: async_nats::jetstream::stream::StorageType::Memory,
+                ..spec.config()
+            },
+        ] {
+            let err = super::refuse_lossy(&lossy, &spec.config()).expect_err("lossy");
+            assert!(err.to_string().contains("keeps everything"), "{err}");
+        }
+    }
 
     #[test]
     fn servers_older_than_2_10_are_refused() {

@@ -20,6 +20,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod limits;
 pub mod page;
 pub mod request;
 pub mod server;

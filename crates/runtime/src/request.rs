@@ -3,23 +3,30 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gridwork_auth::Principal;
+use gridwork_auth::{Access, Principal};
 
 /// Longest a read waits for `min_position` when the caller set no deadline.
 pub const DEFAULT_READ_WAIT: Duration = Duration::from_secs(5);
 
-/// The verified caller: the [`Principal`] the authentication layer
-/// (`gridwork_auth::AuthLayer`, in front of every service) made from the
-/// call's bearer token. `None` only for a request that never passed it (a
-/// handler called directly in a unit test).
+/// What the authentication layer (`gridwork_auth::AuthLayer`, in front of
+/// every service) admitted the call under: the verified caller and the RPC's
+/// permission, for the handler's scope checks. A request that never passed
+/// the layer is refused `UNAUTHENTICATED`, never served as somebody.
+pub fn access<T>(request: &tonic::Request<T>) -> Result<Arc<Access>, tonic::Status> {
+    request.extensions().get::<Arc<Access>>().cloned().ok_or_else(|| {
+        tonic::Status::unauthenticated("no verified caller: the call did not pass the authentication layer")
+    })
+}
+
+/// The verified caller, if the call passed the authentication layer.
 pub fn caller<T>(request: &tonic::Request<T>) -> Option<&Principal> {
-    request.extensions().get::<Arc<Principal>>().map(AsRef::as_ref)
+    request.extensions().get::<Arc<Access>>().map(|a| a.principal.as_ref())
 }
 
 /// The acting principal recorded in event headers: the verified token's
-/// subject, never client metadata.
-pub fn principal<T>(request: &tonic::Request<T>) -> String {
-    caller(request).map_or_else(|| "unauthenticated".to_string(), |p| p.subject.clone())
+/// subject, never client metadata (`UNAUTHENTICATED` without one).
+pub fn principal<T>(request: &tonic::Request<T>) -> Result<String, tonic::Status> {
+    Ok(access(request)?.principal.subject.clone())
 }
 
 /// The caller's roles, from its verified token's grants.
@@ -65,11 +72,14 @@ mod tests {
 
     fn with_grants(grants: &[&str]) -> tonic::Request<()> {
         let mut r = tonic::Request::new(());
-        r.extensions_mut().insert(Arc::new(Principal {
-            subject: "user:7".into(),
-            grants: grants.iter().map(|g| g.parse().expect("grant")).collect(),
-            token_id: String::new(),
-            expires_at_unix: 0,
+        r.extensions_mut().insert(Arc::new(Access {
+            principal: Arc::new(Principal {
+                subject: "user:7".into(),
+                grants: grants.iter().map(|g| g.parse().expect("grant")).collect(),
+                token_id: String::new(),
+                expires_at_unix: 0,
+            }),
+            permission: &gridwork_auth::policy::DISPATCH_READ,
         }));
         r
     }
@@ -86,7 +96,8 @@ mod tests {
     fn the_principal_is_the_verified_subject() {
         let mut r = tonic::Request::new(());
         r.metadata_mut().insert("x-gridwork-principal", "user:9".parse().expect("ascii"));
-        assert_eq!(principal(&r), "unauthenticated");
-        assert_eq!(principal(&with_grants(&[])), "user:7");
+        let refused = principal(&r).expect_err("no verified caller is nobody, not \"anonymous\"");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert_eq!(principal(&with_grants(&[])).expect("verified"), "user:7");
     }
 }

@@ -40,6 +40,10 @@ pub struct Runtime {
     pub store: Option<ReadStore>,
     /// Verifies callers' tokens; a runtime without one does not serve.
     pub verifier: Option<Arc<Verifier>>,
+    /// Request limits (message size, writes per principal).
+    pub limits: crate::limits::LimitsConfig,
+    /// TLS on the gRPC port, if configured.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Runtime {
@@ -56,14 +60,50 @@ impl Runtime {
     /// client connects to any of them and learns the rest from the cluster.
     pub async fn connect(
         service: &'static str,
-        nats_url: &str,
+        common: &crate::CommonConfig,
         database_url: Option<&str>,
         connect_timeout: Duration,
     ) -> anyhow::Result<Self> {
+        let nats_url = common.nats_url.as_str();
+        if common.auth.production() && common.nats_nkey_file.is_none() && common.nats_creds.is_none() {
+            anyhow::bail!(
+                "NATS: a production service connects as its own NATS user: set NATS_NKEY_FILE (gridctl nats-users) \
+                 or NATS_CREDS; a development mesh sets GRIDWORK_DEVELOPMENT=1 (make run does)"
+            );
+        }
         let deadline = tokio::time::Instant::now() + connect_timeout;
+        let nkey = match &common.nats_nkey_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the NATS nkey seed {} (NATS_NKEY_FILE)", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
         let nats = loop {
-            let options = async_nats::ConnectOptions::new()
+            let mut options = async_nats::ConnectOptions::new();
+            if let Some(creds) = &common.nats_creds {
+                options = async_nats::ConnectOptions::with_credentials_file(creds)
+                    .await
+                    .with_context(|| format!("reading the NATS credentials {} (NATS_CREDS)", creds.display()))?;
+            }
+            if let Some(seed) = &nkey {
+                options = options.nkey(seed.clone());
+            }
+            // TLS to NATS (mTLS with a client certificate): the services'
+            // only link to each other is NATS, so this is service-to-service.
+            if let Some(ca) = &common.nats_tls_ca {
+                options = options.add_root_certificates(ca.clone()).require_tls(true);
+            }
+            if let (Some(cert), Some(key)) = (&common.nats_tls_cert, &common.nats_tls_key) {
+                options = options.add_client_certificate(cert.clone(), key.clone()).require_tls(true);
+            }
+            // Replies on the service's own inbox prefix: its NATS user may
+            // subscribe there and nowhere else (deploy/nats/permissions.conf).
+            let options = options
                 .name(service)
+                .custom_inbox_prefix(inbox_prefix(service))
                 .max_reconnects(None)
                 .connection_timeout(Duration::from_secs(2))
                 .request_timeout(Some(Duration::from_secs(5)));
@@ -82,7 +122,14 @@ impl Runtime {
             Some(url) => Some(ReadStore::connect(url).await.with_context(|| format!("opening read store {url}"))?),
             None => None,
         };
-        Ok(Self { service, nats, js, store, verifier: None })
+        let tls = common.tls.server()?;
+        Ok(Self { service, nats, js, store, verifier: None, limits: common.limits.clone(), tls })
+    }
+
+    /// The largest request message a service decodes (each service sets it
+    /// on its gRPC servers: `max_decoding_message_size`).
+    pub fn max_request_bytes(&self) -> usize {
+        self.limits.max_request_bytes
     }
 
     /// Connect as `service` with `common`'s settings and its authentication:
@@ -96,7 +143,7 @@ impl Runtime {
         // The keys first: a service that could not verify a caller must not
         // start provisioning streams.
         let verifier = start_verifier(&common.auth)?;
-        let mut runtime = Self::connect(service, &common.nats_url, database_url, connect_timeout).await?;
+        let mut runtime = Self::connect(service, common, database_url, connect_timeout).await?;
         runtime.verifier = Some(verifier);
         Ok(runtime)
     }
@@ -157,9 +204,22 @@ impl Runtime {
                 tokio::time::sleep(drain).await;
             }
         };
-        let result = tonic::transport::Server::builder()
+        // Bounds no token is needed to reach: a connection opens at most so
+        // many streams and has at most so many calls in flight, and no call
+        // runs longer than a minute (reads wait at most 30 s for a position).
+        let mut server = tonic::transport::Server::builder()
+            .max_concurrent_streams(crate::limits::MAX_CONCURRENT_STREAMS)
+            .concurrency_limit_per_connection(crate::limits::MAX_CONCURRENT_STREAMS as usize)
+            .timeout(crate::limits::CALL_TIMEOUT);
+        if let Some(tls) = self.tls.clone() {
+            server =
+                server.tls_config(tls).context("TLS settings (TLS_CERT_FILE, TLS_KEY_FILE, TLS_CLIENT_CA_FILE)")?;
+        }
+        let result = server
             .trace_fn(request_span)
+            .layer(tower::util::MapResponseLayer::new(crate::limits::refusal::<tonic::body::Body>))
             .layer(AuthLayer::new(verifier))
+            .layer(crate::limits::LimitsLayer::new(&self.limits))
             .add_routes(routes)
             // Our own listener (bound before serving, so a test or the
             // readiness check knows the port): tonic's `tcp_nodelay` applies
@@ -219,6 +279,11 @@ impl Runtime {
         }));
         Ok(ServerHandle { addr, metrics_addr, shutdown: Some(tx), task })
     }
+}
+
+/// The inbox prefix `service`'s replies arrive on: `_INBOX_<service>`.
+pub fn inbox_prefix(service: &str) -> String {
+    format!("_INBOX_{service}")
 }
 
 fn start_verifier(config: &AuthConfig) -> anyhow::Result<Arc<Verifier>> {

@@ -47,6 +47,9 @@ pub enum ServiceError {
         /// Human-readable reason.
         description: String,
     },
+    /// The caller's grants do not reach what the request acts on.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -80,6 +83,12 @@ impl ServiceError {
     }
 }
 
+impl From<gridwork_auth::Denied> for ServiceError {
+    fn from(d: gridwork_auth::Denied) -> Self {
+        Self::PermissionDenied(d.0)
+    }
+}
+
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Self {
         match e {
@@ -101,6 +110,7 @@ impl From<ServiceError> for Status {
                 )]);
                 Status::with_error_details(Code::FailedPrecondition, description, details)
             }
+            ServiceError::PermissionDenied(m) => Status::permission_denied(m),
             ServiceError::NotFound(m) => Status::not_found(m),
             ServiceError::Aborted(m) => Status::aborted(m),
             ServiceError::Unavailable(m) => {
@@ -154,6 +164,9 @@ impl From<WaitError> for ServiceError {
     fn from(e: WaitError) -> Self {
         match e {
             WaitError::Timeout { .. } => ServiceError::DeadlineExceeded(e.to_string()),
+            WaitError::BeyondHead { .. } => {
+                ServiceError::invalid("min_position", format!("{e}: pass the position a write of yours returned"))
+            }
             WaitError::Stopped | WaitError::Unavailable(_) => ServiceError::Unavailable(e.to_string()),
         }
     }

@@ -74,7 +74,10 @@ impl Interceptor for Bearer {
 pub type Authed = InterceptedService<Channel, Bearer>;
 
 /// What the tests' default caller holds: every role but those whose absence
-/// tests check (reading and erasing contacts, breaking a triage claim).
+/// tests check (reading and erasing contacts, breaking a triage claim); the
+/// places held for are the test tree's grid `g`, community `c`, street `s`
+/// (and `s2`, a second district's street) ([`crate::tree`]), the departments
+/// those the tests summon.
 pub const DEFAULT_GRANTS: &[&str] = &[
     "registry-admin",
     "catalogue-admin",
@@ -82,15 +85,36 @@ pub const DEFAULT_GRANTS: &[&str] = &[
     "triage",
     "dispatcher",
     "hotline",
-    "grid-worker",
-    "grid-head",
-    "community",
-    "street",
-    "department",
+    "grid-worker:g",
+    "grid-head:g",
+    "community:c",
+    "street:s",
+    "street:s2",
+    "department:emergency-medical",
+    "department:fire-brigade",
+    "department:gas-company",
+    "department:housing",
+    "department:police",
+    "department:urban-management",
     "rider",
     "auditor",
     "ledger-operator",
 ];
+
+/// A valid grant of `role` in the tests' world: a unit role held for the
+/// test tree's unit of its level (`street:s`, `community:c`, `grid-head:g`), the department role for `fire-brigade`, any other bare.
+pub fn grant_for(role: &str) -> String {
+    use gridwork_auth::ScopeKind;
+    match gridwork_auth::scope::scope_kind(role) {
+        ScopeKind::Unit => match role {
+            gridwork_auth::policy::roles::STREET => format!("{role}:s"),
+            gridwork_auth::policy::roles::COMMUNITY => format!("{role}:c"),
+            _ => format!("{role}:g"),
+        },
+        ScopeKind::Department => format!("{role}:fire-brigade"),
+        ScopeKind::Global | ScopeKind::Own => role.to_string(),
+    }
+}
 
 /// `channel`, calling as `tester` with [`DEFAULT_GRANTS`]; a call may carry
 /// its own token ([`as_caller`]).

@@ -33,6 +33,11 @@ pub fn init_tracing() {
 pub fn service_config(nats_url: &str, database_url: &str) -> gridwork_runtime::CommonConfig {
     gridwork_runtime::CommonConfig {
         nats_url: nats_url.into(),
+        nats_nkey_file: None,
+        nats_creds: None,
+        nats_tls_ca: None,
+        nats_tls_cert: None,
+        nats_tls_key: None,
         database_url: Some(database_url.into()),
         grpc_addr: ([127, 0, 0, 1], 0).into(),
         metrics_addr: ([127, 0, 0, 1], 0).into(),
@@ -40,6 +45,14 @@ pub fn service_config(nats_url: &str, database_url: &str) -> gridwork_runtime::C
         stream_replicas: 1,
         drain_seconds: 0,
         auth: auth::config(),
+        // Tests write as one principal far faster than any person: the
+        // limits' own test sets them tight (tests/tests/limits.rs).
+        tls: gridwork_runtime::config::TlsConfig::default(),
+        limits: gridwork_runtime::limits::LimitsConfig {
+            write_rate_per_second: 1_000_000.0,
+            write_burst: 1_000_000,
+            ..Default::default()
+        },
     }
 }
 

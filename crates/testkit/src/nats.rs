@@ -12,6 +12,18 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     child: Option<Child>,
+    users: Option<Users>,
+}
+
+/// A server that names its users by nkey: its configuration, the seed the
+/// harness connects with, and its log.
+struct Users {
+    config: PathBuf,
+    operator_seed: Option<String>,
+    log: PathBuf,
+    /// The CA, client certificate and key the harness connects with, for a
+    /// server that requires TLS.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl NatsServer {
@@ -19,9 +31,72 @@ impl NatsServer {
     pub async fn start() -> anyhow::Result<Self> {
         let port = free_port()?;
         let store = tempfile::Builder::new().prefix("gridwork-nats-").tempdir()?;
-        let mut server = Self { port, store, child: None };
+        let mut server = Self { port, store, child: None, users: None };
         server.spawn().await?;
         Ok(server)
+    }
+
+    /// [`NatsServer::start`] with authorisation on: only `users` may connect,
+    /// each with its subject permissions; the harness connects as `operator`.
+    pub async fn start_with_users(users: &gridwork_auth::nats_users::NatsUsers) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let store = tempfile::Builder::new().prefix("gridwork-nats-").tempdir()?;
+        let log = store.path().join("nats-server.log");
+        let users = Users { config: users.config(), operator_seed: Some(users.seed("operator")?), log, tls: None };
+        let mut server = Self { port, store, child: None, users: Some(users) };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// [`NatsServer::start`] requiring TLS with client certificates (mTLS):
+    /// the server presents `server` (certificate, key) and accepts clients
+    /// whose certificate `ca` signed; the harness connects with `client`.
+    pub async fn start_with_tls(
+        ca: PathBuf,
+        server: (PathBuf, PathBuf),
+        client: (PathBuf, PathBuf),
+    ) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let store = tempfile::Builder::new().prefix("gridwork-nats-").tempdir()?;
+        let config = store.path().join("tls.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+                server.0.display(),
+                server.1.display(),
+                ca.display()
+            ),
+        )?;
+        let log = store.path().join("nats-server.log");
+        let users = Users { config, operator_seed: None, log, tls: Some((ca, client.0, client.1)) };
+        let mut server = Self { port, store, child: None, users: Some(users) };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// The server's log, for a server started with users (permission
+    /// violations are logged there).
+    pub fn log(&self) -> String {
+        self.users.as_ref().and_then(|u| std::fs::read_to_string(&u.log).ok()).unwrap_or_default()
+    }
+
+    /// Connect as the harness: the operator of a server started with users,
+    /// with the client certificate of one started with TLS.
+    pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(u) = &self.users {
+            if let Some(seed) = &u.operator_seed {
+                options = options.nkey(seed.clone());
+            }
+            if let Some((ca, cert, key)) = &u.tls {
+                options = options
+                    .add_root_certificates(ca.clone())
+                    .add_client_certificate(cert.clone(), key.clone())
+                    .require_tls(true);
+            }
+        }
+        Ok(options.connect(self.url()).await?)
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -31,7 +106,7 @@ impl NatsServer {
 
     /// Where JetStream keeps its files.
     pub fn store_dir(&self) -> PathBuf {
-        self.store.path().to_path_buf()
+        self.store.path().join("js")
     }
 
     /// Kill the server abruptly (SIGKILL), as a crash would.
@@ -50,9 +125,13 @@ impl NatsServer {
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let binary = server_binary()?;
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if let Some(users) = &self.users {
+            command.arg("-c").arg(&users.config).arg("-l").arg(&users.log);
+        }
+        let child = command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.store.path())
+            .arg(self.store.path().join("js"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -61,7 +140,7 @@ impl NatsServer {
         // Ready means JetStream answers, not merely that the port accepts.
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(client) = async_nats::connect(self.url()).await
+            if let Ok(client) = self.connect().await
                 && async_nats::jetstream::new(client).query_account().await.is_ok()
             {
                 return Ok(());
@@ -96,8 +175,20 @@ pub fn server_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// A free TCP port on 127.0.0.1.
+///
+/// The kernel may hand the same port to two binds in a row once the first
+/// is closed; a cluster asks for nine at once. A port is handed out once per
+/// process.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 /// A three-node JetStream cluster on loopback: three `nats-server` processes,
@@ -111,7 +202,10 @@ pub struct NatsCluster {
 struct ClusterNode {
     name: String,
     port: u16,
+    /// The monitoring endpoint's port (`/jsz` names the meta leader).
+    http_port: u16,
     config: PathBuf,
+    log: PathBuf,
     child: Option<Child>,
     _store: tempfile::TempDir,
 }
@@ -120,37 +214,52 @@ impl NatsCluster {
     /// Start three nodes and wait until JetStream has a meta leader.
     pub async fn start() -> anyhow::Result<Self> {
         let binary = server_binary()?;
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+        let ports: Vec<(u16, u16, u16)> =
+            (0..3).map(|_| Ok((free_port()?, free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
         let suffix = uuid::Uuid::now_v7().simple().to_string();
         let mut nodes = Vec::new();
-        for (i, (port, route_port)) in ports.iter().enumerate() {
+        for (i, (port, route_port, http_port)) in ports.iter().enumerate() {
             let store = tempfile::Builder::new().prefix("gridwork-nats-cluster-").tempdir()?;
             let name = format!("n{}", i + 1);
             let routes: Vec<String> = ports
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
-                .map(|(_, (_, r))| format!("\"nats-route://127.0.0.1:{r}\""))
+                .map(|(_, (_, r, _))| format!("\"nats-route://127.0.0.1:{r}\""))
                 .collect();
             let config = store.path().join("node.conf");
             std::fs::write(
                 &config,
                 format!(
-                    "server_name: {name}\nlisten: \"127.0.0.1:{port}\"\n\
+                    "server_name: {name}\nlisten: \"127.0.0.1:{port}\"\nhttp: \"127.0.0.1:{http_port}\"\n\
+                     log_file: \"{log}\"\n\
                      jetstream {{ store_dir: \"{store}\" }}\n\
                      cluster {{ name: \"gridwork-test-{suffix}\", listen: \"127.0.0.1:{route_port}\", routes: [{routes}] }}\n",
                     store = store.path().join("js").display(),
+                    log = store.path().join("node.log").display(),
                     routes = routes.join(", "),
                 ),
             )?;
-            nodes.push(ClusterNode { name, port: *port, config, child: None, _store: store });
+            let log = store.path().join("node.log");
+            nodes.push(ClusterNode {
+                name,
+                port: *port,
+                http_port: *http_port,
+                config,
+                log,
+                child: None,
+                _store: store,
+            });
         }
         let mut cluster = Self { nodes };
         for i in 0..3 {
             cluster.spawn_node(&binary, i)?;
         }
-        cluster.wait_ready(Duration::from_secs(30)).await?;
-        cluster.wait_placeable(Duration::from_secs(30)).await?;
+        let ready = async {
+            cluster.wait_ready(Duration::from_secs(30)).await?;
+            cluster.wait_placeable(Duration::from_secs(30)).await
+        };
+        ready.await.map_err(|e| cluster.with_logs(e))?;
         Ok(cluster)
     }
 
@@ -187,8 +296,24 @@ impl NatsCluster {
     pub async fn restart(&mut self, node: usize) -> anyhow::Result<()> {
         self.kill(node);
         self.spawn_node(&server_binary()?, node)?;
-        self.wait_ready(Duration::from_secs(30)).await?;
-        self.wait_placeable(Duration::from_secs(30)).await
+        let ready = async {
+            self.wait_ready(Duration::from_secs(30)).await?;
+            self.wait_placeable(Duration::from_secs(30)).await
+        };
+        ready.await.map_err(|e| self.with_logs(e))
+    }
+
+    /// `error`, with the last lines of every node's log: what a failed
+    /// start in CI has to go on.
+    fn with_logs(&self, error: anyhow::Error) -> anyhow::Error {
+        let mut context = String::new();
+        for node in &self.nodes {
+            let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            context.push_str(&format!("\n--- {} (last lines of its log)\n", node.name));
+            context.push_str(&lines[lines.len().saturating_sub(15)..].join("\n"));
+        }
+        error.context(context)
     }
 
     /// The node that leads `stream` now, asked of any live node.
@@ -204,6 +329,24 @@ impl NatsCluster {
                 && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
             {
                 return Ok(self.node_named(&leader));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The node that leads the JetStream meta group (where streams and
+    /// consumers are placed), as a live node's monitoring endpoint says.
+    pub async fn meta_leader(&self) -> anyhow::Result<Option<usize>> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let Ok(mut tcp) = tokio::net::TcpStream::connect(("127.0.0.1", node.http_port)).await else { continue };
+            tcp.write_all(b"GET /jsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await?;
+            let mut response = String::new();
+            tcp.read_to_string(&mut response).await?;
+            let Some((_, body)) = response.split_once("\r\n\r\n") else { continue };
+            let jsz: serde_json::Value = serde_json::from_str(body)?;
+            if let Some(leader) = jsz.pointer("/meta_cluster/leader").and_then(|l| l.as_str()) {
+                return Ok(self.node_named(leader));
             }
         }
         Ok(None)

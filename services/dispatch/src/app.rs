@@ -84,14 +84,15 @@ impl Dispatch {
         field: &str,
         owner: &gridwork_proto::gridwork::dispatch::v1::Owner,
     ) -> Result<String, ServiceError> {
-        let mut conn = self.store.pool().acquire().await?;
-        let mut found = crate::grid::unit(&mut conn, &owner.id).await?;
+        let mut found = crate::grid::unit(&mut *self.store.pool().acquire().await?, &owner.id).await?;
         if found.is_none() {
             // Registered a moment ago, perhaps: let the copy reach the head of
-            // GRID (bounded) before calling it unknown.
+            // GRID (bounded) before calling it unknown — holding no
+            // connection, which the copy needs to catch up.
             self.grid.wait_for_stream_head(Duration::from_secs(2)).await?;
-            found = crate::grid::unit(&mut conn, &owner.id).await?;
+            found = crate::grid::unit(&mut *self.store.pool().acquire().await?, &owner.id).await?;
         }
+        let mut conn = self.store.pool().acquire().await?;
         let tier = gridwork_proto::gridwork::dispatch::v1::Tier::try_from(owner.tier).unwrap_or_default();
         match found {
             None => Err(ServiceError::invalid(field, format!("unit {} is not in the organisation tree", owner.id))),
@@ -103,6 +104,50 @@ impl Dispatch {
                 ServiceError::invalid(field, format!("unit {} is in no district of the tree", owner.id))
             }),
         }
+    }
+
+    /// Whether the caller's grants reach `owner`, whom a request acts as: a
+    /// street or community acts as itself or any unit of its subtree, a grid
+    /// head as its grid, a department as itself — by dispatch's own copy of
+    /// the tree. `PERMISSION_DENIED` naming the permission otherwise.
+    pub async fn authorise_as(
+        &self,
+        access: &gridwork_auth::Access,
+        owner: &gridwork_proto::gridwork::dispatch::v1::Owner,
+    ) -> Result<(), ServiceError> {
+        use gridwork_auth::Target;
+        use gridwork_proto::gridwork::dispatch::v1::Tier;
+        if access.unrestricted() {
+            return Ok(());
+        }
+        match Tier::try_from(owner.tier).unwrap_or_default() {
+            Tier::Department => Ok(access.require(&[Target::Department(&owner.id)])?),
+            Tier::Grid | Tier::Community | Tier::Street => {
+                let chain = self.ancestry(&owner.id).await?;
+                Ok(access.require(&[Target::Place(&chain)])?)
+            }
+            // A district's dispatch centre: only a city-wide grant acts as it.
+            _ => Ok(access.require(&[Target::Place(&[])])?),
+        }
+    }
+
+    /// Unit `id` and its ancestors up to its district, nearest first, from
+    /// dispatch's copy of the tree (waiting a moment for a unit registered
+    /// just now); empty for a unit the tree does not hold.
+    pub async fn ancestry(&self, id: &str) -> Result<Vec<(String, gridwork_auth::Level)>, ServiceError> {
+        let chain = {
+            let mut conn = self.store.pool().acquire().await?;
+            crate::grid::chain(&mut conn, id).await?
+        };
+        // Waiting holds no connection: the copy needs one to catch up.
+        let chain = if chain.is_empty() {
+            self.grid.wait_for_stream_head(Duration::from_secs(2)).await?;
+            let mut conn = self.store.pool().acquire().await?;
+            crate::grid::chain(&mut conn, id).await?
+        } else {
+            chain
+        };
+        Ok(chain.into_iter().map(|u| (u.unit_id, gridwork_auth::Level::of_unit_kind(u.kind as i32))).collect())
     }
 
     /// The rules in force now.

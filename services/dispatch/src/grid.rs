@@ -165,25 +165,29 @@ pub async fn unit(conn: &mut AnyConnection, id: &str) -> Result<Option<UnitRow>,
     .await
 }
 
+/// Unit `id` and its ancestors up to its district, nearest first, from the
+/// copy of the tree; empty for a unit the copy does not know.
+pub async fn chain(conn: &mut AnyConnection, id: &str) -> Result<Vec<UnitRow>, sqlx::Error> {
+    let mut chain: Vec<UnitRow> = Vec::new();
+    let mut at = id.to_string();
+    // District > street > community > grid > micro-grid: a few hops; a
+    // chain longer than any tree is one that loops, and ends there.
+    while chain.len() < 16 {
+        let Some(u) = unit(&mut *conn, &at).await? else { break };
+        at = u.parent_id.clone();
+        chain.push(u);
+        if at.is_empty() || chain.iter().any(|c| c.unit_id == at) {
+            break;
+        }
+    }
+    Ok(chain)
+}
+
 /// The district unit `id` lies in (itself, for a district), by its parents in
 /// the copy of the tree; none if the chain breaks off.
 pub async fn district_of(conn: &mut AnyConnection, id: &str) -> Result<Option<String>, sqlx::Error> {
-    let mut at = id.to_string();
-    // District > street > community > grid > micro-grid: a few hops; a
-    // chain longer than any tree is one that loops.
-    for _ in 0..16 {
-        let Some(u) = unit(&mut *conn, &at).await? else {
-            return Ok(None);
-        };
-        if u.kind == i64::from(gridwork_proto::gridwork::grid::v1::UnitKind::District as i32) {
-            return Ok(Some(u.unit_id));
-        }
-        if u.parent_id.is_empty() {
-            return Ok(None);
-        }
-        at = u.parent_id;
-    }
-    Ok(None)
+    let district = i64::from(gridwork_proto::gridwork::grid::v1::UnitKind::District as i32);
+    Ok(chain(conn, id).await?.into_iter().find(|u| u.kind == district).map(|u| u.unit_id))
 }
 
 #[cfg(test)]

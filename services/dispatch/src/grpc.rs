@@ -1,11 +1,12 @@
 //! proto ⇄ domain for dispatch, with field-named errors.
 
+use gridwork_auth::Target;
 use gridwork_eventstore::{CommandKey, CommitOutcome};
 use gridwork_proto::gridwork::dispatch::v1 as pb;
 use gridwork_proto::gridwork::dispatch::v1::dispatch_service_server::DispatchService;
 use gridwork_proto::gridwork::dispatch::v1::rulebook_service_server::RulebookService;
 use gridwork_runtime::Violations;
-use gridwork_runtime::request::{principal, read_wait};
+use gridwork_runtime::request::{access, principal, read_wait};
 use tonic::{Request, Response, Status};
 
 use crate::app::Dispatch;
@@ -202,9 +203,11 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::RecordSummonsProgressRequest>,
     ) -> Result<Response<pb::RecordSummonsProgressResponse>, Status> {
-        let who = principal(&request);
+        let access = access(&request)?;
+        let who = access.subject().to_string();
         let r = request.into_inner();
         let step = SummonsStep::parse(&r, &r.command_id, &r.case_id, &r.department, &r.notes)?;
+        access.require(&[Target::Department(&step.department)])?;
         let outcome = self
             .dispatch
             .act(&step.case_id, step.command_id, who, |c| CaseCommand::SummonsProgress {
@@ -220,9 +223,11 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::CompleteSummonsRequest>,
     ) -> Result<Response<pb::CompleteSummonsResponse>, Status> {
-        let who = principal(&request);
+        let access = access(&request)?;
+        let who = access.subject().to_string();
         let r = request.into_inner();
         let step = SummonsStep::parse(&r, &r.command_id, &r.case_id, &r.department, &r.notes)?;
+        access.require(&[Target::Department(&step.department)])?;
         let outcome = self
             .dispatch
             .act(&step.case_id, step.command_id, who, |c| CaseCommand::CompleteSummons {
@@ -238,7 +243,8 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::ReleaseSummonsRequest>,
     ) -> Result<Response<pb::ReleaseSummonsResponse>, Status> {
-        let who = principal(&request);
+        let access = access(&request)?;
+        let who = access.subject().to_string();
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -247,6 +253,7 @@ impl DispatchService for DispatchGrpc {
         let department = v.id("department", &r.department);
         let reason = v.text("reason", &r.reason, 1, 500);
         v.finish()?;
+        self.dispatch.authorise_as(&access, &by).await?;
         let outcome = self
             .dispatch
             .act(&id, command_id, who, |c| CaseCommand::ReleaseSummons {
@@ -263,13 +270,15 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::AcknowledgeCaseRequest>,
     ) -> Result<Response<pb::AcknowledgeCaseResponse>, Status> {
-        let who = principal(&request);
+        let access = access(&request)?;
+        let who = access.subject().to_string();
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("case_id", &r.case_id);
         let by = owner(&mut v, "acting_as", r.acting_as.as_ref());
         v.finish()?;
+        self.dispatch.authorise_as(&access, &by).await?;
         let outcome = self
             .dispatch
             .act(&id, command_id, who, |c| CaseCommand::Acknowledge { by, now_unix_ms: c.now_unix_ms })
@@ -281,7 +290,8 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::RecordProgressRequest>,
     ) -> Result<Response<pb::RecordProgressResponse>, Status> {
-        let who = principal(&request);
+        let access = access(&request)?;
+        let who = access.subject().to_string();
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -289,6 +299,7 @@ impl DispatchService for DispatchGrpc {
         let by = owner(&mut v, "acting_as", r.acting_as.as_ref());
         let notes = v.text("notes", &r.notes, 1, 2000);
         v.finish()?;
+        self.dispatch.authorise_as(&access, &by).await?;
         let outcome = self
             .dispatch
             .act(&id, command_id, who, |c| CaseCommand::RecordProgress { by, notes, now_unix_ms: c.now_unix_ms })
@@ -300,7 +311,8 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::HandBackCaseRequest>,
     ) -> Result<Response<pb::HandBackCaseResponse>, Status> {
-        let who = principal(&request);
+        let access = access(&request)?;
+        let who = access.subject().to_string();
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -308,6 +320,7 @@ impl DispatchService for DispatchGrpc {
         let by = owner(&mut v, "acting_as", r.acting_as.as_ref());
         let reason = v.text("reason", &r.reason, 1, 500);
         v.finish()?;
+        self.dispatch.authorise_as(&access, &by).await?;
         let outcome =
             self.dispatch.act(&id, command_id, who, |clock| CaseCommand::HandBack { by, reason, clock }).await?;
         Ok(Response::new(pb::HandBackCaseResponse { position: position(&outcome) }))
@@ -317,7 +330,7 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::AssignCaseRequest>,
     ) -> Result<Response<pb::AssignCaseResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -347,7 +360,7 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::MergeCaseRequest>,
     ) -> Result<Response<pb::MergeCaseResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -363,7 +376,8 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::BlowWhistleRequest>,
     ) -> Result<Response<pb::BlowWhistleResponse>, Status> {
-        let who = principal(&request);
+        let access = access(&request)?;
+        let who = access.subject().to_string();
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -379,6 +393,7 @@ impl DispatchService for DispatchGrpc {
             }
         }
         v.finish()?;
+        self.dispatch.authorise_as(&access, &by).await?;
         self.dispatch
             .check_departments(r.departments.iter().enumerate().map(|(i, d)| (format!("departments[{i}]"), d.as_str())))
             .await?;
@@ -402,13 +417,15 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::ReportForDutyRequest>,
     ) -> Result<Response<pb::ReportForDutyResponse>, Status> {
-        let who = principal(&request);
+        let access = access(&request)?;
+        let who = access.subject().to_string();
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
         let id = v.id("case_id", &r.case_id);
         let department = v.id("department", &r.department);
         v.finish()?;
+        access.require(&[Target::Department(&department)])?;
         let outcome = self
             .dispatch
             .act(&id, command_id, who, |c| CaseCommand::ReportForDuty { department, now_unix_ms: c.now_unix_ms })
@@ -420,7 +437,8 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::ResolveCaseRequest>,
     ) -> Result<Response<pb::ResolveCaseResponse>, Status> {
-        let who = principal(&request);
+        let access = access(&request)?;
+        let who = access.subject().to_string();
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -428,6 +446,7 @@ impl DispatchService for DispatchGrpc {
         let by = owner(&mut v, "acting_as", r.acting_as.as_ref());
         let notes = v.text("notes", &r.notes, 1, 2000);
         v.finish()?;
+        self.dispatch.authorise_as(&access, &by).await?;
         let outcome =
             self.dispatch.act(&id, command_id, who, |clock| CaseCommand::Resolve { by, notes, clock }).await?;
         Ok(Response::new(pb::ResolveCaseResponse { position: position(&outcome) }))
@@ -437,7 +456,7 @@ impl DispatchService for DispatchGrpc {
         &self,
         request: Request<pb::VerifyCaseRequest>,
     ) -> Result<Response<pb::VerifyCaseResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -500,7 +519,7 @@ impl RulebookService for RulebookGrpc {
         &self,
         request: Request<pb::PublishRulebookRequest>,
     ) -> Result<Response<pb::PublishRulebookResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -538,7 +557,7 @@ impl RulebookService for RulebookGrpc {
         &self,
         request: Request<pb::PublishCalendarYearRequest>,
     ) -> Result<Response<pb::PublishCalendarYearResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);

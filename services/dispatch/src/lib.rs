@@ -28,7 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gridwork_eventstore::projection::{ProjectionRunner, RunnerConfig};
-use gridwork_eventstore::{Aggregate as _, Repository, RepositoryOptions, StreamSpec, ensure_stream};
+use gridwork_eventstore::{
+    Aggregate as _, Repository, RepositoryOptions, StreamSpec, ensure_read_stream, ensure_stream,
+};
 use gridwork_proto::gridwork::dispatch::v1::dispatch_service_server::{DispatchServiceServer, SERVICE_NAME};
 use gridwork_proto::gridwork::dispatch::v1::rulebook_service_server::{
     RulebookServiceServer, SERVICE_NAME as RULEBOOK_SERVICE_NAME,
@@ -133,8 +135,8 @@ impl App {
         let intake = StreamSpec::events("intake", common.stream_replicas);
         let grid = StreamSpec::events("grid", common.stream_replicas);
         ensure_stream(&runtime.nats, &runtime.js, &spec).await?;
-        ensure_stream(&runtime.nats, &runtime.js, &intake).await?;
-        ensure_stream(&runtime.nats, &runtime.js, &grid).await?;
+        ensure_read_stream(&runtime.nats, &runtime.js, &intake).await?;
+        ensure_read_stream(&runtime.nats, &runtime.js, &grid).await?;
         let cases = Repository::<Case>::new(
             runtime.js.clone(),
             &spec.name,
@@ -208,8 +210,14 @@ impl App {
     }
 
     fn routes(&self) -> tonic::service::Routes {
-        tonic::service::Routes::new(DispatchServiceServer::new(grpc::DispatchGrpc::new(self.dispatch.clone())))
-            .add_service(RulebookServiceServer::new(grpc::RulebookGrpc::new(self.dispatch.clone())))
+        tonic::service::Routes::new(
+            DispatchServiceServer::new(grpc::DispatchGrpc::new(self.dispatch.clone()))
+                .max_decoding_message_size(self.runtime.max_request_bytes()),
+        )
+        .add_service(
+            RulebookServiceServer::new(grpc::RulebookGrpc::new(self.dispatch.clone()))
+                .max_decoding_message_size(self.runtime.max_request_bytes()),
+        )
     }
 
     /// Serve until SIGTERM / Ctrl-C.

@@ -275,19 +275,42 @@ impl Registry {
         self.execute(&aggregate, command, self.meta(command_id, principal)).await
     }
 
-    /// A command on the unit itself; `build` receives the unit's kind and today.
+    /// A command on the unit itself, by a caller whose grants reach it (a
+    /// street or community keeps the staff of its own subtree); `build`
+    /// receives the unit's kind and today.
     pub async fn on_unit(
         &self,
         unit_id: &str,
         command_id: CommandKey,
-        principal: String,
+        access: &gridwork_auth::Access,
         build: impl FnOnce(Kind, Date) -> UnitCommand,
     ) -> Result<(CommitOutcome<UnitEvent>, Kind), ServiceError> {
         self.sync().await?;
         let row = self.existing(unit_id).await?;
+        self.authorise(access, unit_id).await?;
         let kind = row.kind();
         let command = build(kind, self.today());
-        Ok((self.execute(unit_id, command, self.meta(command_id, principal)).await?, kind))
+        Ok((self.execute(unit_id, command, self.meta(command_id, access.subject().to_string())).await?, kind))
+    }
+
+    /// Whether the caller's grants reach unit `unit_id`: a city-wide grant
+    /// does; a unit grant does for the unit and everything under it, by the
+    /// registry's own tree. `PERMISSION_DENIED` naming the permission if not.
+    pub async fn authorise(&self, access: &gridwork_auth::Access, unit_id: &str) -> Result<(), ServiceError> {
+        if access.unrestricted() {
+            return Ok(());
+        }
+        self.refresh_index().await?;
+        let chain: Vec<(String, gridwork_auth::Level)> = {
+            let index = self.index.read().map_err(|_| ServiceError::Internal("locate index poisoned".into()))?;
+            index
+                .path_to(unit_id)
+                .into_iter()
+                .rev()
+                .map(|u| (u.id.clone(), gridwork_auth::Level::of_unit_kind(u.kind.to_proto() as i32)))
+                .collect()
+        };
+        Ok(access.require(&[gridwork_auth::Target::Place(&chain)])?)
     }
 
     /// One unit row.

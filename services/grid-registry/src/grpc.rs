@@ -4,7 +4,7 @@
 use gridwork_eventstore::CommitOutcome;
 use gridwork_proto::gridwork::grid::v1 as pb;
 use gridwork_proto::gridwork::grid::v1::grid_registry_service_server::GridRegistryService;
-use gridwork_runtime::request::{principal, read_wait};
+use gridwork_runtime::request::{access, principal, read_wait};
 use gridwork_runtime::{ServiceError, Violations};
 use time::Date;
 use tonic::{Request, Response, Status};
@@ -107,7 +107,7 @@ impl GridRegistryService for RegistryGrpc {
         &self,
         request: Request<pb::RegisterUnitRequest>,
     ) -> Result<Response<pb::RegisterUnitResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -142,7 +142,7 @@ impl GridRegistryService for RegistryGrpc {
         &self,
         request: Request<pb::RedrawBoundaryRequest>,
     ) -> Result<Response<pb::RedrawBoundaryResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -157,7 +157,7 @@ impl GridRegistryService for RegistryGrpc {
         &self,
         request: Request<pb::SetHouseholdsRequest>,
     ) -> Result<Response<pb::SetHouseholdsResponse>, Status> {
-        let who = principal(&request);
+        let access = access(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -169,7 +169,7 @@ impl GridRegistryService for RegistryGrpc {
         let households = r.households;
         let (outcome, kind) = self
             .registry
-            .on_unit(&unit_id, command_id, who, |_, _| UnitCommand::CountHouseholds { households })
+            .on_unit(&unit_id, command_id, &access, |_, _| UnitCommand::CountHouseholds { households })
             .await?;
         Ok(Response::new(pb::SetHouseholdsResponse {
             position: position(&outcome),
@@ -181,7 +181,7 @@ impl GridRegistryService for RegistryGrpc {
         &self,
         request: Request<pb::AppointHeadRequest>,
     ) -> Result<Response<pb::AppointHeadResponse>, Status> {
-        let who = principal(&request);
+        let access = access(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -194,7 +194,7 @@ impl GridRegistryService for RegistryGrpc {
         let (certificate, expires_on) = v.finish_with(certificate, "certificate")?;
         let (outcome, _) = self
             .registry
-            .on_unit(&unit_id, command_id, who, |kind, today| UnitCommand::AppointHead {
+            .on_unit(&unit_id, command_id, &access, |kind, today| UnitCommand::AppointHead {
                 kind,
                 head: pb::Head { person_id, name, certificate: Some(certificate), appointed_on: today.to_string() },
                 expires_on,
@@ -209,7 +209,7 @@ impl GridRegistryService for RegistryGrpc {
         &self,
         request: Request<pb::RenewHeadCertificateRequest>,
     ) -> Result<Response<pb::RenewHeadCertificateResponse>, Status> {
-        let who = principal(&request);
+        let access = access(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -219,7 +219,7 @@ impl GridRegistryService for RegistryGrpc {
         let (certificate, expires_on) = v.finish_with(certificate, "certificate")?;
         let (outcome, _) = self
             .registry
-            .on_unit(&unit_id, command_id, who, |_, today| UnitCommand::RenewHeadCertificate {
+            .on_unit(&unit_id, command_id, &access, |_, today| UnitCommand::RenewHeadCertificate {
                 person_id,
                 certificate,
                 expires_on,
@@ -233,7 +233,7 @@ impl GridRegistryService for RegistryGrpc {
         &self,
         request: Request<pb::VacateHeadRequest>,
     ) -> Result<Response<pb::VacateHeadResponse>, Status> {
-        let who = principal(&request);
+        let access = access(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -254,7 +254,7 @@ impl GridRegistryService for RegistryGrpc {
         let departure = v.finish_with(departure, "departure")?;
         let (outcome, _) = self
             .registry
-            .on_unit(&unit_id, command_id, who, |_, today| UnitCommand::VacateHead {
+            .on_unit(&unit_id, command_id, &access, |_, today| UnitCommand::VacateHead {
                 person_id,
                 departure,
                 note,
@@ -351,7 +351,7 @@ impl GridRegistryService for RegistryGrpc {
         &self,
         request: Request<pb::AddWorkerRequest>,
     ) -> Result<Response<pb::AddWorkerResponse>, Status> {
-        let who = principal(&request);
+        let access = access(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -365,7 +365,7 @@ impl GridRegistryService for RegistryGrpc {
         let role = r.role;
         let (outcome, _) = self
             .registry
-            .on_unit(&unit_id, command_id, who, |kind, today| UnitCommand::AddWorker {
+            .on_unit(&unit_id, command_id, &access, |kind, today| UnitCommand::AddWorker {
                 kind,
                 worker: pb::Worker { person_id, name, role, joined_on: today.to_string(), ..Default::default() },
             })
@@ -377,7 +377,7 @@ impl GridRegistryService for RegistryGrpc {
         &self,
         request: Request<pb::DismissWorkerRequest>,
     ) -> Result<Response<pb::DismissWorkerResponse>, Status> {
-        let who = principal(&request);
+        let access = access(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -387,7 +387,7 @@ impl GridRegistryService for RegistryGrpc {
         v.finish()?;
         let (outcome, _) = self
             .registry
-            .on_unit(&unit_id, command_id, who, |_, today| UnitCommand::DismissWorker { person_id, reason, today })
+            .on_unit(&unit_id, command_id, &access, |_, today| UnitCommand::DismissWorker { person_id, reason, today })
             .await?;
         Ok(Response::new(pb::DismissWorkerResponse { position: position(&outcome) }))
     }
@@ -396,7 +396,7 @@ impl GridRegistryService for RegistryGrpc {
         &self,
         request: Request<pb::SetPartyBranchRequest>,
     ) -> Result<Response<pb::SetPartyBranchResponse>, Status> {
-        let who = principal(&request);
+        let access = access(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -411,7 +411,7 @@ impl GridRegistryService for RegistryGrpc {
         let branch = pb::PartyBranch { name, kind: r.kind, secretary };
         let (outcome, _) = self
             .registry
-            .on_unit(&unit_id, command_id, who, |kind, _| UnitCommand::SetPartyBranch { kind, branch })
+            .on_unit(&unit_id, command_id, &access, |kind, _| UnitCommand::SetPartyBranch { kind, branch })
             .await?;
         Ok(Response::new(pb::SetPartyBranchResponse { position: position(&outcome) }))
     }

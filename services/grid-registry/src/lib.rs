@@ -88,7 +88,10 @@ impl App {
     }
 
     fn routes(&self) -> tonic::service::Routes {
-        tonic::service::Routes::new(GridRegistryServiceServer::new(grpc::RegistryGrpc::new(self.registry.clone())))
+        tonic::service::Routes::new(
+            GridRegistryServiceServer::new(grpc::RegistryGrpc::new(self.registry.clone()))
+                .max_decoding_message_size(self.runtime.max_request_bytes()),
+        )
     }
 
     /// Serve until SIGTERM / Ctrl-C.

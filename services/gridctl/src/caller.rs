@@ -55,11 +55,40 @@ impl Interceptor for Caller {
     }
 }
 
+static TLS: OnceLock<tonic::transport::ClientTlsConfig> = OnceLock::new();
+
+/// Call over TLS, trusting `ca`, presenting `identity` (certificate, key)
+/// to services that require one (mTLS).
+pub fn set_tls(ca: Option<&Path>, identity: Option<(&Path, &Path)>) -> anyhow::Result<()> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    if ca.is_none() && identity.is_none() {
+        return Ok(());
+    }
+    anyhow::ensure!(ca.is_some(), "--tls-cert needs --tls-ca: the CA that signed the services' certificates");
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = ca {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    let _ = TLS.set(tls);
+    Ok(())
+}
+
 /// Connect to `endpoint` (`what` names the service in errors).
 pub async fn connect(endpoint: &str, what: &str) -> anyhow::Result<Conn> {
-    let channel = Channel::from_shared(endpoint.to_string())?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {what} at {endpoint}"))?;
+    let mut target = Channel::from_shared(endpoint.to_string())?;
+    if let Some(tls) = TLS.get() {
+        // tonic speaks TLS only to https:// endpoints: an http:// one would
+        // carry the bearer token in the clear.
+        anyhow::ensure!(
+            endpoint.starts_with("https://"),
+            "{what} at {endpoint}: with --tls-ca the endpoint must be https:// (set --registry, --intake, --dispatch)"
+        );
+        target = target.tls_config(tls.clone()).context("TLS settings")?;
+    }
+    let channel = target.connect().await.with_context(|| format!("connecting to {what} at {endpoint}"))?;
     Ok(InterceptedService::new(channel, CALLER.get().cloned().unwrap_or_default()))
 }

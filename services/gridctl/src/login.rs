@@ -10,12 +10,20 @@ use gridwork_auth::{Grant, TokenSpec};
 /// Mint a token for `subject` holding `grants` for `hours`; save it under
 /// `var` (owner-readable only) unless `print` asks for it on stdout instead.
 pub fn run(var: &Path, subject: &str, grants: &[String], hours: u64, print: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=24).contains(&hours),
+        "--hours must be 1 to 24: the services refuse tokens valid for longer (JWT_MAX_LIFETIME_HOURS, 24 by default)"
+    );
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     if hours == 0 || hours > 24 * 7 {
         anyhow::bail!("--hours: a development token lasts 1 to 168 hours, not {hours}");
     }
-    let grants = grants.iter().map(|g| g.parse::<Grant>()).collect::<Result<Vec<_>, _>>().context("--as")?;
+    let grants = grants
+        .iter()
+        .map(|g| g.parse::<Grant>().and_then(|g| gridwork_auth::scope::check_grant(&g).map(|()| g)))
+        .collect::<Result<Vec<_>, _>>()
+        .context("--as")?;
     let spec = TokenSpec {
         subject: subject.to_string(),
         grants,

@@ -83,6 +83,16 @@ struct Cli {
     /// under --var).
     #[arg(long, env = "GRIDWORK_TOKEN", default_value = "", hide_env_values = true, global = true)]
     token: String,
+    /// PEM CA that signed the services' certificates: call over TLS
+    /// (`https://` endpoints).
+    #[arg(long, env = "GRIDCTL_TLS_CA", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for services that require one (mTLS).
+    #[arg(long, env = "GRIDCTL_TLS_CERT", requires = "tls_key", global = true)]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM key of the client certificate.
+    #[arg(long, env = "GRIDCTL_TLS_KEY", requires = "tls_cert", global = true)]
+    tls_key: Option<std::path::PathBuf>,
     /// The development state directory: `make run`'s signing key and the
     /// token `gridctl login` saves.
     #[arg(long, env = "GRIDWORK_VAR", default_value = "var", global = true)]
@@ -110,6 +120,17 @@ enum Command {
         /// Print the token instead of saving it (`GRIDWORK_TOKEN=$(…)`).
         #[arg(long)]
         print: bool,
+    },
+    /// Write NATS users for a server that names them by nkey: a seed per
+    /// service, partner bureau and the operator (made once, kept after), and
+    /// `users.conf` binding each to its subject permissions (`nats-server -c`).
+    NatsUsers {
+        /// Where: `<user>.nk` (owner-only), `permissions.conf`, `users.conf`.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// The permissions of each user.
+        #[arg(long, default_value = "deploy/nats/permissions.conf")]
+        permissions: std::path::PathBuf,
     },
     /// Register the demo district (7 streets, 35 communities, 700 grids, 4,200
     /// micro-grids) with households, certified heads, workers and party branches.
@@ -669,10 +690,16 @@ pub fn command_id(parts: &[&str]) -> String {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _ = OUTPUT.set(cli.output);
+    if let Command::NatsUsers { dir, permissions } = &cli.command {
+        let users = gridwork_auth::nats_users::write_users(dir, permissions)?;
+        println!("{}", users.config().display());
+        return Ok(());
+    }
     if let Command::Login { grants, subject, hours, print } = &cli.command {
         return login::run(&cli.var, subject, grants, *hours, *print);
     }
     caller::set(&cli.token, &cli.var)?;
+    caller::set_tls(cli.tls_ca.as_deref(), cli.tls_cert.as_deref().zip(cli.tls_key.as_deref()))?;
     let result = match cli.command {
         Command::Incidents(c) => incidents::run(&cli.intake, c).await?,
         Command::Cases(c) => cases::run(&cli.dispatch, c).await?,

@@ -37,7 +37,19 @@ pub async fn seed_demo(registry: Registry) -> Result<(), tonic::Status> {
                 let _permit = permits.acquire_owned().await.map_err(|_| tonic::Status::cancelled("stopped"))?;
                 let mut n = 0usize;
                 for u in group {
-                    seed_unit(&mut client, &u, today).await?;
+                    // Every write's command id is the unit's own, so a unit
+                    // seeded again after a refusal writes nothing twice.
+                    let mut waited = std::time::Duration::ZERO;
+                    loop {
+                        match seed_unit(&mut client, &u, today).await {
+                            Err(s) if s.code() == tonic::Code::ResourceExhausted && waited < MAX_BACKOFF => {
+                                let wait = retry_after(&s);
+                                waited += wait;
+                                tokio::time::sleep(wait).await;
+                            }
+                            other => break other?,
+                        }
+                    }
                     n += 1;
                 }
                 Ok::<usize, tonic::Status>(n)
@@ -60,6 +72,21 @@ fn tolerate_existing(r: Result<(), tonic::Status>) -> Result<(), tonic::Status> 
         Err(s) if s.code() == tonic::Code::FailedPrecondition && s.message().contains("already") => Ok(()),
         other => other,
     }
+}
+
+/// The longest the seed waits, in all, on a unit the registry's write rate
+/// holds back (the caller's `WRITE_RATE_PER_SECOND`).
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How long a RESOURCE_EXHAUSTED asks the caller to wait (its RetryInfo), 1 s
+/// if it does not say.
+fn retry_after(status: &tonic::Status) -> std::time::Duration {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .unwrap_or(std::time::Duration::from_secs(1))
+        .clamp(std::time::Duration::from_millis(10), std::time::Duration::from_secs(30))
 }
 
 async fn seed_unit(client: &mut Registry, u: &DemoUnit, today: Date) -> Result<(), tonic::Status> {

@@ -365,6 +365,7 @@ pub async fn run(endpoint: &str, command: Command) -> anyhow::Result<Result<(), 
             }
         }
         Command::Login { .. }
+        | Command::NatsUsers { .. }
         | Command::Incidents(_)
         | Command::Cases(_)
         | Command::Rules(_)

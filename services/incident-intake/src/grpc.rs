@@ -1,11 +1,12 @@
 //! proto ⇄ domain for intake: every request parsed here, every invalid field
 //! named in one `INVALID_ARGUMENT`.
 
+use gridwork_auth::Target;
 use gridwork_eventstore::CommitOutcome;
 use gridwork_proto::gridwork::intake::v1 as pb;
 use gridwork_proto::gridwork::intake::v1::intake_service_server::IntakeService;
 use gridwork_runtime::Violations;
-use gridwork_runtime::request::{principal, read_wait};
+use gridwork_runtime::request::{access, principal, read_wait};
 use tonic::{Request, Response, Status};
 
 use crate::app::{IncidentFilter, Intake, Location, Reclassification, ReportInput};
@@ -30,13 +31,29 @@ fn position<E>(outcome: &CommitOutcome<E>) -> Option<pb::CommitPosition> {
     Some(pb::CommitPosition { sequence: outcome.sequence, replayed: outcome.replayed })
 }
 
+/// What a reporter reading its own report (a rider, a partner system) may
+/// see of it: what it reported and where it stands, not who on the staff did
+/// what (names sit in the history's summaries too), nor the other reporters'
+/// accounts and reports.
+fn own_view(incident: &mut pb::Incident, subject: &str) {
+    incident.claimed_by.clear();
+    incident.linked_accounts.clear();
+    incident.linked_reports.clear();
+    for h in &mut incident.history {
+        if h.principal != subject {
+            h.principal.clear();
+            h.summary = h.event_type.replace('_', " ");
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl IntakeService for IntakeGrpc {
     async fn publish_catalogue(
         &self,
         request: Request<pb::PublishCatalogueRequest>,
     ) -> Result<Response<pb::PublishCatalogueResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -60,7 +77,7 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<pb::ReportIncidentRequest>,
     ) -> Result<Response<pb::ReportIncidentResponse>, Status> {
-        let who = principal(&request);
+        let access = access(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -103,9 +120,35 @@ impl IntakeService for IntakeGrpc {
             v.add("reporter_id", "must be at most 128 characters");
         }
         let device = channel::device(&mut v, source, r.device);
+        // The channel is the caller's own (a rider reports as a rider, the
+        // hotline as the hotline); triage and dispatch may file for any.
+        if source != pb::Source::Unspecified && !channel::allowed(&access, source) {
+            return Err(Status::permission_denied(format!(
+                "source: reporting through {} is not among the caller's roles' channels (intake.report)",
+                source.as_str_name().trim_start_matches("SOURCE_").to_lowercase()
+            )));
+        }
+        if r.urgency != 0 && access.only_own() {
+            return Err(Status::permission_denied(
+                "urgency: a rider or partner system reports what it saw; triage sets the urgency (intake.report)",
+            ));
+        }
         let partner_reference = channel::partner_reference(&mut v, r.partner_reference);
         let media = channel::media(&mut v, r.media);
         let location = v.finish_with(location, "location")?;
+        if let Some(reference) = &partner_reference
+            && (!access.principal.has_role(gridwork_auth::policy::roles::PARTNER_SYSTEM)
+                || reference.system != access.subject())
+        {
+            // A reference names the incident (its feed's retries land on it):
+            // only the system itself, calling as itself, may send one.
+            return Err(Status::permission_denied(format!(
+                "partner_reference.system: a partner reference is sent only by that partner system, calling as \
+                 itself with the role {} (subject {:?})",
+                gridwork_auth::policy::roles::PARTNER_SYSTEM,
+                reference.system.chars().take(32).collect::<String>()
+            )));
+        }
         let input = ReportInput {
             source,
             category_code: r.category_code,
@@ -120,7 +163,7 @@ impl IntakeService for IntakeGrpc {
             partner_reference,
             media,
         };
-        let reported = self.intake.report(input, command_id, who).await?;
+        let reported = self.intake.report(input, command_id, access).await?;
         Ok(Response::new(pb::ReportIncidentResponse {
             incident_id: reported.incident_id,
             position: position(&reported.outcome),
@@ -136,7 +179,7 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<pb::ClaimIncidentRequest>,
     ) -> Result<Response<pb::ClaimIncidentResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let may_break = gridwork_runtime::request::caller(&request)
             .is_some_and(|p| gridwork_auth::policy::INTAKE_BREAK_CLAIM.held_by(p));
         let r = request.into_inner();
@@ -172,7 +215,7 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<pb::AcceptIncidentRequest>,
     ) -> Result<Response<pb::AcceptIncidentResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -189,7 +232,7 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<pb::RejectIncidentRequest>,
     ) -> Result<Response<pb::RejectIncidentResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -216,7 +259,7 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<pb::ReclassifyIncidentRequest>,
     ) -> Result<Response<pb::ReclassifyIncidentResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -237,7 +280,7 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<pb::RelocateIncidentRequest>,
     ) -> Result<Response<pb::RelocateIncidentResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -267,7 +310,7 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<pb::ReassessPriorityRequest>,
     ) -> Result<Response<pb::ReassessPriorityResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -294,7 +337,7 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<pb::TransferIncidentRequest>,
     ) -> Result<Response<pb::TransferIncidentResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -318,7 +361,7 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<pb::WithdrawTransferRequest>,
     ) -> Result<Response<pb::WithdrawTransferResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -340,7 +383,7 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<pb::AnswerTransferRequest>,
     ) -> Result<Response<pb::AnswerTransferResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -366,7 +409,7 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<pb::MarkDuplicateRequest>,
     ) -> Result<Response<pb::MarkDuplicateResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -393,11 +436,21 @@ impl IntakeService for IntakeGrpc {
         request: Request<pb::GetIncidentRequest>,
     ) -> Result<Response<pb::GetIncidentResponse>, Status> {
         let wait = read_wait(&request);
+        let access = access(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let id = v.id("incident_id", &r.incident_id);
         v.finish()?;
         self.intake.wait(r.min_position, wait).await?;
+        if access.only_own() {
+            // A rider or partner system reads its own reports, and of them
+            // not the other reporters' accounts nor the staff's names.
+            let reporter = self.intake.reporter_of(&id).await?.unwrap_or_default();
+            access.require(&[Target::MadeBy(&reporter)])?;
+            let mut incident = self.intake.get(&id).await?;
+            own_view(&mut incident, access.subject());
+            return Ok(Response::new(pb::GetIncidentResponse { incident: Some(incident) }));
+        }
         Ok(Response::new(pb::GetIncidentResponse { incident: Some(self.intake.get(&id).await?) }))
     }
 
@@ -406,6 +459,9 @@ impl IntakeService for IntakeGrpc {
         request: Request<pb::ListIncidentsRequest>,
     ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
         let wait = read_wait(&request);
+        let access = access(&request)?;
+        // A rider or partner system lists only what it reported.
+        let reported_by = if access.only_own() { access.subject().to_string() } else { String::new() };
         let r = request.into_inner();
         let mut v = Violations::default();
         if !r.unit_id.is_empty() {
@@ -425,7 +481,7 @@ impl IntakeService for IntakeGrpc {
         let status_filter = r.status.to_string();
         let scope = gridwork_runtime::page::scope(
             LIST_INCIDENTS,
-            &[&r.unit_id, &status_filter, &r.category_code, &r.transfer_to],
+            &[&r.unit_id, &status_filter, &r.category_code, &r.transfer_to, &reported_by],
         );
         let after_key = gridwork_runtime::page::decode_scoped(&mut v, &r.page_token, &scope, 2)
             .map(|k| (gridwork_runtime::page::number(&mut v, &k[0]), k[1].clone()));
@@ -440,8 +496,12 @@ impl IntakeService for IntakeGrpc {
             limit: limit + 1,
             only_id: None,
             after: after_key.as_ref().map(|(at, id)| (*at, id.as_str())),
+            reported_by: &reported_by,
         };
         let mut incidents = self.intake.list(filter).await?;
+        if access.only_own() {
+            incidents.iter_mut().for_each(|i| own_view(i, access.subject()));
+        }
         let next_page_token = match incidents.len() > limit as usize {
             true => {
                 incidents.truncate(limit as usize);
@@ -457,7 +517,7 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<pb::EraseReporterContactRequest>,
     ) -> Result<Response<pb::EraseReporterContactResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -475,7 +535,7 @@ impl IntakeService for IntakeGrpc {
         &self,
         request: Request<pb::ReadReporterContactRequest>,
     ) -> Result<Response<pb::ReadReporterContactResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -513,6 +573,22 @@ mod channel {
             v.add("device.confidence", "must be between 0 and 1");
         }
         Some(d)
+    }
+
+    /// Whether `source` is a channel of one of the caller's roles that may
+    /// report.
+    pub fn allowed(access: &gridwork_auth::Access, source: pb::Source) -> bool {
+        use gridwork_auth::policy::roles::*;
+        use pb::Source as S;
+        access.grants().any(|g| match g.role.as_str() {
+            TRIAGE | TRIAGE_LEAD | DISPATCHER => true,
+            GRID_WORKER | GRID_HEAD | COMMUNITY | STREET => matches!(source, S::GridWorker | S::Resident),
+            HOTLINE => matches!(source, S::Hotline | S::Resident),
+            RIDER => source == S::RiderInformant,
+            // A 12345 platform's feed files hotline tickets.
+            PARTNER_SYSTEM => matches!(source, S::Camera | S::PartnerBureau | S::Hotline),
+            _ => false,
+        })
     }
 
     /// A partner's reference: a system code and its own id.

@@ -30,7 +30,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gridwork_eventstore::projection::{ProjectionRunner, RunnerConfig};
-use gridwork_eventstore::{Aggregate as _, Repository, RepositoryOptions, StreamSpec, ensure_stream};
+use gridwork_eventstore::{
+    Aggregate as _, Repository, RepositoryOptions, StreamSpec, ensure_read_stream, ensure_stream,
+};
 use gridwork_proto::gridwork::intake::v1::intake_service_server::{IntakeServiceServer, SERVICE_NAME};
 use gridwork_runtime::clock::Clock;
 use gridwork_runtime::{CommonConfig, Runtime, ServerHandle};
@@ -126,8 +128,8 @@ impl App {
         let grid = StreamSpec::events("grid", common.stream_replicas);
         let dispatch = StreamSpec::events("dispatch", common.stream_replicas);
         ensure_stream(&runtime.nats, &runtime.js, &spec).await?;
-        ensure_stream(&runtime.nats, &runtime.js, &grid).await?;
-        ensure_stream(&runtime.nats, &runtime.js, &dispatch).await?;
+        ensure_read_stream(&runtime.nats, &runtime.js, &grid).await?;
+        ensure_read_stream(&runtime.nats, &runtime.js, &dispatch).await?;
         let options = RepositoryOptions::default;
         let bucket = spec.snapshot_bucket();
         let index = runtime.command_index(&spec.name).await?;
@@ -244,7 +246,10 @@ impl App {
     }
 
     fn routes(&self) -> tonic::service::Routes {
-        tonic::service::Routes::new(IntakeServiceServer::new(grpc::IntakeGrpc::new(self.intake.clone())))
+        tonic::service::Routes::new(
+            IntakeServiceServer::new(grpc::IntakeGrpc::new(self.intake.clone()))
+                .max_decoding_message_size(self.runtime.max_request_bytes()),
+        )
     }
 
     /// Serve until SIGTERM / Ctrl-C.

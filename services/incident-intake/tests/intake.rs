@@ -664,10 +664,13 @@ async fn channel_data_is_checked_kept_and_a_partner_feeds_retries_make_one_incid
         partner_reference: Some(pb::PartnerReference { system: "12345".into(), reference: "T-20260301-0042".into() }),
         ..Default::default()
     };
+    // The 12345 feed calls as itself: a partner reference is a partner
+    // system's own, sent under its own name.
+    let feed = |r| gridwork_testkit::auth::as_caller(tonic::Request::new(r), "12345", &["partner-system"]);
     let mut sends = Vec::new();
     for _ in 0..6 {
         let mut client = c.clone();
-        sends.push(tokio::spawn(async move { client.report_incident(ticket(uuid())).await }));
+        sends.push(tokio::spawn(async move { client.report_incident(feed(ticket(uuid()))).await }));
     }
     let mut answers = Vec::new();
     for send in sends {
@@ -676,7 +679,7 @@ async fn channel_data_is_checked_kept_and_a_partner_feeds_retries_make_one_incid
     let first = answers.iter().find(|a| !a.already_reported).expect("one send recorded it").clone();
     assert_eq!(answers.iter().filter(|a| !a.already_reported).count(), 1, "{answers:?}");
     assert!(answers.iter().all(|a| a.incident_id == first.incident_id), "{answers:?}");
-    let late = c.report_incident(ticket(uuid())).await.expect("a late retry").into_inner();
+    let late = c.report_incident(feed(ticket(uuid()))).await.expect("a late retry").into_inner();
     assert!(late.already_reported && late.incident_id == first.incident_id);
     let i = incident(c, &first.incident_id, first.position.expect("pos").sequence).await;
     assert_eq!(i.partner_reference.expect("kept").reference, "T-20260301-0042");
@@ -696,16 +699,31 @@ async fn channel_data_is_checked_kept_and_a_partner_feeds_retries_make_one_incid
     // feed knows, not answered as if it were the first.
     let mut urging = ticket(uuid());
     urging.description = "still there after three days".into();
-    let e = c.report_incident(urging).await.expect_err("reused reference");
+    let e = c.report_incident(feed(urging)).await.expect_err("reused reference");
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("partner_reference"), "{e:?}");
     // A bad reference is named.
     let mut bad = ticket(uuid());
     bad.partner_reference = Some(pb::PartnerReference { system: "12 345".into(), reference: String::new() });
     assert_eq!(
-        fields(&c.report_incident(bad).await.expect_err("bad reference")),
+        fields(&c.report_incident(feed(bad)).await.expect_err("bad reference")),
         ["partner_reference.system", "partner_reference.reference"]
     );
+    // Only the partner system itself sends its references: another caller
+    // (a rider, the hotline) could otherwise take the id the feed's next
+    // ticket will need.
+    let e = c.report_incident(ticket(uuid())).await.expect_err("not the feed");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = c
+        .report_incident(gridwork_testkit::auth::as_caller(
+            tonic::Request::new(ticket(uuid())),
+            "110",
+            &["partner-system"],
+        ))
+        .await
+        .expect_err("another partner naming 12345");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("partner_reference.system"), "{e:?}");
 }
 
 /// Issue 9 review: dispatch's outcome reaches intake moments after it is

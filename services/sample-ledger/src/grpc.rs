@@ -50,7 +50,7 @@ impl LedgerService for LedgerGrpc {
         &self,
         request: Request<pb::OpenAccountRequest>,
     ) -> Result<Response<pb::OpenAccountResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -65,7 +65,7 @@ impl LedgerService for LedgerGrpc {
     }
 
     async fn deposit(&self, request: Request<pb::DepositRequest>) -> Result<Response<pb::DepositResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -77,7 +77,7 @@ impl LedgerService for LedgerGrpc {
     }
 
     async fn withdraw(&self, request: Request<pb::WithdrawRequest>) -> Result<Response<pb::WithdrawResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);
@@ -92,7 +92,7 @@ impl LedgerService for LedgerGrpc {
         &self,
         request: Request<pb::PostEntriesRequest>,
     ) -> Result<Response<pb::PostEntriesResponse>, Status> {
-        let who = principal(&request);
+        let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::default();
         let command_id = v.command_id(&r.command_id, &r);

@@ -83,7 +83,10 @@ impl App {
     }
 
     fn routes(&self) -> tonic::service::Routes {
-        tonic::service::Routes::new(LedgerServiceServer::new(grpc::LedgerGrpc::new(self.ledgers.clone())))
+        tonic::service::Routes::new(
+            LedgerServiceServer::new(grpc::LedgerGrpc::new(self.ledgers.clone()))
+                .max_decoding_message_size(self.runtime.max_request_bytes()),
+        )
     }
 
     /// Serve until SIGTERM / Ctrl-C.

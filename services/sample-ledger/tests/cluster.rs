@@ -250,3 +250,50 @@ async fn two_writers_with_the_same_expected_sequence_across_a_leader_change_cann
     assert_eq!(withdrawals, 1, "one withdrawal in the stream");
     assert_eq!(k.repository.load_current("acct").await.expect("load").state.balance, 40);
 }
+
+/// A follower is SIGKILLed. The server learns that a node is gone only when
+/// its heartbeats have been missing for minutes, and until then places one
+/// new R1 consumer in three on the dead peer, where its creation waits out
+/// the request timeout (5 s). A projection started then must not wait on
+/// it: eight projections started one after another each catch up well
+/// inside that timeout (the chance that eight draws all miss the dead peer
+/// is 4%; a runner that waited on it fails here nearly always).
+#[tokio::test]
+async fn projections_started_after_a_follower_died_never_wait_on_the_dead_peer() {
+    let mut cluster = NatsCluster::start().await.expect("cluster");
+    let db = TestDb::sqlite().expect("db");
+    let k = kernel_on(&cluster.url(), 3, &db).await;
+    let head = write_history(&k, "f", 2, 3).await;
+    // One projection before the kill makes the dead-letter stream: an R3
+    // stream made after a peer died may wait out an election (4–9 s) when the
+    // dead peer was the one meant to lead it, which is not what this tests.
+    let before = ProjectionRunner::start(k.js.clone(), k.store.clone(), Accounts, RunnerConfig::new(STREAM))
+        .await
+        .expect("runner");
+    before.wait_for(head, Duration::from_secs(20)).await.expect("caught up before the kill");
+    before.stop().await;
+    let leader = cluster.stream_leader(STREAM).await.expect("info").expect("a leader");
+    let meta = cluster.meta_leader().await.expect("jsz").expect("a meta leader");
+    // Neither leader: nothing is elected, writes and placement go on as
+    // before, only the dead peer is still drawn.
+    let follower = (0..3).find(|n| *n != leader && *n != meta).expect("a plain follower");
+    cluster.kill(follower);
+    // The dead-letter stream's leader may have been the follower: starting
+    // a runner asks it about that stream, which waits until it is re-elected.
+    cluster.wait_for_leader("DLQ_SAMPLE", Some(follower), Duration::from_secs(30)).await.expect("dead letters led");
+    for start in 0..8 {
+        let fresh = TestDb::sqlite().expect("db");
+        let store = ReadStore::connect(&fresh.url).await.expect("store");
+        let began = std::time::Instant::now();
+        let runner = ProjectionRunner::start(k.js.clone(), store.clone(), Accounts, RunnerConfig::new(STREAM))
+            .await
+            .expect("runner");
+        eprintln!("projection {start} started in {:?}", began.elapsed());
+        runner
+            .wait_for(head, Duration::from_millis(4500))
+            .await
+            .unwrap_or_else(|e| panic!("projection {start} caught up without waiting on the dead peer: {e}"));
+        eprintln!("projection {start} caught up in {:?}", began.elapsed());
+        runner.stop().await;
+    }
+}

@@ -62,7 +62,7 @@ async fn open_raw(k: &Kernel, account: &str) -> u64 {
 }
 
 async fn dead_letters(k: &Kernel) -> u64 {
-    let mut dlq = k.js.get_stream("DLQ").await.expect("dlq");
+    let mut dlq = k.js.get_stream("DLQ_SAMPLE").await.expect("dlq");
     dlq.info().await.expect("info").state.messages
 }
 

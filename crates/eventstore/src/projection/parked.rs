@@ -3,8 +3,8 @@
 //! A commit that is poison (see [`super::ApplyError::is_poison`]) is recorded in
 //! the [`PARKED`] table, in the same transaction that moves the checkpoint past
 //! it, and — once that transaction has committed, best effort — logged on
-//! `dlq.<projection>` in the dead-letter stream for alerting. The table is the
-//! truth; NATS being unreachable delays the log entry, never the projection.
+//! `deadletter.<context>.<projection>` in its service's dead-letter stream
+//! for alerting. The table is the truth; NATS being unreachable delays the log entry, never the projection.
 //! From then on every later commit of the same subject is parked behind it
 //! (`blocked_by`): applying them would build on a state the read model never
 //! reached. Other aggregates carry on.
@@ -184,7 +184,8 @@ impl<P: Projection> Inner<P> {
         // Deduplicated by checkpoint and sequence: a parking that rolled back
         // and was done again logs once.
         h.insert(headers::MSG_ID, format!("{checkpoint}:{}:{}", self.config.stream, c.sequence).as_str());
-        let subject = format!("dlq.{}", checkpoint.replace(['.', '*', '>', ' ', '#'], "_"));
+        let owner = self.config.dead_letter_owner.clone().unwrap_or_else(|| dead_letter_owner(checkpoint));
+        let subject = dead_letter_subject(&owner, checkpoint);
         Ok(DeadLetter { subject, headers: h, payload: c.payload.clone() })
     }
 
@@ -282,5 +283,34 @@ impl<P: Projection> Inner<P> {
         }
         info!(projection = %self.name, ?report, "replayed parked commits");
         Ok(report)
+    }
+}
+
+/// The dead-letter subject of a projection: `deadletter.<owner>.<checkpoint>`, the
+/// owner being its service's context (`RunnerConfig::dead_letter_owner`, by
+/// default the name's first word: `dispatch_grid` → `deadletter.dispatch.dispatch_grid`),
+/// so each service's NATS user may log only its own dead letters
+/// (deploy/nats/permissions.conf).
+pub(crate) fn dead_letter_subject(owner: &str, checkpoint: &str) -> String {
+    let token = checkpoint.replace(['.', '*', '>', ' ', '#'], "_");
+    format!("deadletter.{owner}.{token}")
+}
+
+/// The owner of a projection's dead letters: the first word of its name.
+pub(crate) fn dead_letter_owner(checkpoint: &str) -> String {
+    let token = checkpoint.replace(['.', '*', '>', ' ', '#'], "_");
+    token.split('_').next().filter(|o| !o.is_empty()).unwrap_or("unnamed").to_string()
+}
+
+#[cfg(test)]
+mod subject_tests {
+    #[test]
+    fn a_dead_letter_goes_under_its_owner_s_context() {
+        let subject = |name: &str| super::dead_letter_subject(&super::dead_letter_owner(name), name);
+        assert_eq!(subject("dispatch_grid"), "deadletter.dispatch.dispatch_grid");
+        assert_eq!(subject("grid_registry"), "deadletter.grid.grid_registry");
+        assert_eq!(subject("welcome"), "deadletter.welcome.welcome");
+        assert_eq!(subject("a.b*c"), "deadletter.a.a_b_c");
+        assert_eq!(super::dead_letter_subject("grid", "command_index_grid"), "deadletter.grid.command_index_grid");
     }
 }

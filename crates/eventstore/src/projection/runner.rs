@@ -34,7 +34,7 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{Instrument as _, error, info, info_span, warn};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use super::feed::{Feed, ReadAhead};
 use super::parked::{self, DeadLetter, ReplayReport};
@@ -75,9 +75,16 @@ pub struct RunnerConfig {
     /// would look like a burst by the clock alone, and the runner would stall
     /// for good before the first of them past the limit.
     pub poison_burst_span: u64,
-    /// The dead-letter stream (subjects `dlq.>`): a log of every parking, for
-    /// alerting; the parked table is what replay reads.
+    /// The dead-letter streams' name prefix: the projection's parkings are
+    /// logged in `<prefix>_<OWNER>` (subjects `deadletter.<owner>.>`, the owner
+    /// being the first word of the projection's name — its service's
+    /// context), one stream per service, so that no service's messages can
+    /// shadow another's (the stream's duplicate window spans all its
+    /// subjects). A log for alerting; the parked table is what replay reads.
     pub dead_letter_stream: String,
+    /// Whose dead letters these are (the service's context: `grid`,
+    /// `intake`…); by default the first word of the projection's name.
+    pub dead_letter_owner: Option<String>,
     /// With nothing delivered for this long, the runner asks the stream for its
     /// head and resubscribes if commits are waiting: a consumer lost with a
     /// cluster node must not leave the read model standing still.
@@ -110,6 +117,7 @@ impl RunnerConfig {
             poison_burst_window: Duration::from_secs(60),
             poison_burst_span: 10_000,
             dead_letter_stream: "DLQ".into(),
+            dead_letter_owner: None,
             idle_check: Duration::from_secs(3),
             fetch_batch: FETCH_BATCH,
             read_ahead_bytes: super::feed::READ_AHEAD_BYTES,
@@ -173,6 +181,14 @@ pub enum RunnerError {
     /// tables changed without a version bump).
     #[error("{0}")]
     Schema(String),
+    /// The position lies beyond the stream's last sequence: no write made it.
+    #[error("position {wanted} is beyond the stream's last sequence {head}")]
+    BeyondHead {
+        /// Position asked for.
+        wanted: u64,
+        /// The stream's last sequence.
+        head: u64,
+    },
     /// The runner has stopped.
     #[error("projection runner stopped")]
     Stopped,
@@ -233,6 +249,14 @@ pub enum WaitError {
         wanted: u64,
         /// Position reached.
         reached: u64,
+    },
+    /// The position lies beyond the stream's last sequence: no write made it.
+    #[error("position {wanted} is beyond the stream's last sequence {head}")]
+    BeyondHead {
+        /// Position asked for.
+        wanted: u64,
+        /// The stream's last sequence.
+        head: u64,
     },
     /// The runner has stopped.
     #[error("projection runner stopped")]
@@ -348,7 +372,8 @@ impl ProjectionRunner {
         let name = projection.name().to_string();
         store.create_tables(projection.tables(), Tables::Live).await?;
         ensure_checkpoint(store.pool(), &name, &config.stream).await?;
-        ensure_dead_letter_stream(&js, &config.dead_letter_stream).await?;
+        let owner = config.dead_letter_owner.clone().unwrap_or_else(|| super::parked::dead_letter_owner(&name));
+        ensure_dead_letter_stream(&js, &config.dead_letter_stream, &owner, &config.stream).await?;
         let position = store.position(&name).await?;
         let stored = stored_schema(&mut *store.pool().acquire().await?, &name).await?;
         let (position_tx, position_rx) = watch::channel(position);
@@ -374,17 +399,48 @@ impl ProjectionRunner {
         }
         let (js, stream) = (inner.js.clone(), inner.config.stream.clone());
         let task = tokio::spawn(run(inner, position, position_tx, control_rx));
-        Ok(RunnerHandle { position: position_rx, control: control_tx, task, js, stream })
+        Ok(RunnerHandle {
+            position: position_rx,
+            control: control_tx,
+            task,
+            js,
+            stream,
+            known_head: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 }
 
-async fn ensure_dead_letter_stream(js: &jetstream::Context, name: &str) -> Result<(), RunnerError> {
-    if js.get_stream(name).await.is_ok() {
+/// The dead-letter stream is made with as many replicas as the stream it
+/// reads (R3 in production): an R1 log lives on one node drawn at random,
+/// and is gone, or cannot even be made, with that node.
+async fn ensure_dead_letter_stream(
+    js: &jetstream::Context,
+    prefix: &str,
+    owner: &str,
+    read: &str,
+) -> Result<(), RunnerError> {
+    let name = format!("{prefix}_{}", owner.to_ascii_uppercase());
+    // Not under `dlq.>`: the single stream of earlier versions (`DLQ`) holds
+    // those subjects, and a new stream may not overlap it.
+    let subjects = vec![format!("deadletter.{owner}.>")];
+    if let Ok(mut existing) = js.get_stream(&name).await {
+        let config = &existing.info().await.map_err(nats)?.config;
+        if config.subjects != subjects || config.storage != stream::StorageType::File {
+            return Err(nats(format!(
+                "dead-letter stream {name} exists with subjects {:?} and {:?} storage, not {subjects:?} on file",
+                config.subjects, config.storage
+            )));
+        }
         return Ok(());
     }
+    let num_replicas = match js.get_stream(read).await {
+        Ok(stream) => stream.cached_info().config.num_replicas.max(1),
+        Err(_) => 1,
+    };
     js.get_or_create_stream(stream::Config {
-        name: name.to_string(),
-        subjects: vec!["dlq.>".into()],
+        name,
+        subjects,
+        num_replicas,
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
         // A log for alerting and forensics; the parked table is the queue.
@@ -404,6 +460,9 @@ pub struct RunnerHandle {
     task: JoinHandle<()>,
     js: jetstream::Context,
     stream: String,
+    /// The highest stream head seen: a position at or below it is some
+    /// write's, and waiting for it needs no question to the leader.
+    known_head: std::sync::atomic::AtomicU64,
 }
 
 impl RunnerHandle {
@@ -414,6 +473,27 @@ impl RunnerHandle {
 
     /// Wait until the read model has applied `position` (read-your-writes).
     pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<u64, WaitError> {
+        let now = *self.position.borrow();
+        if now >= position {
+            return Ok(now);
+        }
+        // A position the stream itself has not reached is no write's (a
+        // caller's typo, or a guess): refused at once, not waited on until
+        // the deadline. One STREAM.INFO to the leader, only when behind.
+        let asked = tokio::time::Instant::now();
+        let known = self.known_head.load(std::sync::atomic::Ordering::Relaxed);
+        if position > known
+            && let Ok(Ok(stream)) =
+                tokio::time::timeout(timeout.min(Duration::from_secs(2)), self.js.get_stream(&self.stream)).await
+        {
+            let head = stream.cached_info().state.last_sequence;
+            self.known_head.fetch_max(head, std::sync::atomic::Ordering::Relaxed);
+            if position > head {
+                return Err(WaitError::BeyondHead { wanted: position, head });
+            }
+        }
+        // The question came out of the caller's time, not on top of it.
+        let timeout = timeout.saturating_sub(asked.elapsed());
         let mut rx = self.position.clone();
         match tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position)).await {
             Ok(Ok(p)) => Ok(*p),
@@ -527,9 +607,62 @@ const FETCH_BYTES: usize = 8 << 20;
 /// resubscribes from the stored position (a rebuild's replay from where it
 /// got to). Feeds do not delete their consumer on drop: in the one suite run
 /// that tried it, the cluster test's resubscribe after a leader kill timed out
-/// creating its consumer twice (not shown to be the cause, but the deletes
-/// ran beside it while the cluster elected).
+/// creating its consumer twice (that was [`create_consumer`]'s dead peer,
+/// not the deletes; they stay out all the same).
 const CONSUMER_INACTIVE: Duration = Duration::from_secs(30);
+
+/// How long a try at creating the feed's consumer may take: a creation
+/// answers in milliseconds, so the first [`CREATE_QUICK_TRIES`] get half a
+/// second each; after them a cluster that is merely slow gets twice as long
+/// each time, up to the client's own request timeout, for
+/// [`CREATE_ATTEMPTS`] tries in all (16 s), and then the run starts over.
+const CREATE_TIMEOUT: Duration = Duration::from_millis(500);
+const CREATE_QUICK_TRIES: u32 = 8;
+const CREATE_ATTEMPTS: u32 = 12;
+
+fn create_timeout(attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(CREATE_QUICK_TRIES).min(4);
+    CREATE_TIMEOUT.saturating_mul(1 << doublings).min(Duration::from_secs(5))
+}
+
+/// Create the feed's consumer, trying again at once when a try times out.
+///
+/// On a cluster the server places an R1 consumer on a peer of the stream's
+/// group drawn at random from those it believes alive, and it learns that a
+/// SIGKILLed node is gone only when the node's heartbeats have been missing
+/// for minutes (nats-server `checkRemoteServers`, five 30 s intervals). Until
+/// then one create in three lands on the dead peer and waits out the whole
+/// request timeout: with the runner's pause between runs the read model stood
+/// still for 20 s and more after a node died. Each try draws a peer anew;
+/// a consumer assigned to the dead peer is removed with it, or by its
+/// inactivity threshold.
+async fn create_consumer(
+    stream: &jetstream::stream::Stream,
+    config: pull::Config,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, RunnerError> {
+    let mut attempt = 1;
+    loop {
+        let timeout = create_timeout(attempt);
+        let error = match tokio::time::timeout(timeout, stream.create_consumer(config.clone())).await {
+            Ok(Ok(consumer)) => return Ok(consumer),
+            Ok(Err(e))
+                if matches!(
+                    e.kind(),
+                    jetstream::stream::ConsumerErrorKind::TimedOut | jetstream::stream::ConsumerErrorKind::Request
+                ) =>
+            {
+                e.to_string()
+            }
+            Ok(Err(e)) => return Err(nats(e)),
+            Err(_) => format!("no answer in {timeout:?}"),
+        };
+        if attempt == CREATE_ATTEMPTS {
+            return Err(nats(format!("creating the consumer: {error} ({attempt} tries)")));
+        }
+        debug!(attempt, error, "creating the consumer timed out; trying again (a peer may be dead)");
+        attempt += 1;
+    }
+}
 
 /// Resubscribing this many times in a row at one position, without applying
 /// anything, means the stream lacks the next commit: stall and say so.
@@ -863,7 +996,7 @@ impl<P: Projection> Inner<P> {
             inactive_threshold: CONSUMER_INACTIVE,
             ..Default::default()
         };
-        let consumer = stream.create_consumer(config).await.map_err(nats)?;
+        let consumer = create_consumer(&stream, config).await?;
         let fetch_bytes = FETCH_BYTES.max(2 * self.js.client().server_info().max_payload);
         // A short pull expiry makes the server send idle heartbeats every
         // expiry/2; a missed one ends the run. With the defaults (30 s expiry,

@@ -41,8 +41,12 @@ impl Backend for Sqlite {
         "sqlite"
     }
     fn max_connections(&self) -> u32 {
-        // One writer at a time in SQLite anyway; a few readers beside it.
-        4
+        // One writer at a time in SQLite anyway, but every projection runner
+        // of a service may be waiting for the write lock at once, each on a
+        // connection (intake runs six): readers — a report placing itself,
+        // a query — must still find one free rather than time out behind
+        // them while another writer holds the lock.
+        16
     }
     fn connection_setup(&self) -> &'static [&'static str] {
         &["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 10000"]

@@ -19,6 +19,8 @@ pub struct IncidentFilter<'a> {
     pub only_id: Option<&'a str>,
     /// Strictly after this sort key (reported at, incident id), newest first.
     pub after: Option<(i64, &'a str)>,
+    /// Reported by this principal ("" for anyone): a rider's own reports.
+    pub reported_by: &'a str,
 }
 
 /// A row of `intake_incidents`.
@@ -65,9 +67,10 @@ impl Intake {
 
     /// Incidents matching the filters, newest first, without history.
     pub async fn list(&self, filter: IncidentFilter<'_>) -> Result<Vec<pb::Incident>, ServiceError> {
-        let IncidentFilter { unit_id, status, category, transfer_to, limit, only_id, after } = filter;
+        let IncidentFilter { unit_id, status, category, transfer_to, limit, only_id, after, reported_by } = filter;
         let (after_ms, after_id) = after.unwrap_or((i64::MAX, ""));
         let table = Tables::Live.name(INCIDENTS.name);
+        let history = Tables::Live.name(HISTORY.name);
         let rows: Vec<IncidentRow> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT incident_id, status, source, category_code, catalogue_version, lat, lon, district_id, street_id, \
              community_id, grid_id, micro_grid_id, description, priority, emergency, claimed_by, claim_until_ms, \
@@ -78,6 +81,8 @@ impl Intake {
              WHERE ($1 = '' OR district_id = $1 OR street_id = $1 OR community_id = $1 OR grid_id = $1 OR micro_grid_id = $1) \
              AND ($2 = 0 OR status = $2) AND ($3 = '' OR category_code = $3) AND ($4 = '' OR incident_id = $4) \
              AND ($6 = '' OR transfer_to = $6) \
+             AND ($9 = '' OR EXISTS (SELECT 1 FROM {history} h WHERE h.incident_id = t.incident_id \
+                  AND h.event_type = 'reported' AND h.principal = $9)) \
              AND (reported_at_ms < $7 OR (reported_at_ms = $7 AND incident_id > $8)) \
              ORDER BY reported_at_ms DESC, incident_id LIMIT $5"
         )))
@@ -89,6 +94,7 @@ impl Intake {
         .bind(transfer_to)
         .bind(after_ms)
         .bind(after_id)
+        .bind(reported_by)
         .fetch_all(self.store.pool())
         .await?;
         let now = self.clock.now_unix_ms();
@@ -156,6 +162,19 @@ impl Intake {
             });
         }
         Ok(out)
+    }
+
+    /// Who reported incident `incident_id` (the principal of its history's
+    /// `reported` entry), if the read model holds it.
+    pub async fn reporter_of(&self, incident_id: &str) -> Result<Option<String>, ServiceError> {
+        let history = Tables::Live.name(HISTORY.name);
+        Ok(sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT principal FROM {history} WHERE incident_id = $1 AND event_type = 'reported' \
+             ORDER BY sequence LIMIT 1"
+        )))
+        .bind(incident_id)
+        .fetch_optional(self.store.pool())
+        .await?)
     }
 
     /// One incident with its history and linked reports.

@@ -86,11 +86,11 @@ impl Intake {
         &self,
         input: ReportInput,
         command_id: CommandKey,
-        principal: String,
+        access: Arc<gridwork_auth::Access>,
     ) -> Result<Reported, ServiceError> {
         use tracing::Instrument as _;
         let this = self.clone();
-        tokio::spawn(async move { this.report_to_end(input, command_id, principal).await }.in_current_span())
+        tokio::spawn(async move { this.report_to_end(input, command_id, &access).await }.in_current_span())
             .await
             .map_err(|e| ServiceError::Internal(format!("report task: {e}")))?
     }
@@ -99,8 +99,9 @@ impl Intake {
         &self,
         input: ReportInput,
         command_id: CommandKey,
-        principal: String,
+        access: &gridwork_auth::Access,
     ) -> Result<Reported, ServiceError> {
+        let principal = access.subject().to_string();
         // A partner's reference names the incident: its feed's retry, under
         // whatever command id, lands on the incident the first one made —
         // answered before anything is checked again (the catalogue may have
@@ -127,6 +128,22 @@ impl Intake {
             return Err(ServiceError::invalid_all(problems));
         }
         let (lat, lon, grid_path) = self.place(&input.location).await?;
+        // A grid worker (head, community, street) reports in its own subtree;
+        // a report is its reporter's own, so a rider or a partner system
+        // reports wherever it is.
+        use gridwork_auth::Level;
+        let chain: Vec<(String, Level)> = [
+            (&grid_path.micro_grid_id, Level::MicroGrid),
+            (&grid_path.grid_id, Level::Grid),
+            (&grid_path.community_id, Level::Community),
+            (&grid_path.street_id, Level::Street),
+            (&grid_path.district_id, Level::District),
+        ]
+        .into_iter()
+        .filter(|(u, _)| !u.is_empty())
+        .map(|(u, l)| (u.clone(), l))
+        .collect();
+        access.require(&[gridwork_auth::Target::Place(&chain), gridwork_auth::Target::MadeBy(&principal)])?;
         let now = self.clock.now_unix_ms();
         let address_text = match &input.location {
             Location::Address { text, .. } => text.trim().to_string(),
