@@ -30,6 +30,11 @@ pub mod gridwork {
             include!(concat!(env!("OUT_DIR"), "/gridwork.intake.v1.rs"));
         }
     }
+    pub mod personal {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/gridwork.personal.v1.rs"));
+        }
+    }
     pub mod sample {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/gridwork.sample.v1.rs"));
