@@ -21,16 +21,22 @@
 //!   finished by erasing again (the tombstone names what is left to scrub).
 //!
 //! The stream denies purges and has no limits that delete (a lost key is
-//! lost data); deletes are allowed, for the scrub. Reads go to the stream's
-//! leader (no direct gets): a key just made is seen at once. Live keys are
-//! cached in memory for [`CACHE_TTL`]; another process's erasure reaches
-//! this one's cache within that time (this one's own at once).
+//! lost data); deletes are allowed, for the scrub, which deletes only a live
+//! key on the tombstone's own subject. Reads go to the stream's leader (no
+//! direct gets): a key just made is seen at once. Live keys are cached in
+//! memory for at most [`CACHE_TTL`]; every process also listens on
+//! `personal.key.>` and forgets a key the moment its tombstone passes, and
+//! remembers every erasure it saw for as long as it runs, so a key erased
+//! here is never used here again and one erased elsewhere at worst within
+//! the TTL (when a reconnect lost the tombstone's message).
 //!
 //! Not yet: the keys are stored as they are, not wrapped under a key-
-//! encryption key, so whoever may read the stream may read the keys (NATS
-//! permissions give it to the services that seal, and the operator); and a
-//! restore of the stream from a backup taken before an erasure brings the
-//! key back — replay the erasures recorded in the event streams after one.
+//! encryption key (a KMS), so whoever may read the stream may read the keys,
+//! and a replica's Raft log keeps a key's bytes until it is compacted (the
+//! scrub overwrites the stored message, not the log); NATS permissions
+//! cannot divide the stream's read and delete API by subject; a restore of
+//! the stream from a backup taken before an erasure brings the key back —
+//! replay the erasures recorded in the event streams after one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +91,10 @@ pub enum PersonalError {
     /// A message in the store that is neither a key nor a tombstone.
     #[error("malformed entry in the personal-data key store for {0}")]
     Malformed(String),
+    /// The store's stream is configured so that keys could be lost, come
+    /// back or be copied out: not retried, fixed by an operator.
+    #[error("{0}")]
+    Unsafe(String),
 }
 
 fn unavailable(e: impl std::fmt::Display) -> PersonalError {
@@ -205,7 +215,37 @@ pub struct KeyStore {
     js: jetstream::Context,
     stream: stream::Stream,
     cache: moka::sync::Cache<String, Arc<[u8; KEY_LEN]>>,
+    /// Every erasure this process made or saw go by: never opened again
+    /// here, whatever a cache or a lagging read says.
+    erased: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
     rng: Arc<SystemRandom>,
+}
+
+/// The configuration problems that could lose, resurrect or copy a key.
+fn unsafe_settings(config: &stream::Config, replicas: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut check = |bad: bool, what: &str| {
+        if bad {
+            found.push(what.to_string());
+        }
+    };
+    check(config.storage != stream::StorageType::File, "memory storage");
+    check(config.retention != stream::RetentionPolicy::Limits, "retention other than limits");
+    check(config.max_age != Duration::ZERO, "max_age");
+    check(config.max_messages > 0 || config.max_bytes > 0, "max_msgs or max_bytes");
+    check(config.max_messages_per_subject > 0, "max_msgs_per_subject");
+    check(!config.deny_purge, "purges allowed");
+    check(config.deny_delete, "deletes denied (the scrub needs them)");
+    check(config.sealed, "sealed");
+    check(config.no_ack, "no_ack");
+    check(config.mirror.is_some() || config.sources.as_ref().is_some_and(|s| !s.is_empty()), "a mirror or sources");
+    check(config.republish.is_some(), "republish (copies keys out)");
+    check(config.subject_transform.is_some(), "a subject transform");
+    // Per-message TTLs (2.11) are not visible without async-nats'
+    // `server_2_11` feature; publishes here never ask for one.
+    check(config.persist_mode.is_some_and(|m| m != stream::PersistenceMode::Default), "asynchronous persistence");
+    check(config.num_replicas < replicas.max(1), "fewer replicas than the event streams");
+    found
 }
 
 impl KeyStore {
@@ -218,20 +258,57 @@ impl KeyStore {
             Err(_) => js.get_or_create_stream(stream_config(replicas)).await.map_err(unavailable)?,
         };
         let config = &stream.info().await.map_err(unavailable)?.config;
-        let lossy = config.storage != stream::StorageType::File
-            || !config.deny_purge
-            || config.max_age != Duration::ZERO
-            || config.max_messages > 0
-            || config.max_bytes > 0
-            || config.max_messages_per_subject > 0
-            || config.retention != stream::RetentionPolicy::Limits;
-        if lossy {
-            return Err(PersonalError::Unavailable(format!(
-                "stream {STREAM} could lose keys (limits, purges, retention or storage); refusing it"
+        let found = unsafe_settings(config, replicas);
+        if !found.is_empty() {
+            return Err(PersonalError::Unsafe(format!(
+                "stream {STREAM} could lose, bring back or copy keys ({}); refusing it",
+                found.join(", ")
             )));
         }
         let cache = moka::sync::Cache::builder().max_capacity(200_000).time_to_live(CACHE_TTL).build();
-        Ok(Self { js, stream, cache, rng: Arc::new(SystemRandom::new()) })
+        let store = Self { js, stream, cache, erased: Arc::default(), rng: Arc::new(SystemRandom::new()) };
+        store.listen().await?;
+        Ok(store)
+    }
+
+    /// Forget a key the moment its tombstone passes (a core subscription on
+    /// the stream's subjects: every publish reaches it).
+    async fn listen(&self) -> Result<(), PersonalError> {
+        use futures::StreamExt as _;
+        let mut tombstones = self.js.client().subscribe(format!("{SUBJECT_PREFIX}>")).await.map_err(unavailable)?;
+        let (cache, erased) = (self.cache.clone(), Arc::downgrade(&self.erased));
+        tokio::spawn(async move {
+            while let Some(message) = tombstones.next().await {
+                if message.payload.first() != Some(&TOMBSTONE) {
+                    continue;
+                }
+                let Some(name) = message.subject.as_str().strip_prefix(SUBJECT_PREFIX) else { continue };
+                let Some(erased) = erased.upgrade() else { return };
+                erased.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.to_string());
+                cache.invalidate(name);
+            }
+        });
+        Ok(())
+    }
+
+    fn seen_erased(&self, name: &str) -> bool {
+        self.erased.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(name)
+    }
+
+    /// Cache `key` for `name`, unless `name` was erased meanwhile.
+    fn remember(&self, name: &str, key: [u8; KEY_LEN]) -> Option<Arc<[u8; KEY_LEN]>> {
+        let key = Arc::new(key);
+        // Checked after inserting too: an erasure between the check and the
+        // insert takes it out again.
+        if self.seen_erased(name) {
+            return None;
+        }
+        self.cache.insert(name.to_string(), key.clone());
+        if self.seen_erased(name) {
+            self.cache.invalidate(name);
+            return None;
+        }
+        Some(key)
     }
 
     /// Keep live keys in memory for `ttl` instead of [`CACHE_TTL`] (how long
@@ -278,17 +355,16 @@ impl KeyStore {
 
     /// The live key of `name`, made if there is none; `None` once erased.
     async fn key_for_sealing(&self, name: &str) -> Result<Option<Arc<[u8; KEY_LEN]>>, PersonalError> {
+        if self.seen_erased(name) {
+            return Ok(None);
+        }
         if let Some(key) = self.cache.get(name) {
             return Ok(Some(key));
         }
         // Two tries: a lost race to make it reads the winner's key.
         for _ in 0..2 {
             match self.entry(name).await? {
-                Some(Entry::Live { key, .. }) => {
-                    let key = Arc::new(key);
-                    self.cache.insert(name.to_string(), key.clone());
-                    return Ok(Some(key));
-                }
+                Some(Entry::Live { key, .. }) => return Ok(self.remember(name, key)),
                 Some(Entry::Tombstone { .. }) => return Ok(None),
                 None => {
                     let mut fresh = [0u8; KEY_LEN];
@@ -297,9 +373,7 @@ impl KeyStore {
                     value.push(LIVE);
                     value.extend_from_slice(&fresh);
                     if self.publish_if(name, value.into(), 0).await? {
-                        let key = Arc::new(fresh);
-                        self.cache.insert(name.to_string(), key.clone());
-                        return Ok(Some(key));
+                        return Ok(self.remember(name, fresh));
                     }
                 }
             }
@@ -309,15 +383,14 @@ impl KeyStore {
 
     /// The live key of `name` for opening.
     async fn key_for_opening(&self, name: &str) -> Result<Option<Arc<[u8; KEY_LEN]>>, PersonalError> {
+        if self.seen_erased(name) {
+            return Ok(None);
+        }
         if let Some(key) = self.cache.get(name) {
             return Ok(Some(key));
         }
         match self.entry(name).await? {
-            Some(Entry::Live { key, .. }) => {
-                let key = Arc::new(key);
-                self.cache.insert(name.to_string(), key.clone());
-                Ok(Some(key))
-            }
+            Some(Entry::Live { key, .. }) => Ok(self.remember(name, key)),
             Some(Entry::Tombstone { .. }) => Ok(None),
             None => Err(PersonalError::Missing(name.to_string())),
         }
@@ -361,36 +434,65 @@ impl KeyStore {
     /// `true` if a live key was destroyed by this call.
     pub async fn erase(&self, name: &str, at_unix_ms: i64) -> Result<bool, PersonalError> {
         check_name(name)?;
+        self.erased.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.to_string());
         self.cache.invalidate(name);
+        let subject = format!("{SUBJECT_PREFIX}{name}");
         let mut destroyed = false;
-        let scrub = loop {
-            match self.entry(name).await? {
-                Some(Entry::Tombstone { scrub, .. }) => break scrub,
-                Some(Entry::Live { sequence, .. }) => {
-                    if self.publish_if(name, tombstone(at_unix_ms, sequence), sequence).await? {
-                        destroyed = true;
-                        break sequence;
-                    }
+        let mut scrub = None;
+        for _ in 0..10 {
+            let last = match self.stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(message) => Some(message),
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
+                Err(e) => return Err(unavailable(e)),
+            };
+            let (expected, names) = match last.as_ref().map(|m| (decode(name, &m.payload, m.sequence), m.sequence)) {
+                Some((Ok(Entry::Tombstone { scrub: earlier, .. }), _)) => {
+                    scrub = Some(earlier);
+                    break;
                 }
-                None => {
-                    if self.publish_if(name, tombstone(at_unix_ms, 0), 0).await? {
-                        break 0;
-                    }
-                }
-            }
-        };
-        self.cache.invalidate(name);
-        if scrub > 0
-            && let Err(e) = self.stream.delete_message(scrub).await
-        {
-            // Refused because it is gone already (an earlier erasure, or
-            // another replica's at the same time, scrubbed it) is done; any
-            // other refusal is retried by erasing again.
-            match self.stream.get_raw_message(scrub).await {
-                Err(gone) if gone.kind() == stream::RawMessageErrorKind::NoMessageFound => {}
-                _ => return Err(unavailable(format!("scrubbing key {name} at {scrub}: {e}"))),
+                Some((Ok(Entry::Live { sequence, .. }), _)) => (sequence, sequence),
+                // Something that is neither: tombstoned over all the same,
+                // never left to block the erasure.
+                Some((Err(_), sequence)) => (sequence, 0),
+                None => (0, 0),
+            };
+            if self.publish_if(name, tombstone(at_unix_ms, names), expected).await? {
+                destroyed = names > 0;
+                scrub = Some(names);
+                break;
             }
         }
+        let Some(scrub) = scrub else {
+            return Err(PersonalError::Unavailable(format!("key {name} kept changing while it was being erased")));
+        };
+        self.cache.invalidate(name);
+        if scrub > 0 {
+            self.scrub(name, &subject, scrub).await?;
+        }
         Ok(destroyed)
+    }
+
+    /// Overwrite the message at `sequence` if it is `name`'s live key; gone
+    /// already (an earlier erasure, or another replica's at the same time)
+    /// is done. Anything else there is left alone: a tombstone names only
+    /// its own key.
+    async fn scrub(&self, name: &str, subject: &str, sequence: u64) -> Result<(), PersonalError> {
+        match self.stream.get_raw_message(sequence).await {
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => return Ok(()),
+            Err(e) => return Err(unavailable(e)),
+            Ok(message) if message.subject.as_str() == subject && message.payload.first() == Some(&LIVE) => {}
+            Ok(_) => {
+                tracing::warn!(key = name, sequence, "a tombstone names a message that is not its key; left alone");
+                return Ok(());
+            }
+        }
+        match self.stream.delete_message(sequence).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(PersonalError::Unavailable(format!("key {name} at {sequence} was not scrubbed"))),
+            Err(e) => match self.stream.get_raw_message(sequence).await {
+                Err(gone) if gone.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(()),
+                _ => Err(unavailable(format!("scrubbing key {name} at {sequence}: {e}"))),
+            },
+        }
     }
 }

@@ -339,14 +339,18 @@ impl NatsCluster {
     pub async fn meta_leader(&self) -> anyhow::Result<Option<usize>> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         for node in self.nodes.iter().filter(|n| n.child.is_some()) {
-            let Ok(mut tcp) = tokio::net::TcpStream::connect(("127.0.0.1", node.http_port)).await else { continue };
-            tcp.write_all(b"GET /jsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await?;
-            let mut response = String::new();
-            tcp.read_to_string(&mut response).await?;
-            let Some((_, body)) = response.split_once("\r\n\r\n") else { continue };
-            let jsz: serde_json::Value = serde_json::from_str(body)?;
-            if let Some(leader) = jsz.pointer("/meta_cluster/leader").and_then(|l| l.as_str()) {
-                return Ok(self.node_named(leader));
+            let ask = async {
+                let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", node.http_port)).await.ok()?;
+                tcp.write_all(b"GET /jsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await.ok()?;
+                let mut response = String::new();
+                tcp.read_to_string(&mut response).await.ok()?;
+                let (_, body) = response.split_once("\r\n\r\n")?;
+                let jsz: serde_json::Value = serde_json::from_str(body).ok()?;
+                jsz.pointer("/meta_cluster/leader").and_then(|l| l.as_str()).map(str::to_string)
+            };
+            // A node that does not answer in time, or not sensibly: ask the next.
+            if let Ok(Some(leader)) = tokio::time::timeout(Duration::from_secs(5), ask).await {
+                return Ok(self.node_named(&leader));
             }
         }
         Ok(None)

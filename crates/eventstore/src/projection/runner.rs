@@ -431,12 +431,17 @@ async fn ensure_dead_letter_stream(
                 config.subjects, config.storage
             )));
         }
+        if let Ok(read) = js.get_stream(read).await
+            && read.cached_info().config.num_replicas > config.num_replicas
+        {
+            warn!(stream = %name, replicas = config.num_replicas, wanted = read.cached_info().config.num_replicas,
+                  "dead-letter stream has fewer replicas than the stream it logs for: raise them");
+        }
         return Ok(());
     }
-    let num_replicas = match js.get_stream(read).await {
-        Ok(stream) => stream.cached_info().config.num_replicas.max(1),
-        Err(_) => 1,
-    };
+    // Never a guess: a transient failure here (a node just died) must not
+    // leave an R1 log behind for good.
+    let num_replicas = js.get_stream(read).await.map_err(nats)?.cached_info().config.num_replicas.max(1);
     js.get_or_create_stream(stream::Config {
         name,
         subjects,
@@ -633,34 +638,56 @@ fn create_timeout(attempt: u32) -> Duration {
 /// for minutes (nats-server `checkRemoteServers`, five 30 s intervals). Until
 /// then one create in three lands on the dead peer and waits out the whole
 /// request timeout: with the runner's pause between runs the read model stood
-/// still for 20 s and more after a node died. Each try draws a peer anew;
-/// a consumer assigned to the dead peer is removed with it, or by its
-/// inactivity threshold.
+/// still for 20 s and more after a node died. Each try draws a peer anew.
+/// Each try names its consumer (`<projection>-<uuid>`), and a try given up
+/// on is deleted behind it, so a cluster that is merely slow is not left
+/// with a consumer per try (one the server makes after the delete goes with
+/// its inactivity threshold). A failure that came back at once (no
+/// responders, the cluster electing) waits a little before the next try.
 async fn create_consumer(
     stream: &jetstream::stream::Stream,
+    projection: &str,
     config: pull::Config,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, RunnerError> {
+    let prefix: String =
+        projection.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     let mut attempt = 1;
     loop {
         let timeout = create_timeout(attempt);
-        let error = match tokio::time::timeout(timeout, stream.create_consumer(config.clone())).await {
+        let name = format!("{prefix}-{}", uuid::Uuid::now_v7().simple());
+        let config = pull::Config { name: Some(name.clone()), ..config.clone() };
+        let began = tokio::time::Instant::now();
+        let error = match tokio::time::timeout(timeout, stream.create_consumer(config)).await {
             Ok(Ok(consumer)) => return Ok(consumer),
-            Ok(Err(e))
-                if matches!(
-                    e.kind(),
-                    jetstream::stream::ConsumerErrorKind::TimedOut | jetstream::stream::ConsumerErrorKind::Request
-                ) =>
-            {
-                e.to_string()
-            }
+            Ok(Err(e)) if retryable(&e) => e.to_string(),
             Ok(Err(e)) => return Err(nats(e)),
-            Err(_) => format!("no answer in {timeout:?}"),
+            Err(_) => {
+                let stream = stream.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), stream.delete_consumer(&name)).await;
+                });
+                format!("no answer in {timeout:?}")
+            }
         };
         if attempt == CREATE_ATTEMPTS {
             return Err(nats(format!("creating the consumer: {error} ({attempt} tries)")));
         }
-        debug!(attempt, error, "creating the consumer timed out; trying again (a peer may be dead)");
+        debug!(attempt, error, "creating the consumer failed; trying again (a peer may be dead)");
+        if began.elapsed() < Duration::from_millis(100) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         attempt += 1;
+    }
+}
+
+/// A failed create worth another try: no answer, no responders, or the
+/// cluster without a leader for the moment.
+fn retryable(e: &jetstream::stream::ConsumerError) -> bool {
+    use jetstream::stream::ConsumerErrorKind;
+    match e.kind() {
+        ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => true,
+        ConsumerErrorKind::JetStream(j) => j.error_code() == jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE,
+        _ => false,
     }
 }
 
@@ -996,7 +1023,7 @@ impl<P: Projection> Inner<P> {
             inactive_threshold: CONSUMER_INACTIVE,
             ..Default::default()
         };
-        let consumer = create_consumer(&stream, config).await?;
+        let consumer = create_consumer(&stream, &self.name, config).await?;
         let fetch_bytes = FETCH_BYTES.max(2 * self.js.client().server_info().max_payload);
         // A short pull expiry makes the server send idle heartbeats every
         // expiry/2; a missed one ends the run. With the defaults (30 s expiry,
