@@ -909,7 +909,10 @@ async fn me_too_accounts_reach_the_handler_and_their_reporters_follow_and_rate_t
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(case.linked_reports[1].description, "now a cable runs from a window too", "{case:?}");
-    assert!(case.timeline.iter().any(|t| t.summary.contains("now a cable runs")), "{case:?}");
+    // The timeline names the report; its account, sealed, is read with the
+    // case and never copied into a summary in plain.
+    assert!(case.timeline.iter().any(|t| t.summary.contains(&late.incident_id)), "{case:?}");
+    assert!(!case.timeline.iter().any(|t| t.summary.contains("now a cable runs")), "{case:?}");
     let shown = incident(&mut m, &original.incident_id).await;
     let accounts: Vec<&str> = shown.linked_accounts.iter().map(|a| a.description.as_str()).collect();
     assert_eq!(accounts, ["three e-bikes on the second floor landing", "now a cable runs from a window too"]);
@@ -959,6 +962,19 @@ async fn me_too_accounts_reach_the_handler_and_their_reporters_follow_and_rate_t
     let follower = incident(&mut m, &early.incident_id).await;
     assert_eq!(follower.original_status, intake_pb::IncidentStatus::Closed as i32);
     assert_eq!(follower.open311_status, "closed");
+
+    // Issue 10: the late reporter's data erased in intake reaches the
+    // handler's copy in dispatch: its account opens as erased there too.
+    let erase = intake_pb::EraseReporterContactRequest {
+        command_id: uuid(),
+        incident_id: late.incident_id.clone(),
+        reason: "the reporter asked".into(),
+    };
+    let erase = gridwork_testkit::auth::as_caller(tonic::Request::new(erase), "dpo-1", &["privacy"]);
+    m.intake.erase_reporter_contact(erase).await.expect("erase");
+    let case = get(&mut m, &original.incident_id, 0).await;
+    let accounts: Vec<&str> = case.linked_reports.iter().map(|r| r.description.as_str()).collect();
+    assert_eq!(accounts, ["three e-bikes on the second floor landing", "[erased]"], "{case:?}");
 }
 
 /// Issue 9 review: an incident carries the first 100 accounts to its case; a

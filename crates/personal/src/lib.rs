@@ -496,3 +496,44 @@ impl KeyStore {
         }
     }
 }
+
+/// A sealed value as a read model's text column keeps it: the encoded
+/// [`Sealed`] in hex, "" for none. Read models keep personal data sealed,
+/// so an erasure reaches them without a rebuild.
+pub fn to_column(sealed: Option<&Sealed>) -> String {
+    use prost::Message as _;
+    sealed.map(|s| s.encode_to_vec().iter().map(|b| format!("{b:02x}")).collect()).unwrap_or_default()
+}
+
+/// The sealed value in a read model's column ([`to_column`]).
+pub fn from_column(column: &str) -> Result<Option<Sealed>, PersonalError> {
+    use prost::Message as _;
+    if column.is_empty() {
+        return Ok(None);
+    }
+    let malformed = || PersonalError::Malformed(format!("a read model's sealed column ({} characters)", column.len()));
+    if !column.len().is_multiple_of(2) {
+        return Err(malformed());
+    }
+    let bytes = (0..column.len())
+        .step_by(2)
+        .map(|i| column.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(malformed)?;
+    Sealed::decode(bytes.as_slice()).map(Some).map_err(|_| malformed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_value_round_trips_through_a_column_and_garbage_is_refused() {
+        let sealed = Sealed { key: "intake.incident.a".into(), nonce: vec![1; 12], ciphertext: vec![0, 255, 7] };
+        assert_eq!(from_column(&to_column(Some(&sealed))).expect("decodes"), Some(sealed));
+        assert_eq!(to_column(None), "");
+        assert_eq!(from_column("").expect("none"), None);
+        assert!(from_column("abc").is_err());
+        assert!(from_column("zz").is_err());
+    }
+}

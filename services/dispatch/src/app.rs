@@ -29,6 +29,8 @@ pub struct Dispatch {
     grid: Arc<RunnerHandle>,
     time: Arc<dyn TimeSource>,
     policy: Policy,
+    /// The personal-data key store: reports' accounts are opened when read.
+    keys: gridwork_personal::KeyStore,
 }
 
 /// The consumers a dispatch service runs.
@@ -49,8 +51,18 @@ impl Dispatch {
         runners: Runners,
         time: Arc<dyn TimeSource>,
         policy: Policy,
+        keys: gridwork_personal::KeyStore,
     ) -> Self {
-        Self { cases, store, projection: runners.cases, incoming: runners.incoming, grid: runners.grid, time, policy }
+        Self {
+            cases,
+            store,
+            projection: runners.cases,
+            incoming: runners.incoming,
+            grid: runners.grid,
+            time,
+            policy,
+            keys,
+        }
     }
 
     /// The copy of the organisation tree.
@@ -375,7 +387,7 @@ impl Dispatch {
 
     /// The read side.
     pub fn queries(&self) -> Queries<'_> {
-        Queries { store: &self.store, now_unix_ms: self.time.now_unix_ms() }
+        Queries { store: &self.store, now_unix_ms: self.time.now_unix_ms(), keys: &self.keys }
     }
 }
 

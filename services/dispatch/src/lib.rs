@@ -193,12 +193,14 @@ impl App {
             RunnerConfig::new(&spec.name),
         )
         .await?;
+        let keys = gridwork_personal::KeyStore::connect(runtime.js.clone(), common.stream_replicas).await?;
         let dispatch = Dispatch::new(
             cases,
             store,
             app::Runners { cases: Arc::new(view), incoming: Arc::new(incoming), grid: Arc::new(grid_copy) },
             clock,
             policy,
+            keys,
         );
         let scheduler = (!tick.is_zero()).then(|| dispatch.spawn_scheduler(tick));
         Ok(Self { runtime, dispatch, _scheduler: scheduler })

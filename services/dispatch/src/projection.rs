@@ -195,6 +195,10 @@ fn case_report(r: intake_pb::LinkedReport) -> pb::CaseReportLinked {
         description: r.description,
         attributes,
         address_text: r.address_text,
+        // Copied sealed, under the report's own key in intake: opened when
+        // the case is read, erased with the report.
+        sealed_description: r.sealed_description,
+        sealed_address_text: r.sealed_address_text,
         media: r.media.into_iter().map(|m| m.url).collect(),
         reported_at_unix_ms: r.reported_at_unix_ms,
     }
@@ -450,7 +454,8 @@ pub const REPORTS: TableDef = TableDef {
     name: "dispatch_case_reports",
     columns: "(case_id TEXT NOT NULL, report_id TEXT NOT NULL, source TEXT NOT NULL, description TEXT NOT NULL, \
               attributes TEXT NOT NULL, address_text TEXT NOT NULL, media TEXT NOT NULL, reported_at_ms BIGINT NOT NULL, \
-              position BIGINT NOT NULL, PRIMARY KEY (case_id, report_id))",
+              position BIGINT NOT NULL, sealed_description TEXT NOT NULL, sealed_address_text TEXT NOT NULL, \
+              PRIMARY KEY (case_id, report_id))",
     indexes: &[],
 };
 
@@ -518,6 +523,8 @@ fn summary(event: &CaseEvent) -> (&'static str, String) {
             "report_linked",
             match r.source.as_str() {
                 "" => format!("another report: {}", r.report_id),
+                // A sealed account is read with the case, never copied here.
+                source if r.description.is_empty() => format!("another report ({source}): {}", r.report_id),
                 source => format!("another report ({source}): {}", r.description),
             },
         ),
@@ -698,8 +705,9 @@ impl Projection for Cases {
     /// 4: the rulebook version and the routing fallback.
     /// 5: possibly the same as, merged into.
     /// 6: linked reports; linked reporters' ratings.
+    /// 7: linked reports' accounts kept sealed (opened when read).
     fn version(&self) -> u32 {
-        6
+        7
     }
 
     async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
@@ -914,10 +922,13 @@ impl Projection for Cases {
                 CaseEvent::ReportLinked(r) => {
                     let sql = format!(
                         "INSERT INTO {reports} (case_id, report_id, source, description, attributes, address_text, media, \
-                         reported_at_ms, position) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                         reported_at_ms, position, sealed_description, sealed_address_text) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
                          ON CONFLICT (case_id, report_id) DO NOTHING"
                     );
                     let (attributes, media) = (r.attributes.join("\n"), r.media.join("\n"));
+                    let sealed_description = gridwork_personal::to_column(r.sealed_description.as_ref());
+                    let sealed_address_text = gridwork_personal::to_column(r.sealed_address_text.as_ref());
                     let position = rows.position;
                     rows.run(
                         sql,
@@ -931,6 +942,8 @@ impl Projection for Cases {
                             Text(&media),
                             Int(r.reported_at_unix_ms),
                             Int(position),
+                            Text(&sealed_description),
+                            Text(&sealed_address_text),
                         ],
                     )
                     .await?;

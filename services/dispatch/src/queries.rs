@@ -53,6 +53,30 @@ pub fn summonses_scope(department: &str, include_finished: bool) -> String {
 pub struct Queries<'a> {
     pub(crate) store: &'a ReadStore,
     pub(crate) now_unix_ms: i64,
+    /// Reports' accounts are kept sealed and opened here.
+    pub(crate) keys: &'a gridwork_personal::KeyStore,
+}
+
+/// A report's field as the read model keeps it: plain (earlier events), or
+/// sealed and opened now (`[erased]` once erased).
+async fn open_field(
+    keys: &gridwork_personal::KeyStore,
+    plain: String,
+    sealed: &str,
+    field: &str,
+) -> Result<String, ServiceError> {
+    let sealed = gridwork_personal::from_column(sealed)
+        .map_err(|e| ServiceError::Internal(format!("read model, {field}: {e}")))?;
+    match sealed {
+        None => Ok(plain),
+        Some(sealed) => match keys.open(&sealed, field).await {
+            Ok(opened) => Ok(opened.text()),
+            Err(gridwork_personal::PersonalError::Unavailable(e)) => {
+                Err(ServiceError::Unavailable(format!("personal-data key store: {e}")))
+            }
+            Err(e) => Err(ServiceError::Internal(e.to_string())),
+        },
+    }
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -412,29 +436,30 @@ impl Queries<'_> {
         .await?;
         case.summonses = rows.into_iter().map(Into::into).collect();
         let reports = Tables::Live.name(REPORTS.name);
-        type ReportRow = (String, String, String, String, String, String, i64);
+        type ReportRow = (String, String, String, String, String, String, i64, String, String);
         let rows: Vec<ReportRow> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT report_id, source, description, attributes, address_text, media, reported_at_ms FROM {reports} \
-             WHERE case_id = $1 ORDER BY position, report_id"
+            "SELECT report_id, source, description, attributes, address_text, media, reported_at_ms, sealed_description, \
+             sealed_address_text FROM {reports} WHERE case_id = $1 ORDER BY position, report_id"
         )))
         .bind(case_id)
         .fetch_all(pool)
         .await?;
         let lines = |s: String| if s.is_empty() { Vec::new() } else { s.split('\n').map(String::from).collect() };
-        case.linked_reports = rows
-            .into_iter()
-            .map(|(report_id, source, description, attributes, address_text, media, reported_at)| {
-                pb::CaseReportLinked {
-                    report_id,
-                    source,
-                    description,
-                    attributes: lines(attributes),
-                    address_text,
-                    media: lines(media),
-                    reported_at_unix_ms: reported_at,
-                }
-            })
-            .collect();
+        let mut linked = Vec::with_capacity(rows.len());
+        for (report_id, source, description, attributes, address_text, media, reported_at, sealed_d, sealed_a) in rows {
+            linked.push(pb::CaseReportLinked {
+                report_id,
+                source,
+                description: open_field(self.keys, description, &sealed_d, "description").await?,
+                attributes: lines(attributes),
+                address_text: open_field(self.keys, address_text, &sealed_a, "address_text").await?,
+                media: lines(media),
+                reported_at_unix_ms: reported_at,
+                sealed_description: None,
+                sealed_address_text: None,
+            });
+        }
+        case.linked_reports = linked;
         Ok(case)
     }
 

@@ -15,6 +15,12 @@
 //!
 //! Contacts taken before sealing sit whole in the legacy table
 //! `intake_contacts` of the read store; they are read and erased there.
+//!
+//! The report's own account — its description and address text, and the
+//! same of every me-too linked to it — is sealed too, under the incident's
+//! key in the shared personal-data key store (`gridwork_personal`,
+//! `intake.incident.<id>`), which dispatch opens as well; erasing a
+//! reporter's data destroys both keys.
 
 use gridwork_eventstore::projection::ReadStore;
 use gridwork_proto::gridwork::intake::v1 as pb;
@@ -41,6 +47,31 @@ pub struct Vault {
     /// The vault is the read store's own database (PostgreSQL default).
     shared: bool,
     rng: SystemRandom,
+    /// The personal-data key store: the report's account.
+    keys: gridwork_personal::KeyStore,
+}
+
+/// The fields of a report's account, as the associated data names them.
+pub mod field {
+    /// The description.
+    pub const DESCRIPTION: &str = "description";
+    /// The address text.
+    pub const ADDRESS_TEXT: &str = "address_text";
+}
+
+/// The name of an incident's personal-data key.
+pub fn key_name(incident_id: &str) -> Result<String, ServiceError> {
+    gridwork_personal::key_name("intake", "incident", incident_id)
+        .map_err(|e| ServiceError::Internal(format!("personal-data key: {e}")))
+}
+
+fn personal(e: gridwork_personal::PersonalError) -> ServiceError {
+    match e {
+        gridwork_personal::PersonalError::Unavailable(e) => {
+            ServiceError::Unavailable(format!("personal-data key store: {e}"))
+        }
+        other => ServiceError::Internal(other.to_string()),
+    }
 }
 
 fn internal(what: &str) -> ServiceError {
@@ -65,7 +96,12 @@ fn aead_key(key: &[u8]) -> Result<LessSafeKey, ServiceError> {
 impl Vault {
     /// Open the vault (`store`, creating its table) beside the read store
     /// that holds the legacy contacts (`shared`: they are one database).
-    pub async fn open(store: ReadStore, legacy: ReadStore, shared: bool) -> Result<Self, ServiceError> {
+    pub async fn open(
+        store: ReadStore,
+        legacy: ReadStore,
+        shared: bool,
+        keys: gridwork_personal::KeyStore,
+    ) -> Result<Self, ServiceError> {
         sqlx::query(AssertSqlSafe(format!(
             "CREATE TABLE IF NOT EXISTS {KEYS} (incident_id TEXT PRIMARY KEY, key_hex TEXT NOT NULL, \
              created_at_ms BIGINT NOT NULL, erased_at_ms BIGINT NOT NULL)"
@@ -78,7 +114,49 @@ impl Vault {
         )))
         .execute(legacy.pool())
         .await?;
-        Ok(Self { store, legacy, shared, rng: SystemRandom::new() })
+        Ok(Self { store, legacy, shared, rng: SystemRandom::new(), keys })
+    }
+
+    /// Seal `text` as `field` of `incident_id`'s account (`None` for an
+    /// empty text). An incident whose data was erased takes none again:
+    /// FAILED_PRECONDITION `PERSONAL_DATA_ERASED`.
+    pub async fn seal_text(
+        &self,
+        incident_id: &str,
+        field: &str,
+        text: &str,
+    ) -> Result<Option<gridwork_personal::Sealed>, ServiceError> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        match self.keys.seal(&key_name(incident_id)?, field, text.as_bytes()).await.map_err(personal)? {
+            Some(sealed) => Ok(Some(sealed)),
+            None => Err(ServiceError::FailedPrecondition {
+                kind: "PERSONAL_DATA_ERASED".into(),
+                subject: "incident".into(),
+                description: format!("incident {incident_id}: its reporter's data was erased; nothing is added to it"),
+            }),
+        }
+    }
+
+    /// A field of an account: the plain text where it was never sealed
+    /// (earlier events), else the sealed value opened, [`gridwork_personal::ERASED`]
+    /// once erased.
+    pub async fn open_text(
+        &self,
+        plain: &str,
+        sealed: Option<&gridwork_personal::Sealed>,
+        field: &str,
+    ) -> Result<String, ServiceError> {
+        match sealed {
+            None => Ok(plain.to_string()),
+            Some(sealed) => Ok(self.keys.open(sealed, field).await.map_err(personal)?.text()),
+        }
+    }
+
+    /// The personal-data key store.
+    pub fn keys(&self) -> &gridwork_personal::KeyStore {
+        &self.keys
     }
 
     /// Seal `contact` for `incident_id` under its key, made on first use (a
@@ -188,6 +266,8 @@ impl Vault {
         incident_id: &str,
         now_unix_ms: i64,
     ) -> Result<(), ServiceError> {
+        // The account's key first: idempotent, like the rest.
+        self.keys.erase(&key_name(incident_id)?, now_unix_ms.max(1)).await.map_err(personal)?;
         let tombstone = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {KEYS} (incident_id, key_hex, created_at_ms, erased_at_ms) VALUES ($1, '', $2, $2) \
              ON CONFLICT (incident_id) DO UPDATE SET key_hex = '', erased_at_ms = $2 WHERE {KEYS}.erased_at_ms = 0"

@@ -162,8 +162,10 @@ impl App {
         } else {
             gridwork_eventstore::projection::ReadStore::connect(&vault_url).await?
         };
-        let vault =
-            contacts::Vault::open(vault_store, store.clone(), shared).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let keys = gridwork_personal::KeyStore::connect(runtime.js.clone(), common.stream_replicas).await?;
+        let vault = contacts::Vault::open(vault_store, store.clone(), shared, keys)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let eraser = ProjectionRunner::start_reactor(
             runtime.js.clone(),
             store.clone(),

@@ -312,7 +312,8 @@ pub const INCIDENTS: TableDef = TableDef {
               claimed_by TEXT NOT NULL, claim_until_ms BIGINT NOT NULL, duplicate_of TEXT NOT NULL, \
               reported_at_ms BIGINT NOT NULL, contact_ref TEXT NOT NULL, position BIGINT NOT NULL, \
               possibly_same_as TEXT NOT NULL, recurrence_of TEXT NOT NULL, closed_at_ms BIGINT NOT NULL, \
-              address_text TEXT NOT NULL, transfer_to TEXT NOT NULL)",
+              address_text TEXT NOT NULL, transfer_to TEXT NOT NULL, sealed_description TEXT NOT NULL, \
+              sealed_address_text TEXT NOT NULL)",
     indexes: &["grid_id, status", "category_code, status", "reported_at_ms", "duplicate_of"],
 };
 
@@ -349,8 +350,10 @@ impl Projection for Incidents {
     /// 5: sealed contacts (`contact_ref` = "sealed"), contact reads and
     /// erasures in the history. 6: a correction clears `possibly_same_as`; a
     /// report given back after its case was merged away stays closed.
+    /// 7: the account sealed (`sealed_description`, `sealed_address_text`,
+    /// opened when read); a me-too's description no longer in the history.
     fn version(&self) -> u32 {
-        6
+        7
     }
 
     async fn apply(&self, tx: &mut AnyConnection, tables: Tables, commit: &RecordedCommit) -> Result<(), ApplyError> {
@@ -379,6 +382,8 @@ impl Projection for Incidents {
                 IncidentEvent::ReportLinked(l) => (
                     "report_linked",
                     match &l.report {
+                        // An account in plain (earlier events); a sealed one is
+                        // read with the incident, never copied into the history.
                         Some(r) if !r.description.is_empty() => format!("me too: {} ({})", l.report_id, r.description),
                         _ => format!("me too: {}", l.report_id),
                     },
@@ -440,9 +445,10 @@ impl Projection for Incidents {
                         "INSERT INTO {incidents} (incident_id, status, source, category_code, catalogue_version, lat, lon, \
                          district_id, street_id, community_id, grid_id, micro_grid_id, description, priority, emergency, \
                          claimed_by, claim_until_ms, duplicate_of, reported_at_ms, contact_ref, position, \
-                         possibly_same_as, recurrence_of, closed_at_ms, address_text, transfer_to) \
+                         possibly_same_as, recurrence_of, closed_at_ms, address_text, transfer_to, sealed_description, \
+                         sealed_address_text) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, '', 0, '', $16, $17, $18, \
-                         '', '', 0, $19, '')"
+                         '', '', 0, $19, '', $20, $21)"
                     )))
                     .bind(id)
                     .bind(status_number(pb::IncidentStatus::Reported))
@@ -464,6 +470,8 @@ impl Projection for Incidents {
                     .bind(if r.sealed_contact.is_some() { crate::contacts::SEALED } else { r.contact_ref.as_str() })
                     .bind(position)
                     .bind(&r.address_text)
+                    .bind(gridwork_personal::to_column(r.sealed_description.as_ref()))
+                    .bind(gridwork_personal::to_column(r.sealed_address_text.as_ref()))
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -533,7 +541,7 @@ impl Projection for Incidents {
                 IncidentEvent::Relocated(r) => {
                     let path = r.grid_path.clone().unwrap_or_default();
                     let set = "lat = $3, lon = $4, district_id = $5, street_id = $6, community_id = $7, grid_id = $8, \
-                               micro_grid_id = $9, address_text = $10, possibly_same_as = ''";
+                               micro_grid_id = $9, address_text = $10, sealed_address_text = $11, possibly_same_as = ''";
                     update(tx, &incidents, id, position, set, |q| {
                         q.bind(r.lat)
                             .bind(r.lon)
@@ -543,6 +551,7 @@ impl Projection for Incidents {
                             .bind(path.grid_id)
                             .bind(path.micro_grid_id)
                             .bind(r.address_text.clone())
+                            .bind(gridwork_personal::to_column(r.sealed_address_text.as_ref()))
                     })
                     .await?
                 }

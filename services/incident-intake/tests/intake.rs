@@ -1023,3 +1023,117 @@ async fn two_triage_merges_of_a_pair_into_each_other_leave_one_original() {
     }
     drop(m.intake_app);
 }
+
+/// Issue 10, personal data: a report's account (description, address) and a
+/// me-too's travel sealed under their own keys; staff read them through the
+/// service, a contact read by role is recorded and refused without it; the
+/// erasure destroys the keys, after which the sealed copy in the stream opens
+/// as erased, the read model — live and rebuilt from zero — shows
+/// "[erased]" on the report and on the original's copy of the me-too's
+/// account, and what statistics need (category, grid path, status, counts)
+/// is unchanged.
+#[tokio::test]
+async fn a_reports_account_is_sealed_and_its_erasure_reaches_every_copy_but_not_the_statistics() {
+    let mut m = mesh().await;
+    let c = &mut m.intake;
+    let original = c
+        .report_incident(pb::ReportIncidentRequest {
+            description: "Mrs Li lives alone, water through the ceiling".into(),
+            location: Some(address("3-2-401 Xinhua Rd")),
+            ..hazard(0.5, 0.5)
+        })
+        .await
+        .expect("report")
+        .into_inner();
+    let me_too = c
+        .report_incident(pb::ReportIncidentRequest {
+            description: "my neighbour Mr Zhao says the same".into(),
+            location: Some(address("3-2-401 Xinhua Rd")),
+            ..hazard(0.5, 0.5)
+        })
+        .await
+        .expect("me too")
+        .into_inner();
+    assert_eq!(me_too.duplicate_of, original.incident_id, "same address, same category: linked");
+
+    // Nothing of the account is in the stream in plain.
+    let js = async_nats::jetstream::new(async_nats::connect(m.nats.url()).await.expect("connect"));
+    let stream = js.get_stream("INTAKE").await.expect("stream");
+    let last = stream.get_info().await.expect("info").state.last_sequence;
+    for seq in 1..=last {
+        let message = stream.get_raw_message(seq).await.expect("message");
+        let text = String::from_utf8_lossy(&message.payload);
+        for plain in ["Mrs Li", "Xinhua", "Mr Zhao", "138 0000"] {
+            assert!(!text.contains(plain), "{plain} in plain at {seq} on {}", message.subject);
+        }
+    }
+
+    // Staff read it through the service, opened.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let shown = incident(c, &original.incident_id, me_too.position.expect("pos").sequence).await;
+        if !shown.linked_accounts.is_empty() || std::time::Instant::now() > deadline {
+            break shown;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(shown.description, "Mrs Li lives alone, water through the ceiling");
+    assert_eq!(shown.address_text, "3-2-401 Xinhua Rd");
+    let accounts: Vec<&str> = shown.linked_accounts.iter().map(|a| a.description.as_str()).collect();
+    assert_eq!(accounts, ["my neighbour Mr Zhao says the same"]);
+    // The contact: read by the callback role (recorded), refused without it.
+    let read = pb::ReadReporterContactRequest {
+        command_id: uuid(),
+        incident_id: original.incident_id.clone(),
+        purpose: "回访".into(),
+    };
+    let got = c.read_reporter_contact(as_user("w7", Some("callback"), read.clone())).await.expect("read");
+    assert_eq!(got.into_inner().contact.map(|c| c.name), Some("Wang".to_string()));
+    let refused = c.read_reporter_contact(as_user("w8", Some("triage"), read)).await.expect_err("no role");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let before = c
+        .list_incidents(pb::ListIncidentsRequest { limit: 500, ..Default::default() })
+        .await
+        .expect("list")
+        .into_inner()
+        .incidents;
+    let statistics = |list: &[pb::Incident]| -> Vec<(String, i32, Option<pb::GridPath>, String)> {
+        list.iter().map(|i| (i.category_code.clone(), i.status, i.grid_path.clone(), i.duplicate_of.clone())).collect()
+    };
+
+    // Erase both reporters' data.
+    let mut at = 0;
+    for id in [&original.incident_id, &me_too.incident_id] {
+        let erase = pb::EraseReporterContactRequest {
+            command_id: uuid(),
+            incident_id: id.clone(),
+            reason: "the reporter asked (个人信息保护法 art. 47)".into(),
+        };
+        let erased = c.erase_reporter_contact(as_user("dpo-1", Some("privacy"), erase)).await.expect("erase");
+        at = erased.into_inner().position.expect("pos").sequence;
+    }
+    let shown = incident(c, &original.incident_id, at).await;
+    assert_eq!(shown.description, "[erased]");
+    assert_eq!(shown.address_text, "[erased]");
+    assert_eq!(shown.linked_accounts[0].description, "[erased]", "the original's copy of the me-too's account");
+    assert_eq!(incident(c, &me_too.incident_id, at).await.description, "[erased]");
+
+    // The sealed copy in the stream opens as erased, for any process.
+    let keys = gridwork_personal::KeyStore::connect(js.clone(), 1).await.expect("key store");
+    let report = m.intake_app.intake().incidents().load_current(&original.incident_id).await.expect("load");
+    let sealed = report.state.report.expect("report").sealed_description.expect("sealed in the event");
+    assert_eq!(keys.open(&sealed, "description").await.expect("open"), gridwork_personal::Opened::Erased);
+
+    // Rebuilt from zero: still erased; the statistics as they were.
+    m.intake_app.intake().projection().rebuild().await.expect("rebuild");
+    let rebuilt = incident(c, &original.incident_id, 0).await;
+    assert_eq!((rebuilt.description.as_str(), rebuilt.address_text.as_str()), ("[erased]", "[erased]"));
+    let after = c
+        .list_incidents(pb::ListIncidentsRequest { limit: 500, ..Default::default() })
+        .await
+        .expect("list")
+        .into_inner()
+        .incidents;
+    assert_eq!(statistics(&after), statistics(&before), "category, status, placement and links unchanged");
+    assert!(after.iter().all(|i| i.description == "[erased]"), "{after:?}");
+}

@@ -1,6 +1,7 @@
 //! Reads of the incident read model (`INCIDENTS`, `HISTORY`).
 
 use super::*;
+use crate::contacts::field::{ADDRESS_TEXT, DESCRIPTION};
 
 /// Which incidents to list.
 #[derive(Debug, Clone, Copy, Default)]
@@ -52,6 +53,8 @@ pub(super) struct IncidentRow {
     closed_at_ms: i64,
     address_text: String,
     transfer_to: String,
+    sealed_description: String,
+    sealed_address_text: String,
     /// A duplicate's original's status (0 if none).
     original_status: i64,
 }
@@ -65,6 +68,14 @@ impl Intake {
         Ok(())
     }
 
+    /// A read model's personal field: its plain text (earlier events), or its
+    /// sealed column opened.
+    async fn open_column(&self, plain: &str, sealed: &str, field: &str) -> Result<String, ServiceError> {
+        let sealed = gridwork_personal::from_column(sealed)
+            .map_err(|e| ServiceError::Internal(format!("read model, {field}: {e}")))?;
+        self.vault.open_text(plain, sealed.as_ref(), field).await
+    }
+
     /// Incidents matching the filters, newest first, without history.
     pub async fn list(&self, filter: IncidentFilter<'_>) -> Result<Vec<pb::Incident>, ServiceError> {
         let IncidentFilter { unit_id, status, category, transfer_to, limit, only_id, after, reported_by } = filter;
@@ -75,7 +86,7 @@ impl Intake {
             "SELECT incident_id, status, source, category_code, catalogue_version, lat, lon, district_id, street_id, \
              community_id, grid_id, micro_grid_id, description, priority, emergency, claimed_by, claim_until_ms, \
              duplicate_of, reported_at_ms, contact_ref, position, possibly_same_as, recurrence_of, closed_at_ms, \
-             address_text, transfer_to, \
+             address_text, transfer_to, sealed_description, sealed_address_text, \
              COALESCE((SELECT o.status FROM {table} o WHERE o.incident_id = t.duplicate_of), 0) AS original_status \
              FROM {table} t \
              WHERE ($1 = '' OR district_id = $1 OR street_id = $1 OR community_id = $1 OR grid_id = $1 OR micro_grid_id = $1) \
@@ -122,6 +133,8 @@ impl Intake {
                 Ok(pb::IncidentStatus::Reported | pb::IncidentStatus::Accepted | pb::IncidentStatus::Resolved)
             );
             let has_contact = self.vault.holds_ref(&r.incident_id, &r.contact_ref).await?;
+            let description = self.open_column(&r.description, &r.sealed_description, DESCRIPTION).await?;
+            let address_text = self.open_column(&r.address_text, &r.sealed_address_text, ADDRESS_TEXT).await?;
             out.push(pb::Incident {
                 incident_id: r.incident_id,
                 status,
@@ -138,7 +151,7 @@ impl Intake {
                     grid_id: r.grid_id,
                     micro_grid_id: r.micro_grid_id,
                 }),
-                description: r.description,
+                description,
                 priority: r.priority as i32,
                 emergency: r.emergency != 0,
                 claimed_by: if r.claim_until_ms > now { r.claimed_by } else { String::new() },
@@ -151,7 +164,7 @@ impl Intake {
                 possibly_same_as: r.possibly_same_as,
                 recurrence_of: r.recurrence_of,
                 closed_at_unix_ms: r.closed_at_ms,
-                address_text: r.address_text,
+                address_text,
                 transfer_to: r.transfer_to,
                 original_status: original.map_or(0, |s| s as i32),
                 linked_accounts: Vec::new(),
@@ -193,7 +206,18 @@ impl Intake {
             incident.partner_reference = report.partner_reference;
             incident.media = report.media;
         }
-        incident.linked_accounts = state.linked_accounts;
+        incident.linked_accounts = Vec::with_capacity(state.linked_accounts.len());
+        for mut account in state.linked_accounts {
+            account.description = self
+                .vault
+                .open_text(&account.description, account.sealed_description.take().as_ref(), DESCRIPTION)
+                .await?;
+            account.address_text = self
+                .vault
+                .open_text(&account.address_text, account.sealed_address_text.take().as_ref(), ADDRESS_TEXT)
+                .await?;
+            incident.linked_accounts.push(account);
+        }
         let history = Tables::Live.name(HISTORY.name);
         let rows: Vec<(i64, i64, String, String, String)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT sequence, at_ms, event_type, summary, principal FROM {history} WHERE incident_id = $1 ORDER BY sequence, idx"

@@ -160,6 +160,11 @@ impl Intake {
             }
             None => None,
         };
+        // The account likewise, under the incident's personal-data key.
+        let sealed_description =
+            self.vault.seal_text(&incident_id, crate::contacts::field::DESCRIPTION, &input.description).await?;
+        let sealed_address_text =
+            self.vault.seal_text(&incident_id, crate::contacts::field::ADDRESS_TEXT, &address_text).await?;
         // A report already recorded under this id (a retry, or the id reused
         // for another report) is not placed again: the incident's own commit
         // answers it, as it did or with the reuse refused.
@@ -221,7 +226,8 @@ impl Intake {
             lat,
             lon,
             grid_path: Some(grid_path),
-            description: input.description,
+            description: String::new(),
+            sealed_description,
             attributes: input.attributes,
             priority: input.urgency.map_or(category.default_priority, |p| p as i32),
             contact_ref: String::new(),
@@ -229,7 +235,8 @@ impl Intake {
             reported_at_unix_ms: now,
             emergency: category.emergency,
             reporter_id: input.reporter_id,
-            address_text,
+            address_text: String::new(),
+            sealed_address_text,
             device: input.device,
             partner_reference: input.partner_reference,
             media: input.media,
@@ -296,7 +303,11 @@ impl Intake {
             return Ok(None);
         }
         let first = existing.state.report.clone().unwrap_or_default();
-        if first.description != input.description.trim() || first.source != input.source as i32 {
+        let description = self
+            .vault
+            .open_text(&first.description, first.sealed_description.as_ref(), crate::contacts::field::DESCRIPTION)
+            .await?;
+        if description != input.description.trim() || first.source != input.source as i32 {
             return Err(ServiceError::FailedPrecondition {
                 kind: "PARTNER_REFERENCE_REUSED".into(),
                 subject: "partner_reference".into(),

@@ -82,12 +82,28 @@ impl Intake {
             Location::Point { .. } => String::new(),
         };
         let path = grid_path.clone();
+        // The address is sealed under the incident's key; whether it changed
+        // is decided here, where the old one can be opened.
+        let current = self.incidents.load_current(incident_id).await?.state.report.unwrap_or_default();
+        let old_address = self
+            .vault
+            .open_text(
+                &current.address_text,
+                current.sealed_address_text.as_ref(),
+                crate::contacts::field::ADDRESS_TEXT,
+            )
+            .await?;
+        let same_address = old_address == address_text;
+        let sealed_address_text =
+            self.vault.seal_text(incident_id, crate::contacts::field::ADDRESS_TEXT, &address_text).await?;
         let outcome = self
             .triage(incident_id, command_id, principal.clone(), |now| IncidentCommand::Relocate {
                 lat,
                 lon,
                 grid_path,
-                address_text,
+                address_text: String::new(),
+                sealed_address_text,
+                same_address,
                 by: principal,
                 note,
                 now_unix_ms: now,

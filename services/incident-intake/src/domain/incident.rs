@@ -260,8 +260,13 @@ pub enum IncidentCommand {
         lon: f64,
         /// The new placement.
         grid_path: pb::GridPath,
-        /// Address text ("" for a point).
+        /// Address text ("" for a point, or sealed).
         address_text: String,
+        /// The address text sealed under the incident's key.
+        sealed_address_text: Option<gridwork_personal::Sealed>,
+        /// Whether the address is the one the incident has (decided by the
+        /// caller, who can open a sealed one).
+        same_address: bool,
         /// Who.
         by: String,
         /// Why.
@@ -452,6 +457,10 @@ pub fn linked_account(report_id: &str, report: &pb::IncidentReported) -> pb::Lin
         description: report.description.chars().take(LINKED_DESCRIPTION_CHARS).collect(),
         attributes: report.attributes.clone(),
         address_text: report.address_text.clone(),
+        // Sealed, whole: under the me-too's own key, so its erasure reaches
+        // this copy too.
+        sealed_description: report.sealed_description.clone(),
+        sealed_address_text: report.sealed_address_text.clone(),
         media: report.media.iter().take(LINKED_MEDIA).cloned().collect(),
         reported_at_unix_ms: report.reported_at_unix_ms,
         lat: report.lat,
@@ -723,10 +732,20 @@ impl Aggregate for Incident {
                 }
                 Ok(events)
             }
-            IncidentCommand::Relocate { lat, lon, grid_path, address_text, by, note, now_unix_ms } => {
+            IncidentCommand::Relocate {
+                lat,
+                lon,
+                grid_path,
+                address_text,
+                sealed_address_text,
+                same_address,
+                by,
+                note,
+                now_unix_ms,
+            } => {
                 self.triage_guard(by, *now_unix_ms)?;
                 let report = self.report.as_ref().ok_or(IncidentRejection::NotReported)?;
-                if report.lat == *lat && report.lon == *lon && report.address_text == *address_text {
+                if report.lat == *lat && report.lon == *lon && *same_address {
                     return Err(IncidentRejection::Unchanged("location".into()));
                 }
                 Ok(vec![IncidentEvent::Relocated(pb::IncidentRelocated {
@@ -734,6 +753,7 @@ impl Aggregate for Incident {
                     lon: *lon,
                     grid_path: Some(grid_path.clone()),
                     address_text: address_text.clone(),
+                    sealed_address_text: sealed_address_text.clone(),
                     by: by.clone(),
                     note: note.clone(),
                 })])
@@ -907,6 +927,7 @@ impl Aggregate for Incident {
                     r.lon = e.lon;
                     r.grid_path.clone_from(&e.grid_path);
                     r.address_text.clone_from(&e.address_text);
+                    r.sealed_address_text.clone_from(&e.sealed_address_text);
                 }
             }
             IncidentEvent::PriorityReassessed(e) => self.priority = e.priority,

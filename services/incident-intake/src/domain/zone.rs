@@ -32,9 +32,22 @@ pub fn haversine_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     2.0 * 6_371_000.0 * a.sqrt().asin()
 }
 
-/// An address as a comparison key: case, spacing and punctuation do not make
-/// two addresses different ("3 Xinhua Rd, Bldg 2" = "3 xinhua rd bldg 2").
+/// An address as a comparison key: the SHA-256 (first 16 bytes, hex) of its
+/// [`normalise_address`] form, so that the zone's events, which are not
+/// sealed, never carry a home address in plain (the key compares; it does
+/// not read back). An empty address has an empty key.
 pub fn address_key(text: &str) -> String {
+    let normal = normalise_address(text);
+    if normal.is_empty() {
+        return normal;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, normal.as_bytes());
+    digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An address as compared: case, spacing and punctuation do not make two
+/// addresses different ("3 Xinhua Rd, Bldg 2" = "3 xinhua rd bldg 2").
+pub fn normalise_address(text: &str) -> String {
     let mut key = String::with_capacity(text.len());
     for word in
         text.split(|c: char| c.is_whitespace() || (c.is_ascii_punctuation() && c != '-') || "，。、；：".contains(c))
@@ -465,8 +478,12 @@ mod tests {
 
     #[test]
     fn addresses_compare_without_case_spacing_or_punctuation_and_long_zone_ids_fit_a_subject() {
-        assert_eq!(address_key("  3 Xinhua Rd., Bldg 2 "), "3 xinhua rd bldg 2");
-        assert_eq!(address_key("新华路3号，2栋"), "新华路3号 2栋");
+        assert_eq!(normalise_address("  3 Xinhua Rd., Bldg 2 "), "3 xinhua rd bldg 2");
+        assert_eq!(normalise_address("新华路3号，2栋"), "新华路3号 2栋");
+        assert_eq!(address_key("  3 Xinhua Rd., Bldg 2 "), address_key("3 xinhua rd bldg 2"));
+        assert_ne!(address_key("3 Xinhua Rd, Bldg 2"), address_key("3 Xinhua Rd, Bldg 3"));
+        assert!(!address_key("3 Xinhua Rd").contains("xinhua"), "never the address in plain");
+        assert_eq!(address_key(" , "), "");
         assert_eq!(zone_id("g-1", "fire"), "g-1_fire");
         let long = zone_id(&"g".repeat(120), "fire-hazard");
         assert!(long.len() <= 128 && gridwork_eventstore::aggregate::validate_id(&long).is_ok(), "{long}");
