@@ -949,13 +949,17 @@ async fn me_too_accounts_reach_the_handler_and_their_reporters_follow_and_rate_t
     // After closing, within the rating window, the late reporter rates too.
     let after = m
         .dispatch
-        .verify_case(rate(format!("reporter:{}", late.incident_id), pb::Rating::Satisfied))
+        .verify_case(pb::VerifyCaseRequest {
+            comment: "Mr Zhao on floor 3 says thanks".into(),
+            ..rate(format!("reporter:{}", late.incident_id), pb::Rating::Satisfied)
+        })
         .await
         .expect("late rating")
         .into_inner();
     assert_eq!(after.outcome, "recorded");
     let case = get(&mut m, &original.incident_id, pos(after.position)).await;
     assert_eq!(case.ratings.len(), 3, "every caller counted: {case:?}");
+    assert!(case.ratings.iter().any(|r| r.comment == "Mr Zhao on floor 3 says thanks"), "opened when read: {case:?}");
     assert_eq!(case.rating, pb::Rating::Satisfied as i32, "the reporter's rating is the case's");
     let follower = intake_status(&mut m, &original.incident_id, intake_pb::IncidentStatus::Closed).await;
     assert!(follower.closed_at_unix_ms > 0);
@@ -975,6 +979,17 @@ async fn me_too_accounts_reach_the_handler_and_their_reporters_follow_and_rate_t
     let case = get(&mut m, &original.incident_id, 0).await;
     let accounts: Vec<&str> = case.linked_reports.iter().map(|r| r.description.as_str()).collect();
     assert_eq!(accounts, ["three e-bikes on the second floor landing", "[erased]"], "{case:?}");
+    // The reporter's rating comment, sealed under the same key, with it.
+    let late_rating = format!("reporter:{}", late.incident_id);
+    let comment = |case: &pb::Case| case.ratings.iter().find(|r| r.by == late_rating).map(|r| r.comment.clone());
+    assert_eq!(comment(&case).as_deref(), Some("[erased]"), "{case:?}");
+    let js = async_nats::jetstream::new(async_nats::connect(m.nats.url()).await.expect("connect"));
+    let stream = js.get_stream("DISPATCH").await.expect("stream");
+    let last = stream.get_info().await.expect("info").state.last_sequence;
+    for seq in 1..=last {
+        let text = String::from_utf8_lossy(&stream.get_raw_message(seq).await.expect("message").payload).into_owned();
+        assert!(!text.contains("Mr Zhao") && !text.contains("cable runs"), "plain personal data at {seq}: {text}");
+    }
 }
 
 /// Issue 9 review: an incident carries the first 100 accounts to its case; a

@@ -401,6 +401,20 @@ impl KeyStore {
     pub async fn seal(&self, name: &str, field: &str, plain: &[u8]) -> Result<Option<Sealed>, PersonalError> {
         check_name(name)?;
         let Some(key) = self.key_for_sealing(name).await? else { return Ok(None) };
+        self.seal_with(name, &key, field, plain).map(Some)
+    }
+
+    /// Seal under `name`'s key only if it exists: for a service that may
+    /// read another's keys but not make them (dispatch sealing a reporter's
+    /// comment under the report's key in intake). `None` once erased;
+    /// [`PersonalError::Missing`] if it was never made.
+    pub async fn seal_existing(&self, name: &str, field: &str, plain: &[u8]) -> Result<Option<Sealed>, PersonalError> {
+        check_name(name)?;
+        let Some(key) = self.key_for_opening(name).await? else { return Ok(None) };
+        self.seal_with(name, &key, field, plain).map(Some)
+    }
+
+    fn seal_with(&self, name: &str, key: &[u8; KEY_LEN], field: &str, plain: &[u8]) -> Result<Sealed, PersonalError> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| unavailable("no randomness"))?;
         let mut sealed = plain.to_vec();
@@ -411,7 +425,7 @@ impl KeyStore {
             &mut sealed,
         )
         .map_err(|_| unavailable("sealing failed"))?;
-        Ok(Some(Sealed { key: name.to_string(), nonce: nonce.to_vec(), ciphertext: sealed }))
+        Ok(Sealed { key: name.to_string(), nonce: nonce.to_vec(), ciphertext: sealed })
     }
 
     /// Open `sealed` as `field`: the plaintext, or [`Opened::Erased`].

@@ -385,6 +385,46 @@ impl Dispatch {
         Ok(())
     }
 
+    /// A rating's comment, sealed under the rating reporter's own report key
+    /// in intake (the case's incident for the reporter and staff rating for
+    /// them, the me-too's for its reporter), so that erasing that reporter's
+    /// data erases it too: returns the plain comment to record ("" once
+    /// sealed) and the sealed one. A report older than sealing has no key:
+    /// its comment stays plain, as its account is. A reporter whose data was
+    /// erased gives no comment: FAILED_PRECONDITION.
+    pub async fn seal_comment(
+        &self,
+        case_id: &str,
+        by: &crate::domain::case::Rater,
+        comment: String,
+    ) -> Result<(String, Option<gridwork_personal::Sealed>), ServiceError> {
+        use crate::domain::case::Rater;
+        if comment.is_empty() {
+            return Ok((comment, None));
+        }
+        let report = match by {
+            Rater::Reporter | Rater::Staff(_) => case_id,
+            Rater::LinkedReporter(report) => report.as_str(),
+        };
+        let name = gridwork_personal::key_name("intake", "incident", report)
+            .map_err(|e| ServiceError::Internal(format!("personal-data key: {e}")))?;
+        match self.keys.seal_existing(&name, "comment", comment.as_bytes()).await {
+            Ok(Some(sealed)) => Ok((String::new(), Some(sealed))),
+            Ok(None) => Err(ServiceError::FailedPrecondition {
+                kind: "PERSONAL_DATA_ERASED".into(),
+                subject: "comment".into(),
+                description: format!(
+                    "comment: the data of report {report}'s reporter was erased; rate without a comment"
+                ),
+            }),
+            Err(gridwork_personal::PersonalError::Missing(_)) => Ok((comment, None)),
+            Err(gridwork_personal::PersonalError::Unavailable(e)) => {
+                Err(ServiceError::Unavailable(format!("personal-data key store: {e}")))
+            }
+            Err(e) => Err(ServiceError::Internal(e.to_string())),
+        }
+    }
+
     /// The read side.
     pub fn queries(&self) -> Queries<'_> {
         Queries { store: &self.store, now_unix_ms: self.time.now_unix_ms(), keys: &self.keys }

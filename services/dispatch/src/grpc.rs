@@ -483,9 +483,17 @@ impl DispatchService for DispatchGrpc {
         let comment = v.text("comment", &r.comment, 0, 1000);
         v.finish()?;
         let by = by.unwrap_or(Rater::Reporter);
+        let (comment, sealed_comment) = self.dispatch.seal_comment(&id, &by, comment).await?;
         let outcome = self
             .dispatch
-            .act(&id, command_id, who, |clock| CaseCommand::Verify { rating, solved, by, comment, clock })
+            .act(&id, command_id, who, |clock| CaseCommand::Verify {
+                rating,
+                solved,
+                by,
+                comment,
+                sealed_comment,
+                clock,
+            })
             .await?;
         let reopened = outcome.events.iter().any(|e| matches!(e, CaseEvent::Reopened(_)));
         let closed = outcome.events.iter().any(|e| matches!(e, CaseEvent::Closed(_)));

@@ -444,7 +444,8 @@ pub const SUMMONSES: TableDef = TableDef {
 pub const RATINGS: TableDef = TableDef {
     name: "dispatch_ratings",
     columns: "(case_id TEXT NOT NULL, round BIGINT NOT NULL, rating BIGINT NOT NULL, solved BIGINT NOT NULL, rated_by TEXT NOT NULL, \
-              comment TEXT NOT NULL, at_ms BIGINT NOT NULL, decides BIGINT NOT NULL, PRIMARY KEY (case_id, round, rated_by))",
+              comment TEXT NOT NULL, at_ms BIGINT NOT NULL, decides BIGINT NOT NULL, sealed_comment TEXT NOT NULL, \
+              PRIMARY KEY (case_id, round, rated_by))",
     indexes: &[],
 };
 
@@ -705,7 +706,8 @@ impl Projection for Cases {
     /// 4: the rulebook version and the routing fallback.
     /// 5: possibly the same as, merged into.
     /// 6: linked reports; linked reporters' ratings.
-    /// 7: linked reports' accounts kept sealed (opened when read).
+    /// 7: linked reports' accounts kept sealed (opened when read); rating
+    /// comments likewise.
     fn version(&self) -> u32 {
         7
     }
@@ -887,9 +889,11 @@ impl Projection for Cases {
                         format!("(SELECT round FROM {} WHERE case_id = $1)", rows.cases)
                     };
                     let sql = format!(
-                        "INSERT INTO {ratings} (case_id, round, rating, solved, rated_by, comment, at_ms, decides) \
-                         VALUES ($1, {round}, $2, $3, $4, $5, $6, $7) ON CONFLICT (case_id, round, rated_by) DO NOTHING"
+                        "INSERT INTO {ratings} (case_id, round, rating, solved, rated_by, comment, at_ms, decides, \
+                         sealed_comment) VALUES ($1, {round}, $2, $3, $4, $5, $6, $7, $8) \
+                         ON CONFLICT (case_id, round, rated_by) DO NOTHING"
                     );
+                    let sealed_comment = gridwork_personal::to_column(v.sealed_comment.as_ref());
                     rows.run(
                         sql,
                         &[
@@ -900,6 +904,7 @@ impl Projection for Cases {
                             Text(&v.comment),
                             Int(if v.at_unix_ms > 0 { v.at_unix_ms } else { at }),
                             Int(i64::from(decides)),
+                            Text(&sealed_comment),
                         ],
                     )
                     .await?;

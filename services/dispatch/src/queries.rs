@@ -407,25 +407,27 @@ impl Queries<'_> {
             })
             .collect();
         let ratings = Tables::Live.name(RATINGS.name);
-        let rows: Vec<(i64, i64, i64, String, String, i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT round, rating, solved, rated_by, comment, at_ms, decides FROM {ratings} WHERE case_id = $1 \
-             ORDER BY round, at_ms, rated_by"
+        type RatingRow = (i64, i64, i64, String, String, i64, i64, String);
+        let rows: Vec<RatingRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT round, rating, solved, rated_by, comment, at_ms, decides, sealed_comment FROM {ratings} \
+             WHERE case_id = $1 ORDER BY round, at_ms, rated_by"
         )))
         .bind(case_id)
         .fetch_all(pool)
         .await?;
-        case.ratings = rows
-            .into_iter()
-            .map(|(round, rating, solved, by, comment, at, decides)| pb::RatingEntry {
+        let mut ratings = Vec::with_capacity(rows.len());
+        for (round, rating, solved, by, comment, at, decides, sealed) in rows {
+            ratings.push(pb::RatingEntry {
                 round: round as u32,
                 rating: rating as i32,
                 solved: solved as i32,
                 by,
-                comment,
+                comment: open_field(self.keys, comment, &sealed, "comment").await?,
                 at_unix_ms: at,
                 decides: decides != 0,
-            })
-            .collect();
+            });
+        }
+        case.ratings = ratings;
         let summonses = Tables::Live.name(SUMMONSES.name);
         let rows: Vec<SummonsRow> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT case_id, department, whistle, status, report_by_ms, summoned_at_ms, updated_at_ms, position FROM {summonses} \

@@ -264,15 +264,16 @@ impl Aggregate for Case {
                 }));
                 Ok(events)
             }
-            CaseCommand::Verify { rating, solved, by, comment, clock } => {
+            CaseCommand::Verify { rating, solved, by, comment, sealed_comment, clock } => {
                 if let Rater::LinkedReporter(report) = by {
-                    return self.linked_rating(report, *rating, *solved, comment, clock.now_unix_ms);
+                    return self.linked_rating(report, *rating, *solved, comment, sealed_comment, clock.now_unix_ms);
                 }
                 self.require("rate", &[Status::Resolved])?;
                 let verified = CaseEvent::Verified(pb::CaseVerified {
                     rating: *rating as i32,
                     by: by.label(),
                     comment: comment.clone(),
+                    sealed_comment: sealed_comment.clone(),
                     solved: if *solved { pb::ResolutionAnswer::Solved } else { pb::ResolutionAnswer::NotSolved } as i32,
                     round: self.round,
                     at_unix_ms: clock.now_unix_ms,
@@ -285,7 +286,13 @@ impl Aggregate for Case {
                         Ok(vec![
                             verified,
                             CaseEvent::Reopened(pb::CaseReopened {
-                                reason: format!("rated unsatisfied: {comment}"),
+                                // A comment in plain only (a sealed one is read
+                                // with the rating, never copied here).
+                                reason: if comment.is_empty() {
+                                    "rated unsatisfied".into()
+                                } else {
+                                    format!("rated unsatisfied: {comment}")
+                                },
                                 round,
                                 deadlines: clock.case_clocks(round),
                             }),
@@ -501,6 +508,7 @@ impl Case {
         rating: pb::Rating,
         solved: bool,
         comment: &str,
+        sealed_comment: &Option<gridwork_personal::Sealed>,
         now_unix_ms: i64,
     ) -> Result<Vec<CaseEvent>, CaseRejection> {
         if !self.linked_reports.contains(report) {
@@ -521,6 +529,7 @@ impl Case {
             rating: rating as i32,
             by,
             comment: comment.to_string(),
+            sealed_comment: sealed_comment.clone(),
             solved: if solved { pb::ResolutionAnswer::Solved } else { pb::ResolutionAnswer::NotSolved } as i32,
             round: self.round,
             at_unix_ms: now_unix_ms,

@@ -258,8 +258,10 @@ pub enum CaseCommand {
         solved: bool,
         /// Who.
         by: Rater,
-        /// Comment.
+        /// Comment ("" when sealed).
         comment: String,
+        /// The comment sealed under the rater's report key.
+        sealed_comment: Option<gridwork_personal::Sealed>,
         /// Time (a reopening starts a new round's clocks).
         clock: Clock,
     },

@@ -83,7 +83,14 @@ fn resolve(by: pb::Owner, now: i64) -> CaseCommand {
 }
 
 fn rate(rating: pb::Rating, now: i64) -> CaseCommand {
-    CaseCommand::Verify { rating, solved: true, by: Rater::Reporter, comment: "".into(), clock: clock(now) }
+    CaseCommand::Verify {
+        rating,
+        solved: true,
+        by: Rater::Reporter,
+        comment: "".into(),
+        sealed_comment: None,
+        clock: clock(now),
+    }
 }
 
 fn whistle(departments: &[&str], now: i64) -> CaseCommand {
@@ -323,6 +330,7 @@ fn linked_rate(report: &str, rating: pb::Rating, now: i64) -> CaseCommand {
         solved: false,
         by: Rater::LinkedReporter(report.into()),
         comment: "still smells of smoke".into(),
+        sealed_comment: None,
         clock: clock(now),
     }
 }
@@ -629,6 +637,7 @@ fn unsatisfied_reopens_a_new_round_with_its_own_clocks_and_satisfied_closes_rate
             solved: false,
             by: Rater::Staff("w7".into()),
             comment: "bikes are back".into(),
+            sealed_comment: None,
             clock: clock(100 * MIN),
         })
         .expect("verify");
@@ -651,6 +660,7 @@ fn unsatisfied_reopens_a_new_round_with_its_own_clocks_and_satisfied_closes_rate
                 solved: pb::ResolutionAnswer::Solved as i32,
                 round: 1,
                 at_unix_ms: 5,
+                sealed_comment: None,
             }),
             CaseEvent::Closed(pb::CaseClosed { at_unix_ms: 5, outcome: pb::CloseOutcome::Rated as i32 }),
         ],
