@@ -59,6 +59,25 @@ pub const SUBJECT_PREFIX: &str = "personal.key.";
 /// What read models and views show where erased personal data was.
 pub const ERASED: &str = "[erased]";
 
+/// What views show where a sealed value cannot be opened (its key missing
+/// from the store, or the value altered): one field, never the whole read.
+pub const UNAVAILABLE: &str = "[unavailable]";
+
+/// Open `sealed` as `field` for a view: the text, [`ERASED`], or
+/// [`UNAVAILABLE`] with a warning naming the key (never the text) when the
+/// key is missing or the value does not open. Only an unreachable store is
+/// an error (retry).
+pub async fn open_for_view(keys: &KeyStore, sealed: &Sealed, field: &str) -> Result<String, PersonalError> {
+    match keys.open(sealed, field).await {
+        Ok(opened) => Ok(opened.text()),
+        Err(e @ PersonalError::Unavailable(_)) => Err(e),
+        Err(e) => {
+            tracing::warn!(key = %sealed.key, field, error = %e, "a sealed value that does not open is shown as unavailable");
+            Ok(UNAVAILABLE.to_string())
+        }
+    }
+}
+
 /// How long a live key is kept in memory.
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
 
@@ -391,7 +410,11 @@ impl KeyStore {
         }
         match self.entry(name).await? {
             Some(Entry::Live { key, .. }) => Ok(self.remember(name, key)),
-            Some(Entry::Tombstone { .. }) => Ok(None),
+            // Final: remembered, never asked again.
+            Some(Entry::Tombstone { .. }) => {
+                self.erased.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.to_string());
+                Ok(None)
+            }
             None => Err(PersonalError::Missing(name.to_string())),
         }
     }

@@ -69,8 +69,8 @@ async fn open_field(
         .map_err(|e| ServiceError::Internal(format!("read model, {field}: {e}")))?;
     match sealed {
         None => Ok(plain),
-        Some(sealed) => match keys.open(&sealed, field).await {
-            Ok(opened) => Ok(opened.text()),
+        Some(sealed) => match gridwork_personal::open_for_view(keys, &sealed, field).await {
+            Ok(text) => Ok(text),
             Err(gridwork_personal::PersonalError::Unavailable(e)) => {
                 Err(ServiceError::Unavailable(format!("personal-data key store: {e}")))
             }

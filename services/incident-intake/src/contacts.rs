@@ -150,7 +150,7 @@ impl Vault {
     ) -> Result<String, ServiceError> {
         match sealed {
             None => Ok(plain.to_string()),
-            Some(sealed) => Ok(self.keys.open(sealed, field).await.map_err(personal)?.text()),
+            Some(sealed) => gridwork_personal::open_for_view(&self.keys, sealed, field).await.map_err(personal),
         }
     }
 

@@ -1049,6 +1049,8 @@ async fn a_reports_account_is_sealed_and_its_erasure_reaches_every_copy_but_not_
         .report_incident(pb::ReportIncidentRequest {
             description: "my neighbour Mr Zhao says the same".into(),
             location: Some(address("3-2-401 Xinhua Rd")),
+            // No contact given: the account is erased all the same.
+            contact: None,
             ..hazard(0.5, 0.5)
         })
         .await

@@ -160,11 +160,6 @@ impl Intake {
             }
             None => None,
         };
-        // The account likewise, under the incident's personal-data key.
-        let sealed_description =
-            self.vault.seal_text(&incident_id, crate::contacts::field::DESCRIPTION, &input.description).await?;
-        let sealed_address_text =
-            self.vault.seal_text(&incident_id, crate::contacts::field::ADDRESS_TEXT, &address_text).await?;
         // A report already recorded under this id (a retry, or the id reused
         // for another report) is not placed again: the incident's own commit
         // answers it, as it did or with the reuse refused.
@@ -172,6 +167,25 @@ impl Intake {
         // racing its own first attempt past a lagging replica is placed
         // again under the same key, and its commit answers as the first did.
         let recorded = self.incidents.load_shared(&incident_id).await?.state.status != Status::New;
+        // The account likewise, under the incident's personal-data key —
+        // unless the report is recorded already: its commit answers (a
+        // retry), and its key may be erased by now.
+        let (sealed_description, sealed_description_excerpt, sealed_address_text) = if recorded {
+            (None, None, None)
+        } else {
+            use crate::contacts::field::{ADDRESS_TEXT, DESCRIPTION};
+            use crate::domain::incident::LINKED_DESCRIPTION_CHARS;
+            let excerpt = (input.description.chars().count() > LINKED_DESCRIPTION_CHARS)
+                .then(|| input.description.chars().take(LINKED_DESCRIPTION_CHARS).collect::<String>());
+            (
+                self.vault.seal_text(&incident_id, DESCRIPTION, &input.description).await?,
+                match excerpt {
+                    Some(excerpt) => self.vault.seal_text(&incident_id, DESCRIPTION, &excerpt).await?,
+                    None => None,
+                },
+                self.vault.seal_text(&incident_id, ADDRESS_TEXT, &address_text).await?,
+            )
+        };
         let nearby = match duplicate_policy(&category).filter(|_| !recorded) {
             // Never compared: each report is about its own people.
             None => None,
@@ -228,6 +242,7 @@ impl Intake {
             grid_path: Some(grid_path),
             description: String::new(),
             sealed_description,
+            sealed_description_excerpt,
             attributes: input.attributes,
             priority: input.urgency.map_or(category.default_priority, |p| p as i32),
             contact_ref: String::new(),
@@ -307,7 +322,10 @@ impl Intake {
             .vault
             .open_text(&first.description, first.sealed_description.as_ref(), crate::contacts::field::DESCRIPTION)
             .await?;
-        if description != input.description.trim() || first.source != input.source as i32 {
+        // Erased since: the content cannot be compared, and the reference
+        // is the partner's own: answered as the report it made.
+        let erased = description == gridwork_personal::ERASED;
+        if (!erased && description != input.description.trim()) || first.source != input.source as i32 {
             return Err(ServiceError::FailedPrecondition {
                 kind: "PARTNER_REFERENCE_REUSED".into(),
                 subject: "partner_reference".into(),

@@ -25,9 +25,11 @@ impl Intake {
         Ok((contact, outcome))
     }
 
-    /// Erase a reporter's contact for good: recorded on the incident, then
-    /// its key destroyed (the eraser reactor destroys it too, should this
-    /// process stop in between). `true` if a contact was held and is gone.
+    /// Erase a reporter's data for good — the contact and the report's own
+    /// account, with or without a contact: recorded on the incident, then
+    /// the keys destroyed (the eraser reactor destroys them too, should this
+    /// process stop in between; a retry destroys them again). `true` once
+    /// the data is gone.
     pub async fn erase_contact(
         &self,
         incident_id: &str,
@@ -39,9 +41,9 @@ impl Intake {
         let command = IncidentCommand::EraseContact { by: principal.clone(), reason, now_unix_ms: now };
         let outcome = self.incidents.execute(incident_id, &command, &meta(command_id, principal, now)).await?;
         let erased = outcome.events.iter().any(|e| matches!(e, IncidentEvent::ContactErased(_)));
-        if erased {
-            self.vault.shred(incident_id, now).await?;
-        }
+        // Also on a retry or a second erasure: idempotent, and it finishes
+        // one that stopped between the record and the keys.
+        self.vault.shred(incident_id, now).await?;
         Ok((erased, outcome))
     }
 }

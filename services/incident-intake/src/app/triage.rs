@@ -84,7 +84,12 @@ impl Intake {
         let path = grid_path.clone();
         // The address is sealed under the incident's key; whether it changed
         // is decided here, where the old one can be opened.
-        let current = self.incidents.load_current(incident_id).await?.state.report.unwrap_or_default();
+        let loaded = self.incidents.load_current(incident_id).await?;
+        // No key is made for an incident that does not exist.
+        if loaded.state.status == crate::domain::incident::Status::New {
+            return Err(crate::domain::incident::IncidentRejection::NotReported.into());
+        }
+        let current = loaded.state.report.unwrap_or_default();
         let old_address = self
             .vault
             .open_text(

@@ -457,9 +457,10 @@ pub fn linked_account(report_id: &str, report: &pb::IncidentReported) -> pb::Lin
         description: report.description.chars().take(LINKED_DESCRIPTION_CHARS).collect(),
         attributes: report.attributes.clone(),
         address_text: report.address_text.clone(),
-        // Sealed, whole: under the me-too's own key, so its erasure reaches
-        // this copy too.
-        sealed_description: report.sealed_description.clone(),
+        // Sealed under the me-too's own key, so its erasure reaches this copy
+        // too; the excerpt where there is one (a whole 4,000-character
+        // account, a hundred times over, would not fit a message).
+        sealed_description: report.sealed_description_excerpt.clone().or_else(|| report.sealed_description.clone()),
         sealed_address_text: report.sealed_address_text.clone(),
         media: report.media.iter().take(LINKED_MEDIA).cloned().collect(),
         reported_at_unix_ms: report.reported_at_unix_ms,
@@ -510,7 +511,10 @@ impl Aggregate for Incident {
     /// [`MAX_LINKED_ACCOUNTS`]; a report given back after its case was merged
     /// is closed. 7: when the case was resolved. 8: when each linked report
     /// was made.
-    const STATE_VERSION: u32 = 8;
+    /// 9: the sealed account (IncidentReported 19-20, LinkedReport 11-12):
+    /// a snapshot written by a replica that did not know them would have
+    /// dropped them.
+    const STATE_VERSION: u32 = 9;
     type Command = IncidentCommand;
     type Event = IncidentEvent;
     type Rejection = IncidentRejection;
@@ -835,8 +839,10 @@ impl Aggregate for Incident {
                 if self.status == Status::New {
                     return Err(IncidentRejection::NotReported);
                 }
-                // Nothing held (none left, or erased already): nothing to do.
-                if !self.holds_contact() {
+                // Erased already: nothing to do. Otherwise there is always
+                // something to erase — the contact if one was given, and the
+                // report's own account (description, address) in any case.
+                if self.contact_erased {
                     return Ok(vec![]);
                 }
                 Ok(vec![IncidentEvent::ContactErased(pb::ContactErased {
@@ -1576,9 +1582,10 @@ mod tests {
         given::<Incident>([with_contact.clone(), erased.clone()])
             .when(read("w7"))
             .then_expect_error(IncidentRejection::ContactErased);
-        // Erasing what is not held records nothing.
-        given::<Incident>([with_contact, erased]).when(erase.clone()).then_expect_events([]);
-        given::<Incident>([reported()]).when(erase).then_expect_events([]);
+        // Erasing again records nothing; a report without a contact still
+        // has its own account to erase (issue 10).
+        given::<Incident>([with_contact, erased.clone()]).when(erase.clone()).then_expect_events([]);
+        given::<Incident>([reported()]).when(erase).then_expect_events([erased]);
     }
 
     #[test]
