@@ -168,6 +168,21 @@ async fn each_service_runs_as_its_own_nats_user_and_reaches_no_further() {
     }
     assert!(m.nats.log().contains("Violation"), "{}", m.nats.log());
 
+    // Dispatch opens reporters' keys but may neither make one nor scrub one.
+    let (dispatch, errors) = connect_as(&m.nats, &users, gridwork_dispatch::SERVICE).await;
+    let js = async_nats::jetstream::new(dispatch.clone());
+    let forged_key = async {
+        let ack = js.publish("personal.key.intake.incident.forged", vec![1u8; 33].into()).await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+            tokio::time::timeout(Duration::from_secs(2), ack).await.map_err(|e| e.to_string())??,
+        )
+    };
+    assert!(forged_key.await.is_err(), "dispatch's user made a personal-data key");
+    dispatch.publish("$JS.API.STREAM.MSG.DELETE.PERSONAL_KEYS", "{\"seq\":1}".into()).await.expect("sent");
+    let seen = violations(&errors, 2).await;
+    assert!(seen.iter().any(|e| e.contains("personal.key.intake")), "{seen:?}");
+    assert!(seen.iter().any(|e| e.contains("STREAM.MSG.DELETE.PERSONAL_KEYS")), "{seen:?}");
+
     // A bureau reads its own feed, not another bureau's.
     let (police, errors) = connect_as(&m.nats, &users, "police").await;
     let mut own = police.subscribe("feed.police.>").await.expect("its own feed");
