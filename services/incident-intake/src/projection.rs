@@ -351,7 +351,8 @@ impl Projection for Incidents {
     /// erasures in the history. 6: a correction clears `possibly_same_as`; a
     /// report given back after its case was merged away stays closed.
     /// 7: the account sealed (`sealed_description`, `sealed_address_text`,
-    /// opened when read); a me-too's description no longer in the history.
+    /// opened when read); a me-too's description no longer in the history;
+    /// an erasure blanks an account kept in plain.
     fn version(&self) -> u32 {
         7
     }
@@ -571,8 +572,22 @@ impl Projection for Incidents {
                     update(tx, &incidents, id, position, "transfer_to = ''", |q| q).await?
                 }
                 IncidentEvent::ContactRead(_) => update(tx, &incidents, id, position, "", |q| q).await?,
+                // An account kept in plain (events written before sealing)
+                // is blanked here — the read model can forget what the log
+                // cannot; a rebuild blanks it again at the same event. A
+                // sealed one needs nothing: its key is gone.
                 IncidentEvent::ContactErased(_) => {
-                    update(tx, &incidents, id, position, "contact_ref = ''", |q| q).await?
+                    let set = "contact_ref = '', \
+                               description = CASE WHEN description = '' THEN '' ELSE $3 END, \
+                               address_text = CASE WHEN address_text = '' THEN '' ELSE $3 END";
+                    update(tx, &incidents, id, position, set, |q| q.bind(gridwork_personal::ERASED)).await?;
+                    sqlx::query(AssertSqlSafe(format!(
+                        "UPDATE {history} SET summary = $1 WHERE event_type = 'report_linked' AND summary LIKE $2"
+                    )))
+                    .bind(format!("me too: {id}"))
+                    .bind(format!("me too: {id} (%"))
+                    .execute(&mut *tx)
+                    .await?;
                 }
             }
             sqlx::query(AssertSqlSafe(format!(

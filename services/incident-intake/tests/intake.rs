@@ -1139,3 +1139,54 @@ async fn a_reports_account_is_sealed_and_its_erasure_reaches_every_copy_but_not_
     assert_eq!(statistics(&after), statistics(&before), "category, status, placement and links unchanged");
     assert!(after.iter().all(|i| i.description == "[erased]"), "{after:?}");
 }
+
+/// An account recorded in plain before sealing cannot be erased from the log
+/// (it denies deletes), but the read model forgets it: the erasure blanks it,
+/// and a rebuild from zero blanks it again at the same event.
+#[tokio::test]
+async fn an_account_kept_in_plain_before_sealing_is_blanked_in_the_read_model_on_erasure() {
+    let mut m = mesh().await;
+    let id = uuid();
+    let report = pb::IncidentReported {
+        source: pb::Source::Hotline as i32,
+        category_code: "fire-hazard".into(),
+        lat: Y0 + 0.5 * STEP,
+        lon: X0 + 0.5 * STEP,
+        grid_path: Some(pb::GridPath {
+            district_id: "d".into(),
+            street_id: "s".into(),
+            community_id: "c".into(),
+            grid_id: "g".into(),
+            micro_grid_id: "m1".into(),
+        }),
+        description: "Mr Qian in 5-1-202 smells smoke".into(),
+        address_text: "5-1-202 Xinhua Rd".into(),
+        priority: pb::Priority::High as i32,
+        reported_at_unix_ms: T0,
+        ..Default::default()
+    };
+    let meta = gridwork_eventstore::CommandMeta {
+        command_id: uuid(),
+        principal: "hotline-1".into(),
+        decided_at_unix_ms: T0,
+        request_digest: 0,
+    };
+    let command =
+        gridwork_incident_intake::domain::incident::IncidentCommand::Report { report: Box::new(report), nearby: None };
+    let recorded =
+        m.intake_app.intake().incidents().execute(&id, &command, &meta).await.expect("a report as recorded before");
+    let c = &mut m.intake;
+    let shown = incident(c, &id, recorded.sequence).await;
+    assert_eq!(shown.description, "Mr Qian in 5-1-202 smells smoke", "plain, as it was recorded");
+    let erase = pb::EraseReporterContactRequest {
+        command_id: uuid(),
+        incident_id: id.clone(),
+        reason: "the reporter asked".into(),
+    };
+    let erased = c.erase_reporter_contact(as_user("dpo-1", Some("privacy"), erase)).await.expect("erase").into_inner();
+    let shown = incident(c, &id, erased.position.expect("recorded").sequence).await;
+    assert_eq!((shown.description.as_str(), shown.address_text.as_str()), ("[erased]", "[erased]"));
+    m.intake_app.intake().projection().rebuild().await.expect("rebuild");
+    let rebuilt = incident(c, &id, 0).await;
+    assert_eq!((rebuilt.description.as_str(), rebuilt.address_text.as_str()), ("[erased]", "[erased]"));
+}
