@@ -63,6 +63,25 @@ pub const ERASED: &str = "[erased]";
 /// from the store, or the value altered): one field, never the whole read.
 pub const UNAVAILABLE: &str = "[unavailable]";
 
+/// A read model's column ([`to_column`]) for a view: `plain` where nothing
+/// was sealed (earlier events), else [`open_for_view`]; a column that does
+/// not decode is [`UNAVAILABLE`] too, with a warning.
+pub async fn open_column_for_view(
+    keys: &KeyStore,
+    plain: String,
+    column: &str,
+    field: &str,
+) -> Result<String, PersonalError> {
+    match from_column(column) {
+        Ok(None) => Ok(plain),
+        Ok(Some(sealed)) => open_for_view(keys, &sealed, field).await,
+        Err(e) => {
+            tracing::warn!(field, error = %e, "a read model's sealed column that does not decode is shown as unavailable");
+            Ok(UNAVAILABLE.to_string())
+        }
+    }
+}
+
 /// Open `sealed` as `field` for a view: the text, [`ERASED`], or
 /// [`UNAVAILABLE`] with a warning naming the key (never the text) when the
 /// key is missing or the value does not open. Only an unreachable store is

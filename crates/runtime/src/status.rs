@@ -160,6 +160,19 @@ where
     }
 }
 
+/// The personal-data key store: unreachable is UNAVAILABLE (retry); a
+/// store configured unsafely, a missing key or an altered value is INTERNAL.
+impl From<gridwork_personal::PersonalError> for ServiceError {
+    fn from(e: gridwork_personal::PersonalError) -> Self {
+        match e {
+            gridwork_personal::PersonalError::Unavailable(e) => {
+                ServiceError::Unavailable(format!("personal-data key store: {e}"))
+            }
+            other => ServiceError::Internal(other.to_string()),
+        }
+    }
+}
+
 impl From<WaitError> for ServiceError {
     fn from(e: WaitError) -> Self {
         match e {

@@ -418,10 +418,7 @@ impl Dispatch {
                 ),
             }),
             Err(gridwork_personal::PersonalError::Missing(_)) => Ok((comment, None)),
-            Err(gridwork_personal::PersonalError::Unavailable(e)) => {
-                Err(ServiceError::Unavailable(format!("personal-data key store: {e}")))
-            }
-            Err(e) => Err(ServiceError::Internal(e.to_string())),
+            Err(e) => Err(e.into()),
         }
     }
 

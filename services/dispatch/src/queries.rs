@@ -57,28 +57,6 @@ pub struct Queries<'a> {
     pub(crate) keys: &'a gridwork_personal::KeyStore,
 }
 
-/// A report's field as the read model keeps it: plain (earlier events), or
-/// sealed and opened now (`[erased]` once erased).
-async fn open_field(
-    keys: &gridwork_personal::KeyStore,
-    plain: String,
-    sealed: &str,
-    field: &str,
-) -> Result<String, ServiceError> {
-    let sealed = gridwork_personal::from_column(sealed)
-        .map_err(|e| ServiceError::Internal(format!("read model, {field}: {e}")))?;
-    match sealed {
-        None => Ok(plain),
-        Some(sealed) => match gridwork_personal::open_for_view(keys, &sealed, field).await {
-            Ok(text) => Ok(text),
-            Err(gridwork_personal::PersonalError::Unavailable(e)) => {
-                Err(ServiceError::Unavailable(format!("personal-data key store: {e}")))
-            }
-            Err(e) => Err(ServiceError::Internal(e.to_string())),
-        },
-    }
-}
-
 #[derive(Debug, sqlx::FromRow)]
 struct CaseRow {
     case_id: String,
@@ -422,7 +400,7 @@ impl Queries<'_> {
                 rating: rating as i32,
                 solved: solved as i32,
                 by,
-                comment: open_field(self.keys, comment, &sealed, "comment").await?,
+                comment: gridwork_personal::open_column_for_view(self.keys, comment, &sealed, "comment").await?,
                 at_unix_ms: at,
                 decides: decides != 0,
             });
@@ -452,9 +430,16 @@ impl Queries<'_> {
             linked.push(pb::CaseReportLinked {
                 report_id,
                 source,
-                description: open_field(self.keys, description, &sealed_d, "description").await?,
+                description: gridwork_personal::open_column_for_view(self.keys, description, &sealed_d, "description")
+                    .await?,
                 attributes: lines(attributes),
-                address_text: open_field(self.keys, address_text, &sealed_a, "address_text").await?,
+                address_text: gridwork_personal::open_column_for_view(
+                    self.keys,
+                    address_text,
+                    &sealed_a,
+                    "address_text",
+                )
+                .await?,
                 media: lines(media),
                 reported_at_unix_ms: reported_at,
                 sealed_description: None,

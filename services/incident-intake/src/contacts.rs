@@ -65,15 +65,6 @@ pub fn key_name(incident_id: &str) -> Result<String, ServiceError> {
         .map_err(|e| ServiceError::Internal(format!("personal-data key: {e}")))
 }
 
-fn personal(e: gridwork_personal::PersonalError) -> ServiceError {
-    match e {
-        gridwork_personal::PersonalError::Unavailable(e) => {
-            ServiceError::Unavailable(format!("personal-data key store: {e}"))
-        }
-        other => ServiceError::Internal(other.to_string()),
-    }
-}
-
 fn internal(what: &str) -> ServiceError {
     ServiceError::Internal(format!("contact vault: {what}"))
 }
@@ -129,7 +120,7 @@ impl Vault {
         if text.is_empty() {
             return Ok(None);
         }
-        match self.keys.seal(&key_name(incident_id)?, field, text.as_bytes()).await.map_err(personal)? {
+        match self.keys.seal(&key_name(incident_id)?, field, text.as_bytes()).await? {
             Some(sealed) => Ok(Some(sealed)),
             None => Err(ServiceError::FailedPrecondition {
                 kind: "PERSONAL_DATA_ERASED".into(),
@@ -150,7 +141,7 @@ impl Vault {
     ) -> Result<String, ServiceError> {
         match sealed {
             None => Ok(plain.to_string()),
-            Some(sealed) => gridwork_personal::open_for_view(&self.keys, sealed, field).await.map_err(personal),
+            Some(sealed) => Ok(gridwork_personal::open_for_view(&self.keys, sealed, field).await?),
         }
     }
 
@@ -267,7 +258,7 @@ impl Vault {
         now_unix_ms: i64,
     ) -> Result<(), ServiceError> {
         // The account's key first: idempotent, like the rest.
-        self.keys.erase(&key_name(incident_id)?, now_unix_ms.max(1)).await.map_err(personal)?;
+        self.keys.erase(&key_name(incident_id)?, now_unix_ms.max(1)).await?;
         let tombstone = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {KEYS} (incident_id, key_hex, created_at_ms, erased_at_ms) VALUES ($1, '', $2, $2) \
              ON CONFLICT (incident_id) DO UPDATE SET key_hex = '', erased_at_ms = $2 WHERE {KEYS}.erased_at_ms = 0"

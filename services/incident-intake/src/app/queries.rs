@@ -71,9 +71,7 @@ impl Intake {
     /// A read model's personal field: its plain text (earlier events), or its
     /// sealed column opened.
     async fn open_column(&self, plain: &str, sealed: &str, field: &str) -> Result<String, ServiceError> {
-        let sealed = gridwork_personal::from_column(sealed)
-            .map_err(|e| ServiceError::Internal(format!("read model, {field}: {e}")))?;
-        self.vault.open_text(plain, sealed.as_ref(), field).await
+        Ok(gridwork_personal::open_column_for_view(self.vault.keys(), plain.to_string(), sealed, field).await?)
     }
 
     /// Incidents matching the filters, newest first, without history.
