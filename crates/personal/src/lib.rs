@@ -181,6 +181,14 @@ pub fn key_name(context: &str, kind: &str, id: &str) -> Result<String, PersonalE
     if ok { Ok(name) } else { Err(PersonalError::InvalidName(name)) }
 }
 
+/// The key of a report's personal data — its reporter's
+/// account and everything sealed for that reporter elsewhere (a rating
+/// comment in dispatch): `intake.incident.<incident id>`. One key per
+/// reporter, so one erasure reaches every copy.
+pub fn report_key(incident_id: &str) -> Result<String, PersonalError> {
+    key_name("intake", "incident", incident_id)
+}
+
 fn check_name(name: &str) -> Result<(), PersonalError> {
     let parts: Vec<&str> = name.split('.').collect();
     match parts.as_slice() {

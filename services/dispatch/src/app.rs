@@ -406,8 +406,7 @@ impl Dispatch {
             Rater::Reporter | Rater::Staff(_) => case_id,
             Rater::LinkedReporter(report) => report.as_str(),
         };
-        let name = gridwork_personal::key_name("intake", "incident", report)
-            .map_err(|e| ServiceError::Internal(format!("personal-data key: {e}")))?;
+        let name = gridwork_personal::report_key(report)?;
         match self.keys.seal_existing(&name, "comment", comment.as_bytes()).await {
             Ok(Some(sealed)) => Ok((String::new(), Some(sealed))),
             Ok(None) => Err(ServiceError::FailedPrecondition {

@@ -61,8 +61,7 @@ pub mod field {
 
 /// The name of an incident's personal-data key.
 pub fn key_name(incident_id: &str) -> Result<String, ServiceError> {
-    gridwork_personal::key_name("intake", "incident", incident_id)
-        .map_err(|e| ServiceError::Internal(format!("personal-data key: {e}")))
+    Ok(gridwork_personal::report_key(incident_id)?)
 }
 
 fn internal(what: &str) -> ServiceError {
